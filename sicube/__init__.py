@@ -1,0 +1,3 @@
+"""sicube: AMSR2 sea-ice concentration to analysis- and ML-ready Zarr datacubes."""
+
+__version__ = "0.1.0"

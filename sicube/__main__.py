@@ -1,0 +1,5 @@
+import sys
+
+from sicube.cli import main
+
+sys.exit(main())
