@@ -42,7 +42,7 @@ def command(name: str, help: str) -> Callable[[Command], Command]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `sicube` argument parser with every registered command."""
-    parser = _Parser(prog="sicube", description="AMSR2 sea-ice data to analysis- and ML-ready cubes")
+    parser = _Parser(prog="sicube", description="AMSR2 sea-ice data to ML-ready cubes")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text, add in COMMANDS:
         cmd = sub.add_parser(name, help=help_text, description=help_text)

@@ -19,7 +19,8 @@ def test_archive_has_the_bremen_layout_and_structure(archive):
         assert ds["z"].dims == ("y", "x") and ds["z"].dtype == np.float32
         assert ds["z"].attrs["units"] == "%"
         assert ds["z"].encoding["zlib"] and np.isnan(ds["z"].encoding["_FillValue"])
-        assert "polar_stereographic" in ds and ds["z"].attrs["grid_mapping"] == "polar_stereographic"
+        assert ds["z"].attrs["grid_mapping"] == "polar_stereographic"
+        assert "polar_stereographic" in ds
         assert np.all(np.diff(ds["y"].values) > 0) and np.all(np.diff(ds["x"].values) > 0)
 
 
