@@ -1,0 +1,523 @@
+"""SICDataset and SICStream against direct Zarr reads and a direct copy of the original's rule."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import json
+import pickle
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch.utils.data import DataLoader
+
+from sicube import cube
+from sicube.dataset import SICDataset, SICStream, fold_patches, unfold_patches, window_indices
+from sicube.errors import BadInput
+
+START = dt.date(2024, 4, 1)
+N_DAYS = 30
+MISSING = (5, 6, 17)  # day indices without a source file
+NY, NX = 48, 40
+CHUNKS = {"time": 4, "y": 16, "x": 16}
+
+
+def _day(i: int) -> int:
+    d = START + dt.timedelta(days=int(i))
+    return d.year * 10000 + d.month * 100 + d.day
+
+
+@pytest.fixture(scope="session")
+def small_cube(tmp_path_factory) -> Path:
+    """A 30-day, 48 x 40 cube in the sicube layout, days 5, 6 and 17 without data.
+
+    Values are random but in range: sea_ice_conc a fraction (0 on land), the raw field
+    in percent with NaN where not observed, fill_flag 0..3 with a share of filled cells
+    that changes from day to day, unobserved days entirely filled.
+    """
+    rng = np.random.default_rng(42)
+    days = [START + dt.timedelta(days=i) for i in range(N_DAYS)]
+    x, y = np.arange(NX) * 3125.0, np.arange(NY) * 3125.0
+    ds = cube.template(days, x, y, 3411, chunks=CHUNKS)
+    land = np.zeros((NY, NX), np.uint8)
+    land[:12, :10] = 1  # a block of land in one corner
+    land[30:, 28:] = 1  # and another, crossing chunk boundaries
+    ocean = land == 0
+    observed = np.ones(N_DAYS, bool)
+    observed[list(MISSING)] = False
+    filled_share = rng.uniform(0.0, 0.6, N_DAYS)
+    filled_share[~observed] = 1.0
+    draw = rng.random((N_DAYS, NY, NX))
+    flag = np.where(draw < filled_share[:, None, None], 1, 0).astype(np.uint8)
+    flag[(draw < 0.03 * filled_share[:, None, None])] = 2
+    flag[:, ~ocean] = 3
+    conc = rng.random((N_DAYS, NY, NX)).astype(np.float32)
+    conc[:, ~ocean] = 0
+    conc[flag == 2] = 0
+    raw = np.where(flag == 0, conc * 100, np.nan).astype(np.float32)
+    ds[cube.CONC].data = conc
+    ds[cube.RAW].data = raw
+    ds[cube.FLAG].data = flag
+    ds[cube.OBSERVED].data = observed
+    ds[cube.LAND].data = land
+    ds[cube.NAN_RATIO].data = rng.random((NY, NX)).astype(np.float32)
+    path = tmp_path_factory.mktemp("cube") / "cube.zarr"
+    with warnings.catch_warnings():  # zarr: consolidated metadata is not in the v3 spec
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, mode="w")
+    return path
+
+
+@pytest.fixture(scope="session")
+def group(small_cube):
+    return zarr.open_group(str(small_cube), mode="r")
+
+
+def original_windows(n_days, input_length, pred_length, input_gap=1, pred_shift=1,
+                     pred_gap=1, samples_gap=1):
+    """The original toolbox's loop, written out as SPEC section 1 states it."""
+    input_span = input_gap * (input_length - 1) + 1
+    pred_span = pred_gap * (pred_length - 1) + 1
+    total = input_span + pred_shift + pred_span - 1
+    windows = []
+    i = 0
+    while i + total <= n_days:
+        inputs = [i + k for k in range(0, input_span, input_gap)]
+        targets = [i + input_span + pred_shift - 1 + k for k in range(0, pred_span, pred_gap)]
+        windows.append((inputs, targets))
+        i += samples_gap
+    return windows
+
+
+PARAMS = [
+    dict(input_length=5, pred_length=3),
+    dict(input_length=2, pred_length=2, input_gap=2, pred_shift=3, pred_gap=2, samples_gap=3),
+    dict(input_length=1, pred_length=1, samples_gap=2),
+    dict(input_length=4, pred_length=4, input_gap=1, pred_shift=2, pred_gap=3),
+]
+
+
+def _dataset(store, first=0, last=N_DAYS - 1, **kwargs) -> SICDataset:
+    kwargs.setdefault("quality_cache", False)
+    params = {"input_length": 3, "pred_length": 2, **kwargs}
+    return SICDataset(store, _day(first), _day(last), **params)
+
+
+# ---------------------------------------------------------------- windows
+
+
+@pytest.mark.parametrize("params", PARAMS)
+@pytest.mark.parametrize("span", [(0, N_DAYS - 1), (3, 24)])
+def test_windows_follow_the_original_rule_and_skip_missing_days(small_cube, params, span):
+    first, last = span
+    ds = _dataset(small_cube, first, last, **params)
+    expected = [(np.add(i, first), np.add(t, first))
+                for i, t in original_windows(last - first + 1, **params)]
+    expected = [(i, t) for i, t in expected
+                if not set(MISSING) & set(i.tolist() + t.tolist())]
+    inputs, targets = ds.windows
+    assert len(ds) == len(expected) == len(inputs)
+    assert [(a.tolist(), b.tolist()) for a, b in zip(inputs, targets, strict=True)] == \
+        [(a.tolist(), b.tolist()) for a, b in expected]
+    times = ds.get_times()
+    assert times.tolist() == [[_day(d) for d in (*a, *b)] for a, b in expected]
+    assert ds.GetTimes().tolist() == times.tolist()
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_window_indices_equal_the_original_loop(params):
+    for n_days in (0, 1, 7, 30):
+        inputs, targets = window_indices(n_days, **params)
+        expected = original_windows(n_days, **params)
+        assert inputs.tolist() == [i for i, _ in expected]
+        assert targets.tolist() == [t for _, t in expected]
+
+
+def test_allow_unobserved_keeps_every_window_of_the_rule(small_cube):
+    ds = _dataset(small_cube, allow_unobserved=True)
+    assert len(ds) == len(original_windows(N_DAYS, 3, 2)) == ds.report.candidates
+    assert ds.report.unobserved == 0
+    strict = _dataset(small_cube)
+    assert strict.report.unobserved == len(ds) - len(strict) > 0
+
+
+# ---------------------------------------------------------------- values
+
+
+@pytest.mark.parametrize("params", PARAMS[:2])
+@pytest.mark.parametrize("preload", [False, True])
+def test_items_equal_direct_zarr_slices(small_cube, group, params, preload):
+    ds = _dataset(small_cube, 2, 27, preload_data=preload, **params)
+    conc = group[cube.CONC][:]
+    inputs, targets = ds.windows
+    for k in range(len(ds)):
+        x, y = ds[k]
+        assert x.dtype == y.dtype == torch.float32
+        assert x.shape == (params["input_length"], 1, NY, NX)
+        assert y.shape == (params["pred_length"], 1, NY, NX)
+        np.testing.assert_array_equal(x[:, 0].numpy(), conc[inputs[k]])
+        np.testing.assert_array_equal(y[:, 0].numpy(), conc[targets[k]])
+    assert ds._group is None or preload is False
+
+
+def test_get_inputs_and_targets_stack_every_item(small_cube, group):
+    ds = _dataset(small_cube, 0, 12, input_length=2, pred_length=1)
+    conc = group[cube.CONC][:]
+    inputs, targets = ds.windows
+    np.testing.assert_array_equal(ds.get_inputs()[:, :, 0].numpy(), conc[inputs])
+    np.testing.assert_array_equal(ds.GetTargets()[:, :, 0].numpy(), conc[targets])
+    assert ds.GetInputs().shape == (len(ds), 2, 1, NY, NX)
+
+
+def test_roi_and_tiled_patches(small_cube, group):
+    roi = (5, 45, 3, 37)  # 40 x 34, crossing chunk edges
+    ds = _dataset(small_cube, roi=roi, patch_size=(16, 12), patch_stride=(8, 10))
+    origins = ds.patch_origins
+    assert sorted(set(origins[:, 0].tolist())) == [0, 8, 16, 24]  # 24 + 16 = 40
+    assert sorted(set(origins[:, 1].tolist())) == [0, 10, 20]  # 20 + 12 <= 34 < 30 + 12
+    inputs, targets = ds.windows
+    assert len(ds) == len(inputs) * len(origins)
+    conc = group[cube.CONC][:]
+    for k in range(0, len(ds), 7):
+        window, patch = divmod(k, len(origins))
+        py, px = origins[patch]
+        rows = slice(roi[0] + py, roi[0] + py + 16)
+        cols = slice(roi[2] + px, roi[2] + px + 12)
+        x, y = ds[k]
+        assert x.shape == (3, 1, 16, 12)
+        np.testing.assert_array_equal(x[:, 0].numpy(), conc[inputs[window]][:, rows, cols])
+        np.testing.assert_array_equal(y[:, 0].numpy(), conc[targets[window]][:, rows, cols])
+    assert ds.get_times().shape == (len(ds), 5)
+
+
+def test_random_patches_lie_inside_the_roi_and_move(small_cube, group):
+    roi = (8, 40, 8, 32)
+    ds = _dataset(small_cube, roi=roi, patch_size=8, random_patches=3)
+    assert len(ds) == 3 * len(ds.windows[0])
+    frame = group[cube.CONC][ds.windows[0][0]][:, roi[0]:roi[1], roi[2]:roi[3]]
+    torch.manual_seed(0)
+    found = set()
+    for _ in range(6):
+        x, _ = ds[0]
+        hits = [(r, c) for r in range(32 - 8 + 1) for c in range(24 - 8 + 1)
+                if np.array_equal(frame[:, r:r + 8, c:c + 8], x[:, 0].numpy())]
+        assert len(hits) == 1
+        found.add(hits[0])
+    assert len(found) > 1
+
+
+def test_coarsen_is_the_mean_over_ocean_cells(small_cube, group):
+    roi = (0, 48, 4, 40)
+    ds = _dataset(small_cube, roi=roi, coarsen=4, variables=["filled", cube.RAW, cube.LAND])
+    x, _ = ds[0]
+    frames = ds.windows[0][0]
+    assert x.shape == (3, 4, 12, 9)
+    conc = group[cube.CONC][:][frames][:, :, 4:40]
+    flag = group[cube.FLAG][:][frames][:, :, 4:40]
+    raw = group[cube.RAW][:][frames][:, :, 4:40]
+    ocean = group[cube.LAND][:][:, 4:40] == 0
+    for by, bx in [(0, 0), (2, 1), (5, 3), (11, 8), (8, 6)]:
+        cells = (slice(by * 4, by * 4 + 4), slice(bx * 4, bx * 4 + 4))
+        sea = ocean[cells]
+        want = conc[:, cells[0], cells[1]][:, sea].mean(1) if sea.any() else np.zeros(3)
+        np.testing.assert_allclose(x[:, 0, by, bx].numpy(), want, rtol=1e-6)
+        filled = np.isin(flag[:, cells[0], cells[1]][:, sea], (1, 2)).mean(1) if sea.any() \
+            else np.zeros(3)
+        np.testing.assert_allclose(x[:, 1, by, bx].numpy(), filled, rtol=1e-6)
+        block = raw[:, cells[0], cells[1]].reshape(3, -1)
+        with np.errstate(all="ignore"), pytest.warns(RuntimeWarning) if not \
+                np.isfinite(block).any(1).all() else _nothing():
+            np.testing.assert_allclose(x[:, 2, by, bx].numpy(), np.nanmean(block, 1), rtol=1e-5)
+        np.testing.assert_allclose(x[:, 3, by, bx].numpy(), 1 - sea.mean())
+    assert (x[:, 0, 0, 0] == 0).all()  # cells (0..3, 4..7) are all land
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_extra_channels_and_land_mask(small_cube, group):
+    ds = _dataset(small_cube, variables=[cube.FLAG, cube.LAND, "day_of_year", cube.NAN_RATIO],
+                  target_variables=["filled"], apply_land_mask=True, return_mask=True)
+    x, y, mask = ds[3]
+    inputs, targets = ds.windows
+    land = group[cube.LAND][:]
+    assert x.shape == (3, 5, NY, NX) and y.shape == (2, 2, NY, NX) and mask.shape == (1, NY, NX)
+    np.testing.assert_array_equal(mask[0].numpy(), land)
+    flag = group[cube.FLAG][:][inputs[3]]
+    np.testing.assert_array_equal(x[:, 1].numpy(), np.where(land == 1, 0, flag))  # land zeroed
+    np.testing.assert_array_equal(x[:, 2].numpy(), np.broadcast_to(land, (3, NY, NX)))
+    doy = [(START + dt.timedelta(days=int(d))).timetuple().tm_yday / 366 for d in inputs[3]]
+    np.testing.assert_allclose(x[:, 3, 20, 20].numpy(), doy, rtol=1e-6)
+    assert (x[:, 3][:, land == 1] == 0).all()
+    np.testing.assert_array_equal(x[:, 4, 20, 20].numpy(), group[cube.NAN_RATIO][20, 20])
+    tflag = group[cube.FLAG][:][targets[3]]
+    np.testing.assert_array_equal(y[:, 1].numpy(), np.isin(tflag, (1, 2)).astype(np.float32))
+
+
+# ---------------------------------------------------------------- quality filter
+
+
+def test_quality_filter_skips_too_filled_windows(small_cube, group, tmp_path):
+    roi = (12, 48, 0, 40)
+    limit_in, limit_tgt = 0.5, 0.4
+    ds = _dataset(small_cube, roi=roi, max_filled_fraction=(limit_in, limit_tgt),
+                  quality_cache=tmp_path)
+    flag = group[cube.FLAG][:][:, 12:48, :]
+    ocean = group[cube.LAND][:][12:48] == 0
+    share = (np.isin(flag, (1, 2)) & ocean).sum((1, 2)) / ocean.sum()
+    np.testing.assert_allclose(ds.report.filled_fraction, share)
+    expected = [(i, t) for i, t in original_windows(N_DAYS, 3, 2)
+                if not set(MISSING) & set(i + t)
+                and share[i].max() <= limit_in and share[t].max() <= limit_tgt]
+    assert 0 < len(expected) < ds.report.candidates - ds.report.unobserved
+    assert ds.windows[0].tolist() == [i for i, _ in expected]
+    report = ds.report
+    assert report.kept == len(ds)
+    assert report.kept + report.unobserved + report.too_filled_inputs \
+        + report.too_filled_targets == report.candidates
+    assert report.too_filled_inputs > 0 and report.too_filled_targets > 0
+    assert f"{len(ds)} of {report.candidates} windows kept" in str(report)
+
+    # The fractions are cached: a second dataset reads them instead of fill_flag.
+    (cache_file,) = tmp_path.glob("*.json")
+    cached = json.loads(cache_file.read_text())
+    np.testing.assert_allclose(cached["fraction"], share)
+    cached["fraction"] = [0.0] * len(share)
+    cache_file.write_text(json.dumps(cached))
+    again = _dataset(small_cube, roi=roi, max_filled_fraction=(limit_in, limit_tgt),
+                     quality_cache=tmp_path)
+    assert again.report.too_filled_inputs == again.report.too_filled_targets == 0
+
+
+# ---------------------------------------------------------------- workers, pickling
+
+
+def _batches(loader):
+    return [tuple(t.clone() for t in batch) for batch in loader]
+
+
+def _assert_same_batches(a, b):
+    assert len(a) == len(b)
+    for one, two in zip(a, b, strict=True):
+        for t1, t2 in zip(one, two, strict=True):
+            assert torch.equal(t1, t2)
+
+
+def test_no_handle_at_construction_and_pickles(small_cube):
+    ds = _dataset(small_cube, patch_size=16)
+    assert ds._group is None
+    ds[0]
+    assert ds._group is not None
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._group is None
+    assert torch.equal(clone[5][0], ds[5][0])
+
+
+@pytest.mark.parametrize("context,persistent", [("fork", True), ("spawn", False)])
+def test_two_workers_give_the_same_batches_as_none(small_cube, context, persistent):
+    ds = _dataset(small_cube, roi=(0, 48, 0, 32), patch_size=16, return_mask=True)
+    serial = _batches(DataLoader(ds, batch_size=4))
+    loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=context,
+                        persistent_workers=persistent)
+    _assert_same_batches(serial, _batches(loader))
+    if persistent:  # a second epoch on the same workers
+        _assert_same_batches(serial, _batches(loader))
+
+
+# ---------------------------------------------------------------- remote stores
+
+
+@pytest.fixture(scope="module")
+def http_cube(small_cube):
+    """The cube served by an aiohttp static route on 127.0.0.1; counts requests per path."""
+    from aiohttp import web
+
+    requests = collections.Counter()
+
+    @web.middleware
+    async def count(request, handler):
+        requests[request.path] += 1
+        return await handler(request)
+
+    app = web.Application(middlewares=[count])
+    app.router.add_static("/data", small_cube.parent)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}/data/{small_cube.name}", requests
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.run_until_complete(runner.cleanup())
+    loop.close()
+
+
+def test_http_reads_equal_local_reads(small_cube, http_cube):
+    url, _ = http_cube
+    kwargs = dict(roi=(4, 44, 0, 40), patch_size=20, variables=[cube.FLAG],
+                  max_filled_fraction=0.5)
+    local = _dataset(small_cube, **kwargs)
+    remote = _dataset(url, **kwargs)
+    assert len(remote) == len(local) > 0
+    np.testing.assert_array_equal(remote.get_times(), local.get_times())
+    _assert_same_batches(_batches(DataLoader(local, batch_size=3)),
+                         _batches(DataLoader(remote, batch_size=3, num_workers=2,
+                                             multiprocessing_context="fork")))
+
+
+def test_memory_store(small_cube, group):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.put(str(small_cube), "/mem-cube.zarr", recursive=True)
+    ds = _dataset("memory://mem-cube.zarr", input_length=2, pred_length=2)
+    local = _dataset(small_cube, input_length=2, pred_length=2)
+    assert len(ds) == len(local)
+    for k in (0, len(ds) // 2, len(ds) - 1):
+        assert torch.equal(ds[k][0], local[k][0]) and torch.equal(ds[k][1], local[k][1])
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def _key(ds, item):
+    """Identify an item by its frames' values (unique with random data)."""
+    return item[0].numpy().tobytes() + item[1].numpy().tobytes()
+
+
+def test_stream_visits_every_item_once_per_epoch_across_workers(small_cube):
+    ds = _dataset(small_cube, roi=(0, 48, 0, 32), patch_size=16)
+    expected = collections.Counter(_key(ds, ds[k]) for k in range(len(ds)))
+    assert len(expected) == len(ds)
+    stream = ds.stream(seed=1, block_bytes=16 * 16 * 4 * 8 * 2)
+    loader = DataLoader(stream, batch_size=None, num_workers=2,
+                        multiprocessing_context="fork", persistent_workers=True)
+    orders = []
+    for _ in range(2):
+        items = list(loader)
+        assert collections.Counter(_key(ds, item) for item in items) == expected
+        orders.append([_key(ds, item) for item in items])
+    assert orders[0] != orders[1]  # reshuffled between epochs
+
+
+def test_stream_without_shuffle_is_in_cube_order(small_cube):
+    ds = _dataset(small_cube, patch_size=(24, 20))
+    stream = SICStream(ds, shuffle=False, groups_in_flight=1, block_bytes=1)  # one time chunk
+    assert len(stream.groups) == 7 * 4  # 7 time chunks hold window starts; 2 x 2 patches
+    items = list(stream)
+    assert len(items) == len(stream) == len(ds)
+    # Groups come in cube order: time first, then space.
+    group_firsts = [ds.windows[0][stream.groups[g] // 4, 0].min() for g in range(
+        len(stream.groups))]
+    assert group_firsts == sorted(group_firsts)
+    # Every streamed item equals the map-style item it stands for.
+    for position, k in enumerate(np.concatenate(stream.groups)):
+        assert torch.equal(items[position][0], ds[int(k)][0])
+
+
+def test_stream_reads_each_chunk_about_once(small_cube, http_cube):
+    url, requests = http_cube
+    kwargs = dict(roi=(0, 48, 0, 32), patch_size=16, input_length=4, pred_length=4)
+    chunk_keys = lambda: {p: n for p, n in requests.items() if "/sea_ice_conc/c/" in p}  # noqa: E731
+
+    requests.clear()
+    ds = _dataset(url, **kwargs)
+    for _ in ds.stream(seed=3):
+        pass
+    streamed = chunk_keys()
+    requests.clear()
+    generator = torch.Generator().manual_seed(3)
+    for _ in DataLoader(ds, batch_size=None, shuffle=True, generator=generator):
+        pass
+    per_item = chunk_keys()
+    # Days 0..3 (time chunk 0) are in no window (5 and 6 are missing, a window spans 8
+    # days); the other 7 time chunks x 3 x 2 spatial chunks are each read once.
+    assert len(streamed) == len(per_item) == 7 * 3 * 2
+    assert set(streamed.values()) == {1}
+    assert sum(per_item.values()) > 3 * sum(streamed.values())
+
+
+def test_stream_refuses_random_patches(small_cube):
+    ds = _dataset(small_cube, patch_size=8, random_patches=2)
+    with pytest.raises(BadInput, match="random_patches"):
+        ds.stream()
+
+
+# ---------------------------------------------------------------- patch helpers
+
+
+@pytest.mark.parametrize("shape,p", [((3, 1, 8, 12), 4), ((2, 5, 3, 6, 6), 3), ((1, 2, 2), 2)])
+def test_fold_is_the_exact_inverse_of_unfold(shape, p):
+    frames = torch.randn(shape)
+    patches = unfold_patches(frames, p)
+    *lead, c, h, w = shape
+    assert patches.shape == (*lead, c * p * p, h // p, w // p)
+    assert torch.equal(fold_patches(patches, p), frames)
+    assert torch.equal(unfold_patches(fold_patches(patches, p), p), patches)
+    # Channel c*p*p + i*p + j holds pixel (i, j) of each patch of channel c.
+    np.testing.assert_array_equal(patches[..., c * p * p - 1, :, :].numpy(),
+                                  frames[..., c - 1, p - 1::p, p - 1::p].numpy())
+
+
+def test_patch_helpers_refuse_sizes_that_do_not_divide():
+    with pytest.raises(BadInput, match="patch_size"):
+        unfold_patches(torch.zeros(1, 1, 6, 6), 4)
+    with pytest.raises(BadInput, match="patch_size"):
+        fold_patches(torch.zeros(1, 3, 2, 2), 2)
+    with pytest.raises(BadInput, match="patch_size"):
+        unfold_patches(torch.zeros(1, 1, 6, 6), 0)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs,argument", [
+    (dict(start_time=20240301), "start_time"),
+    (dict(end_time=20240505), "end_time"),
+    (dict(start_time=20240410, end_time=20240405), "end_time"),
+    (dict(start_time="2024-13-01"), "start_time"),
+    (dict(input_length=20, pred_length=15), "input_length/pred_length"),
+    (dict(input_length=0), "input_length"),
+    (dict(pred_gap=-1), "pred_gap"),
+    (dict(roi=(0, 49, 0, 10)), "roi"),
+    (dict(roi=(10, 10, 0, 10)), "roi"),
+    (dict(roi=(0, 10)), "roi"),
+    (dict(coarsen=5), "coarsen"),
+    (dict(coarsen=0), "coarsen"),
+    (dict(patch_size=50), "patch_size"),
+    (dict(patch_stride=4), "patch_size"),
+    (dict(variables=["sst"]), "variables"),
+    (dict(target_variables=["fill_flag", "wind"]), "target_variables"),
+    (dict(coarsen=2, variables=["fill_flag"]), "variables"),
+    (dict(max_filled_fraction=1.5), "max_filled_fraction"),
+    (dict(max_filled_fraction=0.0), "start_time/end_time"),  # leaves no window
+])
+def test_bad_arguments_name_themselves(small_cube, kwargs, argument):
+    params = dict(store=small_cube, start_time=_day(0), end_time=_day(N_DAYS - 1),
+                  input_length=3, pred_length=2, quality_cache=False)
+    params.update(kwargs)
+    with pytest.raises(BadInput, match=f"^{argument}:"):
+        SICDataset(**params)
+
+
+def test_a_store_that_is_not_a_cube(tmp_path):
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(BadInput, match="^store:.*not a sicube cube"):
+        SICDataset(tmp_path / "plain.zarr", 20240401, 20240410, 2, 1)
+    with pytest.raises(BadInput, match="^store:"):
+        SICDataset(tmp_path / "absent.zarr", 20240401, 20240410, 2, 1)
