@@ -231,9 +231,11 @@ class _Block:
         rows = slice(y - self.oy, y - self.oy + h)
         cols = slice(x - self.ox, x - self.ox + w)
         data = self.arrays[name]
-        if len(frames) == len(self.frames) and np.array_equal(frames, self.frames):
-            return data[:, rows, cols]
-        return data[np.searchsorted(self.frames, frames), rows, cols]
+        positions = np.searchsorted(self.frames, frames)
+        first, last = int(positions[0]), int(positions[-1])
+        if last - first + 1 == len(positions):  # consecutive frames: a view, no copy
+            return data[first:last + 1, rows, cols]
+        return data[positions, rows, cols]
 
 
 def _default_cache_dir() -> Path:
@@ -313,8 +315,8 @@ class SICDataset(Dataset):
                  allow_unobserved: bool = False, storage_options: dict | None = None):
         self.store = store
         self.storage_options = storage_options
-        self._group = None  # opened lazily, per process
-        self._group_pid = None
+        self._handles = None  # opened lazily, per process
+        self._handles_pid = None
         group = _open_group(store, storage_options)
         try:
             self._setup(group, start_time, end_time, input_length, pred_length, input_gap,
@@ -523,15 +525,16 @@ class SICDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_group"] = state["_group_pid"] = None  # handles never cross processes
+        state["_handles"] = state["_handles_pid"] = None  # handles never cross processes
         return state
 
-    def _arrays(self):
-        """The cube's Zarr group, opened once in the calling process."""
-        if self._group is None or self._group_pid != os.getpid():
-            self._group = _open_group(self.store, self.storage_options)
-            self._group_pid = os.getpid()
-        return self._group
+    def _arrays(self) -> dict:
+        """The cube's Zarr arrays by name, opened once in the calling process."""
+        if self._handles is None or self._handles_pid != os.getpid():
+            group = _open_group(self.store, self.storage_options)
+            self._handles = {name: group[name] for name in (cube.CONC, cube.RAW, cube.FLAG)}
+            self._handles_pid = os.getpid()
+        return self._handles
 
     def _time_sources(self, channels: Sequence[str]) -> set[str]:
         return {name for name in channels if name in _SOURCE}

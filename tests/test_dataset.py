@@ -163,7 +163,7 @@ def test_items_equal_direct_zarr_slices(small_cube, group, params, preload):
         assert y.shape == (params["pred_length"], 1, NY, NX)
         np.testing.assert_array_equal(x[:, 0].numpy(), conc[inputs[k]])
         np.testing.assert_array_equal(y[:, 0].numpy(), conc[targets[k]])
-    assert ds._group is None or preload is False
+    assert (ds._handles is None) == preload  # preloaded items come from memory
 
 
 def test_get_inputs_and_targets_stack_every_item(small_cube, group):
@@ -316,11 +316,11 @@ def _assert_same_batches(a, b):
 
 def test_no_handle_at_construction_and_pickles(small_cube):
     ds = _dataset(small_cube, patch_size=16)
-    assert ds._group is None
+    assert ds._handles is None
     ds[0]
-    assert ds._group is not None
+    assert ds._handles is not None
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._group is None
+    assert clone._handles is None
     assert torch.equal(clone[5][0], ds[5][0])
 
 
