@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import platform
 import re
+import resource
 import sys
 import time
 import warnings
@@ -118,6 +119,24 @@ def make_netcdf(workdir: Path, store: Path, days: int) -> Path:
 # ------------------------------------------------------------------------ methods
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its reaped children (the workers)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), \
+        resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+class Timer:
+    """Wall and CPU seconds (all processes) of a `with` block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), _cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu() - self.cpu
+
+
 def _direct_part(args) -> int:
     store, items = args
     import zarr
@@ -130,13 +149,15 @@ def _direct_part(args) -> int:
     return len(items)
 
 
-def run_direct(store: Path, items: list[tuple[int, int, int]]) -> float:
-    start = time.perf_counter()
-    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+def run_direct(store: Path, items: list[tuple[int, int, int]]) -> Timer:
+    with Timer() as timer:
+        pool = multiprocessing.get_context("fork").Pool(WORKERS)
         # Interleaved halves, as a DataLoader's workers take alternate batches.
         parts = [(store, items[w::WORKERS]) for w in range(WORKERS)]
         assert sum(pool.map(_direct_part, parts)) == len(items)
-    return time.perf_counter() - start
+        pool.close()
+        pool.join()  # reaped: their CPU time counts
+    return timer
 
 
 def _drain(loader) -> int:
@@ -146,24 +167,36 @@ def _drain(loader) -> int:
     return count
 
 
-def run_dataset(dataset, order: list[int]) -> float:
+def _timed_drain(loader, expected: int) -> Timer:
+    with Timer() as timer:
+        # The exhausted iterator shuts its workers down and reaps them: inside the timer.
+        assert _drain(loader) == expected
+    return timer
+
+
+def run_dataset(dataset, order: list[int]) -> Timer:
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset, batch_size=BATCH, sampler=order, num_workers=WORKERS,
                         multiprocessing_context="fork")
-    start = time.perf_counter()
-    assert _drain(loader) == len(order)
-    return time.perf_counter() - start
+    return _timed_drain(loader, len(order))
 
 
-def run_stream(dataset) -> tuple[float, int]:
+def run_loader(dataset, order: list[int]) -> Timer:
+    """`dataset.loader`: whole batches read in place (same items and order)."""
+    from torch.utils.data import BatchSampler, DataLoader
+
+    loader = DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, BATCH, False),
+                        num_workers=WORKERS, multiprocessing_context="fork")
+    return _timed_drain(loader, len(order))
+
+
+def run_stream(dataset) -> Timer:
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset.stream(seed=0), batch_size=BATCH, num_workers=WORKERS,
                         multiprocessing_context="fork")
-    start = time.perf_counter()
-    count = _drain(loader)
-    return time.perf_counter() - start, count
+    return _timed_drain(loader, len(dataset))
 
 
 class OriginalWayDataset:
@@ -192,14 +225,12 @@ class OriginalWayDataset:
         return frames[:INPUT_LENGTH], frames[INPUT_LENGTH:]
 
 
-def run_original(path: Path, items: list[tuple[int, int, int]]) -> float:
+def run_original(path: Path, items: list[tuple[int, int, int]]) -> Timer:
     from torch.utils.data import DataLoader
 
     loader = DataLoader(OriginalWayDataset(path, items), batch_size=BATCH,
                         num_workers=WORKERS, multiprocessing_context="fork")
-    start = time.perf_counter()
-    assert _drain(loader) == len(items)
-    return time.perf_counter() - start
+    return _timed_drain(loader, len(items))
 
 
 # ------------------------------------------------------------------------ main
@@ -210,6 +241,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=24)
     parser.add_argument("--items", type=int, default=768, help="items for direct and dataset")
     parser.add_argument("--original-items", type=int, default=96)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--chunks", default="8,512,512", help="time,y,x chunk of the cube")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sicube-bench-dataset"))
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
@@ -242,40 +274,52 @@ def main() -> None:
         window, patch = divmod(k, len(origins))
         items.append((int(inputs[window, 0]), int(origins[patch, 0]), int(origins[patch, 1])))
 
-    rates: dict[str, list[float]] = {"direct": [], "dataset": [], "stream": [], "original": []}
-    for _ in range(2):  # alternate, keep the best of two
-        rates["direct"].append(len(items) / run_direct(store, items))
-        rates["dataset"].append(len(items) / run_dataset(dataset, order))
-        seconds, count = run_stream(dataset)
-        rates["stream"].append(count / seconds)
-        print({k: round(v[-1], 1) for k, v in rates.items() if v})
+    methods = {
+        "direct": (lambda: run_direct(store, items), len(items)),
+        "dataset": (lambda: run_dataset(dataset, order), len(items)),
+        "loader": (lambda: run_loader(dataset, order), len(items)),
+        "stream": (lambda: run_stream(dataset), len(dataset)),
+    }
+    # (samples/s, CPU ms per sample) of each run; the machine is shared, so runs
+    # alternate between methods and the best of `--repeat` counts.
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
+    for _ in range(args.repeat):
+        for name, (run, n) in methods.items():
+            timer = run()
+            runs[name].append((n / timer.wall, 1000 * timer.cpu / n))
+        print({name: f"{v[-1][0]:.0f}/s {v[-1][1]:.1f} ms" for name, v in runs.items()})
     few = items[:args.original_items]
-    rates["original"].append(len(few) / run_original(netcdf, few))
-    best = {k: max(v) for k, v in rates.items()}
+    timer = run_original(netcdf, few)
+    runs["original"] = [(len(few) / timer.wall, 1000 * timer.cpu / len(few))]
+    best = {name: (max(r for r, _ in v), min(c for _, c in v)) for name, v in runs.items()}
+    counts = {name: n for name, (_, n) in methods.items()} | {"original": len(few)}
 
     import xarray as xr
 
     with xr.open_dataset(netcdf) as nc:
         nc_chunks = nc[cube.CONC].encoding.get("chunksizes")
-    report = results(args, chunks, best, len(items), count, len(few), nc_chunks)
+    report = results(args, chunks, best, counts, nc_chunks)
     print(report)
     if args.write:
         write_results(report)
 
 
-def results(args, chunks, best, n_items, n_stream, n_original, nc_chunks) -> str:
+def results(args, chunks, best, counts, nc_chunks) -> str:
     import torch
     import zarr
 
-    direct = best["direct"]
-    rows = [
-        ("direct Zarr slicing, 2 plain processes (ceiling)", best["direct"], n_items),
-        ("`SICDataset` + DataLoader, shuffled items", best["dataset"], n_items),
-        ("`SICStream` + DataLoader, grouped by chunk, all items", best["stream"], n_stream),
-        ("original way: xarray `isel` on one zlib NetCDF", best["original"], n_original),
-    ]
-    table = "\n".join(f"| {name} | {n} | {rate:.1f} | {rate / direct:.2f}x | "
-                      f"{rate / best['original']:.1f}x |" for name, rate, n in rows)
+    names = {
+        "direct": "direct Zarr slicing, 2 plain processes (the ceiling)",
+        "dataset": "`SICDataset` in `DataLoader(batch_size=8)`",
+        "loader": "`SICDataset.loader(8)`: batches read in place",
+        "stream": "`SICStream` in `DataLoader(batch_size=8)`, all items",
+        "original": "original way: xarray `isel` on one zlib NetCDF",
+    }
+    rate0, cpu0 = best["direct"]
+    table = "\n".join(
+        f"| {names[k]} | {counts[k]} | {rate:.0f} | {rate / rate0:.2f}x | "
+        f"{rate / best['original'][0]:.1f}x | {cpu:.1f} | {cpu0 / cpu:.2f}x |"
+        for k, (rate, cpu) in best.items())
     chunk_text = " x ".join(str(chunks[k]) for k in ("time", "y", "x"))
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"""## Dataset
@@ -286,10 +330,12 @@ def results(args, chunks, best, n_items, n_stream, n_original, nc_chunks) -> str
 `sea_ice_conc` as one zlib NetCDF file (level 4, netCDF chunks {nc_chunks}) as the
 original wrote it. Items: 8-frame windows (4 inputs + 4 targets) of 256 x 256 patches
 tiling the grid, shuffled; batches of {BATCH}; {WORKERS} worker processes (fork); page
-cache warm for all; best of two runs (the original way: one run, fewer items).
+cache warm for all; runs alternate between methods, best of {args.repeat} (the
+original way: one run, fewer items). CPU time counts the main process and the
+workers.
 
-| method | items | samples/s | vs direct | vs original |
-|---|---:|---:|---:|---:|
+| method | items | samples/s | vs direct | vs original | CPU ms/sample | CPU vs direct |
+|---|---:|---:|---:|---:|---:|---:|
 {table}
 
 Targets: `SICDataset` >= 0.8x direct, >= 5x the original way. Shuffled single items

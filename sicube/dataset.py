@@ -8,8 +8,11 @@ item needs, and opens the store in the process that reads (never at construction
 it works with DataLoader worker processes (fork or spawn) and with remote stores (any
 fsspec URL: http://, s3://, memory://, ...).
 
+`SICDataset.loader(batch_size, ...)` is a DataLoader whose workers read whole batches
+straight into shared memory (no collate copy): the fastest way to shuffled items.
 `SICStream` walks the same items grouped by Zarr chunk, so that each chunk is
 decompressed about once per epoch instead of once per window that touches it.
+Speeds: benchmarks/RESULTS.md, "Dataset".
 
 `unfold_patches` / `fold_patches` are the original's space-to-channel patch helpers.
 """
@@ -185,6 +188,25 @@ def _read(array, frames: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
     return array.oindex[frames, rows, cols]
 
 
+def _read_into(array, start: int, stop: int, rows: slice, cols: slice,
+               out: np.ndarray) -> None:
+    """Decompress frames start..stop-1 of a region straight into `out`."""
+    from zarr.core.buffer.cpu import NDBuffer
+
+    array.get_basic_selection((slice(start, stop), rows, cols),
+                              out=NDBuffer.from_numpy_array(out))
+
+
+def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor, in shared memory inside a DataLoader worker."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    # As torch's default_collate does: allocate shared, so the batch is not copied again
+    # on its way to the main process.
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
+
+
 def _coarsen_sum(values: np.ndarray, c: int) -> np.ndarray:
     """Sum over c x c blocks of the last two axes."""
     *lead, h, w = values.shape
@@ -299,6 +321,14 @@ class SICDataset(Dataset):
     The object holds no open file or connection: each process opens the store on its
     first read, so it pickles and works with DataLoader workers (fork or spawn).
     `memory://` stores live in one process: use them with fork or without workers.
+    `dataset[[i, j, ...]]` gives a stacked batch; `loader` builds a DataLoader on that.
+
+    Examples
+    --------
+    >>> ds = SICDataset("cube.zarr", 20240401, 20240430, input_length=5, pred_length=3,
+    ...                 roi=(1000, 2024, 800, 1824), patch_size=256)
+    >>> for inputs, targets in ds.loader(8, shuffle=True, num_workers=4):
+    ...     ...  # inputs (8, 5, 1, 256, 256), targets (8, 3, 1, 256, 256)
     """
 
     def __init__(self, store, start_time: DateLike, end_time: DateLike, input_length: int,
@@ -582,14 +612,71 @@ class SICDataset(Dataset):
         y, x = self._patches[patch]
         return window, int(y), int(x)
 
-    def __getitem__(self, index: int):
-        window, y, x = self._locate(int(index))
-        if self._preloaded is not None:
-            block = self._preloaded
+    def __getitem__(self, index: int | Sequence[int]):
+        """Item `index`; a list of indices gives a whole batch, stacked (see `loader`)."""
+        if isinstance(index, (list, tuple, np.ndarray, torch.Tensor)):
+            return self._batch([int(i) for i in index])
+        return self._item_at(*self._locate(int(index)))
+
+    def _batch(self, indices: list[int]):
+        """Items `indices` stacked into (B, T, C, H, W) tensors, read in place.
+
+        In a DataLoader worker the tensors live in shared memory, so they reach the main
+        process without a copy; when only sea_ice_conc is asked for on consecutive days,
+        Zarr decompresses straight into them, with no intermediate array either.
+        """
+        ti, tp = self._inputs.shape[1], self._targets.shape[1]
+        ph, pw = self.patch_shape
+        n = len(indices)
+        in_place = (self.input_channels == self.target_channels == (cube.CONC,)
+                    and self.coarsen == 1 and not self.apply_land_mask
+                    and self._preloaded is None
+                    and np.all(np.diff(np.concatenate([self._inputs, self._targets], 1)) == 1))
+        if in_place:
+            frames = _empty_batch((n, ti + tp, 1, ph, pw))
+            inputs, targets = frames[:, :ti], frames[:, ti:]
         else:
-            frames = np.union1d(self._inputs[window], self._targets[window])
-            block = self._load_block(self._arrays(), frames, y, x, *self.patch_shape)
-        return self._item(block, window, y, x)
+            inputs = _empty_batch((n, ti, len(self.input_channels), ph, pw))
+            targets = _empty_batch((n, tp, len(self.target_channels), ph, pw))
+        masks = torch.empty((n, 1, ph, pw)) if self.return_mask else None
+        y0, x0 = self.roi[0], self.roi[2]
+        for b, index in enumerate(indices):
+            window, y, x = self._locate(index)
+            if in_place:
+                first = int(self._inputs[window, 0])
+                _read_into(self._arrays()[cube.CONC], first, first + ti + tp,
+                           slice(y0 + y, y0 + y + ph), slice(x0 + x, x0 + x + pw),
+                           frames[b, :, 0].numpy())
+                if masks is not None:
+                    masks[b, 0] = torch.from_numpy(self._land_out[y:y + ph, x:x + pw])
+                continue
+            item = self._item_at(window, y, x)
+            inputs[b], targets[b] = item[0], item[1]
+            if masks is not None:
+                masks[b] = item[2]
+        return (inputs, targets) if masks is None else (inputs, targets, masks)
+
+    def _item_at(self, window: int, y: int, x: int):
+        if self._preloaded is not None:
+            return self._item(self._preloaded, window, y, x)
+        frames = np.union1d(self._inputs[window], self._targets[window])
+        return self._item(self._load_block(self._arrays(), frames, y, x, *self.patch_shape),
+                          window, y, x)
+
+    def loader(self, batch_size: int, shuffle: bool = False, drop_last: bool = False,
+               **kwargs) -> torch.utils.data.DataLoader:
+        """A DataLoader of batches that each worker reads in one go, straight into shared memory.
+
+        Same batches as ``DataLoader(self, batch_size, shuffle)`` but without the collate
+        copy; `kwargs` go to DataLoader (num_workers, persistent_workers, generator, ...).
+        """
+        from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+        generator = kwargs.get("generator")
+        order = RandomSampler(self, generator=generator) if shuffle else SequentialSampler(self)
+        return DataLoader(self, batch_size=None,
+                          sampler=BatchSampler(order, _positive_int(batch_size, "batch_size"),
+                                               drop_last), **kwargs)
 
     def _item(self, block: _Block, window: int, y: int, x: int):
         """The item of `window` at patch origin (y, x), cut from a block that holds it."""

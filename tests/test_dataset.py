@@ -335,6 +335,22 @@ def test_two_workers_give_the_same_batches_as_none(small_cube, context, persiste
         _assert_same_batches(serial, _batches(loader))
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(patch_size=16, return_mask=True),  # read in place
+    dict(input_gap=2, coarsen=2, variables=["filled", "day_of_year"], apply_land_mask=True),
+])
+def test_batches_read_in_place_equal_collated_items(small_cube, kwargs):
+    ds = _dataset(small_cube, **kwargs)
+    collated = _batches(DataLoader(ds, batch_size=5))
+    _assert_same_batches(collated, _batches(ds.loader(5)))
+    _assert_same_batches(collated, _batches(ds.loader(5, num_workers=2,
+                                                      multiprocessing_context="fork")))
+    generator = torch.Generator().manual_seed(7)
+    shuffled = _batches(DataLoader(ds, batch_size=4, shuffle=True, generator=generator))
+    generator.manual_seed(7)
+    _assert_same_batches(shuffled, _batches(ds.loader(4, shuffle=True, generator=generator)))
+
+
 # ---------------------------------------------------------------- remote stores
 
 
