@@ -519,7 +519,10 @@ class SICDataset(Dataset):
                          else Path(os.fspath(quality_cache)))
             # The key names the cube's content: its group attributes carry the build time
             # and per-day provenance, so a rebuilt cube gets a new entry.
-            key = json.dumps([str(self.store), self.roi, a, b,
+            where = str(self.store)
+            if "://" not in where:  # a local path: the same cube from any working directory
+                where = os.path.abspath(where)
+            key = json.dumps([where, self.roi, a, b,
                               self._day_ints[a], dict(group.attrs)], sort_keys=True, default=str)
             cache_file = directory / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
             with contextlib.suppress(OSError, ValueError, KeyError):

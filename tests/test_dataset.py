@@ -468,6 +468,24 @@ def test_stream_reads_each_chunk_about_once(small_cube, http_cube):
     assert sum(per_item.values()) > 3 * sum(streamed.values())
 
 
+def test_an_item_reads_only_the_chunks_it_needs(http_cube):
+    url, requests = http_cube
+    ds = _dataset(url, roi=(8, 40, 4, 36), patch_size=(8, 12), input_length=2, pred_length=3)
+    inputs, targets = ds.windows
+    origins = ds.patch_origins
+    for k in (0, len(ds) // 3, len(ds) - 1):
+        window, patch = divmod(k, len(origins))
+        py, px = origins[patch]
+        frames = np.concatenate([inputs[window], targets[window]])
+        rows = range((8 + py) // 16, (8 + py + 8 - 1) // 16 + 1)
+        cols = range((4 + px) // 16, (4 + px + 12 - 1) // 16 + 1)
+        expected = {f"c/{t}/{r}/{c}" for t in set(frames // 4) for r in rows for c in cols}
+        requests.clear()
+        ds[k]
+        read = {p.split("/sea_ice_conc/")[1] for p in requests if "/sea_ice_conc/c/" in p}
+        assert read == expected
+
+
 def test_stream_refuses_random_patches(small_cube):
     ds = _dataset(small_cube, patch_size=8, random_patches=2)
     with pytest.raises(BadInput, match="random_patches"):
