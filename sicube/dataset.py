@@ -635,36 +635,37 @@ class SICDataset(Dataset):
                     and self.coarsen == 1 and not self.apply_land_mask
                     and self._preloaded is None
                     and np.all(np.diff(np.concatenate([self._inputs, self._targets], 1)) == 1))
-        if in_place:
-            frames = _empty_batch((n, ti + tp, 1, ph, pw))
-            inputs, targets = frames[:, :ti], frames[:, ti:]
-        else:
-            inputs = _empty_batch((n, ti, len(self.input_channels), ph, pw))
-            targets = _empty_batch((n, tp, len(self.target_channels), ph, pw))
-        masks = torch.empty((n, 1, ph, pw)) if self.return_mask else None
+        if not in_place:
+            batch = self._empty_batch(n)
+            for b, index in enumerate(indices):
+                window, y, x = self._locate(index)
+                block = (self._preloaded if self._preloaded is not None
+                         else self._read_item(window, y, x))
+                self._item_into(block, window, y, x, batch, b)
+            return batch
+        frames = _empty_batch((n, ti + tp, 1, ph, pw))
+        masks = _empty_batch((n, 1, ph, pw)) if self.return_mask else None
         y0, x0 = self.roi[0], self.roi[2]
         for b, index in enumerate(indices):
             window, y, x = self._locate(index)
-            if in_place:
-                first = int(self._inputs[window, 0])
-                _read_into(self._arrays()[cube.CONC], first, first + ti + tp,
-                           slice(y0 + y, y0 + y + ph), slice(x0 + x, x0 + x + pw),
-                           frames[b, :, 0].numpy())
-                if masks is not None:
-                    masks[b, 0] = torch.from_numpy(self._land_out[y:y + ph, x:x + pw])
-                continue
-            item = self._item_at(window, y, x)
-            inputs[b], targets[b] = item[0], item[1]
+            first = int(self._inputs[window, 0])
+            _read_into(self._arrays()[cube.CONC], first, first + ti + tp,
+                       slice(y0 + y, y0 + y + ph), slice(x0 + x, x0 + x + pw),
+                       frames[b, :, 0].numpy())
             if masks is not None:
-                masks[b] = item[2]
+                masks[b, 0] = torch.from_numpy(self._land_out[y:y + ph, x:x + pw])
+        inputs, targets = frames[:, :ti], frames[:, ti:]
         return (inputs, targets) if masks is None else (inputs, targets, masks)
 
-    def _item_at(self, window: int, y: int, x: int):
-        if self._preloaded is not None:
-            return self._item(self._preloaded, window, y, x)
+    def _read_item(self, window: int, y: int, x: int) -> _Block:
+        """A block holding exactly the item of `window` at (y, x), read from the store."""
         frames = np.union1d(self._inputs[window], self._targets[window])
-        return self._item(self._load_block(self._arrays(), frames, y, x, *self.patch_shape),
-                          window, y, x)
+        return self._load_block(self._arrays(), frames, y, x, *self.patch_shape)
+
+    def _item_at(self, window: int, y: int, x: int):
+        block = (self._preloaded if self._preloaded is not None
+                         else self._read_item(window, y, x))
+        return self._item(block, window, y, x)
 
     def loader(self, batch_size: int, shuffle: bool = False, drop_last: bool = False,
                **kwargs) -> torch.utils.data.DataLoader:
@@ -691,15 +692,37 @@ class SICDataset(Dataset):
         land = self._land_out[y:y + ph, x:x + pw].astype(np.float32)[None]
         return inputs, targets, torch.from_numpy(land)
 
+    def _item_into(self, block: _Block, window: int, y: int, x: int, batch: tuple,
+                   b: int) -> None:
+        """Write the item of `window` at (y, x) into slot b of batch tensors (one copy)."""
+        self._stack(block, self.input_channels, self._inputs[window], y, x,
+                    out=batch[0][b].numpy())
+        self._stack(block, self.target_channels, self._targets[window], y, x,
+                    out=batch[1][b].numpy())
+        if self.return_mask:
+            ph, pw = self.patch_shape
+            batch[2][b, 0] = torch.from_numpy(self._land_out[y:y + ph, x:x + pw])
+
+    def _empty_batch(self, n: int) -> tuple[torch.Tensor, ...]:
+        ph, pw = self.patch_shape
+        batch = (_empty_batch((n, self._inputs.shape[1], len(self.input_channels), ph, pw)),
+                 _empty_batch((n, self._targets.shape[1], len(self.target_channels), ph, pw)))
+        return (*batch, _empty_batch((n, 1, ph, pw))) if self.return_mask else batch
+
     def _stack(self, block: _Block, channels: Sequence[str], frames: np.ndarray,
-               y: int, x: int) -> torch.Tensor:
-        """(T, C, h, w) float32 tensor of `channels` on `frames` at patch origin (y, x)."""
+               y: int, x: int, out: np.ndarray | None = None) -> torch.Tensor | None:
+        """(T, C, h, w) float32 of `channels` on `frames` at patch origin (y, x).
+
+        Returns a tensor, or writes into `out` when given.
+        """
         h, w = self.patch_shape
         land = self._land_out[y:y + h, x:x + w] if self.apply_land_mask else None
-        if len(channels) == 1 and land is None:  # the common case: no extra copy
-            data = block.take(channels[0], frames, y, x, h, w)
-            return torch.from_numpy(np.ascontiguousarray(data, np.float32)[:, None])
-        out = np.empty((len(frames), len(channels), h, w), np.float32)
+        result = None
+        if out is None:
+            if len(channels) == 1 and land is None:  # the common case: no extra copy
+                data = block.take(channels[0], frames, y, x, h, w)
+                return torch.from_numpy(np.ascontiguousarray(data, np.float32)[:, None])
+            result = out = np.empty((len(frames), len(channels), h, w), np.float32)
         for i, name in enumerate(channels):
             if name in _SOURCE:
                 out[:, i] = block.take(name, frames, y, x, h, w)
@@ -713,7 +736,7 @@ class SICDataset(Dataset):
                 out[:, i] = value.astype(np.float32)[:, None, None]
             if land is not None and name != cube.LAND:
                 out[:, i][:, land] = 0
-        return torch.from_numpy(out)
+        return None if result is None else torch.from_numpy(result)
 
     # ---- whole-dataset views (the original's API)
 
@@ -746,10 +769,10 @@ class SICDataset(Dataset):
         return self._patches.copy()
 
     def stream(self, shuffle: bool = True, seed: int = 0, groups_in_flight: int = 2,
-               block_bytes: int = 256 * 2**20) -> SICStream:
+               block_bytes: int = 256 * 2**20, batch_size: int | None = None) -> SICStream:
         """This dataset's items as a `SICStream` (grouped by chunk; see there)."""
         return SICStream(self, shuffle=shuffle, seed=seed, groups_in_flight=groups_in_flight,
-                         block_bytes=block_bytes)
+                         block_bytes=block_bytes, batch_size=batch_size)
 
     def __repr__(self) -> str:
         return (f"SICDataset({self.store!s}, {self.days[0]}..{self.days[-1]}, {len(self)} items "
@@ -778,12 +801,18 @@ class SICStream(IterableDataset):
     groups_in_flight : groups whose items are mixed together (memory: that many blocks).
     block_bytes : memory budget for one group's block; sets how many time chunks a
         group spans.
+    batch_size : yield stacked batches of this many items, written straight into shared
+        memory in a worker (use ``DataLoader(stream, batch_size=None)``); each worker's
+        last batch may be short. None yields single items.
     """
 
     def __init__(self, dataset: SICDataset, shuffle: bool = True, seed: int = 0,
-                 groups_in_flight: int = 2, block_bytes: int = 256 * 2**20):
+                 groups_in_flight: int = 2, block_bytes: int = 256 * 2**20,
+                 batch_size: int | None = None):
         if dataset.random_patches is not None:
             raise BadInput("random_patches: a stream needs a fixed patch tiling")
+        self.batch_size = None if batch_size is None else _positive_int(batch_size,
+                                                                        "batch_size")
         self.dataset = dataset
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
@@ -798,6 +827,10 @@ class SICStream(IterableDataset):
         self._epoch = int(epoch)
 
     def __len__(self) -> int:
+        if self.batch_size is not None:
+            # Each worker ends with its own short batch: the count depends on the workers.
+            raise TypeError("a batched SICStream has no fixed length; len(stream.dataset) "
+                            "gives the items")
         return len(self.dataset)
 
     def _group_items(self) -> list[np.ndarray]:
@@ -837,6 +870,7 @@ class SICStream(IterableDataset):
         order = rng.permutation(len(self.groups)) if self.shuffle else np.arange(len(self.groups))
         mine = order[worker::workers]
         ds = self.dataset
+        pending: list = []  # items of the batch being filled
         for start in range(0, len(mine), self.groups_in_flight):
             batch = [self.groups[g] for g in mine[start:start + self.groups_in_flight]]
             blocks = [self._load(items) for items in batch]
@@ -846,7 +880,21 @@ class SICStream(IterableDataset):
             for j in sequence:
                 window, patch = divmod(int(items[j]), len(ds._patches))
                 y, x = ds._patches[patch]
-                yield ds._item(blocks[owner[j]], window, int(y), int(x))
+                if self.batch_size is None:
+                    yield ds._item(blocks[owner[j]], window, int(y), int(x))
+                    continue
+                pending.append((blocks[owner[j]], window, int(y), int(x)))
+                if len(pending) == self.batch_size:
+                    yield self._stack(pending)
+                    pending = []
+        if pending:
+            yield self._stack(pending)
+
+    def _stack(self, pending: list) -> tuple[torch.Tensor, ...]:
+        batch = self.dataset._empty_batch(len(pending))
+        for b, (block, window, y, x) in enumerate(pending):
+            self.dataset._item_into(block, window, y, x, batch, b)
+        return batch
 
     def _load(self, items: np.ndarray) -> _Block:
         """One group's block: all frames and the bounding region of its items."""

@@ -431,6 +431,21 @@ def test_stream_visits_every_item_once_per_epoch_across_workers(small_cube):
     assert orders[0] != orders[1]  # reshuffled between epochs
 
 
+def test_batched_stream_gives_the_same_items_stacked(small_cube):
+    ds = _dataset(small_cube, patch_size=(24, 20), variables=["filled"], return_mask=True)
+    single = list(SICStream(ds, seed=5))
+    batched = list(SICStream(ds, seed=5, batch_size=3))
+    assert [len(b[0]) for b in batched] == [3] * (len(ds) // 3) + (
+        [len(ds) % 3] if len(ds) % 3 else [])
+    for part in range(3):
+        assert torch.equal(torch.cat([b[part] for b in batched]),
+                           torch.stack([item[part] for item in single]))
+    loader = DataLoader(SICStream(ds, seed=5, batch_size=3), batch_size=None, num_workers=2,
+                        multiprocessing_context="fork")
+    keys = collections.Counter(x.numpy().tobytes() for b in loader for x in b[0])
+    assert keys == collections.Counter(item[0].numpy().tobytes() for item in single)
+
+
 def test_stream_without_shuffle_is_in_cube_order(small_cube):
     ds = _dataset(small_cube, patch_size=(24, 20))
     stream = SICStream(ds, shuffle=False, groups_in_flight=1, block_bytes=1)  # one time chunk
