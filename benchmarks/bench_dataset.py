@@ -11,7 +11,8 @@ method over the same items in the same shuffled order, and reports samples per s
 - direct: two plain processes slicing the Zarr array, nothing around it (the ceiling);
 - SICDataset in a DataLoader (batch 8, 2 workers, shuffled items);
 - SICDataset.loader (the same batches, read in place into shared memory);
-- SICStream in a DataLoader (same, all items, grouped by chunk);
+- SICStream in a DataLoader (same, all items, grouped by chunk), and stacking its own
+  batches in shared memory;
 - the original way: xarray over the NetCDF file, `isel` per item, 2 workers (fewer items:
   it is slow).
 
@@ -193,11 +194,15 @@ def run_loader(dataset, order: list[int]) -> Timer:
     return _timed_drain(loader, len(order))
 
 
-def run_stream(dataset) -> Timer:
+def run_stream(dataset, batched: bool) -> Timer:
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(dataset.stream(seed=0), batch_size=BATCH, num_workers=WORKERS,
-                        multiprocessing_context="fork")
+    if batched:  # the stream stacks its batches itself, in shared memory
+        loader = DataLoader(dataset.stream(seed=0, batch_size=BATCH), batch_size=None,
+                            num_workers=WORKERS, multiprocessing_context="fork")
+    else:
+        loader = DataLoader(dataset.stream(seed=0), batch_size=BATCH, num_workers=WORKERS,
+                            multiprocessing_context="fork")
     return _timed_drain(loader, len(dataset))
 
 
@@ -262,7 +267,8 @@ def measure(store: Path, days: int, n_items: int, repeat: int) -> tuple[dict, di
         "direct": (lambda: run_direct(store, items), len(items)),
         "dataset": (lambda: run_dataset(dataset, order), len(items)),
         "loader": (lambda: run_loader(dataset, order), len(items)),
-        "stream": (lambda: run_stream(dataset), len(dataset)),
+        "stream": (lambda: run_stream(dataset, False), len(dataset)),
+        "stream_batched": (lambda: run_stream(dataset, True), len(dataset)),
     }
     # The machine is shared: runs alternate between methods and the best of `repeat`
     # counts (samples/s and CPU time separately).
@@ -326,6 +332,7 @@ def results(args, measured, original, n_original, nc_chunks) -> str:
         "dataset": "`SICDataset` in `DataLoader(batch_size=8)`",
         "loader": "`SICDataset.loader(8)`: batches read in place",
         "stream": "`SICStream` in `DataLoader(batch_size=8)`, all items",
+        "stream_batched": "`SICStream(batch_size=8)`, batches in place, all items",
     }
     rows = []
     for chunks, best, counts in measured:
@@ -344,16 +351,18 @@ def results(args, measured, original, n_original, nc_chunks) -> str:
         f" --chunks {' '.join(args.chunks)}" if args.chunks != ["8,512,512"] else "")
     return f"""## Dataset
 
-`{command}` ({dt.date.today()}): full-resolution cubes (3584 x 2432, {args.days} days, one
-missing) in sicube's layout with the chunks (time x y x) of the first column, zarr's
-default zstd codec; the first is `cube.DEFAULT_CHUNKS`. The original way reads the same
-`sea_ice_conc` from one zlib NetCDF file (level 4, netCDF's default chunks) as the
-original toolbox wrote it. Items: 8-frame windows (4 inputs + 4 targets) of 256 x 256
-patches tiling the grid, shuffled, the same items in the same order for every method;
-batches of {BATCH}; {WORKERS} worker processes (fork); page cache warm. Runs alternate
-between methods, best of {args.repeat} (the original way: one run on fewer items). CPU
-time counts the main process and the workers; on this shared 2-core machine it is the
-steadier measure. Ratios compare with direct slicing of the same cube.
+`{command}`
+
+({dt.date.today()}) Full-resolution cubes (3584 x 2432, {args.days} days, one missing) in
+sicube's layout with the chunks (time x y x) of the first column, zarr's default zstd
+codec; the first is `cube.DEFAULT_CHUNKS`. The original way reads the same `sea_ice_conc`
+from one zlib NetCDF file (level 4, netCDF's default chunks) as the original toolbox
+wrote it. Items: 8-frame windows (4 inputs + 4 targets) of 256 x 256 patches tiling the
+grid, shuffled, the same items in the same order for every method; batches of {BATCH};
+{WORKERS} worker processes (fork); page cache warm. Runs alternate between methods, best
+of {args.repeat} (the original way: one run on fewer items). CPU time counts the main
+process and the workers; on this shared 2-core machine it is the steadier measure.
+Ratios compare with direct slicing of the same cube.
 
 | chunks | method | items | samples/s | vs direct | vs original | CPU ms/sample | CPU vs direct |
 |---|---|---:|---:|---:|---:|---:|---:|
