@@ -345,35 +345,26 @@ class SICDataset(Dataset):
                  allow_unobserved: bool = False, storage_options: dict | None = None):
         self.store = store
         self.storage_options = storage_options
-        self._handles = None  # opened lazily, per process
+        self._handles = None  # opened lazily, per process (see _arrays); never pickled
         self._handles_pid = None
-        group = _open_group(store, storage_options)
-        try:
-            self._setup(group, start_time, end_time, input_length, pred_length, input_gap,
-                        pred_shift, pred_gap, samples_gap, roi, coarsen, patch_size,
-                        patch_stride, random_patches, variables, target_variables,
-                        apply_land_mask, return_mask, max_filled_fraction, quality_cache,
-                        allow_unobserved)
-            self._preloaded = self._load_block(group, self._all_frames(), 0, 0,
-                                               *self.frame_shape) if preload_data else None
-        finally:
-            del group  # no handle survives construction
+        group = _open_group(store, storage_options)  # construction only: not kept
+        self._setup_time(group, start_time, end_time)
+        self._setup_space(group, roi, coarsen, patch_size, patch_stride, random_patches)
+        self._setup_channels(group, variables, target_variables, apply_land_mask, return_mask,
+                             load_land=max_filled_fraction is not None)
+        self._setup_windows(group, (input_length, pred_length, input_gap, pred_shift, pred_gap,
+                                    samples_gap), allow_unobserved, max_filled_fraction,
+                            quality_cache)
         self.preload_data = bool(preload_data)
+        self._preloaded = (self._load_block(group, self._all_frames(), 0, 0, *self.frame_shape)
+                           if preload_data else None)
         log.info("SICDataset %s %s..%s: %s", store, self.days[0], self.days[-1], self.report)
 
     # ---- construction
 
-    def _setup(self, group, start_time, end_time, input_length, pred_length, input_gap,
-               pred_shift, pred_gap, samples_gap, roi, coarsen, patch_size, patch_stride,
-               random_patches, variables, target_variables, apply_land_mask, return_mask,
-               max_filled_fraction, quality_cache, allow_unobserved) -> None:
-        conc = group[cube.CONC]
-        n_time, ny, nx = conc.shape
-        self.chunks = tuple(int(c) for c in conc.chunks)
-        self.grid_shape = (int(ny), int(nx))
+    def _setup_time(self, group, start_time: DateLike, end_time: DateLike) -> None:
+        """The cube's calendar and the span [start_time, end_time] on it."""
         cube_days = _decode_days(group["time"])
-
-        # Time span: indices [a, b] of the cube's axis.
         first = parse_date(start_time, "start_time")
         last = parse_date(end_time, "end_time")
         if last < first:
@@ -384,12 +375,18 @@ class SICDataset(Dataset):
         if last > cube_days[-1]:
             raise BadInput(f"end_time: {last} is outside the cube "
                            f"({cube_days[0]}..{cube_days[-1]})")
-        a, b = cube_days.index(first), cube_days.index(last)
-        self.days = cube_days[a:b + 1]
+        self._span = (cube_days.index(first), cube_days.index(last))  # cube day indices
+        self.days = cube_days[self._span[0]:self._span[1] + 1]
         self._day_ints = np.array([yyyymmdd(d) for d in cube_days], np.int64)
         self._doy = np.array([d.timetuple().tm_yday for d in cube_days], np.float32)
 
-        # Space: ROI in grid cells, coarsening, output frame, patches.
+    def _setup_space(self, group, roi, coarsen, patch_size, patch_stride,
+                     random_patches) -> None:
+        """ROI in grid cells, coarsening, the output frame and the patches."""
+        conc = group[cube.CONC]
+        _, ny, nx = conc.shape
+        self.chunks = tuple(int(c) for c in conc.chunks)
+        self.grid_shape = (int(ny), int(nx))
         if roi is None:
             roi = (0, ny, 0, nx)
         try:
@@ -406,54 +403,59 @@ class SICDataset(Dataset):
         self.frame_shape = ((y1 - y0) // c, (x1 - x0) // c)
         self._setup_patches(patch_size, patch_stride, random_patches)
 
-        # Channels.
+    def _setup_channels(self, group, variables, target_variables, apply_land_mask,
+                        return_mask, load_land: bool) -> None:
+        """The channels of inputs and targets, and the static fields they need."""
         self.variables = self._check_channels(variables, "variables")
         self.target_variables = self._check_channels(target_variables, "target_variables")
         self.input_channels = (cube.CONC, *self.variables)
         self.target_channels = (cube.CONC, *self.target_variables)
-        if c > 1 and cube.FLAG in (*self.variables, *self.target_variables):
+        extra = (*self.variables, *self.target_variables)
+        c = self.coarsen
+        if c > 1 and cube.FLAG in extra:
             raise BadInput("variables: fill_flag codes cannot be averaged; with coarsen > 1 "
                            "ask for 'filled' (the share of filled cells) instead")
         self.apply_land_mask = bool(apply_land_mask)
         self.return_mask = bool(return_mask)
-        needs_land = (c > 1 or self.apply_land_mask or self.return_mask
-                      or max_filled_fraction is not None
-                      or cube.LAND in (*self.variables, *self.target_variables))
-        self._land_full = (np.asarray(group[cube.LAND][y0:y1, x0:x1]) if needs_land
-                           else np.zeros((y1 - y0, x1 - x0), np.uint8))
+        y0, y1, x0, x1 = self.roi
+        if load_land or c > 1 or self.apply_land_mask or self.return_mask or cube.LAND in extra:
+            self._land_full = np.asarray(group[cube.LAND][y0:y1, x0:x1])
+        else:
+            self._land_full = np.zeros((y1 - y0, x1 - x0), np.uint8)
         self._ocean_full = self._land_full == 0
-        # Static channels at output resolution; land: 1 where no ocean cell in the block.
-        self._static = {cube.LAND: _coarsen(cube.LAND, self._land_full, self._ocean_full, c)}
-        if cube.NAN_RATIO in (*self.variables, *self.target_variables):
-            ratio = np.asarray(group[cube.NAN_RATIO][y0:y1, x0:x1], np.float32)
-            self._static[cube.NAN_RATIO] = _coarsen(cube.NAN_RATIO, ratio, self._ocean_full, c)
+        # At output resolution; a coarsened block is land when it has no ocean cell.
         self._land_out = (_coarsen_sum(self._ocean_full, c) == 0 if c > 1
                           else ~self._ocean_full)
+        self._static = {cube.LAND: _coarsen(cube.LAND, self._land_full, self._ocean_full, c)}
+        if cube.NAN_RATIO in extra:
+            ratio = np.asarray(group[cube.NAN_RATIO][y0:y1, x0:x1], np.float32)
+            self._static[cube.NAN_RATIO] = _coarsen(cube.NAN_RATIO, ratio, self._ocean_full, c)
 
-        # Windows: the rule, then the skips.
-        inputs, targets = window_indices(b - a + 1, input_length, pred_length, input_gap,
-                                         pred_shift, pred_gap, samples_gap)
+    def _setup_windows(self, group, rule: tuple[int, ...], allow_unobserved: bool,
+                       max_filled_fraction, quality_cache) -> None:
+        """The windows of the original's rule over the span, less the skipped ones."""
+        a, b = self._span
+        inputs, targets = window_indices(b - a + 1, *rule)
         if len(inputs) == 0:
+            input_length, pred_length, input_gap, pred_shift, pred_gap, _ = rule
             span = (input_gap * (input_length - 1) + 1 + pred_shift
                     + pred_gap * (pred_length - 1))
             raise BadInput(f"input_length/pred_length: a window spans {span} days but "
-                           f"{first}..{last} has {b - a + 1}; no window fits")
+                           f"{self.days[0]}..{self.days[-1]} has {b - a + 1}; no window fits")
         inputs, targets = inputs + a, targets + a
         candidates = len(inputs)
-        observed = np.asarray(group[cube.OBSERVED][:], bool)
         keep = np.ones(candidates, bool)
         if not allow_unobserved:
+            observed = np.asarray(group[cube.OBSERVED][:], bool)
             keep = observed[inputs].all(1) & observed[targets].all(1)
         unobserved = int(candidates - keep.sum())
         fraction = None
         too_in = too_tgt = 0
         if max_filled_fraction is not None:
             max_in, max_tgt = self._check_fraction(max_filled_fraction)
-            fraction_all = np.full(n_time, np.nan)
-            fraction_all[a:b + 1] = self._filled_fractions(group, a, b, quality_cache)
-            fraction = fraction_all[a:b + 1]
-            bad_in = keep & (fraction_all[inputs] > max_in).any(1)
-            bad_tgt = keep & ~bad_in & (fraction_all[targets] > max_tgt).any(1)
+            fraction = self._filled_fractions(group, a, b, quality_cache)
+            bad_in = keep & (fraction[inputs - a] > max_in).any(1)
+            bad_tgt = keep & ~bad_in & (fraction[targets - a] > max_tgt).any(1)
             too_in, too_tgt = int(bad_in.sum()), int(bad_tgt.sum())
             keep &= ~bad_in & ~bad_tgt
         self.report = WindowReport(candidates, unobserved, too_in, too_tgt, int(keep.sum()),
