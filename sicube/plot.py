@@ -422,6 +422,80 @@ def save_figure(fig, output: str | os.PathLike, dpi: int = DPI) -> Path:
     return output
 
 
+ROI_FIGSIZE = (14.0, 8.0)
+
+
+def plot_roi(report):
+    """The ROI drawn on the full grid (worst day's raw data), beside its missing share per day.
+
+    The map is in grid indices (the ROI's own units), row 0 at the bottom as y ascends.
+    `report` is a `sicube.report.RoiReport`.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Rectangle
+
+    worst = report.worst
+    if worst is None:
+        raise BadInput("ROI report has no observed day to draw")
+    if report.store is not None:
+        ds, _ = _as_cube(report.store)
+        index, _ = cube_day_index(ds, worst.date)
+        values = ds[cube.RAW].isel(time=index).values
+        epsg = cube_epsg(ds)
+        x, y = ds["x"].values, ds["y"].values
+    else:
+        field, _ = read_file_field(report.source_files[worst.date])
+        values, epsg, x, y = field.values, field.epsg, field.x, field.y
+    ny, nx = values.shape
+    fig = _figure(ROI_FIGSIZE)
+    ax_map, ax_days = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.3]})
+    ax_map.set_facecolor(MISSING_COLOUR)
+    image = ax_map.imshow(values, origin="lower", cmap=CONC_CMAP, vmin=0, vmax=100,
+                          interpolation="nearest", extent=(-0.5, nx - 0.5, -0.5, ny - 0.5))
+    land = land_on_grid(x, y, epsg)
+    ax_map.imshow(np.ma.masked_where(~land, land), origin="lower",
+                  cmap=ListedColormap([LAND_COLOUR]), interpolation="nearest",
+                  extent=(-0.5, nx - 0.5, -0.5, ny - 0.5))
+    roi = report.roi
+    ax_map.add_patch(Rectangle((roi.xmin - 0.5, roi.ymin - 0.5), roi.xmax - roi.xmin,
+                               roi.ymax - roi.ymin, fill=False, edgecolor="red", linewidth=1.5))
+    ax_map.set_xlabel("x index (column)")
+    ax_map.set_ylabel("y index (row)")
+    ax_map.set_title(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} on the "
+                     f"{ny} x {nx} grid\nraw data of {worst.date} (most missing in the ROI)",
+                     fontsize=10)
+    fig.colorbar(image, ax=ax_map, shrink=0.7, label="sea-ice concentration (%)")
+    _legend(ax_map, [(LAND_COLOUR, "land"), (MISSING_COLOUR, "no data")])
+
+    def at(day: dt.date) -> dt.datetime:  # a day's bar is centred on its date tick
+        return dt.datetime.combine(day, dt.time(0))
+
+    half = dt.timedelta(hours=12)
+    shares = [d.missing_percent for d in report.days]
+    colours = ["#d62728" if s >= report.threshold_percent else "#1f77b4" for s in shares]
+    ax_days.bar([at(d.date) for d in report.days], shares, color=colours,
+                width=dt.timedelta(hours=19))
+    ax_days.axhline(report.threshold_percent, color="#d62728", linestyle="--", linewidth=1,
+                    label=f"threshold {report.threshold_percent:g}%")
+    for day in report.unobserved:
+        ax_days.axvspan(at(day) - half, at(day) + half, color=MISSING_COLOUR, alpha=0.35,
+                        linewidth=0)
+    ax_days.set_ylabel("missing cells in the ROI (%)")
+    ax_days.set_xlim(at(report.start) - 2 * half, at(report.end) + 2 * half)
+    fig.autofmt_xdate()
+    ax_days.legend(handles=[*ax_days.get_legend_handles_labels()[0],
+                            _patch(MISSING_COLOUR, "no file for the day")], fontsize=8)
+    ax_days.set_title(f"{len(report.flagged)} of {len(report.days)} observed days at or "
+                      f"above {report.threshold_percent:g}%", fontsize=10)
+    return fig
+
+
+def _patch(colour: str, text: str):
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor=colour, alpha=0.5, label=text)
+
+
 # --- interactive ----------------------------------------------------------------------------------
 
 EXPLORE_VARIABLES = (cube.CONC, cube.RAW)
