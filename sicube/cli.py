@@ -168,7 +168,8 @@ def _run_explore(args: argparse.Namespace) -> int:
     if not 50 <= args.width <= 4000:
         raise BadInput(f"width: must be between 50 and 4000 pixels, got {args.width}")
     path = save_explorer(args.store, args.html, variables=tuple(args.variables),
-                         start=args.start, end=args.end, width=args.width)
+                         start=args.start, end=args.end, width=args.width,
+                         progress=not args.quiet)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
     return 0
 
