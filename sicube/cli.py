@@ -95,3 +95,69 @@ def _run_sample(args: argparse.Namespace) -> int:
     if archive.missing:
         print("missing days: " + ", ".join(f"{d:%Y%m%d}" for d in archive.missing))
     return 0
+
+
+# --- download and mirror (sicube.download, sicube.mirror) -------------------------------------
+
+
+@command("download", "fetch daily files for a date range (concurrent, retried, validated)")
+def _add_download(parser: argparse.ArgumentParser) -> None:
+    from sicube.download import (
+        DEFAULT_BASE_URL,
+        DEFAULT_CONCURRENCY,
+        DEFAULT_RETRIES,
+        DEFAULT_TIMEOUT,
+    )
+
+    parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day")
+    parser.add_argument("--out", required=True, help="output folder (files go to {YYYY}/)")
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL,
+                        help="server base URL (default: the Bremen server)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help="transfers at once (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                        help="further attempts after a failed one (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="seconds without data before an attempt is abandoned")
+    parser.add_argument("--backoff", type=float, default=0.5,
+                        help="first retry delay in seconds, doubled each retry, jittered")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="fetch again even when a valid file is present")
+    parser.set_defaults(run=_run_download)
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from sicube.download import download
+    from sicube.products import file_name
+
+    report = download(args.start, args.end, args.out, base_url=args.base_url,
+                      concurrency=args.concurrency, retries=args.retries, force=args.force,
+                      timeout=args.timeout, backoff=args.backoff, progress=not args.quiet)
+    print(report.summary())
+    if report.failed:
+        names = ", ".join(file_name(r.day) for r in report.failed)
+        print(f"sicube download: {len(report.failed)} days failed: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@command("mirror", "serve an archive folder on 127.0.0.1 like the Bremen server (with faults)")
+def _add_mirror(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True, help="archive folder with {YYYY}/ sub-folders")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="TCP port on 127.0.0.1 (0 = any free port; default %(default)s)")
+    parser.add_argument("--faults", default=None, metavar="PLAN.json",
+                        help="fault plan: file name or YYYYMMDD -> faults (see sicube.mirror)")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds added before every answer")
+    parser.add_argument("--grid", default="n3125", help="grid name in the URL path")
+    parser.set_defaults(run=_run_mirror)
+
+
+def _run_mirror(args: argparse.Namespace) -> int:
+    from sicube.mirror import serve_forever
+
+    serve_forever(args.root, port=args.port, faults=args.faults, latency=args.latency,
+                  grid=args.grid)
+    return 0
