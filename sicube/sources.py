@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from sicube import products
 from sicube.errors import BadSourceFile
 
 log = logging.getLogger(__name__)
+
+# The netCDF-C/HDF5 libraries are not thread-safe: two threads reading files at once can
+# crash the process (the downloader validates in worker threads while the builder reads).
+NETCDF_LOCK = threading.RLock()
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _NETCDF3_MAGIC = b"CDF"
@@ -127,7 +132,7 @@ def read_day(path: str | os.PathLike, expected: GridCoords | None = None) -> Day
     be decoded (truncated) or lies on another grid than `expected`.
     """
     path = Path(path)
-    with _open(path) as nc:
+    with NETCDF_LOCK, _open(path) as nc:
         grid = _grid_of(nc, path)
         _check_grid(grid, expected, path)
         var = nc.variables[products.CONC_VAR]
