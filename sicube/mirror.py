@@ -238,7 +238,8 @@ class Mirror:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def _start(self, sock: socket.socket) -> None:
-        self._runner = web.AppRunner(self._app(), access_log=None)
+        # short: handlers still sleeping in a slow: fault must not hold up stop()
+        self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
 
