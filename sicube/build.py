@@ -179,9 +179,10 @@ def _lock_is_live(lock: Path) -> bool:
 
 
 def _open_group(store: str, mode: str = "r+"):
+    """Open the store for building: fresh metadata, never the consolidated copy."""
     import zarr
 
-    return zarr.open_group(store, mode=mode)
+    return zarr.open_group(store, mode=mode, use_consolidated=False)
 
 
 def _exists(store: str) -> bool:
@@ -193,7 +194,7 @@ def _exists(store: str) -> bool:
 
 def _create_store(store: str, days: list[dt.date], grid: GridCoords, epsg: int,
                   chunks: dict | None, state: dict) -> None:
-    """Write the empty cube; locally into a temp folder renamed at the end, so it is all or nothing."""
+    """Write the empty cube; locally into a temp folder renamed at the end: all or nothing."""
     ds = cube.template(days, grid.x, grid.y, epsg, chunks=chunks, attrs={STATE: json.dumps(state)})
     import warnings
 
@@ -214,7 +215,6 @@ def _read_state(group) -> dict:
 
 def _write_state(group, state: dict) -> None:
     group.attrs[STATE] = json.dumps(state)
-    _consolidate(group.store)
 
 
 def _consolidate(store) -> None:
@@ -420,7 +420,7 @@ def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterato
         try:
             client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError, ValueError) as err:
-            raise BadInput(f"--scheduler {scheduler}: cannot reach a dask scheduler ({err})") from err
+            raise BadInput(f"--scheduler {scheduler}: no dask scheduler there ({err})") from err
         summary.dashboard = client.dashboard_link
         log.warning("dask dashboard: %s", client.dashboard_link)
         with client, dask.config.set(scheduler=client):
@@ -456,6 +456,8 @@ def _finish(group, state: dict, summary: BuildSummary, base_url: str | None,
     })
     state["complete"] = True
     _write_state(group, state)
+    # Readers (xarray, HTTP clients that cannot list) get all metadata in one document.
+    _consolidate(group.store)
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -544,6 +546,8 @@ def build(
                     raise BadInput(f"no source file for any day of {first} .. {last}"
                                    + (f" under {source}" if source else f" at {base_url}"))
                 field_ = read_day(found.path)
+                if mask_from is not None:  # refuse a bad mask before anything is written
+                    mask.load_mask(mask_from, field_.grid)
                 state = {"args": args, "ingested": [], "sources": {}, "failed": {},
                          "mask_done": False, "filled": [], "flag_counts": {},
                          "complete": False}
@@ -684,7 +688,6 @@ def _extend_time(group, days: list[dt.date]) -> None:
     time_array.resize((n,))
     epoch = np.datetime64("1970-01-01", "D")
     time_array[:] = (to_datetime64(days).astype("datetime64[D]") - epoch).astype(np.int32)
-    _consolidate(group.store)
 
 
 __all__ = ["build", "update", "BuildSummary", "default_raw_dir", "yyyymmdd"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from sicube.errors import BadSourceFile
 
 log = logging.getLogger(__name__)
 
+# netCDF-C and HDF5 are not thread-safe: one thread at a time inside them, whoever calls.
+NETCDF_LOCK = threading.Lock()
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _NETCDF3_MAGIC = b"CDF"
 
@@ -127,7 +130,7 @@ def read_day(path: str | os.PathLike, expected: GridCoords | None = None) -> Day
     be decoded (truncated) or lies on another grid than `expected`.
     """
     path = Path(path)
-    with _open(path) as nc:
+    with NETCDF_LOCK, _open(path) as nc:
         grid = _grid_of(nc, path)
         _check_grid(grid, expected, path)
         var = nc.variables[products.CONC_VAR]
