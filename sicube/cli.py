@@ -97,6 +97,95 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--base-url", help="server to download from (default: Bremen)")
+    where.add_argument("--source", help="folder of daily files on disk (searched recursively)")
+    parser.add_argument("--raw-dir", help="where downloads are kept and reused (default: cache)")
+    parser.add_argument("--scheduler", default="threads",
+                        help="threads (default), processes, or a dask scheduler address")
+    parser.add_argument("--workers", type=int, help="dask workers (default: one per core)")
+
+
+@command("build", "build a filled, masked Zarr cube for a date range (resumable)")
+def _add_build(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day")
+    parser.add_argument("--store", required=True, help="Zarr store: a path or any fsspec URL")
+    _add_source_args(parser)
+    parser.add_argument("--time-window", type=int, default=3, help="fill half-window in days")
+    parser.add_argument("--space-window", type=int, default=7, help="fill half-window in cells")
+    parser.add_argument("--alpha", type=float, default=15.0, help="weight of time vs space")
+    parser.add_argument("--sigma", type=float, default=7.0, help="Gaussian width in cells")
+    masks = parser.add_mutually_exclusive_group()
+    masks.add_argument("--mask-threshold", type=float, default=0.85,
+                       help="land where a cell is NaN on at least this share of observed days")
+    masks.add_argument("--mask", help="reuse land_mask from a NetCDF file or another cube")
+    parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default 8,512,512)")
+    parser.set_defaults(run=_run_build)
+
+
+def _chunks(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        t, y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise BadInput(f"--chunks {text!r}: give three integers TIME,Y,X") from None
+    if min(t, y, x) < 1:
+        raise BadInput(f"--chunks {text!r}: sizes must be positive")
+    return {"time": t, "y": y, "x": x}
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from sicube.build import build
+
+    summary = build(
+        args.start, args.end, args.store, base_url=args.base_url, source=args.source,
+        raw_dir=args.raw_dir, time_window=args.time_window, space_window=args.space_window,
+        alpha=args.alpha, sigma=args.sigma, mask_threshold=args.mask_threshold,
+        mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
+        chunks=_chunks(args.chunks), progress=not args.quiet,
+    )
+    print(summary.text())
+    return summary.exit_code
+
+
+@command("update", "append new days to a cube and refill the days whose window changed")
+def _add_update(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="an existing sicube cube")
+    parser.add_argument("--end", help="last day to add (default: yesterday, UTC)")
+    _add_source_args(parser)
+    parser.set_defaults(run=_run_update)
+
+
+def _run_update(args: argparse.Namespace) -> int:
+    from sicube.build import update
+
+    summary = update(args.store, args.end, base_url=args.base_url, source=args.source,
+                     raw_dir=args.raw_dir, scheduler=args.scheduler, workers=args.workers,
+                     progress=not args.quiet)
+    print(summary.text())
+    return summary.exit_code
+
+
+@command("mask", "export a cube's land mask as the original toolbox's NetCDF file")
+def _add_mask(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="a sicube cube")
+    parser.add_argument("--output", "-o", required=True, help="NetCDF file to write")
+    parser.add_argument("--threshold", type=float,
+                        help="recompute land_mask from the cube's nan_ratio with this threshold")
+    parser.set_defaults(run=_run_mask)
+
+
+def _run_mask(args: argparse.Namespace) -> int:
+    from sicube.mask import export_mask
+
+    path, land_share = export_mask(args.store, args.output, threshold=args.threshold)
+    print(f"wrote {path}: land_mask (1 = land, {land_share:.1%} of cells) and nan_ratio")
+    return 0
+
+
 # --- download and mirror (sicube.download, sicube.mirror) -------------------------------------
 
 

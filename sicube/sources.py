@@ -21,10 +21,8 @@ from sicube.errors import BadSourceFile
 
 log = logging.getLogger(__name__)
 
-# The netCDF-C/HDF5 libraries are not thread-safe: two threads reading files at once can
-# crash the process (the downloader validates in worker threads while the builder reads).
-NETCDF_LOCK = threading.RLock()
-
+# netCDF-C and HDF5 are not thread-safe: one thread at a time inside them, whoever calls.
+NETCDF_LOCK = threading.Lock()
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _NETCDF3_MAGIC = b"CDF"
 
