@@ -38,13 +38,13 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from sicube import __version__, products
-from sicube.dates import DateLike, day_range, parse_span, yyyymmdd
+from sicube.dates import DateLike, day_range, parse_date, parse_span, yyyymmdd
 from sicube.errors import BadInput, BadSourceFile
 from sicube.sources import GridCoords, check_day_file
 
@@ -201,13 +201,13 @@ def _check_numbers(concurrency: int, retries: int, timeout: float) -> None:
         raise BadInput(f"timeout: must be a positive number of seconds, got {timeout!r}")
 
 
-def plan_days(start: DateLike, end: DateLike, base_url: str) -> list[dt.date]:
-    """Every day of [start, end], refusing days before the data start on the default server."""
-    first, last = parse_span(start, end)
-    if base_url == DEFAULT_BASE_URL and first < products.DATA_START:
-        raise BadInput(f"start {first.isoformat()} is before {products.DATA_START.isoformat()}, "
-                       "the first day the Bremen server has")
-    return list(day_range(first, last))
+def _check_days(days: Iterable[DateLike], base_url: str) -> list[dt.date]:
+    """The days, sorted and unique; days before the data start are refused for Bremen's server."""
+    checked = sorted({parse_date(day, "day") for day in days})
+    if checked and base_url == DEFAULT_BASE_URL and checked[0] < products.DATA_START:
+        raise BadInput(f"start {checked[0].isoformat()} is before "
+                       f"{products.DATA_START.isoformat()}, the first day the Bremen server has")
+    return checked
 
 
 # --- the transfers -----------------------------------------------------------------------------
@@ -402,12 +402,12 @@ def _sha256(path: Path) -> str:
 # --- public API --------------------------------------------------------------------------------
 
 
-def _prepare(start: DateLike, end: DateLike, out_dir: str | os.PathLike, base_url: str,
+def _prepare(days: Iterable[DateLike], out_dir: str | os.PathLike, base_url: str,
              concurrency: int, retries: int, timeout: float,
              **options) -> tuple[_Fetcher, list[dt.date]]:
     """Check every argument (BadInput) and return the fetcher and the days to fetch."""
     base_url = check_base_url(base_url)
-    days = plan_days(start, end, base_url)
+    days = _check_days(days, base_url)
     _check_numbers(concurrency, retries, timeout)
     out = _check_out_dir(out_dir)
     fetcher = _Fetcher(out, base_url, concurrency=concurrency, retries=retries,
@@ -415,24 +415,41 @@ def _prepare(start: DateLike, end: DateLike, out_dir: str | os.PathLike, base_ur
     return fetcher, days
 
 
-def iter_downloads(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
+def iter_downloads(days: Iterable[DateLike], out_dir: str | os.PathLike, *,
                    base_url: str = DEFAULT_BASE_URL, concurrency: int = DEFAULT_CONCURRENCY,
-                   retries: int = DEFAULT_RETRIES, force: bool = False,
+                   retries: int = DEFAULT_RETRIES, force: bool = False, progress: bool = False,
                    timeout: float = DEFAULT_TIMEOUT, backoff: float = 0.5,
                    backoff_max: float = 30.0,
                    expected_grid: GridCoords | None = None) -> Iterator[DayRecord]:
     """Yield each day's `DayRecord` as soon as it is finished (completion order, not dates).
 
-    Arguments are those of `download`; they are checked before anything is fetched (BadInput).
-    The transfers run on an asyncio loop in a background thread, so the caller may spend
-    time on each record (e.g. ingest the file) while the next days download. Closing the
-    generator early cancels the remaining transfers. No manifest is written; see
-    `write_manifest`.
+    `days` are any days (not necessarily contiguous, e.g. those a resumed build still
+    lacks); the other arguments are those of `download`. Everything is checked before
+    anything is fetched (BadInput). The transfers run on an asyncio loop in a background
+    thread, so the caller may spend time on each record (e.g. ingest the file) while the
+    next days download. Closing the generator early cancels the remaining transfers and
+    removes their `.part` files. No manifest is written; see `write_manifest`.
     """
-    fetcher, days = _prepare(start, end, out_dir, base_url, concurrency, retries, timeout,
+    fetcher, days = _prepare(days, out_dir, base_url, concurrency, retries, timeout,
                              force=force, backoff=backoff, backoff_max=backoff_max,
                              expected_grid=expected_grid)
-    return _drain(fetcher, days)
+    return _with_progress(_drain(fetcher, days), len(days), progress)
+
+
+def _with_progress(records: Iterator[DayRecord], total: int,
+                   enabled: bool) -> Iterator[DayRecord]:
+    from tqdm import tqdm
+
+    failed = 0
+    with tqdm(total=total, desc="download", unit="day", disable=not enabled) as bar:
+        try:
+            for record in records:
+                failed += record.status == FAILED
+                bar.update()
+                bar.set_postfix(failed=failed, refresh=False)
+                yield record
+        finally:
+            records.close()  # cancel the transfers when our consumer stops early
 
 
 def _drain(fetcher: _Fetcher, days: list[dt.date]) -> Iterator[DayRecord]:
@@ -515,20 +532,16 @@ def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
     DownloadReport; `.failed` lists the days that failed every retry (a 404 day is
     missing, not failed). Raises BadInput for bad arguments before fetching anything.
     """
-    fetcher, days = _prepare(start, end, out_dir, base_url, concurrency, retries, timeout,
-                             force=force, backoff=backoff, backoff_max=backoff_max,
+    first, last = parse_span(start, end)
+    fetcher, days = _prepare(day_range(first, last), out_dir, base_url, concurrency, retries,
+                             timeout, force=force, backoff=backoff, backoff_max=backoff_max,
                              expected_grid=expected_grid)
     began = time.perf_counter()
     records: list[DayRecord] = []
-    from tqdm import tqdm
-
-    with tqdm(total=len(days), desc="download", unit="day", disable=not progress) as bar:
-        for record in _drain(fetcher, days):
-            records.append(record)
-            bar.update()
-            bar.set_postfix(failed=sum(r.status == FAILED for r in records), refresh=False)
-            if on_day is not None:
-                on_day(record)
+    for record in _with_progress(_drain(fetcher, days), len(days), progress):
+        records.append(record)
+        if on_day is not None:
+            on_day(record)
     records.sort(key=lambda r: r.day)
     manifest = write_manifest(fetcher.out, records, fetcher.base_url)
     return DownloadReport(days=records, base_url=fetcher.base_url, manifest_path=manifest,

@@ -16,7 +16,7 @@ import pytest
 
 from sicube import cli, products
 from sicube.download import DayRecord, download, iter_downloads
-from sicube.errors import BadSourceFile
+from sicube.errors import BadInput, BadSourceFile
 from sicube.mirror import Mirror
 from sicube.sample import write_archive
 from sicube.sources import check_day_file
@@ -164,8 +164,8 @@ def test_a_file_on_another_grid_fails_naming_the_file(tmp_path):
 def test_iter_downloads_yields_in_completion_order_while_fetching_continues(mirror, tmp_path):
     mirror.set_faults({"20240401": ["trickle:1.0"]})
     seen = []
-    for record in iter_downloads("20240401", "20240404", tmp_path, base_url=mirror.base_url,
-                                 backoff=0.01):
+    days = [dt.date(2024, 4, d) for d in range(1, 5)]
+    for record in iter_downloads(days, tmp_path, base_url=mirror.base_url, backoff=0.01):
         assert isinstance(record, DayRecord)
         assert record.path.exists()  # the file is in place when its record arrives
         seen.append(record.day)
@@ -181,10 +181,10 @@ def test_on_day_is_called_in_the_callers_thread_for_every_day(mirror, tmp_path):
     assert {ident for _, ident in calls} == {threading.get_ident()}
 
 
-def test_closing_iter_downloads_early_cancels_and_leaves_no_part_files(mirror, tmp_path):
+def test_closing_iter_downloads_early_cancels_and_leaves_no_part_files(mirror, archive,
+                                                                       tmp_path):
     mirror.set_faults({"*": ["trickle:2.0"], "20240401": ["ok"]})
-    records = iter_downloads("20240401", "20240412", tmp_path, base_url=mirror.base_url,
-                             concurrency=2)
+    records = iter_downloads(archive.days, tmp_path, base_url=mirror.base_url, concurrency=2)
     first = next(records)
     assert first.day == dt.date(2024, 4, 1)
     began = time.perf_counter()
@@ -192,6 +192,18 @@ def test_closing_iter_downloads_early_cancels_and_leaves_no_part_files(mirror, t
     assert time.perf_counter() - began < 1.5  # cancelled, not waited out
     assert _part_files(tmp_path) == []
     assert _final_files(tmp_path) == [first.path]
+
+
+def test_iter_downloads_takes_any_days_and_refuses_bad_ones_before_fetching(mirror, tmp_path):
+    wanted = ["20240409", dt.date(2024, 4, 2), "2024-04-09"]
+    records = list(iter_downloads(wanted, tmp_path, base_url=mirror.base_url))
+    assert sorted(r.day for r in records) == [dt.date(2024, 4, 2), dt.date(2024, 4, 9)]
+    assert _final_files(tmp_path) == sorted(r.path for r in records)
+    with pytest.raises(BadInput, match="2012-07-01"):
+        iter_downloads([dt.date(2012, 7, 1)], tmp_path)
+    with pytest.raises(BadInput, match="cannot read"):
+        iter_downloads(["20240431"], tmp_path, base_url=mirror.base_url)
+    assert len(mirror.log) == 2
 
 
 def test_manifest_keeps_days_of_earlier_runs(mirror, tmp_path):
