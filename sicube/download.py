@@ -158,6 +158,10 @@ class _Retryable(Exception):
     """A failure that another attempt may cure (5xx, short body, invalid content)."""
 
 
+class _NotOnServer(Exception):
+    """The server answered 404: the day is missing (a local FileNotFoundError is not this)."""
+
+
 class _Permanent(Exception):
     """A failure no retry cures (a 4xx other than 404, a file on another grid)."""
 
@@ -233,6 +237,7 @@ class _Fetcher:
         self._random = random.Random()
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
 
     # grid bookkeeping: the first valid file defines the grid unless one was given
 
@@ -273,12 +278,12 @@ class _Fetcher:
             0.5, 1.0)
 
     async def _fetch(self, session, fs, url: str, part: Path) -> tuple[int, str]:
-        """Stream `url` into `part`; return (bytes, sha256). 404 -> FileNotFoundError."""
+        """Stream `url` into `part`; return (bytes, sha256). 404 -> _NotOnServer."""
         # identity: a compressed transfer would make Content-Length disagree with the bytes
         async with session.get(fs.encode_url(url),
                                headers={"Accept-Encoding": "identity"}) as response:
             if response.status == 404:
-                raise FileNotFoundError(url)
+                raise _NotOnServer(url)
             if response.status >= 500 or response.status in (408, 429):
                 raise _Retryable(f"HTTP {response.status} {response.reason}")
             if response.status != 200:
@@ -296,6 +301,8 @@ class _Fetcher:
         return size, digest.hexdigest()
 
     async def _day(self, session, fs, day: dt.date) -> DayRecord:
+        import aiohttp
+
         url = products.file_url(self.base_url, day, self.grid_name)
         target = self.out / products.relative_path(day, self.grid_name)
         part = target.with_name(f".{target.name}.part")
@@ -313,7 +320,7 @@ class _Fetcher:
             try:
                 size, sha = await self._fetch(session, fs, url, part)
                 await asyncio.to_thread(self._accept, part, target)
-            except FileNotFoundError:
+            except _NotOnServer:
                 record.status, record.error = MISSING, "404 not found on the server"
                 return record
             except _Permanent as err:
@@ -321,15 +328,13 @@ class _Fetcher:
                 return record
             except (_Retryable, BadSourceFile) as err:
                 record.error = str(err)
-            except asyncio.TimeoutError:
+            except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
                 record.error = f"timed out (no data for {self.timeout:g} s)"
-            except Exception as err:  # aiohttp.ClientError and local OSError alike
-                import aiohttp
-
-                if not isinstance(err, aiohttp.ClientError):
-                    record.error = f"{type(err).__name__}: {err}"
-                    return record  # a local disk problem: retrying will not help
+            except aiohttp.ClientError as err:  # refused, dropped, short body, ...
                 record.error = f"{type(err).__name__}: {err}".rstrip(": ")
+            except OSError as err:  # a local disk problem: retrying will not help
+                record.error = f"cannot write {part}: {err}"
+                return record
             else:
                 record.status, record.path, record.bytes, record.sha256 = OK, target, size, sha
                 record.error = None
@@ -372,6 +377,8 @@ class _Fetcher:
         self._loop = asyncio.new_event_loop()
         try:
             self._task = self._loop.create_task(self.run(days, results.put))
+            if self._stop.is_set():  # cancelled before the task existed
+                self._task.cancel()
             self._loop.run_until_complete(self._task)
             results.put(None)
         except asyncio.CancelledError:
@@ -383,6 +390,7 @@ class _Fetcher:
 
     def cancel(self) -> None:
         """Stop the transfers from another thread (their `.part` files are removed)."""
+        self._stop.set()  # first: either run_in_thread sees it, or we see its task
         loop, task = self._loop, self._task
         if loop is not None and task is not None and not loop.is_closed():
             try:

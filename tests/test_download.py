@@ -107,6 +107,20 @@ def test_cli_exits_1_naming_the_failed_day_and_0_when_only_missing(mirror, tmp_p
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_a_client_error_is_not_retried_but_a_refused_connection_is(mirror, tmp_path):
+    mirror.set_faults({"20240402": "403"})
+    report = download("20240402", "20240402", tmp_path, base_url=mirror.base_url, **FAST)
+    assert report.failed[0].attempts == 1 and "403" in report.failed[0].error
+
+    closed = Mirror(tmp_path)  # bound, then released: nothing listens on its port any more
+    closed.start()
+    closed.stop()
+    report = download("20240402", "20240402", tmp_path, base_url=closed.base_url, retries=2,
+                      **FAST)
+    assert report.failed[0].attempts == 3 and "Connect" in report.failed[0].error
+    assert _part_files(tmp_path) == []
+
+
 def test_rerun_skips_valid_files_refetches_damaged_ones_and_force(mirror, archive, tmp_path):
     options = {"base_url": mirror.base_url, **FAST}
     first = download("20240401", "20240404", tmp_path, **options)
