@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 from sicube import __version__, products
 from sicube.dates import DateLike, day_range, parse_date, parse_span, yyyymmdd
 from sicube.errors import BadInput, BadSourceFile
-from sicube.sources import GridCoords, check_day_file
+from sicube.sources import GridCoords, check_day_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class _Fetcher:
         except (BadSourceFile, _Permanent) as err:
             log.warning("%s is present but unusable (%s); fetching it again", target, err)
             return None
-        return target.stat().st_size, _sha256(target)
+        return target.stat().st_size, sha256_file(target)
 
     def _accept(self, part: Path, target: Path) -> None:
         """Validate the finished `.part`, make it durable, then move it to its final name."""
@@ -397,14 +397,6 @@ class _Fetcher:
                 loop.call_soon_threadsafe(task.cancel)
             except RuntimeError:  # the loop closed meanwhile
                 pass
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- public API --------------------------------------------------------------------------------

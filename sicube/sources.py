@@ -8,6 +8,7 @@ AMSR2 daily grid on the expected coordinates, naming the file and the reason.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import threading
@@ -153,3 +154,12 @@ def read_day(path: str | os.PathLike, expected: GridCoords | None = None) -> Day
 def check_day_file(path: str | os.PathLike, expected: GridCoords | None = None) -> GridCoords:
     """Validate a daily file completely (all data decodes) and return its grid."""
     return read_day(path, expected).grid
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (provenance and the download manifest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

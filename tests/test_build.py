@@ -215,6 +215,8 @@ def _kill_when(args: list[str], store: Path, stage: str, timeout: float = 120) -
 
 
 def _in_stage(state: dict, stage: str) -> bool:
+    if stage == "download":
+        return not state["mask_done"]
     if stage == "ingest":
         return len(state["ingested"]) >= 1 and not state["mask_done"]
     return len(state["filled"]) >= 1 and not state["complete"]
@@ -343,3 +345,59 @@ def test_a_mask_on_another_grid_is_refused(archive, tmp_path):
         build(ARCHIVE_START, ARCHIVE_END, tmp_path / "m.zarr", source=archive.root,
               mask_from=tmp_path / "coarse.zarr", progress=False)
     assert not (tmp_path / "m.zarr").exists()
+
+
+# --- through the loopback mirror ----------------------------------------------------------------
+
+
+def test_build_through_a_faulty_mirror_equals_the_local_build(archive, mirror, tmp_path, built):
+    mirror.set_faults({"20240402": ["503", "html"], "20240403": ["truncate"],
+                       "20240409": ["drop"]})
+    store = tmp_path / "web.zarr"
+    summary = build(ARCHIVE_START, ARCHIVE_END, store, base_url=mirror.base_url,
+                    raw_dir=tmp_path / "raw", chunks=CHUNKS, progress=False)
+    assert summary.missing == ARCHIVE_MISSING and not summary.failed
+    web, local = _arrays(store), _arrays(built[0])
+    for name in local:
+        assert web[name].tobytes() == local[name].tobytes(), name
+    ds = xr.open_zarr(store)
+    assert ds.attrs["source_base_url"] == mirror.base_url
+    kept = sorted(p.name for p in (tmp_path / "raw").rglob("*.nc"))
+    assert kept == sorted(p.name for p in archive.files.values())
+
+
+def test_a_failed_day_is_reported_then_fetched_on_rerun(archive, mirror, tmp_path, capsys):
+    mirror.set_faults({"20240403": "500"})
+    args = ["build", "--start", "20240401", "--end", "20240404", "--store",
+            str(tmp_path / "c.zarr"), "--base-url", mirror.base_url, "--raw-dir",
+            str(tmp_path / "raw"), "--chunks", "2,64,64", "-q"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "FAILED    20240403" in out and "1 failed" in out
+    assert list(xr.open_zarr(tmp_path / "c.zarr")[cube.OBSERVED].values) == [1, 1, 0, 1]
+    mirror.set_faults({})
+    assert main(args) == 0
+    assert "0 failed" in capsys.readouterr().out
+    ds = xr.open_zarr(tmp_path / "c.zarr")
+    assert ds[cube.OBSERVED].values.all()
+    np.testing.assert_array_equal(ds[cube.RAW].values[2],
+                                  read_day(archive.files[dt.date(2024, 4, 3)]).z)
+
+
+def test_build_killed_while_downloading_resumes(long_archive, tmp_path):
+    from sicube.mirror import Mirror
+
+    args = ["--start", "20240101", "--end", "20240209", "--chunks", "2,128,128", "-q"]
+    with Mirror(long_archive.root, latency=0.05, faults={"*": "trickle:0.3"}) as slow:
+        killed = tmp_path / "killed.zarr"
+        web = ["--base-url", slow.base_url, "--raw-dir", str(tmp_path / "raw")]
+        state = _kill_when(["build", "--store", str(killed), *args, *web], killed, "download")
+        slow.set_faults({})
+        assert main(["build", "--store", str(killed), *args, *web]) == 0
+    assert len(state["ingested"]) < 20  # killed before every day had arrived
+    assert not list((tmp_path / "raw").rglob("*.part"))
+    clean = tmp_path / "clean.zarr"
+    assert main(["build", "--store", str(clean), *args, "--source", str(long_archive.root)]) == 0
+    resumed, expected = _arrays(killed), _arrays(clean)
+    for name in expected:
+        assert resumed[name].tobytes() == expected[name].tobytes(), name

@@ -87,9 +87,7 @@ def test_each_fault_kind_in_sequence_then_normal_service(mirror, archive):
         status, _, body = _get(url)
         assert time.perf_counter() - began >= 0.35
         assert (status, body) == (200, data)
-    began = time.perf_counter()
-    assert _get(url)[2] == data  # the plan is used up: normal service, fast
-    assert time.perf_counter() - began < 0.3
+    assert _get(url)[2] == data  # the plan is used up: normal service (logged "ok" below)
     faults = [fault for method, path, fault in mirror.log if path.endswith(f"{DAY:%Y%m%d}-v5.4.nc")]
     assert faults == ["503", "500", "drop", "truncate", "html", "slow:0.4", "trickle:0.4", "ok"]
 
