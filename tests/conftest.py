@@ -83,3 +83,14 @@ def small_cube(archive, tmp_path_factory):
     path = tmp_path_factory.mktemp("cube") / "small.zarr"
     ds.to_zarr(path, mode="w")
     return path
+
+# --- mirror (sicube.mirror) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def mirror(archive):
+    """A loopback mirror of `archive` on 127.0.0.1; set faults with `mirror.set_faults(plan)`."""
+    from sicube.mirror import Mirror
+
+    with Mirror(archive.root) as running:
+        yield running
