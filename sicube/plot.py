@@ -325,7 +325,8 @@ def _read_mask(source) -> tuple[MapField, MapField | None, float | None, str]:
     land = MapField(ds[cube.LAND].values.astype(np.float32), x, y, epsg)
     ratio = (MapField(ds[cube.NAN_RATIO].values.astype(np.float32), x, y, epsg)
              if cube.NAN_RATIO in ds else None)
-    return land, ratio, (float(threshold) if threshold is not None else None), name
+    threshold = float(threshold) if threshold is not None else float("nan")
+    return land, ratio, (threshold if np.isfinite(threshold) else None), name
 
 
 def plot_mask(source: str | os.PathLike | xr.Dataset):
