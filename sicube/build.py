@@ -29,7 +29,7 @@ import numpy as np
 from sicube import __version__, cube, mask, products
 from sicube.dates import DateLike, day_range, parse_date, parse_span, yyyymmdd
 from sicube.errors import BadInput, BadSourceFile
-from sicube.fill import gaussian_fill
+from sicube.fill import FillFlag, gaussian_fill
 from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
 
 log = logging.getLogger(__name__)
@@ -410,16 +410,23 @@ def _fill(group, state: dict, params: dict, summary: BuildSummary, progress: boo
         region = (slice(t0, t1),)
         stored = da.store([conc[t0:t1], flags[t0:t1]], [group[cube.CONC], group[cube.FLAG]],
                           regions=[region, region], lock=False, compute=False)
-        counts = da.bincount(flags[t0:t1].ravel(), minlength=4)
+        counts = da.bincount(flags[t0:t1].ravel(), minlength=len(cube.FLAG_MEANINGS))
         _, counts = dask.compute(stored, counts)
-        state["flag_counts"][str(c)] = [int(n) for n in counts[:4]]
+        state["flag_counts"][str(c)] = [int(n) for n in counts]
         state["filled"].append(c)
         _write_state(group, state)
         bar.update(1)
     bar.close()
-    totals = np.sum([v for v in state["flag_counts"].values()], axis=0) if state["flag_counts"] \
-        else np.zeros(4, int)
-    summary.cells_filled, summary.cells_unfilled = int(totals[1]), int(totals[2])
+    _count_flags(state, summary)
+
+
+def _count_flags(state: dict, summary: BuildSummary) -> None:
+    """Cells filled and left without neighbour, from the per-batch counts in the state."""
+    totals = np.zeros(len(cube.FLAG_MEANINGS), np.int64)
+    for counts in state["flag_counts"].values():
+        totals += counts
+    summary.cells_filled = int(totals[FillFlag.FILLED])
+    summary.cells_unfilled = int(totals[FillFlag.NO_NEIGHBOUR])
 
 
 @contextlib.contextmanager
@@ -550,6 +557,7 @@ def build(
                 summary.nothing_to_do = True
                 summary.shape = group[cube.RAW].shape
                 _account(state, days, summary)
+                _count_flags(state, summary)
                 return summary
             if state["failed"]:
                 _forget_failed(group, state, days)

@@ -102,6 +102,12 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray, epsg: int,
     return ds
 
 
+def cube_epsg(ds: xr.Dataset) -> int:
+    """EPSG code of a cube's grid mapping (EPSG:3411 when it does not say)."""
+    attrs = ds[GRID_MAPPING].attrs if GRID_MAPPING in ds.variables else {}
+    return products.epsg_from_attrs(attrs) or products.GRIDS["n3125"].epsg_hughes
+
+
 def is_cube(store: str | os.PathLike) -> bool:
     """True when `store` is a Zarr group written by sicube."""
     import zarr

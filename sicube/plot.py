@@ -210,13 +210,6 @@ def _as_cube(store: str | os.PathLike | xr.Dataset) -> tuple[xr.Dataset, str]:
     return cube.open_cube(path), path.name
 
 
-def cube_epsg(ds: xr.Dataset) -> int:
-    """EPSG code of a cube's grid mapping (EPSG:3411 when it does not say)."""
-    attrs = ds[cube.GRID_MAPPING].attrs if cube.GRID_MAPPING in ds.variables else {}
-    code = str(attrs.get("epsg_code", "")).split(":")[-1]
-    return int(code) if code.isdigit() else products.GRIDS["n3125"].epsg_hughes
-
-
 def cube_day_index(ds: xr.Dataset, date: DateLike) -> tuple[int, dt.date]:
     """Index on the cube's time axis of `date`; BadInput when the cube does not hold it."""
     day = parse_date(date)
@@ -251,7 +244,7 @@ def _cube_field(ds: xr.Dataset, variable: str, index: int) -> MapField:
     if variable == cube.CONC:
         values = values * 100.0
         values[ds[cube.FLAG].isel(time=index).values == 3] = np.nan
-    return MapField(values, ds["x"].values, ds["y"].values, cube_epsg(ds))
+    return MapField(values, ds["x"].values, ds["y"].values, cube.cube_epsg(ds))
 
 
 _VARIABLE_LABEL = {cube.RAW: "raw (as in the source file)",
@@ -320,7 +313,7 @@ def _read_mask(source) -> tuple[MapField, MapField | None, float | None, str]:
         if cube.LAND not in ds:
             raise BadInput(f"mask file {path}: has no {cube.LAND} variable")
         threshold = ds.attrs.get("mask_threshold", ds.attrs.get("threshold"))
-    epsg = cube_epsg(ds)
+    epsg = cube.cube_epsg(ds)
     x, y = ds["x"].values, ds["y"].values
     land = MapField(ds[cube.LAND].values.astype(np.float32), x, y, epsg)
     ratio = (MapField(ds[cube.NAN_RATIO].values.astype(np.float32), x, y, epsg)
@@ -442,7 +435,7 @@ def plot_roi(report):
         ds, _ = _as_cube(report.store)
         index, _ = cube_day_index(ds, worst.date)
         values = ds[cube.RAW].isel(time=index).values
-        epsg = cube_epsg(ds)
+        epsg = cube.cube_epsg(ds)
         x, y = ds["x"].values, ds["y"].values
     else:
         field, _ = read_file_field(report.source_files[worst.date])
@@ -516,7 +509,7 @@ def _explore_array(ds: xr.Dataset, variables: tuple[str, ...]) -> xr.DataArray:
     """The variables in percent stacked along `variable`, land set to _LAND_VALUE (lazy)."""
     import pandas as pd
 
-    land = xr.DataArray(land_on_grid(ds["x"].values, ds["y"].values, cube_epsg(ds)),
+    land = xr.DataArray(land_on_grid(ds["x"].values, ds["y"].values, cube.cube_epsg(ds)),
                         dims=("y", "x"))
     layers = []
     for variable in variables:

@@ -308,7 +308,6 @@ PROVENANCE_KEYS = ("source_base_url", "fill_parameters", "mask_threshold", "mask
 def _cube_info(path: Path) -> Info:
     import zarr
 
-    from sicube.plot import cube_epsg
 
     ds = cube.open_cube(path)
     group = zarr.open_group(str(path), mode="r")
@@ -326,7 +325,7 @@ def _cube_info(path: Path) -> Info:
     provenance["source_files"] = len(ds.attrs.get("source_files") or {})
     has_epsg = "epsg_code" in ds[cube.GRID_MAPPING].attrs if cube.GRID_MAPPING in ds else False
     return Info("cube", path, **_grid_info(ds["x"].values, ds["y"].values),
-                crs=_crs_text(cube_epsg(ds) if has_epsg else None),
+                crs=_crs_text(cube.cube_epsg(ds) if has_epsg else None),
                 first_day=days[0] if days else None, last_day=days[-1] if days else None,
                 observed_days=int(observed.sum()),
                 missing_days=[d for d, seen in zip(days, observed, strict=True) if not seen],

@@ -109,11 +109,8 @@ def _grid_of(nc, path: Path) -> GridCoords:
 def _epsg_of(nc) -> int | None:
     if "polar_stereographic" not in nc.variables:
         return None
-    code = getattr(nc.variables["polar_stereographic"], "epsg_code", "")
-    try:
-        return int(str(code).split(":")[-1])
-    except ValueError:
-        return None
+    gm = nc.variables["polar_stereographic"]
+    return products.epsg_from_attrs({name: gm.getncattr(name) for name in gm.ncattrs()})
 
 
 def _check_grid(found: GridCoords, expected: GridCoords | None, path: Path) -> None:

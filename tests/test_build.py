@@ -25,10 +25,16 @@ from sicube.fill import FillFlag, reference_fill
 from sicube.sample import write_archive
 from sicube.sources import read_day
 
-from .conftest import ARCHIVE_END, ARCHIVE_MISSING, ARCHIVE_START
+from .conftest import (
+    ARCHIVE_END,
+    ARCHIVE_MISSING,
+    ARCHIVE_START,
+    SMALL_CUBE_CHUNKS,
+    SMALL_CUBE_FILL,
+)
 
-CHUNKS = {"time": 4, "y": 64, "x": 64}  # several chunks on every axis of the 224 x 152 grid
-FILL = {"time_window": 3, "space_window": 7, "alpha": 15.0, "sigma": 7.0}
+CHUNKS = SMALL_CUBE_CHUNKS
+FILL = SMALL_CUBE_FILL
 
 
 def _build(archive, store, **kwargs):
@@ -37,10 +43,9 @@ def _build(archive, store, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def built(archive, tmp_path_factory):
-    store = tmp_path_factory.mktemp("built") / "cube.zarr"
-    summary = _build(archive, store)
-    return store, summary
+def built(small_cube, archive):
+    """The shared cube and the summary of an identical rerun (which only reports)."""
+    return small_cube, _build(archive, small_cube)
 
 
 def _raw_from_files(archive, days):
