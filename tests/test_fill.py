@@ -1,4 +1,4 @@
-"""The Gaussian fill against its oracle, across chunkings and schedulers, and its argument checks."""
+"""The Gaussian fill against its oracle, across chunkings and schedulers; its argument checks."""
 
 from __future__ import annotations
 
