@@ -42,7 +42,7 @@ def command(name: str, help: str) -> Callable[[Command], Command]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `sicube` argument parser with every registered command."""
-    parser = _Parser(prog="sicube", description="AMSR2 sea-ice data to analysis- and ML-ready cubes")
+    parser = _Parser(prog="sicube", description="AMSR2 sea-ice data to ML-ready cubes")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text, add in COMMANDS:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
@@ -69,3 +69,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --- commands ---------------------------------------------------------------------------------
+
+
+@command("sample", "write a realistic synthetic AMSR2 archive (offline test data)")
+def _add_sample(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day")
+    parser.add_argument("--out", required=True, help="archive folder (year sub-folders inside)")
+    parser.add_argument("--step", type=int, default=8,
+                        help="coarsen the 3.125 km grid by this factor (1 = full 3584 x 2432)")
+    parser.add_argument("--missing-days", nargs="*", default=None, metavar="DAY",
+                        help="days to leave out (default: about 5%% at random)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from sicube.sample import write_archive
+
+    archive = write_archive(args.out, args.start, args.end, step=args.step,
+                            missing_days=args.missing_days, seed=args.seed,
+                            progress=not args.quiet)
+    ny, nx = archive.shape
+    print(f"wrote {len(archive.files)} daily files ({ny} x {nx}) under {archive.root}")
+    if archive.missing:
+        print("missing days: " + ", ".join(f"{d:%Y%m%d}" for d in archive.missing))
+    return 0

@@ -34,7 +34,7 @@ class Grid:
     epsg_wgs84: int
 
     def x(self, step: int = 1) -> np.ndarray:
-        """Cell-centre x coordinates in metres, every `step`-th cell of a grid `step` times coarser."""
+        """Cell-centre x coordinates in metres of the grid coarsened `step` times."""
         size = self.cell_size * step
         return self.x_min + size * (np.arange(self.nx // step) + 0.5)
 

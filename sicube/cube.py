@@ -1,0 +1,119 @@
+"""The cube's layout: variable names, dimensions, CF attributes, chunking; and opening a cube.
+
+Every other module reads these names from here. The builder writes a store from
+`template`; readers call `open_cube`, which refuses anything that is not a sicube cube.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import xarray as xr
+
+from sicube import __version__, products
+from sicube.dates import to_datetime64
+from sicube.errors import BadInput
+
+RAW = "sea_ice_conc_raw"
+CONC = "sea_ice_conc"
+FLAG = "fill_flag"
+OBSERVED = "day_observed"
+LAND = "land_mask"
+NAN_RATIO = "nan_ratio"
+GRID_MAPPING = "polar_stereographic"
+MARKER = "sicube_cube_format"  # group attribute that says "this store is a sicube cube"
+FORMAT_VERSION = 1
+
+# fill_flag values, in order (they equal sicube.fill.FillFlag).
+FLAG_MEANINGS = ("observed", "filled", "no_observed_neighbour", "land")
+
+# Measured in benchmarks/RESULTS.md ("Cube chunking"): one chunk is 8 days x 512 x 512.
+DEFAULT_CHUNKS = {"time": 8, "y": 512, "x": 512}
+
+ATTRS: dict[str, dict] = {
+    "time": {"standard_name": "time", "long_name": "calendar day", "axis": "T"},
+    "x": {"standard_name": "projection_x_coordinate", "long_name": "x of cell centre",
+          "units": "m", "axis": "X"},
+    "y": {"standard_name": "projection_y_coordinate", "long_name": "y of cell centre",
+          "units": "m", "axis": "Y"},
+    CONC: {"standard_name": "sea_ice_area_fraction", "units": "1",
+           "long_name": "sea-ice concentration, gaps filled, land 0",
+           "grid_mapping": GRID_MAPPING, "ancillary_variables": FLAG},
+    RAW: {"standard_name": "sea_ice_area_fraction", "units": "%",
+          "long_name": "sea-ice concentration as in the source files (NaN = missing)",
+          "grid_mapping": GRID_MAPPING},
+    FLAG: {"long_name": "how each sea_ice_conc value was obtained",
+           "flag_values": np.arange(len(FLAG_MEANINGS), dtype=np.uint8),
+           "flag_meanings": " ".join(FLAG_MEANINGS), "grid_mapping": GRID_MAPPING},
+    OBSERVED: {"long_name": "a source file existed and was ingested for this day"},
+    LAND: {"long_name": "land mask from NaN frequency", "flag_values": np.array([0, 1], np.uint8),
+           "flag_meanings": "ocean land", "grid_mapping": GRID_MAPPING},
+    NAN_RATIO: {"long_name": "share of observed days the cell was missing", "units": "1",
+                "grid_mapping": GRID_MAPPING},
+}
+
+DTYPES = {CONC: np.float32, RAW: np.float32, FLAG: np.uint8, OBSERVED: bool,
+          LAND: np.uint8, NAN_RATIO: np.float32}
+# Integer variables get no _FillValue, so they open as integers, not as floats with NaN.
+FILL_VALUES = {CONC: np.float32(np.nan), RAW: np.float32(np.nan), FLAG: None,
+               LAND: None, NAN_RATIO: np.float32(np.nan)}
+_EMPTY = {CONC: np.nan, RAW: np.nan, FLAG: 0, LAND: 0, NAN_RATIO: np.nan}
+CUBE_VARS = (CONC, RAW, FLAG)
+GRID_VARS = (LAND, NAN_RATIO)
+
+
+def template(days: list[dt.date], x: np.ndarray, y: np.ndarray, epsg: int,
+             chunks: Mapping[str, int] | None = None, attrs: Mapping | None = None) -> xr.Dataset:
+    """A lazy, empty cube (all missing) with every variable, attribute and chunk of the layout."""
+    import dask.array as da
+
+    chunks = {**DEFAULT_CHUNKS, **(chunks or {})}
+    nt, ny, nx = len(days), y.size, x.size
+    cube_chunks = (min(chunks["time"], nt), min(chunks["y"], ny), min(chunks["x"], nx))
+    data_vars = {
+        name: (("time", "y", "x"),
+               da.full((nt, ny, nx), _EMPTY[name], dtype=DTYPES[name], chunks=cube_chunks),
+               ATTRS[name])
+        for name in CUBE_VARS
+    }
+    for name in GRID_VARS:
+        data_vars[name] = (("y", "x"), da.full((ny, nx), _EMPTY[name], dtype=DTYPES[name],
+                                               chunks=cube_chunks[1:]), ATTRS[name])
+    data_vars[OBSERVED] = (("time",), np.zeros(nt, bool), ATTRS[OBSERVED])
+    ds = xr.Dataset(
+        data_vars,
+        # The grid mapping is a coordinate so that every variable taken from the cube
+        # carries its CRS (rioxarray looks for it among the coordinates).
+        coords={GRID_MAPPING: ((), np.int32(0), products.grid_mapping_attrs(epsg)),
+                "time": ("time", to_datetime64(days), ATTRS["time"]),
+                "y": ("y", np.asarray(y, np.float64), ATTRS["y"]),
+                "x": ("x", np.asarray(x, np.float64), ATTRS["x"])},
+        attrs={"Conventions": "CF-1.8", "title": "AMSR2 ASI sea-ice concentration datacube",
+               "sicube_version": __version__, MARKER: FORMAT_VERSION, **(attrs or {})},
+    )
+    for name in (*CUBE_VARS, *GRID_VARS):
+        ds[name].encoding["chunks"] = ds[name].data.chunksize
+        ds[name].encoding["_FillValue"] = FILL_VALUES[name]
+    ds["time"].encoding.update(units="days since 1970-01-01", dtype="int32", chunks=(max(nt, 1),))
+    return ds
+
+
+def is_cube(store: str | os.PathLike) -> bool:
+    """True when `store` is a Zarr group written by sicube."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(store), mode="r")
+    except Exception:  # not a group, not Zarr, not there: all mean "not a cube"
+        return False
+    return MARKER in group.attrs
+
+
+def open_cube(store: str | os.PathLike, **kwargs) -> xr.Dataset:
+    """Open a sicube cube lazily (dask arrays); BadInput when `store` is not one."""
+    if not is_cube(store):
+        raise BadInput(f"{store}: not a sicube cube (no Zarr group with a {MARKER} attribute)")
+    return xr.open_zarr(str(store), **kwargs)
