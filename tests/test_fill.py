@@ -11,11 +11,12 @@ from hypothesis import strategies as st
 
 from sicube.errors import BadInput
 from sicube.fill import (
-    TILE_X,
-    TILE_Y,
+    TILE,
     WEIGHT_SUM_MIN,
     FillFlag,
+    _fill_numpy,
     _reference,
+    _weights,
     gaussian_fill,
     reference_fill,
 )
@@ -101,13 +102,24 @@ def test_dask_fill_matches_oracle_for_any_chunking(array, p, data):
     assert_matches_oracle(lazy.compute(scheduler="sync"), array, *p)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gappy_arrays(), params, st.integers(1, 6), st.integers(1, 6), st.booleans())
+def test_any_tiling_matches_oracle(array, p, tile_y, tile_x, parallel):
+    """The kernel's tiles are an internal detail: tiny ones cross every border the real ones do."""
+    gt, gs = _weights(p[0], p[1], p[2], p[3])
+    filled = _fill_numpy(array, None, p[0], p[1], gt, gs, parallel=parallel, tile=(tile_y, tile_x))
+    assert_matches_oracle(filled, array, *p)
+
+
 def test_tiles_and_defaults_match_oracle():
     """An array spanning several kernel tiles, with the default parameters."""
     rng = np.random.default_rng(3)
-    a = rng.uniform(0, 100, (4, TILE_Y + 20, TILE_X + 30)).astype(np.float32)
+    a = rng.uniform(0, 100, (4, TILE[0] + 20, TILE[1] + 30)).astype(np.float32)
     a[rng.random(a.shape) < 0.97] = np.nan  # sparse observations reach across tile borders
     a[1] = np.nan
-    a[:, 40:70, TILE_X - 20 : TILE_X + 20] = np.nan  # a hole across a tile border: centre unfilled
+    a[:, 40:70, TILE[1] - 20 : TILE[1] + 20] = (
+        np.nan
+    )  # a hole across a tile border: centre unfilled
     filled = gaussian_fill(a)
     assert_matches_oracle(filled, a, 3, 7, 15.0, 7.0)
     assert np.isnan(a).sum() > np.isnan(filled).sum() > 0  # some filled, some left
