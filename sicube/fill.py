@@ -116,15 +116,23 @@ def _fill_tile(v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot
         vrow = v[t, y, tx0:tx1]
         orow = out[t - ot, y - oy, tx0 - ox : tx1 - ox]
         lrow = land[y, tx0:tx1] if has_land else no_land[:w]
-        lo, hi = w, 0
+        orow[:] = vrow
+        # A branch-free count first (it vectorizes); the span only where there is something.
+        count = 0
         for j in range(w):
-            val = vrow[j]
-            orow[j] = val
-            if val != val and lrow[j] == 0:
-                lo = min(lo, j)
-                hi = j + 1
+            count += (vrow[j] != vrow[j]) & (lrow[j] == 0)
+        lo, hi = w, 0
+        if count:
+            for j in range(w):
+                if vrow[j] != vrow[j] and lrow[j] == 0:
+                    lo = j
+                    break
+            for j in range(w - 1, -1, -1):
+                if vrow[j] != vrow[j] and lrow[j] == 0:
+                    hi = j + 1
+                    break
+            any_need = True
         need_lo[yy], need_hi[yy] = lo, hi
-        any_need = any_need or lo < hi
     if not any_need:
         return
 
@@ -137,6 +145,28 @@ def _fill_tile(v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot
                 lo = min(lo, need_lo[yy])
                 hi = max(hi, need_hi[yy] + 2 * sw)
         p_lo[pr], p_hi[pr] = lo, hi
+
+    # Deep inland (no mask given) or in a long gap nothing is observed within reach: a quick
+    # branch-free look for any observation spares the passes, which would only add zeros.
+    seen_any = False
+    for f in range(max(0, t - tw), min(nt, t + tw + 1)):
+        for pr in range(ph):
+            r = ty0 - sw + pr
+            ca = max(p_lo[pr], sw - tx0)
+            cb = min(p_hi[pr], nx - tx0 + sw)
+            if r < 0 or r >= ny or ca >= cb:
+                continue
+            vseg = v[f, r, tx0 - sw + ca : tx0 - sw + cb]
+            count = 0
+            for j in range(cb - ca):
+                count += vseg[j] == vseg[j]
+            if count:
+                seen_any = True
+                break
+        if seen_any:
+            break
+    if not seen_any:
+        return
 
     # Time pass: P = sum_dt gt * v * m and D = sum_dt gt * m, zero outside the block so that
     # zero padding clips the windows at the array edges.
