@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from sicube import __version__, cube, mask, products
 from sicube.dates import DateLike, day_range, parse_date, parse_span, yyyymmdd
 from sicube.errors import BadInput, BadSourceFile
 from sicube.fill import gaussian_fill
-from sicube.sources import GridCoords, find_day_files, read_day
+from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,7 @@ class Arrival:
     path: Path | None
     status: str  # "ok", "missing" or "failed"
     error: str = ""
+    sha256: str | None = None  # known when the downloader already hashed the file
 
 
 @dataclass
@@ -179,9 +179,10 @@ def _lock_is_live(lock: Path) -> bool:
 
 
 def _open_group(store: str, mode: str = "r+"):
+    """Open the store for building: fresh metadata, never the consolidated copy."""
     import zarr
 
-    return zarr.open_group(store, mode=mode)
+    return zarr.open_group(store, mode=mode, use_consolidated=False)
 
 
 def _exists(store: str) -> bool:
@@ -193,7 +194,7 @@ def _exists(store: str) -> bool:
 
 def _create_store(store: str, days: list[dt.date], grid: GridCoords, epsg: int,
                   chunks: dict | None, state: dict) -> None:
-    """Write the empty cube; locally into a temp folder renamed at the end, so it is all or nothing."""
+    """Write the empty cube; locally into a temp folder renamed at the end: all or nothing."""
     ds = cube.template(days, grid.x, grid.y, epsg, chunks=chunks, attrs={STATE: json.dumps(state)})
     import warnings
 
@@ -214,7 +215,6 @@ def _read_state(group) -> dict:
 
 def _write_state(group, state: dict) -> None:
     group.attrs[STATE] = json.dumps(state)
-    _consolidate(group.store)
 
 
 def _consolidate(store) -> None:
@@ -230,14 +230,6 @@ def _consolidate(store) -> None:
 # --- ingest ---------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_block(arrivals: list[Arrival], grid: GridCoords) -> tuple[np.ndarray, dict]:
     """Stack the days of one time chunk (NaN for days with no file) and their provenance."""
     block = np.full((len(arrivals), *grid.shape), np.nan, np.float32)
@@ -251,7 +243,7 @@ def _read_block(arrivals: list[Arrival], grid: GridCoords) -> tuple[np.ndarray, 
             raise BadInput(f"{arrival.path}: {err}") from err
         block[i] = field_.z
         provenance[f"{arrival.day:%Y%m%d}"] = {
-            "name": arrival.path.name, "sha256": _sha256(arrival.path),
+            "name": arrival.path.name, "sha256": arrival.sha256 or sha256_file(arrival.path),
             "out_of_range_cells": field_.out_of_range,
         }
     return block, provenance
@@ -270,7 +262,7 @@ def _download_arrivals(base_url: str, raw_dir: Path, days: list[dt.date],
 
     for record in iter_downloads(days, raw_dir, base_url=base_url, progress=progress):
         yield Arrival(record.day, Path(record.path) if record.path else None, record.status,
-                      record.error or "")
+                      record.error or "", record.sha256)
 
 
 def _first_file(arrivals: Iterator[Arrival], held: list[Arrival]) -> Arrival | None:
@@ -420,7 +412,7 @@ def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterato
         try:
             client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError, ValueError) as err:
-            raise BadInput(f"--scheduler {scheduler}: cannot reach a dask scheduler ({err})") from err
+            raise BadInput(f"--scheduler {scheduler}: no dask scheduler there ({err})") from err
         summary.dashboard = client.dashboard_link
         log.warning("dask dashboard: %s", client.dashboard_link)
         with client, dask.config.set(scheduler=client):
@@ -456,6 +448,8 @@ def _finish(group, state: dict, summary: BuildSummary, base_url: str | None,
     })
     state["complete"] = True
     _write_state(group, state)
+    # Readers (xarray, HTTP clients that cannot list) get all metadata in one document.
+    _consolidate(group.store)
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -522,11 +516,13 @@ def build(
                 raise BadInput(f"{store}: holds a cube built with other arguments "
                                f"({_describe_args(state['args'])}); use a new store, or "
                                "`sicube update` to extend it")
-            if state.get("complete"):
+            if state.get("complete") and not state["failed"]:
                 summary.nothing_to_do = True
                 summary.shape = group[cube.RAW].shape
                 _account(state, days, summary)
                 return summary
+            if state["failed"]:
+                _forget_failed(group, state, days)
         if mask_from is not None:
             mask_from = str(mask_from)
 
@@ -544,6 +540,8 @@ def build(
                     raise BadInput(f"no source file for any day of {first} .. {last}"
                                    + (f" under {source}" if source else f" at {base_url}"))
                 field_ = read_day(found.path)
+                if mask_from is not None:  # refuse a bad mask before anything is written
+                    mask.load_mask(mask_from, field_.grid)
                 state = {"args": args, "ingested": [], "sources": {}, "failed": {},
                          "mask_done": False, "filled": [], "flag_counts": {},
                          "complete": False}
@@ -561,6 +559,17 @@ def build(
         _finish(group, state, summary, base_url if source is None else None, source)
     summary.store_bytes = _store_bytes(store)
     return summary
+
+
+def _forget_failed(group, state: dict, days: list[dt.date]) -> None:
+    """Mark the chunks of failed days for ingest again; mask and fill follow from them."""
+    chunk = group[cube.RAW].chunks[0]
+    index = {f"{d:%Y%m%d}": i for i, d in enumerate(days)}
+    again = {index[key] // chunk for key in state["failed"]}
+    log.warning("retrying %d failed days", len(state["failed"]))
+    state.update(ingested=[c for c in state["ingested"] if c not in again], failed={},
+                 mask_done=False, filled=[], flag_counts={}, complete=False)
+    _write_state(group, state)
 
 
 def _days_to_ingest(group, state: dict, days: list[dt.date]) -> list[dt.date]:
@@ -684,7 +693,6 @@ def _extend_time(group, days: list[dt.date]) -> None:
     time_array.resize((n,))
     epoch = np.datetime64("1970-01-01", "D")
     time_array[:] = (to_datetime64(days).astype("datetime64[D]") - epoch).astype(np.int32)
-    _consolidate(group.store)
 
 
 __all__ = ["build", "update", "BuildSummary", "default_raw_dir", "yyyymmdd"]

@@ -95,3 +95,158 @@ def _run_sample(args: argparse.Namespace) -> int:
     if archive.missing:
         print("missing days: " + ", ".join(f"{d:%Y%m%d}" for d in archive.missing))
     return 0
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--base-url", help="server to download from (default: Bremen)")
+    where.add_argument("--source", help="folder of daily files on disk (searched recursively)")
+    parser.add_argument("--raw-dir", help="where downloads are kept and reused (default: cache)")
+    parser.add_argument("--scheduler", default="threads",
+                        help="threads (default), processes, or a dask scheduler address")
+    parser.add_argument("--workers", type=int, help="dask workers (default: one per core)")
+
+
+@command("build", "build a filled, masked Zarr cube for a date range (resumable)")
+def _add_build(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day")
+    parser.add_argument("--store", required=True, help="Zarr store: a path or any fsspec URL")
+    _add_source_args(parser)
+    parser.add_argument("--time-window", type=int, default=3, help="fill half-window in days")
+    parser.add_argument("--space-window", type=int, default=7, help="fill half-window in cells")
+    parser.add_argument("--alpha", type=float, default=15.0, help="weight of time vs space")
+    parser.add_argument("--sigma", type=float, default=7.0, help="Gaussian width in cells")
+    masks = parser.add_mutually_exclusive_group()
+    masks.add_argument("--mask-threshold", type=float, default=0.85,
+                       help="land where a cell is NaN on at least this share of observed days")
+    masks.add_argument("--mask", help="reuse land_mask from a NetCDF file or another cube")
+    parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default 8,512,512)")
+    parser.set_defaults(run=_run_build)
+
+
+def _chunks(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        t, y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise BadInput(f"--chunks {text!r}: give three integers TIME,Y,X") from None
+    if min(t, y, x) < 1:
+        raise BadInput(f"--chunks {text!r}: sizes must be positive")
+    return {"time": t, "y": y, "x": x}
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from sicube.build import build
+
+    summary = build(
+        args.start, args.end, args.store, base_url=args.base_url, source=args.source,
+        raw_dir=args.raw_dir, time_window=args.time_window, space_window=args.space_window,
+        alpha=args.alpha, sigma=args.sigma, mask_threshold=args.mask_threshold,
+        mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
+        chunks=_chunks(args.chunks), progress=not args.quiet,
+    )
+    print(summary.text())
+    return summary.exit_code
+
+
+@command("update", "append new days to a cube and refill the days whose window changed")
+def _add_update(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="an existing sicube cube")
+    parser.add_argument("--end", help="last day to add (default: yesterday, UTC)")
+    _add_source_args(parser)
+    parser.set_defaults(run=_run_update)
+
+
+def _run_update(args: argparse.Namespace) -> int:
+    from sicube.build import update
+
+    summary = update(args.store, args.end, base_url=args.base_url, source=args.source,
+                     raw_dir=args.raw_dir, scheduler=args.scheduler, workers=args.workers,
+                     progress=not args.quiet)
+    print(summary.text())
+    return summary.exit_code
+
+
+@command("mask", "export a cube's land mask as the original toolbox's NetCDF file")
+def _add_mask(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="a sicube cube")
+    parser.add_argument("--output", "-o", required=True, help="NetCDF file to write")
+    parser.add_argument("--threshold", type=float,
+                        help="recompute land_mask from the cube's nan_ratio with this threshold")
+    parser.set_defaults(run=_run_mask)
+
+
+def _run_mask(args: argparse.Namespace) -> int:
+    from sicube.mask import export_mask
+
+    path, land_share = export_mask(args.store, args.output, threshold=args.threshold)
+    print(f"wrote {path}: land_mask (1 = land, {land_share:.1%} of cells) and nan_ratio")
+    return 0
+
+
+# --- download and mirror (sicube.download, sicube.mirror) -------------------------------------
+
+
+@command("download", "fetch daily files for a date range (concurrent, retried, validated)")
+def _add_download(parser: argparse.ArgumentParser) -> None:
+    from sicube.download import (
+        DEFAULT_BASE_URL,
+        DEFAULT_CONCURRENCY,
+        DEFAULT_RETRIES,
+        DEFAULT_TIMEOUT,
+    )
+
+    parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day")
+    parser.add_argument("--out", required=True, help="output folder (files go to {YYYY}/)")
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL,
+                        help="server base URL (default: the Bremen server)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help="transfers at once (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                        help="further attempts after a failed one (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="seconds without data before an attempt is abandoned")
+    parser.add_argument("--backoff", type=float, default=0.5,
+                        help="first retry delay in seconds, doubled each retry, jittered")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="fetch again even when a valid file is present")
+    parser.set_defaults(run=_run_download)
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from sicube.download import download
+    from sicube.products import file_name
+
+    report = download(args.start, args.end, args.out, base_url=args.base_url,
+                      concurrency=args.concurrency, retries=args.retries, force=args.force,
+                      timeout=args.timeout, backoff=args.backoff, progress=not args.quiet)
+    print(report.summary())
+    if report.failed:
+        names = ", ".join(file_name(r.day) for r in report.failed)
+        print(f"sicube download: {len(report.failed)} days failed: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@command("mirror", "serve an archive folder on 127.0.0.1 like the Bremen server (with faults)")
+def _add_mirror(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True, help="archive folder with {YYYY}/ sub-folders")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="TCP port on 127.0.0.1 (0 = any free port; default %(default)s)")
+    parser.add_argument("--faults", default=None, metavar="PLAN.json",
+                        help="fault plan: file name or YYYYMMDD -> faults (see sicube.mirror)")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds added before every answer")
+    parser.add_argument("--grid", default="n3125", help="grid name in the URL path")
+    parser.set_defaults(run=_run_mirror)
+
+
+def _run_mirror(args: argparse.Namespace) -> int:
+    from sicube.mirror import serve_forever
+
+    serve_forever(args.root, port=args.port, faults=args.faults, latency=args.latency,
+                  grid=args.grid)
+    return 0

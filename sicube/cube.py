@@ -16,6 +16,7 @@ import xarray as xr
 from sicube import __version__, products
 from sicube.dates import to_datetime64
 from sicube.errors import BadInput
+from sicube.fill import FillFlag
 
 RAW = "sea_ice_conc_raw"
 CONC = "sea_ice_conc"
@@ -27,8 +28,8 @@ GRID_MAPPING = "polar_stereographic"
 MARKER = "sicube_cube_format"  # group attribute that says "this store is a sicube cube"
 FORMAT_VERSION = 1
 
-# fill_flag values, in order (they equal sicube.fill.FillFlag).
-FLAG_MEANINGS = ("observed", "filled", "no_observed_neighbour", "land")
+# fill_flag values are sicube.fill.FillFlag: 0 observed, 1 filled, 2 no neighbour, 3 land.
+FLAG_MEANINGS = tuple(flag.name.lower() for flag in FillFlag)
 
 # Measured in benchmarks/RESULTS.md ("Cube chunking"): one chunk is 8 days x 512 x 512.
 DEFAULT_CHUNKS = {"time": 8, "y": 512, "x": 512}

@@ -81,24 +81,36 @@ def load_mask(path: str | os.PathLike, grid: GridCoords) -> LandMask:
         return LandMask((land.values > 0).astype(np.uint8), ratio, text)
 
 
-def export_mask(store: str | os.PathLike, output: str | os.PathLike) -> Path:
-    """Write the cube's mask as the original toolbox's NetCDF (land_mask uint8, nan_ratio float32)."""
+def export_mask(store: str | os.PathLike, output: str | os.PathLike,
+                threshold: float | None = None) -> tuple[Path, float]:
+    """Write the cube's mask as the original toolbox's NetCDF (land_mask uint8, nan_ratio float32).
+
+    With `threshold`, land_mask is recomputed from the cube's nan_ratio. Returns the path
+    and the share of land cells.
+    """
     ds = cube.open_cube(store)
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise BadInput(f"--output {output}: folder {output.parent} does not exist")
+    ratio = ds[cube.NAN_RATIO].load()
+    if threshold is None:
+        land = ds[cube.LAND].load()
+        threshold = ds.attrs.get("mask_threshold", np.nan)
+    else:
+        land = land_from_ratio(ratio, check_threshold(threshold))
     out = xr.Dataset(
-        {cube.LAND: ds[cube.LAND].load(), cube.NAN_RATIO: ds[cube.NAN_RATIO].load()},
+        {cube.LAND: land.assign_attrs(cube.ATTRS[cube.LAND]),
+         cube.NAN_RATIO: ratio},
         coords={"x": ds["x"], "y": ds["y"], cube.GRID_MAPPING: ds[cube.GRID_MAPPING]},
         attrs={"Conventions": "CF-1.8", "title": "land mask from NaN frequency (sicube)",
-               "threshold": ds.attrs.get("mask_threshold", np.nan),
+               "threshold": float(threshold),
                "mask_span": str(ds.attrs.get("mask_span", "")),
                "source_cube": str(store)},
     )
     for name in (cube.LAND, cube.NAN_RATIO):
         out[name].encoding = {"zlib": True, "complevel": 4}
     out[cube.LAND].encoding["_FillValue"] = None
-    output = Path(output)
-    if output.parent and not output.parent.exists():
-        raise BadInput(f"--output {output}: folder {output.parent} does not exist")
     tmp = output.with_name(f".{output.name}.part")
     out.to_netcdf(tmp, engine="netcdf4")
     os.replace(tmp, output)
-    return output
+    return output, float(land.mean())

@@ -8,8 +8,10 @@ AMSR2 daily grid on the expected coordinates, naming the file and the reason.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from sicube.errors import BadSourceFile
 
 log = logging.getLogger(__name__)
 
+# netCDF-C and HDF5 are not thread-safe: one thread at a time inside them, whoever calls.
+NETCDF_LOCK = threading.Lock()
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _NETCDF3_MAGIC = b"CDF"
 
@@ -127,7 +131,7 @@ def read_day(path: str | os.PathLike, expected: GridCoords | None = None) -> Day
     be decoded (truncated) or lies on another grid than `expected`.
     """
     path = Path(path)
-    with _open(path) as nc:
+    with NETCDF_LOCK, _open(path) as nc:
         grid = _grid_of(nc, path)
         _check_grid(grid, expected, path)
         var = nc.variables[products.CONC_VAR]
@@ -150,3 +154,12 @@ def read_day(path: str | os.PathLike, expected: GridCoords | None = None) -> Day
 def check_day_file(path: str | os.PathLike, expected: GridCoords | None = None) -> GridCoords:
     """Validate a daily file completely (all data decodes) and return its grid."""
     return read_day(path, expected).grid
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (provenance and the download manifest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

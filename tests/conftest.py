@@ -20,3 +20,15 @@ def archive(tmp_path_factory) -> Archive:
     root = tmp_path_factory.mktemp("archive")
     return write_archive(root, ARCHIVE_START, ARCHIVE_END, step=ARCHIVE_STEP,
                          missing_days=ARCHIVE_MISSING, seed=3)
+
+
+# --- mirror (sicube.mirror) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def mirror(archive):
+    """A loopback mirror of `archive` on 127.0.0.1; set faults with `mirror.set_faults(plan)`."""
+    from sicube.mirror import Mirror
+
+    with Mirror(archive.root) as running:
+        yield running
