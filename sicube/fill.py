@@ -36,6 +36,8 @@ WEIGHT_SUM_MIN = 1e-6
 # Tile (y, x) of one frame the kernel fills at a time: its float64 buffers, (64 + 2w) x (256 + 2w)
 # twice, stay in a core's L2 cache for the default space_window of 7.
 TILE = (64, 256)
+# Width of the column segments whose "anything observed?" the kernel notes once per block.
+SEG = 32
 
 METHODS = ("gaussian", "hybrid")
 
@@ -92,7 +94,9 @@ def _reference(
 
 
 @njit(nogil=True, cache=True)
-def _fill_tile(v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot, oy, ox, bufs):
+def _fill_tile(
+    v, seen, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot, oy, ox, bufs
+):
     """Fill one tile ``[ty0, ty1) x [tx0, tx1)`` of frame ``t`` of block ``v`` into ``out``.
 
     ``out[t - ot, y - oy, x - ox]`` receives cell ``v[t, y, x]``; ``bufs`` is scratch space.
@@ -108,6 +112,7 @@ def _fill_tile(v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot
     need_lo, need_hi = ranges[0], ranges[1]  # per tile row: columns to fill, [lo, hi)
     p_lo, p_hi = ranges[2], ranges[3]  # per P row: columns the y pass reads
     obs_lo, obs_hi = ranges[4], ranges[5]  # per P row: columns with weight
+    t_lo, t_hi = ranges[6], ranges[7]  # per P row: columns the time pass covers
     # Copy the tile; note per row the span of cells to fill. Most tiles of a real day are all
     # observed ocean or all land and need nothing more.
     any_need = False
@@ -146,25 +151,30 @@ def _fill_tile(v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot
                 hi = max(hi, need_hi[yy] + 2 * sw)
         p_lo[pr], p_hi[pr] = lo, hi
 
-    # Deep inland (no mask given) or in a long gap nothing is observed within reach: a quick
-    # branch-free look for any observation spares the passes, which would only add zeros.
+    # Deep inland (no mask given) or in a long gap nothing is observed within reach. The
+    # block's summary of observed 32-column segments finds that, and trims each P row to the
+    # segments that hold data, without reading the values: what is skipped would add zeros.
     seen_any = False
-    for f in range(max(0, t - tw), min(nt, t + tw + 1)):
-        for pr in range(ph):
-            r = ty0 - sw + pr
-            ca = max(p_lo[pr], sw - tx0)
-            cb = min(p_hi[pr], nx - tx0 + sw)
-            if r < 0 or r >= ny or ca >= cb:
-                continue
-            vseg = v[f, r, tx0 - sw + ca : tx0 - sw + cb]
-            count = 0
-            for j in range(cb - ca):
-                count += vseg[j] == vseg[j]
-            if count:
-                seen_any = True
-                break
-        if seen_any:
-            break
+    f0, f1 = max(0, t - tw), min(nt, t + tw + 1)
+    for pr in range(ph):
+        t_lo[pr], t_hi[pr] = 0, 0
+        r = ty0 - sw + pr
+        # P column pc holds block column tx0 - sw + pc.
+        ca = max(p_lo[pr], sw - tx0)
+        cb = min(p_hi[pr], nx - tx0 + sw)
+        if r < 0 or r >= ny or ca >= cb:
+            continue
+        first, last = -1, -1
+        for sg in range((tx0 - sw + ca) // SEG, (tx0 - sw + cb - 1) // SEG + 1):
+            for f in range(f0, f1):
+                if seen[f, r, sg]:
+                    first = sg if first < 0 else first
+                    last = sg
+                    break
+        if first >= 0:
+            t_lo[pr] = max(ca, first * SEG - (tx0 - sw))
+            t_hi[pr] = min(cb, (last + 1) * SEG - (tx0 - sw))
+            seen_any = True
     if not seen_any:
         return
 
@@ -178,11 +188,7 @@ def _fill_tile(v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot
         pn[pr, a:b] = 0.0
         pd[pr, a:b] = 0.0
         r = ty0 - sw + pr
-        if r < 0 or r >= ny:
-            continue
-        # P column pc holds block column tx0 - sw + pc.
-        ca = max(a, sw - tx0)
-        cb = min(b, nx - tx0 + sw)
+        ca, cb = t_lo[pr], t_hi[pr]
         if ca >= cb:
             continue
         pseg_n = pn[pr, ca:cb]
@@ -192,9 +198,9 @@ def _fill_tile(v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot
             vseg = v[f, r, tx0 - sw + ca : tx0 - sw + cb]
             for j in range(cb - ca):
                 val = vseg[j]
-                seen = val == val
-                pseg_n[j] += g * (val if seen else 0.0)
-                pseg_d[j] += g if seen else 0.0
+                ok = val == val
+                pseg_n[j] += g * (val if ok else 0.0)
+                pseg_d[j] += g if ok else 0.0
         for j in range(ca, cb):
             if pd[pr, j] > 0.0:
                 obs_lo[pr] = min(obs_lo[pr], j)
@@ -251,6 +257,20 @@ def _fill_tile(v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot
 
 
 @njit(nogil=True, cache=True)
+def _seen_segments(v, f, seen):
+    """Mark, for frame ``f``, each row's 32-column segments that hold an observation."""
+    ny, nx = v.shape[1], v.shape[2]
+    for r in range(ny):
+        row = v[f, r]
+        for sg in range(seen.shape[2]):
+            seg = row[sg * SEG : min(nx, (sg + 1) * SEG)]
+            count = 0
+            for j in range(seg.size):
+                count += seg[j] == seg[j]
+            seen[f, r, sg] = count > 0
+
+
+@njit(nogil=True, cache=True)
 def _make_bufs(sw, tile):
     ty, tx = tile
     pn = np.empty((ty + 2 * sw, tx + 2 * sw))
@@ -259,7 +279,7 @@ def _make_bufs(sw, tile):
     qd = np.empty(tx + 2 * sw)
     rn = np.empty(tx)
     rd = np.empty(tx)
-    ranges = np.empty((6, ty + 2 * sw), np.int64)
+    ranges = np.empty((8, ty + 2 * sw), np.int64)
     no_land = np.zeros(tx, np.uint8)
     return pn, pd, qn, qd, rn, rd, ranges, no_land
 
@@ -274,7 +294,7 @@ def _n_items(core, tile):
 
 
 @njit(nogil=True, cache=True)
-def _fill_items(v, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi):
+def _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi):
     """Fill work items ``lo..hi-1`` of the core region ``core`` of block ``v`` into ``out``."""
     ct0, ct1, cy0, cy1, cx0, cx1 = core
     nty = (cy1 - cy0 + tile[0] - 1) // tile[0]
@@ -288,7 +308,7 @@ def _fill_items(v, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi):
         ty1 = min(cy1, ty0 + tile[0])
         tx1 = min(cx1, tx0 + tile[1])
         _fill_tile(
-            v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ct0, cy0, cx0, bufs
+            v, seen, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ct0, cy0, cx0, bufs
         )
 
 
@@ -297,7 +317,10 @@ def _fill_serial(v, land, has_land, core, tile, tw, sw, gt, gs):
     """Fill the core region of block ``v`` on the calling thread (Dask supplies the parallelism)."""
     ct0, ct1, cy0, cy1, cx0, cx1 = core
     out = np.empty((ct1 - ct0, cy1 - cy0, cx1 - cx0), v.dtype)
-    _fill_items(v, land, has_land, core, tile, tw, sw, gt, gs, out, 0, _n_items(core, tile))
+    seen = np.empty((v.shape[0], v.shape[1], (v.shape[2] + SEG - 1) // SEG), np.bool_)
+    for f in range(v.shape[0]):
+        _seen_segments(v, f, seen)
+    _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, 0, _n_items(core, tile))
     return out
 
 
@@ -307,9 +330,12 @@ def _fill_parallel(v, land, has_land, core, tile, tw, sw, gt, gs, n_groups):
     ct0, ct1, cy0, cy1, cx0, cx1 = core
     out = np.empty((ct1 - ct0, cy1 - cy0, cx1 - cx0), v.dtype)
     n = _n_items(core, tile)
+    seen = np.empty((v.shape[0], v.shape[1], (v.shape[2] + SEG - 1) // SEG), np.bool_)
+    for f in prange(v.shape[0]):
+        _seen_segments(v, f, seen)
     for g in prange(n_groups):
         lo, hi = g * n // n_groups, (g + 1) * n // n_groups
-        _fill_items(v, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi)
+        _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi)
     return out
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from sicube.errors import BadInput
 from sicube.fill import (
+    SEG,
     TILE,
     WEIGHT_SUM_MIN,
     FillFlag,
@@ -109,6 +110,26 @@ def test_any_tiling_matches_oracle(array, p, tile_y, tile_x, parallel):
     gt, gs = _weights(p[0], p[1], p[2], p[3])
     filled = _fill_numpy(array, None, p[0], p[1], gt, gs, parallel=parallel, tile=(tile_y, tile_x))
     assert_matches_oracle(filled, array, *p)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(1, 3),
+    st.integers(1, 6),
+    st.integers(SEG + 1, 3 * SEG),
+    st.floats(0.0, 0.1),
+    st.integers(0, 2**32 - 1),
+    params,
+    st.integers(1, 40),
+)
+def test_sparse_wide_rows_match_oracle(nt, ny, nx, share, seed, p, tile_x):
+    """Rows wider than the kernel's observation segments, mostly empty: the trimming is exact."""
+    rng = np.random.default_rng(seed)
+    a = np.where(rng.random((nt, ny, nx)) < share, rng.uniform(0, 100, (nt, ny, nx)), np.nan)
+    a = a.astype(np.float32)
+    gt, gs = _weights(p[0], p[1], p[2], p[3])
+    filled = _fill_numpy(a, None, p[0], p[1], gt, gs, parallel=False, tile=(2, tile_x))
+    assert_matches_oracle(filled, a, *p)
 
 
 def test_tiles_and_defaults_match_oracle():
