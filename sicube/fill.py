@@ -11,9 +11,17 @@ and zero padding: three 1-D passes instead of one 3-D window per cell. The kerne
 passes tile by tile so its buffers stay in cache, accumulates in float64 (the result stays
 within float32 rounding of the float64 oracle), and skips tiles with nothing to fill.
 
+Missing means NaN (ingest turns values outside [0, 100] into NaN before the fill).
+
 Land (when a mask is given): land cells are never filled and keep their input value; an
 observed value on a land cell is still an observation and counts as a neighbour (the source
 data are NaN on land, so in practice land never contributes).
+
+Hybrid method (the original's later variant, done deterministically): each cell's time series
+is first interpolated linearly across runs of at most ``max_gap`` missing days that have an
+observation on both sides; the Gaussian fill then runs on that array, the interpolated values
+counting as neighbours. Interpolated cells are flagged FILLED. Under Dask the interpolation
+gets a time halo of ``max_gap`` days, so it too gives the same result for any chunking.
 
 Nothing here reads or writes files.
 """
