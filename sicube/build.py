@@ -47,6 +47,7 @@ class Arrival:
     status: str  # "ok", "missing" or "failed"
     error: str = ""
     sha256: str | None = None  # known when the downloader already hashed the file
+    downloaded: bool = False
 
 
 @dataclass
@@ -231,7 +232,11 @@ def _consolidate(store) -> None:
 
 
 def _read_block(arrivals: list[Arrival], grid: GridCoords) -> tuple[np.ndarray, dict]:
-    """Stack the days of one time chunk (NaN for days with no file) and their provenance."""
+    """Stack the days of one time chunk (NaN for days with no file) and their provenance.
+
+    A downloaded file that does not decode is removed and its day marked failed (a rerun
+    fetches it again); a bad file in a local --source folder is the user's input: BadInput.
+    """
     block = np.full((len(arrivals), *grid.shape), np.nan, np.float32)
     provenance = {}
     for i, arrival in enumerate(arrivals):
@@ -240,7 +245,11 @@ def _read_block(arrivals: list[Arrival], grid: GridCoords) -> tuple[np.ndarray, 
         try:
             field_ = read_day(arrival.path, grid)
         except BadSourceFile as err:
-            raise BadInput(f"{arrival.path}: {err}") from err
+            if not arrival.downloaded:
+                raise BadInput(f"{arrival.path}: {err}") from err
+            arrival.path.unlink(missing_ok=True)
+            arrival.status, arrival.error = "failed", str(err)
+            continue
         block[i] = field_.z
         provenance[f"{arrival.day:%Y%m%d}"] = {
             "name": arrival.path.name, "sha256": arrival.sha256 or sha256_file(arrival.path),
@@ -249,20 +258,24 @@ def _read_block(arrivals: list[Arrival], grid: GridCoords) -> tuple[np.ndarray, 
     return block, provenance
 
 
-def _local_arrivals(source: Path, days: list[dt.date]) -> Iterator[Arrival]:
-    files = find_day_files(source)
-    for day in days:
-        path = files.get(day)
-        yield Arrival(day, path, "ok" if path else "missing")
-
-
-def _download_arrivals(base_url: str, raw_dir: Path, days: list[dt.date],
-                       progress: bool) -> Iterator[Arrival]:
+def _arrivals(days: list[dt.date], source: str | os.PathLike | None, base_url: str | None,
+              raw_dir: str | os.PathLike | None, progress: bool,
+              grid: GridCoords | None) -> Iterator[Arrival]:
+    """The days' files as they become available: at once from a folder, or as downloaded."""
+    if source is not None:
+        files = find_day_files(source)
+        for day in days:
+            path = files.get(day)
+            yield Arrival(day, path, "ok" if path else "missing")
+        return
     from sicube.download import iter_downloads
 
-    for record in iter_downloads(days, raw_dir, base_url=base_url, progress=progress):
+    # full_check=False: ingest decodes every file right after; decoding twice is wasted work.
+    raw = Path(raw_dir) if raw_dir else default_raw_dir()
+    for record in iter_downloads(days, raw, base_url=base_url, progress=progress,
+                                 expected_grid=grid, full_check=False):
         yield Arrival(record.day, Path(record.path) if record.path else None, record.status,
-                      record.error or "", record.sha256)
+                      record.error or "", record.sha256, downloaded=True)
 
 
 def _first_file(arrivals: Iterator[Arrival], held: list[Arrival]) -> Arrival | None:
@@ -274,48 +287,37 @@ def _first_file(arrivals: Iterator[Arrival], held: list[Arrival]) -> Arrival | N
     return None
 
 
+@dataclass
+class _NanTally:
+    """NaN counts per cell over the observed days ingested in this run (feeds the mask)."""
+
+    missing: np.ndarray
+    days: int = 0
+    chunks: set = field(default_factory=set)
+
+
 def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival],
-            grid: GridCoords, summary: BuildSummary, progress: bool) -> None:
+            grid: GridCoords, summary: BuildSummary, progress: bool) -> _NanTally:
     """Write raw days chunk by chunk as soon as every day of a chunk has arrived."""
     chunk = group[cube.RAW].chunks[0]
     index = {day: i for i, day in enumerate(days)}
     todo = {c for c in range(_n_chunks(len(days), chunk)) if c not in state["ingested"]}
     waiting: dict[int, list[Arrival]] = {}
+    tally = _NanTally(np.zeros(grid.shape, np.int32))
     bar = _bar(progress, total=sum(min(chunk, len(days) - c * chunk) for c in todo),
                desc="ingest", unit="day")
 
-    def write(c: int, chunk_arrivals: list[Arrival]) -> tuple[int, list[Arrival], dict]:
+    def write(c: int, chunk_arrivals: list[Arrival]):
         block, provenance = _read_block(chunk_arrivals, grid)
         t0 = c * chunk
         group[cube.RAW][t0:t0 + len(block)] = block
-        return c, chunk_arrivals, provenance
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = []
-        for arrival in arrivals:
-            c = index[arrival.day] // chunk
-            if c not in todo:
-                continue
-            waiting.setdefault(c, []).append(arrival)
-            if len(waiting[c]) == min(chunk, len(days) - c * chunk):
-                chunk_arrivals = sorted(waiting.pop(c), key=lambda a: a.day)
-                futures.append(pool.submit(write, c, chunk_arrivals))
-            futures = _collect(futures, group, state, bar, wait=False)
-        _collect(futures, group, state, bar, wait=True)
-    bar.close()
-    _account(state, days, summary)
-
-
-def _collect(futures: list, group, state: dict, bar, wait: bool) -> list:
-    """Record finished chunk writes in the store's state (from this thread only)."""
-    pending = []
-    for future in futures:
-        if not wait and not future.done():
-            pending.append(future)
-            continue
-        c, chunk_arrivals, provenance = future.result()
-        t0 = c * group[cube.RAW].chunks[0]
         observed = np.array([a.status == "ok" for a in chunk_arrivals])
+        missing = np.isnan(block[observed]).sum(axis=0, dtype=np.int32)
+        return c, chunk_arrivals, provenance, observed, missing
+
+    def record(future) -> None:  # runs in this thread only: the state has one writer
+        c, chunk_arrivals, provenance, observed, missing = future.result()
+        t0 = c * chunk
         group[cube.OBSERVED][t0:t0 + observed.size] = observed
         state["sources"].update(provenance)
         for a in chunk_arrivals:
@@ -323,8 +325,32 @@ def _collect(futures: list, group, state: dict, bar, wait: bool) -> list:
                 state["failed"][f"{a.day:%Y%m%d}"] = a.error
         state["ingested"].append(c)
         _write_state(group, state)
+        tally.missing += missing
+        tally.days += int(observed.sum())
+        tally.chunks.add(c)
         bar.update(observed.size)
-    return pending
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = []
+        for arrival in arrivals:
+            c = index[arrival.day] // chunk
+            if c not in todo:
+                continue
+            waiting.setdefault(c, []).append(arrival)
+            if len(waiting[c]) == min(chunk, len(days) - c * chunk):
+                pending.append(pool.submit(write, c, sorted(waiting.pop(c), key=_by_day)))
+            for future in [f for f in pending if f.done()]:
+                pending.remove(future)
+                record(future)
+        for future in pending:
+            record(future)
+    bar.close()
+    _account(state, days, summary)
+    return tally
+
+
+def _by_day(arrival: Arrival) -> dt.date:
+    return arrival.day
 
 
 def _account(state: dict, days: list[dt.date], summary: BuildSummary) -> None:
@@ -349,13 +375,17 @@ def _bar(progress: bool, **kwargs):
 
 
 def _make_mask(group, state: dict, grid: GridCoords, mask_from: str | None,
-               threshold: float, days: list[dt.date]) -> None:
+               threshold: float, tally: _NanTally) -> None:
+    """Store land_mask and nan_ratio: given, counted during this run's ingest, or read back."""
     if mask_from is not None:
         given = mask.load_mask(mask_from, grid)
         land, ratio = given.land_mask, given.nan_ratio
     else:
-        observed = group[cube.OBSERVED][:]
-        ratio = mask.nan_ratio(da.from_zarr(group[cube.RAW]), observed).compute()
+        if len(tally.chunks) == _n_chunks(group[cube.RAW].shape[0], group[cube.RAW].chunks[0]):
+            ratio = mask.ratio_from_counts(tally.missing, tally.days)
+        else:  # a resumed build saw only part of the days: count them from the store
+            observed = group[cube.OBSERVED][:]
+            ratio = mask.nan_ratio(da.from_zarr(group[cube.RAW]), observed).compute()
         land = mask.land_from_ratio(ratio, threshold)
     group[cube.NAN_RATIO][:] = ratio
     group[cube.LAND][:] = land
@@ -526,12 +556,11 @@ def build(
         if mask_from is not None:
             mask_from = str(mask_from)
 
-        remaining = days if not exists else _days_to_ingest(group, state, days)
-        if source is not None:
-            arrivals = _local_arrivals(Path(source), remaining)
+        if exists:
+            arrivals = _arrivals(_days_to_ingest(group, state, days), source, base_url,
+                                 raw_dir, progress, GridCoords(group["x"][:], group["y"][:]))
         else:
-            raw = Path(raw_dir) if raw_dir else default_raw_dir()
-            arrivals = _download_arrivals(base_url, raw, remaining, progress)
+            arrivals = _arrivals(days, source, base_url, raw_dir, progress, None)
         held: list[Arrival] = []
         with timer("ingest"):
             if not exists:
@@ -549,11 +578,12 @@ def build(
                 group = _open_group(store)
             grid = GridCoords(group["x"][:], group["y"][:])
             summary.shape = group[cube.RAW].shape
-            _ingest(group, state, days, _chain(held, arrivals), grid, summary, progress)
+            tally = _ingest(group, state, days, _chain(held, arrivals), grid, summary,
+                            progress)
         with _scheduler(scheduler, workers, summary):
             if not state["mask_done"]:
                 with timer("mask"):
-                    _make_mask(group, state, grid, mask_from, mask_threshold, days)
+                    _make_mask(group, state, grid, mask_from, mask_threshold, tally)
             with timer("fill"):
                 _fill(group, state, params, summary, progress)
         _finish(group, state, summary, base_url if source is None else None, source)
@@ -664,13 +694,9 @@ def update(
         state["args"]["end"] = f"{new_last}"
         state["complete"] = False
         _write_state(group, state)
-        remaining = _days_to_ingest(group, state, days)
-        if source is not None:
-            arrivals = _local_arrivals(Path(source), remaining)
-        else:
-            raw = Path(raw_dir) if raw_dir else default_raw_dir()
-            arrivals = _download_arrivals(base_url, raw, remaining, progress)
         grid = GridCoords(group["x"][:], group["y"][:])
+        arrivals = _arrivals(_days_to_ingest(group, state, days), source, base_url, raw_dir,
+                             progress, grid)
         summary.shape = group[cube.RAW].shape
         with timer("ingest"):
             _ingest(group, state, days, arrivals, grid, summary, progress)

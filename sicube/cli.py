@@ -97,6 +97,134 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- plot, explore, roi, info (sicube.plot, sicube.report) ------------------------------------
+
+
+def _quiet_flags(parser: argparse.ArgumentParser) -> None:
+    # Sub-sub-commands accept -v/-q too; SUPPRESS keeps a flag given before them.
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+
+
+@command("plot", "PNG maps: one day, the land mask, raw vs filled")
+def _add_plot(parser: argparse.ArgumentParser) -> None:
+    kinds = parser.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    day = kinds.add_parser("day", help="map one day of a source file or a cube")
+    where = day.add_mutually_exclusive_group(required=True)
+    where.add_argument("--file", help="a daily source file (.nc)")
+    where.add_argument("--store", help="a cube (Zarr); needs --date")
+    day.add_argument("--date", help="day to map from the cube (YYYYMMDD or YYYY-MM-DD)")
+    day.add_argument("--variable", default="sea_ice_conc_raw",
+                     choices=["sea_ice_conc_raw", "sea_ice_conc"],
+                     help="cube variable (default: the raw data)")
+    mask = kinds.add_parser("mask", help="land mask beside its NaN-frequency map")
+    source = mask.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", help="a cube (Zarr)")
+    source.add_argument("--mask", help="a land-mask netCDF file (land_mask, nan_ratio)")
+    compare = kinds.add_parser("compare", help="raw vs filled for one day, with the fill flags")
+    compare.add_argument("--store", required=True, help="a cube (Zarr)")
+    compare.add_argument("--date", required=True, help="the day (YYYYMMDD or YYYY-MM-DD)")
+    compare.add_argument("--source", help="take the raw panel from this daily file instead")
+    for sub in (day, mask, compare):
+        sub.add_argument("-o", "--output", required=True, help="PNG file to write")
+        sub.add_argument("--dpi", type=int, default=150, help="resolution (default 150)")
+        _quiet_flags(sub)
+    parser.set_defaults(run=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from sicube import plot
+
+    if args.dpi < 10 or args.dpi > 1200:
+        raise BadInput(f"dpi: must be between 10 and 1200, got {args.dpi}")
+    if args.kind == "day":
+        fig = plot.plot_day(args.file, store=args.store, date=args.date, variable=args.variable)
+    elif args.kind == "mask":
+        fig = plot.plot_mask(args.store or args.mask)
+    else:
+        fig = plot.plot_compare(args.store, args.date, source=args.source)
+    path = plot.save_figure(fig, args.output, dpi=args.dpi)
+    width, height = (round(v * args.dpi) for v in fig.get_size_inches())
+    print(f"wrote {path} ({width} x {height} px)")
+    return 0
+
+
+@command("explore", "interactive map of a cube (time slider, variables, hover) as HTML")
+def _add_explore(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="a cube (Zarr)")
+    parser.add_argument("--html", required=True, help="standalone HTML file to write")
+    parser.add_argument("--start", help="first day to include (default: the cube's first)")
+    parser.add_argument("--end", help="last day to include (default: the cube's last)")
+    parser.add_argument("--variables", nargs="+", default=["sea_ice_conc", "sea_ice_conc_raw"],
+                        choices=["sea_ice_conc", "sea_ice_conc_raw"])
+    parser.add_argument("--width", type=int, default=300,
+                        help="map width in pixels; every frame is embedded at this size")
+    parser.set_defaults(run=_run_explore)
+
+
+def _run_explore(args: argparse.Namespace) -> int:
+    from sicube.plot import save_explorer
+
+    if not 50 <= args.width <= 4000:
+        raise BadInput(f"width: must be between 50 and 4000 pixels, got {args.width}")
+    path = save_explorer(args.store, args.html, variables=tuple(args.variables),
+                         start=args.start, end=args.end, width=args.width,
+                         progress=not args.quiet)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
+    return 0
+
+
+@command("roi", "missing pixels per day inside an index rectangle (ROI)")
+def _add_roi(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", help="a cube (Zarr)")
+    where.add_argument("--source", help="a folder of daily source files")
+    parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day")
+    for name in ("ymin", "ymax", "xmin", "xmax"):
+        parser.add_argument(f"--{name}", type=int, required=True,
+                            help="grid index; max is end-exclusive" if "max" in name else None)
+    parser.add_argument("--threshold-percent", type=float, default=0.1,
+                        help="list days with at least this share missing (default 0.1)")
+    parser.add_argument("--csv", help="write date, missing_pixels, missing_percent here")
+    parser.add_argument("--plot", help="PNG: the ROI on the full grid and the daily shares")
+    parser.set_defaults(run=_run_roi)
+
+
+def _run_roi(args: argparse.Namespace) -> int:
+    from sicube.report import roi_report, write_roi_csv
+
+    report = roi_report(args.start, args.end, args.ymin, args.ymax, args.xmin, args.xmax,
+                        store=args.store, source=args.source,
+                        threshold_percent=args.threshold_percent)
+    roi, (ny, nx) = report.roi, report.grid_shape
+    print(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} ({roi.size} cells) "
+          f"on the {ny} x {nx} grid, {report.start} .. {report.end}")
+    print(f"observed days: {len(report.days)}; days with no data: {len(report.unobserved)}")
+    flagged = report.flagged
+    print(f"days with >= {report.threshold_percent:g}% missing in the ROI: {len(flagged)}")
+    for day in flagged:
+        print(f"  {day.date}  {day.missing_pixels:>9d} cells  {day.missing_percent:7.3f}%")
+    if args.csv:
+        print(f"wrote {write_roi_csv(report, args.csv)}")
+    if args.plot:
+        from sicube.plot import plot_roi, save_figure
+
+        print(f"wrote {save_figure(plot_roi(report), args.plot)}")
+    return 0
+
+
+@command("info", "grid size, span, missing days, chunking and provenance of a file, folder or cube")
+def _add_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="a daily file, a folder of daily files, or a cube (Zarr)")
+    parser.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from sicube.report import format_info, info
+
+    print("\n".join(format_info(info(args.path))))
+
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--base-url", help="server to download from (default: Bremen)")

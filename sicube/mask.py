@@ -38,13 +38,19 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
+def ratio_from_counts(missing, days: int):
+    """Share of `days` observed days on which a cell was NaN, from its NaN count (float32)."""
+    if days == 0:
+        return np.full(missing.shape, np.nan, np.float32)
+    return (missing / np.float64(days)).astype(np.float32)
+
+
 def nan_ratio(raw: da.Array, observed: np.ndarray) -> da.Array:
     """Share of observed days on which each cell is NaN, as a lazy (y, x) float32 reduction."""
     days = np.flatnonzero(observed)
     if days.size == 0:
         return da.full(raw.shape[1:], np.nan, dtype=np.float32, chunks=raw.chunksize[1:])
-    missing = da.isnan(raw[days]).sum(axis=0, dtype=np.int32)
-    return (missing / np.float32(days.size)).astype(np.float32)
+    return ratio_from_counts(da.isnan(raw[days]).sum(axis=0, dtype=np.int32), days.size)
 
 
 def land_from_ratio(ratio: np.ndarray | da.Array, threshold: float) -> np.ndarray | da.Array:

@@ -151,9 +151,20 @@ def read_day(path: str | os.PathLike, expected: GridCoords | None = None) -> Day
     return DayField(z=z, grid=grid, epsg=epsg, out_of_range=out_of_range)
 
 
-def check_day_file(path: str | os.PathLike, expected: GridCoords | None = None) -> GridCoords:
-    """Validate a daily file completely (all data decodes) and return its grid."""
-    return read_day(path, expected).grid
+def check_day_file(path: str | os.PathLike, expected: GridCoords | None = None,
+                   full: bool = True) -> GridCoords:
+    """Validate a daily file and return its grid.
+
+    `full` decodes all data (catches damage anywhere in the file); without it only the
+    structure is checked (netCDF, `z`/`x`/`y`, the grid), for callers that decode next anyway.
+    """
+    if full:
+        return read_day(path, expected).grid
+    path = Path(path)
+    with NETCDF_LOCK, _open(path) as nc:
+        grid = _grid_of(nc, path)
+    _check_grid(grid, expected, path)
+    return grid
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -401,3 +401,47 @@ def test_build_killed_while_downloading_resumes(long_archive, tmp_path):
     resumed, expected = _arrays(killed), _arrays(clean)
     for name in expected:
         assert resumed[name].tobytes() == expected[name].tobytes(), name
+
+
+def _corrupt_data(path: Path) -> bytes:
+    """Flip bytes three quarters into a file (in z's compressed data); return the original."""
+    original = path.read_bytes()
+    damaged = bytearray(original)
+    at = len(damaged) * 3 // 4
+    damaged[at:at + 64] = bytes(b ^ 0xFF for b in damaged[at:at + 64])
+    path.write_bytes(bytes(damaged))
+    return original
+
+
+def test_a_download_whose_data_does_not_decode_is_a_failed_day(archive, tmp_path, capsys):
+    import shutil
+
+    from sicube.mirror import Mirror
+
+    served = tmp_path / "served"
+    shutil.copytree(archive.root, served)
+    bad = served / "2024" / "asi-AMSR2-n3125-20240402-v5.4.nc"
+    original = _corrupt_data(bad)
+    args = ["build", "--start", "20240401", "--end", "20240404", "--store",
+            str(tmp_path / "c.zarr"), "--raw-dir", str(tmp_path / "raw"), "--chunks", "2,64,64",
+            "-q"]
+    with Mirror(served) as server:
+        assert main([*args, "--base-url", server.base_url]) == 1
+        assert "FAILED    20240402" in capsys.readouterr().out
+        assert not (tmp_path / "raw" / "2024" / bad.name).exists()  # removed: fetched again
+        bad.write_bytes(original)
+        assert main([*args, "--base-url", server.base_url]) == 0
+    ds = xr.open_zarr(tmp_path / "c.zarr")
+    np.testing.assert_array_equal(ds[cube.RAW].values[1],
+                                  read_day(archive.files[dt.date(2024, 4, 2)]).z)
+
+
+def test_a_local_file_whose_data_does_not_decode_is_refused(archive, tmp_path, capsys):
+    import shutil
+
+    source = tmp_path / "src"
+    shutil.copytree(archive.root, source)
+    _corrupt_data(source / "2024" / "asi-AMSR2-n3125-20240402-v5.4.nc")
+    code, err = _cli(capsys, "build", "--start", "20240401", "--end", "20240404", "--store",
+                     str(tmp_path / "c.zarr"), "--source", str(source), "-q")
+    assert code == 2 and "asi-AMSR2-n3125-20240402-v5.4.nc" in err and "cannot be read" in err
