@@ -378,3 +378,88 @@ def _run_mirror(args: argparse.Namespace) -> int:
     serve_forever(args.root, port=args.port, faults=args.faults, latency=args.latency,
                   grid=args.grid)
     return 0
+
+
+@command("evaluate", "score fill parameters: hide observed cells, fill them back, report errors")
+def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="a sicube cube (Zarr) with sea_ice_conc_raw")
+    parser.add_argument("--start", help="first day to use (default: the cube's first)")
+    parser.add_argument("--end", help="last day to use (default: the cube's last)")
+    parser.add_argument("--time-window", default="3", help="comma list of time windows (days)")
+    parser.add_argument("--space-window", default="7", help="comma list of space windows (cells)")
+    parser.add_argument("--alpha", default="15", help="comma list of alphas")
+    parser.add_argument("--sigma", default="7", help="comma list of sigmas (cells)")
+    parser.add_argument("--method", default="gaussian", help="comma list: gaussian, hybrid")
+    parser.add_argument("--max-gap", default="5", help="comma list of hybrid max gaps (days)")
+    parser.add_argument("--hide-fraction", type=float, default=0.1,
+                        help="share of observed ocean cells to hide (default 0.1)")
+    parser.add_argument("--no-stripes", action="store_true",
+                        help="hide scattered cells only (default: half as swath-like stripes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the hidden cells")
+    parser.add_argument("--csv", help="also write the table to this CSV file")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _comma_list(text: str, kind: type, name: str) -> list:
+    """Values of a comma-separated option, each converted by `kind`; BadInput names the option."""
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(kind(item.strip()))
+        except ValueError:
+            raise BadInput(f"--{name}: cannot read {item.strip()!r} as {kind.__name__}") from None
+    return values
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import csv
+    import itertools
+
+    from sicube.evaluate import evaluate_fill, open_raw
+
+    raw, land = open_raw(args.store, args.start, args.end)
+    grid = {
+        "method": _comma_list(args.method, str, "method"),
+        "time_window": _comma_list(args.time_window, int, "time-window"),
+        "space_window": _comma_list(args.space_window, int, "space-window"),
+        "alpha": _comma_list(args.alpha, float, "alpha"),
+        "sigma": _comma_list(args.sigma, float, "sigma"),
+        "max_gap": _comma_list(args.max_gap, int, "max-gap"),
+    }
+    sets = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    # max_gap only matters to the hybrid method: do not score the same Gaussian fill twice.
+    sets = [s for s in sets if s["method"] == "hybrid" or s["max_gap"] == grid["max_gap"][0]]
+    nt, ny, nx = raw.shape
+    if not args.quiet:
+        print(f"evaluating {len(sets)} parameter set(s) on {nt} days of {ny} x {nx} cells",
+              file=sys.stderr)
+    rows = []
+    for i, params in enumerate(sets, 1):
+        rows += evaluate_fill(raw, [params], hide_fraction=args.hide_fraction,
+                              stripes=not args.no_stripes, seed=args.seed, land_mask=land)
+        if not args.quiet:
+            print(f"  {i}/{len(sets)} {params}: rmse {rows[-1]['rmse']:.3f}", file=sys.stderr)
+    rows.sort(key=lambda r: (r["rmse"] != r["rmse"], r["rmse"]))  # NaN (nothing filled) last
+    columns = ["method", "time_window", "space_window", "alpha", "sigma", "max_gap",
+               "rmse", "mae", "bias", "n_filled", "n_hidden"]
+    header = ["method", "tw", "sw", "alpha", "sigma", "gap", "RMSE", "MAE", "bias",
+              "filled", "hidden"]
+    print(" ".join(f"{h:>9s}" for h in header))
+    for r in rows:
+        gap = r["max_gap"] if r["method"] == "hybrid" else "-"
+        print(f"{r['method']:>9s} {r['time_window']:>9d} {r['space_window']:>9d} "
+              f"{r['alpha']:>9g} {r['sigma']:>9g} {gap!s:>9s} {r['rmse']:>9.3f} "
+              f"{r['mae']:>9.3f} {r['bias']:>+9.3f} {r['n_filled']:>9d} {r['n_hidden']:>9d}")
+    best = rows[0]
+    print(f"best: method={best['method']} time_window={best['time_window']} "
+          f"space_window={best['space_window']} alpha={best['alpha']:g} sigma={best['sigma']:g}"
+          + (f" max_gap={best['max_gap']}" if best["method"] == "hybrid" else "")
+          + f" (RMSE {best['rmse']:.3f}, MAE {best['mae']:.3f}, bias {best['bias']:+.3f} percent"
+          f" over {best['n_filled']} of {best['n_hidden']} hidden cells)")
+    if args.csv:
+        with open(args.csv, "w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"table written to {args.csv}")
+    return 0

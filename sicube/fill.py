@@ -11,9 +11,17 @@ and zero padding: three 1-D passes instead of one 3-D window per cell. The kerne
 passes tile by tile so its buffers stay in cache, accumulates in float64 (the result stays
 within float32 rounding of the float64 oracle), and skips tiles with nothing to fill.
 
+Missing means NaN (ingest turns values outside [0, 100] into NaN before the fill).
+
 Land (when a mask is given): land cells are never filled and keep their input value; an
 observed value on a land cell is still an observation and counts as a neighbour (the source
 data are NaN on land, so in practice land never contributes).
+
+Hybrid method (the original's later variant, done deterministically): each cell's time series
+is first interpolated linearly across runs of at most ``max_gap`` missing days that have an
+observation on both sides; the Gaussian fill then runs on that array, the interpolated values
+counting as neighbours. Interpolated cells are flagged FILLED. Under Dask the interpolation
+gets a time halo of ``max_gap`` days, so it too gives the same result for any chunking.
 
 Nothing here reads or writes files.
 """
@@ -33,10 +41,11 @@ from sicube.errors import BadInput
 WEIGHT_SUM_MIN = 1e-6
 """A missing cell whose neighbours' weight sum is at or below this stays missing (SPEC 4)."""
 
-# Tile of one frame the kernel fills at a time: its float64 buffers, (TILE_Y + 2w) x (TILE_X + 2w)
+# Tile (y, x) of one frame the kernel fills at a time: its float64 buffers, (64 + 2w) x (256 + 2w)
 # twice, stay in a core's L2 cache for the default space_window of 7.
-TILE_Y = 64
-TILE_X = 256
+TILE = (64, 256)
+# Width of the column segments whose "anything observed?" the kernel notes once per block.
+SEG = 32
 
 METHODS = ("gaussian", "hybrid")
 
@@ -93,144 +102,248 @@ def _reference(
 
 
 @njit(nogil=True, cache=True)
-def _fill_tile(v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot, oy, ox, bufs):
+def _fill_tile(
+    v, seen, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot, oy, ox, bufs
+):
     """Fill one tile ``[ty0, ty1) x [tx0, tx1)`` of frame ``t`` of block ``v`` into ``out``.
 
-    ``out[t - ot, y - oy, x - ox]`` receives cell ``v[t, y, x]``. ``bufs`` holds scratch rows.
+    ``out[t - ot, y - oy, x - ox]`` receives cell ``v[t, y, x]``; ``bufs`` is scratch space.
+    Every pass only covers the columns some missing cell needs and some observation reaches:
+    what it skips would add exact zeros. Loops run over zero-based views so that LLVM sees
+    plain unit-stride loops and vectorizes them.
     """
     nt, ny, nx = v.shape
     h = ty1 - ty0
     w = tx1 - tx0
-    pw = w + 2 * sw
-    # Copy the tile and note which rows hold a cell to fill; most tiles of a real day are all
+    ph = h + 2 * sw
+    pn, pd, qn, qd, rn, rd, ranges, no_land = bufs
+    need_lo, need_hi = ranges[0], ranges[1]  # per tile row: columns to fill, [lo, hi)
+    p_lo, p_hi = ranges[2], ranges[3]  # per P row: columns the y pass reads
+    obs_lo, obs_hi = ranges[4], ranges[5]  # per P row: columns with weight
+    t_lo, t_hi = ranges[6], ranges[7]  # per P row: columns the time pass covers
+    # Copy the tile; note per row the span of cells to fill. Most tiles of a real day are all
     # observed ocean or all land and need nothing more.
-    row_needs = np.zeros(h, np.bool_)
     any_need = False
-    for y in range(ty0, ty1):
-        for x in range(tx0, tx1):
-            val = v[t, y, x]
-            out[t - ot, y - oy, x - ox] = val
-            if val != val and not (has_land and land[y, x] != 0):
-                row_needs[y - ty0] = True
-                any_need = True
+    for yy in range(h):
+        y = ty0 + yy
+        vrow = v[t, y, tx0:tx1]
+        orow = out[t - ot, y - oy, tx0 - ox : tx1 - ox]
+        lrow = land[y, tx0:tx1] if has_land else no_land[:w]
+        orow[:] = vrow
+        # A branch-free count first (it vectorizes); the span only where there is something.
+        count = 0
+        for j in range(w):
+            count += (vrow[j] != vrow[j]) & (lrow[j] == 0)
+        lo, hi = w, 0
+        if count:
+            for j in range(w):
+                if vrow[j] != vrow[j] and lrow[j] == 0:
+                    lo = j
+                    break
+            for j in range(w - 1, -1, -1):
+                if vrow[j] != vrow[j] and lrow[j] == 0:
+                    hi = j + 1
+                    break
+            any_need = True
+        need_lo[yy], need_hi[yy] = lo, hi
     if not any_need:
         return
 
-    pn, pd, qn, qd, rn, rd = bufs
-    # Time pass over the tile and its spatial halo: P = Σ_dt gt·v·m, zero outside the block so
-    # that zero padding clips the windows at the array edges.
-    pn[: h + 2 * sw, :pw] = 0.0
-    pd[: h + 2 * sw, :pw] = 0.0
-    c_lo = max(0, tx0 - sw)
-    c_hi = min(nx, tx1 + sw)
-    cbase = tx0 - sw
-    for r in range(max(0, ty0 - sw), min(ny, ty1 + sw)):
-        # Rows the y pass never reads (no row within reach needs filling) are left at zero.
-        lo_need = max(0, r - sw - ty0)
-        hi_need = min(h, r + sw + 1 - ty0)
-        wanted = False
-        for k in range(lo_need, hi_need):
-            if row_needs[k]:
-                wanted = True
-                break
-        if not wanted:
+    # Columns of each P row (tile row index + sw) that some output row within reach reads; in
+    # P coordinates, output column j reads P columns j .. j + 2sw.
+    for pr in range(ph):
+        lo, hi = pn.shape[1], 0
+        for yy in range(max(0, pr - 2 * sw), min(h, pr + 1)):
+            if need_lo[yy] < need_hi[yy]:
+                lo = min(lo, need_lo[yy])
+                hi = max(hi, need_hi[yy] + 2 * sw)
+        p_lo[pr], p_hi[pr] = lo, hi
+
+    # Deep inland (no mask given) or in a long gap nothing is observed within reach. The
+    # block's summary of observed 32-column segments finds that, and trims each P row to the
+    # segments that hold data, without reading the values: what is skipped would add zeros.
+    seen_any = False
+    f0, f1 = max(0, t - tw), min(nt, t + tw + 1)
+    for pr in range(ph):
+        t_lo[pr], t_hi[pr] = 0, 0
+        r = ty0 - sw + pr
+        # P column pc holds block column tx0 - sw + pc.
+        ca = max(p_lo[pr], sw - tx0)
+        cb = min(p_hi[pr], nx - tx0 + sw)
+        if r < 0 or r >= ny or ca >= cb:
             continue
-        prn = pn[r - ty0 + sw]
-        prd = pd[r - ty0 + sw]
+        first, last = -1, -1
+        for sg in range((tx0 - sw + ca) // SEG, (tx0 - sw + cb - 1) // SEG + 1):
+            for f in range(f0, f1):
+                if seen[f, r, sg]:
+                    first = sg if first < 0 else first
+                    last = sg
+                    break
+        if first >= 0:
+            t_lo[pr] = max(ca, first * SEG - (tx0 - sw))
+            t_hi[pr] = min(cb, (last + 1) * SEG - (tx0 - sw))
+            seen_any = True
+    if not seen_any:
+        return
+
+    # Time pass: P = sum_dt gt * v * m and D = sum_dt gt * m, zero outside the block so that
+    # zero padding clips the windows at the array edges.
+    for pr in range(ph):
+        a, b = p_lo[pr], p_hi[pr]
+        obs_lo[pr], obs_hi[pr] = b, a
+        if a >= b:
+            continue
+        pn[pr, a:b] = 0.0
+        pd[pr, a:b] = 0.0
+        r = ty0 - sw + pr
+        ca, cb = t_lo[pr], t_hi[pr]
+        if ca >= cb:
+            continue
+        pseg_n = pn[pr, ca:cb]
+        pseg_d = pd[pr, ca:cb]
         for f in range(max(0, t - tw), min(nt, t + tw + 1)):
             g = gt[abs(f - t)]
-            vrow = v[f, r]
-            for c in range(c_lo, c_hi):
-                val = vrow[c]
-                seen = val == val
-                prn[c - cbase] += g * (val if seen else 0.0)
-                prd[c - cbase] += g if seen else 0.0
+            vseg = v[f, r, tx0 - sw + ca : tx0 - sw + cb]
+            for j in range(cb - ca):
+                val = vseg[j]
+                ok = val == val
+                pseg_n[j] += g * (val if ok else 0.0)
+                pseg_d[j] += g if ok else 0.0
+        for j in range(ca, cb):
+            if pd[pr, j] > 0.0:
+                obs_lo[pr] = min(obs_lo[pr], j)
+                obs_hi[pr] = j + 1
+
     for yy in range(h):
-        if not row_needs[yy]:
+        lo, hi = need_lo[yy], need_hi[yy]
+        if lo >= hi:
             continue
-        # y pass for this row: Q = Σ_dy gs·P.
-        qn[:pw] = 0.0
-        qd[:pw] = 0.0
+        # Q columns [lo, hi + 2sw) feed this row; only [qa, qb) can hold weight.
+        qa, qb = hi + 2 * sw, lo
+        for pr in range(yy, yy + 2 * sw + 1):
+            if obs_lo[pr] < obs_hi[pr]:
+                qa = min(qa, obs_lo[pr])
+                qb = max(qb, obs_hi[pr])
+        qa, qb = max(qa, lo), min(qb, hi + 2 * sw)
+        if qa >= qb:
+            continue  # no observation within reach: the row's gaps stay NaN
+        # y pass: Q = sum_dy gs * P.
+        qn[lo : hi + 2 * sw] = 0.0
+        qd[lo : hi + 2 * sw] = 0.0
+        qseg_n = qn[qa:qb]
+        qseg_d = qd[qa:qb]
+        for k in range(-sw, sw + 1):
+            pr = yy + sw + k
+            if obs_lo[pr] >= obs_hi[pr]:
+                continue  # an all-zero row adds nothing
+            g = gs[abs(k)]
+            prn = pn[pr, qa:qb]
+            prd = pd[pr, qa:qb]
+            for j in range(qb - qa):
+                qseg_n[j] += g * prn[j]
+                qseg_d[j] += g * prd[j]
+        # x pass over the output columns this Q span reaches: R = sum_dx gs * Q.
+        xa, xb = max(lo, qa - 2 * sw), min(hi, qb)
+        rseg_n = rn[xa:xb]
+        rseg_d = rd[xa:xb]
+        rseg_n[:] = 0.0
+        rseg_d[:] = 0.0
         for k in range(-sw, sw + 1):
             g = gs[abs(k)]
-            prn = pn[yy + sw + k]
-            prd = pd[yy + sw + k]
-            for c in range(pw):
-                qn[c] += g * prn[c]
-                qd[c] += g * prd[c]
-        # x pass: R = Σ_dx gs·Q, then the ratio where a cell is missing and has weight.
-        rn[:w] = 0.0
-        rd[:w] = 0.0
-        for k in range(-sw, sw + 1):
-            g = gs[abs(k)]
-            for c in range(w):
-                rn[c] += g * qn[c + sw + k]
-                rd[c] += g * qd[c + sw + k]
+            qk_n = qn[xa + sw + k : xb + sw + k]
+            qk_d = qd[xa + sw + k : xb + sw + k]
+            for j in range(xb - xa):
+                rseg_n[j] += g * qk_n[j]
+                rseg_d[j] += g * qk_d[j]
         y = ty0 + yy
-        for c in range(w):
-            x = tx0 + c
-            if v[t, y, x] != v[t, y, x] and not (has_land and land[y, x] != 0):
-                if rd[c] > WEIGHT_SUM_MIN:
-                    out[t - ot, y - oy, x - ox] = rn[c] / rd[c]
+        vrow = v[t, y, tx0 + xa : tx0 + xb]
+        orow = out[t - ot, y - oy, tx0 - ox + xa : tx0 - ox + xb]
+        lrow = land[y, tx0 + xa : tx0 + xb] if has_land else no_land[: xb - xa]
+        for j in range(xb - xa):
+            if vrow[j] != vrow[j] and lrow[j] == 0 and rseg_d[j] > WEIGHT_SUM_MIN:
+                orow[j] = rseg_n[j] / rseg_d[j]
 
 
 @njit(nogil=True, cache=True)
-def _make_bufs(sw):
-    pn = np.empty((TILE_Y + 2 * sw, TILE_X + 2 * sw))
-    pd = np.empty((TILE_Y + 2 * sw, TILE_X + 2 * sw))
-    qn = np.empty(TILE_X + 2 * sw)
-    qd = np.empty(TILE_X + 2 * sw)
-    rn = np.empty(TILE_X)
-    rd = np.empty(TILE_X)
-    return pn, pd, qn, qd, rn, rd
+def _seen_segments(v, f, seen):
+    """Mark, for frame ``f``, each row's 32-column segments that hold an observation."""
+    ny, nx = v.shape[1], v.shape[2]
+    for r in range(ny):
+        row = v[f, r]
+        for sg in range(seen.shape[2]):
+            seg = row[sg * SEG : min(nx, (sg + 1) * SEG)]
+            count = 0
+            for j in range(seg.size):
+                count += seg[j] == seg[j]
+            seen[f, r, sg] = count > 0
 
 
 @njit(nogil=True, cache=True)
-def _fill_items(v, land, has_land, core, tw, sw, gt, gs, out, lo, hi):
-    """Fill work items ``lo..hi-1`` (one tile of one frame each) of the core region ``core``."""
+def _make_bufs(sw, tile):
+    ty, tx = tile
+    pn = np.empty((ty + 2 * sw, tx + 2 * sw))
+    pd = np.empty((ty + 2 * sw, tx + 2 * sw))
+    qn = np.empty(tx + 2 * sw)
+    qd = np.empty(tx + 2 * sw)
+    rn = np.empty(tx)
+    rd = np.empty(tx)
+    ranges = np.empty((8, ty + 2 * sw), np.int64)
+    no_land = np.zeros(tx, np.uint8)
+    return pn, pd, qn, qd, rn, rd, ranges, no_land
+
+
+@njit(nogil=True, cache=True)
+def _n_items(core, tile):
+    """Number of work items (one tile of one frame each) in the core region."""
     ct0, ct1, cy0, cy1, cx0, cx1 = core
-    nty = (cy1 - cy0 + TILE_Y - 1) // TILE_Y
-    ntx = (cx1 - cx0 + TILE_X - 1) // TILE_X
-    bufs = _make_bufs(sw)
-    for item in range(lo, hi):
-        t = ct0 + item // (nty * ntx)
-        rest = item % (nty * ntx)
-        ty0 = cy0 + (rest // ntx) * TILE_Y
-        tx0 = cx0 + (rest % ntx) * TILE_X
-        ty1 = min(cy1, ty0 + TILE_Y)
-        tx1 = min(cx1, tx0 + TILE_X)
-        _fill_tile(
-            v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ct0, cy0, cx0, bufs
-        )
-
-
-@njit(nogil=True, cache=True)
-def _n_items(core):
-    ct0, ct1, cy0, cy1, cx0, cx1 = core
-    nty = (cy1 - cy0 + TILE_Y - 1) // TILE_Y
-    ntx = (cx1 - cx0 + TILE_X - 1) // TILE_X
+    nty = (cy1 - cy0 + tile[0] - 1) // tile[0]
+    ntx = (cx1 - cx0 + tile[1] - 1) // tile[1]
     return (ct1 - ct0) * nty * ntx
 
 
 @njit(nogil=True, cache=True)
-def _fill_serial(v, land, has_land, core, tw, sw, gt, gs):
+def _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi):
+    """Fill work items ``lo..hi-1`` of the core region ``core`` of block ``v`` into ``out``."""
+    ct0, ct1, cy0, cy1, cx0, cx1 = core
+    nty = (cy1 - cy0 + tile[0] - 1) // tile[0]
+    ntx = (cx1 - cx0 + tile[1] - 1) // tile[1]
+    bufs = _make_bufs(sw, tile)
+    for item in range(lo, hi):
+        t = ct0 + item // (nty * ntx)
+        rest = item % (nty * ntx)
+        ty0 = cy0 + (rest // ntx) * tile[0]
+        tx0 = cx0 + (rest % ntx) * tile[1]
+        ty1 = min(cy1, ty0 + tile[0])
+        tx1 = min(cx1, tx0 + tile[1])
+        _fill_tile(
+            v, seen, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ct0, cy0, cx0, bufs
+        )
+
+
+@njit(nogil=True, cache=True)
+def _fill_serial(v, land, has_land, core, tile, tw, sw, gt, gs):
     """Fill the core region of block ``v`` on the calling thread (Dask supplies the parallelism)."""
     ct0, ct1, cy0, cy1, cx0, cx1 = core
     out = np.empty((ct1 - ct0, cy1 - cy0, cx1 - cx0), v.dtype)
-    _fill_items(v, land, has_land, core, tw, sw, gt, gs, out, 0, _n_items(core))
+    seen = np.empty((v.shape[0], v.shape[1], (v.shape[2] + SEG - 1) // SEG), np.bool_)
+    for f in range(v.shape[0]):
+        _seen_segments(v, f, seen)
+    _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, 0, _n_items(core, tile))
     return out
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def _fill_parallel(v, land, has_land, core, tw, sw, gt, gs, n_groups):
+def _fill_parallel(v, land, has_land, core, tile, tw, sw, gt, gs, n_groups):
     """Fill the core region of ``v`` with numba threads; groups of tiles are independent."""
     ct0, ct1, cy0, cy1, cx0, cx1 = core
     out = np.empty((ct1 - ct0, cy1 - cy0, cx1 - cx0), v.dtype)
-    n = _n_items(core)
+    n = _n_items(core, tile)
+    seen = np.empty((v.shape[0], v.shape[1], (v.shape[2] + SEG - 1) // SEG), np.bool_)
+    for f in prange(v.shape[0]):
+        _seen_segments(v, f, seen)
     for g in prange(n_groups):
-        _fill_items(
-            v, land, has_land, core, tw, sw, gt, gs, out, g * n // n_groups, (g + 1) * n // n_groups
-        )
+        lo, hi = g * n // n_groups, (g + 1) * n // n_groups
+        _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi)
     return out
 
 
@@ -415,7 +528,9 @@ def _land_args(land: np.ndarray | None, shape: tuple[int, ...]) -> tuple[np.ndar
     return np.ascontiguousarray(land, dtype=np.uint8), True
 
 
-def _fill_numpy(v, land, tw, sw, gt, gs, parallel: bool = True) -> np.ndarray:
+def _fill_numpy(
+    v, land, tw, sw, gt, gs, parallel: bool = True, tile: tuple[int, int] = TILE
+) -> np.ndarray:
     """Gaussian-fill a whole NumPy array, in numba threads unless ``parallel`` is False."""
     import numba
 
@@ -423,9 +538,9 @@ def _fill_numpy(v, land, tw, sw, gt, gs, parallel: bool = True) -> np.ndarray:
     core = (0, v.shape[0], 0, v.shape[1], 0, v.shape[2])
     land_arr, has_land = _land_args(land, v.shape)
     if not parallel or v.size == 0:
-        return _fill_serial(v, land_arr, has_land, core, tw, sw, gt, gs)
-    n_groups = max(1, min(int(_n_items(core)), 8 * numba.get_num_threads()))
-    return _fill_parallel(v, land_arr, has_land, core, tw, sw, gt, gs, n_groups)
+        return _fill_serial(v, land_arr, has_land, core, tile, tw, sw, gt, gs)
+    n_groups = max(1, min(int(_n_items(core, tile)), 8 * numba.get_num_threads()))
+    return _fill_parallel(v, land_arr, has_land, core, tile, tw, sw, gt, gs, n_groups)
 
 
 def _flags(source: np.ndarray, filled: np.ndarray, land: np.ndarray | None = None) -> np.ndarray:
@@ -498,7 +613,8 @@ def _with_halo(func, x, depth: tuple[int, ...], land, **kwargs):
 def _gaussian_block(block, land_block, lo, shape, tw, sw, gt, gs):
     core = (lo[0], lo[0] + shape[0], lo[1], lo[1] + shape[1], lo[2], lo[2] + shape[2])
     land_arr, has_land = _land_args(land_block, block.shape)
-    return _fill_serial(np.ascontiguousarray(block), land_arr, has_land, core, tw, sw, gt, gs)
+    block = np.ascontiguousarray(block)
+    return _fill_serial(block, land_arr, has_land, core, TILE, tw, sw, gt, gs)
 
 
 def _interpolate_block(block, land_block, lo, shape, max_gap):
