@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sicube import cube
 from sicube.errors import BadInput
 from sicube.fill import METHODS, _is_dask, gaussian_fill
 
@@ -212,8 +213,6 @@ def _hidden(array, hide_fraction, stripes, seed, land_mask, lazy):
     return hidden
 
 
-RAW_VAR = "sea_ice_conc_raw"
-LAND_VAR = "land_mask"
 
 
 def open_raw(store: str, start: Any = None, end: Any = None) -> tuple[Any, np.ndarray | None]:
@@ -236,9 +235,9 @@ def open_raw(store: str, start: Any = None, end: Any = None) -> tuple[Any, np.nd
         raise BadInput(
             f"store {store} is not a readable Zarr store ({type(err).__name__})"
         ) from None
-    if RAW_VAR not in ds or ds[RAW_VAR].dims != ("time", "y", "x"):
-        raise BadInput(f"store {store} has no {RAW_VAR} (time, y, x) variable")
-    raw = ds[RAW_VAR]
+    if cube.RAW not in ds or ds[cube.RAW].dims != ("time", "y", "x"):
+        raise BadInput(f"store {store} has no {cube.RAW} (time, y, x) variable")
+    raw = ds[cube.RAW]
     if start is not None and end is not None:
         first, last = parse_span(start, end)
     else:
@@ -253,5 +252,5 @@ def open_raw(store: str, start: Any = None, end: Any = None) -> tuple[Any, np.nd
         )
     if raw.sizes["time"] == 0:
         raise BadInput(f"store {store} has no day between {start} and {end}")
-    land = ds[LAND_VAR].values.astype(bool) if LAND_VAR in ds else None
+    land = ds[cube.LAND].values.astype(bool) if cube.LAND in ds else None
     return raw.data, land
