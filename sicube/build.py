@@ -590,8 +590,9 @@ def build(
                             progress)
         with _scheduler(scheduler, workers, summary):
             if not state["mask_done"]:
-                with timer("mask"):
+                with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar:
                     _make_mask(group, state, grid, mask_from, mask_threshold, tally)
+                    bar.update(1)
             with timer("fill"):
                 _fill(group, state, params, summary, progress)
         _finish(group, state, summary, base_url if source is None else None, source)

@@ -463,3 +463,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             writer.writerows(rows)
         print(f"table written to {args.csv}")
     return 0
+
+
+@command("demo", "run the whole pipeline offline on a generated archive (a few minutes)")
+def _add_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--days", type=int, default=30, help="days to generate (at least 8)")
+    parser.add_argument("--out", default="demo", help="folder for everything the demo writes")
+    parser.add_argument("--step", type=int, default=4,
+                        help="coarsen the 3.125 km grid by this factor (1 = full grid)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from sicube.demo import run_demo
+
+    result = run_demo(args.days, args.out, step=args.step, workers=args.workers,
+                      progress=not args.quiet)
+    print(result.text())
+    return result.summary.exit_code

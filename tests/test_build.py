@@ -450,3 +450,14 @@ def test_a_local_file_whose_data_does_not_decode_is_refused(archive, tmp_path, c
     code, err = _cli(capsys, "build", "--start", "20240401", "--end", "20240404", "--store",
                      str(tmp_path / "c.zarr"), "--source", str(source), "-q")
     assert code == 2 and "asi-AMSR2-n3125-20240402-v5.4.nc" in err and "cannot be read" in err
+
+
+def test_build_into_an_fsspec_memory_store_equals_the_local_cube(archive, built):
+    store = "memory://sicube-tests/cube.zarr"
+    summary = _build(archive, store)
+    assert summary.observed and not summary.nothing_to_do
+    remote = cube.open_cube(store)
+    local = xr.open_zarr(built[0])
+    for name in (*cube.CUBE_VARS, *cube.GRID_VARS):
+        np.testing.assert_array_equal(remote[name].values, local[name].values)
+    assert _build(archive, store).nothing_to_do
