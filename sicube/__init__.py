@@ -1,7 +1,27 @@
-"""sicube: AMSR2 sea-ice concentration to analysis- and ML-ready Zarr datacubes."""
+"""sicube: AMSR2 sea-ice concentration to analysis- and ML-ready Zarr datacubes.
+
+The public API; `import sicube` stays light (torch and plotting load on first use).
+"""
 
 __version__ = "0.1.0"
 
+from sicube.build import BuildSummary, build, update  # noqa: E402
+from sicube.cube import open_cube  # noqa: E402
+from sicube.download import download, iter_downloads  # noqa: E402
+from sicube.evaluate import evaluate_fill  # noqa: E402
+from sicube.fill import FillFlag, gaussian_fill  # noqa: E402
+from sicube.mask import export_mask  # noqa: E402
+from sicube.plot import explore, plot_compare, plot_day, plot_mask  # noqa: E402
+from sicube.report import info, roi_report  # noqa: E402
+from sicube.sample import write_archive  # noqa: E402
+
+__all__ = [
+    "BuildSummary", "FillFlag", "build", "download", "evaluate_fill", "export_mask",
+    "gaussian_fill",
+    "iter_downloads", "open_cube", "update", "write_archive",
+    "explore", "info", "plot_compare", "plot_day", "plot_mask", "roi_report",
+    "SICDataset", "SICStream",
+]
 
 # --- dataset (lazy: importing torch takes seconds; `import sicube` must not) ---
 _LAZY = {"SICDataset": "sicube.dataset", "SICStream": "sicube.dataset"}

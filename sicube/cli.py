@@ -95,3 +95,390 @@ def _run_sample(args: argparse.Namespace) -> int:
     if archive.missing:
         print("missing days: " + ", ".join(f"{d:%Y%m%d}" for d in archive.missing))
     return 0
+
+
+# --- plot, explore, roi, info (sicube.plot, sicube.report) ------------------------------------
+
+
+def _quiet_flags(parser: argparse.ArgumentParser) -> None:
+    # Sub-sub-commands accept -v/-q too; SUPPRESS keeps a flag given before them.
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+
+
+@command("plot", "PNG maps: one day, the land mask, raw vs filled")
+def _add_plot(parser: argparse.ArgumentParser) -> None:
+    kinds = parser.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    day = kinds.add_parser("day", help="map one day of a source file or a cube")
+    where = day.add_mutually_exclusive_group(required=True)
+    where.add_argument("--file", help="a daily source file (.nc)")
+    where.add_argument("--store", help="a cube (Zarr); needs --date")
+    day.add_argument("--date", help="day to map from the cube (YYYYMMDD or YYYY-MM-DD)")
+    day.add_argument("--variable", default="sea_ice_conc_raw",
+                     choices=["sea_ice_conc_raw", "sea_ice_conc"],
+                     help="cube variable (default: the raw data)")
+    mask = kinds.add_parser("mask", help="land mask beside its NaN-frequency map")
+    source = mask.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", help="a cube (Zarr)")
+    source.add_argument("--mask", help="a land-mask netCDF file (land_mask, nan_ratio)")
+    compare = kinds.add_parser("compare", help="raw vs filled for one day, with the fill flags")
+    compare.add_argument("--store", required=True, help="a cube (Zarr)")
+    compare.add_argument("--date", required=True, help="the day (YYYYMMDD or YYYY-MM-DD)")
+    compare.add_argument("--source", help="take the raw panel from this daily file instead")
+    for sub in (day, mask, compare):
+        sub.add_argument("-o", "--output", required=True, help="PNG file to write")
+        sub.add_argument("--dpi", type=int, default=150, help="resolution (default 150)")
+        _quiet_flags(sub)
+    parser.set_defaults(run=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from sicube import plot
+
+    if args.dpi < 10 or args.dpi > 1200:
+        raise BadInput(f"dpi: must be between 10 and 1200, got {args.dpi}")
+    if args.kind == "day":
+        fig = plot.plot_day(args.file, store=args.store, date=args.date, variable=args.variable)
+    elif args.kind == "mask":
+        fig = plot.plot_mask(args.store or args.mask)
+    else:
+        fig = plot.plot_compare(args.store, args.date, source=args.source)
+    path = plot.save_figure(fig, args.output, dpi=args.dpi)
+    width, height = (round(v * args.dpi) for v in fig.get_size_inches())
+    print(f"wrote {path} ({width} x {height} px)")
+    return 0
+
+
+@command("explore", "interactive map of a cube (time slider, variables, hover) as HTML")
+def _add_explore(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", help="a cube (Zarr)")
+    parser.add_argument("--html", required=True, help="standalone HTML file to write")
+    parser.add_argument("--start", help="first day to include (default: the cube's first)")
+    parser.add_argument("--end", help="last day to include (default: the cube's last)")
+    parser.add_argument("--variables", nargs="+", default=["sea_ice_conc", "sea_ice_conc_raw"],
+                        choices=["sea_ice_conc", "sea_ice_conc_raw"])
+    parser.add_argument("--width", type=int, default=300,
+                        help="map width in pixels; every frame is embedded at this size")
+    parser.set_defaults(run=_run_explore)
+
+
+def _run_explore(args: argparse.Namespace) -> int:
+    from sicube.plot import save_explorer
+
+    if not 50 <= args.width <= 4000:
+        raise BadInput(f"width: must be between 50 and 4000 pixels, got {args.width}")
+    path = save_explorer(args.store, args.html, variables=tuple(args.variables),
+                         start=args.start, end=args.end, width=args.width,
+                         progress=not args.quiet)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
+    return 0
+
+
+@command("roi", "missing pixels per day inside an index rectangle (ROI)")
+def _add_roi(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", help="a cube (Zarr)")
+    where.add_argument("--source", help="a folder of daily source files")
+    parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day")
+    for name in ("ymin", "ymax", "xmin", "xmax"):
+        parser.add_argument(f"--{name}", type=int, required=True,
+                            help="grid index; max is end-exclusive" if "max" in name else None)
+    parser.add_argument("--threshold-percent", type=float, default=0.1,
+                        help="list days with at least this share missing (default 0.1)")
+    parser.add_argument("--csv", help="write date, missing_pixels, missing_percent here")
+    parser.add_argument("--plot", help="PNG: the ROI on the full grid and the daily shares")
+    parser.set_defaults(run=_run_roi)
+
+
+def _run_roi(args: argparse.Namespace) -> int:
+    from sicube.report import roi_report, write_roi_csv
+
+    report = roi_report(args.start, args.end, args.ymin, args.ymax, args.xmin, args.xmax,
+                        store=args.store, source=args.source,
+                        threshold_percent=args.threshold_percent)
+    roi, (ny, nx) = report.roi, report.grid_shape
+    print(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} ({roi.size} cells) "
+          f"on the {ny} x {nx} grid, {report.start} .. {report.end}")
+    print(f"observed days: {len(report.days)}; days with no data: {len(report.unobserved)}")
+    flagged = report.flagged
+    print(f"days with >= {report.threshold_percent:g}% missing in the ROI: {len(flagged)}")
+    for day in flagged:
+        print(f"  {day.date}  {day.missing_pixels:>9d} cells  {day.missing_percent:7.3f}%")
+    if args.csv:
+        print(f"wrote {write_roi_csv(report, args.csv)}")
+    if args.plot:
+        from sicube.plot import plot_roi, save_figure
+
+        print(f"wrote {save_figure(plot_roi(report), args.plot)}")
+    return 0
+
+
+@command("info", "grid size, span, missing days, chunking and provenance of a file, folder or cube")
+def _add_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="a daily file, a folder of daily files, or a cube (Zarr)")
+    parser.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from sicube.report import format_info, info
+
+    print("\n".join(format_info(info(args.path))))
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--base-url", help="server to download from (default: Bremen)")
+    where.add_argument("--source", help="folder of daily files on disk (searched recursively)")
+    parser.add_argument("--raw-dir", help="where downloads are kept and reused (default: cache)")
+    parser.add_argument("--scheduler", default="threads",
+                        help="threads (default), processes, or a dask scheduler address")
+    parser.add_argument("--workers", type=int, help="dask workers (default: one per core)")
+
+
+@command("build", "build a filled, masked Zarr cube for a date range (resumable)")
+def _add_build(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day")
+    parser.add_argument("--store", required=True, help="Zarr store: a path or any fsspec URL")
+    _add_source_args(parser)
+    parser.add_argument("--time-window", type=int, default=3, help="fill half-window in days")
+    parser.add_argument("--space-window", type=int, default=7, help="fill half-window in cells")
+    parser.add_argument("--alpha", type=float, default=15.0, help="weight of time vs space")
+    parser.add_argument("--sigma", type=float, default=7.0, help="Gaussian width in cells")
+    masks = parser.add_mutually_exclusive_group()
+    masks.add_argument("--mask-threshold", type=float, default=0.85,
+                       help="land where a cell is NaN on at least this share of observed days")
+    masks.add_argument("--mask", help="reuse land_mask from a NetCDF file or another cube")
+    parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default 8,512,512)")
+    parser.set_defaults(run=_run_build)
+
+
+def _chunks(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        t, y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise BadInput(f"--chunks {text!r}: give three integers TIME,Y,X") from None
+    if min(t, y, x) < 1:
+        raise BadInput(f"--chunks {text!r}: sizes must be positive")
+    return {"time": t, "y": y, "x": x}
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from sicube.build import build
+
+    summary = build(
+        args.start, args.end, args.store, base_url=args.base_url, source=args.source,
+        raw_dir=args.raw_dir, time_window=args.time_window, space_window=args.space_window,
+        alpha=args.alpha, sigma=args.sigma, mask_threshold=args.mask_threshold,
+        mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
+        chunks=_chunks(args.chunks), progress=not args.quiet,
+    )
+    print(summary.text())
+    return summary.exit_code
+
+
+@command("update", "append new days to a cube and refill the days whose window changed")
+def _add_update(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="an existing sicube cube")
+    parser.add_argument("--end", help="last day to add (default: yesterday, UTC)")
+    _add_source_args(parser)
+    parser.set_defaults(run=_run_update)
+
+
+def _run_update(args: argparse.Namespace) -> int:
+    from sicube.build import update
+
+    summary = update(args.store, args.end, base_url=args.base_url, source=args.source,
+                     raw_dir=args.raw_dir, scheduler=args.scheduler, workers=args.workers,
+                     progress=not args.quiet)
+    print(summary.text())
+    return summary.exit_code
+
+
+@command("mask", "export a cube's land mask as the original toolbox's NetCDF file")
+def _add_mask(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="a sicube cube")
+    parser.add_argument("--output", "-o", required=True, help="NetCDF file to write")
+    parser.add_argument("--threshold", type=float,
+                        help="recompute land_mask from the cube's nan_ratio with this threshold")
+    parser.set_defaults(run=_run_mask)
+
+
+def _run_mask(args: argparse.Namespace) -> int:
+    from sicube.mask import export_mask
+
+    path, land_share = export_mask(args.store, args.output, threshold=args.threshold)
+    print(f"wrote {path}: land_mask (1 = land, {land_share:.1%} of cells) and nan_ratio")
+    return 0
+
+
+# --- download and mirror (sicube.download, sicube.mirror) -------------------------------------
+
+
+@command("download", "fetch daily files for a date range (concurrent, retried, validated)")
+def _add_download(parser: argparse.ArgumentParser) -> None:
+    from sicube.download import (
+        DEFAULT_BASE_URL,
+        DEFAULT_CONCURRENCY,
+        DEFAULT_RETRIES,
+        DEFAULT_TIMEOUT,
+    )
+
+    parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day")
+    parser.add_argument("--out", required=True, help="output folder (files go to {YYYY}/)")
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL,
+                        help="server base URL (default: the Bremen server)")
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                        help="transfers at once (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                        help="further attempts after a failed one (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="seconds without data before an attempt is abandoned")
+    parser.add_argument("--backoff", type=float, default=0.5,
+                        help="first retry delay in seconds, doubled each retry, jittered")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="fetch again even when a valid file is present")
+    parser.set_defaults(run=_run_download)
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from sicube.download import download
+    from sicube.products import file_name
+
+    report = download(args.start, args.end, args.out, base_url=args.base_url,
+                      concurrency=args.concurrency, retries=args.retries, force=args.force,
+                      timeout=args.timeout, backoff=args.backoff, progress=not args.quiet)
+    print(report.summary())
+    if report.failed:
+        names = ", ".join(file_name(r.day) for r in report.failed)
+        print(f"sicube download: {len(report.failed)} days failed: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@command("mirror", "serve an archive folder on 127.0.0.1 like the Bremen server (with faults)")
+def _add_mirror(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True, help="archive folder with {YYYY}/ sub-folders")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="TCP port on 127.0.0.1 (0 = any free port; default %(default)s)")
+    parser.add_argument("--faults", default=None, metavar="PLAN.json",
+                        help="fault plan: file name or YYYYMMDD -> faults (see sicube.mirror)")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds added before every answer")
+    parser.add_argument("--grid", default="n3125", help="grid name in the URL path")
+    parser.set_defaults(run=_run_mirror)
+
+
+def _run_mirror(args: argparse.Namespace) -> int:
+    from sicube.mirror import serve_forever
+
+    serve_forever(args.root, port=args.port, faults=args.faults, latency=args.latency,
+                  grid=args.grid)
+    return 0
+
+
+@command("evaluate", "score fill parameters: hide observed cells, fill them back, report errors")
+def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="a sicube cube (Zarr) with sea_ice_conc_raw")
+    parser.add_argument("--start", help="first day to use (default: the cube's first)")
+    parser.add_argument("--end", help="last day to use (default: the cube's last)")
+    parser.add_argument("--time-window", default="3", help="comma list of time windows (days)")
+    parser.add_argument("--space-window", default="7", help="comma list of space windows (cells)")
+    parser.add_argument("--alpha", default="15", help="comma list of alphas")
+    parser.add_argument("--sigma", default="7", help="comma list of sigmas (cells)")
+    parser.add_argument("--method", default="gaussian", help="comma list: gaussian, hybrid")
+    parser.add_argument("--max-gap", default="5", help="comma list of hybrid max gaps (days)")
+    parser.add_argument("--hide-fraction", type=float, default=0.1,
+                        help="share of observed ocean cells to hide (default 0.1)")
+    parser.add_argument("--no-stripes", action="store_true",
+                        help="hide scattered cells only (default: half as swath-like stripes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the hidden cells")
+    parser.add_argument("--csv", help="also write the table to this CSV file")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _comma_list(text: str, kind: type, name: str) -> list:
+    """Values of a comma-separated option, each converted by `kind`; BadInput names the option."""
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(kind(item.strip()))
+        except ValueError:
+            raise BadInput(f"--{name}: cannot read {item.strip()!r} as {kind.__name__}") from None
+    return values
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import csv
+    import itertools
+
+    from sicube.evaluate import evaluate_fill, open_raw
+
+    raw, land = open_raw(args.store, args.start, args.end)
+    grid = {
+        "method": _comma_list(args.method, str, "method"),
+        "time_window": _comma_list(args.time_window, int, "time-window"),
+        "space_window": _comma_list(args.space_window, int, "space-window"),
+        "alpha": _comma_list(args.alpha, float, "alpha"),
+        "sigma": _comma_list(args.sigma, float, "sigma"),
+        "max_gap": _comma_list(args.max_gap, int, "max-gap"),
+    }
+    sets = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    # max_gap only matters to the hybrid method: do not score the same Gaussian fill twice.
+    sets = [s for s in sets if s["method"] == "hybrid" or s["max_gap"] == grid["max_gap"][0]]
+    nt, ny, nx = raw.shape
+    if not args.quiet:
+        print(f"evaluating {len(sets)} parameter set(s) on {nt} days of {ny} x {nx} cells",
+              file=sys.stderr)
+    rows = []
+    for i, params in enumerate(sets, 1):
+        rows += evaluate_fill(raw, [params], hide_fraction=args.hide_fraction,
+                              stripes=not args.no_stripes, seed=args.seed, land_mask=land)
+        if not args.quiet:
+            print(f"  {i}/{len(sets)} {params}: rmse {rows[-1]['rmse']:.3f}", file=sys.stderr)
+    rows.sort(key=lambda r: (r["rmse"] != r["rmse"], r["rmse"]))  # NaN (nothing filled) last
+    columns = ["method", "time_window", "space_window", "alpha", "sigma", "max_gap",
+               "rmse", "mae", "bias", "n_filled", "n_hidden"]
+    header = ["method", "tw", "sw", "alpha", "sigma", "gap", "RMSE", "MAE", "bias",
+              "filled", "hidden"]
+    print(" ".join(f"{h:>9s}" for h in header))
+    for r in rows:
+        gap = r["max_gap"] if r["method"] == "hybrid" else "-"
+        print(f"{r['method']:>9s} {r['time_window']:>9d} {r['space_window']:>9d} "
+              f"{r['alpha']:>9g} {r['sigma']:>9g} {gap!s:>9s} {r['rmse']:>9.3f} "
+              f"{r['mae']:>9.3f} {r['bias']:>+9.3f} {r['n_filled']:>9d} {r['n_hidden']:>9d}")
+    best = rows[0]
+    print(f"best: method={best['method']} time_window={best['time_window']} "
+          f"space_window={best['space_window']} alpha={best['alpha']:g} sigma={best['sigma']:g}"
+          + (f" max_gap={best['max_gap']}" if best["method"] == "hybrid" else "")
+          + f" (RMSE {best['rmse']:.3f}, MAE {best['mae']:.3f}, bias {best['bias']:+.3f} percent"
+          f" over {best['n_filled']} of {best['n_hidden']} hidden cells)")
+    if args.csv:
+        with open(args.csv, "w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"table written to {args.csv}")
+    return 0
+
+
+@command("demo", "run the whole pipeline offline on a generated archive (a few minutes)")
+def _add_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--days", type=int, default=30, help="days to generate (at least 8)")
+    parser.add_argument("--out", default="demo", help="folder for everything the demo writes")
+    parser.add_argument("--step", type=int, default=4,
+                        help="coarsen the 3.125 km grid by this factor (1 = full grid)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from sicube.demo import run_demo
+
+    result = run_demo(args.days, args.out, step=args.step, workers=args.workers,
+                      progress=not args.quiet)
+    print(result.text())
+    return result.summary.exit_code

@@ -16,6 +16,7 @@ import xarray as xr
 from sicube import __version__, products
 from sicube.dates import to_datetime64
 from sicube.errors import BadInput
+from sicube.fill import FillFlag
 
 RAW = "sea_ice_conc_raw"
 CONC = "sea_ice_conc"
@@ -27,8 +28,8 @@ GRID_MAPPING = "polar_stereographic"
 MARKER = "sicube_cube_format"  # group attribute that says "this store is a sicube cube"
 FORMAT_VERSION = 1
 
-# fill_flag values, in order (they equal sicube.fill.FillFlag).
-FLAG_MEANINGS = ("observed", "filled", "no_observed_neighbour", "land")
+# fill_flag values are sicube.fill.FillFlag: 0 observed, 1 filled, 2 no neighbour, 3 land.
+FLAG_MEANINGS = tuple(flag.name.lower() for flag in FillFlag)
 
 # Measured in benchmarks/RESULTS.md ("Cube chunking"): one chunk is 8 days x 512 x 512.
 DEFAULT_CHUNKS = {"time": 8, "y": 512, "x": 512}
@@ -99,6 +100,12 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray, epsg: int,
         ds[name].encoding["_FillValue"] = FILL_VALUES[name]
     ds["time"].encoding.update(units="days since 1970-01-01", dtype="int32", chunks=(max(nt, 1),))
     return ds
+
+
+def cube_epsg(ds: xr.Dataset) -> int:
+    """EPSG code of a cube's grid mapping (EPSG:3411 when it does not say)."""
+    attrs = ds[GRID_MAPPING].attrs if GRID_MAPPING in ds.variables else {}
+    return products.epsg_from_attrs(attrs) or products.GRIDS["n3125"].epsg_hughes
 
 
 def is_cube(store: str | os.PathLike) -> bool:

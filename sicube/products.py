@@ -101,3 +101,9 @@ def grid_mapping_attrs(epsg: int) -> dict:
     attrs["spatial_ref"] = attrs["crs_wkt"]  # what GDAL and rioxarray look for
     attrs["epsg_code"] = f"EPSG:{epsg}"
     return attrs
+
+
+def epsg_from_attrs(attrs) -> int | None:
+    """EPSG code a grid-mapping variable's attributes declare (`epsg_code`), or None."""
+    code = str(attrs.get("epsg_code", "")).split(":")[-1]
+    return int(code) if code.isdigit() else None

@@ -8,8 +8,10 @@ AMSR2 daily grid on the expected coordinates, naming the file and the reason.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from sicube.errors import BadSourceFile
 
 log = logging.getLogger(__name__)
 
+# netCDF-C and HDF5 are not thread-safe: one thread at a time inside them, whoever calls.
+NETCDF_LOCK = threading.Lock()
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _NETCDF3_MAGIC = b"CDF"
 
@@ -105,11 +109,8 @@ def _grid_of(nc, path: Path) -> GridCoords:
 def _epsg_of(nc) -> int | None:
     if "polar_stereographic" not in nc.variables:
         return None
-    code = getattr(nc.variables["polar_stereographic"], "epsg_code", "")
-    try:
-        return int(str(code).split(":")[-1])
-    except ValueError:
-        return None
+    gm = nc.variables["polar_stereographic"]
+    return products.epsg_from_attrs({name: gm.getncattr(name) for name in gm.ncattrs()})
 
 
 def _check_grid(found: GridCoords, expected: GridCoords | None, path: Path) -> None:
@@ -127,7 +128,7 @@ def read_day(path: str | os.PathLike, expected: GridCoords | None = None) -> Day
     be decoded (truncated) or lies on another grid than `expected`.
     """
     path = Path(path)
-    with _open(path) as nc:
+    with NETCDF_LOCK, _open(path) as nc:
         grid = _grid_of(nc, path)
         _check_grid(grid, expected, path)
         var = nc.variables[products.CONC_VAR]
@@ -147,6 +148,26 @@ def read_day(path: str | os.PathLike, expected: GridCoords | None = None) -> Day
     return DayField(z=z, grid=grid, epsg=epsg, out_of_range=out_of_range)
 
 
-def check_day_file(path: str | os.PathLike, expected: GridCoords | None = None) -> GridCoords:
-    """Validate a daily file completely (all data decodes) and return its grid."""
-    return read_day(path, expected).grid
+def check_day_file(path: str | os.PathLike, expected: GridCoords | None = None,
+                   full: bool = True) -> GridCoords:
+    """Validate a daily file and return its grid.
+
+    `full` decodes all data (catches damage anywhere in the file); without it only the
+    structure is checked (netCDF, `z`/`x`/`y`, the grid), for callers that decode next anyway.
+    """
+    if full:
+        return read_day(path, expected).grid
+    path = Path(path)
+    with NETCDF_LOCK, _open(path) as nc:
+        grid = _grid_of(nc, path)
+    _check_grid(grid, expected, path)
+    return grid
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (provenance and the download manifest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -20,3 +20,33 @@ def archive(tmp_path_factory) -> Archive:
     root = tmp_path_factory.mktemp("archive")
     return write_archive(root, ARCHIVE_START, ARCHIVE_END, step=ARCHIVE_STEP,
                          missing_days=ARCHIVE_MISSING, seed=3)
+
+
+# --- small_cube: the real builder over the archive ----------------------------------------------
+
+SMALL_CUBE_CHUNKS = {"time": 4, "y": 64, "x": 64}  # several chunks on every axis
+SMALL_CUBE_MASK_THRESHOLD = 0.85
+SMALL_CUBE_FILL = {"time_window": 3, "space_window": 7, "alpha": 15.0, "sigma": 7.0}
+
+
+@pytest.fixture(scope="session")
+def small_cube(archive, tmp_path_factory):
+    """Path of a cube built by `sicube.build` from the archive's folder (default parameters)."""
+    from sicube.build import build
+
+    path = tmp_path_factory.mktemp("cube") / "small.zarr"
+    build(ARCHIVE_START, ARCHIVE_END, path, source=archive.root, chunks=SMALL_CUBE_CHUNKS,
+          **SMALL_CUBE_FILL, mask_threshold=SMALL_CUBE_MASK_THRESHOLD, progress=False)
+    return path
+
+
+# --- mirror (sicube.mirror) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def mirror(archive):
+    """A loopback mirror of `archive` on 127.0.0.1; set faults with `mirror.set_faults(plan)`."""
+    from sicube.mirror import Mirror
+
+    with Mirror(archive.root) as running:
+        yield running

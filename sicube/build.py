@@ -1,0 +1,733 @@
+"""`sicube.build` and `sicube.update`: source files to a filled, masked, resumable Zarr cube.
+
+Stages run in order: ingest (downloads or a local folder, written into `sea_ice_conc_raw`
+one time chunk at a time as the days of that chunk arrive), mask (NaN frequency over
+observed days, or a given mask), fill (the Gaussian fill through dask, one batch of time
+chunks at a time). The store's group attributes record which time chunks each stage has
+finished, so a killed build rerun with the same arguments redoes only unfinished work, and
+every write covers whole Zarr chunks from one writer, so results never depend on timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from sicube import __version__, cube, mask, products
+from sicube.dates import DateLike, day_range, parse_date, parse_span, yyyymmdd
+from sicube.errors import BadInput, BadSourceFile
+from sicube.fill import FillFlag, gaussian_fill
+from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
+
+log = logging.getLogger(__name__)
+
+STATE = "sicube_build"  # group attribute holding the build's progress
+FILL_BATCH_CHUNKS = 4  # time chunks filled per resumable step
+
+
+@dataclass
+class Arrival:
+    """A day's source: a validated file, or why there is none (missing = 404, failed = error)."""
+
+    day: dt.date
+    path: Path | None
+    status: str  # "ok", "missing" or "failed"
+    error: str = ""
+    sha256: str | None = None  # known when the downloader already hashed the file
+    downloaded: bool = False
+
+
+@dataclass
+class BuildSummary:
+    """What a build or update did, for the one-screen summary."""
+
+    store: str
+    span: tuple[dt.date, dt.date]
+    shape: tuple[int, int, int] = (0, 0, 0)
+    observed: list[dt.date] = field(default_factory=list)
+    missing: list[dt.date] = field(default_factory=list)
+    failed: dict[dt.date, str] = field(default_factory=dict)
+    cells_filled: int = 0
+    cells_unfilled: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    store_bytes: int = 0
+    nothing_to_do: bool = False
+    dashboard: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every day is observed or missing, 1 when some day failed."""
+        return 1 if self.failed else 0
+
+    def text(self) -> str:
+        """The one-screen summary printed at the end of a command."""
+        first, last = self.span
+        if self.nothing_to_do:
+            return f"{self.store}: already complete for {first} .. {last}; nothing to do"
+        nt, ny, nx = self.shape
+        lines = [
+            f"cube      {self.store}",
+            f"span      {first} .. {last}  ({nt} days, grid {ny} x {nx})",
+            f"days      {len(self.observed)} observed, {len(self.missing)} missing, "
+            f"{len(self.failed)} failed",
+        ]
+        if self.missing:
+            lines.append("missing   " + _day_list(self.missing))
+        for day, error in sorted(self.failed.items()):
+            lines.append(f"FAILED    {day:%Y%m%d}: {error}")
+        lines.append(f"filled    {self.cells_filled:,} cells "
+                     f"({self.cells_unfilled:,} with no observed neighbour, set to 0)")
+        lines.append("time      " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
+        lines.append(f"size      {self.store_bytes / 1e6:,.1f} MB on disk")
+        if self.dashboard:
+            lines.append(f"dashboard {self.dashboard}")
+        return "\n".join(lines)
+
+
+def _day_list(days: list[dt.date], limit: int = 12) -> str:
+    text = ", ".join(f"{d:%Y%m%d}" for d in sorted(days)[:limit])
+    return text + (f" (+{len(days) - limit} more)" if len(days) > limit else "")
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+
+def _fill_parameters(time_window: int, space_window: int, alpha: float, sigma: float) -> dict:
+    for name, value in (("time_window", time_window), ("space_window", space_window)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise BadInput(f"{name} must be a non-negative integer, got {value!r}")
+    if not sigma > 0:
+        raise BadInput(f"sigma must be > 0, got {sigma!r}")
+    if not alpha >= 0:
+        raise BadInput(f"alpha must be >= 0, got {alpha!r}")
+    return {"time_window": int(time_window), "space_window": int(space_window),
+            "alpha": float(alpha), "sigma": float(sigma)}
+
+
+def _check_source_args(base_url: str | None, source: str | os.PathLike | None) -> None:
+    if base_url is not None and source is not None:
+        raise BadInput("give either --base-url or --source, not both")
+    if source is not None and not Path(source).is_dir():
+        raise BadInput(f"--source {source}: no such folder")
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise BadInput(f"--base-url {base_url!r}: must start with http:// or https://")
+
+
+def default_raw_dir() -> Path:
+    """Where downloaded files are kept between runs unless --raw-dir says otherwise."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "sicube" / "raw"
+
+
+# --- store: lock, create, state -----------------------------------------------------------------
+
+
+def _is_local(store: str) -> bool:
+    return "://" not in store or store.startswith("file://")
+
+
+@contextlib.contextmanager
+def _build_lock(store: str) -> Iterator[None]:
+    """Refuse a second build on the same store while one runs (a lock file beside the store)."""
+    if not _is_local(store):
+        log.warning("%s: remote store, no build lock; do not run two builds on it at once", store)
+        yield
+        return
+    lock = Path(store.removeprefix("file://")).with_name(Path(store).name + ".lock")
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _lock_is_live(lock):
+                raise BadInput(f"{store}: another sicube build is running on it "
+                               f"({lock.read_text().strip()}); wait for it or stop it") from None
+            lock.unlink(missing_ok=True)  # left by a killed build
+            continue
+        except OSError as err:
+            raise BadInput(f"{store}: cannot write beside the store ({err.strerror})") from err
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_is_live(lock: Path) -> bool:
+    try:
+        host, pid = lock.read_text().split()
+        if host != socket.gethostname():
+            return True  # cannot tell; play safe
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _open_group(store: str, mode: str = "r+"):
+    """Open the store for building: fresh metadata, never the consolidated copy."""
+    import zarr
+
+    return zarr.open_group(store, mode=mode, use_consolidated=False)
+
+
+def _exists(store: str) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(store)
+    return fs.exists(path)
+
+
+def _create_store(store: str, days: list[dt.date], grid: GridCoords, epsg: int,
+                  chunks: dict | None, state: dict) -> None:
+    """Write the empty cube; locally into a temp folder renamed at the end: all or nothing."""
+    ds = cube.template(days, grid.x, grid.y, epsg, chunks=chunks, attrs={STATE: json.dumps(state)})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        if _is_local(store):
+            final = Path(store.removeprefix("file://"))
+            tmp = final.with_name(f".{final.name}.creating-{os.getpid()}")
+            ds.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3)
+            os.rename(tmp, final)
+        else:
+            ds.to_zarr(store, mode="w-", compute=False, zarr_format=3)
+
+
+def _read_state(group) -> dict:
+    return json.loads(group.attrs[STATE])
+
+
+def _write_state(group, state: dict) -> None:
+    group.attrs[STATE] = json.dumps(state)
+
+
+def _consolidate(store) -> None:
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(store)
+
+
+# --- ingest ---------------------------------------------------------------------------------------
+
+
+def _read_block(arrivals: list[Arrival], grid: GridCoords) -> tuple[np.ndarray, dict]:
+    """Stack the days of one time chunk (NaN for days with no file) and their provenance.
+
+    A downloaded file that does not decode is removed and its day marked failed (a rerun
+    fetches it again); a bad file in a local --source folder is the user's input: BadInput.
+    """
+    block = np.full((len(arrivals), *grid.shape), np.nan, np.float32)
+    provenance = {}
+    for i, arrival in enumerate(arrivals):
+        if arrival.status != "ok":
+            continue
+        try:
+            field_ = read_day(arrival.path, grid)
+        except BadSourceFile as err:
+            if not arrival.downloaded:
+                raise BadInput(f"{arrival.path}: {err}") from err
+            arrival.path.unlink(missing_ok=True)
+            arrival.status, arrival.error = "failed", str(err)
+            continue
+        block[i] = field_.z
+        provenance[f"{arrival.day:%Y%m%d}"] = {
+            "name": arrival.path.name, "sha256": arrival.sha256 or sha256_file(arrival.path),
+            "out_of_range_cells": field_.out_of_range,
+        }
+    return block, provenance
+
+
+def _arrivals(days: list[dt.date], source: str | os.PathLike | None, base_url: str | None,
+              raw_dir: str | os.PathLike | None, progress: bool,
+              grid: GridCoords | None) -> Iterator[Arrival]:
+    """The days' files as they become available: at once from a folder, or as downloaded."""
+    if source is not None:
+        files = find_day_files(source)
+        for day in days:
+            path = files.get(day)
+            yield Arrival(day, path, "ok" if path else "missing")
+        return
+    from sicube.download import iter_downloads
+
+    # full_check=False: ingest decodes every file right after; decoding twice is wasted work.
+    raw = Path(raw_dir) if raw_dir else default_raw_dir()
+    for record in iter_downloads(days, raw, base_url=base_url, progress=progress,
+                                 expected_grid=grid, full_check=False):
+        yield Arrival(record.day, Path(record.path) if record.path else None, record.status,
+                      record.error or "", record.sha256, downloaded=True)
+
+
+def _first_file(arrivals: Iterator[Arrival], held: list[Arrival]) -> Arrival | None:
+    """Pull arrivals until one has a file (keeping the others) to learn the grid."""
+    for arrival in arrivals:
+        held.append(arrival)
+        if arrival.status == "ok":
+            return arrival
+    return None
+
+
+@dataclass
+class _NanTally:
+    """NaN counts per cell over the observed days ingested in this run (feeds the mask)."""
+
+    missing: np.ndarray
+    days: int = 0
+    chunks: set = field(default_factory=set)
+
+
+def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival],
+            grid: GridCoords, summary: BuildSummary, progress: bool) -> _NanTally:
+    """Write raw days chunk by chunk as soon as every day of a chunk has arrived."""
+    chunk = group[cube.RAW].chunks[0]
+    index = {day: i for i, day in enumerate(days)}
+    todo = {c for c in range(_n_chunks(len(days), chunk)) if c not in state["ingested"]}
+    waiting: dict[int, list[Arrival]] = {}
+    tally = _NanTally(np.zeros(grid.shape, np.int32))
+    bar = _bar(progress, total=sum(min(chunk, len(days) - c * chunk) for c in todo),
+               desc="ingest", unit="day")
+
+    def write(c: int, chunk_arrivals: list[Arrival]):
+        block, provenance = _read_block(chunk_arrivals, grid)
+        t0 = c * chunk
+        group[cube.RAW][t0:t0 + len(block)] = block
+        observed = np.array([a.status == "ok" for a in chunk_arrivals])
+        missing = np.isnan(block[observed]).sum(axis=0, dtype=np.int32)
+        return c, chunk_arrivals, provenance, observed, missing
+
+    def record(future) -> None:  # runs in this thread only: the state has one writer
+        c, chunk_arrivals, provenance, observed, missing = future.result()
+        t0 = c * chunk
+        group[cube.OBSERVED][t0:t0 + observed.size] = observed
+        state["sources"].update(provenance)
+        for a in chunk_arrivals:
+            if a.status == "failed":
+                state["failed"][f"{a.day:%Y%m%d}"] = a.error
+        state["ingested"].append(c)
+        _write_state(group, state)
+        tally.missing += missing
+        tally.days += int(observed.sum())
+        tally.chunks.add(c)
+        bar.update(observed.size)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = []
+        for arrival in arrivals:
+            c = index[arrival.day] // chunk
+            if c not in todo:
+                continue
+            waiting.setdefault(c, []).append(arrival)
+            if len(waiting[c]) == min(chunk, len(days) - c * chunk):
+                pending.append(pool.submit(write, c, sorted(waiting.pop(c), key=_by_day)))
+            for future in [f for f in pending if f.done()]:
+                pending.remove(future)
+                record(future)
+        for future in pending:
+            record(future)
+    bar.close()
+    _account(state, days, summary)
+    return tally
+
+
+def _by_day(arrival: Arrival) -> dt.date:
+    return arrival.day
+
+
+def _account(state: dict, days: list[dt.date], summary: BuildSummary) -> None:
+    observed = {dt.datetime.strptime(k, "%Y%m%d").date() for k in state["sources"]}
+    failed = {dt.datetime.strptime(k, "%Y%m%d").date(): v for k, v in state["failed"].items()}
+    summary.observed = [d for d in days if d in observed]
+    summary.failed = {d: failed[d] for d in days if d in failed}
+    summary.missing = [d for d in days if d not in observed and d not in failed]
+
+
+def _n_chunks(n: int, chunk: int) -> int:
+    return -(-n // chunk)
+
+
+def _bar(progress: bool, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(disable=not progress, **kwargs)
+
+
+# --- mask and fill --------------------------------------------------------------------------------
+
+
+def _make_mask(group, state: dict, grid: GridCoords, mask_from: str | None,
+               threshold: float, tally: _NanTally) -> None:
+    """Store land_mask and nan_ratio: given, counted during this run's ingest, or read back."""
+    if mask_from is not None:
+        given = mask.load_mask(mask_from, grid)
+        land, ratio = given.land_mask, given.nan_ratio
+    else:
+        if len(tally.chunks) == _n_chunks(group[cube.RAW].shape[0], group[cube.RAW].chunks[0]):
+            ratio = mask.ratio_from_counts(tally.missing, tally.days)
+        else:  # a resumed build saw only part of the days: count them from the store
+            observed = group[cube.OBSERVED][:]
+            ratio = mask.nan_ratio(da.from_zarr(group[cube.RAW]), observed).compute()
+        land = mask.land_from_ratio(ratio, threshold)
+    group[cube.NAN_RATIO][:] = ratio
+    group[cube.LAND][:] = land
+    state["mask_done"] = True
+    _write_state(group, state)
+
+
+def _fill(group, state: dict, params: dict, summary: BuildSummary, progress: bool,
+          first_chunk: int = 0) -> None:
+    """Fill time chunks from `first_chunk` on, a batch at a time, recording each batch."""
+    raw = da.from_zarr(group[cube.RAW])
+    chunk, nt = raw.chunksize[0], raw.shape[0]
+    land = da.from_array(group[cube.LAND][:].astype(bool), chunks=raw.chunksize[1:])
+    filled, flags = gaussian_fill(raw, **params, land_mask=land, return_flags=True)
+    conc = da.where(land[None], np.float32(0), da.nan_to_num(filled) / np.float32(100))
+    conc = conc.astype(np.float32)
+    batches = [c for c in range(first_chunk, _n_chunks(nt, chunk), FILL_BATCH_CHUNKS)
+               if c not in state["filled"]]
+    bar = _bar(progress, total=len(batches), desc="fill", unit="batch")
+    for c in batches:
+        t0, t1 = c * chunk, min(nt, (c + FILL_BATCH_CHUNKS) * chunk)
+        region = (slice(t0, t1),)
+        stored = da.store([conc[t0:t1], flags[t0:t1]], [group[cube.CONC], group[cube.FLAG]],
+                          regions=[region, region], lock=False, compute=False)
+        counts = da.bincount(flags[t0:t1].ravel(), minlength=len(cube.FLAG_MEANINGS))
+        _, counts = dask.compute(stored, counts)
+        state["flag_counts"][str(c)] = [int(n) for n in counts]
+        state["filled"].append(c)
+        _write_state(group, state)
+        bar.update(1)
+    bar.close()
+    _count_flags(state, summary)
+
+
+def _count_flags(state: dict, summary: BuildSummary) -> None:
+    """Cells filled and left without neighbour, from the per-batch counts in the state."""
+    totals = np.zeros(len(cube.FLAG_MEANINGS), np.int64)
+    for counts in state["flag_counts"].values():
+        totals += counts
+    summary.cells_filled = int(totals[FillFlag.FILLED])
+    summary.cells_unfilled = int(totals[FillFlag.NO_NEIGHBOUR])
+
+
+@contextlib.contextmanager
+def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterator[None]:
+    """Run dask work on threads, processes, a given Client or a scheduler address."""
+    if scheduler is None or scheduler == "threads":
+        with dask.config.set(scheduler="threads", num_workers=workers):
+            yield
+    elif scheduler == "processes":
+        with dask.config.set(scheduler="processes", num_workers=workers):
+            yield
+    else:
+        from distributed import Client
+
+        if isinstance(scheduler, Client):
+            summary.dashboard = scheduler.dashboard_link
+            with dask.config.set(scheduler=scheduler):
+                yield
+            return
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as err:
+            raise BadInput(f"--scheduler {scheduler}: no dask scheduler there ({err})") from err
+        summary.dashboard = client.dashboard_link
+        log.warning("dask dashboard: %s", client.dashboard_link)
+        with client, dask.config.set(scheduler=client):
+            yield
+
+
+def _store_bytes(store: str) -> int:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(store)
+    try:
+        return int(fs.du(path))
+    except (OSError, NotImplementedError):
+        return 0
+
+
+def _finish(group, state: dict, summary: BuildSummary, base_url: str | None,
+            source: str | None) -> None:
+    days = summary.observed
+    first, last = summary.span
+    group.attrs.update({
+        "source_base_url": base_url or "",
+        "source_directory": str(source or ""),
+        "source_files": {k: state["sources"][k] for k in sorted(state["sources"])},
+        "failed_days": state["failed"],
+        "fill_parameters": state["args"]["fill"],
+        "mask_threshold": state["args"]["mask_threshold"],
+        "mask_source": state["args"]["mask"] or "nan frequency of this cube's observed days",
+        "mask_span": f"{first:%Y-%m-%d}/{last:%Y-%m-%d} ({len(days)} observed days)"
+        if not state["args"]["mask"] else state.get("mask_span", ""),
+        "sicube_version": __version__,
+        "build_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    state["complete"] = True
+    _write_state(group, state)
+    # Readers (xarray, HTTP clients that cannot list) get all metadata in one document.
+    _consolidate(group.store)
+
+
+# --- public API -----------------------------------------------------------------------------------
+
+
+def build(
+    start: DateLike,
+    end: DateLike,
+    store: str | os.PathLike,
+    *,
+    base_url: str | None = None,
+    source: str | os.PathLike | None = None,
+    raw_dir: str | os.PathLike | None = None,
+    time_window: int = 3,
+    space_window: int = 7,
+    alpha: float = 15.0,
+    sigma: float = 7.0,
+    mask_threshold: float = mask.DEFAULT_THRESHOLD,
+    mask_from: str | os.PathLike | None = None,
+    scheduler=None,
+    workers: int | None = None,
+    chunks: dict | None = None,
+    progress: bool = True,
+) -> BuildSummary:
+    """Build the cube of SPEC section 3 for every calendar day of [start, end] into `store`.
+
+    Parameters
+    ----------
+    base_url : server to download from (default: Bremen); `source` reads a local folder instead.
+    raw_dir : where downloads are kept and reused (default: a user cache folder).
+    mask_from : a NetCDF mask file or another cube whose `land_mask` to use instead of
+        computing one from this span with `mask_threshold`.
+    scheduler : "threads" (default), "processes", a scheduler address or a `distributed.Client`.
+    chunks : Zarr chunk sizes, e.g. {"time": 8, "y": 512, "x": 512}.
+
+    Returns
+    -------
+    BuildSummary; a rerun of a finished build with the same arguments does nothing.
+    """
+    first, last = parse_span(start, end)
+    store = str(store)
+    _check_source_args(base_url, source)
+    if source is None:
+        base_url = base_url or products.DEFAULT_BASE_URL
+        if base_url == products.DEFAULT_BASE_URL and first < products.DATA_START:
+            raise BadInput(f"start {first}: the Bremen AMSR2 record begins "
+                           f"{products.DATA_START}")
+    params = _fill_parameters(time_window, space_window, alpha, sigma)
+    mask.check_threshold(mask_threshold)
+    args = {"start": f"{first}", "end": f"{last}", "fill": params,
+            "mask_threshold": mask_threshold, "mask": str(mask_from) if mask_from else None}
+    days = list(day_range(first, last))
+    summary = BuildSummary(store=store, span=(first, last))
+    timer = _Timer(summary)
+
+    with _build_lock(store):
+        exists = _exists(store)
+        if exists and not cube.is_cube(store):
+            raise BadInput(f"{store}: exists and is not a sicube cube; refusing to touch it")
+        if exists:
+            group = _open_group(store)
+            state = _read_state(group)
+            if state["args"] != args:
+                raise BadInput(f"{store}: holds a cube built with other arguments "
+                               f"({_describe_args(state['args'])}); use a new store, or "
+                               "`sicube update` to extend it")
+            if state.get("complete") and not state["failed"]:
+                summary.nothing_to_do = True
+                summary.shape = group[cube.RAW].shape
+                _account(state, days, summary)
+                _count_flags(state, summary)
+                return summary
+            if state["failed"]:
+                _forget_failed(group, state, days)
+        if mask_from is not None:
+            mask_from = str(mask_from)
+
+        if exists:
+            arrivals = _arrivals(_days_to_ingest(group, state, days), source, base_url,
+                                 raw_dir, progress, GridCoords(group["x"][:], group["y"][:]))
+        else:
+            arrivals = _arrivals(days, source, base_url, raw_dir, progress, None)
+        held: list[Arrival] = []
+        with timer("ingest"):
+            if not exists:
+                found = _first_file(arrivals, held)
+                if found is None:
+                    raise BadInput(f"no source file for any day of {first} .. {last}"
+                                   + (f" under {source}" if source else f" at {base_url}"))
+                field_ = read_day(found.path)
+                if mask_from is not None:  # refuse a bad mask before anything is written
+                    mask.load_mask(mask_from, field_.grid)
+                state = {"args": args, "ingested": [], "sources": {}, "failed": {},
+                         "mask_done": False, "filled": [], "flag_counts": {},
+                         "complete": False}
+                _create_store(store, days, field_.grid, field_.epsg or 3411, chunks, state)
+                group = _open_group(store)
+            grid = GridCoords(group["x"][:], group["y"][:])
+            summary.shape = group[cube.RAW].shape
+            tally = _ingest(group, state, days, _chain(held, arrivals), grid, summary,
+                            progress)
+        with _scheduler(scheduler, workers, summary):
+            if not state["mask_done"]:
+                with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar:
+                    _make_mask(group, state, grid, mask_from, mask_threshold, tally)
+                    bar.update(1)
+            with timer("fill"):
+                _fill(group, state, params, summary, progress)
+        _finish(group, state, summary, base_url if source is None else None, source)
+    summary.store_bytes = _store_bytes(store)
+    return summary
+
+
+def _forget_failed(group, state: dict, days: list[dt.date]) -> None:
+    """Mark the chunks of failed days for ingest again; mask and fill follow from them."""
+    chunk = group[cube.RAW].chunks[0]
+    index = {f"{d:%Y%m%d}": i for i, d in enumerate(days)}
+    again = {index[key] // chunk for key in state["failed"]}
+    log.warning("retrying %d failed days", len(state["failed"]))
+    state.update(ingested=[c for c in state["ingested"] if c not in again], failed={},
+                 mask_done=False, filled=[], flag_counts={}, complete=False)
+    _write_state(group, state)
+
+
+def _days_to_ingest(group, state: dict, days: list[dt.date]) -> list[dt.date]:
+    chunk = group[cube.RAW].chunks[0]
+    done = set(state["ingested"])
+    return [d for i, d in enumerate(days) if i // chunk not in done]
+
+
+def _chain(held: list[Arrival], rest: Iterator[Arrival]) -> Iterator[Arrival]:
+    yield from held
+    yield from rest
+
+
+def _describe_args(args: dict) -> str:
+    fill = args["fill"]
+    return (f"{args['start']} .. {args['end']}, time_window {fill['time_window']}, "
+            f"space_window {fill['space_window']}, alpha {fill['alpha']}, sigma {fill['sigma']}, "
+            f"mask {args['mask'] or 'threshold ' + str(args['mask_threshold'])}")
+
+
+class _Timer:
+    """Adds the wall time of each stage to the summary."""
+
+    def __init__(self, summary: BuildSummary):
+        self.summary = summary
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - began
+            self.summary.seconds[stage] = self.summary.seconds.get(stage, 0.0) + seconds
+
+
+def update(
+    store: str | os.PathLike,
+    end: DateLike | None = None,
+    *,
+    base_url: str | None = None,
+    source: str | os.PathLike | None = None,
+    raw_dir: str | os.PathLike | None = None,
+    scheduler=None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> BuildSummary:
+    """Append the days after the cube's last day up to `end` (default: yesterday, UTC).
+
+    Ingests the new days, keeps the cube's mask, and refills only the time chunks whose
+    fill window changed (from `time_window` days before the old end on). The result
+    equals a fresh build of the whole span with the cube's mask.
+    """
+    store = str(store)
+    if not cube.is_cube(store):
+        raise BadInput(f"{store}: not a sicube cube")
+    _check_source_args(base_url, source)
+    with _build_lock(store):
+        group = _open_group(store)
+        state = _read_state(group)
+        if not state.get("complete"):
+            raise BadInput(f"{store}: its build has not finished; rerun `sicube build` first")
+        old_first = parse_date(state["args"]["start"])
+        old_last = parse_date(state["args"]["end"])
+        new_last = parse_date(end, "end") if end is not None else \
+            dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+        summary = BuildSummary(store=store, span=(old_first, new_last))
+        if new_last <= old_last:
+            summary.nothing_to_do = True
+            summary.span = (old_first, old_last)
+            summary.shape = group[cube.RAW].shape
+            _account(state, list(day_range(old_first, old_last)), summary)
+            return summary
+        if source is None and base_url is None:
+            # By default, update from where the cube came from.
+            source = group.attrs.get("source_directory") or None
+            if source is None:
+                base_url = group.attrs.get("source_base_url") or products.DEFAULT_BASE_URL
+        days = list(day_range(old_first, new_last))
+        timer = _Timer(summary)
+        old_n = (old_last - old_first).days + 1
+        _extend_time(group, days)
+        chunk = group[cube.RAW].chunks[0]
+        # The partly filled last chunk is ingested again (its old days from the same sources).
+        first_new_chunk = old_n // chunk
+        state["ingested"] = [c for c in state["ingested"] if c < first_new_chunk]
+        refill_from = max(0, old_n - state["args"]["fill"]["time_window"]) // chunk
+        refill_batch = refill_from - refill_from % FILL_BATCH_CHUNKS
+        state["filled"] = [c for c in state["filled"] if c < refill_batch]
+        state["flag_counts"] = {k: v for k, v in state["flag_counts"].items()
+                                if int(k) < refill_batch}
+        state["args"]["end"] = f"{new_last}"
+        state["complete"] = False
+        _write_state(group, state)
+        grid = GridCoords(group["x"][:], group["y"][:])
+        arrivals = _arrivals(_days_to_ingest(group, state, days), source, base_url, raw_dir,
+                             progress, grid)
+        summary.shape = group[cube.RAW].shape
+        with timer("ingest"):
+            _ingest(group, state, days, arrivals, grid, summary, progress)
+        with _scheduler(scheduler, workers, summary), timer("fill"):
+            _fill(group, state, state["args"]["fill"], summary, progress)
+        _finish(group, state, summary, base_url if source is None else None, source)
+    summary.store_bytes = _store_bytes(store)
+    return summary
+
+
+def _extend_time(group, days: list[dt.date]) -> None:
+    """Grow the time axis to `days` (new cells empty until ingested and filled)."""
+    from sicube.dates import to_datetime64
+
+    n = len(days)
+    for name in (*cube.CUBE_VARS, cube.OBSERVED):
+        array = group[name]
+        array.resize((n, *array.shape[1:]))
+    time_array = group["time"]
+    time_array.resize((n,))
+    epoch = np.datetime64("1970-01-01", "D")
+    time_array[:] = (to_datetime64(days).astype("datetime64[D]") - epoch).astype(np.int32)
+
+
+__all__ = ["build", "update", "BuildSummary", "default_raw_dir", "yyyymmdd"]

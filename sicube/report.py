@@ -1,0 +1,374 @@
+"""Data-quality reports: missing pixels inside a region (ROI) per day, and what a path holds.
+
+Pure functions that return records; the CLI prints them. `roi_report` replaces the
+original `find_several_data_in_target_area.py`, `info` replaces `get_dims.py` and tells
+much more (span, missing days, chunking, compression, provenance).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sicube import cube, products
+from sicube.dates import DateLike, day_range, parse_span
+from sicube.errors import BadInput, BadSourceFile
+
+DEFAULT_THRESHOLD_PERCENT = 0.1  # the original script's default
+
+
+# --- ROI ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Roi:
+    """An index rectangle on the grid, end-exclusive: rows ymin..ymax-1, columns xmin..xmax-1."""
+
+    ymin: int
+    ymax: int
+    xmin: int
+    xmax: int
+
+    @property
+    def size(self) -> int:
+        """Number of cells inside."""
+        return (self.ymax - self.ymin) * (self.xmax - self.xmin)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """(rows, columns) slices for indexing a (y, x) array."""
+        return slice(self.ymin, self.ymax), slice(self.xmin, self.xmax)
+
+    def check(self, shape: tuple[int, int]) -> Roi:
+        """Return self; BadInput when the rectangle is empty or leaves a grid of `shape`."""
+        ny, nx = shape
+        if not (0 <= self.ymin < self.ymax <= ny and 0 <= self.xmin < self.xmax <= nx):
+            raise BadInput(
+                f"ROI y {self.ymin}:{self.ymax}, x {self.xmin}:{self.xmax} is empty or outside "
+                f"the {ny} x {nx} grid (need 0 <= ymin < ymax <= {ny}, 0 <= xmin < xmax <= {nx})")
+        return self
+
+
+@dataclass(frozen=True)
+class RoiDay:
+    """Missing cells inside the ROI on one observed day."""
+
+    date: dt.date
+    missing_pixels: int
+    missing_percent: float
+
+
+@dataclass
+class RoiReport:
+    """Per observed day, the missing cells inside the ROI; days with no data listed apart."""
+
+    roi: Roi
+    grid_shape: tuple[int, int]
+    threshold_percent: float
+    start: dt.date
+    end: dt.date
+    days: list[RoiDay] = field(default_factory=list)
+    unobserved: list[dt.date] = field(default_factory=list)
+    store: Path | None = None
+    source_files: dict[dt.date, Path] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> list[RoiDay]:
+        """Observed days whose missing share is at or above the threshold."""
+        return [d for d in self.days if d.missing_percent >= self.threshold_percent]
+
+    @property
+    def worst(self) -> RoiDay | None:
+        """The observed day with the most missing cells in the ROI (the first of ties)."""
+        return max(self.days, key=lambda d: d.missing_pixels, default=None)
+
+
+def _percent(missing: int, size: int) -> float:
+    return 100.0 * missing / size
+
+
+def roi_report(start: DateLike, end: DateLike, ymin: int, ymax: int, xmin: int, xmax: int, *,
+               store: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
+               threshold_percent: float = DEFAULT_THRESHOLD_PERCENT) -> RoiReport:
+    """Count the missing cells inside an index rectangle for every observed day of a span.
+
+    Parameters
+    ----------
+    start, end : the span (both included).
+    ymin, ymax, xmin, xmax : the rectangle in grid indices, end-exclusive (as Python
+        slices); row 0 is the first y (the southern edge: y ascends).
+    store : a cube; its `sea_ice_conc_raw` is read, only the chunks under the ROI.
+    source : or a folder of daily files (read one at a time and validated).
+    threshold_percent : days at or above this share of missing cells are `flagged`.
+
+    Returns
+    -------
+    RoiReport
+    """
+    first, last = parse_span(start, end)
+    if (store is None) == (source is None):
+        raise BadInput("give either a cube store or a source folder")
+    if not np.isfinite(threshold_percent) or threshold_percent < 0:
+        raise BadInput(f"threshold-percent: must be >= 0, got {threshold_percent}")
+    roi = Roi(int(ymin), int(ymax), int(xmin), int(xmax))
+    days = list(day_range(first, last))
+    if store is not None:
+        return _roi_from_store(Path(store), roi, first, last, days, threshold_percent)
+    return _roi_from_source(Path(source), roi, first, last, days, threshold_percent)
+
+
+def _roi_from_store(store, roi, first, last, days, threshold) -> RoiReport:
+    if not store.exists():
+        raise BadInput(f"store {store}: no such folder")
+    ds = cube.open_cube(store)
+    shape = (ds.sizes["y"], ds.sizes["x"])
+    roi.check(shape)
+    cube_days = ds["time"].values.astype("datetime64[D]")
+    in_span = (cube_days >= np.datetime64(first)) & (cube_days <= np.datetime64(last))
+    if not in_span.any():
+        raise BadInput(f"span {first}..{last}: outside the cube's span "
+                       f"{cube_days[0]}..{cube_days[-1]}")
+    observed = in_span & ds[cube.OBSERVED].values.astype(bool)
+    index = np.flatnonzero(observed)
+    rows, cols = roi.slices
+    # Lazy: only the chunks under the ROI on observed days are read.
+    counts = (ds[cube.RAW].isel(time=index, y=rows, x=cols).isnull()
+              .sum(("y", "x")).values.astype(int))
+    seen = {dt.date.fromisoformat(str(d)) for d in cube_days[index]}
+    report = RoiReport(roi, shape, threshold, first, last, store=store,
+                       unobserved=[d for d in days if d not in seen])
+    for day, count in zip(cube_days[index], counts, strict=True):
+        report.days.append(RoiDay(dt.date.fromisoformat(str(day)), int(count),
+                                  _percent(int(count), roi.size)))
+    return report
+
+
+def _roi_from_source(source, roi, first, last, days, threshold) -> RoiReport:
+    from sicube.sources import read_day
+
+    if not source.is_dir():
+        raise BadInput(f"source {source}: no such folder")
+    files = find_files_in_span(source, first, last)
+    if not files:
+        raise BadInput(f"source {source}: no daily files between {first} and {last}")
+    grid = None
+    report = RoiReport(roi, (0, 0), threshold, first, last,
+                       unobserved=[d for d in days if d not in files], source_files=files)
+    for day in sorted(files):
+        try:
+            field_ = read_day(files[day], grid)
+        except BadSourceFile as err:
+            raise BadInput(str(err)) from err
+        if grid is None:  # the first file fixes the grid; every other must match it
+            grid = field_.grid
+            report.grid_shape = grid.shape
+            roi.check(grid.shape)
+        count = int(np.isnan(field_.z[roi.slices]).sum())
+        report.days.append(RoiDay(day, count, _percent(count, roi.size)))
+    return report
+
+
+def find_files_in_span(source: Path, first: dt.date, last: dt.date) -> dict[dt.date, Path]:
+    """Daily files below `source` whose day lies in [first, last]."""
+    from sicube.sources import find_day_files
+
+    return {d: p for d, p in find_day_files(source).items() if first <= d <= last}
+
+
+ROI_CSV_COLUMNS = ("date", "missing_pixels", "missing_percent")
+
+
+def write_roi_csv(report: RoiReport, path: str | os.PathLike) -> Path:
+    """Write one row per observed day: date (YYYY-MM-DD), missing_pixels, missing_percent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(ROI_CSV_COLUMNS)
+        for day in report.days:
+            writer.writerow([day.date.isoformat(), day.missing_pixels,
+                             f"{day.missing_percent:.6f}"])
+    return path
+
+
+# --- info -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Info:
+    """What a source file, a folder of source files or a cube holds."""
+
+    kind: str  # "file", "folder" or "cube"
+    path: Path
+    grid_shape: tuple[int, int]
+    x_range: tuple[float, float]  # first and last cell centre, metres
+    y_range: tuple[float, float]
+    cell_size: float
+    crs: str
+    first_day: dt.date | None
+    last_day: dt.date | None
+    observed_days: int
+    missing_days: list[dt.date]
+    size_bytes: int
+    chunks: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    shards: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
+    compression: dict[str, str] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def days(self) -> int:
+        """Calendar days from the first to the last day."""
+        if self.first_day is None or self.last_day is None:
+            return 0
+        return (self.last_day - self.first_day).days + 1
+
+
+def _disk_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _crs_text(epsg: int | None) -> str:
+    if epsg is None:
+        return "unknown (no polar_stereographic grid mapping)"
+    from pyproj import CRS
+
+    return f"EPSG:{epsg} ({CRS.from_epsg(epsg).name})"
+
+
+def _grid_info(x: np.ndarray, y: np.ndarray) -> dict:
+    return {"grid_shape": (int(y.size), int(x.size)),
+            "x_range": (float(x[0]), float(x[-1])), "y_range": (float(y[0]), float(y[-1])),
+            "cell_size": float(x[1] - x[0]) if x.size > 1 else float("nan")}
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").exists() or (path / ".zgroup").exists())
+
+
+def info(path: str | os.PathLike) -> Info:
+    """Describe a daily source file, a folder of them, or a cube.
+
+    For a folder the grid is read from its first file only (fast on a decade of files);
+    missing days are the calendar days between the first and last file with no file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"{path}: no such file or folder")
+    if _is_zarr(path):
+        return _cube_info(path)
+    if path.is_dir():
+        return _folder_info(path)
+    return _file_info(path)
+
+
+def _read(path: Path):
+    from sicube.sources import read_day
+
+    try:
+        return read_day(path)
+    except BadSourceFile as err:
+        raise BadInput(str(err)) from err
+
+
+def _file_info(path: Path) -> Info:
+    day_field = _read(path)
+    parsed = products.parse_file_name(path.name)
+    day = parsed[1] if parsed else None
+    return Info("file", path, **_grid_info(day_field.grid.x, day_field.grid.y),
+                crs=_crs_text(day_field.epsg), first_day=day, last_day=day, observed_days=1,
+                missing_days=[], size_bytes=_disk_size(path))
+
+
+def _folder_info(path: Path) -> Info:
+    from sicube.sources import find_day_files
+
+    files = find_day_files(path)
+    if not files:
+        raise BadInput(f"{path}: no AMSR2 daily files (asi-AMSR2-*.nc) in this folder")
+    first, last = min(files), max(files)
+    day_field = _read(files[first])
+    return Info("folder", path, **_grid_info(day_field.grid.x, day_field.grid.y),
+                crs=_crs_text(day_field.epsg), first_day=first, last_day=last,
+                observed_days=len(files),
+                missing_days=[d for d in day_range(first, last) if d not in files],
+                size_bytes=sum(p.stat().st_size for p in files.values()))
+
+
+PROVENANCE_KEYS = ("source_base_url", "fill_parameters", "mask_threshold", "mask_span",
+                   "build_time", "sicube_version")
+
+
+def _cube_info(path: Path) -> Info:
+    import zarr
+
+
+    ds = cube.open_cube(path)
+    group = zarr.open_group(str(path), mode="r")
+    days = [dt.date.fromisoformat(str(d)) for d in ds["time"].values.astype("datetime64[D]")]
+    observed = ds[cube.OBSERVED].values.astype(bool)
+    chunks, shards, compression = {}, {}, {}
+    for name in (*cube.CUBE_VARS, *cube.GRID_VARS):
+        if name in group:
+            array = group[name]
+            chunks[name] = tuple(array.chunks)
+            shards[name] = tuple(array.shards) if getattr(array, "shards", None) else None
+            codecs = getattr(array, "compressors", ()) or ()
+            compression[name] = ", ".join(str(c) for c in codecs) or "none"
+    provenance = {key: ds.attrs[key] for key in PROVENANCE_KEYS if key in ds.attrs}
+    provenance["source_files"] = len(ds.attrs.get("source_files") or {})
+    has_epsg = "epsg_code" in ds[cube.GRID_MAPPING].attrs if cube.GRID_MAPPING in ds else False
+    return Info("cube", path, **_grid_info(ds["x"].values, ds["y"].values),
+                crs=_crs_text(cube.cube_epsg(ds) if has_epsg else None),
+                first_day=days[0] if days else None, last_day=days[-1] if days else None,
+                observed_days=int(observed.sum()),
+                missing_days=[d for d, seen in zip(days, observed, strict=True) if not seen],
+                size_bytes=_disk_size(path), chunks=chunks, shards=shards,
+                compression=compression, provenance=provenance)
+
+
+def _days_text(days: list[dt.date], limit: int = 12) -> str:
+    text = ", ".join(f"{d:%Y%m%d}" for d in days[:limit])
+    return text + (f" ... ({len(days) - limit} more)" if len(days) > limit else "")
+
+
+def _bytes_text(size: int) -> str:
+    if size < 1000:
+        return f"{size} B"
+    for unit in ("kB", "MB", "GB", "TB"):
+        size /= 1000
+        if size < 1000 or unit == "TB":
+            return f"{size:.1f} {unit}"
+
+
+def format_info(item: Info) -> list[str]:
+    """The lines `sicube info` prints (one screen)."""
+    ny, nx = item.grid_shape
+    km = item.cell_size / 1000.0
+    lines = [
+        f"{item.kind}: {item.path}",
+        f"grid: height {ny} x width {nx} (y x x), cell {km:g} km",
+        f"x: {item.x_range[0]:.0f} .. {item.x_range[1]:.0f} m; "
+        f"y: {item.y_range[0]:.0f} .. {item.y_range[1]:.0f} m",
+        f"crs: {item.crs}",
+    ]
+    if item.first_day is not None:
+        plural = "s" if item.days != 1 else ""
+        lines.append(f"span: {item.first_day} .. {item.last_day} ({item.days} day{plural})")
+        lines.append(f"observed days: {item.observed_days}; missing days: "
+                     f"{len(item.missing_days)}"
+                     + (f" ({_days_text(item.missing_days)})" if item.missing_days else ""))
+    lines.append(f"size on disk: {_bytes_text(item.size_bytes)}")
+    for name, chunk in item.chunks.items():
+        shard = item.shards.get(name)
+        lines.append(f"  {name}: chunks {chunk}" + (f", shards {shard}" if shard else "")
+                     + f", compressors {item.compression.get(name, 'none')}")
+    for key, value in item.provenance.items():
+        lines.append(f"{key}: {value}")
+    return lines

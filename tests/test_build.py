@@ -1,0 +1,463 @@
+"""The builder end to end on generated archives: layout, values, resume, update, refusals."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from sicube import cube
+from sicube.build import STATE, build, update
+from sicube.cli import main
+from sicube.dates import day_range
+from sicube.errors import BadInput
+from sicube.fill import FillFlag, reference_fill
+from sicube.sample import write_archive
+from sicube.sources import read_day
+
+from .conftest import (
+    ARCHIVE_END,
+    ARCHIVE_MISSING,
+    ARCHIVE_START,
+    SMALL_CUBE_CHUNKS,
+    SMALL_CUBE_FILL,
+)
+
+CHUNKS = SMALL_CUBE_CHUNKS
+FILL = SMALL_CUBE_FILL
+
+
+def _build(archive, store, **kwargs):
+    return build(ARCHIVE_START, ARCHIVE_END, store, source=archive.root, chunks=CHUNKS,
+                 progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def built(small_cube, archive):
+    """The shared cube and the summary of an identical rerun (which only reports)."""
+    return small_cube, _build(archive, small_cube)
+
+
+def _raw_from_files(archive, days):
+    """The source values on the calendar axis, NaN frames for days without a file."""
+    frames = []
+    for day in days:
+        path = archive.files.get(day)
+        frames.append(read_day(path).z if path else np.full(archive.shape, np.nan, np.float32))
+    return np.stack(frames)
+
+
+def _expected(raw, land):
+    """The seed's final steps after the reference fill: NaN -> 0, percent -> fraction, land -> 0."""
+    filled = reference_fill(raw, **FILL)
+    conc = np.where(np.isnan(filled), 0.0, filled / 100.0)
+    conc[:, land] = 0.0
+    flags = np.where(~np.isnan(raw), FillFlag.OBSERVED,
+                     np.where(np.isnan(filled), FillFlag.NO_NEIGHBOUR, FillFlag.FILLED))
+    flags[:, land] = FillFlag.LAND
+    return conc, flags
+
+
+def _arrays(store) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(store), mode="r")
+    return {name: group[name][:] for name in (*cube.CUBE_VARS, *cube.GRID_VARS, cube.OBSERVED)}
+
+
+def test_layout_follows_the_spec(built):
+    store, summary = built
+    ds = xr.open_zarr(store)  # no extra arguments
+    days = list(day_range(ARCHIVE_START, ARCHIVE_END))
+    assert [d.astype("datetime64[D]").item() for d in ds["time"].values] == days
+    expected = {cube.CONC: (("time", "y", "x"), np.float32), cube.RAW: (("time", "y", "x"),
+                np.float32), cube.FLAG: (("time", "y", "x"), np.uint8),
+                cube.OBSERVED: (("time",), np.bool_), cube.LAND: (("y", "x"), np.uint8),
+                cube.NAN_RATIO: (("y", "x"), np.float32)}
+    for name, (dims, dtype) in expected.items():
+        assert ds[name].dims == dims and ds[name].dtype == dtype, name
+    assert ds["x"].dtype == np.float64 and ds["y"].dtype == np.float64
+    assert ds[cube.CONC].attrs["standard_name"] == "sea_ice_area_fraction"
+    assert ds[cube.CONC].attrs["units"] == "1" and ds[cube.RAW].attrs["units"] == "%"
+    assert ds[cube.FLAG].attrs["flag_meanings"].split() == list(cube.FLAG_MEANINGS)
+    assert ds.attrs["Conventions"] == "CF-1.8"
+    assert ds.attrs["fill_parameters"] == FILL and ds.attrs["mask_threshold"] == 0.85
+    sources = ds.attrs["source_files"]
+    assert sorted(sources) == sorted(f"{d:%Y%m%d}" for d in archive_days_present())
+    assert all(len(v["sha256"]) == 64 for v in sources.values())
+    assert summary.missing == ARCHIVE_MISSING and not summary.failed
+
+
+def archive_days_present():
+    return [d for d in day_range(ARCHIVE_START, ARCHIVE_END) if d not in ARCHIVE_MISSING]
+
+
+def test_crs_is_read_without_hints(built):
+    rioxarray = pytest.importorskip("rioxarray")
+    pytest.importorskip("cf_xarray")
+    ds = xr.open_zarr(built[0])
+    assert rioxarray and ds[cube.CONC].rio.crs.to_epsg() == 3413  # files of 2024 declare WGS84
+    assert ds.cf.grid_mapping_names == {"polar_stereographic": ["polar_stereographic"]}
+
+
+def test_raw_equals_the_source_files_bit_for_bit(built, archive):
+    days = list(day_range(ARCHIVE_START, ARCHIVE_END))
+    arrays = _arrays(built[0])
+    expected = _raw_from_files(archive, days)
+    assert arrays[cube.RAW].tobytes() == expected.tobytes()
+    assert list(arrays[cube.OBSERVED]) == [d not in ARCHIVE_MISSING for d in days]
+
+
+def test_mask_is_the_nan_frequency_of_observed_days(built, archive):
+    arrays = _arrays(built[0])
+    raw = _raw_from_files(archive, archive_days_present())
+    ratio = np.isnan(raw).mean(axis=0)
+    np.testing.assert_allclose(arrays[cube.NAN_RATIO], ratio, atol=1e-6)
+    np.testing.assert_array_equal(arrays[cube.LAND], (ratio >= 0.85).astype(np.uint8))
+    assert 0.2 < arrays[cube.LAND].mean() < 0.7
+
+
+def test_filled_cube_equals_the_reference_fill_on_the_calendar_axis(built, archive):
+    days = list(day_range(ARCHIVE_START, ARCHIVE_END))
+    arrays = _arrays(built[0])
+    conc, flags = _expected(_raw_from_files(archive, days), arrays[cube.LAND].astype(bool))
+    np.testing.assert_allclose(arrays[cube.CONC], conc, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(arrays[cube.FLAG], flags)
+    # Missing days are whole frames filled from their neighbours, not skipped.
+    missing = days.index(ARCHIVE_MISSING[0])
+    assert (arrays[cube.FLAG][missing] == FillFlag.FILLED).sum() > 1000
+    assert built[1].cells_filled == int((flags == FillFlag.FILLED).sum())
+
+
+def test_identical_rerun_does_nothing_and_says_so(built, archive, capsys):
+    store = built[0]
+    before = _arrays(store)
+    assert _build(archive, store).nothing_to_do
+    code = main(["build", "--start", f"{ARCHIVE_START:%Y%m%d}", "--end", f"{ARCHIVE_END:%Y%m%d}",
+                 "--store", str(store), "--source", str(archive.root), "--chunks", "4,64,64",
+                 "-q"])
+    assert code == 0 and "nothing to do" in capsys.readouterr().out
+    after = _arrays(store)
+    assert all(np.array_equal(before[k], after[k], equal_nan=True) for k in before)
+
+
+def test_update_equals_a_fresh_build_with_the_same_mask(archive, tmp_path, built):
+    first_end = ARCHIVE_START + dt.timedelta(days=6)  # ends inside a time chunk
+    store = tmp_path / "grow.zarr"
+    build(ARCHIVE_START, first_end, store, source=archive.root, chunks=CHUNKS, progress=False)
+    summary = update(store, ARCHIVE_END, source=archive.root, progress=False)
+    assert summary.span == (ARCHIVE_START, ARCHIVE_END) and not summary.nothing_to_do
+    fresh = tmp_path / "fresh.zarr"
+    build(ARCHIVE_START, ARCHIVE_END, fresh, source=archive.root, chunks=CHUNKS,
+          mask_from=str(store), progress=False)
+    grown, clean = _arrays(store), _arrays(fresh)
+    for name in clean:
+        assert grown[name].tobytes() == clean[name].tobytes(), name
+    ds = xr.open_zarr(store)
+    assert ds.sizes["time"] == (ARCHIVE_END - ARCHIVE_START).days + 1
+    assert pd_days(ds)[-1] == ARCHIVE_END
+    assert update(store, ARCHIVE_END, source=archive.root, progress=False).nothing_to_do
+
+
+def pd_days(ds):
+    return [d.astype("datetime64[D]").item() for d in ds["time"].values]
+
+
+def test_process_cluster_build_equals_threaded_build(archive, tmp_path, built):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        summary = _build(archive, tmp_path / "cluster.zarr", scheduler=client)
+        assert summary.dashboard
+    on_cluster, threaded = _arrays(tmp_path / "cluster.zarr"), _arrays(built[0])
+    for name in threaded:
+        assert on_cluster[name].tobytes() == threaded[name].tobytes(), name
+
+
+def test_processes_scheduler_gives_the_same_cube(archive, tmp_path, built):
+    _build(archive, tmp_path / "proc.zarr", scheduler="processes", workers=2)
+    assert _arrays(tmp_path / "proc.zarr")[cube.CONC].tobytes() == \
+        _arrays(built[0])[cube.CONC].tobytes()
+
+
+# --- killed builds ------------------------------------------------------------------------------
+
+
+def _state(store: Path) -> dict | None:
+    try:
+        meta = json.loads((store / "zarr.json").read_text())
+        return json.loads(meta["attributes"][STATE])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _kill_when(args: list[str], store: Path, stage: str, timeout: float = 120) -> dict:
+    """Run `sicube build` and SIGKILL it as soon as its state shows `stage` under way."""
+    proc = subprocess.Popen([sys.executable, "-m", "sicube", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = _state(store)
+            if state and _in_stage(state, stage):
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return state
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    pytest.fail(f"build ended (code {proc.returncode}) before it could be killed in {stage}")
+
+
+def _in_stage(state: dict, stage: str) -> bool:
+    if stage == "download":
+        return not state["mask_done"]
+    if stage == "ingest":
+        return len(state["ingested"]) >= 1 and not state["mask_done"]
+    return len(state["filled"]) >= 1 and not state["complete"]
+
+
+@pytest.fixture(scope="module")
+def long_archive(tmp_path_factory):
+    """40 days on a finer grid, so each stage lasts long enough to be interrupted."""
+    return write_archive(tmp_path_factory.mktemp("long"), 20240101, 20240209, step=8,
+                         missing_days=["20240110", "20240111", "20240125"], seed=9)
+
+
+@pytest.mark.parametrize("stage", ["ingest", "fill"])
+def test_killed_build_resumes_to_the_same_arrays(long_archive, tmp_path, stage):
+    args = ["--start", "20240101", "--end", "20240209", "--source", str(long_archive.root),
+            "--chunks", "2,128,128", "-q"]
+    killed = tmp_path / "killed.zarr"
+    state = _kill_when(["build", "--store", str(killed), *args], killed, stage)
+    assert main(["build", "--store", str(killed), *args]) == 0
+    clean = tmp_path / "clean.zarr"
+    assert main(["build", "--store", str(clean), *args]) == 0
+    resumed, expected = _arrays(killed), _arrays(clean)
+    for name in expected:
+        assert resumed[name].tobytes() == expected[name].tobytes(), name
+    assert _state(killed)["complete"] and not (tmp_path / "killed.zarr.lock").exists()
+    assert state["ingested"]  # it really was interrupted part-way
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+
+def _cli(capsys, *args) -> tuple[int, str]:
+    code = main(list(args))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_a_path_that_is_not_a_cube_is_refused_untouched(archive, tmp_path, capsys):
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    code, err = _cli(capsys, "build", "--start", "20240401", "--end", "20240402", "--store",
+                     str(other), "--source", str(archive.root))
+    assert code == 2 and "not a sicube cube" in err and len(err.splitlines()) == 1
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_other_arguments_on_an_existing_cube_are_refused(built, archive, capsys):
+    before = _arrays(built[0])
+    code, err = _cli(capsys, "build", "--start", f"{ARCHIVE_START:%Y%m%d}", "--end",
+                     f"{ARCHIVE_END:%Y%m%d}", "--store", str(built[0]), "--source",
+                     str(archive.root), "--sigma", "3")
+    assert code == 2 and "other arguments" in err
+    assert _arrays(built[0])[cube.CONC].tobytes() == before[cube.CONC].tobytes()
+
+
+def test_a_second_build_on_a_running_store_is_refused(archive, tmp_path, capsys):
+    store = tmp_path / "busy.zarr"
+    lock = tmp_path / "busy.zarr.lock"
+    lock.write_text(f"{os.uname().nodename} {os.getpid()}")  # this live process holds it
+    code, err = _cli(capsys, "build", "--start", "20240401", "--end", "20240402", "--store",
+                     str(store), "--source", str(archive.root))
+    assert code == 2 and "another sicube build is running" in err
+    assert not store.exists()
+
+
+def test_a_stale_lock_from_a_killed_build_is_taken_over(archive, tmp_path):
+    store = tmp_path / "stale.zarr"
+    (tmp_path / "stale.zarr.lock").write_text(f"{os.uname().nodename} 999999999")
+    summary = build("20240401", "20240402", store, source=archive.root, progress=False)
+    assert summary.observed
+
+
+def test_a_file_on_another_grid_is_refused_by_name(archive, tmp_path, capsys):
+    source = tmp_path / "mixed"
+    write_archive(source, 20240401, 20240402, step=16, missing_days=[])
+    write_archive(source / "other", 20240403, 20240403, step=32, missing_days=[])
+    code, err = _cli(capsys, "build", "--start", "20240401", "--end", "20240403", "--store",
+                     str(tmp_path / "c.zarr"), "--source", str(source), "-q")
+    assert code == 2 and "asi-AMSR2-n3125-20240403-v5.4.nc" in err and "grid" in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--start", "20240431", "--end", "20240501"], "cannot read"),
+    (["--start", "20240405", "--end", "20240401"], "before start"),
+    (["--start", "20120101", "--end", "20120105", "--base-url",
+      "https://data.seaice.uni-bremen.de/amsr2/asi_daygrid_swath/n3125/netcdf"], "begins"),
+    (["--start", "20240401", "--end", "20240402", "--sigma", "0"], "sigma"),
+    (["--start", "20240401", "--end", "20240402", "--time-window", "-1"], "time_window"),
+    (["--start", "20240401", "--end", "20240402", "--mask-threshold", "1.5"], "threshold"),
+    (["--start", "20240401", "--end", "20240402", "--mask", "/nonexistent/mask.nc"], "mask"),
+    (["--start", "20240401", "--end", "20240402", "--base-url", "ftp://x"], "http"),
+    (["--start", "20240401", "--end", "20240402", "--chunks", "8,x,1"], "chunks"),
+])
+def test_bad_build_input_is_one_line_and_exit_2(archive, tmp_path, capsys, args, message):
+    if "--base-url" not in args:
+        args = [*args, "--source", str(archive.root)]
+    store = tmp_path / "never.zarr"
+    code, err = _cli(capsys, "build", "--store", str(store), "-q", *args)
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and not store.exists()
+
+
+def test_no_source_file_in_the_span_is_refused(archive, tmp_path, capsys):
+    code, err = _cli(capsys, "build", "--start", "20200101", "--end", "20200103", "--store",
+                     str(tmp_path / "c.zarr"), "--source", str(archive.root))
+    assert code == 2 and "no source file" in err
+
+
+def test_mask_export_writes_the_original_format(built, tmp_path, capsys):
+    out = tmp_path / "land_mask.nc"
+    assert main(["mask", "--store", str(built[0]), "--output", str(out)]) == 0
+    with xr.open_dataset(out) as ds:
+        assert ds[cube.LAND].dtype == np.uint8 and ds[cube.NAN_RATIO].dtype == np.float32
+        assert ds[cube.LAND].dims == ("y", "x")
+        np.testing.assert_array_equal(ds[cube.LAND].values, _arrays(built[0])[cube.LAND])
+    code, err = _cli(capsys, "mask", "--store", str(tmp_path), "--output", str(out))
+    assert code == 2 and "not a sicube cube" in err
+
+
+def test_a_mask_on_another_grid_is_refused(archive, tmp_path):
+    coarse = write_archive(tmp_path / "coarse", 20240401, 20240402, step=32, missing_days=[])
+    build(20240401, 20240402, tmp_path / "coarse.zarr", source=coarse.root, progress=False)
+    with pytest.raises(BadInput, match="does not match"):
+        build(ARCHIVE_START, ARCHIVE_END, tmp_path / "m.zarr", source=archive.root,
+              mask_from=tmp_path / "coarse.zarr", progress=False)
+    assert not (tmp_path / "m.zarr").exists()
+
+
+# --- through the loopback mirror ----------------------------------------------------------------
+
+
+def test_build_through_a_faulty_mirror_equals_the_local_build(archive, mirror, tmp_path, built):
+    mirror.set_faults({"20240402": ["503", "html"], "20240403": ["truncate"],
+                       "20240409": ["drop"]})
+    store = tmp_path / "web.zarr"
+    summary = build(ARCHIVE_START, ARCHIVE_END, store, base_url=mirror.base_url,
+                    raw_dir=tmp_path / "raw", chunks=CHUNKS, progress=False)
+    assert summary.missing == ARCHIVE_MISSING and not summary.failed
+    web, local = _arrays(store), _arrays(built[0])
+    for name in local:
+        assert web[name].tobytes() == local[name].tobytes(), name
+    ds = xr.open_zarr(store)
+    assert ds.attrs["source_base_url"] == mirror.base_url
+    kept = sorted(p.name for p in (tmp_path / "raw").rglob("*.nc"))
+    assert kept == sorted(p.name for p in archive.files.values())
+
+
+def test_a_failed_day_is_reported_then_fetched_on_rerun(archive, mirror, tmp_path, capsys):
+    mirror.set_faults({"20240403": "500"})
+    args = ["build", "--start", "20240401", "--end", "20240404", "--store",
+            str(tmp_path / "c.zarr"), "--base-url", mirror.base_url, "--raw-dir",
+            str(tmp_path / "raw"), "--chunks", "2,64,64", "-q"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "FAILED    20240403" in out and "1 failed" in out
+    assert list(xr.open_zarr(tmp_path / "c.zarr")[cube.OBSERVED].values) == [1, 1, 0, 1]
+    mirror.set_faults({})
+    assert main(args) == 0
+    assert "0 failed" in capsys.readouterr().out
+    ds = xr.open_zarr(tmp_path / "c.zarr")
+    assert ds[cube.OBSERVED].values.all()
+    np.testing.assert_array_equal(ds[cube.RAW].values[2],
+                                  read_day(archive.files[dt.date(2024, 4, 3)]).z)
+
+
+def test_build_killed_while_downloading_resumes(long_archive, tmp_path):
+    from sicube.mirror import Mirror
+
+    args = ["--start", "20240101", "--end", "20240209", "--chunks", "2,128,128", "-q"]
+    with Mirror(long_archive.root, latency=0.05, faults={"*": "trickle:0.3"}) as slow:
+        killed = tmp_path / "killed.zarr"
+        web = ["--base-url", slow.base_url, "--raw-dir", str(tmp_path / "raw")]
+        state = _kill_when(["build", "--store", str(killed), *args, *web], killed, "download")
+        slow.set_faults({})
+        assert main(["build", "--store", str(killed), *args, *web]) == 0
+    assert len(state["ingested"]) < 20  # killed before every day had arrived
+    assert not list((tmp_path / "raw").rglob("*.part"))
+    clean = tmp_path / "clean.zarr"
+    assert main(["build", "--store", str(clean), *args, "--source", str(long_archive.root)]) == 0
+    resumed, expected = _arrays(killed), _arrays(clean)
+    for name in expected:
+        assert resumed[name].tobytes() == expected[name].tobytes(), name
+
+
+def _corrupt_data(path: Path) -> bytes:
+    """Flip bytes three quarters into a file (in z's compressed data); return the original."""
+    original = path.read_bytes()
+    damaged = bytearray(original)
+    at = len(damaged) * 3 // 4
+    damaged[at:at + 64] = bytes(b ^ 0xFF for b in damaged[at:at + 64])
+    path.write_bytes(bytes(damaged))
+    return original
+
+
+def test_a_download_whose_data_does_not_decode_is_a_failed_day(archive, tmp_path, capsys):
+    import shutil
+
+    from sicube.mirror import Mirror
+
+    served = tmp_path / "served"
+    shutil.copytree(archive.root, served)
+    bad = served / "2024" / "asi-AMSR2-n3125-20240402-v5.4.nc"
+    original = _corrupt_data(bad)
+    args = ["build", "--start", "20240401", "--end", "20240404", "--store",
+            str(tmp_path / "c.zarr"), "--raw-dir", str(tmp_path / "raw"), "--chunks", "2,64,64",
+            "-q"]
+    with Mirror(served) as server:
+        assert main([*args, "--base-url", server.base_url]) == 1
+        assert "FAILED    20240402" in capsys.readouterr().out
+        assert not (tmp_path / "raw" / "2024" / bad.name).exists()  # removed: fetched again
+        bad.write_bytes(original)
+        assert main([*args, "--base-url", server.base_url]) == 0
+    ds = xr.open_zarr(tmp_path / "c.zarr")
+    np.testing.assert_array_equal(ds[cube.RAW].values[1],
+                                  read_day(archive.files[dt.date(2024, 4, 2)]).z)
+
+
+def test_a_local_file_whose_data_does_not_decode_is_refused(archive, tmp_path, capsys):
+    import shutil
+
+    source = tmp_path / "src"
+    shutil.copytree(archive.root, source)
+    _corrupt_data(source / "2024" / "asi-AMSR2-n3125-20240402-v5.4.nc")
+    code, err = _cli(capsys, "build", "--start", "20240401", "--end", "20240404", "--store",
+                     str(tmp_path / "c.zarr"), "--source", str(source), "-q")
+    assert code == 2 and "asi-AMSR2-n3125-20240402-v5.4.nc" in err and "cannot be read" in err
+
+
+def test_build_into_an_fsspec_memory_store_equals_the_local_cube(archive, built):
+    store = "memory://sicube-tests/cube.zarr"
+    summary = _build(archive, store)
+    assert summary.observed and not summary.nothing_to_do
+    remote = cube.open_cube(store)
+    local = xr.open_zarr(built[0])
+    for name in (*cube.CUBE_VARS, *cube.GRID_VARS):
+        np.testing.assert_array_equal(remote[name].values, local[name].values)
+    assert _build(archive, store).nothing_to_do

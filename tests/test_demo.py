@@ -1,0 +1,34 @@
+import subprocess
+import sys
+
+import numpy as np
+import xarray as xr
+from PIL import Image
+
+from sicube import cube
+
+
+def test_demo_leaves_every_file_it_promises(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "sicube", "demo", "--days", "10", "--step", "16", "--out",
+         str(out), "-q"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for name in ("cube.zarr", "land_mask.nc", "day.png", "mask.png", "compare.png"):
+        assert (out / name).exists(), name
+        assert str(out / name) in done.stdout
+    ds = xr.open_zarr(out / "cube.zarr")
+    assert ds.sizes["time"] == 10 and ds[cube.OBSERVED].values.sum() >= 8
+    assert ds.attrs["source_base_url"].startswith("http://127.0.0.1:")
+    for name in ("day.png", "mask.png", "compare.png"):
+        pixels = np.asarray(Image.open(out / name).convert("L"))
+        assert pixels.std() > 10  # a real picture, not a blank canvas
+    assert "inputs (4, 5, 1, 224, 152), targets (4, 3, 1, 224, 152)" in done.stdout
+
+
+def test_demo_refuses_too_few_days(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "sicube", "demo", "--days", "3", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["sicube demo: error: --days must be an integer "
+                                                "of at least 8, got 3"]

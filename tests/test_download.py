@@ -1,0 +1,345 @@
+"""The downloader against the real loopback mirror: faults, retries, validation, atomicity."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sicube import cli, products
+from sicube.download import DayRecord, download, iter_downloads
+from sicube.errors import BadInput, BadSourceFile
+from sicube.mirror import Mirror
+from sicube.sample import write_archive
+from sicube.sources import check_day_file
+
+FAST = {"backoff": 0.01, "backoff_max": 0.05, "progress": False}  # retries without waiting
+REPO = Path(__file__).parents[1]
+
+
+def _final_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.rglob("*.nc") if not p.name.startswith("."))
+
+
+def _part_files(out: Path) -> list[Path]:
+    return sorted(out.rglob("*.part"))
+
+
+def _gets(mirror: Mirror, day: dt.date) -> int:
+    return sum(1 for method, path, _ in mirror.log
+               if method == "GET" and path == products.relative_path(day))
+
+
+def test_every_fault_kind_ends_byte_identical_missing_or_failed(mirror, archive, tmp_path):
+    plan = {
+        "20240402": ["503", "drop", "500"],
+        "20240403": ["truncate", "html"],
+        "20240404": ["slow:2.0", "slow:2.0"],  # longer than the timeout: two timeouts
+        "20240407": "500",  # every attempt fails
+        "20240408": ["trickle:0.3"],  # slow but healthy
+        "20240409": ["html", "truncate", "drop", "503"],
+    }
+    mirror.set_faults(plan)
+    out = tmp_path / "data"
+    report = download("20240401", "20240412", out, base_url=mirror.base_url, retries=4,
+                      timeout=0.5, **FAST)
+
+    by_day = {r.day: r for r in report.days}
+    assert len(by_day) == 12
+    failed = dt.date(2024, 4, 7)
+    assert [r.day for r in report.missing] == [dt.date(2024, 4, 5), dt.date(2024, 4, 6)]
+    assert [r.day for r in report.failed] == [failed]
+    assert by_day[failed].attempts == 5 and _gets(mirror, failed) == 5
+    assert "500" in by_day[failed].error
+    assert not (out / products.relative_path(failed)).exists()
+    ok_days = set(archive.files) - {failed}
+    assert {r.day for r in report.ok} == ok_days
+    for day in ok_days:
+        record = by_day[day]
+        assert record.path == out / products.relative_path(day)
+        assert record.path.read_bytes() == archive.files[day].read_bytes()
+        assert record.bytes == archive.files[day].stat().st_size
+    # every planned fault was really served, and each cost the downloader an attempt
+    served = [fault for _, path, fault in mirror.log]
+    for kind in ("503", "500", "drop", "truncate", "html", "slow:2.0", "trickle:0.3"):
+        assert kind in served
+    assert by_day[dt.date(2024, 4, 3)].attempts == 3
+    assert by_day[dt.date(2024, 4, 4)].attempts == 3
+    assert by_day[dt.date(2024, 4, 1)].attempts == 1
+    assert by_day[dt.date(2024, 4, 9)].attempts >= 4  # aiohttp may absorb one dropped reuse
+    assert _part_files(tmp_path) == []
+    assert _final_files(out) == sorted(by_day[d].path for d in ok_days)
+
+    manifest = json.loads(report.manifest_path.read_text())
+    assert manifest["base_url"] == mirror.base_url
+    entries = manifest["days"]
+    assert entries["2024-04-05"]["status"] == "missing"
+    assert entries["2024-04-07"]["status"] == "failed"
+    assert entries["2024-04-07"]["attempts"] == 5
+    import hashlib
+
+    for day in ok_days:
+        entry = entries[day.isoformat()]
+        assert entry["status"] == "ok"
+        assert entry["url"] == products.file_url(mirror.base_url, day)
+        assert entry["sha256"] == hashlib.sha256(archive.files[day].read_bytes()).hexdigest()
+    assert "20240407" in report.summary()
+
+
+def test_cli_exits_1_naming_the_failed_day_and_0_when_only_missing(mirror, tmp_path, capsys):
+    mirror.set_faults({"20240404": "503"})
+    args = ["download", "--start", "20240403", "--end", "20240406", "--out", str(tmp_path),
+            "--base-url", mirror.base_url, "--retries", "2", "--backoff", "0.01", "-q"]
+    assert cli.main(args) == 1
+    captured = capsys.readouterr()
+    assert "asi-AMSR2-n3125-20240404-v5.4.nc" in captured.err
+    assert "failed" in captured.out and "missing" in captured.out
+    mirror.set_faults(None)
+    assert cli.main(args) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_client_error_is_not_retried_but_a_refused_connection_is(mirror, tmp_path):
+    mirror.set_faults({"20240402": "403"})
+    report = download("20240402", "20240402", tmp_path, base_url=mirror.base_url, **FAST)
+    assert report.failed[0].attempts == 1 and "403" in report.failed[0].error
+
+    closed = Mirror(tmp_path)  # bound, then released: nothing listens on its port any more
+    closed.start()
+    closed.stop()
+    report = download("20240402", "20240402", tmp_path, base_url=closed.base_url, retries=2,
+                      **FAST)
+    assert report.failed[0].attempts == 3 and "Connect" in report.failed[0].error
+    assert _part_files(tmp_path) == []
+
+
+def test_rerun_skips_valid_files_refetches_damaged_ones_and_force(mirror, archive, tmp_path):
+    options = {"base_url": mirror.base_url, **FAST}
+    first = download("20240401", "20240404", tmp_path, **options)
+    assert len(first.ok) == 4 and not any(r.skipped for r in first.ok)
+    gets_before = len(mirror.log)
+
+    again = download("20240401", "20240404", tmp_path, **options)
+    assert all(r.skipped for r in again.ok) and len(again.ok) == 4
+    assert len(mirror.log) == gets_before  # nothing was requested
+    assert [r.sha256 for r in again.days] == [r.sha256 for r in first.days]
+
+    truncated = tmp_path / products.relative_path(dt.date(2024, 4, 2))
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    html = tmp_path / products.relative_path(dt.date(2024, 4, 3))
+    html.write_text("<html><body>Service unavailable</body></html>")
+    leftover = truncated.with_name(f".{truncated.name}.part")
+    leftover.write_bytes(b"half a file from a killed run")
+    repaired = download("20240401", "20240404", tmp_path, **options)
+    by_day = {r.day: r for r in repaired.days}
+    assert [d for d, r in by_day.items() if not r.skipped] == [dt.date(2024, 4, 2),
+                                                               dt.date(2024, 4, 3)]
+    for path in (truncated, html):
+        day = products.parse_file_name(path.name)[1]
+        assert path.read_bytes() == archive.files[day].read_bytes()
+    assert _part_files(tmp_path) == []
+
+    gets_before = len(mirror.log)
+    forced = download("20240401", "20240404", tmp_path, force=True, **options)
+    assert not any(r.skipped for r in forced.ok)
+    assert len(mirror.log) == gets_before + 4
+
+
+def test_a_file_on_another_grid_fails_naming_the_file(tmp_path):
+    root = tmp_path / "server"
+    write_archive(root, "20240401", "20240402", step=16, missing_days=[])
+    odd = write_archive(root, "20240403", "20240403", step=32, missing_days=[])
+    with Mirror(root) as server:
+        # concurrency 1: days finish in date order, so 1 April defines the grid
+        report = download("20240401", "20240403", tmp_path / "out", base_url=server.base_url,
+                          concurrency=1, **FAST)
+        assert [r.day for r in report.failed] == [dt.date(2024, 4, 3)]
+        error = report.failed[0].error
+        assert "asi-AMSR2-n3125-20240403-v5.4.nc" in error and "does not match" in error
+        assert report.failed[0].attempts == 1  # a retry cannot cure a different grid
+        assert report.grid.shape == (224, 152)
+
+        expected = check_day_file(odd.files[dt.date(2024, 4, 3)])
+        given = download("20240401", "20240403", tmp_path / "out2", base_url=server.base_url,
+                         expected_grid=expected, **FAST)
+        assert [r.day for r in given.ok] == [dt.date(2024, 4, 3)]
+        assert len(given.failed) == 2
+    assert not (tmp_path / "out" / products.relative_path(dt.date(2024, 4, 3))).exists()
+
+
+def test_iter_downloads_yields_in_completion_order_while_fetching_continues(mirror, tmp_path):
+    mirror.set_faults({"20240401": ["trickle:1.0"]})
+    seen = []
+    days = [dt.date(2024, 4, d) for d in range(1, 5)]
+    for record in iter_downloads(days, tmp_path, base_url=mirror.base_url, backoff=0.01):
+        assert isinstance(record, DayRecord)
+        assert record.path.exists()  # the file is in place when its record arrives
+        seen.append(record.day)
+    assert sorted(seen) == [dt.date(2024, 4, d) for d in range(1, 5)]
+    assert seen[-1] == dt.date(2024, 4, 1)  # the slow day came last, not first
+
+
+def test_on_day_is_called_in_the_callers_thread_for_every_day(mirror, tmp_path):
+    calls = []
+    report = download("20240401", "20240406", tmp_path, base_url=mirror.base_url,
+                      on_day=lambda r: calls.append((r.day, threading.get_ident())), **FAST)
+    assert sorted(day for day, _ in calls) == [r.day for r in report.days]
+    assert {ident for _, ident in calls} == {threading.get_ident()}
+
+
+def test_closing_iter_downloads_early_cancels_and_leaves_no_part_files(mirror, archive,
+                                                                       tmp_path):
+    mirror.set_faults({"*": ["trickle:2.0"], "20240401": ["ok"]})
+    records = iter_downloads(archive.days, tmp_path, base_url=mirror.base_url, concurrency=2)
+    first = next(records)
+    assert first.day == dt.date(2024, 4, 1)
+    records.close()
+    # Transfers in flight were cancelled, not waited out: none of them reached a final name.
+    assert _part_files(tmp_path) == []
+    assert _final_files(tmp_path) == [first.path]
+
+
+def test_iter_downloads_takes_any_days_and_refuses_bad_ones_before_fetching(mirror, tmp_path):
+    wanted = ["20240409", dt.date(2024, 4, 2), "2024-04-09"]
+    records = list(iter_downloads(wanted, tmp_path, base_url=mirror.base_url))
+    assert sorted(r.day for r in records) == [dt.date(2024, 4, 2), dt.date(2024, 4, 9)]
+    assert _final_files(tmp_path) == sorted(r.path for r in records)
+    with pytest.raises(BadInput, match="2012-07-01"):
+        iter_downloads([dt.date(2012, 7, 1)], tmp_path)
+    with pytest.raises(BadInput, match="cannot read"):
+        iter_downloads(["20240431"], tmp_path, base_url=mirror.base_url)
+    assert len(mirror.log) == 2
+
+
+def test_manifest_keeps_days_of_earlier_runs(mirror, tmp_path):
+    download("20240401", "20240402", tmp_path, base_url=mirror.base_url, **FAST)
+    report = download("20240405", "20240406", tmp_path, base_url=mirror.base_url, **FAST)
+    days = json.loads(report.manifest_path.read_text())["days"]
+    assert list(days) == ["2024-04-01", "2024-04-02", "2024-04-05", "2024-04-06"]
+    assert days["2024-04-01"]["status"] == "ok" and days["2024-04-06"]["status"] == "missing"
+
+
+def test_days_before_data_start_are_fine_on_another_server(mirror, tmp_path):
+    report = download("20120630", "20120701", tmp_path, base_url=mirror.base_url, **FAST)
+    assert len(report.missing) == 2 and not report.failed
+
+
+def test_sigkill_mid_transfer_never_leaves_an_invalid_final_file(mirror, archive, tmp_path):
+    out = tmp_path / "data"
+    # every transfer takes about a second: the kill lands while files are half written
+    mirror.set_faults({"*": "trickle:1.0"})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "sicube", "download", "--start", "20240401", "--end",
+               "20240412", "--out", str(out), "--base-url", mirror.base_url,
+               "--concurrency", "2", "-q"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checked: set[Path] = set()
+
+    def check_final_files() -> None:
+        for path in _final_files(out):
+            if path not in checked:  # a final name is written once, by rename: check it once
+                check_day_file(path)
+                day = products.parse_file_name(path.name)[1]
+                assert path.read_bytes() == archive.files[day].read_bytes()
+                checked.add(path)
+
+    try:
+        deadline = time.monotonic() + 60
+        while not (checked and _part_files(out)):
+            assert process.poll() is None, "the download ended before it could be killed"
+            assert time.monotonic() < deadline
+            check_final_files()
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    parts = _part_files(out)
+    assert parts, "the kill should have interrupted a transfer"
+    for part in parts:  # the half-written file never reached its final name ...
+        final = part.with_name(part.name[1:-len(".part")])
+        if final.exists():
+            check_day_file(final)
+        with pytest.raises(BadSourceFile):
+            check_day_file(part)  # ... and really was incomplete
+    check_final_files()
+    assert len(checked) < len(archive.files)
+
+    mirror.set_faults(None)
+    report = download("20240401", "20240412", out, base_url=mirror.base_url, **FAST)
+    assert not report.failed and len(report.ok) == len(archive.files)
+    assert sum(r.skipped for r in report.ok) == len(checked)
+    for day, source in archive.files.items():
+        assert (out / products.relative_path(day)).read_bytes() == source.read_bytes()
+    assert _part_files(out) == []
+
+
+# --- bad input: one line on stderr, exit code 2, no traceback ----------------------------------
+
+
+def _bad_input_cases(tmp_path: Path) -> dict[str, list[str]]:
+    a_file = tmp_path / "a_file"
+    if tmp_path.is_dir():
+        a_file.write_text("not a folder")
+    good = {"--start": "20240401", "--end": "20240402", "--out": str(tmp_path / "out"),
+            "--base-url": "http://127.0.0.1:9/amsr2/asi_daygrid_swath/n3125/netcdf"}
+    cases = {
+        "unparsable start": {"--start": "2024-13-01"},
+        "unparsable end": {"--end": "yesterday"},
+        "end before start": {"--start": "20240410", "--end": "20240401"},
+        "before data start on the default server": {"--start": "20120601", "--end": "20120705",
+                                                     "--base-url": products.DEFAULT_BASE_URL},
+        "output folder under a file": {"--out": str(a_file / "sub")},
+        "output folder is a file": {"--out": str(a_file)},
+        "base URL without scheme": {"--base-url": "data.seaice.uni-bremen.de/amsr2"},
+        "base URL with another scheme": {"--base-url": "ftp://data.seaice.uni-bremen.de/x"},
+        "base URL without host": {"--base-url": "http://"},
+        "base URL with a bad port": {"--base-url": "http://127.0.0.1:99999999/x"},
+        "zero concurrency": {"--concurrency": "0"},
+        "negative retries": {"--retries": "-1"},
+        "concurrency not a number": {"--concurrency": "many"},
+    }
+    return {name: [x for k, v in {**good, **change}.items() for x in (k, v)]
+            for name, change in cases.items()}
+
+
+BAD_INPUT_NAMES = list(_bad_input_cases(Path("/nonexistent")))
+
+
+def _exit_code(argv: list[str]) -> int:
+    """Run the CLI in-process; argparse's own errors exit via SystemExit."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exit:
+        return exit.code
+
+
+@pytest.mark.parametrize("name", BAD_INPUT_NAMES)
+def test_bad_input_is_one_line_and_exit_2(name, tmp_path, capsys):
+    code = _exit_code(["download", "-q", *_bad_input_cases(tmp_path)[name]])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "sicube", "download", "--start", "20240405", "--end", "20240401",
+         "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "sicube download: error: end 2024-04-01 is before start 2024-04-05"]

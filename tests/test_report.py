@@ -1,0 +1,170 @@
+"""ROI counts equal direct counting on the source files; `info` matches what is on disk."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import zarr
+
+from sicube import cube
+from sicube.cli import main
+from sicube.errors import BadInput
+from sicube.report import ROI_CSV_COLUMNS, format_info, info, roi_report
+from sicube.sources import read_day
+
+from .conftest import (
+    ARCHIVE_END,
+    ARCHIVE_MISSING,
+    ARCHIVE_START,
+    SMALL_CUBE_CHUNKS,
+    SMALL_CUBE_FILL,
+    SMALL_CUBE_MASK_THRESHOLD,
+)
+
+ROIS = [(0, 224, 0, 152), (100, 140, 20, 60), (0, 1, 0, 1), (57, 58, 91, 92), (200, 224, 140, 152)]
+
+
+def _direct(archive, ymin, ymax, xmin, xmax) -> dict:
+    """Missing cells per observed day, counted straight from the files with numpy."""
+    return {day: int(np.isnan(read_day(path).z[ymin:ymax, xmin:xmax]).sum())
+            for day, path in sorted(archive.files.items())}
+
+
+@pytest.mark.parametrize("roi", ROIS)
+def test_roi_counts_equal_direct_counting(archive, small_cube, roi):
+    expected = _direct(archive, *roi)
+    size = (roi[1] - roi[0]) * (roi[3] - roi[2])
+    for where in ({"store": small_cube}, {"source": archive.root}):
+        report = roi_report(ARCHIVE_START, ARCHIVE_END, *roi, **where)
+        assert {d.date: d.missing_pixels for d in report.days} == expected
+        for day in report.days:
+            assert day.missing_percent == pytest.approx(100.0 * day.missing_pixels / size)
+        assert report.unobserved == ARCHIVE_MISSING
+        assert report.grid_shape == (224, 152)
+
+
+def test_roi_is_end_exclusive_and_threshold_inclusive(archive, small_cube):
+    z = read_day(archive.files[ARCHIVE_START]).z
+    row, col = np.argwhere(np.isnan(z))[1234]
+    one = roi_report(ARCHIVE_START, ARCHIVE_START, row, row + 1, col, col + 1, store=small_cube)
+    assert [d.missing_pixels for d in one.days] == [1]
+    # A threshold equal to a day's share lists that day ("at or above").
+    report = roi_report(ARCHIVE_START, ARCHIVE_END, 100, 140, 20, 60, store=small_cube)
+    shares = sorted({d.missing_percent for d in report.days})
+    assert len(shares) > 1
+    cut = shares[1]
+    flagged = roi_report(ARCHIVE_START, ARCHIVE_END, 100, 140, 20, 60, store=small_cube,
+                         threshold_percent=cut).flagged
+    assert [d.date for d in flagged] == [d.date for d in report.days if d.missing_percent >= cut]
+    assert 0 < len(flagged) < len(report.days)
+
+
+def test_roi_sub_span_of_the_cube(small_cube):
+    report = roi_report("20240404", "20240407", 0, 10, 0, 10, store=small_cube)
+    assert [f"{d.date:%d}" for d in report.days] == ["04", "07"]
+    assert [f"{d:%d}" for d in report.unobserved] == ["05", "06"]
+
+
+def test_cli_roi_writes_csv_and_plot(small_cube, tmp_path, capsys):
+    out_csv, out_png = tmp_path / "roi.csv", tmp_path / "roi.png"
+    assert main(["roi", "--store", str(small_cube), "--start", "20240401", "--end", "20240412",
+                 "--ymin", "100", "--ymax", "140", "--xmin", "20", "--xmax", "60",
+                 "--csv", str(out_csv), "--plot", str(out_png)]) == 0
+    printed = capsys.readouterr().out
+    report = roi_report(ARCHIVE_START, ARCHIVE_END, 100, 140, 20, 60, store=small_cube)
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert tuple(rows[0]) == ROI_CSV_COLUMNS
+    assert [(r[0], int(r[1])) for r in rows[1:]] == [
+        (d.date.isoformat(), d.missing_pixels) for d in report.days]
+    assert [float(r[2]) for r in rows[1:]] == pytest.approx(
+        [d.missing_percent for d in report.days])
+    assert f"days with >= 0.1% missing in the ROI: {len(report.flagged)}" in printed
+    assert out_png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("roi, why", [
+    ((10, 10, 0, 5), "empty"), ((0, 5, 7, 3), "empty"), ((-1, 5, 0, 5), "outside"),
+    ((0, 225, 0, 5), "outside"), ((0, 5, 100, 153), "outside"),
+])
+def test_roi_outside_the_grid_or_empty_is_bad_input(small_cube, archive, capsys, roi, why):
+    ymin, ymax, xmin, xmax = (str(v) for v in roi)
+    for where in (["--store", str(small_cube)], ["--source", str(archive.root)]):
+        assert main(["roi", *where, "--start", "20240401", "--end", "20240403", "--ymin", ymin,
+                     "--ymax", ymax, "--xmin", xmin, "--xmax", xmax]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "empty or outside the 224 x 152 grid" in err
+
+
+def test_roi_bad_spans_and_sources(small_cube, archive, tmp_path, capsys):
+    roi = ["--ymin", "0", "--ymax", "5", "--xmin", "0", "--xmax", "5"]
+    cases = [
+        (["--store", str(small_cube), "--start", "20250101", "--end", "20250105"], "outside"),
+        (["--store", str(small_cube), "--start", "20240405", "--end", "20240401"], "before"),
+        (["--store", str(tmp_path / "none.zarr"), "--start", "20240401", "--end", "20240402"],
+         "no such folder"),
+        (["--store", str(tmp_path), "--start", "20240401", "--end", "20240402"], "not a sicube"),
+        (["--source", str(archive.root), "--start", "20230101", "--end", "20230102"],
+         "no daily files"),
+        (["--store", str(small_cube), "--start", "20240401", "--end", "20240402",
+          "--threshold-percent", "-1"], "threshold"),
+    ]
+    for args, expected in cases:
+        assert main(["roi", *args, *roi]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_info_of_a_cube_matches_the_store(small_cube):
+    import xarray as xr
+
+    found = info(small_cube)
+    ds = xr.open_zarr(small_cube)
+    group = zarr.open_group(str(small_cube), mode="r")
+    assert found.kind == "cube"
+    assert found.grid_shape == (ds.sizes["y"], ds.sizes["x"]) == (224, 152)
+    assert found.x_range == (ds.x.values[0], ds.x.values[-1])
+    assert found.y_range == (ds.y.values[0], ds.y.values[-1])
+    assert found.cell_size == 50_000.0
+    assert (found.first_day, found.last_day, found.days) == (ARCHIVE_START, ARCHIVE_END, 12)
+    assert found.observed_days == int(ds[cube.OBSERVED].sum()) == 10
+    assert found.missing_days == ARCHIVE_MISSING
+    assert found.crs.startswith("EPSG:3413")
+    for name in cube.CUBE_VARS:
+        assert found.chunks[name] == group[name].chunks == tuple(SMALL_CUBE_CHUNKS.values())
+        assert "Codec" in found.compression[name] or found.compression[name] == "none"
+    assert found.size_bytes == sum(f.stat().st_size for f in small_cube.rglob("*") if f.is_file())
+    assert found.provenance["fill_parameters"] == SMALL_CUBE_FILL
+    assert found.provenance["mask_threshold"] == SMALL_CUBE_MASK_THRESHOLD
+    assert found.provenance["source_files"] == 10
+    text = "\n".join(format_info(found))
+    assert "height 224 x width 152" in text and "20240405, 20240406" in text
+
+
+def test_info_of_a_folder_and_a_file(archive, capsys):
+    folder = info(archive.root)
+    assert folder.kind == "folder" and folder.grid_shape == (224, 152)
+    assert folder.missing_days == ARCHIVE_MISSING and folder.observed_days == 10
+    assert folder.size_bytes == sum(p.stat().st_size for p in archive.files.values())
+    one = info(archive.files[ARCHIVE_START])
+    assert one.kind == "file" and one.first_day == ARCHIVE_START and one.observed_days == 1
+    assert main(["info", str(archive.files[ARCHIVE_START])]) == 0
+    assert "grid: height 224 x width 152" in capsys.readouterr().out
+
+
+def test_info_bad_inputs_exit_2(tmp_path, capsys):
+    not_nc = tmp_path / "asi-AMSR2-n3125-20240401-v5.4.nc"
+    not_nc.write_text("<html>Not Found</html>")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    plain = tmp_path / "plain.zarr"
+    zarr.open_group(str(plain), mode="w")
+    for path, expected in [(tmp_path / "none", "no such file"), (empty, "no AMSR2 daily files"),
+                           (not_nc, "not a netCDF file"), (plain, "not a sicube cube")]:
+        assert main(["info", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+    with pytest.raises(BadInput):
+        info(tmp_path / "none")
