@@ -34,12 +34,15 @@ def _day(i: int) -> int:
 
 
 @pytest.fixture(scope="session")
-def small_cube(tmp_path_factory) -> Path:
+def synthetic_cube(tmp_path_factory) -> Path:
     """A 30-day, 48 x 40 cube in the sicube layout, days 5, 6 and 17 without data.
 
-    Values are random but in range: sea_ice_conc a fraction (0 on land), the raw field
-    in percent with NaN where not observed, fill_flag 0..3 with a share of filled cells
-    that changes from day to day, unobserved days entirely filled.
+    Written here rather than built (conftest's `small_cube` is the built one, tested at
+    the end of this file) so that the content is under control: unique random values
+    that identify every frame, small chunks, and a share of filled cells that varies
+    from day to day for the quality filter. Values are in range: sea_ice_conc a fraction
+    (0 on land), the raw field in percent with NaN where not observed, fill_flag 0..3,
+    unobserved days entirely filled.
     """
     rng = np.random.default_rng(42)
     days = [START + dt.timedelta(days=i) for i in range(N_DAYS)]
@@ -75,8 +78,8 @@ def small_cube(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def group(small_cube):
-    return zarr.open_group(str(small_cube), mode="r")
+def group(synthetic_cube):
+    return zarr.open_group(str(synthetic_cube), mode="r")
 
 
 def original_windows(n_days, input_length, pred_length, input_gap=1, pred_shift=1,
@@ -114,9 +117,9 @@ def _dataset(store, first=0, last=N_DAYS - 1, **kwargs) -> SICDataset:
 
 @pytest.mark.parametrize("params", PARAMS)
 @pytest.mark.parametrize("span", [(0, N_DAYS - 1), (3, 24)])
-def test_windows_follow_the_original_rule_and_skip_missing_days(small_cube, params, span):
+def test_windows_follow_the_original_rule_and_skip_missing_days(synthetic_cube, params, span):
     first, last = span
-    ds = _dataset(small_cube, first, last, **params)
+    ds = _dataset(synthetic_cube, first, last, **params)
     expected = [(np.add(i, first), np.add(t, first))
                 for i, t in original_windows(last - first + 1, **params)]
     expected = [(i, t) for i, t in expected
@@ -139,11 +142,11 @@ def test_window_indices_equal_the_original_loop(params):
         assert targets.tolist() == [t for _, t in expected]
 
 
-def test_allow_unobserved_keeps_every_window_of_the_rule(small_cube):
-    ds = _dataset(small_cube, allow_unobserved=True)
+def test_allow_unobserved_keeps_every_window_of_the_rule(synthetic_cube):
+    ds = _dataset(synthetic_cube, allow_unobserved=True)
     assert len(ds) == len(original_windows(N_DAYS, 3, 2)) == ds.report.candidates
     assert ds.report.unobserved == 0
-    strict = _dataset(small_cube)
+    strict = _dataset(synthetic_cube)
     assert strict.report.unobserved == len(ds) - len(strict) > 0
 
 
@@ -152,8 +155,8 @@ def test_allow_unobserved_keeps_every_window_of_the_rule(small_cube):
 
 @pytest.mark.parametrize("params", PARAMS[:2])
 @pytest.mark.parametrize("preload", [False, True])
-def test_items_equal_direct_zarr_slices(small_cube, group, params, preload):
-    ds = _dataset(small_cube, 2, 27, preload_data=preload, **params)
+def test_items_equal_direct_zarr_slices(synthetic_cube, group, params, preload):
+    ds = _dataset(synthetic_cube, 2, 27, preload_data=preload, **params)
     conc = group[cube.CONC][:]
     inputs, targets = ds.windows
     for k in range(len(ds)):
@@ -166,8 +169,8 @@ def test_items_equal_direct_zarr_slices(small_cube, group, params, preload):
     assert (ds._handles is None) == preload  # preloaded items come from memory
 
 
-def test_get_inputs_and_targets_stack_every_item(small_cube, group):
-    ds = _dataset(small_cube, 0, 12, input_length=2, pred_length=1)
+def test_get_inputs_and_targets_stack_every_item(synthetic_cube, group):
+    ds = _dataset(synthetic_cube, 0, 12, input_length=2, pred_length=1)
     conc = group[cube.CONC][:]
     inputs, targets = ds.windows
     np.testing.assert_array_equal(ds.get_inputs()[:, :, 0].numpy(), conc[inputs])
@@ -175,9 +178,9 @@ def test_get_inputs_and_targets_stack_every_item(small_cube, group):
     assert ds.GetInputs().shape == (len(ds), 2, 1, NY, NX)
 
 
-def test_roi_and_tiled_patches(small_cube, group):
+def test_roi_and_tiled_patches(synthetic_cube, group):
     roi = (5, 45, 3, 37)  # 40 x 34, crossing chunk edges
-    ds = _dataset(small_cube, roi=roi, patch_size=(16, 12), patch_stride=(8, 10))
+    ds = _dataset(synthetic_cube, roi=roi, patch_size=(16, 12), patch_stride=(8, 10))
     origins = ds.patch_origins
     assert sorted(set(origins[:, 0].tolist())) == [0, 8, 16, 24]  # 24 + 16 = 40
     assert sorted(set(origins[:, 1].tolist())) == [0, 10, 20]  # 20 + 12 <= 34 < 30 + 12
@@ -196,9 +199,9 @@ def test_roi_and_tiled_patches(small_cube, group):
     assert ds.get_times().shape == (len(ds), 5)
 
 
-def test_random_patches_lie_inside_the_roi_and_move(small_cube, group):
+def test_random_patches_lie_inside_the_roi_and_move(synthetic_cube, group):
     roi = (8, 40, 8, 32)
-    ds = _dataset(small_cube, roi=roi, patch_size=8, random_patches=3)
+    ds = _dataset(synthetic_cube, roi=roi, patch_size=8, random_patches=3)
     assert len(ds) == 3 * len(ds.windows[0])
     frame = group[cube.CONC][ds.windows[0][0]][:, roi[0]:roi[1], roi[2]:roi[3]]
     torch.manual_seed(0)
@@ -212,9 +215,9 @@ def test_random_patches_lie_inside_the_roi_and_move(small_cube, group):
     assert len(found) > 1
 
 
-def test_coarsen_is_the_mean_over_ocean_cells(small_cube, group):
+def test_coarsen_is_the_mean_over_ocean_cells(synthetic_cube, group):
     roi = (0, 48, 4, 40)
-    ds = _dataset(small_cube, roi=roi, coarsen=4, variables=["filled", cube.RAW, cube.LAND])
+    ds = _dataset(synthetic_cube, roi=roi, coarsen=4, variables=["filled", cube.RAW, cube.LAND])
     x, _ = ds[0]
     frames = ds.windows[0][0]
     assert x.shape == (3, 4, 12, 9)
@@ -246,8 +249,8 @@ class _nothing:
         return False
 
 
-def test_extra_channels_and_land_mask(small_cube, group):
-    ds = _dataset(small_cube, variables=[cube.FLAG, cube.LAND, "day_of_year", cube.NAN_RATIO],
+def test_extra_channels_and_land_mask(synthetic_cube, group):
+    ds = _dataset(synthetic_cube, variables=[cube.FLAG, cube.LAND, "day_of_year", cube.NAN_RATIO],
                   target_variables=["filled"], apply_land_mask=True, return_mask=True)
     x, y, mask = ds[3]
     inputs, targets = ds.windows
@@ -268,10 +271,10 @@ def test_extra_channels_and_land_mask(small_cube, group):
 # ---------------------------------------------------------------- quality filter
 
 
-def test_quality_filter_skips_too_filled_windows(small_cube, group, tmp_path):
+def test_quality_filter_skips_too_filled_windows(synthetic_cube, group, tmp_path):
     roi = (12, 48, 0, 40)
     limit_in, limit_tgt = 0.5, 0.4
-    ds = _dataset(small_cube, roi=roi, max_filled_fraction=(limit_in, limit_tgt),
+    ds = _dataset(synthetic_cube, roi=roi, max_filled_fraction=(limit_in, limit_tgt),
                   quality_cache=tmp_path)
     flag = group[cube.FLAG][:][:, 12:48, :]
     ocean = group[cube.LAND][:][12:48] == 0
@@ -295,7 +298,7 @@ def test_quality_filter_skips_too_filled_windows(small_cube, group, tmp_path):
     np.testing.assert_allclose(cached["fraction"], share)
     cached["fraction"] = [0.0] * len(share)
     cache_file.write_text(json.dumps(cached))
-    again = _dataset(small_cube, roi=roi, max_filled_fraction=(limit_in, limit_tgt),
+    again = _dataset(synthetic_cube, roi=roi, max_filled_fraction=(limit_in, limit_tgt),
                      quality_cache=tmp_path)
     assert again.report.too_filled_inputs == again.report.too_filled_targets == 0
 
@@ -314,8 +317,8 @@ def _assert_same_batches(a, b):
             assert torch.equal(t1, t2)
 
 
-def test_no_handle_at_construction_and_pickles(small_cube):
-    ds = _dataset(small_cube, patch_size=16)
+def test_no_handle_at_construction_and_pickles(synthetic_cube):
+    ds = _dataset(synthetic_cube, patch_size=16)
     assert ds._handles is None
     ds[0]
     assert ds._handles is not None
@@ -325,8 +328,8 @@ def test_no_handle_at_construction_and_pickles(small_cube):
 
 
 @pytest.mark.parametrize("context,persistent", [("fork", True), ("spawn", False)])
-def test_two_workers_give_the_same_batches_as_none(small_cube, context, persistent):
-    ds = _dataset(small_cube, roi=(0, 48, 0, 32), patch_size=16, return_mask=True)
+def test_two_workers_give_the_same_batches_as_none(synthetic_cube, context, persistent):
+    ds = _dataset(synthetic_cube, roi=(0, 48, 0, 32), patch_size=16, return_mask=True)
     serial = _batches(DataLoader(ds, batch_size=4))
     loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=context,
                         persistent_workers=persistent)
@@ -339,8 +342,8 @@ def test_two_workers_give_the_same_batches_as_none(small_cube, context, persiste
     dict(patch_size=16, return_mask=True),  # read in place
     dict(input_gap=2, coarsen=2, variables=["filled", "day_of_year"], apply_land_mask=True),
 ])
-def test_batches_read_in_place_equal_collated_items(small_cube, kwargs):
-    ds = _dataset(small_cube, **kwargs)
+def test_batches_read_in_place_equal_collated_items(synthetic_cube, kwargs):
+    ds = _dataset(synthetic_cube, **kwargs)
     collated = _batches(DataLoader(ds, batch_size=5))
     _assert_same_batches(collated, _batches(ds.loader(5)))
     _assert_same_batches(collated, _batches(ds.loader(5, num_workers=2,
@@ -355,7 +358,7 @@ def test_batches_read_in_place_equal_collated_items(small_cube, kwargs):
 
 
 @pytest.fixture(scope="module")
-def http_cube(small_cube):
+def http_cube(synthetic_cube):
     """The cube served by an aiohttp static route on 127.0.0.1; counts requests per path."""
     from aiohttp import web
 
@@ -367,7 +370,7 @@ def http_cube(small_cube):
         return await handler(request)
 
     app = web.Application(middlewares=[count])
-    app.router.add_static("/data", small_cube.parent)
+    app.router.add_static("/data", synthetic_cube.parent)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
@@ -376,18 +379,18 @@ def http_cube(small_cube):
     port = site._server.sockets[0].getsockname()[1]
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{port}/data/{small_cube.name}", requests
+    yield f"http://127.0.0.1:{port}/data/{synthetic_cube.name}", requests
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     loop.run_until_complete(runner.cleanup())
     loop.close()
 
 
-def test_http_reads_equal_local_reads(small_cube, http_cube):
+def test_http_reads_equal_local_reads(synthetic_cube, http_cube):
     url, _ = http_cube
     kwargs = dict(roi=(4, 44, 0, 40), patch_size=20, variables=[cube.FLAG],
                   max_filled_fraction=0.5)
-    local = _dataset(small_cube, **kwargs)
+    local = _dataset(synthetic_cube, **kwargs)
     remote = _dataset(url, **kwargs)
     assert len(remote) == len(local) > 0
     np.testing.assert_array_equal(remote.get_times(), local.get_times())
@@ -396,13 +399,13 @@ def test_http_reads_equal_local_reads(small_cube, http_cube):
                                              multiprocessing_context="fork")))
 
 
-def test_memory_store(small_cube, group):
+def test_memory_store(synthetic_cube, group):
     import fsspec
 
     fs = fsspec.filesystem("memory")
-    fs.put(str(small_cube), "/mem-cube.zarr", recursive=True)
+    fs.put(str(synthetic_cube), "/mem-cube.zarr", recursive=True)
     ds = _dataset("memory://mem-cube.zarr", input_length=2, pred_length=2)
-    local = _dataset(small_cube, input_length=2, pred_length=2)
+    local = _dataset(synthetic_cube, input_length=2, pred_length=2)
     assert len(ds) == len(local)
     for k in (0, len(ds) // 2, len(ds) - 1):
         assert torch.equal(ds[k][0], local[k][0]) and torch.equal(ds[k][1], local[k][1])
@@ -416,8 +419,8 @@ def _key(ds, item):
     return item[0].numpy().tobytes() + item[1].numpy().tobytes()
 
 
-def test_stream_visits_every_item_once_per_epoch_across_workers(small_cube):
-    ds = _dataset(small_cube, roi=(0, 48, 0, 32), patch_size=16)
+def test_stream_visits_every_item_once_per_epoch_across_workers(synthetic_cube):
+    ds = _dataset(synthetic_cube, roi=(0, 48, 0, 32), patch_size=16)
     expected = collections.Counter(_key(ds, ds[k]) for k in range(len(ds)))
     assert len(expected) == len(ds)
     stream = ds.stream(seed=1, block_bytes=16 * 16 * 4 * 8 * 2)
@@ -431,8 +434,8 @@ def test_stream_visits_every_item_once_per_epoch_across_workers(small_cube):
     assert orders[0] != orders[1]  # reshuffled between epochs
 
 
-def test_batched_stream_gives_the_same_items_stacked(small_cube):
-    ds = _dataset(small_cube, patch_size=(24, 20), variables=["filled"], return_mask=True)
+def test_batched_stream_gives_the_same_items_stacked(synthetic_cube):
+    ds = _dataset(synthetic_cube, patch_size=(24, 20), variables=["filled"], return_mask=True)
     single = list(SICStream(ds, seed=5))
     batched = list(SICStream(ds, seed=5, batch_size=3))
     assert [len(b[0]) for b in batched] == [3] * (len(ds) // 3) + (
@@ -446,8 +449,8 @@ def test_batched_stream_gives_the_same_items_stacked(small_cube):
     assert keys == collections.Counter(item[0].numpy().tobytes() for item in single)
 
 
-def test_stream_without_shuffle_is_in_cube_order(small_cube):
-    ds = _dataset(small_cube, patch_size=(24, 20))
+def test_stream_without_shuffle_is_in_cube_order(synthetic_cube):
+    ds = _dataset(synthetic_cube, patch_size=(24, 20))
     stream = SICStream(ds, shuffle=False, groups_in_flight=1, block_bytes=1)  # one time chunk
     assert len(stream.groups) == 7 * 4  # 7 time chunks hold window starts; 2 x 2 patches
     items = list(stream)
@@ -461,7 +464,7 @@ def test_stream_without_shuffle_is_in_cube_order(small_cube):
         assert torch.equal(items[position][0], ds[int(k)][0])
 
 
-def test_stream_reads_each_chunk_about_once(small_cube, http_cube):
+def test_stream_reads_each_chunk_about_once(synthetic_cube, http_cube):
     url, requests = http_cube
     kwargs = dict(roi=(0, 48, 0, 32), patch_size=16, input_length=4, pred_length=4)
     chunk_keys = lambda: {p: n for p, n in requests.items() if "/sea_ice_conc/c/" in p}  # noqa: E731
@@ -501,8 +504,8 @@ def test_an_item_reads_only_the_chunks_it_needs(http_cube):
         assert read == expected
 
 
-def test_stream_refuses_random_patches(small_cube):
-    ds = _dataset(small_cube, patch_size=8, random_patches=2)
+def test_stream_refuses_random_patches(synthetic_cube):
+    ds = _dataset(synthetic_cube, patch_size=8, random_patches=2)
     with pytest.raises(BadInput, match="random_patches"):
         ds.stream()
 
@@ -556,8 +559,8 @@ def test_patch_helpers_refuse_sizes_that_do_not_divide():
     (dict(max_filled_fraction=1.5), "max_filled_fraction"),
     (dict(max_filled_fraction=0.0), "start_time/end_time"),  # leaves no window
 ])
-def test_bad_arguments_name_themselves(small_cube, kwargs, argument):
-    params = dict(store=small_cube, start_time=_day(0), end_time=_day(N_DAYS - 1),
+def test_bad_arguments_name_themselves(synthetic_cube, kwargs, argument):
+    params = dict(store=synthetic_cube, start_time=_day(0), end_time=_day(N_DAYS - 1),
                   input_length=3, pred_length=2, quality_cache=False)
     params.update(kwargs)
     with pytest.raises(BadInput, match=f"^{argument}:"):
@@ -570,3 +573,35 @@ def test_a_store_that_is_not_a_cube(tmp_path):
         SICDataset(tmp_path / "plain.zarr", 20240401, 20240410, 2, 1)
     with pytest.raises(BadInput, match="^store:"):
         SICDataset(tmp_path / "absent.zarr", 20240401, 20240410, 2, 1)
+
+
+# ---------------------------------------------------------------- a cube from the builder
+
+
+def test_on_a_built_cube(small_cube, archive):
+    """conftest's `small_cube` (sicube.build over the sample archive) works end to end."""
+    group = zarr.open_group(str(small_cube), mode="r")
+    n_days = len(archive.days)
+    missing = {archive.days.index(d) for d in archive.missing}
+    ds = SICDataset(small_cube, archive.days[0], archive.days[-1], 2, 2, roi=(64, 192, 0, 128),
+                    patch_size=64, max_filled_fraction=(1.0, 0.1), quality_cache=False,
+                    return_mask=True)
+    expected = [(i, t) for i, t in original_windows(n_days, 2, 2) if not missing & set(i + t)]
+    assert ds.report.candidates == len(original_windows(n_days, 2, 2))
+    assert ds.report.unobserved == ds.report.candidates - len(expected) > 0
+    flag = group[cube.FLAG][:][:, 64:192, 0:128]
+    ocean = group[cube.LAND][64:192, 0:128] == 0
+    share = (np.isin(flag, (1, 2)) & ocean).sum((1, 2)) / ocean.sum()
+    np.testing.assert_allclose(ds.report.filled_fraction, share)
+    kept = [(i, t) for i, t in expected if share[t].max() <= 0.1]
+    assert ds.windows[0].tolist() == [i for i, _ in kept]
+    assert ds.report.too_filled_targets == len(expected) - len(kept) > 0
+    conc = group[cube.CONC][:]
+    inputs, targets = ds.windows
+    x, y, mask = ds[len(ds) - 1]
+    rows, cols = slice(64 + 64, 64 + 128), slice(64, 128)  # the last of 2 x 2 patches
+    np.testing.assert_array_equal(x[:, 0].numpy(), conc[inputs[-1]][:, rows, cols])
+    np.testing.assert_array_equal(y[:, 0].numpy(), conc[targets[-1]][:, rows, cols])
+    np.testing.assert_array_equal(mask[0].numpy(), group[cube.LAND][rows, cols])
+    _assert_same_batches(_batches(DataLoader(ds, batch_size=3)),
+                         _batches(ds.loader(3, num_workers=2, multiprocessing_context="fork")))
