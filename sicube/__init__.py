@@ -16,11 +16,10 @@ from sicube.report import info, roi_report  # noqa: E402
 from sicube.sample import write_archive  # noqa: E402
 
 __all__ = [
-    "BuildSummary", "FillFlag", "build", "download", "evaluate_fill", "export_mask",
-    "gaussian_fill",
-    "iter_downloads", "open_cube", "update", "write_archive",
-    "explore", "info", "plot_compare", "plot_day", "plot_mask", "roi_report",
-    "SICDataset", "SICStream",
+    "BuildSummary", "FillFlag", "SICDataset", "SICStream", "build", "download",
+    "evaluate_fill", "explore", "export_mask", "gaussian_fill", "info", "iter_downloads",
+    "open_cube", "plot_compare", "plot_day", "plot_mask", "roi_report", "update",
+    "write_archive",
 ]
 
 # --- dataset (lazy: importing torch takes seconds; `import sicube` must not) ---

@@ -11,14 +11,14 @@ from sicube import cube
 def test_demo_leaves_every_file_it_promises(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "sicube", "demo", "--days", "10", "--step", "16", "--out",
+        [sys.executable, "-m", "sicube", "demo", "--days", "12", "--step", "16", "--out",
          str(out), "-q"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     for name in ("cube.zarr", "land_mask.nc", "day.png", "mask.png", "compare.png"):
         assert (out / name).exists(), name
         assert str(out / name) in done.stdout
     ds = xr.open_zarr(out / "cube.zarr")
-    assert ds.sizes["time"] == 10 and ds[cube.OBSERVED].values.sum() >= 8
+    assert ds.sizes["time"] == 12 and ds[cube.OBSERVED].values.sum() >= 10
     assert ds.attrs["source_base_url"].startswith("http://127.0.0.1:")
     for name in ("day.png", "mask.png", "compare.png"):
         pixels = np.asarray(Image.open(out / name).convert("L"))
