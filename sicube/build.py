@@ -48,6 +48,7 @@ class Arrival:
     error: str = ""
     sha256: str | None = None  # known when the downloader already hashed the file
     downloaded: bool = False
+    attempts: int = 0
 
 
 @dataclass
@@ -60,6 +61,7 @@ class BuildSummary:
     observed: list[dt.date] = field(default_factory=list)
     missing: list[dt.date] = field(default_factory=list)
     failed: dict[dt.date, str] = field(default_factory=dict)
+    retried: dict[dt.date, int] = field(default_factory=dict)  # day -> download attempts
     cells_filled: int = 0
     cells_unfilled: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -86,6 +88,10 @@ class BuildSummary:
         ]
         if self.missing:
             lines.append("missing   " + _day_list(self.missing))
+        if self.retried:
+            lines.append(f"retried   {len(self.retried)} downloads succeeded after faults: "
+                         + ", ".join(f"{d:%Y%m%d} ({n} attempts)"
+                                     for d, n in sorted(self.retried.items())[:6]))
         for day, error in sorted(self.failed.items()):
             lines.append(f"FAILED    {day:%Y%m%d}: {error}")
         lines.append(f"filled    {self.cells_filled:,} cells "
@@ -275,7 +281,8 @@ def _arrivals(days: list[dt.date], source: str | os.PathLike | None, base_url: s
     for record in iter_downloads(days, raw, base_url=base_url, progress=progress,
                                  expected_grid=grid, full_check=False):
         yield Arrival(record.day, Path(record.path) if record.path else None, record.status,
-                      record.error or "", record.sha256, downloaded=True)
+                      record.error or "", record.sha256, downloaded=True,
+                      attempts=record.attempts)
 
 
 def _first_file(arrivals: Iterator[Arrival], held: list[Arrival]) -> Arrival | None:
@@ -304,8 +311,9 @@ def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival]
     todo = {c for c in range(_n_chunks(len(days), chunk)) if c not in state["ingested"]}
     waiting: dict[int, list[Arrival]] = {}
     tally = _NanTally(np.zeros(grid.shape, np.int32))
+    # position=1: under the download bar, which runs at the same time
     bar = _bar(progress, total=sum(min(chunk, len(days) - c * chunk) for c in todo),
-               desc="ingest", unit="day")
+               desc="ingest", unit="day", position=1)
 
     def write(c: int, chunk_arrivals: list[Arrival]):
         block, provenance = _read_block(chunk_arrivals, grid)
@@ -337,6 +345,8 @@ def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival]
             if c not in todo:
                 continue
             waiting.setdefault(c, []).append(arrival)
+            if arrival.attempts > 1 and arrival.status == "ok":
+                summary.retried[arrival.day] = arrival.attempts
             if len(waiting[c]) == min(chunk, len(days) - c * chunk):
                 pending.append(pool.submit(write, c, sorted(waiting.pop(c), key=_by_day)))
             for future in [f for f in pending if f.done()]:

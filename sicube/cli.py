@@ -469,7 +469,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=30, help="days to generate (at least 8)")
     parser.add_argument("--out", default="demo", help="folder for everything the demo writes")
-    parser.add_argument("--step", type=int, default=4,
+    parser.add_argument("--step", type=int, default=2,
                         help="coarsen the 3.125 km grid by this factor (1 = full grid)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.set_defaults(run=_run_demo)

@@ -47,7 +47,7 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def run_demo(days: int = 30, out: str | os.PathLike = "demo", *, step: int = 4, seed: int = 0,
+def run_demo(days: int = 30, out: str | os.PathLike = "demo", *, step: int = 2, seed: int = 0,
              workers: int = 2, progress: bool = True) -> DemoResult:
     """Run the pipeline on `days` generated days (grid coarsened `step` times) under `out`."""
     if not isinstance(days, int) or days < 8:
