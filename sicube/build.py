@@ -457,7 +457,7 @@ def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterato
                 yield
             return
         try:
-            client = Client(scheduler, timeout="10s")
+            client = Client(scheduler, timeout="5s")
         except (OSError, TimeoutError, ValueError) as err:
             raise BadInput(f"--scheduler {scheduler}: no dask scheduler there ({err})") from err
         summary.dashboard = client.dashboard_link
@@ -552,62 +552,81 @@ def build(
     summary = BuildSummary(store=store, span=(first, last))
     timer = _Timer(summary)
 
-    with _build_lock(store):
-        exists = _exists(store)
-        if exists and not cube.is_cube(store):
-            raise BadInput(f"{store}: exists and is not a sicube cube; refusing to touch it")
-        if exists:
-            group = _open_group(store)
-            state = _read_state(group)
-            if state["args"] != args:
-                raise BadInput(f"{store}: holds a cube built with other arguments "
-                               f"({_describe_args(state['args'])}); use a new store, or "
-                               "`sicube update` to extend it")
-            if state.get("complete") and not state["failed"]:
-                summary.nothing_to_do = True
-                summary.shape = group[cube.RAW].shape
-                _account(state, days, summary)
-                _count_flags(state, summary)
-                return summary
-            if state["failed"]:
-                _forget_failed(group, state, days)
-        if mask_from is not None:
-            mask_from = str(mask_from)
-
-        if exists:
-            arrivals = _arrivals(_days_to_ingest(group, state, days), source, base_url,
-                                 raw_dir, progress, GridCoords(group["x"][:], group["y"][:]))
-        else:
+    # The scheduler is reached first, so a wrong address costs nothing.
+    with _build_lock(store), _scheduler(scheduler, workers, summary):
+        group, state = _resume(store, args, days, summary)
+        if summary.nothing_to_do:
+            return summary
+        if group is None:
             arrivals = _arrivals(days, source, base_url, raw_dir, progress, None)
-        held: list[Arrival] = []
+            held: list[Arrival] = []
+            with timer("ingest"):
+                group, state = _create(store, days, args, chunks, mask_from, arrivals, held,
+                                       where=source or base_url)
+            arrivals = _chain(held, arrivals)
+        else:
+            arrivals = _arrivals(_days_to_ingest(group, state, days), source, base_url,
+                                 raw_dir, progress, _grid(group))
+        grid = _grid(group)
+        summary.shape = group[cube.RAW].shape
         with timer("ingest"):
-            if not exists:
-                found = _first_file(arrivals, held)
-                if found is None:
-                    raise BadInput(f"no source file for any day of {first} .. {last}"
-                                   + (f" under {source}" if source else f" at {base_url}"))
-                field_ = read_day(found.path)
-                if mask_from is not None:  # refuse a bad mask before anything is written
-                    mask.load_mask(mask_from, field_.grid)
-                state = {"args": args, "ingested": [], "sources": {}, "failed": {},
-                         "mask_done": False, "filled": [], "flag_counts": {},
-                         "complete": False}
-                _create_store(store, days, field_.grid, field_.epsg or 3411, chunks, state)
-                group = _open_group(store)
-            grid = GridCoords(group["x"][:], group["y"][:])
-            summary.shape = group[cube.RAW].shape
-            tally = _ingest(group, state, days, _chain(held, arrivals), grid, summary,
-                            progress)
-        with _scheduler(scheduler, workers, summary):
-            if not state["mask_done"]:
-                with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar:
-                    _make_mask(group, state, grid, mask_from, mask_threshold, tally)
-                    bar.update(1)
-            with timer("fill"):
-                _fill(group, state, params, summary, progress)
+            tally = _ingest(group, state, days, arrivals, grid, summary, progress)
+        if not state["mask_done"]:
+            with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar:
+                _make_mask(group, state, grid, args["mask"], mask_threshold, tally)
+                bar.update(1)
+        with timer("fill"):
+            _fill(group, state, params, summary, progress)
         _finish(group, state, summary, base_url if source is None else None, source)
     summary.store_bytes = _store_bytes(store)
     return summary
+
+
+def _grid(group) -> GridCoords:
+    return GridCoords(group["x"][:], group["y"][:])
+
+
+def _resume(store: str, args: dict, days: list[dt.date], summary: BuildSummary):
+    """(group, state) of an existing cube built with `args`; (None, None) for a new store.
+
+    Refuses a path that is not a sicube cube and a cube built with other arguments; marks
+    the summary `nothing_to_do` when the cube is complete.
+    """
+    if not _exists(store):
+        return None, None
+    if not cube.is_cube(store):
+        raise BadInput(f"{store}: exists and is not a sicube cube; refusing to touch it")
+    group = _open_group(store)
+    state = _read_state(group)
+    if state["args"] != args:
+        raise BadInput(f"{store}: holds a cube built with other arguments "
+                       f"({_describe_args(state['args'])}); use a new store, or "
+                       "`sicube update` to extend it")
+    if state.get("complete") and not state["failed"]:
+        summary.nothing_to_do = True
+        summary.shape = group[cube.RAW].shape
+        _account(state, days, summary)
+        _count_flags(state, summary)
+    elif state["failed"]:
+        _forget_failed(group, state, days)
+    return group, state
+
+
+def _create(store: str, days: list[dt.date], args: dict, chunks: dict | None,
+            mask_from: str | None, arrivals: Iterator[Arrival], held: list[Arrival],
+            where: str):
+    """Create the empty cube once the first file has arrived (it tells the grid)."""
+    found = _first_file(arrivals, held)
+    if found is None:
+        raise BadInput(f"no source file for any day of {days[0]} .. {days[-1]} at {where}")
+    first = read_day(found.path)
+    if mask_from is not None:  # refuse a bad mask before anything is written
+        mask.load_mask(mask_from, first.grid)
+    state = {"args": args, "ingested": [], "sources": {}, "failed": {}, "mask_done": False,
+             "filled": [], "flag_counts": {}, "complete": False}
+    _create_store(store, days, first.grid, first.epsg or products.GRIDS["n3125"].epsg_hughes,
+                  chunks, state)
+    return _open_group(store), state
 
 
 def _forget_failed(group, state: dict, days: list[dt.date]) -> None:
@@ -676,54 +695,74 @@ def update(
     if not cube.is_cube(store):
         raise BadInput(f"{store}: not a sicube cube")
     _check_source_args(base_url, source)
-    with _build_lock(store):
+    wanted = parse_date(end, "end") if end is not None else \
+        dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    summary = BuildSummary(store=store, span=(wanted, wanted))
+    with _build_lock(store), _scheduler(scheduler, workers, summary):
         group = _open_group(store)
         state = _read_state(group)
-        if not state.get("complete"):
+        first = parse_date(state["args"]["start"])
+        if state.get("complete"):
+            last = parse_date(state["args"]["end"])
+            summary.span = (first, max(last, wanted))
+            if wanted <= last:
+                summary.nothing_to_do = True
+                summary.shape = group[cube.RAW].shape
+                _account(state, list(day_range(first, last)), summary)
+                _count_flags(state, summary)
+                return summary
+            _start_update(group, state, first, last, wanted)
+        elif "updating_from" in state:  # an interrupted update: finish it first
+            last = parse_date(state["args"]["end"])
+            if end is not None and wanted != last:
+                raise BadInput(f"{store}: an interrupted update to {last} is unfinished; "
+                               f"run `sicube update --end {last:%Y%m%d}` first")
+            summary.span = (first, last)
+        else:
             raise BadInput(f"{store}: its build has not finished; rerun `sicube build` first")
-        old_first = parse_date(state["args"]["start"])
-        old_last = parse_date(state["args"]["end"])
-        new_last = parse_date(end, "end") if end is not None else \
-            dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
-        summary = BuildSummary(store=store, span=(old_first, new_last))
-        if new_last <= old_last:
-            summary.nothing_to_do = True
-            summary.span = (old_first, old_last)
-            summary.shape = group[cube.RAW].shape
-            _account(state, list(day_range(old_first, old_last)), summary)
-            return summary
         if source is None and base_url is None:
             # By default, update from where the cube came from.
             source = group.attrs.get("source_directory") or None
             if source is None:
                 base_url = group.attrs.get("source_base_url") or products.DEFAULT_BASE_URL
-        days = list(day_range(old_first, new_last))
+        days = list(day_range(*summary.span))
         timer = _Timer(summary)
-        old_n = (old_last - old_first).days + 1
-        _extend_time(group, days)
-        chunk = group[cube.RAW].chunks[0]
-        # The partly filled last chunk is ingested again (its old days from the same sources).
-        first_new_chunk = old_n // chunk
-        state["ingested"] = [c for c in state["ingested"] if c < first_new_chunk]
-        refill_from = max(0, old_n - state["args"]["fill"]["time_window"]) // chunk
-        refill_batch = refill_from - refill_from % FILL_BATCH_CHUNKS
-        state["filled"] = [c for c in state["filled"] if c < refill_batch]
-        state["flag_counts"] = {k: v for k, v in state["flag_counts"].items()
-                                if int(k) < refill_batch}
-        state["args"]["end"] = f"{new_last}"
-        state["complete"] = False
-        _write_state(group, state)
-        grid = GridCoords(group["x"][:], group["y"][:])
+        grid = _grid(group)
         arrivals = _arrivals(_days_to_ingest(group, state, days), source, base_url, raw_dir,
                              progress, grid)
         summary.shape = group[cube.RAW].shape
         with timer("ingest"):
             _ingest(group, state, days, arrivals, grid, summary, progress)
-        with _scheduler(scheduler, workers, summary), timer("fill"):
+        with timer("fill"):
             _fill(group, state, state["args"]["fill"], summary, progress)
+        del state["updating_from"]
         _finish(group, state, summary, base_url if source is None else None, source)
     summary.store_bytes = _store_bytes(store)
     return summary
+
+
+def _start_update(group, state: dict, first: dt.date, last: dt.date, new_last: dt.date) -> None:
+    """Extend the time axis to `new_last` and mark what must be ingested and filled again.
+
+    The partly filled last time chunk is ingested again (its old days from the same
+    sources) and every fill batch from `time_window` days before the old end is redone;
+    the mask stays. The state records the update, so an interrupted one can be resumed.
+    """
+    days = list(day_range(first, new_last))
+    old_n = (last - first).days + 1
+    _extend_time(group, days)
+    chunk = group[cube.RAW].chunks[0]
+    first_new_chunk = old_n // chunk
+    refill_from = max(0, old_n - state["args"]["fill"]["time_window"]) // chunk
+    refill_batch = refill_from - refill_from % FILL_BATCH_CHUNKS
+    state.update(
+        ingested=[c for c in state["ingested"] if c < first_new_chunk],
+        filled=[c for c in state["filled"] if c < refill_batch],
+        flag_counts={k: v for k, v in state["flag_counts"].items() if int(k) < refill_batch},
+        complete=False, updating_from=f"{last}",
+    )
+    state["args"]["end"] = f"{new_last}"
+    _write_state(group, state)
 
 
 def _extend_time(group, days: list[dt.date]) -> None:

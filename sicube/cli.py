@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from sicube import __version__
 from sicube.errors import BadInput
 
 
@@ -43,6 +44,7 @@ def command(name: str, help: str) -> Callable[[Command], Command]:
 def build_parser() -> argparse.ArgumentParser:
     """The full `sicube` argument parser with every registered command."""
     parser = _Parser(prog="sicube", description="AMSR2 sea-ice data to ML-ready cubes")
+    parser.add_argument("--version", action="version", version=f"sicube {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text, add in COMMANDS:
         cmd = sub.add_parser(name, help=help_text, description=help_text)

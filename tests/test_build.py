@@ -167,6 +167,26 @@ def test_update_equals_a_fresh_build_with_the_same_mask(archive, tmp_path, built
     assert update(store, ARCHIVE_END, source=archive.root, progress=False).nothing_to_do
 
 
+def test_killed_update_resumes_to_a_fresh_build(long_archive, tmp_path):
+    common = ["--source", str(long_archive.root), "-q"]
+    store = tmp_path / "grow.zarr"
+    assert main(["build", "--start", "20240101", "--end", "20240115", "--store", str(store),
+                 "--chunks", "2,128,128", *common]) == 0
+    update_args = ["update", "--store", str(store), "--end", "20240209", *common]
+    state = _kill_when(update_args, store, "update")
+    assert state["updating_from"] == "2024-01-15"
+    code = main(["update", "--store", str(store), "--end", "20240120", *common])
+    assert code == 2  # another end while the first update is unfinished
+    assert main(update_args) == 0
+    fresh = tmp_path / "fresh.zarr"
+    assert main(["build", "--start", "20240101", "--end", "20240209", "--store", str(fresh),
+                 "--chunks", "2,128,128", "--mask", str(store), *common]) == 0
+    grown, clean = _arrays(store), _arrays(fresh)
+    for name in clean:
+        assert grown[name].tobytes() == clean[name].tobytes(), name
+    assert "updating_from" not in _state(store) and _state(store)["complete"]
+
+
 def pd_days(ds):
     return [d.astype("datetime64[D]").item() for d in ds["time"].values]
 
@@ -220,6 +240,8 @@ def _kill_when(args: list[str], store: Path, stage: str, timeout: float = 120) -
 
 
 def _in_stage(state: dict, stage: str) -> bool:
+    if stage == "update":
+        return "updating_from" in state and len(state["ingested"]) > 8
     if stage == "download":
         return not state["mask_done"]
     if stage == "ingest":
@@ -324,6 +346,15 @@ def test_bad_build_input_is_one_line_and_exit_2(archive, tmp_path, capsys, args,
     code, err = _cli(capsys, "build", "--store", str(store), "-q", *args)
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert "Traceback" not in err and not store.exists()
+
+
+def test_an_unreachable_scheduler_is_refused_before_any_work(archive, tmp_path, capsys):
+    store = tmp_path / "c.zarr"
+    code, err = _cli(capsys, "build", "--start", "20240401", "--end", "20240402", "--store",
+                     str(store), "--source", str(archive.root), "--scheduler",
+                     "tcp://127.0.0.1:9", "-q")
+    assert code == 2 and "no dask scheduler there" in err and len(err.splitlines()) == 1
+    assert not store.exists()
 
 
 def test_no_source_file_in_the_span_is_refused(archive, tmp_path, capsys):
