@@ -237,14 +237,13 @@ def report(args, short: dict, long: dict, orig: dict | None, load_before, load_a
     ]
     s, o = short["stages"], (orig["stages"] if orig else {})
     rows = [
-        ("download", "ingest", "download", "sicube: concurrent download + validation + "
-         "ingest into Zarr, overlapped"),
-        ("load (xarray, stack)", None, "load", ""),
-        ("land mask", "mask", None, ""),
-        ("fill", "fill", "fill", ""),
-        ("NaN->0, /100, write", None, "write", "sicube writes inside its fill stage"),
+        ("download (sicube: + validate, hash, ingest into Zarr)", "ingest", "download"),
+        ("load (xarray, stack)", None, "load"),
+        ("land mask", "mask", None),
+        ("fill (sicube: + NaN->0, /100, write to Zarr)", "fill", "fill"),
+        ("NaN->0, /100, write one zlib NetCDF", None, "write"),
     ]
-    for label, skey, okey, _ in rows:
+    for label, skey, okey in rows:
         sv = f"{s[skey]:.1f}" if skey and skey in s else "-"
         ov = f"{o[okey]:.1f}" if orig and okey and okey in o else "-"
         lines.append(f"| {label} | {sv} | {ov} |")
@@ -269,7 +268,8 @@ def report(args, short: dict, long: dict, orig: dict | None, load_before, load_a
         lines.append(f"**Speed-up: {ratio:.1f}x** (target >= 15x). {sicube_note}")
         if orig["stages"]["fill"] != orig["stages"]["fill_measured"]:
             lines.append(
-                f"The original's fill was timed on {args.baseline_fill_days} days per batch "
+                f"The original's fill was timed on {args.baseline_fill_days} day(s) in the "
+                f"middle of the batch "
                 f"({orig['stages']['fill_measured']:.1f} s measured) and scaled linearly to the "
                 f"batch ({orig['stages']['fill']:.1f} s); its process ran "
                 f"{orig['measured_seconds']:.1f} s.")
