@@ -1,0 +1,316 @@
+"""Benchmark: `sicube build` from the mirror vs the original toolbox's pipeline, and its memory.
+
+Run:  python benchmarks/bench_build.py [--days 30] [--long-days 60] [--workers 2]
+                                        [--baseline-fill-days N] [--no-record]
+
+Serves a full-resolution sample archive (3584 x 2432 cells, 2024-01-01 .. 2024-02-29 with
+2024-01-12, 2024-01-23 and 2024-02-14 missing; written once to ``benchmarks/_work/archive``
+and reused) from the loopback mirror in its own process, then measures, each in a fresh
+process with a fresh store and download folder:
+
+1. ``python -m sicube build`` for the first ``--days`` days (download, validation, ingest into
+   Zarr, land mask, Gaussian fill, all stages of a real build), and again for ``--long-days``;
+2. the original toolbox's way for the same ``--days`` days (``benchmarks/original.py``):
+   sequential downloads, load with xarray, direct-rule fill per 30-day batch (numba, parallel),
+   NaN -> 0, /100, one zlib NetCDF file. ``--baseline-fill-days N`` fills only N days of the
+   batch and scales the fill time linearly (said so in the output) when the full one is too slow.
+
+Wall time is the whole process, imports included; peak RSS is the sum over the process and its
+children, sampled every 0.1 s with psutil. Numba caches of both fills are warmed first so neither
+side pays compilation. The table is printed and written to ``benchmarks/RESULTS.md`` under
+``## Build`` with the machine and its load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+WORK = REPO / "benchmarks" / "_work"
+ARCHIVE = WORK / "archive"
+FIRST = dt.date(2024, 1, 1)
+LAST = dt.date(2024, 2, 29)
+MISSING = ["20240112", "20240123", "20240214"]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def ensure_archive() -> Path:
+    """The full-resolution sample archive, written on first use (~2 s per day)."""
+    from sicube.sample import write_archive
+
+    stamp = ARCHIVE / "COMPLETE"
+    if not stamp.exists():
+        print(f"writing the full-resolution sample archive to {ARCHIVE} (once) ...", flush=True)
+        shutil.rmtree(ARCHIVE, ignore_errors=True)
+        write_archive(ARCHIVE, FIRST, LAST, step=1, missing_days=MISSING, seed=0, progress=True)
+        stamp.write_text("2024-01-01..2024-02-29, step 1, seed 0\n")
+    return ARCHIVE
+
+
+def warm_numba() -> None:
+    """Compile (or load from cache) both fills' kernels so no timed run pays compilation."""
+    from original import direct_fill
+
+    from sicube.fill import gaussian_fill
+
+    small = np.full((4, 32, 32), np.nan, np.float32)
+    small[:, ::3, ::3] = 50.0
+    gaussian_fill(small)
+    direct_fill(small, 3, 7, 15.0, 7.0)
+
+
+def run_measured(command: list[str]) -> tuple[float, int, str]:
+    """Run `command`; its wall time, the peak summed RSS of its process tree, and its stdout."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV, cwd=REPO)
+    watched = psutil.Process(proc.pid)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            total = 0
+            try:
+                for p in [watched, *watched.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:  # a child that just ended
+                        pass
+            except psutil.Error:  # the process itself ended
+                pass
+            peak = max(peak, total)
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - began
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{err[-3000:]}")
+    return seconds, peak, out
+
+
+def sicube_run(days: int, base_url: str, tmp: Path, workers: int) -> dict:
+    """`python -m sicube build` of the first `days` days into a fresh store; times and RSS."""
+    end = FIRST + dt.timedelta(days=days - 1)
+    store, raw = tmp / f"sicube-{days}.zarr", tmp / f"raw-{days}"
+    seconds, peak, out = run_measured([
+        sys.executable, "-m", "sicube", "build", "--start", f"{FIRST:%Y%m%d}",
+        "--end", f"{end:%Y%m%d}", "--store", str(store), "--base-url", base_url,
+        "--raw-dir", str(raw), "--workers", str(workers), "-q"])
+    stages = dict((k, float(v)) for k, v in re.findall(r"(\w+) ([\d.]+) s", _line(out, "time")))
+    size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+    observed = _line(out, "days")
+    shutil.rmtree(store)
+    shutil.rmtree(raw)
+    return {"days": days, "seconds": seconds, "peak": peak, "stages": stages, "bytes": size,
+            "observed": observed}
+
+
+def original_run(days: int, base_url: str, tmp: Path, fill_days: int | None) -> dict:
+    """benchmarks/original.py for the first `days` days in its own process; times and RSS."""
+    end = FIRST + dt.timedelta(days=days - 1)
+    raw, output = tmp / "original-raw", tmp / "original.nc"
+    command = [sys.executable, str(REPO / "benchmarks" / "original.py"),
+               "--start", f"{FIRST:%Y%m%d}", "--end", f"{end:%Y%m%d}", "--base-url", base_url,
+               "--out-dir", str(raw), "--output-file", str(output)]
+    if fill_days:
+        command += ["--fill-days", str(fill_days)]
+    seconds, peak, out = run_measured(command)
+    report = json.loads(out.strip().splitlines()[-1])
+    # Scaled runs: the whole-process time counts the fill as measured; use the scaled fill.
+    extra = report["seconds"]["fill"] - report["seconds"]["fill_measured"]
+    output.unlink()
+    shutil.rmtree(raw)
+    return {"days": days, "seconds": seconds + extra, "measured_seconds": seconds, "peak": peak,
+            "stages": report["seconds"], "bytes": report["bytes"], "missing": report["missing"]}
+
+
+def _line(text: str, key: str) -> str:
+    for line in text.splitlines():
+        if line.startswith(key):
+            return line[len(key):].strip()
+    raise RuntimeError(f"no {key!r} line in the build summary:\n{text}")
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        found = re.search(r"Model name:\s*(.+)", lscpu)
+        model = found.group(1).strip() if found else model
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def record(section: str, heading: str) -> Path:
+    """Replace (or append) the section `heading` of benchmarks/RESULTS.md."""
+    path = REPO / "benchmarks" / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else \
+        text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--long-days", type=int, default=60, help="the memory-growth run")
+    parser.add_argument("--workers", type=int, default=2, help="sicube dask workers")
+    parser.add_argument("--baseline-fill-days", type=int, default=None,
+                        help="fill only N days in the original pipeline, scale linearly")
+    parser.add_argument("--skip-original", action="store_true")
+    parser.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
+    args = parser.parse_args()
+    if not 1 <= args.days <= args.long_days <= (LAST - FIRST).days + 1:
+        parser.error("need 1 <= --days <= --long-days <= 60")
+
+    ensure_archive()
+    warm_numba()
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    with tempfile.TemporaryDirectory(prefix="sicube-bench-build-", dir=WORK) as tmp:
+        tmp = Path(tmp)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "sicube", "mirror", "--root", str(ARCHIVE), "--port", "0"],
+            stdout=subprocess.PIPE, text=True, env=ENV)
+        try:
+            base_url = server.stdout.readline().strip()
+            print(f"mirror: {base_url}", flush=True)
+            short = sicube_run(args.days, base_url, tmp, args.workers)
+            print(f"sicube {args.days} days: {short['seconds']:.1f} s", flush=True)
+            long = sicube_run(args.long_days, base_url, tmp, args.workers)
+            print(f"sicube {args.long_days} days: {long['seconds']:.1f} s", flush=True)
+            orig = None
+            if not args.skip_original:
+                orig = original_run(args.days, base_url, tmp, args.baseline_fill_days)
+                print(f"original {args.days} days: {orig['seconds']:.1f} s", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    load_after = os.getloadavg()
+    section = report(args, short, long, orig, load_before, load_after)
+    print("\n" + section)
+    if not args.no_record:
+        print(f"recorded in {record(section, '## Build')}")
+
+
+def report(args, short: dict, long: dict, orig: dict | None, load_before, load_after) -> str:
+    """The ``## Build`` section: stage table, s/day, ratio, memory."""
+    n = args.days
+    gb = 1e9
+    lines = [
+        "## Build\n",
+        f"`python benchmarks/bench_build.py` ({time.strftime('%Y-%m-%d')}): full-resolution "
+        f"sample archive (3584 x 2432 cells, ~{_archive_mb():.1f} MB per file; "
+        f"{', '.join(MISSING)} missing) served by the loopback mirror in its own process. "
+        "Each pipeline runs in a fresh process with a fresh store and download folder; wall time "
+        "is the whole process, peak RSS the sum over its process tree (psutil, every 0.1 s).\n",
+        f"| stage ({n} days) | sicube build, {args.workers} workers (s) | original way (s) |",
+        "|---|---:|---:|",
+    ]
+    s, o = short["stages"], (orig["stages"] if orig else {})
+    rows = [
+        ("download (sicube: + validate, hash, ingest into Zarr)", "ingest", "download"),
+        ("load (xarray, stack)", None, "load"),
+        ("land mask", "mask", None),
+        ("fill (sicube: + NaN->0, /100, write to Zarr)", "fill", "fill"),
+        ("NaN->0, /100, write one zlib NetCDF", None, "write"),
+    ]
+    for label, skey, okey in rows:
+        sv = f"{s[skey]:.1f}" if skey and skey in s else "-"
+        ov = f"{o[okey]:.1f}" if orig and okey and okey in o else "-"
+        lines.append(f"| {label} | {sv} | {ov} |")
+    other_s = short["seconds"] - sum(s.values())
+    other_o = orig["seconds"] - sum(o[k] for k in ("download", "load", "fill", "write")) \
+        if orig else None
+    lines.append(f"| process start, imports, summary, consolidation | {other_s:.1f} | "
+                 + (f"{other_o:.1f}" if orig else "-") + " |")
+    lines.append(f"| **total** | **{short['seconds']:.1f}** | "
+                 + (f"**{orig['seconds']:.1f}**" if orig else "-") + " |")
+    lines.append(f"| **s/day** | **{short['seconds'] / n:.2f}** (target <= 0.5) | "
+                 + (f"**{orig['seconds'] / n:.2f}**" if orig else "-") + " |")
+    lines.append(f"| peak RSS (GB) | {short['peak'] / gb:.2f} | "
+                 + (f"{orig['peak'] / gb:.2f}" if orig else "-") + " |")
+    lines.append(f"| output size (MB) | {short['bytes'] / 1e6:.0f} (all variables) | "
+                 + (f"{orig['bytes'] / 1e6:.0f} (filled only)" if orig else "-") + " |")
+    lines.append("")
+    sicube_note = ("sicube's ingest stage includes the concurrent downloads, validation "
+                   "and hashing of every file, written into Zarr as each time chunk completes.")
+    if orig:
+        ratio = orig["seconds"] / short["seconds"]
+        lines.append(f"**Speed-up: {ratio:.1f}x** (target >= 15x). {sicube_note}")
+        if orig["stages"]["fill"] != orig["stages"]["fill_measured"]:
+            lines.append(
+                f"The original's fill was timed on {args.baseline_fill_days} day(s) in the "
+                f"middle of the batch "
+                f"({orig['stages']['fill_measured']:.1f} s measured) and scaled linearly to the "
+                f"batch ({orig['stages']['fill']:.1f} s); its process ran "
+                f"{orig['measured_seconds']:.1f} s.")
+        per_day = orig["stages"]["fill"] / (n - len(orig["missing"]))
+        lines.append(
+            f"The original's fill (the direct rule in numba, weights tabulated once, frames in "
+            f"parallel) costs {per_day:.1f} s per observed day here; sicube's whole fill stage "
+            f"is {orig['stages']['fill'] / s['fill']:.0f}x faster. The downloads are loopback "
+            "copies with no latency, so the sequential loop costs nothing here; against a "
+            "distant server see `## Download`.")
+        lines.append(
+            "The original way drops the missing days before the fill (its defect, kept for "
+            "timing fidelity) and stores only the filled field; sicube also stores the raw "
+            "field, flags, mask and provenance.")
+    else:
+        lines.append(sicube_note)
+    lines += [
+        "",
+        "| sicube build | days | wall (s) | s/day | peak RSS (GB) | store (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in (short, long):
+        lines.append(f"| {r['observed']} | {r['days']} | {r['seconds']:.1f} | "
+                     f"{r['seconds'] / r['days']:.2f} | {r['peak'] / gb:.2f} | "
+                     f"{r['bytes'] / 1e6:.0f} |")
+    lines += [
+        "",
+        f"Peak RSS {long['days']} vs {short['days']} days: {long['peak'] / gb:.2f} vs "
+        f"{short['peak'] / gb:.2f} GB (target < 3 GB and no growth with the span).",
+        "",
+        f"Machine: {machine()}. Load average (1, 5, 15 min) before "
+        f"{load_before[0]:.2f}, {load_before[1]:.2f}, {load_before[2]:.2f}; after "
+        f"{load_after[0]:.2f}, {load_after[1]:.2f}, {load_after[2]:.2f}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _archive_mb() -> float:
+    sizes = [p.stat().st_size for p in ARCHIVE.glob("*/*.nc")]
+    return sum(sizes) / max(len(sizes), 1) / 1e6
+
+
+if __name__ == "__main__":
+    main()
