@@ -35,7 +35,7 @@ from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
 log = logging.getLogger(__name__)
 
 STATE = "sicube_build"  # group attribute holding the build's progress
-FILL_BATCH_CHUNKS = 4  # time chunks filled per resumable step
+FILL_BATCH_CHUNKS = 2  # time chunks filled per resumable step
 
 
 @dataclass
@@ -336,6 +336,7 @@ def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival]
         tally.missing += missing
         tally.days += int(observed.sum())
         tally.chunks.add(c)
+        _release_memory()
         bar.update(observed.size)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -349,9 +350,9 @@ def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival]
                 summary.retried[arrival.day] = arrival.attempts
             if len(waiting[c]) == min(chunk, len(days) - c * chunk):
                 pending.append(pool.submit(write, c, sorted(waiting.pop(c), key=_by_day)))
-            for future in [f for f in pending if f.done()]:
-                pending.remove(future)
-                record(future)
+            # At most two chunks in memory: when downloads outrun ingest, files wait on disk.
+            while pending and (pending[0].done() or len(pending) > 2):
+                record(pending.pop(0))
         for future in pending:
             record(future)
     bar.close()
@@ -403,16 +404,22 @@ def _make_mask(group, state: dict, grid: GridCoords, mask_from: str | None,
     _write_state(group, state)
 
 
-def _fill(group, state: dict, params: dict, summary: BuildSummary, progress: bool,
-          first_chunk: int = 0) -> None:
-    """Fill time chunks from `first_chunk` on, a batch at a time, recording each batch."""
+def _as_fraction(filled: np.ndarray, land: np.ndarray) -> np.ndarray:
+    """The seed's final steps on one block: percent -> fraction, missing -> 0, land -> 0."""
+    conc = filled / np.float32(100)
+    conc[np.isnan(conc)] = 0
+    conc[:, land[0]] = 0
+    return conc
+
+
+def _fill(group, state: dict, params: dict, summary: BuildSummary, progress: bool) -> None:
+    """Fill the time chunks not yet filled, a batch at a time, recording each batch."""
     raw = da.from_zarr(group[cube.RAW])
     chunk, nt = raw.chunksize[0], raw.shape[0]
     land = da.from_array(group[cube.LAND][:].astype(bool), chunks=raw.chunksize[1:])
     filled, flags = gaussian_fill(raw, **params, land_mask=land, return_flags=True)
-    conc = da.where(land[None], np.float32(0), da.nan_to_num(filled) / np.float32(100))
-    conc = conc.astype(np.float32)
-    batches = [c for c in range(first_chunk, _n_chunks(nt, chunk), FILL_BATCH_CHUNKS)
+    conc = da.map_blocks(_as_fraction, filled, land[None], dtype=np.float32)
+    batches = [c for c in range(0, _n_chunks(nt, chunk), FILL_BATCH_CHUNKS)
                if c not in state["filled"]]
     bar = _bar(progress, total=len(batches), desc="fill", unit="batch")
     for c in batches:
@@ -420,14 +427,30 @@ def _fill(group, state: dict, params: dict, summary: BuildSummary, progress: boo
         region = (slice(t0, t1),)
         stored = da.store([conc[t0:t1], flags[t0:t1]], [group[cube.CONC], group[cube.FLAG]],
                           regions=[region, region], lock=False, compute=False)
-        counts = da.bincount(flags[t0:t1].ravel(), minlength=len(cube.FLAG_MEANINGS))
+        counts = [(flags[t0:t1] == flag).sum() for flag in FillFlag]
         _, counts = dask.compute(stored, counts)
         state["flag_counts"][str(c)] = [int(n) for n in counts]
         state["filled"].append(c)
         _write_state(group, state)
+        _release_memory()
         bar.update(1)
     bar.close()
     _count_flags(state, summary)
+
+
+def _release_memory() -> None:
+    """Give freed heap back to the OS (glibc keeps it in per-thread arenas otherwise).
+
+    Without it the resident size after each fill batch drifts up with the number of
+    batches, so long spans would look as if they used more memory than they do.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
 
 
 def _count_flags(state: dict, summary: BuildSummary) -> None:
