@@ -31,8 +31,18 @@ FORMAT_VERSION = 1
 # fill_flag values are sicube.fill.FillFlag: 0 observed, 1 filled, 2 no neighbour, 3 land.
 FLAG_MEANINGS = tuple(flag.name.lower() for flag in FillFlag)
 
-# Measured in benchmarks/RESULTS.md ("Cube chunking"): one chunk is 8 days x 512 x 512.
+# Measured in benchmarks/RESULTS.md ("Cube chunking and compression"): 8 days x 512 x 512
+# reads training windows within ~2 ms of the fastest layout, a full day in 0.04 s, fills
+# fastest but for 16-day chunks, with a quarter of the objects of 256 x 256 chunks.
 DEFAULT_CHUNKS = {"time": 8, "y": 512, "x": 512}
+
+
+def default_compressors() -> tuple:
+    """Blosc lz4 with byte shuffle: smaller than zarr's default zstd and faster to write,
+    window reads within noise of it (same benchmark)."""
+    from zarr.codecs import BloscCodec
+
+    return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 ATTRS: dict[str, dict] = {
     "time": {"standard_name": "time", "long_name": "calendar day", "axis": "T"},
@@ -98,6 +108,7 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray, epsg: int,
     for name in (*CUBE_VARS, *GRID_VARS):
         ds[name].encoding["chunks"] = ds[name].data.chunksize
         ds[name].encoding["_FillValue"] = FILL_VALUES[name]
+        ds[name].encoding["compressors"] = default_compressors()
     ds["time"].encoding.update(units="days since 1970-01-01", dtype="int32", chunks=(max(nt, 1),))
     return ds
 
