@@ -283,8 +283,8 @@ def report(args, short: dict, long: dict, orig: dict | None, table: dict | None,
         per_day = orig["stages"]["fill"] / (n - len(orig["missing"]))
         lines.append(
             f"The original's fill (the direct rule in numba, frames in parallel, each weight "
-            f"evaluated as the formula is written) costs {per_day:.1f} s per observed day here, "
-            "in line with the ~7 s/day the issue reports for the original loop; sicube's whole "
+            f"evaluated as the formula is written) costs {per_day:.1f} s per observed day here "
+            "(the issue reports ~7 s/day for the original loop); sicube's whole "
             f"fill stage is {orig['stages']['fill'] / s['fill']:.0f}x faster. The downloads "
             "are loopback copies with no latency, so the sequential loop costs nothing here; "
             "against a distant server see `## Download`.")
