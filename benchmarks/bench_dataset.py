@@ -354,7 +354,7 @@ def results(args, measured, original, n_original, nc_chunks) -> str:
 `{command}`
 
 ({dt.date.today()}) Full-resolution cubes (3584 x 2432, {args.days} days, one missing) in
-sicube's layout with the chunks (time x y x) of the first column, zarr's default zstd
+sicube's layout with the chunks (time x y x) of the first column, the layout's Blosc lz4
 codec; the first is `cube.DEFAULT_CHUNKS`. The original way reads the same `sea_ice_conc`
 from one zlib NetCDF file (level 4, netCDF's default chunks) as the original toolbox
 wrote it. Items: 8-frame windows (4 inputs + 4 targets) of 256 x 256 patches tiling the
