@@ -27,9 +27,9 @@ import dask.array as da
 import numpy as np
 
 from sicube import __version__, cube, mask, products
-from sicube.dates import DateLike, day_range, parse_date, parse_span, yyyymmdd
+from sicube.dates import DateLike, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
-from sicube.fill import FillFlag, gaussian_fill
+from sicube.fill import FillFlag, fill_parameters, gaussian_fill
 from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
 
 log = logging.getLogger(__name__)
@@ -109,18 +109,6 @@ def _day_list(days: list[dt.date], limit: int = 12) -> str:
 
 
 # --- arguments -----------------------------------------------------------------------------------
-
-
-def _fill_parameters(time_window: int, space_window: int, alpha: float, sigma: float) -> dict:
-    for name, value in (("time_window", time_window), ("space_window", space_window)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise BadInput(f"{name} must be a non-negative integer, got {value!r}")
-    if not sigma > 0:
-        raise BadInput(f"sigma must be > 0, got {sigma!r}")
-    if not alpha >= 0:
-        raise BadInput(f"alpha must be >= 0, got {alpha!r}")
-    return {"time_window": int(time_window), "space_window": int(space_window),
-            "alpha": float(alpha), "sigma": float(sigma)}
 
 
 def _check_source_args(base_url: str | None, source: str | os.PathLike | None) -> None:
@@ -567,7 +555,7 @@ def build(
         if base_url == products.DEFAULT_BASE_URL and first < products.DATA_START:
             raise BadInput(f"start {first}: the Bremen AMSR2 record begins "
                            f"{products.DATA_START}")
-    params = _fill_parameters(time_window, space_window, alpha, sigma)
+    params = fill_parameters(time_window, space_window, alpha, sigma)
     mask.check_threshold(mask_threshold)
     args = {"start": f"{first}", "end": f"{last}", "fill": params,
             "mask_threshold": mask_threshold, "mask": str(mask_from) if mask_from else None}
@@ -802,4 +790,4 @@ def _extend_time(group, days: list[dt.date]) -> None:
     time_array[:] = (to_datetime64(days).astype("datetime64[D]") - epoch).astype(np.int32)
 
 
-__all__ = ["build", "update", "BuildSummary", "default_raw_dir", "yyyymmdd"]
+__all__ = ["build", "update", "BuildSummary", "default_raw_dir"]

@@ -408,6 +408,16 @@ def _check_real(value: Any, name: str, positive: bool) -> float:
     return float(value)
 
 
+def fill_parameters(time_window: Any, space_window: Any, alpha: Any, sigma: Any) -> dict:
+    """The fill parameters checked (BadInput naming the bad one) and normalised to int/float."""
+    return {
+        "time_window": _check_window(time_window, "time_window"),
+        "space_window": _check_window(space_window, "space_window"),
+        "alpha": _check_real(alpha, "alpha", positive=False),
+        "sigma": _check_real(sigma, "sigma", positive=True),
+    }
+
+
 def _is_dask(array: Any) -> bool:
     return type(array).__module__.startswith("dask.") and hasattr(array, "chunks")
 
@@ -487,10 +497,9 @@ def gaussian_fill(
         cells filled, NaN where no observed neighbour has weight (flag NO_NEIGHBOUR).
     """
     array = _check_array(array)
-    time_window = _check_window(time_window, "time_window")
-    space_window = _check_window(space_window, "space_window")
-    alpha = _check_real(alpha, "alpha", positive=False)
-    sigma = _check_real(sigma, "sigma", positive=True)
+    checked = fill_parameters(time_window, space_window, alpha, sigma)
+    time_window, space_window = checked["time_window"], checked["space_window"]
+    alpha, sigma = checked["alpha"], checked["sigma"]
     if method not in METHODS:
         raise BadInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     max_gap = _check_window(max_gap, "max_gap")
