@@ -27,7 +27,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -43,6 +42,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+from common import machine, record  # noqa: E402
 
 WORK = REPO / "benchmarks" / "_work"
 ARCHIVE = WORK / "archive"
@@ -156,29 +156,6 @@ def _line(text: str, key: str) -> str:
         if line.startswith(key):
             return line[len(key):].strip()
     raise RuntimeError(f"no {key!r} line in the build summary:\n{text}")
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        found = re.search(r"Model name:\s*(.+)", lscpu)
-        model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    mem = psutil.virtual_memory().total / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
-
-
-def record(section: str, heading: str) -> Path:
-    """Replace (or append) the section `heading` of benchmarks/RESULTS.md."""
-    path = REPO / "benchmarks" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else \
-        text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-    return path
 
 
 def main() -> None:

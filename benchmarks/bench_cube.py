@@ -46,7 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_build import ARCHIVE, FIRST, WORK, ensure_archive, machine, record  # noqa: E402
+from bench_build import ARCHIVE, FIRST, WORK, ensure_archive  # noqa: E402
+from common import machine, record  # noqa: E402
 
 from sicube import cube  # noqa: E402
 

@@ -24,9 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import multiprocessing
-import os
-import platform
-import re
 import resource
 import sys
 import time
@@ -37,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import machine, record  # noqa: E402
 
 from sicube import cube  # noqa: E402
 from sicube.sample import write_archive  # noqa: E402
@@ -320,7 +319,7 @@ def main() -> None:
     report = results(args, measured, original, len(few), nc_chunks)
     print(report)
     if args.write:
-        write_results(report)
+        record(report)
 
 
 def results(args, measured, original, n_original, nc_chunks) -> str:
@@ -346,7 +345,6 @@ def results(args, measured, original, n_original, nc_chunks) -> str:
                 f"{n_original} | {original[0]:.1f} | {original[0] / rate0:.2f}x | 1.0x | "
                 f"{original[1]:.1f} | {cpu0 / original[1]:.2f}x |")
     table = "\n".join(rows)
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     command = "python benchmarks/bench_dataset.py --write" + (
         f" --chunks {' '.join(args.chunks)}" if args.chunks != ["8,512,512"] else "")
     return f"""## Dataset
@@ -385,21 +383,8 @@ Targets: `SICDataset` >= 0.8x direct, >= 5x the original way.
   weighs more and the ratio falls while the rate rises: for random 256 x 256 patches such
   chunks are the faster cube; `SICStream` makes the 512 x 512 default as fast or faster.
 
-Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores,
-{memory:.0f} GiB, shared with other jobs; Python {platform.python_version()}, zarr
-{zarr.__version__}, torch {torch.__version__}.
+Machine: {machine()}, zarr {zarr.__version__}, torch {torch.__version__}.
 """
-
-
-def write_results(section: str) -> None:
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"## Dataset\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(section.rstrip("\n") + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 if __name__ == "__main__":

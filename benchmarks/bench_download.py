@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import machine, record  # noqa: E402
 
 from sicube import products  # noqa: E402
 from sicube.dates import day_range, parse_span  # noqa: E402
@@ -54,28 +55,6 @@ def sequential_download(start: str, end: str, out: Path, base_url: str) -> None:
                 target.write_bytes(r.read())
         except urllib.error.HTTPError as err:
             print(f"  {day}: HTTP {err.code}, skipped")
-
-
-def _machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        found = re.search(r"Model name:\s*(.+)", lscpu)
-        model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
-def _record(section: str) -> Path:
-    """Replace (or append) the ``## Download`` section of benchmarks/RESULTS.md."""
-    path = REPO / "benchmarks" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## Download\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else \
-        text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-    return path
 
 
 def main() -> None:
@@ -144,9 +123,9 @@ def main() -> None:
         f"is {-(-args.days // args.concurrency) * args.latency:.2f} s. The rest is the full "
         "validation of every file (netCDF reads are serialised: HDF5 is not thread-safe), "
         "hashing, fsync and first-use imports.\n\n"
-        f"Machine: {_machine()}.\n"
+        f"Machine: {machine()}.\n"
     )
-    print(f"recorded in {_record(section)}")
+    print(f"recorded in {record(section, '## Download')}")
 
 
 if __name__ == "__main__":
