@@ -31,6 +31,7 @@ def machine() -> str:
 def record(section: str, heading: str) -> Path:
     """Replace (or append) the section `heading` (e.g. "## Build") of benchmarks/RESULTS.md."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    section = section.rstrip("\n") + "\n\n"  # a blank line before the next heading
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else \
         text.rstrip("\n") + "\n\n" + section
