@@ -320,7 +320,7 @@ def _cube_info(path: Path) -> Info:
             chunks[name] = tuple(array.chunks)
             shards[name] = tuple(array.shards) if getattr(array, "shards", None) else None
             codecs = getattr(array, "compressors", ()) or ()
-            compression[name] = ", ".join(str(c) for c in codecs) or "none"
+            compression[name] = ", ".join(_codec_text(c) for c in codecs) or "none"
     provenance = {key: ds.attrs[key] for key in PROVENANCE_KEYS if key in ds.attrs}
     provenance["source_files"] = len(ds.attrs.get("source_files") or {})
     has_epsg = "epsg_code" in ds[cube.GRID_MAPPING].attrs if cube.GRID_MAPPING in ds else False
@@ -331,6 +331,14 @@ def _cube_info(path: Path) -> Info:
                 missing_days=[d for d, seen in zip(days, observed, strict=True) if not seen],
                 size_bytes=_disk_size(path), chunks=chunks, shards=shards,
                 compression=compression, provenance=provenance)
+
+
+def _codec_text(codec) -> str:
+    """A codec as a reader wants it: its class and the settings it was given."""
+    settings = codec.to_dict().get("configuration", {}) if hasattr(codec, "to_dict") else {}
+    shown = ", ".join(f"{k} {v}" for k, v in settings.items()
+                      if k in ("cname", "clevel", "level", "shuffle"))
+    return f"{type(codec).__name__}({shown})"
 
 
 def _days_text(days: list[dt.date], limit: int = 12) -> str:
