@@ -30,7 +30,7 @@ from sicube import __version__, cube, mask, products
 from sicube.dates import DateLike, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
 from sicube.fill import FillFlag, fill_parameters, gaussian_fill
-from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
+from sicube.sources import GridCoords, find_day_files, read_day, read_grid, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -630,13 +630,17 @@ def _create(store: str, days: list[dt.date], args: dict, chunks: dict | None,
     found = _first_file(arrivals, held)
     if found is None:
         raise BadInput(f"no source file for any day of {days[0]} .. {days[-1]} at {where}")
-    first = read_day(found.path)
+    # Structure only: the data are decoded at ingest, where a corrupt download becomes a
+    # failed day (whichever file happens to arrive first).
+    try:
+        grid, epsg = read_grid(found.path)
+    except BadSourceFile as err:
+        raise BadInput(f"{found.path}: {err}") from err
     if mask_from is not None:  # refuse a bad mask before anything is written
-        mask.load_mask(mask_from, first.grid)
+        mask.load_mask(mask_from, grid)
     state = {"args": args, "ingested": [], "sources": {}, "failed": {}, "mask_done": False,
              "filled": [], "flag_counts": {}, "complete": False}
-    _create_store(store, days, first.grid, first.epsg or products.GRIDS["n3125"].epsg_hughes,
-                  chunks, state)
+    _create_store(store, days, grid, epsg or products.GRIDS["n3125"].epsg_hughes, chunks, state)
     return _open_group(store), state
 
 

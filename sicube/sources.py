@@ -157,11 +157,18 @@ def check_day_file(path: str | os.PathLike, expected: GridCoords | None = None,
     """
     if full:
         return read_day(path, expected).grid
+    grid, _ = read_grid(path, expected)
+    return grid
+
+
+def read_grid(path: str | os.PathLike,
+              expected: GridCoords | None = None) -> tuple[GridCoords, int | None]:
+    """The grid and EPSG code a daily file declares, checking its structure, not its data."""
     path = Path(path)
     with NETCDF_LOCK, _open(path) as nc:
-        grid = _grid_of(nc, path)
+        grid, epsg = _grid_of(nc, path), _epsg_of(nc)
     _check_grid(grid, expected, path)
-    return grid
+    return grid, epsg
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -475,6 +475,25 @@ def test_a_download_whose_data_does_not_decode_is_a_failed_day(archive, tmp_path
                                   read_day(archive.files[dt.date(2024, 4, 2)]).z)
 
 
+def test_a_corrupt_download_that_arrives_first_is_a_failed_day(archive, tmp_path, capsys):
+    import shutil
+
+    from sicube.mirror import Mirror
+
+    served = tmp_path / "served"
+    shutil.copytree(archive.root, served)
+    _corrupt_data(served / "2024" / "asi-AMSR2-n3125-20240401-v5.4.nc")
+    # The good days answer late, so the corrupt file is the first to arrive (it tells the grid).
+    slow = {"20240402": "slow:0.5", "20240403": "slow:0.5"}
+    with Mirror(served, faults=slow) as server:
+        code = main(["build", "--start", "20240401", "--end", "20240403", "--store",
+                     str(tmp_path / "c.zarr"), "--raw-dir", str(tmp_path / "raw"),
+                     "--base-url", server.base_url, "--chunks", "2,64,64", "-q"])
+    assert code == 1 and "FAILED    20240401" in capsys.readouterr().out
+    ds = xr.open_zarr(tmp_path / "c.zarr")
+    assert list(ds[cube.OBSERVED].values) == [False, True, True]
+
+
 def test_a_local_file_whose_data_does_not_decode_is_refused(archive, tmp_path, capsys):
     import shutil
 
