@@ -27,7 +27,7 @@ import dask.array as da
 import numpy as np
 
 from sicube import __version__, cube, mask, products
-from sicube.dates import DateLike, day_range, parse_date, parse_span
+from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
 from sicube.fill import FillFlag, fill_parameters, gaussian_fill
 from sicube.sources import GridCoords, find_day_files, read_day, read_grid, sha256_file
@@ -87,7 +87,7 @@ class BuildSummary:
             f"{len(self.failed)} failed",
         ]
         if self.missing:
-            lines.append("missing   " + _day_list(self.missing))
+            lines.append("missing   " + day_list_text(self.missing))
         if self.retried:
             lines.append(f"retried   {len(self.retried)} downloads succeeded after faults: "
                          + ", ".join(f"{d:%Y%m%d} ({n} attempts)"
@@ -101,11 +101,6 @@ class BuildSummary:
         if self.dashboard:
             lines.append(f"dashboard {self.dashboard}")
         return "\n".join(lines)
-
-
-def _day_list(days: list[dt.date], limit: int = 12) -> str:
-    text = ", ".join(f"{d:%Y%m%d}" for d in sorted(days)[:limit])
-    return text + (f" (+{len(days) - limit} more)" if len(days) > limit else "")
 
 
 # --- arguments -----------------------------------------------------------------------------------

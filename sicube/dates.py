@@ -57,3 +57,9 @@ def yyyymmdd(day: dt.date) -> int:
 def to_datetime64(days: list[dt.date]) -> np.ndarray:
     """Return the days as a datetime64[ns] array (xarray's native time unit)."""
     return np.array([np.datetime64(d, "D") for d in days]).astype("datetime64[ns]")
+
+
+def day_list_text(days: list[dt.date], limit: int = 12) -> str:
+    """The first `limit` days as "YYYYMMDD, YYYYMMDD" in order, then how many more there are."""
+    shown = ", ".join(f"{d:%Y%m%d}" for d in sorted(days)[:limit])
+    return shown + (f" (+{len(days) - limit} more)" if len(days) > limit else "")

@@ -44,7 +44,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sicube import __version__, products
-from sicube.dates import DateLike, day_range, parse_date, parse_span, yyyymmdd
+from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span, yyyymmdd
 from sicube.errors import BadInput, BadSourceFile
 from sicube.sources import GridCoords, check_day_file, sha256_file
 
@@ -137,8 +137,8 @@ class DownloadReport:
             f"  {'ok':<8}{len(ok):>6} days  ({len(ok) - skipped} fetched, {skipped} already "
             f"present and valid; {fetched / 1e6:.1f} MB in {self.elapsed:.1f} s, "
             f"{rate:.1f} MB/s)",
-            f"  {'missing':<8}{len(self.missing):>6} days  {_day_list(self.missing)}",
-            f"  {'failed':<8}{len(self.failed):>6} days  {_day_list(self.failed)}",
+            f"  {'missing':<8}{len(self.missing):>6} days  {_days(self.missing)}",
+            f"  {'failed':<8}{len(self.failed):>6} days  {_days(self.failed)}",
         ]
         for record in self.failed:
             lines.append(f"    {yyyymmdd(record.day)}: {record.error} "
@@ -148,10 +148,8 @@ class DownloadReport:
         return "\n".join(lines)
 
 
-def _day_list(records: list[DayRecord], limit: int = 12) -> str:
-    names = [str(yyyymmdd(r.day)) for r in records]
-    more = f" … and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
+def _days(records: list[DayRecord]) -> str:
+    return day_list_text([record.day for record in records])
 
 
 class _Retryable(Exception):

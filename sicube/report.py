@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sicube import cube, products
-from sicube.dates import DateLike, day_range, parse_span
+from sicube.dates import DateLike, day_list_text, day_range, parse_span
 from sicube.errors import BadInput, BadSourceFile
 
 DEFAULT_THRESHOLD_PERCENT = 0.1  # the original script's default
@@ -341,11 +341,6 @@ def _codec_text(codec) -> str:
     return f"{type(codec).__name__}({shown})"
 
 
-def _days_text(days: list[dt.date], limit: int = 12) -> str:
-    text = ", ".join(f"{d:%Y%m%d}" for d in days[:limit])
-    return text + (f" ... ({len(days) - limit} more)" if len(days) > limit else "")
-
-
 def _bytes_text(size: int) -> str:
     if size < 1000:
         return f"{size} B"
@@ -371,7 +366,7 @@ def format_info(item: Info) -> list[str]:
         lines.append(f"span: {item.first_day} .. {item.last_day} ({item.days} day{plural})")
         lines.append(f"observed days: {item.observed_days}; missing days: "
                      f"{len(item.missing_days)}"
-                     + (f" ({_days_text(item.missing_days)})" if item.missing_days else ""))
+                     + (f" ({day_list_text(item.missing_days)})" if item.missing_days else ""))
     lines.append(f"size on disk: {_bytes_text(item.size_bytes)}")
     for name, chunk in item.chunks.items():
         shard = item.shards.get(name)
