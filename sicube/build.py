@@ -27,6 +27,7 @@ import dask.array as da
 import numpy as np
 
 from sicube import __version__, cube, mask, products
+from sicube.cache import cache_dir
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
 from sicube.fill import FillFlag, fill_parameters, gaussian_fill
@@ -117,8 +118,7 @@ def _check_source_args(base_url: str | None, source: str | os.PathLike | None) -
 
 def default_raw_dir() -> Path:
     """Where downloaded files are kept between runs unless --raw-dir says otherwise."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "sicube" / "raw"
+    return cache_dir("raw")
 
 
 # --- store: lock, create, state -----------------------------------------------------------------
@@ -472,16 +472,6 @@ def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterato
             yield
 
 
-def _store_bytes(store: str) -> int:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(store)
-    try:
-        return int(fs.du(path))
-    except (OSError, NotImplementedError):
-        return 0
-
-
 def _finish(group, state: dict, summary: BuildSummary, base_url: str | None,
             source: str | None) -> None:
     days = summary.observed
@@ -584,7 +574,7 @@ def build(
         with timer("fill"):
             _fill(group, state, params, summary, progress)
         _finish(group, state, summary, base_url if source is None else None, source)
-    summary.store_bytes = _store_bytes(store)
+    summary.store_bytes = cube.store_bytes(store)
     return summary
 
 
@@ -747,7 +737,7 @@ def update(
             _fill(group, state, state["args"]["fill"], summary, progress)
         del state["updating_from"]
         _finish(group, state, summary, base_url if source is None else None, source)
-    summary.store_bytes = _store_bytes(store)
+    summary.store_bytes = cube.store_bytes(store)
     return summary
 
 

@@ -119,6 +119,17 @@ def cube_epsg(ds: xr.Dataset) -> int:
     return products.epsg_from_attrs(attrs) or products.GRIDS["n3125"].epsg_hughes
 
 
+def store_bytes(store: str | os.PathLike) -> int:
+    """Bytes the store takes (local path or any fsspec URL); 0 where that cannot be told."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(store))
+    try:
+        return int(fs.du(path))
+    except (OSError, NotImplementedError):
+        return 0
+
+
 def is_cube(store: str | os.PathLike) -> bool:
     """True when `store` is a Zarr group written by sicube."""
     import zarr

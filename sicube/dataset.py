@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from sicube import cube
+from sicube.cache import cache_dir
 from sicube.dates import DateLike, parse_date, yyyymmdd
 from sicube.errors import BadInput
 
@@ -258,11 +259,6 @@ class _Block:
         if last - first + 1 == len(positions):  # consecutive frames: a view, no copy
             return data[first:last + 1, rows, cols]
         return data[positions, rows, cols]
-
-
-def _default_cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "sicube" / "filled_fraction"
 
 
 def _positive_int(value, name: str) -> int:
@@ -517,7 +513,7 @@ class SICDataset(Dataset):
         """Per day a..b: the share of ROI ocean cells whose value was filled (cached)."""
         cache_file = None
         if quality_cache:
-            directory = (_default_cache_dir() if quality_cache is True
+            directory = (cache_dir("filled_fraction") if quality_cache is True
                          else Path(os.fspath(quality_cache)))
             # The key names the cube's content: its group attributes carry the build time
             # and per-day provenance, so a rebuilt cube gets a new entry.

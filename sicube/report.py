@@ -228,12 +228,6 @@ class Info:
         return (self.last_day - self.first_day).days + 1
 
 
-def _disk_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def _crs_text(epsg: int | None) -> str:
     if epsg is None:
         return "unknown (no polar_stereographic grid mapping)"
@@ -283,7 +277,7 @@ def _file_info(path: Path) -> Info:
     day = parsed[1] if parsed else None
     return Info("file", path, **_grid_info(day_field.grid.x, day_field.grid.y),
                 crs=_crs_text(day_field.epsg), first_day=day, last_day=day, observed_days=1,
-                missing_days=[], size_bytes=_disk_size(path))
+                missing_days=[], size_bytes=path.stat().st_size)
 
 
 def _folder_info(path: Path) -> Info:
@@ -329,7 +323,7 @@ def _cube_info(path: Path) -> Info:
                 first_day=days[0] if days else None, last_day=days[-1] if days else None,
                 observed_days=int(observed.sum()),
                 missing_days=[d for d, seen in zip(days, observed, strict=True) if not seen],
-                size_bytes=_disk_size(path), chunks=chunks, shards=shards,
+                size_bytes=cube.store_bytes(path), chunks=chunks, shards=shards,
                 compression=compression, provenance=provenance)
 
 

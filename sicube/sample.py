@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sicube import products
+from sicube.cache import cache_dir
 from sicube.dates import DateLike, day_range, parse_date, parse_span
 from sicube.errors import BadInput
 
@@ -55,11 +56,6 @@ class _Geometry:
     land: np.ndarray
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "sicube"
-
-
 @lru_cache(maxsize=4)
 def _geometry(grid_name: str, step: int) -> _Geometry:
     """Coordinates, latitude, longitude and land of the grid, coarsened by `step`."""
@@ -76,7 +72,7 @@ def _geometry(grid_name: str, step: int) -> _Geometry:
 
 def _land(grid_name: str, step: int, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """Land cells of the grid from global-land-mask, cached on disk (loading it costs ~1 GB)."""
-    path = _cache_dir() / f"land-{grid_name}-step{step}.npy"
+    path = cache_dir(f"land-{grid_name}-step{step}.npy")
     if path.exists():
         land = np.load(path)
         if land.shape == lat.shape:
