@@ -348,8 +348,8 @@ def _by_day(arrival: Arrival) -> dt.date:
 
 
 def _account(state: dict, days: list[dt.date], summary: BuildSummary) -> None:
-    observed = {dt.datetime.strptime(k, "%Y%m%d").date() for k in state["sources"]}
-    failed = {dt.datetime.strptime(k, "%Y%m%d").date(): v for k, v in state["failed"].items()}
+    observed = {parse_date(k) for k in state["sources"]}
+    failed = {parse_date(k): v for k, v in state["failed"].items()}
     summary.observed = [d for d in days if d in observed]
     summary.failed = {d: failed[d] for d in days if d in failed}
     summary.missing = [d for d in days if d not in observed and d not in failed]
