@@ -30,13 +30,13 @@ from sicube import __version__, cube, mask, products
 from sicube.cache import cache_dir
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
-from sicube.fill import FillFlag, fill_parameters, gaussian_fill
+from sicube.fill import FillFlag, fill_fraction_block, fill_parameters, merge_thin_chunks
 from sicube.sources import GridCoords, find_day_files, read_day, read_grid, sha256_file
 
 log = logging.getLogger(__name__)
 
 STATE = "sicube_build"  # group attribute holding the build's progress
-FILL_BATCH_CHUNKS = 2  # time chunks filled per resumable step
+FILL_BATCH_CHUNKS = 4  # time chunks filled per resumable step
 
 
 @dataclass
@@ -301,7 +301,7 @@ def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival]
     def write(c: int, chunk_arrivals: list[Arrival]):
         block, provenance = _read_block(chunk_arrivals, grid)
         t0 = c * chunk
-        group[cube.RAW][t0:t0 + len(block)] = block
+        cube.for_writing(group[cube.RAW])[t0:t0 + len(block)] = block
         observed = np.array([a.status == "ok" for a in chunk_arrivals])
         missing = np.isnan(block[observed]).sum(axis=0, dtype=np.int32)
         return c, chunk_arrivals, provenance, observed, missing
@@ -387,38 +387,66 @@ def _make_mask(group, state: dict, grid: GridCoords, mask_from: str | None,
     _write_state(group, state)
 
 
-def _as_fraction(filled: np.ndarray, land: np.ndarray) -> np.ndarray:
-    """The seed's final steps on one block: percent -> fraction, missing -> 0, land -> 0."""
-    conc = filled / np.float32(100)
-    conc[np.isnan(conc)] = 0
-    conc[:, land[0]] = 0
-    return conc
-
-
 def _fill(group, state: dict, params: dict, summary: BuildSummary, progress: bool) -> None:
     """Fill the time chunks not yet filled, a batch at a time, recording each batch."""
-    raw = da.from_zarr(group[cube.RAW])
-    chunk, nt = raw.chunksize[0], raw.shape[0]
-    land = da.from_array(group[cube.LAND][:].astype(bool), chunks=raw.chunksize[1:])
-    filled, flags = gaussian_fill(raw, **params, land_mask=land, return_flags=True)
-    conc = da.map_blocks(_as_fraction, filled, land[None], dtype=np.float32)
+    chunk, nt = group[cube.RAW].chunks[0], group[cube.RAW].shape[0]
     batches = [c for c in range(0, _n_chunks(nt, chunk), FILL_BATCH_CHUNKS)
                if c not in state["filled"]]
     bar = _bar(progress, total=len(batches), desc="fill", unit="batch")
     for c in batches:
         t0, t1 = c * chunk, min(nt, (c + FILL_BATCH_CHUNKS) * chunk)
-        region = (slice(t0, t1),)
-        stored = da.store([conc[t0:t1], flags[t0:t1]], [group[cube.CONC], group[cube.FLAG]],
-                          regions=[region, region], lock=False, compute=False)
-        counts = [(flags[t0:t1] == flag).sum() for flag in FillFlag]
-        _, counts = dask.compute(stored, counts)
-        state["flag_counts"][str(c)] = [int(n) for n in counts]
+        counts = _fill_batch(group, t0, t1, params).compute()
+        state["flag_counts"][str(c)] = [int(n) for n in counts.reshape(-1, len(FillFlag)).sum(0)]
         state["filled"].append(c)
         _write_state(group, state)
         _release_memory()
         bar.update(1)
     bar.close()
     _count_flags(state, summary)
+
+
+def _fill_batch(group, t0: int, t1: int, params: dict) -> da.Array:
+    """Lazily fill days [t0, t1) into `sea_ice_conc` and `fill_flag`; the flag counts per block.
+
+    Each task reads one spatial chunk of the batch's days and `time_window` days either side
+    (so the graph is the same size whatever the span), gets its `space_window` halo from its
+    neighbours through `map_overlap`, and writes whole Zarr chunks of both outputs.
+    """
+    raw = group[cube.RAW]
+    nt = raw.shape[0]
+    tw, sw = params["time_window"], params["space_window"]
+    a, b = max(0, t0 - tw), min(nt, t1 + tw)
+    spatial = tuple(merge_thin_chunks(_regular(n, c), sw)
+                    for n, c in zip(raw.shape[1:], raw.chunks[1:], strict=True))
+    source = da.from_zarr(raw, chunks=(tuple(n for n in (a, b - a, nt - b) if n), *spatial))
+    land = da.from_zarr(group[cube.LAND], chunks=spatial)[None]
+    return da.map_overlap(
+        _fill_store_block, source[a:b], land, depth={0: 0, 1: sw, 2: sw}, boundary="none",
+        trim=False, align_arrays=False, dtype=np.int64,
+        chunks=((1,), (1,) * len(spatial[0]), (len(FillFlag),) * len(spatial[1])),
+        params=params, core_t=(t0 - a, t1 - a), t0=t0,
+        bounds=tuple(np.cumsum((0, *c)) for c in spatial),
+        targets=(cube.for_writing(group[cube.CONC]), cube.for_writing(group[cube.FLAG])),
+    )
+
+
+def _regular(n: int, chunk: int) -> tuple[int, ...]:
+    """Zarr's chunks along an axis of length `n` as a tuple of sizes."""
+    return (chunk,) * (n // chunk) + ((n % chunk,) if n % chunk else ())
+
+
+def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bounds, targets):
+    """Fill one haloed block's core, write its fraction and flags; its flag counts."""
+    iy, ix = block_info[0]["chunk-location"][1:]
+    (y0, y1), (x0, x1) = bounds[0][iy : iy + 2], bounds[1][ix : ix + 2]
+    sw = params["space_window"]
+    ly, lx = (sw if iy else 0), (sw if ix else 0)  # no halo beyond the array's edges
+    core = (*core_t, ly, ly + y1 - y0, lx, lx + x1 - x0)
+    fraction, flags, counts = fill_fraction_block(block, land[0], core, **params)
+    region = (slice(t0, t0 + fraction.shape[0]), slice(y0, y1), slice(x0, x1))
+    targets[0][region] = fraction
+    targets[1][region] = flags
+    return counts.reshape(1, 1, -1)
 
 
 def _release_memory() -> None:

@@ -554,20 +554,74 @@ def _fill_numpy(
 
 def _flags(source: np.ndarray, filled: np.ndarray, land: np.ndarray | None = None) -> np.ndarray:
     """Per-cell FillFlag from the input, the fill and the land mask."""
-    flags = np.where(
-        ~np.isnan(source),
-        np.uint8(FillFlag.OBSERVED),
-        np.where(np.isnan(filled), np.uint8(FillFlag.NO_NEIGHBOUR), np.uint8(FillFlag.FILLED)),
-    ).astype(np.uint8)
-    if land is not None:
-        flags[:, np.asarray(land) != 0] = FillFlag.LAND
-    return flags
+    source = np.ascontiguousarray(source)
+    land_arr, has_land = _land_args(land, source.shape)
+    core = (0, source.shape[0], 0, source.shape[1], 0, source.shape[2])
+    return _finish_core(source, np.ascontiguousarray(filled), land_arr, has_land, core)[1]
+
+
+_HUNDRED = np.float32(100.0)
+# FillFlag values as plain ints for the numba kernels.
+_OBSERVED, _FILLED, _NO_NEIGHBOUR, _LAND = (int(flag) for flag in FillFlag)
+
+
+@njit(nogil=True, cache=True)
+def _finish_core(source, filled, land, has_land, core):
+    """(fraction, flags, counts per flag) of a filled core in one pass over it.
+
+    ``filled`` is the core region ``core`` of block ``source``. Fraction is the seed's final
+    steps: percent / 100 in float32, missing and land -> 0. Flags: land, else observed in the
+    source, else filled or no neighbour (still NaN).
+    """
+    ct0, ct1, cy0, cy1, cx0, cx1 = core
+    fraction = np.empty(filled.shape, np.float32)
+    flags = np.empty(filled.shape, np.uint8)
+    counts = np.zeros(_LAND + 1, np.int64)
+    for t in range(ct1 - ct0):
+        for y in range(cy1 - cy0):
+            for x in range(cx1 - cx0):
+                value = filled[t, y, x]
+                if has_land and land[cy0 + y, cx0 + x] != 0:
+                    flag, value = _LAND, np.float32(0.0)
+                elif source[ct0 + t, cy0 + y, cx0 + x] == source[ct0 + t, cy0 + y, cx0 + x]:
+                    flag = _OBSERVED
+                elif value == value:
+                    flag = _FILLED
+                else:
+                    flag, value = _NO_NEIGHBOUR, np.float32(0.0)
+                fraction[t, y, x] = value / _HUNDRED
+                flags[t, y, x] = flag
+                counts[flag] += 1
+    return fraction, flags, counts
+
+
+def fill_fraction_block(
+    block: np.ndarray,
+    land: np.ndarray,
+    core: tuple[int, int, int, int, int, int],
+    time_window: int,
+    space_window: int,
+    alpha: float,
+    sigma: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cube builder's unit of work: fill a block's core, then finish it for the cube.
+
+    ``block`` is (time, y, x) percent with its halo, ``land`` its (y, x) mask (1 = land) and
+    ``core = (t0, t1, y0, y1, x0, x1)`` the region to produce, in block coordinates. Returns
+    the core's ``sea_ice_conc`` (fraction; missing and land 0), its ``fill_flag`` and the
+    number of cells with each flag: fill, final steps and flags in two passes, no temporaries.
+    """
+    gt, gs = _weights(time_window, space_window, alpha, sigma)
+    block = np.ascontiguousarray(block, dtype=np.float32)
+    land_arr, has_land = _land_args(land, block.shape)
+    filled = _fill_serial(block, land_arr, has_land, core, TILE, time_window, space_window, gt, gs)
+    return _finish_core(block, filled, land_arr, has_land, core)
 
 
 # --- Dask ---------------------------------------------------------------------------------------
 
 
-def _merge_small(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
+def merge_thin_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
     """Chunks along one axis merged until each holds at least ``depth`` cells.
 
     Dask's halo exchange only reaches the next chunk, so a chunk thinner than the halo is merged
@@ -600,7 +654,7 @@ def _with_halo(func, x, depth: tuple[int, ...], land, **kwargs):
     import dask.array as da
 
     chunks = x.chunks
-    merged = tuple(_merge_small(c, d) for c, d in zip(chunks, depth, strict=True))
+    merged = tuple(merge_thin_chunks(c, d) for c, d in zip(chunks, depth, strict=True))
     # Along an axis held in one chunk there is nothing to exchange.
     depth = tuple(0 if len(c) == 1 else d for c, d in zip(merged, depth, strict=True))
     xm = x.rechunk(merged) if merged != chunks else x
