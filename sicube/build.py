@@ -226,20 +226,20 @@ def _read_block(arrivals: list[Arrival], grid: GridCoords) -> tuple[np.ndarray, 
     A downloaded file that does not decode is removed and its day marked failed (a rerun
     fetches it again); a bad file in a local --source folder is the user's input: BadInput.
     """
-    block = np.full((len(arrivals), *grid.shape), np.nan, np.float32)
+    block = np.empty((len(arrivals), *grid.shape), np.float32)
     provenance = {}
     for i, arrival in enumerate(arrivals):
+        if arrival.status == "ok":
+            try:
+                field_ = read_day(arrival.path, grid, out=block[i])
+            except BadSourceFile as err:
+                if not arrival.downloaded:
+                    raise BadInput(f"{arrival.path}: {err}") from err
+                arrival.path.unlink(missing_ok=True)
+                arrival.status, arrival.error = "failed", str(err)
         if arrival.status != "ok":
+            block[i] = np.nan
             continue
-        try:
-            field_ = read_day(arrival.path, grid)
-        except BadSourceFile as err:
-            if not arrival.downloaded:
-                raise BadInput(f"{arrival.path}: {err}") from err
-            arrival.path.unlink(missing_ok=True)
-            arrival.status, arrival.error = "failed", str(err)
-            continue
-        block[i] = field_.z
         provenance[f"{arrival.day:%Y%m%d}"] = {
             "name": arrival.path.name, "sha256": arrival.sha256 or sha256_file(arrival.path),
             "out_of_range_cells": field_.out_of_range,
@@ -303,7 +303,7 @@ def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival]
         t0 = c * chunk
         cube.for_writing(group[cube.RAW])[t0:t0 + len(block)] = block
         observed = np.array([a.status == "ok" for a in chunk_arrivals])
-        missing = np.isnan(block[observed]).sum(axis=0, dtype=np.int32)
+        missing = mask.count_missing(block, observed)
         return c, chunk_arrivals, provenance, observed, missing
 
     def record(future) -> None:  # runs in this thread only: the state has one writer

@@ -14,6 +14,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import xarray as xr
+from numba import njit
 
 from sicube import cube
 from sicube.errors import BadInput
@@ -43,6 +44,22 @@ def ratio_from_counts(missing, days: int):
     if days == 0:
         return np.full(missing.shape, np.nan, np.float32)
     return (missing / np.float64(days)).astype(np.float32)
+
+
+def count_missing(block: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Per cell, on how many of the observed days of a (time, y, x) block it is NaN (int32)."""
+    counts = np.zeros(block.shape[1:], np.int32)
+    _add_missing(block, np.asarray(observed, np.bool_), counts)
+    return counts
+
+
+@njit(nogil=True, cache=True)
+def _add_missing(block, observed, counts):
+    for t in range(block.shape[0]):
+        if observed[t]:
+            for y in range(block.shape[1]):
+                for x in range(block.shape[2]):
+                    counts[y, x] += block[t, y, x] != block[t, y, x]
 
 
 def nan_ratio(raw: da.Array, observed: np.ndarray) -> da.Array:

@@ -18,6 +18,7 @@ from sicube.fill import (
     _fill_numpy,
     _reference,
     _weights,
+    fill_fraction_block,
     gaussian_fill,
     reference_fill,
 )
@@ -409,3 +410,26 @@ def test_bad_arrays_are_refused(array):
         gaussian_fill(array)
     with pytest.raises(BadInput, match="array"):
         gaussian_fill(da.from_array(array))
+
+
+@pytest.mark.parametrize("core", [
+    (0, 5, 0, 12, 0, 15),  # the whole block
+    (1, 4, 3, 9, 2, 13),  # an inner core with a halo on every side
+    (2, 5, 0, 7, 5, 15),  # touching the block's edges on some sides
+])
+def test_builder_block_equals_the_fill_and_the_seed_final_steps(core):
+    """fill_fraction_block on a core = gaussian_fill of the block, /100, NaN and land -> 0."""
+    a, land = _land_case()
+    t0, t1, y0, y1, x0, x1 = core
+    filled, flags = gaussian_fill(a, 2, 3, 10.0, 3.0, land_mask=land, return_flags=True)
+    fraction, got_flags, counts = fill_fraction_block(a, land, core, 2, 3, 10.0, 3.0)
+    # A core needs its window's neighbours only; the fill of the whole block has them all.
+    want = (filled / np.float32(100))[t0:t1, y0:y1, x0:x1]
+    want[np.isnan(want)] = 0
+    want[:, land[y0:y1, x0:x1]] = 0
+    assert fraction.dtype == np.float32 and got_flags.dtype == np.uint8
+    np.testing.assert_array_equal(fraction.view(np.uint32), want.view(np.uint32))
+    np.testing.assert_array_equal(got_flags, flags[t0:t1, y0:y1, x0:x1])
+    np.testing.assert_array_equal(
+        counts, np.bincount(got_flags.ravel(), minlength=len(FillFlag)))
+    assert counts[FillFlag.FILLED] > 0 and counts[FillFlag.LAND] > 0

@@ -1,0 +1,22 @@
+"""The NaN counting behind the land mask, against numpy."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+
+from sicube import mask
+
+
+def test_missing_counts_cover_observed_days_only():
+    rng = np.random.default_rng(5)
+    block = rng.uniform(0, 100, (6, 9, 11)).astype(np.float32)
+    block[rng.random(block.shape) < 0.4] = np.nan
+    block[2] = np.nan  # a day with no file: all NaN, not observed
+    observed = np.array([True, True, False, True, False, True])
+    counts = mask.count_missing(block, observed)
+    assert counts.dtype == np.int32
+    np.testing.assert_array_equal(counts, np.isnan(block[observed]).sum(axis=0))
+    # The same ratio as the lazy reduction the builder uses when it resumes.
+    lazy = mask.nan_ratio(da.from_array(block, chunks=(2, 4, 4)), observed).compute()
+    np.testing.assert_array_equal(mask.ratio_from_counts(counts, int(observed.sum())), lazy)
