@@ -36,7 +36,7 @@ from sicube.sources import GridCoords, find_day_files, read_day, read_grid, sha2
 log = logging.getLogger(__name__)
 
 STATE = "sicube_build"  # group attribute holding the build's progress
-FILL_BATCH_CHUNKS = 4  # time chunks filled per resumable step
+FILL_BATCH_CHUNKS = 2  # time chunks filled per resumable step
 
 
 @dataclass
@@ -301,7 +301,9 @@ def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival]
     def write(c: int, chunk_arrivals: list[Arrival]):
         block, provenance = _read_block(chunk_arrivals, grid)
         t0 = c * chunk
-        cube.for_writing(group[cube.RAW])[t0:t0 + len(block)] = block
+        raw, rows = cube.for_writing(group[cube.RAW]), group[cube.RAW].chunks[1]
+        for y0 in range(0, block.shape[1], rows):  # a row of chunks at a time: zarr encodes
+            raw[t0:t0 + len(block), y0:y0 + rows] = block[:, y0:y0 + rows]  # them all at once
         observed = np.array([a.status == "ok" for a in chunk_arrivals])
         missing = mask.count_missing(block, observed)
         return c, chunk_arrivals, provenance, observed, missing
