@@ -1,15 +1,17 @@
 """Benchmark: `sicube build` from the mirror vs the original toolbox's pipeline, and its memory.
 
-Run:  python benchmarks/bench_build.py [--days 30] [--long-days 60] [--workers 2]
-                                        [--baseline-fill-days N] [--no-record]
+Run:  python benchmarks/bench_build.py [--days 30] [--spans 30,60,120] [--repeats 3]
+                                        [--workers 2] [--baseline-fill-days N] [--no-record]
 
-Serves a full-resolution sample archive (3584 x 2432 cells, 2024-01-01 .. 2024-02-29 with
-2024-01-12, 2024-01-23 and 2024-02-14 missing; written once to ``benchmarks/_work/archive``
-and reused) from the loopback mirror in its own process, then measures, each in a fresh
-process with a fresh store and download folder:
+Serves a full-resolution sample archive (3584 x 2432 cells, 2024-01-01 .. 2024-04-29 with
+five missing days; written once to ``benchmarks/_work/archive`` and reused) from the loopback
+mirror in its own process, then measures, each in a fresh process with a fresh store and
+download folder:
 
-1. ``python -m sicube build`` for the first ``--days`` days (download, validation, ingest into
-   Zarr, land mask, Gaussian fill, all stages of a real build), and again for ``--long-days``;
+1. ``python -m sicube build`` for the first N days of each of ``--spans`` (download,
+   validation, ingest into Zarr, land mask, Gaussian fill, all stages of a real build),
+   ``--repeats`` times, spans interleaved; the ``--days`` runs give the speed (median run),
+   all of them the peak memory per span;
 2. the original toolbox's way for the same ``--days`` days (``benchmarks/original.py``):
    sequential downloads, load with xarray, direct-rule fill per 30-day batch (numba, parallel),
    NaN -> 0, /100, one zlib NetCDF file. ``--baseline-fill-days N`` fills only N days of the
@@ -17,7 +19,7 @@ process with a fresh store and download folder:
 
 Wall time is the whole process, imports included; peak RSS is the sum over the process and its
 children, sampled every 0.1 s with psutil. Numba caches of both fills are warmed first so neither
-side pays compilation. The table is printed and written to ``benchmarks/RESULTS.md`` under
+side pays compilation. The tables are printed and written to ``benchmarks/RESULTS.md`` under
 ``## Build`` with the machine and its load average.
 """
 
@@ -47,8 +49,9 @@ from common import machine, record  # noqa: E402
 WORK = REPO / "benchmarks" / "_work"
 ARCHIVE = WORK / "archive"
 FIRST = dt.date(2024, 1, 1)
-LAST = dt.date(2024, 2, 29)
-MISSING = ["20240112", "20240123", "20240214"]
+LAST = dt.date(2024, 4, 29)
+MISSING = ["20240112", "20240123", "20240214", "20240318", "20240402"]
+STAMP = f"{FIRST}..{LAST}, step 1, seed 0, missing {' '.join(MISSING)}\n"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
@@ -57,11 +60,11 @@ def ensure_archive() -> Path:
     from sicube.sample import write_archive
 
     stamp = ARCHIVE / "COMPLETE"
-    if not stamp.exists():
+    if not stamp.exists() or stamp.read_text() != STAMP:
         print(f"writing the full-resolution sample archive to {ARCHIVE} (once) ...", flush=True)
         shutil.rmtree(ARCHIVE, ignore_errors=True)
         write_archive(ARCHIVE, FIRST, LAST, step=1, missing_days=MISSING, seed=0, progress=True)
-        stamp.write_text("2024-01-01..2024-02-29, step 1, seed 0\n")
+        stamp.write_text(STAMP)
     return ARCHIVE
 
 
@@ -160,21 +163,24 @@ def _line(text: str, key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--long-days", type=int, default=60, help="the memory-growth run")
+    parser.add_argument("--days", type=int, default=30, help="the span timed against the original")
+    parser.add_argument("--spans", default="30,60,120", help="spans whose peak memory is compared")
+    parser.add_argument("--repeats", type=int, default=3, help="sicube runs per span")
     parser.add_argument("--workers", type=int, default=2, help="sicube dask workers")
     parser.add_argument("--baseline-fill-days", type=int, default=None,
                         help="fill only N days in the original pipeline, scale linearly")
     parser.add_argument("--skip-original", action="store_true")
     parser.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
-    if not 1 <= args.days <= args.long_days <= (LAST - FIRST).days + 1:
-        parser.error("need 1 <= --days <= --long-days <= 60")
+    args.spans = sorted({int(n) for n in args.spans.split(",")} | {args.days})
+    if not 1 <= args.spans[0] <= args.spans[-1] <= (LAST - FIRST).days + 1 or args.repeats < 1:
+        parser.error(f"need spans in 1..{(LAST - FIRST).days + 1} days and --repeats >= 1")
 
     ensure_archive()
     warm_numba()
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    runs: dict[int, list[dict]] = {n: [] for n in args.spans}
     with tempfile.TemporaryDirectory(prefix="sicube-bench-build-", dir=WORK) as tmp:
         tmp = Path(tmp)
         server = subprocess.Popen(
@@ -183,10 +189,12 @@ def main() -> None:
         try:
             base_url = server.stdout.readline().strip()
             print(f"mirror: {base_url}", flush=True)
-            short = sicube_run(args.days, base_url, tmp, args.workers)
-            print(f"sicube {args.days} days: {short['seconds']:.1f} s", flush=True)
-            long = sicube_run(args.long_days, base_url, tmp, args.workers)
-            print(f"sicube {args.long_days} days: {long['seconds']:.1f} s", flush=True)
+            for repeat in range(args.repeats):  # spans interleaved: drifts hit all alike
+                for n in args.spans:
+                    run = sicube_run(n, base_url, tmp, args.workers)
+                    runs[n].append(run)
+                    print(f"sicube {n} days (run {repeat + 1}): {run['seconds']:.1f} s, "
+                          f"peak {run['peak'] / 1e9:.2f} GB", flush=True)
             orig = table = None
             if not args.skip_original:
                 orig = original_run(args.days, base_url, tmp, args.baseline_fill_days)
@@ -198,24 +206,33 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=10)
     load_after = os.getloadavg()
-    section = report(args, short, long, orig, table, load_before, load_after)
+    section = report(args, runs, orig, table, load_before, load_after)
     print("\n" + section)
     if not args.no_record:
         print(f"recorded in {record(section, '## Build')}")
 
 
-def report(args, short: dict, long: dict, orig: dict | None, table: dict | None,
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (the slower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
+def report(args, runs: dict[int, list[dict]], orig: dict | None, table: dict | None,
            load_before, load_after) -> str:
-    """The ``## Build`` section: stage table, s/day, ratio, memory."""
+    """The ``## Build`` section: stage table, s/day, ratio, memory per span."""
     n = args.days
     gb = 1e9
+    short = _median_run(runs[n])
+    walls = sorted(r["seconds"] for r in runs[n])
     lines = [
         "## Build\n",
         f"`python benchmarks/bench_build.py` ({time.strftime('%Y-%m-%d')}): full-resolution "
         f"sample archive (3584 x 2432 cells, ~{_archive_mb():.1f} MB per file; "
         f"{', '.join(MISSING)} missing) served by the loopback mirror in its own process. "
         "Each pipeline runs in a fresh process with a fresh store and download folder; wall time "
-        "is the whole process, peak RSS the sum over its process tree (psutil, every 0.1 s).\n",
+        "is the whole process, peak RSS the sum over its process tree (psutil, every 0.1 s). "
+        f"sicube ran {args.repeats} times per span, spans interleaved; the {n}-day column is "
+        f"its median run (walls {', '.join(f'{w:.1f}' for w in walls)} s).\n",
         f"| stage ({n} days) | sicube build, {args.workers} workers (s) | original way (s) |",
         "|---|---:|---:|",
     ]
@@ -279,17 +296,25 @@ def report(args, short: dict, long: dict, orig: dict | None, table: dict | None,
         lines.append(sicube_note)
     lines += [
         "",
-        "| sicube build | days | wall (s) | s/day | peak RSS (GB) | store (MB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| sicube build | days | runs | wall, median (s) | s/day | peak RSS, each run (GB) "
+        "| store (MB) |",
+        "|---|---:|---:|---:|---:|---|---:|",
     ]
-    for r in (short, long):
-        lines.append(f"| {r['observed']} | {r['days']} | {r['seconds']:.1f} | "
-                     f"{r['seconds'] / r['days']:.2f} | {r['peak'] / gb:.2f} | "
-                     f"{r['bytes'] / 1e6:.0f} |")
+    for days, rs in runs.items():
+        mid = _median_run(rs)
+        peaks = ", ".join(f"{r['peak'] / gb:.2f}" for r in rs)
+        lines.append(f"| {mid['observed']} | {days} | {len(rs)} | {mid['seconds']:.1f} | "
+                     f"{mid['seconds'] / days:.2f} | {peaks} | {mid['bytes'] / 1e6:.0f} |")
+    top = {days: max(r["peak"] for r in rs) for days, rs in runs.items()}
+    base = top[n]
+    longer = {days: peak for days, peak in top.items() if days > n}
+    verdict = ("no higher for the longer spans" if all(p <= base for p in longer.values())
+               else "higher for " + ", ".join(f"{d} days" for d, p in longer.items() if p > base))
     lines += [
         "",
-        f"Peak RSS {long['days']} vs {short['days']} days: {long['peak'] / gb:.2f} vs "
-        f"{short['peak'] / gb:.2f} GB (target < 3 GB and no growth with the span).",
+        "Highest peak RSS per span: " + ", ".join(f"{d} days {p / gb:.2f} GB"
+                                                   for d, p in top.items())
+        + f" (target < 3 GB, and no higher for 60 days than for 30): {verdict}.",
         "",
         f"Machine: {machine()}. Load average (1, 5, 15 min) before "
         f"{load_before[0]:.2f}, {load_before[1]:.2f}, {load_before[2]:.2f}; after "

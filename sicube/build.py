@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -298,18 +299,26 @@ def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival]
     bar = _bar(progress, total=sum(min(chunk, len(days) - c * chunk) for c in todo),
                desc="ingest", unit="day", position=1)
 
+    counting = threading.Lock()
+
     def write(c: int, chunk_arrivals: list[Arrival]):
         block, provenance = _read_block(chunk_arrivals, grid)
         t0 = c * chunk
-        raw, rows = cube.for_writing(group[cube.RAW]), group[cube.RAW].chunks[1]
-        for y0 in range(0, block.shape[1], rows):  # a row of chunks at a time: zarr encodes
-            raw[t0:t0 + len(block), y0:y0 + rows] = block[:, y0:y0 + rows]  # them all at once
+        raw = cube.for_writing(group[cube.RAW])
+        _, ys, xs = raw.chunks
+        # Chunk by chunk: given a whole block, zarr encodes all its chunks at once, ~0.1 GB
+        # of buffers per writer.
+        for y0 in range(0, block.shape[1], ys):
+            for x0 in range(0, block.shape[2], xs):
+                raw[t0:t0 + len(block), y0:y0 + ys, x0:x0 + xs] = \
+                    block[:, y0:y0 + ys, x0:x0 + xs]
         observed = np.array([a.status == "ok" for a in chunk_arrivals])
-        missing = mask.count_missing(block, observed)
-        return c, chunk_arrivals, provenance, observed, missing
+        with counting:
+            mask.add_missing(tally.missing, block, observed)
+        return c, chunk_arrivals, provenance, observed
 
     def record(future) -> None:  # runs in this thread only: the state has one writer
-        c, chunk_arrivals, provenance, observed, missing = future.result()
+        c, chunk_arrivals, provenance, observed = future.result()
         t0 = c * chunk
         group[cube.OBSERVED][t0:t0 + observed.size] = observed
         state["sources"].update(provenance)
@@ -318,7 +327,6 @@ def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival]
                 state["failed"][f"{a.day:%Y%m%d}"] = a.error
         state["ingested"].append(c)
         _write_state(group, state)
-        tally.missing += missing
         tally.days += int(observed.sum())
         tally.chunks.add(c)
         _release_memory()
@@ -410,14 +418,18 @@ def _fill(group, state: dict, params: dict, summary: BuildSummary, progress: boo
 def _fill_batch(group, t0: int, t1: int, params: dict) -> da.Array:
     """Lazily fill days [t0, t1) into `sea_ice_conc` and `fill_flag`; the flag counts per block.
 
-    Each task reads one spatial chunk of the batch's days and `time_window` days either side
-    (so the graph is the same size whatever the span), gets its `space_window` halo from its
-    neighbours through `map_overlap`, and writes whole Zarr chunks of both outputs.
+    Each task reads one spatial chunk of the batch's days and `time_window` days either side,
+    gets its `space_window` halo from its neighbours through `map_overlap`, and writes whole
+    Zarr chunks of both outputs. Every batch reads the same number of days (at the ends of
+    the span the window shifts inwards rather than shrinks), so the graph and the memory of
+    a batch are the same whatever the span and wherever the batch lies in it.
     """
     raw = group[cube.RAW]
     nt = raw.shape[0]
     tw, sw = params["time_window"], params["space_window"]
-    a, b = max(0, t0 - tw), min(nt, t1 + tw)
+    window = FILL_BATCH_CHUNKS * raw.chunks[0] + 2 * tw
+    a = max(0, min(t0 - tw, nt - window))
+    b = min(nt, a + window)
     spatial = tuple(merge_thin_chunks(_regular(n, c), sw)
                     for n, c in zip(raw.shape[1:], raw.chunks[1:], strict=True))
     source = da.from_zarr(raw, chunks=(tuple(n for n in (a, b - a, nt - b) if n), *spatial))
@@ -601,6 +613,7 @@ def build(
             with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar:
                 _make_mask(group, state, grid, args["mask"], mask_threshold, tally)
                 bar.update(1)
+        del tally  # the counts are in the store now; the fill needs the memory
         with timer("fill"):
             _fill(group, state, params, summary, progress)
         _finish(group, state, summary, base_url if source is None else None, source)

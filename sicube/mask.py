@@ -46,11 +46,10 @@ def ratio_from_counts(missing, days: int):
     return (missing / np.float64(days)).astype(np.float32)
 
 
-def count_missing(block: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """Per cell, on how many of the observed days of a (time, y, x) block it is NaN (int32)."""
-    counts = np.zeros(block.shape[1:], np.int32)
+def add_missing(counts: np.ndarray, block: np.ndarray, observed: np.ndarray) -> None:
+    """Add to int32 `counts` (y, x) on how many observed days of a (time, y, x) block each
+    cell is NaN: the builder tallies the mask's counts as it ingests, one pass per block."""
     _add_missing(block, np.asarray(observed, np.bool_), counts)
-    return counts
 
 
 @njit(nogil=True, cache=True)
