@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -469,13 +470,24 @@ def _release_memory() -> None:
     Without it the resident size after each fill batch drifts up with the number of
     batches, so long spans would look as if they used more memory than they do.
     """
-    import ctypes
-    import ctypes.util
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
-    name = ctypes.util.find_library("c")
-    if name:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).malloc_trim(0)
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once; None elsewhere (macOS, musl, Windows).
+
+    Looked up in the symbols the process already has loaded: `ctypes.util.find_library`
+    would run `ldconfig` in a child process at every call, a fork of a ~1 GB process.
+    """
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def _count_flags(state: dict, summary: BuildSummary) -> None:
