@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from sicube.cube import one_codec_thread_per_core
+
+    one_codec_thread_per_core()
     try:
         return int(args.run(args) or 0)
     except BadInput as err:

@@ -140,6 +140,20 @@ def for_writing(array):
     return array.with_config({"write_empty_chunks": True})
 
 
+def one_codec_thread_per_core() -> None:
+    """Have zarr encode and decode chunks on one thread per core (for this process).
+
+    Zarr's default pool has cores + 4 threads. Codec work is CPU-bound, so the extra threads
+    add no speed, only glibc malloc arenas that each keep freed chunk buffers: a build's peak
+    memory then creeps up with its span (measured in benchmarks/RESULTS.md, "## Build"). Takes
+    effect when called before zarr's first use in the process; a value the user set is kept.
+    """
+    import zarr
+
+    if zarr.config.get("threading.max_workers", None) is None:
+        zarr.config.set({"threading.max_workers": os.cpu_count() or 1})
+
+
 def is_cube(store: str | os.PathLike) -> bool:
     """True when `store` is a Zarr group written by sicube."""
     import zarr
