@@ -316,16 +316,20 @@ def report(args, runs: dict[int, list[dict]], prompt: dict[int, dict], orig: dic
         peaks = ", ".join(f"{r['peak'] / gb:.2f}" for r in rs)
         lines.append(f"| {mid['observed']} | {days} | {len(rs)} | {mid['seconds']:.1f} | "
                      f"{mid['seconds'] / days:.2f} | {peaks} | {mid['bytes'] / 1e6:.0f} |")
+    low = {days: min(r["peak"] for r in rs) for days, rs in runs.items()}
     top = {days: max(r["peak"] for r in rs) for days, rs in runs.items()}
-    base = top[n]
-    longer = {days: peak for days, peak in top.items() if days > n}
-    verdict = ("no higher for the longer spans" if all(p <= base for p in longer.values())
-               else "higher for " + ", ".join(f"{d} days" for d, p in longer.items() if p > base))
+    spread = max(top[d] - low[d] for d in runs)
+    above = {d: top[d] - top[n] for d in runs if d > n and top[d] > top[n]}
+    verdict = (f"no higher for longer spans than for {n} days" if not above else
+               "highest run above the highest {}-day run by {} (run-to-run spread within one "
+               "span up to {:.2f} GB)".format(
+                   n, ", ".join(f"{v / gb:.2f} GB at {d} days" for d, v in above.items()),
+                   spread / gb))
     lines += [
         "",
-        "Highest peak RSS per span: " + ", ".join(f"{d} days {p / gb:.2f} GB"
-                                                   for d, p in top.items())
-        + f" (target < 3 GB, and no higher for 60 days than for 30): {verdict}.",
+        "Peak RSS per span, lowest to highest run: "
+        + ", ".join(f"{d} days {low[d] / gb:.2f}-{top[d] / gb:.2f} GB" for d in runs)
+        + f". Target < 3 GB, and no higher for 60 days than for 30: {verdict}.",
         "",
         "The same builds once more with glibc returning every buffer of 1 MB or more the moment "
         "it is freed (`MALLOC_MMAP_THRESHOLD_=1048576`; by default freed buffers stay in "
