@@ -431,8 +431,8 @@ def _fill_batch(group, t0: int, t1: int, params: dict) -> da.Array:
     window = FILL_BATCH_CHUNKS * raw.chunks[0] + 2 * tw
     a = max(0, min(t0 - tw, nt - window))
     b = min(nt, a + window)
-    spatial = tuple(merge_thin_chunks(_regular(n, c), sw)
-                    for n, c in zip(raw.shape[1:], raw.chunks[1:], strict=True))
+    spatial = tuple(merge_thin_chunks(c, sw)
+                    for c in da.core.normalize_chunks(raw.chunks[1:], raw.shape[1:]))
     source = da.from_zarr(raw, chunks=(tuple(n for n in (a, b - a, nt - b) if n), *spatial))
     land = da.from_zarr(group[cube.LAND], chunks=spatial)[None]
     return da.map_overlap(
@@ -443,11 +443,6 @@ def _fill_batch(group, t0: int, t1: int, params: dict) -> da.Array:
         bounds=tuple(np.cumsum((0, *c)) for c in spatial),
         targets=(cube.for_writing(group[cube.CONC]), cube.for_writing(group[cube.FLAG])),
     )
-
-
-def _regular(n: int, chunk: int) -> tuple[int, ...]:
-    """Zarr's chunks along an axis of length `n` as a tuple of sizes."""
-    return (chunk,) * (n // chunk) + ((n % chunk,) if n % chunk else ())
 
 
 def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bounds, targets):

@@ -565,7 +565,7 @@ def _full_land(land: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     """A (y, x) uint8 land mask of the block's shape; all sea when there is none."""
     if land is None:
         return np.zeros(shape[1:], np.uint8)
-    return np.ascontiguousarray(land, dtype=np.uint8)
+    return _land_args(land, shape)[0]
 
 
 _HUNDRED = np.float32(100.0)

@@ -144,8 +144,12 @@ def sample_day(day: dt.date, *, step: int = 8, seed: int = 0, grid: str = "n3125
 
 
 def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
-                   grid: str = "n3125") -> Path:
-    """Write one daily file in the Bremen structure, atomically (temp file, then rename)."""
+                   grid: str = "n3125", storage: dict | None = None) -> Path:
+    """Write one daily file in the Bremen structure, atomically (temp file, then rename).
+
+    `storage`: how `z` is stored, as netCDF4 `createVariable` arguments (default: float32,
+    zlib level 4 with shuffle, netCDF's default chunks); tests vary it.
+    """
     import netCDF4
 
     geo = _geometry(grid, step)
@@ -165,8 +169,9 @@ def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
                 "long_name": f"{name}-coordinate in polar stereographic projection",
                 "units": "m", "axis": axis,
             })
-        z_var = nc.createVariable("z", "f4", ("y", "x"), zlib=True, complevel=4, shuffle=True,
-                                  fill_value=np.float32(np.nan))
+        layout = dict(storage or {"zlib": True, "complevel": 4, "shuffle": True})
+        z_var = nc.createVariable("z", layout.pop("datatype", "f4"), ("y", "x"),
+                                  fill_value=np.float32(np.nan), **layout)
         z_var.setncatts({
             "long_name": "sea ice concentration", "units": "%",
             "grid_mapping": "polar_stereographic",

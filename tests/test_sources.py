@@ -6,38 +6,26 @@ import datetime as dt
 import threading
 from pathlib import Path
 
-import netCDF4
 import numpy as np
 import pytest
 
-from sicube import products, sources
+from sicube import sources
 from sicube.errors import BadSourceFile
-from sicube.sample import sample_day
+from sicube.sample import sample_day, write_day_file
 
 STEP = 8  # 448 x 304 cells
+DAY = dt.date(2024, 3, 15)
 
 
-def _write(path: Path, z: np.ndarray, **layout) -> Path:
-    """A daily file with `z` stored as `layout` says (netCDF4.createVariable arguments)."""
-    x = np.arange(z.shape[1]) * 3125.0 * STEP - 3850000.0
-    y = np.arange(z.shape[0]) * 3125.0 * STEP - 5350000.0
-    dtype = layout.pop("dtype", "f4")
-    with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
-        nc.createDimension("x", x.size)
-        nc.createDimension("y", y.size)
-        gm = nc.createVariable("polar_stereographic", "i4")
-        gm.setncatts(products.grid_mapping_attrs(3411))
-        nc.createVariable("x", "f8", ("x",))[:] = x
-        nc.createVariable("y", "f8", ("y",))[:] = y
-        var = nc.createVariable("z", dtype, ("y", "x"), fill_value=np.nan, **layout)
-        var[:] = z
-    return path
+def _write(path: Path, z: np.ndarray, **storage) -> Path:
+    """A daily file with `z` stored as `storage` says (netCDF4.createVariable arguments)."""
+    return write_day_file(path, z, DAY, step=STEP, storage=storage)
 
 
 @pytest.fixture(scope="module")
 def day() -> np.ndarray:
     """One sample day in percent, NaN on land, in the pole hole and the swath gaps."""
-    return sample_day(dt.date(2024, 3, 15), step=STEP, seed=1)
+    return sample_day(DAY, step=STEP, seed=1)
 
 
 FAST = [
@@ -49,7 +37,7 @@ FAST = [
 SLOW = [
     {"contiguous": True},  # no chunks
     {"zlib": True, "shuffle": True, "fletcher32": True},  # a checksum filter
-    {"zlib": True, "shuffle": True, "dtype": "f8"},  # not float32
+    {"zlib": True, "shuffle": True, "datatype": "f8"},  # not float32
     {"chunksizes": (64, 64)},  # chunked, no compression
 ]
 
