@@ -136,8 +136,8 @@ def read_day(path: str | os.PathLike, expected: GridCoords | None = None,
     grid, epsg = read_grid(path, expected)
     if out is None:
         out = np.empty(grid.shape, np.float32)
-    elif out.shape != grid.shape or out.dtype != np.float32:
-        raise ValueError(f"out must be float32 of shape {grid.shape}")
+    elif out.shape != grid.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {grid.shape}")
     if not _decode_fast(path, out):
         _decode_netcdf(path, out)
     out_of_range = int(_screen_range(out))

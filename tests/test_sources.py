@@ -66,6 +66,8 @@ def test_read_day_fills_a_given_array(tmp_path, day):
     assert (stack[0] == -1).all()
     with pytest.raises(ValueError, match="float32"):
         sources.read_day(path, out=np.empty(day.shape, np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        sources.read_day(path, out=np.empty(day.shape[::-1], np.float32).T)
 
 
 def test_days_decode_in_parallel_threads_identically(tmp_path, day):
