@@ -633,9 +633,10 @@ def fill_fraction_block(
     """
     gt, gs = _weights(time_window, space_window, alpha, sigma)
     block = np.ascontiguousarray(block, dtype=np.float32)
-    land_arr, has_land = _land_args(land, block.shape)
-    filled = _fill_serial(block, land_arr, has_land, core, TILE, time_window, space_window, gt, gs)
-    flags, counts = _finish_core(block, filled, _full_land(land, block.shape), core, filled)
+    land_arr = _full_land(land, block.shape)  # the fill reads it only when a mask is given
+    filled = _fill_serial(block, land_arr, land is not None, core, TILE, time_window,
+                          space_window, gt, gs)
+    flags, counts = _finish_core(block, filled, land_arr, core, filled)
     return filled, flags, counts
 
 
