@@ -27,6 +27,20 @@ NAN_RATIO = "nan_ratio"
 GRID_MAPPING = "polar_stereographic"
 MARKER = "sicube_cube_format"  # group attribute that says "this store is a sicube cube"
 FORMAT_VERSION = 1
+# Group attributes on a cube's life: its state ("building", "complete" or "failed: reason")
+# and the command that finishes it (so that every refusal can say what to run).
+STATUS = "sicube_status"
+FINISH = "sicube_finish_command"
+BUILDING, COMPLETE, FAILED = "building", "complete", "failed"
+# Group attributes kept current after every ingested time chunk (so that `info` can tell
+# observed, missing (404 / not in the folder), failed (with reason) and not-yet-ingested days
+# apart at any moment): {YYYYMMDD: {"name", "sha256", ...}}, [YYYYMMDD], {YYYYMMDD: reason},
+# and where the days came from (an absolute folder, or the base URL).
+SOURCE_FILES = "source_files"
+MISSING_DAYS = "missing_days"
+FAILED_DAYS = "failed_days"
+SOURCE_DIRECTORY = "source_directory"
+SOURCE_URL = "source_base_url"
 
 # fill_flag values are sicube.fill.FillFlag: 0 observed, 1 filled, 2 no neighbour, 3 land.
 FLAG_MEANINGS = tuple(flag.name.lower() for flag in FillFlag)
@@ -165,8 +179,43 @@ def is_cube(store: str | os.PathLike) -> bool:
     return MARKER in group.attrs
 
 
-def open_cube(store: str | os.PathLike, **kwargs) -> xr.Dataset:
-    """Open a sicube cube lazily (dask arrays); BadInput when `store` is not one."""
+def cube_status(attrs: Mapping) -> str:
+    """A cube's state from its group attributes: "building", "complete" or "failed: reason".
+
+    Cubes written before the state attribute existed say it in their build record.
+    """
+    if STATUS in attrs:
+        return str(attrs[STATUS])
+    import json
+
+    record = json.loads(attrs.get("sicube_build", "{}"))
+    return COMPLETE if record.get("complete") else BUILDING
+
+
+class IncompleteCube(BadInput):
+    """The cube's build or update has not finished: its days are not all ingested or filled."""
+
+
+def check_complete(store: str | os.PathLike, attrs: Mapping, allow_incomplete: bool) -> str:
+    """The cube's state; IncompleteCube unless it is complete or `allow_incomplete` is set."""
+    status = cube_status(attrs)
+    if status != COMPLETE and not allow_incomplete:
+        finish = attrs.get(FINISH) or "the same `sicube build` command again"
+        raise IncompleteCube(
+            f"{store}: unfinished cube (state: {status}); finish it with {finish}, "
+            "or pass allow_incomplete=True (--allow-incomplete) to read it as it is")
+    return status
+
+
+def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
+              **kwargs) -> xr.Dataset:
+    """Open a sicube cube lazily (dask arrays).
+
+    BadInput when `store` is not a cube; IncompleteCube when its build or update has not
+    finished, unless `allow_incomplete` (then its unwritten cells read as NaN / 0).
+    """
     if not is_cube(store):
         raise BadInput(f"{store}: not a sicube cube (no Zarr group with a {MARKER} attribute)")
-    return xr.open_zarr(str(store), **kwargs)
+    ds = xr.open_zarr(str(store), **kwargs)
+    check_complete(store, ds.attrs, allow_incomplete)
+    return ds
