@@ -1,11 +1,16 @@
 """`sicube.build` and `sicube.update`: source files to a filled, masked, resumable Zarr cube.
 
-Stages run in order: ingest (downloads or a local folder, written into `sea_ice_conc_raw`
-one time chunk at a time as the days of that chunk arrive), mask (NaN frequency over
-observed days, or a given mask), fill (the Gaussian fill through dask, one batch of time
-chunks at a time). The store's group attributes record which time chunks each stage has
-finished, so a killed build rerun with the same arguments redoes only unfinished work, and
-every write covers whole Zarr chunks from one writer, so results never depend on timing.
+A run reads the cube's state (`sicube.plan.BuildState`, in the store's group attributes),
+asks `sicube.plan` what is left to do, and executes it in stages: ingest (`sicube.ingest`:
+every day not yet observed is looked for in the source, and time chunks are written as their
+days arrive), mask (NaN frequency over observed days, or a given mask) and fill (the
+Gaussian fill through Dask, one batch of time chunks at a time). Every finished step is
+recorded, so a killed run rerun with the same arguments redoes only unfinished work.
+
+The cube's life is safe by construction: observed days are never read from a source again
+(their chunk is rewritten from the store's own values), a day only ever changes from
+missing or failed to observed, and a cube says in `sicube_status` whether it is `building`,
+`updating` (complete through an earlier day), `complete` or `failed: reason`.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import functools
 import json
 import logging
 import os
+import shlex
 import socket
-import threading
 import time
+import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,30 +33,20 @@ import dask
 import dask.array as da
 import numpy as np
 
-from sicube import __version__, cube, mask, products
-from sicube.cache import cache_dir
+from sicube import __version__, cube, ingest, mask, products
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
-from sicube.fill import FillFlag, fill_fraction_block, fill_parameters, merge_thin_chunks
-from sicube.sources import GridCoords, find_day_files, read_day, read_grid, sha256_file
+from sicube.fill import FillFlag, core_in_block, fill_fraction_block, fill_parameters, halo_layout
+from sicube.ingest import FAILED, MISSING, OK, Arrival
+from sicube.plan import BuildArgs, BuildState, FillBatch, fill_batches
+from sicube.sources import GridCoords, find_day_files, read_grid
 
 log = logging.getLogger(__name__)
 
-STATE = "sicube_build"  # group attribute holding the build's progress
-FILL_BATCH_CHUNKS = 2  # time chunks filled per resumable step
-
-
-@dataclass
-class Arrival:
-    """A day's source: a validated file, or why there is none (missing = 404, failed = error)."""
-
-    day: dt.date
-    path: Path | None
-    status: str  # "ok", "missing" or "failed"
-    error: str = ""
-    sha256: str | None = None  # known when the downloader already hashed the file
-    downloaded: bool = False
-    attempts: int = 0
+STATE = "sicube_build"  # group attribute holding the build's progress (days apart)
+# `update` refuses to append more consecutive days without any file than this, unless told
+# (`allow_gap`): a cron job against a dead source must not grow the cube by empty days.
+MAX_EMPTY_DAYS = 30
 
 
 @dataclass
@@ -65,11 +60,15 @@ class BuildSummary:
     missing: list[dt.date] = field(default_factory=list)
     failed: dict[dt.date, str] = field(default_factory=dict)
     retried: dict[dt.date, int] = field(default_factory=dict)  # day -> download attempts
+    recovered: list[dt.date] = field(default_factory=list)  # missing/failed before, now observed
+    looked_again: int = 0  # days looked for again on a cube that had them missing or failed
+    source: str = ""
     cells_filled: int = 0
     cells_unfilled: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     store_bytes: int = 0
     nothing_to_do: bool = False
+    no_cube: bool = False  # every download failed: nothing could be written
     dashboard: str | None = None
 
     @property
@@ -80,15 +79,31 @@ class BuildSummary:
     def text(self) -> str:
         """The one-screen summary printed at the end of a command."""
         first, last = self.span
+        if self.no_cube:
+            lines = [f"{self.store}: no cube written: no day of {first} .. {last} could be "
+                     f"fetched from {self.source}"]
+            lines += [f"FAILED    {d:%Y%m%d}: {e}" for d, e in sorted(self.failed.items())[:12]]
+            if len(self.failed) > 12:
+                lines.append(f"FAILED    ... and {len(self.failed) - 12} more days")
+            lines.append("rerun the same command when the source is reachable")
+            return "\n".join(lines)
         if self.nothing_to_do:
-            return f"{self.store}: already complete for {first} .. {last}; nothing to do"
+            text = f"{self.store}: already complete for {first} .. {last}; nothing to do"
+            if self.looked_again:
+                text += (f" (looked again for {self.looked_again} missing or failed days: "
+                         "none has arrived)")
+            return text
         nt, ny, nx = self.shape
         lines = [
             f"cube      {self.store}",
             f"span      {first} .. {last}  ({nt} days, grid {ny} x {nx})",
+            f"source    {self.source}",
             f"days      {len(self.observed)} observed, {len(self.missing)} missing, "
             f"{len(self.failed)} failed",
         ]
+        if self.recovered:
+            lines.append("recovered " + day_list_text(self.recovered)
+                         + " (published late: now observed)")
         if self.missing:
             lines.append("missing   " + day_list_text(self.missing))
         if self.retried:
@@ -106,38 +121,120 @@ class BuildSummary:
         return "\n".join(lines)
 
 
-# --- arguments -----------------------------------------------------------------------------------
+# --- arguments ------------------------------------------------------------------------------------
 
 
-def _check_source_args(base_url: str | None, source: str | os.PathLike | None) -> None:
+@dataclass(frozen=True)
+class Source:
+    """Where days come from: a local folder (absolute) or a server, and the download cache."""
+
+    directory: Path | None
+    base_url: str | None
+    raw_dir: Path | None
+
+    @property
+    def where(self) -> str:
+        return str(self.directory) if self.directory else str(self.base_url)
+
+    def finish_args(self) -> list[str]:
+        """The command-line arguments that name this source again."""
+        if self.directory:
+            return ["--source", str(self.directory)]
+        return ["--base-url", str(self.base_url)] + (
+            ["--raw-dir", str(self.raw_dir)] if self.raw_dir else [])
+
+
+def _source(base_url: str | None, source: str | os.PathLike | None,
+            raw_dir: str | os.PathLike | None) -> Source:
+    """The checked source: one of a folder (made absolute) or an http(s) base URL."""
     if base_url is not None and source is not None:
         raise BadInput("give either --base-url or --source, not both")
-    if source is not None and not Path(source).is_dir():
-        raise BadInput(f"--source {source}: no such folder")
-    if base_url is not None and not base_url.startswith(("http://", "https://")):
+    if source is not None:
+        if not Path(source).is_dir():
+            raise BadInput(f"--source {source}: no such folder")
+        return Source(Path(source).resolve(), None, None)
+    base_url = base_url or products.DEFAULT_BASE_URL
+    if not base_url.startswith(("http://", "https://")):
         raise BadInput(f"--base-url {base_url!r}: must start with http:// or https://")
+    return Source(None, base_url, Path(raw_dir).resolve() if raw_dir else None)
 
 
-def default_raw_dir() -> Path:
-    """Where downloaded files are kept between runs unless --raw-dir says otherwise."""
-    return cache_dir("raw")
+def _raw_dir(src: Source) -> Path:
+    """Where downloads from `src` are kept: --raw-dir, or a cache folder of that server."""
+    if src.raw_dir is not None:
+        return src.raw_dir
+    from sicube.download import default_raw_dir
+
+    return default_raw_dir(src.base_url)
 
 
-# --- store: lock, create, state -----------------------------------------------------------------
+def _check_first_day(first: dt.date, src: Source) -> None:
+    if src.base_url == products.DEFAULT_BASE_URL and first < products.DATA_START:
+        raise BadInput(f"start {first}: the Bremen AMSR2 record begins {products.DATA_START}")
 
 
-def _is_local(store: str) -> bool:
-    return "://" not in store or store.startswith("file://")
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise BadInput(f"--workers {workers}: must be at least 1")
+
+
+def _check_chunks(chunks: dict | None) -> None:
+    for name, size in (chunks or {}).items():
+        if name not in cube.DEFAULT_CHUNKS:
+            raise BadInput(f"chunks: unknown dimension {name!r} (time, y or x)")
+        if not isinstance(size, int) or size < 1:
+            raise BadInput(f"chunks: {name} must be a positive integer, got {size!r}")
+
+
+def _check_window_fits(params: dict, grid: GridCoords) -> None:
+    """A space window must fit in the grid: the halo exchange cannot reach past its edges."""
+    ny, nx = grid.shape
+    if params["space_window"] >= min(ny, nx):
+        raise BadInput(f"--space-window {params['space_window']}: larger than the grid "
+                       f"({ny} x {nx} cells); give at most {min(ny, nx) - 1}")
+
+
+def _local_path(store: str) -> Path | None:
+    """The store's local folder, or None for a remote store."""
+    if store.startswith("file://"):
+        return Path(store.removeprefix("file://"))
+    if "://" in store:
+        return None
+    return Path(store)
+
+
+def _store_url(store: str | os.PathLike) -> str:
+    """The store as zarr and fsspec take it: local stores as plain absolute paths."""
+    store = str(store)
+    local = _local_path(store)
+    if local is not None:
+        return str(local.absolute())
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(store.split("://", 1)[0])
+    except (ImportError, ValueError) as err:
+        raise BadInput(f"--store {store}: cannot open this kind of URL ({err})") from err
+    return store
+
+
+# --- store: lock, create, state ------------------------------------------------------------------
 
 
 @contextlib.contextmanager
 def _build_lock(store: str) -> Iterator[None]:
-    """Refuse a second build on the same store while one runs (a lock file beside the store)."""
-    if not _is_local(store):
+    """Refuse a second build on the same store while one runs (a lock file beside the store).
+
+    The lock is named after the store's real path, so two spellings of one store (a
+    symlink, a relative path) share it.
+    """
+    local = _local_path(store)
+    if local is None:
         log.warning("%s: remote store, no build lock; do not run two builds on it at once", store)
         yield
         return
-    lock = Path(store.removeprefix("file://")).with_name(Path(store).name + ".lock")
+    real = Path(os.path.realpath(local))
+    lock = real.with_name(real.name + ".lock")
     me = f"{socket.gethostname()} {os.getpid()}"
     for _ in range(2):
         try:
@@ -185,33 +282,51 @@ def _exists(store: str) -> bool:
 
 
 def _create_store(store: str, days: list[dt.date], grid: GridCoords, epsg: int,
-                  chunks: dict | None, state: dict) -> None:
+                  chunks: dict | None, attrs: dict) -> None:
     """Write the empty cube; locally into a temp folder renamed at the end: all or nothing."""
-    ds = cube.template(days, grid.x, grid.y, epsg, chunks=chunks, attrs={STATE: json.dumps(state)})
-    import warnings
-
+    ds = cube.template(days, grid.x, grid.y, epsg, chunks=chunks, attrs=attrs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        if _is_local(store):
-            final = Path(store.removeprefix("file://"))
-            tmp = final.with_name(f".{final.name}.creating-{os.getpid()}")
+        local = _local_path(store)
+        if local is not None:
+            tmp = local.with_name(f".{local.name}.creating-{os.getpid()}")
             ds.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3)
-            os.rename(tmp, final)
+            os.rename(tmp, local)
         else:
             ds.to_zarr(store, mode="w-", compute=False, zarr_format=3)
 
 
-def _read_state(group) -> dict:
-    return json.loads(group.attrs[STATE])
+def _read_state(group) -> BuildState:
+    attrs = group.attrs
+    if "args" not in json.loads(attrs[STATE]) or cube.MISSING_DAYS not in attrs:
+        raise BadInput(f"{group.store}: a cube from an older sicube (no day lists); "
+                       "rebuild it into a new store")
+    data = json.loads(attrs[STATE])
+    data.update(observed=dict(attrs[cube.SOURCE_FILES]), missing=list(attrs[cube.MISSING_DAYS]),
+                failed=dict(attrs[cube.FAILED_DAYS]))
+    return BuildState.from_json(json.dumps(data))
 
 
-def _write_state(group, state: dict) -> None:
-    group.attrs[STATE] = json.dumps(state)
+def _state_attrs(state: BuildState) -> dict:
+    """The state as group attributes: the day lists under their own names (so that `info`
+    and other readers see them without knowing the builder's record), the rest as JSON."""
+    data = json.loads(state.to_json())
+    return {cube.SOURCE_FILES: data.pop("observed"), cube.MISSING_DAYS: data.pop("missing"),
+            cube.FAILED_DAYS: data.pop("failed"), STATE: json.dumps(data, sort_keys=True)}
+
+
+def _save(group, state: BuildState) -> None:
+    """Record the state in one write of the group's metadata."""
+    group.attrs.update(_state_attrs(state))
+
+
+def _set_status(group, status: str, **attrs) -> None:
+    """Say the cube's state, and republish the consolidated metadata that readers use."""
+    group.attrs.update({cube.STATUS: status, **attrs})
+    _consolidate(group.store)
 
 
 def _consolidate(store) -> None:
-    import warnings
-
     import zarr
 
     with warnings.catch_warnings():
@@ -219,239 +334,171 @@ def _consolidate(store) -> None:
         zarr.consolidate_metadata(store)
 
 
-# --- ingest ---------------------------------------------------------------------------------------
+def _finish_command(command: str, store: str, src: Source, extra: list[str]) -> str:
+    return "`" + shlex.join(["sicube", command, *extra, "--store", store,
+                             *src.finish_args()]) + "`"
 
 
-def _read_block(arrivals: list[Arrival], grid: GridCoords) -> tuple[np.ndarray, dict]:
-    """Stack the days of one time chunk (NaN for days with no file) and their provenance.
-
-    A downloaded file that does not decode is removed and its day marked failed (a rerun
-    fetches it again); a bad file in a local --source folder is the user's input: BadInput.
-    """
-    block = np.empty((len(arrivals), *grid.shape), np.float32)
-    provenance = {}
-    for i, arrival in enumerate(arrivals):
-        if arrival.status == "ok":
-            try:
-                field_ = read_day(arrival.path, grid, out=block[i])
-            except BadSourceFile as err:
-                if not arrival.downloaded:
-                    raise BadInput(f"{arrival.path}: {err}") from err
-                arrival.path.unlink(missing_ok=True)
-                arrival.status, arrival.error = "failed", str(err)
-        if arrival.status != "ok":
-            block[i] = np.nan
-            continue
-        provenance[f"{arrival.day:%Y%m%d}"] = {
-            "name": arrival.path.name, "sha256": arrival.sha256 or sha256_file(arrival.path),
-            "out_of_range_cells": field_.out_of_range,
-        }
-    return block, provenance
+# --- stages ---------------------------------------------------------------------------------------
 
 
-def _arrivals(days: list[dt.date], source: str | os.PathLike | None, base_url: str | None,
-              raw_dir: str | os.PathLike | None, progress: bool,
-              grid: GridCoords | None) -> Iterator[Arrival]:
-    """The days' files as they become available: at once from a folder, or as downloaded."""
-    if source is not None:
-        files = find_day_files(source)
-        for day in days:
-            path = files.get(day)
-            yield Arrival(day, path, "ok" if path else "missing")
-        return
-    from sicube.download import iter_downloads
-
-    # full_check=False: ingest decodes every file right after; decoding twice is wasted work.
-    raw = Path(raw_dir) if raw_dir else default_raw_dir()
-    for record in iter_downloads(days, raw, base_url=base_url, progress=progress,
-                                 expected_grid=grid, full_check=False):
-        yield Arrival(record.day, Path(record.path) if record.path else None, record.status,
-                      record.error or "", record.sha256, downloaded=True,
-                      attempts=record.attempts)
-
-
-def _first_file(arrivals: Iterator[Arrival], held: list[Arrival]) -> Arrival | None:
-    """Pull arrivals until one has a file (keeping the others) to learn the grid."""
-    for arrival in arrivals:
-        held.append(arrival)
-        if arrival.status == "ok":
-            return arrival
-    return None
-
-
-@dataclass
-class _NanTally:
-    """NaN counts per cell over the observed days ingested in this run (feeds the mask)."""
-
-    missing: np.ndarray
-    days: int = 0
-    chunks: set = field(default_factory=set)
-
-
-def _ingest(group, state: dict, days: list[dt.date], arrivals: Iterator[Arrival],
-            grid: GridCoords, summary: BuildSummary, progress: bool) -> _NanTally:
-    """Write raw days chunk by chunk as soon as every day of a chunk has arrived."""
+def _ingest(group, state: BuildState, arrivals: Iterator[Arrival], grid: GridCoords,
+            summary: BuildSummary, progress: bool) -> ingest.NanTally:
+    """Look for every unobserved day in the source and write the chunks whose days arrived."""
     chunk = group[cube.RAW].chunks[0]
-    index = {day: i for i, day in enumerate(days)}
-    todo = {c for c in range(_n_chunks(len(days), chunk)) if c not in state["ingested"]}
-    waiting: dict[int, list[Arrival]] = {}
-    tally = _NanTally(np.zeros(grid.shape, np.int32))
-    # position=1: under the download bar, which runs at the same time
-    bar = _bar(progress, total=sum(min(chunk, len(days) - c * chunk) for c in todo),
-               desc="ingest", unit="day", position=1)
+    days = state.days
+    looked_for = state.unobserved()
+    kept = {}
+    for i, day in enumerate(days):
+        if f"{day:%Y%m%d}" in state.observed:
+            kept.setdefault(i // chunk, []).append(i % chunk)
+    before = set(state.missing) | set(state.failed)
+    summary.looked_again = len(before)
+    position = {day: i for i, day in enumerate(days)}
 
-    counting = threading.Lock()
+    def before_write(c: int) -> None:
+        # Said before the write: a run killed during it rewrites the chunk next time.
+        state.rewrite.add(c)
+        _save(group, state)
 
-    def write(c: int, chunk_arrivals: list[Arrival]):
-        block, provenance = _read_block(chunk_arrivals, grid)
-        t0 = c * chunk
-        raw = cube.for_writing(group[cube.RAW])
-        _, ys, xs = raw.chunks
-        # Chunk by chunk: given a whole block, zarr encodes all its chunks at once, ~0.1 GB
-        # of buffers per writer.
-        for y0 in range(0, block.shape[1], ys):
-            for x0 in range(0, block.shape[2], xs):
-                raw[t0:t0 + len(block), y0:y0 + ys, x0:x0 + xs] = \
-                    block[:, y0:y0 + ys, x0:x0 + xs]
-        observed = np.array([a.status == "ok" for a in chunk_arrivals])
-        with counting:
-            mask.add_missing(tally.missing, block, observed)
-        return c, chunk_arrivals, provenance, observed
+    def record(result: ingest.ChunkResult) -> None:
+        changed = []
+        for arrival in result.arrivals:
+            key = f"{arrival.day:%Y%m%d}"
+            if arrival.status == OK:
+                state.record_day(key, OK, result.provenance[key])
+                changed.append(position[arrival.day])
+                if key in before:
+                    summary.recovered.append(arrival.day)
+                if arrival.attempts > 1:
+                    summary.retried[arrival.day] = arrival.attempts
+            else:
+                state.record_day(key, arrival.status, arrival.error)
+        state.invalidate(changed, chunk)
+        state.rewrite.discard(result.chunk)
+        _save(group, state)
 
-    def record(future) -> None:  # runs in this thread only: the state has one writer
-        c, chunk_arrivals, provenance, observed = future.result()
-        t0 = c * chunk
-        group[cube.OBSERVED][t0:t0 + observed.size] = observed
-        state["sources"].update(provenance)
-        for a in chunk_arrivals:
-            if a.status == "failed":
-                state["failed"][f"{a.day:%Y%m%d}"] = a.error
-        state["ingested"].append(c)
-        _write_state(group, state)
-        tally.days += int(observed.sum())
-        tally.chunks.add(c)
-        _release_memory()
-        bar.update(observed.size)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        pending = []
-        for arrival in arrivals:
-            c = index[arrival.day] // chunk
-            if c not in todo:
-                continue
-            waiting.setdefault(c, []).append(arrival)
-            if arrival.attempts > 1 and arrival.status == "ok":
-                summary.retried[arrival.day] = arrival.attempts
-            if len(waiting[c]) == min(chunk, len(days) - c * chunk):
-                pending.append(pool.submit(write, c, sorted(waiting.pop(c), key=_by_day)))
-            # At most two chunks in memory: when downloads outrun ingest, files wait on disk.
-            while pending and (pending[0].done() or len(pending) > 2):
-                record(pending.pop(0))
-        for future in pending:
-            record(future)
-    bar.close()
-    _account(state, days, summary)
+    tally = ingest.run(group, days, looked_for, kept, arrivals, grid,
+                       before_write=before_write, record=record, progress=progress)
+    summary.recovered.sort()
     return tally
 
 
-def _by_day(arrival: Arrival) -> dt.date:
-    return arrival.day
+def _clean_rewrites(group, state: BuildState, grid: GridCoords) -> None:
+    """Rewrite the chunks a killed run was writing: its observed days, NaN elsewhere."""
+    chunk = group[cube.RAW].chunks[0]
+    for c in sorted(state.rewrite):
+        days = state.days[c * chunk:(c + 1) * chunk]
+        kept = [i for i, d in enumerate(days) if f"{d:%Y%m%d}" in state.observed]
+        tally = ingest.NanTally(np.zeros(grid.shape, np.int32))
+        ingest.write_chunk(group, c, state.days, [], kept, grid, tally, contextlib.nullcontext())
+        state.invalidate(range(c * chunk, c * chunk + len(days)), chunk)
+        state.rewrite.discard(c)
+        _save(group, state)
 
 
-def _account(state: dict, days: list[dt.date], summary: BuildSummary) -> None:
-    observed = {parse_date(k) for k in state["sources"]}
-    failed = {parse_date(k): v for k, v in state["failed"].items()}
-    summary.observed = [d for d in days if d in observed]
-    summary.failed = {d: failed[d] for d in days if d in failed}
-    summary.missing = [d for d in days if d not in observed and d not in failed]
+def _write_observed(group, state: BuildState) -> None:
+    """`day_observed` from the state, written when the run ends: a reader of a cube being
+    updated sees a day as observed only once it is ingested and filled."""
+    group[cube.OBSERVED][:] = [f"{d:%Y%m%d}" in state.observed for d in state.days]
 
 
-def _n_chunks(n: int, chunk: int) -> int:
-    return -(-n // chunk)
+def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTally) -> None:
+    """Store land_mask and nan_ratio: given, kept, or the NaN frequency of the observed days.
 
-
-def _bar(progress: bool, **kwargs):
-    from tqdm import tqdm
-
-    return tqdm(disable=not progress, **kwargs)
-
-
-# --- mask and fill --------------------------------------------------------------------------------
-
-
-def _make_mask(group, state: dict, grid: GridCoords, mask_from: str | None,
-               threshold: float, tally: _NanTally) -> None:
-    """Store land_mask and nan_ratio: given, counted during this run's ingest, or read back."""
-    if mask_from is not None:
-        given = mask.load_mask(mask_from, grid)
+    The NaN frequency is updated incrementally: the counts of the days it already covers
+    come back exactly from nan_ratio x days; the newly observed days are added from this
+    run's tally (or read back from the store when a killed run ingested them). When the land
+    mask changes, every fill is redone.
+    """
+    if state.args.mask is not None and not state.mask_frozen:
+        given = mask.load_mask(state.args.mask, grid)
         land, ratio = given.land_mask, given.nan_ratio
+        state.mask_frozen = True
+    elif state.mask_frozen:
+        state.mask_done = True
+        _save(group, state)
+        return
     else:
-        if len(tally.chunks) == _n_chunks(group[cube.RAW].shape[0], group[cube.RAW].chunks[0]):
-            ratio = mask.ratio_from_counts(tally.missing, tally.days)
-        else:  # a resumed build saw only part of the days: count them from the store
-            observed = group[cube.OBSERVED][:]
-            ratio = mask.nan_ratio(da.from_zarr(group[cube.RAW]), observed).compute()
-        land = mask.land_from_ratio(ratio, threshold)
+        counted = len(state.mask_days)
+        counts = np.zeros(grid.shape, np.int64)
+        if counted:
+            counts += np.rint(group[cube.NAN_RATIO][:].astype(np.float64) * counted).astype(
+                np.int64)
+        new = set(state.observed) - state.mask_days
+        counts += tally.missing if tally.days <= new else 0
+        unread = sorted(new - tally.days) if tally.days <= new else sorted(new)
+        if unread:
+            index = {f"{d:%Y%m%d}": i for i, d in enumerate(state.days)}
+            rows = np.array([index[k] for k in unread])
+            counts += da.isnan(da.from_zarr(group[cube.RAW])[rows]).sum(
+                axis=0, dtype=np.int64).compute()
+        total = counted + len(new)
+        ratio = mask.ratio_from_counts(counts, total)
+        land = mask.land_from_ratio(ratio, state.args.mask_threshold)
+        state.mask_days |= new
+        observed_days = sorted(state.mask_days)
+        state.mask_span = (f"{state.args.start}/{state.args.end} ({total} observed days"
+                           + (f", {observed_days[0]}..{observed_days[-1]})" if total else ")"))
+    if not np.array_equal(group[cube.LAND][:], land):
+        state.filled.clear()
+        state.flag_counts.clear()
     group[cube.NAN_RATIO][:] = ratio
     group[cube.LAND][:] = land
-    state["mask_done"] = True
-    _write_state(group, state)
+    state.mask_done = True
+    _save(group, state)
 
 
-def _fill(group, state: dict, params: dict, summary: BuildSummary, progress: bool) -> None:
-    """Fill the time chunks not yet filled, a batch at a time, recording each batch."""
+def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> None:
+    """Fill every batch whose fill is not current, a batch at a time, recording each."""
     chunk, nt = group[cube.RAW].chunks[0], group[cube.RAW].shape[0]
-    batches = [c for c in range(0, _n_chunks(nt, chunk), FILL_BATCH_CHUNKS)
-               if c not in state["filled"]]
-    bar = _bar(progress, total=len(batches), desc="fill", unit="batch")
-    for c in batches:
-        t0, t1 = c * chunk, min(nt, (c + FILL_BATCH_CHUNKS) * chunk)
-        counts = _fill_batch(group, t0, t1, params).compute()
-        state["flag_counts"][str(c)] = [int(n) for n in counts.reshape(-1, len(FillFlag)).sum(0)]
-        state["filled"].append(c)
-        _write_state(group, state)
+    params = state.args.fill
+    todo = [b for b in fill_batches(nt, chunk, params["time_window"])
+            if b.index not in state.filled]
+    bar = _bar(progress, total=len(todo), desc="fill", unit="batch")
+    for batch in todo:
+        counts = _fill_batch(group, batch, params).compute()
+        state.flag_counts[batch.index] = [int(n) for n in
+                                          counts.reshape(-1, len(FillFlag)).sum(0)]
+        state.filled.add(batch.index)
+        _save(group, state)
         _release_memory()
         bar.update(1)
     bar.close()
     _count_flags(state, summary)
 
 
-def _fill_batch(group, t0: int, t1: int, params: dict) -> da.Array:
-    """Lazily fill days [t0, t1) into `sea_ice_conc` and `fill_flag`; the flag counts per block.
+def _fill_batch(group, batch: FillBatch, params: dict) -> da.Array:
+    """Lazily fill the batch's days into `sea_ice_conc` and `fill_flag`; flag counts per block.
 
-    Each task reads one spatial chunk of the batch's days and `time_window` days either side,
-    gets its `space_window` halo from its neighbours through `map_overlap`, and writes whole
-    Zarr chunks of both outputs. Every batch reads the same number of days (at the ends of
-    the span the window shifts inwards rather than shrinks), so the graph and the memory of
-    a batch are the same whatever the span and wherever the batch lies in it.
+    Each task reads one spatial chunk of the batch's read window, gets its `space_window`
+    halo from its neighbours through `map_overlap`, and writes whole Zarr chunks of both
+    outputs.
     """
     raw = group[cube.RAW]
     nt = raw.shape[0]
-    tw, sw = params["time_window"], params["space_window"]
-    window = FILL_BATCH_CHUNKS * raw.chunks[0] + 2 * tw
-    a = max(0, min(t0 - tw, nt - window))
-    b = min(nt, a + window)
-    spatial = tuple(merge_thin_chunks(c, sw)
-                    for c in da.core.normalize_chunks(raw.chunks[1:], raw.shape[1:]))
+    sw = params["space_window"]
+    a, b = batch.read_start, batch.read_stop
+    spatial, depth = halo_layout(da.core.normalize_chunks(raw.chunks[1:], raw.shape[1:]),
+                                 (sw, sw))
     source = da.from_zarr(raw, chunks=(tuple(n for n in (a, b - a, nt - b) if n), *spatial))
     land = da.from_zarr(group[cube.LAND], chunks=spatial)[None]
     return da.map_overlap(
-        _fill_store_block, source[a:b], land, depth={0: 0, 1: sw, 2: sw}, boundary="none",
-        trim=False, align_arrays=False, dtype=np.int64,
+        _fill_store_block, source[a:b], land, depth={0: 0, 1: depth[0], 2: depth[1]},
+        boundary="none", trim=False, align_arrays=False, dtype=np.int64,
         chunks=((1,), (1,) * len(spatial[0]), (len(FillFlag),) * len(spatial[1])),
-        params=params, core_t=(t0 - a, t1 - a), t0=t0,
-        bounds=tuple(np.cumsum((0, *c)) for c in spatial),
+        params=params, core_t=(batch.start - a, batch.stop - a), t0=batch.start,
+        bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth,
         targets=(cube.for_writing(group[cube.CONC]), cube.for_writing(group[cube.FLAG])),
     )
 
 
-def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bounds, targets):
+def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bounds, halo,
+                      targets):
     """Fill one haloed block's core, write its fraction and flags; its flag counts."""
     iy, ix = block_info[0]["chunk-location"][1:]
     (y0, y1), (x0, x1) = bounds[0][iy : iy + 2], bounds[1][ix : ix + 2]
-    sw = params["space_window"]
-    ly, lx = (sw if iy else 0), (sw if ix else 0)  # no halo beyond the array's edges
-    core = (*core_t, ly, ly + y1 - y0, lx, lx + x1 - x0)
+    core = (*core_t, *core_in_block((iy, ix), (y1 - y0, x1 - x0), halo))
     fraction, flags, counts = fill_fraction_block(block, land[0], core, **params)
     region = (slice(t0, t0 + fraction.shape[0]), slice(y0, y1), slice(x0, x1))
     targets[0][region] = fraction
@@ -485,13 +532,29 @@ def _malloc_trim():
         return None
 
 
-def _count_flags(state: dict, summary: BuildSummary) -> None:
+def _count_flags(state: BuildState, summary: BuildSummary) -> None:
     """Cells filled and left without neighbour, from the per-batch counts in the state."""
     totals = np.zeros(len(cube.FLAG_MEANINGS), np.int64)
-    for counts in state["flag_counts"].values():
+    for counts in state.flag_counts.values():
         totals += counts
     summary.cells_filled = int(totals[FillFlag.FILLED])
     summary.cells_unfilled = int(totals[FillFlag.NO_NEIGHBOUR])
+
+
+def _account(state: BuildState, summary: BuildSummary) -> None:
+    """The summary's day lists over the whole span, from the state."""
+    days = state.days
+    summary.span = (days[0], days[-1])
+    summary.observed = [d for d in days if f"{d:%Y%m%d}" in state.observed]
+    summary.failed = {d: state.failed[f"{d:%Y%m%d}"] for d in days
+                      if f"{d:%Y%m%d}" in state.failed}
+    summary.missing = [d for d in days if f"{d:%Y%m%d}" in state.missing]
+
+
+def _bar(progress: bool, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(disable=not progress, **kwargs)
 
 
 @contextlib.contextmanager
@@ -521,27 +584,83 @@ def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterato
             yield
 
 
-def _finish(group, state: dict, summary: BuildSummary, base_url: str | None,
-            source: str | None) -> None:
-    days = summary.observed
-    first, last = summary.span
-    group.attrs.update({
-        "source_base_url": base_url or "",
-        "source_directory": str(source or ""),
-        "source_files": {k: state["sources"][k] for k in sorted(state["sources"])},
-        "failed_days": state["failed"],
-        "fill_parameters": state["args"]["fill"],
-        "mask_threshold": state["args"]["mask_threshold"],
-        "mask_source": state["args"]["mask"] or "nan frequency of this cube's observed days",
-        "mask_span": f"{first:%Y-%m-%d}/{last:%Y-%m-%d} ({len(days)} observed days)"
-        if not state["args"]["mask"] else state.get("mask_span", ""),
+class _Timer:
+    """Adds the wall time of each stage to the summary."""
+
+    def __init__(self, summary: BuildSummary):
+        self.summary = summary
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - began
+            self.summary.seconds[stage] = self.summary.seconds.get(stage, 0.0) + seconds
+
+
+# --- one run: ingest, mask, fill, finish ----------------------------------------------------------
+
+
+def _run(group, state: BuildState, arrivals: Iterator[Arrival], summary: BuildSummary,
+         src: Source, progress: bool) -> None:
+    """Execute what the state says is left: ingest what arrives, mask, fill, finish."""
+    timer = _Timer(summary)
+    grid = _grid(group)
+    summary.shape = group[cube.RAW].shape
+    with timer("ingest"):
+        _clean_rewrites(group, state, grid)
+        tally = _ingest(group, state, arrivals, grid, summary, progress)
+    if not state.mask_done:
+        with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar:
+            _make_mask(group, state, grid, tally)
+            bar.update(1)
+    del tally  # the counts are in the store now; the fill needs the memory
+    with timer("fill"):
+        _fill(group, state, summary, progress)
+    _finish(group, state, summary, src)
+
+
+def _finish(group, state: BuildState, summary: BuildSummary, src: Source) -> None:
+    """Write the provenance, say `complete`, and consolidate the metadata for readers."""
+    _account(state, summary)
+    _write_observed(group, state)
+    state.complete_through = state.args.end
+    state.updating_from = None
+    _save(group, state)
+    _set_status(group, cube.COMPLETE, **{
+        cube.SOURCE_URL: src.base_url or "",
+        cube.SOURCE_DIRECTORY: str(src.directory or ""),
+        "fill_parameters": state.args.fill,
+        "mask_threshold": state.args.mask_threshold,
+        "mask_source": state.args.mask or "nan frequency of this cube's observed days",
+        "mask_span": state.mask_span,
         "sicube_version": __version__,
         "build_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
-    state["complete"] = True
-    _write_state(group, state)
-    # Readers (xarray, HTTP clients that cannot list) get all metadata in one document.
-    _consolidate(group.store)
+
+
+@contextlib.contextmanager
+def _failure_recorded(store: str) -> Iterator[None]:
+    """On an error or Ctrl-C inside a run, say so in the cube (it stays resumable)."""
+    try:
+        yield
+    except BaseException as err:
+        with contextlib.suppress(Exception):
+            group = _open_group(store)
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else \
+                f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            if str(group.attrs.get(cube.STATUS, "")).startswith(cube.UPDATING):
+                # The cube stays readable through the day it was complete through.
+                group.attrs["sicube_last_error"] = reason
+            else:
+                _set_status(group, f"{cube.FAILED}: {reason}")
+        raise
+
+
+def _grid(group) -> GridCoords:
+    return GridCoords(group["x"][:], group["y"][:])
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -564,6 +683,7 @@ def build(
     scheduler=None,
     workers: int | None = None,
     chunks: dict | None = None,
+    restart_fill: bool = False,
     progress: bool = True,
 ) -> BuildSummary:
     """Build the cube of SPEC section 3 for every calendar day of [start, end] into `store`.
@@ -571,72 +691,63 @@ def build(
     Parameters
     ----------
     base_url : server to download from (default: Bremen); `source` reads a local folder instead.
-    raw_dir : where downloads are kept and reused (default: a user cache folder).
+    raw_dir : where downloads are kept and reused (default: a cache folder of that server).
     mask_from : a NetCDF mask file or another cube whose `land_mask` to use instead of
         computing one from this span with `mask_threshold`.
     scheduler : "threads" (default), "processes", a scheduler address or a `distributed.Client`.
     chunks : Zarr chunk sizes, e.g. {"time": 8, "y": 512, "x": 512}.
+    restart_fill : on an existing cube of the same span, accept other fill or mask
+        parameters and redo the mask and the fill (the ingested days are kept).
 
     Returns
     -------
-    BuildSummary; a rerun of a finished build with the same arguments does nothing.
+    BuildSummary. A rerun finishes an unfinished cube; on a complete cube it looks again for
+    its missing and failed days and ingests those that have arrived since (late files).
     """
     first, last = parse_span(start, end)
-    store = str(store)
-    _check_source_args(base_url, source)
-    if source is None:
-        base_url = base_url or products.DEFAULT_BASE_URL
-        if base_url == products.DEFAULT_BASE_URL and first < products.DATA_START:
-            raise BadInput(f"start {first}: the Bremen AMSR2 record begins "
-                           f"{products.DATA_START}")
+    store = _store_url(store)
+    src = _source(base_url, source, raw_dir)
+    _check_first_day(first, src)
     params = fill_parameters(time_window, space_window, alpha, sigma)
     mask.check_threshold(mask_threshold)
-    args = {"start": f"{first}", "end": f"{last}", "fill": params,
-            "mask_threshold": mask_threshold, "mask": str(mask_from) if mask_from else None}
-    days = list(day_range(first, last))
-    summary = BuildSummary(store=store, span=(first, last))
-    timer = _Timer(summary)
+    _check_workers(workers)
+    _check_chunks(chunks)
+    args = BuildArgs(f"{first}", f"{last}", params, mask_threshold,
+                     str(mask_from) if mask_from else None)
+    summary = BuildSummary(store=store, span=(first, last), source=src.where)
+    fill_args = [f"--time-window={time_window}", f"--space-window={space_window}",
+                 f"--alpha={alpha:g}", f"--sigma={sigma:g}"] + (
+        [f"--mask={mask_from}"] if mask_from else [f"--mask-threshold={mask_threshold:g}"])
+    finish = _finish_command("build", store, src,
+                             [f"--start={first:%Y%m%d}", f"--end={last:%Y%m%d}", *fill_args])
 
     # The scheduler is reached first, so a wrong address costs nothing.
     with _build_lock(store), _scheduler(scheduler, workers, summary):
-        group, state = _resume(store, args, days, summary)
-        if summary.nothing_to_do:
-            return summary
+        group, state = _resume(store, args, restart_fill, summary)
         if group is None:
-            arrivals = _arrivals(days, source, base_url, raw_dir, progress, None)
+            days = list(day_range(first, last))
+            arrivals = ingest.arrivals(days, src.directory, src.base_url,
+                                       _raw_dir(src) if src.base_url else None, progress, None)
             held: list[Arrival] = []
-            with timer("ingest"):
-                group, state = _create(store, days, args, chunks, mask_from, arrivals, held,
-                                       where=source or base_url)
+            group, state = _create(store, days, args, chunks, arrivals, held, summary, finish)
+            if group is None:
+                return summary
             arrivals = _chain(held, arrivals)
         else:
-            arrivals = _arrivals(_days_to_ingest(group, state, days), source, base_url,
-                                 raw_dir, progress, _grid(group))
-        grid = _grid(group)
-        summary.shape = group[cube.RAW].shape
-        with timer("ingest"):
-            tally = _ingest(group, state, days, arrivals, grid, summary, progress)
-        if not state["mask_done"]:
-            with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar:
-                _make_mask(group, state, grid, args["mask"], mask_threshold, tally)
-                bar.update(1)
-        del tally  # the counts are in the store now; the fill needs the memory
-        with timer("fill"):
-            _fill(group, state, params, summary, progress)
-        _finish(group, state, summary, base_url if source is None else None, source)
+            arrivals = _look_again(group, state, src, progress, summary)
+            if arrivals is None:
+                return summary
+        with _failure_recorded(store):
+            _run(group, state, arrivals, summary, src, progress)
     summary.store_bytes = cube.store_bytes(store)
     return summary
 
 
-def _grid(group) -> GridCoords:
-    return GridCoords(group["x"][:], group["y"][:])
-
-
-def _resume(store: str, args: dict, days: list[dt.date], summary: BuildSummary):
+def _resume(store: str, args: BuildArgs, restart_fill: bool, summary: BuildSummary):
     """(group, state) of an existing cube built with `args`; (None, None) for a new store.
 
-    Refuses a path that is not a sicube cube and a cube built with other arguments; marks
-    the summary `nothing_to_do` when the cube is complete.
+    Refuses a path that is not a sicube cube and a cube of another span; other fill or mask
+    parameters only with `restart_fill`, which forgets the mask and every fill.
     """
     if not _exists(store):
         return None, None
@@ -644,56 +755,103 @@ def _resume(store: str, args: dict, days: list[dt.date], summary: BuildSummary):
         raise BadInput(f"{store}: exists and is not a sicube cube; refusing to touch it")
     group = _open_group(store)
     state = _read_state(group)
-    if state["args"] != args:
-        raise BadInput(f"{store}: holds a cube built with other arguments "
-                       f"({_describe_args(state['args'])}); use a new store, or "
-                       "`sicube update` to extend it")
-    if state.get("complete") and not state["failed"]:
-        summary.nothing_to_do = True
-        summary.shape = group[cube.RAW].shape
-        _account(state, days, summary)
-        _count_flags(state, summary)
-    elif state["failed"]:
-        _forget_failed(group, state, days)
+    if state.args != args:
+        same_span = (state.args.start, state.args.end) == (args.start, args.end)
+        if not (restart_fill and same_span):
+            hint = ("add --restart-fill to redo the mask and the fill with these"
+                    if same_span else "use a new store, or `sicube update` to extend it")
+            raise BadInput(f"{store}: holds a cube built with other arguments "
+                           f"({_describe_args(state.args)}); {hint}")
+        _check_window_fits(args.fill, _grid(group))
+        state.args = args
+        state.filled.clear()
+        state.flag_counts.clear()
+        state.mask_done = state.mask_frozen = False
+        state.mask_days.clear()
+        _save(group, state)
+        if cube.cube_status(group.attrs) == cube.COMPLETE:
+            _set_status(group, cube.BUILDING)
     return group, state
 
 
-def _create(store: str, days: list[dt.date], args: dict, chunks: dict | None,
-            mask_from: str | None, arrivals: Iterator[Arrival], held: list[Arrival],
-            where: str):
-    """Create the empty cube once the first file has arrived (it tells the grid)."""
-    found = _first_file(arrivals, held)
+def _look_again(group, state: BuildState, src: Source, progress: bool,
+                summary: BuildSummary) -> Iterator[Arrival] | None:
+    """The arrivals of every day the cube still lacks; None when nothing can change.
+
+    On a complete cube only days that have arrived since change it: their chunks are
+    rewritten and their fills redone. Until the run ends the cube is `updating`, readable
+    through the day it was complete through.
+    """
+    days = [state.days[i] for i in state.unobserved()]
+    complete = state.is_complete(group[cube.RAW].chunks[0]) and not state.rewrite
+    if complete and src.directory is not None:
+        present = find_day_files(src.directory)
+        days = [d for d in days if d in present]  # a folder is looked at without reading
+        if not days:
+            _nothing_to_do(group, state, summary)
+            return None
+    arrivals = ingest.arrivals(days, src.directory, src.base_url,
+                               _raw_dir(src) if src.base_url else None, progress,
+                               _grid(group))
+    if complete:
+        arrivals = list(arrivals)  # downloads first: decide before writing anything
+        if not any(a.status == OK for a in arrivals):
+            _nothing_to_do(group, state, summary)
+            for a in arrivals:  # a failure now replaces an old reason
+                state.record_day(f"{a.day:%Y%m%d}", a.status, a.error)
+            _save(group, state)
+            _consolidate(group.store)
+            return None
+        state.updating_from = state.complete_through = state.args.end
+        _save(group, state)
+        _set_status(group, cube.UPDATING)
+        arrivals = iter(arrivals)
+    return arrivals
+
+
+def _nothing_to_do(group, state: BuildState, summary: BuildSummary) -> None:
+    summary.nothing_to_do = True
+    summary.looked_again = len(state.missing) + len(state.failed)
+    summary.shape = group[cube.RAW].shape
+    _account(state, summary)
+    _count_flags(state, summary)
+
+
+def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | None,
+            arrivals: Iterator[Arrival], held: list[Arrival], summary: BuildSummary,
+            finish: str):
+    """Create the empty cube once the first file has arrived (it tells the grid).
+
+    (None, None) when no file arrived and some day failed (the summary names them, exit 1);
+    BadInput when every day is simply absent from the source.
+    """
+    found = None
+    for arrival in arrivals:
+        held.append(arrival)
+        if arrival.status == OK:
+            found = arrival
+            break
     if found is None:
-        raise BadInput(f"no source file for any day of {days[0]} .. {days[-1]} at {where}")
+        failed = {a.day: a.error for a in held if a.status == FAILED}
+        if failed:
+            summary.failed, summary.no_cube = failed, True
+            summary.missing = [a.day for a in held if a.status == MISSING]
+            return None, None
+        raise BadInput(f"no source file for any day of {days[0]} .. {days[-1]} at "
+                       f"{summary.source}")
     # Structure only: the data are decoded at ingest, where a corrupt download becomes a
     # failed day (whichever file happens to arrive first).
     try:
         grid, epsg = read_grid(found.path)
     except BadSourceFile as err:
         raise BadInput(f"{found.path}: {err}") from err
-    if mask_from is not None:  # refuse a bad mask before anything is written
-        mask.load_mask(mask_from, grid)
-    state = {"args": args, "ingested": [], "sources": {}, "failed": {}, "mask_done": False,
-             "filled": [], "flag_counts": {}, "complete": False}
-    _create_store(store, days, grid, epsg or products.GRIDS["n3125"].epsg_hughes, chunks, state)
+    _check_window_fits(args.fill, grid)
+    if args.mask is not None:  # refuse a bad mask before anything is written
+        mask.load_mask(args.mask, grid)
+    state = BuildState(args)
+    attrs = {**_state_attrs(state), cube.STATUS: cube.BUILDING, cube.FINISH: finish}
+    _create_store(store, days, grid, epsg or products.GRIDS["n3125"].epsg_hughes, chunks, attrs)
     return _open_group(store), state
-
-
-def _forget_failed(group, state: dict, days: list[dt.date]) -> None:
-    """Mark the chunks of failed days for ingest again; mask and fill follow from them."""
-    chunk = group[cube.RAW].chunks[0]
-    index = {f"{d:%Y%m%d}": i for i, d in enumerate(days)}
-    again = {index[key] // chunk for key in state["failed"]}
-    log.warning("retrying %d failed days", len(state["failed"]))
-    state.update(ingested=[c for c in state["ingested"] if c not in again], failed={},
-                 mask_done=False, filled=[], flag_counts={}, complete=False)
-    _write_state(group, state)
-
-
-def _days_to_ingest(group, state: dict, days: list[dt.date]) -> list[dt.date]:
-    chunk = group[cube.RAW].chunks[0]
-    done = set(state["ingested"])
-    return [d for i, d in enumerate(days) if i // chunk not in done]
 
 
 def _chain(held: list[Arrival], rest: Iterator[Arrival]) -> Iterator[Arrival]:
@@ -701,27 +859,11 @@ def _chain(held: list[Arrival], rest: Iterator[Arrival]) -> Iterator[Arrival]:
     yield from rest
 
 
-def _describe_args(args: dict) -> str:
-    fill = args["fill"]
-    return (f"{args['start']} .. {args['end']}, time_window {fill['time_window']}, "
+def _describe_args(args: BuildArgs) -> str:
+    fill = args.fill
+    return (f"{args.start} .. {args.end}, time_window {fill['time_window']}, "
             f"space_window {fill['space_window']}, alpha {fill['alpha']}, sigma {fill['sigma']}, "
-            f"mask {args['mask'] or 'threshold ' + str(args['mask_threshold'])}")
-
-
-class _Timer:
-    """Adds the wall time of each stage to the summary."""
-
-    def __init__(self, summary: BuildSummary):
-        self.summary = summary
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            seconds = time.perf_counter() - began
-            self.summary.seconds[stage] = self.summary.seconds.get(stage, 0.0) + seconds
+            f"mask {args.mask or 'threshold ' + str(args.mask_threshold)}")
 
 
 def update(
@@ -731,88 +873,116 @@ def update(
     base_url: str | None = None,
     source: str | os.PathLike | None = None,
     raw_dir: str | os.PathLike | None = None,
+    allow_gap: bool = False,
     scheduler=None,
     workers: int | None = None,
     progress: bool = True,
 ) -> BuildSummary:
-    """Append the days after the cube's last day up to `end` (default: yesterday, UTC).
+    """Append the days after the cube's last day up to `end`, and recover late days.
 
-    Ingests the new days, keeps the cube's mask, and refills only the time chunks whose
-    fill window changed (from `time_window` days before the old end on). The result
-    equals a fresh build of the whole span with the cube's mask.
+    Only adds: days already observed are never read from a source again (the refill of the
+    window edge uses the cube's own raw values); every missing or failed day of the span is
+    looked for again. The mask is kept. The result equals a fresh build of the whole span
+    with the cube's mask, whatever the source holds.
+
+    `end` defaults to the last day the source has (the newest file of a folder; for a server,
+    probed backwards from yesterday). More than `MAX_EMPTY_DAYS` consecutive days without a
+    file at the end are refused unless `allow_gap`.
     """
-    store = str(store)
+    store = _store_url(store)
     if not cube.is_cube(store):
         raise BadInput(f"{store}: not a sicube cube")
-    _check_source_args(base_url, source)
-    wanted = parse_date(end, "end") if end is not None else \
-        dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
-    summary = BuildSummary(store=store, span=(wanted, wanted))
+    _check_workers(workers)
+    summary = BuildSummary(store=store, span=(dt.date.min, dt.date.min))
     with _build_lock(store), _scheduler(scheduler, workers, summary):
         group = _open_group(store)
         state = _read_state(group)
-        first = parse_date(state["args"]["start"])
-        if state.get("complete"):
-            last = parse_date(state["args"]["end"])
-            summary.span = (first, max(last, wanted))
-            if wanted <= last:
-                summary.nothing_to_do = True
-                summary.shape = group[cube.RAW].shape
-                _account(state, list(day_range(first, last)), summary)
-                _count_flags(state, summary)
-                return summary
-            _start_update(group, state, first, last, wanted)
-        elif "updating_from" in state:  # an interrupted update: finish it first
-            last = parse_date(state["args"]["end"])
-            if end is not None and wanted != last:
+        status = cube.cube_status(group.attrs)
+        if status not in (cube.COMPLETE, cube.UPDATING):
+            raise BadInput(f"{store}: its build has not finished ({status}); finish it with "
+                           f"{group.attrs.get(cube.FINISH, 'the same sicube build command')}")
+        src = _update_source(group, base_url, source, raw_dir)
+        summary.source = src.where
+        last = parse_date(state.args.end)
+        if state.updating_from is not None:  # an interrupted update: finish it first
+            if end is not None and parse_date(end, "end") != last:
                 raise BadInput(f"{store}: an interrupted update to {last} is unfinished; "
-                               f"run `sicube update --end {last:%Y%m%d}` first")
-            summary.span = (first, last)
+                               f"run `sicube update --store {store} --end {last:%Y%m%d}` first")
+            wanted = last
         else:
-            raise BadInput(f"{store}: its build has not finished; rerun `sicube build` first")
-        if source is None and base_url is None:
-            # By default, update from where the cube came from.
-            source = group.attrs.get("source_directory") or None
-            if source is None:
-                base_url = group.attrs.get("source_base_url") or products.DEFAULT_BASE_URL
-        days = list(day_range(*summary.span))
-        timer = _Timer(summary)
-        grid = _grid(group)
-        arrivals = _arrivals(_days_to_ingest(group, state, days), source, base_url, raw_dir,
-                             progress, grid)
-        summary.shape = group[cube.RAW].shape
-        with timer("ingest"):
-            _ingest(group, state, days, arrivals, grid, summary, progress)
-        with timer("fill"):
-            _fill(group, state, state["args"]["fill"], summary, progress)
-        del state["updating_from"]
-        _finish(group, state, summary, base_url if source is None else None, source)
+            wanted = _update_end(end, last, src, allow_gap)
+        chunk = group[cube.RAW].chunks[0]
+        if wanted > last:
+            _set_status(group, cube.UPDATING, **{
+                cube.FINISH: _finish_command("update", store, src, [])})
+            with _failure_recorded(store):
+                _extend_time(group, list(day_range(parse_date(state.args.start), wanted)))
+                state.mask_frozen = True  # the cube's mask stays the mask
+                state.extend(wanted, chunk)
+                _save(group, state)
+            arrivals = ingest.arrivals([state.days[i] for i in state.unobserved()],
+                                       src.directory, src.base_url,
+                                       _raw_dir(src) if src.base_url else None, progress,
+                                       _grid(group))
+        else:
+            state.mask_frozen = True
+            arrivals = _look_again(group, state, src, progress, summary)
+            if arrivals is None:
+                return summary
+        with _failure_recorded(store):
+            _run(group, state, arrivals, summary, src, progress)
     summary.store_bytes = cube.store_bytes(store)
     return summary
 
 
-def _start_update(group, state: dict, first: dt.date, last: dt.date, new_last: dt.date) -> None:
-    """Extend the time axis to `new_last` and mark what must be ingested and filled again.
+def _update_source(group, base_url, source, raw_dir) -> Source:
+    """The update's source: as given, else where the cube came from (folder or server)."""
+    if source is not None or base_url is not None:
+        return _source(base_url, source, raw_dir)
+    folder = group.attrs.get(cube.SOURCE_DIRECTORY) or None
+    if folder is not None:
+        if not Path(folder).is_dir():
+            raise BadInput(f"the cube's source folder {folder} is gone; give --source or "
+                           "--base-url")
+        return _source(None, folder, raw_dir)
+    return _source(group.attrs.get(cube.SOURCE_URL) or None, None, raw_dir)
 
-    The partly filled last time chunk is ingested again (its old days from the same
-    sources) and every fill batch from `time_window` days before the old end is redone;
-    the mask stays. The state records the update, so an interrupted one can be resumed.
-    """
-    days = list(day_range(first, new_last))
-    old_n = (last - first).days + 1
-    _extend_time(group, days)
-    chunk = group[cube.RAW].chunks[0]
-    first_new_chunk = old_n // chunk
-    refill_from = max(0, old_n - state["args"]["fill"]["time_window"]) // chunk
-    refill_batch = refill_from - refill_from % FILL_BATCH_CHUNKS
-    state.update(
-        ingested=[c for c in state["ingested"] if c < first_new_chunk],
-        filled=[c for c in state["filled"] if c < refill_batch],
-        flag_counts={k: v for k, v in state["flag_counts"].items() if int(k) < refill_batch},
-        complete=False, updating_from=f"{last}",
-    )
-    state["args"]["end"] = f"{new_last}"
-    _write_state(group, state)
+
+def _update_end(end: DateLike | None, last: dt.date, src: Source, allow_gap: bool) -> dt.date:
+    """The update's last day: as given, or the newest the source has; gaps refused."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    wanted = parse_date(end, "end") if end is not None else None
+    if wanted is not None and wanted > today:
+        raise BadInput(f"--end {wanted}: in the future (today is {today} UTC)")
+    if wanted is not None and wanted <= last:
+        return last
+    before = wanted or today - dt.timedelta(days=1)
+    newest = _newest_day(src, before, last)
+    if wanted is None:
+        if newest is None and src.base_url and (before - last).days > MAX_EMPTY_DAYS:
+            raise BadInput(f"{src.where}: no file in the {MAX_EMPTY_DAYS} days up to {before}; "
+                           "give --end (and --allow-gap) to append empty days anyway")
+        return newest or last
+    gap = (wanted - (newest or last)).days
+    if gap > MAX_EMPTY_DAYS and not allow_gap:
+        raise BadInput(f"--end {wanted}: the source has no file after {newest or last}, so "
+                       f"{gap} empty days would be appended; give an earlier --end, or "
+                       "--allow-gap to append them")
+    return wanted
+
+
+def _newest_day(src: Source, before: dt.date, after: dt.date) -> dt.date | None:
+    """The newest day in (after, before] the source has a file for; None when there is none
+    (a server is probed backwards from `before`, at most `MAX_EMPTY_DAYS` days)."""
+    if src.directory is not None:
+        found = [d for d in find_day_files(src.directory) if after < d <= before]
+        return max(found, default=None)
+    from sicube.download import latest_available
+
+    limit = min(MAX_EMPTY_DAYS, (before - after).days)
+    if limit <= 0:
+        return None
+    return latest_available(src.base_url, before=before, limit=limit)
 
 
 def _extend_time(group, days: list[dt.date]) -> None:
@@ -829,4 +999,4 @@ def _extend_time(group, days: list[dt.date]) -> None:
     time_array[:] = (to_datetime64(days).astype("datetime64[D]") - epoch).astype(np.int32)
 
 
-__all__ = ["build", "update", "BuildSummary", "default_raw_dir"]
+__all__ = ["build", "update", "BuildSummary", "MAX_EMPTY_DAYS"]

@@ -255,6 +255,9 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
                        help="land where a cell is NaN on at least this share of observed days")
     masks.add_argument("--mask", help="reuse land_mask from a NetCDF file or another cube")
     parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default 8,512,512)")
+    parser.add_argument("--restart-fill", action="store_true",
+                        help="on an existing cube of this span: accept other fill or mask "
+                             "parameters and redo the mask and fill (ingested days are kept)")
     parser.set_defaults(run=_run_build)
 
 
@@ -278,7 +281,7 @@ def _run_build(args: argparse.Namespace) -> int:
         raw_dir=args.raw_dir, time_window=args.time_window, space_window=args.space_window,
         alpha=args.alpha, sigma=args.sigma, mask_threshold=args.mask_threshold,
         mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
-        chunks=_chunks(args.chunks), progress=not args.quiet,
+        chunks=_chunks(args.chunks), restart_fill=args.restart_fill, progress=not args.quiet,
     )
     print(summary.text())
     return summary.exit_code
@@ -287,7 +290,13 @@ def _run_build(args: argparse.Namespace) -> int:
 @command("update", "append new days to a cube and refill the days whose window changed")
 def _add_update(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, help="an existing sicube cube")
-    parser.add_argument("--end", help="last day to add (default: yesterday, UTC)")
+    from sicube.build import MAX_EMPTY_DAYS
+
+    parser.add_argument("--end", help="last day to add (default: the newest day the source "
+                        "has: a folder's newest file, or probed on the server from yesterday)")
+    parser.add_argument("--allow-gap", action="store_true",
+                        help=f"append even when more than {MAX_EMPTY_DAYS} days at the end "
+                             "would have no file")
     _add_source_args(parser)
     parser.set_defaults(run=_run_update)
 
@@ -296,8 +305,8 @@ def _run_update(args: argparse.Namespace) -> int:
     from sicube.build import update
 
     summary = update(args.store, args.end, base_url=args.base_url, source=args.source,
-                     raw_dir=args.raw_dir, scheduler=args.scheduler, workers=args.workers,
-                     progress=not args.quiet)
+                     raw_dir=args.raw_dir, allow_gap=args.allow_gap, scheduler=args.scheduler,
+                     workers=args.workers, progress=not args.quiet)
     print(summary.text())
     return summary.exit_code
 

@@ -32,6 +32,11 @@ FORMAT_VERSION = 1
 STATUS = "sicube_status"
 FINISH = "sicube_finish_command"
 BUILDING, COMPLETE, FAILED = "building", "complete", "failed"
+# An update (new days, late files) is under way or was interrupted: every day up to the
+# `complete_through` day of the build record is ingested and filled, and a day is marked
+# observed only once it is, so readers may go on reading.
+UPDATING = "updating"
+READABLE = (COMPLETE, UPDATING)
 # Group attributes kept current after every ingested time chunk (so that `info` can tell
 # observed, missing (404 / not in the folder), failed (with reason) and not-yet-ingested days
 # apart at any moment): {YYYYMMDD: {"name", "sha256", ...}}, [YYYYMMDD], {YYYYMMDD: reason},
@@ -199,7 +204,7 @@ class IncompleteCube(BadInput):
 def check_complete(store: str | os.PathLike, attrs: Mapping, allow_incomplete: bool) -> str:
     """The cube's state; IncompleteCube unless it is complete or `allow_incomplete` is set."""
     status = cube_status(attrs)
-    if status != COMPLETE and not allow_incomplete:
+    if status not in READABLE and not allow_incomplete:
         finish = attrs.get(FINISH) or "the same `sicube build` command again"
         raise IncompleteCube(
             f"{store}: unfinished cube (state: {status}); finish it with {finish}, "

@@ -666,19 +666,41 @@ def merge_thin_chunks(chunks: tuple[int, ...], depth: int) -> tuple[int, ...]:
     return tuple(merged)
 
 
+def halo_layout(chunks: tuple[tuple[int, ...], ...],
+                depth: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """The chunks a haloed map works on (thin ones merged) and the halo depth per axis.
+
+    Along an axis held in one chunk there is nothing to exchange: its depth is 0.
+    """
+    merged = tuple(merge_thin_chunks(c, d) for c, d in zip(chunks, depth, strict=True))
+    return merged, tuple(0 if len(c) == 1 else d for c, d in zip(merged, depth, strict=True))
+
+
+def core_in_block(location: tuple[int, ...], core_shape: tuple[int, ...],
+                  depth: tuple[int, ...]) -> tuple[int, ...]:
+    """``(start, stop)`` per axis, flattened, of a block's core inside the block with its halo.
+
+    The first block along an axis has no halo before it (nothing lies beyond the array's edge).
+    """
+    core: list[int] = []
+    for where, size, d in zip(location, core_shape, depth, strict=True):
+        low = d if where > 0 else 0
+        core += [low, low + size]
+    return tuple(core)
+
+
 def _with_halo(func, x, depth: tuple[int, ...], land, **kwargs):
-    """Apply ``func(block, land_block, lo, core_shape, **kwargs)`` to ``x`` with a halo.
+    """Apply ``func(block, land_block, core, **kwargs)`` to ``x`` with a halo.
 
     ``func`` gets each block of ``x`` widened by up to ``depth`` cells per side (less at the
-    array edges, where the cells beyond count as missing) and returns the core. The result has
-    the chunks of ``x``.
+    array edges, where the cells beyond count as missing) and ``core``, where the block's own
+    cells lie in it (see `core_in_block`); it returns the core. The result has the chunks of
+    ``x``.
     """
     import dask.array as da
 
     chunks = x.chunks
-    merged = tuple(merge_thin_chunks(c, d) for c, d in zip(chunks, depth, strict=True))
-    # Along an axis held in one chunk there is nothing to exchange.
-    depth = tuple(0 if len(c) == 1 else d for c, d in zip(merged, depth, strict=True))
+    merged, depth = halo_layout(chunks, depth)
     xm = x.rechunk(merged) if merged != chunks else x
     xo = da.overlap.overlap(xm, depth=dict(enumerate(depth)), boundary="none")
     args = [xo]
@@ -687,27 +709,24 @@ def _with_halo(func, x, depth: tuple[int, ...], land, **kwargs):
         args.append(da.overlap.overlap(land, depth={0: depth[1], 1: depth[2]}, boundary="none"))
 
     def run(block, land_block=None, block_info=None):
-        where = block_info[None]["chunk-location"]
-        lo = tuple(d if i > 0 else 0 for d, i in zip(depth, where, strict=True))
-        return func(block, land_block, lo, block_info[None]["chunk-shape"], **kwargs)
+        where, shape = block_info[None]["chunk-location"], block_info[None]["chunk-shape"]
+        return func(block, land_block, core_in_block(where, shape, depth), **kwargs)
 
     out = da.map_blocks(run, *args, chunks=merged, dtype=x.dtype, meta=np.empty((0, 0, 0), x.dtype))
     return out.rechunk(chunks) if merged != chunks else out
 
 
-def _gaussian_block(block, land_block, lo, shape, tw, sw, gt, gs):
-    core = (lo[0], lo[0] + shape[0], lo[1], lo[1] + shape[1], lo[2], lo[2] + shape[2])
+def _gaussian_block(block, land_block, core, tw, sw, gt, gs):
     land_arr, has_land = _land_args(land_block, block.shape)
     block = np.ascontiguousarray(block)
     return _fill_serial(block, land_arr, has_land, core, TILE, tw, sw, gt, gs)
 
 
-def _interpolate_block(block, land_block, lo, shape, max_gap):
+def _interpolate_block(block, land_block, core, max_gap):
     land_arr, has_land = _land_args(land_block, block.shape)
-    out = _interpolate_time(
-        np.ascontiguousarray(block), land_arr, has_land, lo[0], lo[0] + shape[0], max_gap
-    )
-    return out[:, lo[1] : lo[1] + shape[1], lo[2] : lo[2] + shape[2]]
+    out = _interpolate_time(np.ascontiguousarray(block), land_arr, has_land, core[0], core[1],
+                            max_gap)
+    return out[:, core[2]:core[3], core[4]:core[5]]
 
 
 def _fill_dask(x, land, tw, sw, gt, gs, method, max_gap):

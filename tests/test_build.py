@@ -184,7 +184,7 @@ def test_killed_update_resumes_to_a_fresh_build(long_archive, tmp_path):
     grown, clean = _arrays(store), _arrays(fresh)
     for name in clean:
         assert grown[name].tobytes() == clean[name].tobytes(), name
-    assert "updating_from" not in _state(store) and _state(store)["complete"]
+    assert _state(store)["updating_from"] is None and _state(store)["status"] == cube.COMPLETE
 
 
 def pd_days(ds):
@@ -213,11 +213,13 @@ def test_processes_scheduler_gives_the_same_cube(archive, tmp_path, built):
 
 
 def _state(store: Path) -> dict | None:
+    """The build record as the store holds it now, with the day lists and the status."""
     try:
-        meta = json.loads((store / "zarr.json").read_text())
-        return json.loads(meta["attributes"][STATE])
+        attrs = json.loads((store / "zarr.json").read_text())["attributes"]
+        state = json.loads(attrs[STATE])
     except (OSError, ValueError, KeyError):
         return None
+    return {**state, "observed": attrs[cube.SOURCE_FILES], "status": attrs[cube.STATUS]}
 
 
 def _kill_when(args: list[str], store: Path, stage: str, timeout: float = 120) -> dict:
@@ -241,12 +243,12 @@ def _kill_when(args: list[str], store: Path, stage: str, timeout: float = 120) -
 
 def _in_stage(state: dict, stage: str) -> bool:
     if stage == "update":
-        return "updating_from" in state and len(state["ingested"]) > 8
+        return state["updating_from"] and len(state["observed"]) > 16
     if stage == "download":
         return not state["mask_done"]
     if stage == "ingest":
-        return len(state["ingested"]) >= 1 and not state["mask_done"]
-    return len(state["filled"]) >= 1 and not state["complete"]
+        return len(state["observed"]) >= 1 and not state["mask_done"]
+    return len(state["filled"]) >= 1 and state["status"] != cube.COMPLETE
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +270,9 @@ def test_killed_build_resumes_to_the_same_arrays(long_archive, tmp_path, stage):
     resumed, expected = _arrays(killed), _arrays(clean)
     for name in expected:
         assert resumed[name].tobytes() == expected[name].tobytes(), name
-    assert _state(killed)["complete"] and not (tmp_path / "killed.zarr.lock").exists()
-    assert state["ingested"]  # it really was interrupted part-way
+    assert _state(killed)["status"] == cube.COMPLETE
+    assert not (tmp_path / "killed.zarr.lock").exists()
+    assert state["observed"]  # it really was interrupted part-way
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -433,7 +436,7 @@ def test_build_killed_while_downloading_resumes(long_archive, tmp_path):
         state = _kill_when(["build", "--store", str(killed), *args, *web], killed, "download")
         slow.set_faults({})
         assert main(["build", "--store", str(killed), *args, *web]) == 0
-    assert len(state["ingested"]) < 20  # killed before every day had arrived
+    assert len(state["observed"]) < 37  # killed before every day had arrived
     assert not list((tmp_path / "raw").rglob("*.part"))
     clean = tmp_path / "clean.zarr"
     assert main(["build", "--store", str(clean), *args, "--source", str(long_archive.root)]) == 0

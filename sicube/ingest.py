@@ -1,0 +1,197 @@
+"""The ingest stage: source files into the cube's `sea_ice_conc_raw`, a time chunk at a time.
+
+It executes the part of a plan (`sicube.plan`) that reads sources: the days to look for
+arrive (at once from a folder, or as they download), and as soon as every looked-for day of
+a time chunk has arrived the chunk is written whole, its days already observed copied from
+the store itself. Decoding and writing run in two threads; the calling thread alone records
+progress, so the state has one writer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sicube import cube, mask
+from sicube.errors import BadInput, BadSourceFile
+from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
+
+OK, MISSING, FAILED = "ok", "missing", "failed"
+
+
+@dataclass
+class Arrival:
+    """A day's source: a validated file, or why there is none (missing = 404, failed = error)."""
+
+    day: dt.date
+    path: Path | None
+    status: str  # OK, MISSING or FAILED
+    error: str = ""
+    sha256: str | None = None  # known when the downloader already hashed the file
+    downloaded: bool = False
+    attempts: int = 0
+
+
+def arrivals(days: list[dt.date], source: str | os.PathLike | None, base_url: str | None,
+             raw_dir: Path, progress: bool, grid: GridCoords | None) -> Iterator[Arrival]:
+    """The days' files as they become available: at once from a folder, or as downloaded."""
+    if source is not None:
+        files = find_day_files(source)
+        for day in days:
+            path = files.get(day)
+            yield Arrival(day, path, OK if path else MISSING,
+                          "" if path else "no file in the source folder")
+        return
+    if not days:
+        return
+    from sicube.download import iter_downloads
+
+    # full_check=False: ingest decodes every file right after; decoding twice is wasted work.
+    for record in iter_downloads(days, raw_dir, base_url=base_url, progress=progress,
+                                 expected_grid=grid, full_check=False):
+        yield Arrival(record.day, Path(record.path) if record.path else None, record.status,
+                      record.error or "", record.sha256, downloaded=True,
+                      attempts=record.attempts)
+
+
+@dataclass
+class NanTally:
+    """NaN counts per cell over the days newly observed in this run (feeds the mask)."""
+
+    missing: np.ndarray
+    days: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ChunkResult:
+    """What writing one time chunk found: each looked-for day's arrival and provenance."""
+
+    chunk: int
+    arrivals: list[Arrival]
+    provenance: dict[str, dict]
+
+
+def _decode(arrival: Arrival, grid: GridCoords, out: np.ndarray) -> dict | None:
+    """Decode `arrival` into `out`; its provenance, or None when the file turned out bad.
+
+    A downloaded file that does not decode is removed and its day marked failed (a rerun
+    fetches it again); a bad file in a local --source folder is the user's input: BadInput.
+    """
+    try:
+        day_field = read_day(arrival.path, grid, out=out)
+    except BadSourceFile as err:
+        if not arrival.downloaded:
+            raise BadInput(f"{arrival.path}: {err}") from err
+        arrival.path.unlink(missing_ok=True)
+        arrival.status, arrival.error = FAILED, str(err)
+        return None
+    return {"name": arrival.path.name,
+            "sha256": arrival.sha256 or sha256_file(arrival.path),
+            "out_of_range_cells": day_field.out_of_range}
+
+
+def write_chunk(group, chunk: int, days: list[dt.date], looked: list[Arrival],
+                kept: list[int], grid: GridCoords, tally: NanTally,
+                tally_lock: threading.Lock) -> ChunkResult:
+    """Write time chunk `chunk` whole: `kept` days (offsets in the chunk) copied from the store,
+    arrived days decoded, every other day NaN."""
+    raw = group[cube.RAW]
+    first_day = chunk * raw.chunks[0]
+    n = min(raw.chunks[0], raw.shape[0] - first_day)
+    if kept:  # observed before: the store's own values, never a source's
+        block = np.ascontiguousarray(raw[first_day:first_day + n], np.float32)
+        block[np.setdiff1d(np.arange(n), kept)] = np.nan
+    else:
+        block = np.full((n, *grid.shape), np.nan, np.float32)
+    provenance = {}
+    new = np.zeros(n, bool)
+    for arrival in looked:
+        if arrival.status != OK:
+            continue
+        i = (arrival.day - days[first_day]).days
+        found = _decode(arrival, grid, block[i])
+        if found is None:
+            block[i] = np.nan
+            continue
+        provenance[f"{arrival.day:%Y%m%d}"] = found
+        new[i] = True
+    target = cube.for_writing(raw)
+    _, ys, xs = raw.chunks
+    # Chunk by chunk: given a whole block, zarr encodes all its chunks at once, ~0.1 GB of
+    # buffers per writer.
+    for y0 in range(0, block.shape[1], ys):
+        for x0 in range(0, block.shape[2], xs):
+            target[first_day:first_day + n, y0:y0 + ys, x0:x0 + xs] = \
+                block[:, y0:y0 + ys, x0:x0 + xs]
+    with tally_lock:
+        mask.add_missing(tally.missing, block, new)
+        tally.days.update(provenance)
+    return ChunkResult(chunk, looked, provenance)
+
+
+def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[int]],
+        source: Iterator[Arrival], grid: GridCoords, *,
+        before_write: Callable[[int], None], record: Callable[[ChunkResult], None],
+        progress: bool) -> NanTally:
+    """Ingest the days `looked_for` (indexes into `days`) as they arrive from `source`.
+
+    A chunk none of whose days arrived is not written (`record` still gets its arrivals);
+    `before_write(chunk)` runs before a chunk's raw data are written, `record(result)`
+    after, both in the calling thread. `kept[chunk]` are the offsets of its observed days.
+    """
+    chunk = group[cube.RAW].chunks[0]
+    index = {days[i]: i for i in looked_for}
+    expected: dict[int, int] = {}
+    for i in looked_for:
+        expected[i // chunk] = expected.get(i // chunk, 0) + 1
+    waiting: dict[int, list[Arrival]] = {}
+    tally = NanTally(np.zeros(grid.shape, np.int32))
+    tally_lock = threading.Lock()
+    bar = _bar(progress, total=len(looked_for), desc="ingest", unit="day", position=1)
+
+    def finish(future: Future) -> None:
+        result = future.result()
+        record(result)
+        bar.update(len(result.arrivals))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: list[Future] = []
+        for arrival in source:
+            c = index[arrival.day] // chunk
+            waiting.setdefault(c, []).append(arrival)
+            if len(waiting[c]) < expected[c]:
+                continue
+            looked = sorted(waiting.pop(c), key=_by_day)
+            if not any(a.status == OK for a in looked):
+                # Nothing new: the chunk stays as it is (NaN where never written).
+                done: Future = Future()
+                done.set_result(ChunkResult(c, looked, {}))
+                pending.append(done)
+            else:
+                before_write(c)
+                pending.append(pool.submit(write_chunk, group, c, days, looked,
+                                           kept.get(c, []), grid, tally, tally_lock))
+            # At most two chunks in memory: when downloads outrun ingest, files wait on disk.
+            while pending and (pending[0].done() or len(pending) > 2):
+                finish(pending.pop(0))
+        for future in pending:
+            finish(future)
+    bar.close()
+    return tally
+
+
+def _by_day(arrival: Arrival) -> dt.date:
+    return arrival.day
+
+
+def _bar(progress: bool, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(disable=not progress, **kwargs)

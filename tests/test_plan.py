@@ -1,0 +1,125 @@
+"""The build plan's rules on every shape (no I/O): sicube/plan.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sicube.plan import (
+    BuildArgs,
+    BuildState,
+    batches_depending_on,
+    fill_batches,
+)
+
+START = dt.date(2024, 1, 1)
+
+
+def _state(n_days: int, time_window: int) -> BuildState:
+    end = START + dt.timedelta(days=n_days - 1)
+    fill = {"time_window": time_window, "space_window": 7, "alpha": 15.0, "sigma": 7.0}
+    return BuildState(BuildArgs(f"{START}", f"{end}", fill, 0.85))
+
+
+def _key(state: BuildState, i: int) -> str:
+    return f"{state.days[i]:%Y%m%d}"
+
+
+shapes = st.tuples(st.integers(1, 60), st.integers(1, 9), st.integers(0, 12))
+
+
+@given(shapes)
+def test_batches_write_every_day_once_and_read_their_whole_window(shape):
+    n, chunk, tw = shape
+    batches = fill_batches(n, chunk, tw)
+    written = [d for b in batches for d in range(b.start, b.stop)]
+    assert written == list(range(n))
+    sizes = {b.read_stop - b.read_start for b in batches}
+    assert len(sizes) == 1  # every batch reads as many days, wherever it lies
+    for b in batches:
+        assert b.read_start <= max(0, b.start - tw) and b.read_stop >= min(n, b.stop + tw)
+        assert 0 <= b.read_start and b.read_stop <= n
+
+
+def _run(state: BuildState, chunk: int, arrives) -> list[int]:
+    """One run as the builder executes it: look for the unobserved days, record what came."""
+    looked = state.unobserved()
+    changed = []
+    for i in looked:
+        status = arrives(i)
+        state.record_day(_key(state, i), status, {"name": "f"} if status == "ok" else "why")
+        if status == "ok":
+            changed.append(i)
+    state.invalidate(changed, chunk)
+    state.filled = {b.index for b in fill_batches(len(state.days), chunk,
+                                                  state.args.fill["time_window"])}
+    state.mask_done = True
+    return looked
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.lists(st.lists(st.sampled_from(["ok", "missing", "failed"]), min_size=60,
+                                 max_size=60), min_size=1, max_size=4))
+def test_every_day_is_ingested_exactly_once_over_any_runs(shape, runs):
+    n, chunk, tw = shape
+    state = _state(n, tw)
+    ingested: list[int] = []
+    for outcome in runs:
+        looked = _run(state, chunk, lambda i, outcome=outcome: outcome[i])
+        assert not set(looked) & {i for i in range(n) if _key(state, i) in state.observed
+                                  and i not in looked}  # observed days are never looked for
+        ingested += [i for i in looked if _key(state, i) in state.observed]
+    assert sorted(ingested) == sorted(set(ingested))  # no day read from a source twice
+    assert len(ingested) == len(state.observed)
+    looked_days = set(state.observed) | state.missing | set(state.failed)
+    assert looked_days == {_key(state, i) for i in range(n)}
+    assert not set(state.observed) & (state.missing | set(state.failed))
+
+
+@settings(max_examples=80, deadline=None)
+@given(shapes, st.integers(1, 40), st.data())
+def test_an_updates_plan_equals_a_fresh_builds_plan(shape, added, data):
+    """After build(n) + update(n + added), every batch not refilled writes exactly what a fresh
+    build of the whole span writes there: same days, and none of the raw days it reads changed."""
+    n, chunk, tw = shape
+    total = n + added
+    first = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    later = data.draw(st.lists(st.booleans(), min_size=total, max_size=total))
+    state = _state(n, tw)
+    _run(state, chunk, lambda i: "ok" if first[i] else "missing")
+    state.extend(START + dt.timedelta(days=total - 1), chunk)
+    before = set(state.filled)
+    _run_without_filling = state.unobserved()
+    changed = []
+    for i in _run_without_filling:
+        status = "ok" if later[i] else "missing"
+        state.record_day(_key(state, i), status, {} if status == "ok" else "404")
+        if status == "ok":
+            changed.append(i)
+    state.invalidate(changed, chunk)
+    old = {b.index: b for b in fill_batches(n, chunk, tw)}
+    for batch in fill_batches(total, chunk, tw):
+        if batch.index in state.filled:
+            assert batch.index in before and old[batch.index].start == batch.start
+            assert old[batch.index].stop == batch.stop  # it gained no day
+            assert not batches_depending_on(changed, total, chunk, tw) & {batch.index}
+            assert all(not (batch.start - tw <= d <= batch.stop - 1 + tw) for d in changed)
+        # the days kept observed are exactly those observed before or newly arrived
+    assert {i for i in range(total) if _key(state, i) in state.observed} == \
+        {i for i in range(n) if first[i]} | set(changed)
+
+
+def test_the_state_survives_json():
+    state = _state(20, 3)
+    state.record_day("20240103", "ok", {"name": "a.nc", "sha256": "ab"})
+    state.record_day("20240104", "missing", "404")
+    state.record_day("20240105", "failed", "HTTP 500")
+    state.filled = {0, 2}
+    state.flag_counts = {0: [1, 2, 3, 4]}
+    state.rewrite = {1}
+    state.mask_days = {"20240103"}
+    again = BuildState.from_json(state.to_json())
+    assert again == state
+    assert again.unobserved() == [i for i in range(20) if i != 2]
