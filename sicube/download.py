@@ -11,10 +11,19 @@ file that the next run skipped as present. Here
   place (`os.replace`, atomic) only after it validated, so a final name always holds a
   complete, valid file; a killed run leaves at most a ``.part`` that the next run replaces;
 - a 404 marks the day *missing* (the server has no file), not failed;
-- a file already present is kept only if it validates, otherwise it is fetched again;
+- a file already present is reused without decoding only when the folder's record says it
+  came from this same URL with the same size and sha256; a file the record does not vouch
+  for (no record, another server) is decoded in full and kept only if it validates, and a
+  file that changed since this URL delivered it is fetched again;
 - every file must lie on the grid of the first valid file (or `expected_grid`);
 - a JSON manifest (``manifest.json`` in the output folder) records each day's status,
-  URL, bytes, sha256, attempts and error.
+  URL, the URL its bytes came from (``source``), bytes, sha256, attempts and error; both
+  `download` and `iter_downloads` keep it current, written atomically from the consumer's
+  thread (a lost or stale record only costs a full check, never trust: reuse needs the hash).
+
+`default_raw_dir(base_url)` is the cache folder for one server's files, so two servers never
+share files of the same name; `latest_available(base_url, before=...)` finds the last day a
+server has with HEAD requests.
 
 Files land under ``out_dir/{YYYY}/{file name}``, the server's own layout, so the output
 folder is itself a valid archive for `sicube.sources.find_day_files` and `sicube.mirror`.
@@ -35,17 +44,20 @@ import logging
 import os
 import queue
 import random
+import re
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from sicube import __version__, products
+from sicube.cache import cache_dir
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span, yyyymmdd
-from sicube.errors import BadInput, BadSourceFile
+from sicube.errors import BadInput, BadSourceFile, SourceUnavailable
 from sicube.sources import GridCoords, check_day_file, sha256_file
 
 log = logging.getLogger(__name__)
@@ -55,6 +67,9 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_RETRIES = 4
 DEFAULT_TIMEOUT = 60.0
 MANIFEST_NAME = "manifest.json"
+# How often iter_downloads rewrites the manifest while records arrive (and once at the end):
+# rewriting a decade's manifest (~1 MB) after every day would cost O(days^2) writes.
+MANIFEST_INTERVAL = 5.0
 OK, MISSING, FAILED = "ok", "missing", "failed"
 _BLOCK = 1 << 20  # bytes per streamed write: large enough to be cheap, small enough to be lean
 
@@ -64,7 +79,9 @@ class DayRecord:
     """The outcome of one day: status ``ok``, ``missing`` (404) or ``failed``.
 
     `path` is the final file of an ok day; `skipped` is True when a valid file was
-    already there and nothing was transferred.
+    already there and nothing was transferred. `source` is the URL the file's bytes came
+    from: `url` when fetched now, the folder's record when a present file was kept, None
+    when a present file was kept that no record vouches for (its origin is unknown).
     """
 
     day: dt.date
@@ -76,12 +93,14 @@ class DayRecord:
     attempts: int = 0
     error: str | None = None
     skipped: bool = False
+    source: str | None = None
 
     def to_json(self, root: Path) -> dict:
         """The manifest entry: paths relative to the output folder."""
         return {
             "status": self.status,
             "url": self.url,
+            "source": self.source,
             "file": self.path.relative_to(root).as_posix() if self.path else None,
             "bytes": self.bytes,
             "sha256": self.sha256,
@@ -215,25 +234,58 @@ def _check_days(days: Iterable[DateLike], base_url: str) -> list[dt.date]:
 # --- the transfers -----------------------------------------------------------------------------
 
 
+@dataclass
+class _Retry:
+    """How hard one request is tried: further attempts, timeout, backoff between attempts."""
+
+    retries: int
+    timeout: float
+    backoff: float = 0.5
+    backoff_max: float = 30.0
+    _random: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int) -> float:
+        # Exponential backoff with jitter so that many clients do not retry in lockstep.
+        return min(self.backoff_max, self.backoff * 2 ** (attempt - 1)) * self._random.uniform(
+            0.5, 1.0)
+
+    async def session(self):
+        """(fsspec HTTP file system, its aiohttp session); the caller closes the session."""
+        import aiohttp
+        from fsspec.implementations.http import HTTPFileSystem
+
+        # sock_read bounds a stalled transfer without capping a long healthy one.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
+                                        sock_read=self.timeout)
+        fs = HTTPFileSystem(asynchronous=True, skip_instance_cache=True,
+                            client_kwargs={"timeout": timeout, "auto_decompress": False})
+        # fsspec owns the aiohttp session; requests are issued on it directly because we
+        # need the status and Content-Length before streaming, and fsspec's open_async would
+        # spend an extra HEAD request per file.
+        return fs, await fs.set_session()
+
+
 class _Fetcher:
-    """Downloads days on one asyncio loop; validation and renames run in worker threads."""
+    """Downloads days on one asyncio loop; validation and renames run in worker threads.
+
+    `known` is the folder's record (manifest entries by ISO day) as it was before this run;
+    it is only read here (the consumer's thread keeps the record current).
+    """
 
     def __init__(self, out: Path, base_url: str, *, concurrency: int, retries: int,
                  force: bool, timeout: float, backoff: float, backoff_max: float,
-                 expected_grid: GridCoords | None, full_check: bool = True):
+                 expected_grid: GridCoords | None, full_check: bool = True,
+                 known: dict[str, dict] | None = None):
         self.out = out
         self.full_check = full_check
         self.base_url = base_url
         self.grid_name = products.grid_from_url(base_url)
         self.concurrency = concurrency
-        self.retries = retries
+        self.retry = _Retry(retries, timeout, backoff, backoff_max)
         self.force = force
-        self.timeout = timeout
-        self.backoff = backoff
-        self.backoff_max = backoff_max
+        self.known = known or {}
         self.grid = expected_grid
         self._grid_lock = threading.Lock()
-        self._random = random.Random()
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -255,14 +307,47 @@ class _Fetcher:
         """Raise BadSourceFile (retry) or _Permanent (grid) unless `path` is a usable file."""
         self._match_grid(check_day_file(path, full=full), name)
 
-    def _keep_present(self, target: Path) -> tuple[int, str] | None:
-        """(bytes, sha256) of a valid file already at `target`, or None to fetch it again."""
+    def _keep_present(self, target: Path, url: str,
+                      entry: dict | None) -> tuple[int, str, str | None] | None:
+        """(bytes, sha256, source URL) of a usable file already at `target`, or None to fetch.
+
+        Reused without decoding only when the record `entry` says this very URL delivered
+        these bytes (same size, same sha256): on a full n3125 file (10 MB, row chunks,
+        deflate 1) hashing took 19 ms and the structure and grid check 12 ms, a full decode
+        420 ms, so a rerun over a decade costs a read of the files, not a decode. A file
+        the record does not vouch for (no record, another server) is decoded in full as its
+        history is unknown; a file that changed since this URL delivered it is not ours any
+        more and is fetched again.
+        """
+        size = target.stat().st_size
+        rel = target.relative_to(self.out).as_posix()
+        entry = entry if entry and entry.get("status") == OK and entry.get("file") == rel \
+            else None
+        if entry is not None and entry.get("source") == url:
+            sha = sha256_file(target) if entry.get("bytes") == size else None
+            if sha is None or sha != entry.get("sha256"):
+                log.warning("%s changed since it was downloaded from %s; fetching it again",
+                            target, url)
+                return None
+            try:
+                self._validate(target, target.name, full=False)  # the grid still has to match
+            except (BadSourceFile, _Permanent) as err:
+                log.warning("%s is present but unusable (%s); fetching it again", target, err)
+                return None
+            return size, sha, url
         try:
-            self._validate(target, target.name)  # always in full: its history is unknown
+            self._validate(target, target.name)  # in full: nothing vouches for its history
         except (BadSourceFile, _Permanent) as err:
             log.warning("%s is present but unusable (%s); fetching it again", target, err)
             return None
-        return target.stat().st_size, sha256_file(target)
+        sha = sha256_file(target)
+        vouched = entry is not None and entry.get("bytes") == size and \
+            entry.get("sha256") == sha
+        source = entry.get("source") if vouched else None
+        if source != url:
+            log.info("%s: kept a valid file that came from %s, not from %s", target.name,
+                     source or "an unknown source", url)
+        return size, sha, source
 
     def _accept(self, part: Path, target: Path) -> None:
         """Validate the finished `.part`, make it durable, then move it to its final name."""
@@ -270,11 +355,6 @@ class _Fetcher:
         with open(part, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(part, target)
-
-    def _delay(self, attempt: int) -> float:
-        # Exponential backoff with jitter so that many clients do not retry in lockstep.
-        return min(self.backoff_max, self.backoff * 2 ** (attempt - 1)) * self._random.uniform(
-            0.5, 1.0)
 
     async def _fetch(self, session, fs, url: str, part: Path) -> tuple[int, str]:
         """Stream `url` into `part`; return (bytes, sha256). 404 -> _NotOnServer."""
@@ -309,12 +389,13 @@ class _Fetcher:
         target.parent.mkdir(parents=True, exist_ok=True)
         part.unlink(missing_ok=True)  # left by an interrupted run
         if not self.force and target.exists():
-            kept = await asyncio.to_thread(self._keep_present, target)
+            kept = await asyncio.to_thread(self._keep_present, target, url,
+                                           self.known.get(day.isoformat()))
             if kept is not None:
                 record.status, record.path, record.skipped = OK, target, True
-                record.bytes, record.sha256 = kept
+                record.bytes, record.sha256, record.source = kept
                 return record
-        for attempt in range(1, self.retries + 2):
+        for attempt in range(1, self.retry.retries + 2):
             record.attempts = attempt
             try:
                 size, sha = await self._fetch(session, fs, url, part)
@@ -328,7 +409,7 @@ class _Fetcher:
             except (_Retryable, BadSourceFile) as err:
                 record.error = str(err)
             except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
-                record.error = f"timed out (no data for {self.timeout:g} s)"
+                record.error = f"timed out (no data for {self.retry.timeout:g} s)"
             except aiohttp.ClientError as err:  # refused, dropped, short body, ...
                 record.error = f"{type(err).__name__}: {err}".rstrip(": ")
             except OSError as err:  # a local disk problem: retrying will not help
@@ -336,30 +417,19 @@ class _Fetcher:
                 return record
             else:
                 record.status, record.path, record.bytes, record.sha256 = OK, target, size, sha
-                record.error = None
+                record.source, record.error = url, None
                 return record
             finally:
                 part.unlink(missing_ok=True)
-            if attempt <= self.retries:
+            if attempt <= self.retry.retries:
                 log.info("%s: attempt %d failed (%s); retrying", target.name, attempt,
                          record.error)
-                await asyncio.sleep(self._delay(attempt))
+                await asyncio.sleep(self.retry.delay(attempt))
         return record
 
     async def run(self, days: list[dt.date], emit: Callable[[DayRecord], None]) -> None:
         """Fetch every day with at most `concurrency` transfers at once; emit each record."""
-        import aiohttp
-        from fsspec.implementations.http import HTTPFileSystem
-
-        # sock_read bounds a stalled transfer without capping a long healthy one.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
-                                        sock_read=self.timeout)
-        fs = HTTPFileSystem(asynchronous=True, skip_instance_cache=True,
-                            client_kwargs={"timeout": timeout, "auto_decompress": False})
-        # fsspec owns the aiohttp session; the GET is issued on it directly because we need
-        # the status and Content-Length before streaming, and fsspec's open_async would
-        # spend an extra HEAD request per file.
-        session = await fs.set_session()
+        fs, session = await self.retry.session()
         pending = iter(days)
 
         async def worker() -> None:
@@ -401,17 +471,97 @@ class _Fetcher:
 # --- public API --------------------------------------------------------------------------------
 
 
+def default_raw_dir(base_url: str) -> Path:
+    """The cache folder for the files of one server: ``$XDG_CACHE_HOME/sicube/raw/HOST/PATH``.
+
+    Keyed by the whole base URL, so servers (another host, port, path or scheme) never
+    share a folder: files of the same name from two servers hold different data. The host
+    and path keep it readable; a short hash of the normalized URL keeps it unique (two
+    paths that read alike once slashes become dashes still differ). Not created here.
+    """
+    parts = urlsplit(check_base_url(base_url))
+    host = parts.hostname or ""
+    port = parts.port
+    path = parts.path.rstrip("/")
+    normal = f"{parts.scheme.lower()}://{host}:{port or ''}{path}"
+    digest = hashlib.sha256(normal.encode()).hexdigest()[:10]
+    where = _safe_name(host + (f"_{port}" if port else ""))
+    slug = _safe_name("-".join(p for p in path.split("/") if p))[:80] or "root"
+    return cache_dir("raw", where, f"{slug}-{digest}")
+
+
+def _safe_name(text: str) -> str:
+    """`text` with every character a file name might not take replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+class _Manifest:
+    """A folder's record of what was downloaded, kept current from the consumer's thread.
+
+    Written atomically (temp file, then `os.replace`), every `MANIFEST_INTERVAL` seconds
+    while records arrive and once at the end. A record lost to a crash or a concurrent
+    writer costs the next run a full check of those files, never a wrongly trusted file.
+    """
+
+    def __init__(self, out: Path, base_url: str):
+        self.out = out
+        self.base_url = base_url
+        self.path = out / MANIFEST_NAME
+        self.entries: dict[str, dict] = {}
+        try:
+            previous = json.loads(self.path.read_text())
+            days = previous.get("days", {}) if isinstance(previous, dict) else {}
+            self.entries = {k: v for k, v in days.items() if isinstance(v, dict)}
+        except (OSError, ValueError, AttributeError):
+            pass  # no manifest yet, or a damaged one: start afresh
+        self._written = time.monotonic()
+
+    def add(self, record: DayRecord) -> None:
+        self.entries[record.day.isoformat()] = record.to_json(self.out)
+        if time.monotonic() - self._written >= MANIFEST_INTERVAL:
+            self.write()
+
+    def write(self) -> Path:
+        manifest = {
+            "sicube_version": __version__,
+            "base_url": self.base_url,
+            "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "days": dict(sorted(self.entries.items())),
+        }
+        fd, part = tempfile.mkstemp(dir=self.out, prefix=f".{MANIFEST_NAME}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(manifest, indent=1) + "\n")
+            os.replace(part, self.path)
+        finally:
+            Path(part).unlink(missing_ok=True)
+        self._written = time.monotonic()
+        return self.path
+
+
 def _prepare(days: Iterable[DateLike], out_dir: str | os.PathLike, base_url: str,
              concurrency: int, retries: int, timeout: float,
-             **options) -> tuple[_Fetcher, list[dt.date]]:
-    """Check every argument (BadInput) and return the fetcher and the days to fetch."""
+             **options) -> tuple[_Fetcher, list[dt.date], _Manifest]:
+    """Check every argument (BadInput); return the fetcher, the days and the folder's record."""
     base_url = check_base_url(base_url)
     days = _check_days(days, base_url)
     _check_numbers(concurrency, retries, timeout)
     out = _check_out_dir(out_dir)
+    manifest = _Manifest(out, base_url)
     fetcher = _Fetcher(out, base_url, concurrency=concurrency, retries=retries,
-                       timeout=timeout, **options)
-    return fetcher, days
+                       timeout=timeout, known=dict(manifest.entries), **options)
+    return fetcher, days, manifest
+
+
+def _recorded(records: Iterator[DayRecord], manifest: _Manifest) -> Iterator[DayRecord]:
+    """Pass `records` through, entering each in `manifest` before its consumer sees it."""
+    try:
+        for record in records:
+            manifest.add(record)
+            yield record
+    finally:
+        records.close()
+        manifest.write()
 
 
 def iter_downloads(days: Iterable[DateLike], out_dir: str | os.PathLike, *,
@@ -431,12 +581,13 @@ def iter_downloads(days: Iterable[DateLike], out_dir: str | os.PathLike, *,
     anything is fetched (BadInput). The transfers run on an asyncio loop in a background
     thread, so the caller may spend time on each record (e.g. ingest the file) while the
     next days download. Closing the generator early cancels the remaining transfers and
-    removes their `.part` files. No manifest is written; see `write_manifest`.
+    removes their `.part` files. The folder's ``manifest.json`` is kept current (see
+    `download`); a rerun reuses, without decoding, the files it vouches for.
     """
-    fetcher, days = _prepare(days, out_dir, base_url, concurrency, retries, timeout,
-                             force=force, backoff=backoff, backoff_max=backoff_max,
-                             expected_grid=expected_grid, full_check=full_check)
-    return _with_progress(_drain(fetcher, days), len(days), progress)
+    fetcher, days, manifest = _prepare(days, out_dir, base_url, concurrency, retries, timeout,
+                                       force=force, backoff=backoff, backoff_max=backoff_max,
+                                       expected_grid=expected_grid, full_check=full_check)
+    return _recorded(_with_progress(_drain(fetcher, days), len(days), progress), manifest)
 
 
 def _with_progress(records: Iterator[DayRecord], total: int,
@@ -481,29 +632,15 @@ def write_manifest(out_dir: str | os.PathLike, records: list[DayRecord], base_ur
     """Write (atomically) `manifest.json` in `out_dir`, keeping entries of days not in `records`.
 
     Returns the manifest's path. Layout: ``{"sicube_version", "base_url", "updated",
-    "days": {"YYYY-MM-DD": {"status", "url", "file", "bytes", "sha256", "attempts",
-    "error", "skipped"}}}``.
+    "days": {"YYYY-MM-DD": {"status", "url", "source", "file", "bytes", "sha256",
+    "attempts", "error", "skipped"}}}``; ``source`` is the URL the file's bytes came from
+    (null when a kept file's origin is unknown). `download` and `iter_downloads` keep it
+    current themselves.
     """
-    out = Path(out_dir)
-    path = out / MANIFEST_NAME
-    entries: dict = {}
-    try:
-        previous = json.loads(path.read_text())
-        entries = dict(previous.get("days", {})) if isinstance(previous, dict) else {}
-    except (OSError, ValueError):
-        pass  # no manifest yet, or a damaged one: start afresh
+    manifest = _Manifest(Path(out_dir), base_url)
     for record in records:
-        entries[record.day.isoformat()] = record.to_json(out)
-    manifest = {
-        "sicube_version": __version__,
-        "base_url": base_url,
-        "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "days": dict(sorted(entries.items())),
-    }
-    part = out / f".{MANIFEST_NAME}.part"
-    part.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(part, path)
-    return path
+        manifest.entries[record.day.isoformat()] = record.to_json(manifest.out)
+    return manifest.write()
 
 
 def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
@@ -536,16 +673,95 @@ def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
     missing, not failed). Raises BadInput for bad arguments before fetching anything.
     """
     first, last = parse_span(start, end)
-    fetcher, days = _prepare(day_range(first, last), out_dir, base_url, concurrency, retries,
-                             timeout, force=force, backoff=backoff, backoff_max=backoff_max,
-                             expected_grid=expected_grid)
+    fetcher, days, manifest = _prepare(day_range(first, last), out_dir, base_url, concurrency,
+                                       retries, timeout, force=force, backoff=backoff,
+                                       backoff_max=backoff_max, expected_grid=expected_grid)
     began = time.perf_counter()
     records: list[DayRecord] = []
-    for record in _with_progress(_drain(fetcher, days), len(days), progress):
-        records.append(record)
-        if on_day is not None:
-            on_day(record)
+    arriving = _recorded(_with_progress(_drain(fetcher, days), len(days), progress), manifest)
+    try:
+        for record in arriving:
+            records.append(record)
+            if on_day is not None:
+                on_day(record)
+    finally:
+        arriving.close()  # now, not at garbage collection: the manifest is written here
     records.sort(key=lambda r: r.day)
-    manifest = write_manifest(fetcher.out, records, fetcher.base_url)
-    return DownloadReport(days=records, base_url=fetcher.base_url, manifest_path=manifest,
+    return DownloadReport(days=records, base_url=fetcher.base_url, manifest_path=manifest.path,
                           grid=fetcher.grid, elapsed=time.perf_counter() - began)
+
+
+# --- what the server has -----------------------------------------------------------------------
+
+
+async def _exists(session, fs, url: str, base_url: str, retry: _Retry) -> bool:
+    """Whether the server has `url` (HEAD: 2xx yes, 404 no); SourceUnavailable if it cannot say.
+
+    Retried like a download: 5xx, 408, 429, timeouts and connection errors.
+    """
+    import aiohttp
+
+    reason = ""
+    for attempt in range(1, retry.retries + 2):
+        try:
+            async with session.head(fs.encode_url(url), allow_redirects=True,
+                                    headers={"Accept-Encoding": "identity"}) as response:
+                if response.status == 404:
+                    return False
+                if 200 <= response.status < 300:
+                    return True
+                reason = f"HTTP {response.status} {response.reason}"
+                if response.status < 500 and response.status not in (408, 429):
+                    raise SourceUnavailable(f"server {base_url} refuses {url}: {reason}")
+        except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
+            reason = f"timed out (no answer for {retry.timeout:g} s)"
+        except aiohttp.ClientError as err:  # refused, dropped, ...
+            reason = f"{type(err).__name__}: {err}".rstrip(": ")
+        if attempt <= retry.retries:
+            await asyncio.sleep(retry.delay(attempt))
+    raise SourceUnavailable(f"server {base_url} is unavailable: {reason} "
+                            f"({retry.retries + 1} attempts)")
+
+
+async def _latest(base_url: str, days: list[dt.date], concurrency: int,
+                  retry: _Retry) -> dt.date | None:
+    fs, session = await retry.session()
+    grid = products.grid_from_url(base_url)
+    try:
+        for at in range(0, len(days), concurrency):
+            window = days[at:at + concurrency]  # newest first
+            answers = await asyncio.gather(
+                *(_exists(session, fs, products.file_url(base_url, day, grid), base_url, retry)
+                  for day in window), return_exceptions=True)
+            for day, answer in zip(window, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    raise answer  # a later day is unknown: the answer would be a guess
+                if answer:
+                    return day
+        return None
+    finally:
+        await session.close()
+
+
+def latest_available(base_url: str, *, before: DateLike, limit: int = 30,
+                     concurrency: int = 4, retries: int = DEFAULT_RETRIES,
+                     timeout: float = DEFAULT_TIMEOUT, backoff: float = 0.5,
+                     backoff_max: float = 30.0) -> dt.date | None:
+    """The last day the server has a file for, on or before `before`; None within `limit` days.
+
+    Probes `before`, the day before, ... with HEAD requests, `concurrency` days at a time,
+    and stops at the newest day that exists (a 404 is a day the server lacks). Requests are
+    retried like downloads (`retries`, `timeout`, `backoff`, `backoff_max`); a server that
+    stays unreachable or keeps failing raises SourceUnavailable naming it and the reason,
+    rather than passing for a server with no data. Bad arguments raise BadInput.
+    """
+    base_url = check_base_url(base_url)
+    last = parse_date(before, "before")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise BadInput(f"limit: must be a positive number of days, got {limit!r}")
+    _check_numbers(concurrency, retries, timeout)
+    days = [last - dt.timedelta(days=back) for back in range(limit)]
+    retry = _Retry(retries, timeout, backoff, backoff_max)
+    # On a thread of its own: asyncio.run cannot run inside a caller's loop (e.g. Jupyter).
+    with ThreadPoolExecutor(1, thread_name_prefix="sicube-probe") as pool:
+        return pool.submit(asyncio.run, _latest(base_url, days, concurrency, retry)).result()

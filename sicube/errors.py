@@ -11,3 +11,7 @@ class BadInput(SicubeError, ValueError):
 
 class BadSourceFile(SicubeError):
     """A daily source file is not a usable AMSR2 grid (not netCDF, wrong variables, wrong grid)."""
+
+
+class SourceUnavailable(SicubeError):
+    """A server could not be reached or kept failing (refused, timed out, 5xx after retries)."""

@@ -15,11 +15,18 @@ from pathlib import Path
 import pytest
 
 from sicube import cli, products
-from sicube.download import DayRecord, download, iter_downloads
-from sicube.errors import BadInput, BadSourceFile
+from sicube.download import (
+    DayRecord,
+    default_raw_dir,
+    download,
+    iter_downloads,
+    latest_available,
+)
+from sicube.errors import BadInput, BadSourceFile, SourceUnavailable
 from sicube.mirror import Mirror
 from sicube.sample import write_archive
 from sicube.sources import check_day_file
+from tests.conftest import ARCHIVE_END, ARCHIVE_MISSING, ARCHIVE_START, ARCHIVE_STEP
 
 FAST = {"backoff": 0.01, "backoff_max": 0.05, "progress": False}  # retries without waiting
 REPO = Path(__file__).parents[1]
@@ -283,6 +290,194 @@ def test_sigkill_mid_transfer_never_leaves_an_invalid_final_file(mirror, archive
     for day, source in archive.files.items():
         assert (out / products.relative_path(day)).read_bytes() == source.read_bytes()
     assert _part_files(out) == []
+
+
+# --- the record of what was downloaded: reuse only what it vouches for ---------------------------
+
+
+@pytest.fixture
+def full_checks(monkeypatch) -> list[Path]:
+    """Every file the downloader decodes in full (the real check, counted on the way)."""
+    calls: list[Path] = []
+
+    def counting(path, expected=None, full=True):
+        if full:
+            calls.append(Path(path))
+        return check_day_file(path, expected, full=full)
+
+    # sys.modules: the package's `download` attribute is the function, not the module
+    monkeypatch.setattr(sys.modules["sicube.download"], "check_day_file", counting)
+    return calls
+
+
+@pytest.fixture
+def other_archive(tmp_path_factory):
+    """The archive's days and file names with other data (another seed): a second server."""
+    return write_archive(tmp_path_factory.mktemp("other"), ARCHIVE_START, ARCHIVE_END,
+                         step=ARCHIVE_STEP, missing_days=ARCHIVE_MISSING, seed=11)
+
+
+def test_default_raw_dir_is_one_folder_per_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    base = "https://data.seaice.uni-bremen.de/amsr2/asi_daygrid_swath/n3125/netcdf"
+    folder = default_raw_dir(base)
+    assert folder.is_relative_to(tmp_path / "sicube" / "raw")
+    assert "data.seaice.uni-bremen.de" in folder.parts and "n3125" in folder.name
+    assert default_raw_dir(base + "/") == folder
+    others = [
+        base.replace("n3125", "s3125"),
+        "https://seaice.uni-bremen.de/data/amsr2/asi_daygrid_swath/n3125/netcdf",
+        base.replace("uni-bremen.de", "uni-bremen.de:8443"),
+        base.replace("https:", "http:"),
+        "http://127.0.0.1:8000/a-b/c",
+        "http://127.0.0.1:8000/a/b-c",  # reads like the one above once "/" becomes "-"
+        "http://127.0.0.1:8001/a/b-c",
+    ]
+    folders = [default_raw_dir(url) for url in others]
+    assert len(set(folders) | {folder}) == len(others) + 1
+    with pytest.raises(BadInput, match="http"):
+        default_raw_dir("ftp://example.org/x")
+
+
+def test_two_servers_with_the_same_file_names_never_share_cached_files(
+        mirror, archive, other_archive, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    days = [dt.date(2024, 4, 1), dt.date(2024, 4, 2)]
+    assert all(archive.files[d].read_bytes() != other_archive.files[d].read_bytes()
+               for d in days)
+    with Mirror(other_archive.root) as other:
+        for server, served in ((mirror, archive), (other, other_archive)):
+            raw = default_raw_dir(server.base_url)
+            for record in iter_downloads(days, raw, base_url=server.base_url):
+                assert record.path.is_relative_to(tmp_path / "cache")
+                assert record.path.read_bytes() == served.files[record.day].read_bytes()
+                assert record.source == products.file_url(server.base_url, record.day)
+        assert len([m for m, _, _ in other.log if m == "GET"]) == len(days)
+
+
+def test_a_shared_folder_keeps_a_file_from_another_server_only_after_a_full_check(
+        mirror, archive, other_archive, tmp_path, full_checks):
+    days = [dt.date(2024, 4, 1), dt.date(2024, 4, 2)]
+    download(days[0], days[-1], tmp_path, base_url=mirror.base_url, **FAST)
+    full_checks.clear()
+    with Mirror(other_archive.root) as other:
+        report = download(days[0], days[-1], tmp_path, base_url=other.base_url, **FAST)
+        assert other.log == []  # valid files were present: nothing fetched ...
+    assert sorted(full_checks) == sorted(r.path for r in report.ok)  # ... but decoded in full
+    for record in report.ok:  # and recorded as coming from where they really came from
+        assert record.skipped and record.source == products.file_url(mirror.base_url,
+                                                                     record.day)
+    entries = json.loads(report.manifest_path.read_text())["days"]
+    assert entries["2024-04-01"]["source"] == products.file_url(mirror.base_url, days[0])
+
+
+def test_a_rerun_reuses_recorded_files_without_decoding_them(mirror, archive, tmp_path,
+                                                             full_checks):
+    days = archive.days
+    first = list(iter_downloads(days, tmp_path, base_url=mirror.base_url))
+    fetched = sorted(r.path for r in first if r.status == "ok")
+    assert len(full_checks) == len(fetched)  # each new file is decoded in full (as .part)
+    entries = json.loads((tmp_path / "manifest.json").read_text())["days"]
+    assert len(entries) == len(days)  # iter_downloads keeps the record too
+    assert {e["source"] for e in entries.values() if e["status"] == "ok"} == {
+        products.file_url(mirror.base_url, d) for d in archive.files}
+
+    full_checks.clear()
+    gets = len(mirror.log)
+    again = list(iter_downloads(days, tmp_path, base_url=mirror.base_url))
+    ok = [r for r in again if r.status == "ok"]
+    assert len(ok) == len(archive.files) and all(r.skipped for r in ok)
+    assert full_checks == []  # reused on the record's word (size and sha256), not decoded
+    assert len(mirror.log) == gets + len(archive.missing)  # only the missing days re-asked
+    assert {r.day: r.sha256 for r in ok} == {r.day: r.sha256 for r in first
+                                              if r.status == "ok"}
+
+    # Without the record nothing vouches for the files: each is decoded in full again.
+    (tmp_path / "manifest.json").unlink()
+    third = list(iter_downloads(days, tmp_path, base_url=mirror.base_url))
+    assert sorted(full_checks) == fetched
+    assert all(r.skipped and r.source is None for r in third if r.status == "ok")
+
+
+def test_a_cached_file_altered_after_download_is_fetched_again(tmp_path, full_checks):
+    import numpy as np
+
+    from sicube.sample import write_day_file
+
+    # Stored uncompressed, so that one value can change in place and the file stays valid.
+    day = dt.date(2024, 4, 3)
+    grid = products.GRIDS["n3125"]
+    served = write_day_file(tmp_path / "server" / products.relative_path(day),
+                            np.full((grid.ny // 16, grid.nx // 16), 42.0, np.float32), day,
+                            step=16, storage={"zlib": False})
+    with Mirror(tmp_path / "server") as server:
+        out = tmp_path / "out"
+        download(day, day, out, base_url=server.base_url, **FAST)
+        path = out / products.relative_path(day)
+        data = path.read_bytes()
+        at = data.index(np.float32(42.0).tobytes() * 8)
+        path.write_bytes(data[:at] + np.float32(43.0).tobytes() + data[at + 4:])
+        assert path.stat().st_size == served.stat().st_size  # same size, other bytes ...
+        check_day_file(path)  # ... and still a valid file: only the record can tell
+
+        gets = len(server.log)
+        report = download(day, day, out, base_url=server.base_url, **FAST)
+        assert not report.ok[0].skipped
+        assert len(server.log) == gets + 1
+    assert path.read_bytes() == served.read_bytes()
+
+
+# --- latest_available -------------------------------------------------------------------------
+
+
+def test_latest_available_finds_the_last_day_the_server_has(mirror, archive):
+    assert latest_available(mirror.base_url, before=dt.date(2024, 4, 30)) == ARCHIVE_END
+    assert latest_available(mirror.base_url, before="20240412") == ARCHIVE_END
+    # 5 and 6 April are missing: the last day on or before the 6th is the 4th
+    assert latest_available(mirror.base_url, before=dt.date(2024, 4, 6),
+                            concurrency=1) == dt.date(2024, 4, 4)
+    assert latest_available(mirror.base_url, before=dt.date(2024, 4, 20), limit=9) == ARCHIVE_END
+    assert latest_available(mirror.base_url, before=dt.date(2024, 4, 20), limit=8) is None
+    assert {method for method, _, _ in mirror.log} == {"HEAD"}  # nothing downloaded
+    with pytest.raises(BadInput, match="limit"):
+        latest_available(mirror.base_url, before=ARCHIVE_END, limit=0)
+
+
+def test_latest_available_refuses_to_guess_when_the_server_is_down(tmp_path):
+    closed = Mirror(tmp_path)  # bound, then released: nothing listens on its port any more
+    closed.start()
+    closed.stop()
+    with pytest.raises(SourceUnavailable, match=r"127\.0\.0\.1.*Connect"):
+        latest_available(closed.base_url, before=ARCHIVE_END, retries=1, backoff=0.01)
+
+
+def test_latest_available_refuses_to_guess_when_the_server_keeps_failing():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 -- the name http.server dispatches to
+            asked.append(self.path)
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}/amsr2/asi_daygrid_swath/n3125/netcdf"
+        with pytest.raises(SourceUnavailable, match="500"):
+            latest_available(base, before=ARCHIVE_END, retries=2, backoff=0.01)
+    finally:
+        server.shutdown()
+        server.server_close()
+    newest = "/" + products.relative_path(ARCHIVE_END)
+    assert asked.count(base.split(str(server.server_port))[1] + newest) == 3  # every retry
 
 
 # --- bad input: one line on stderr, exit code 2, no traceback ----------------------------------
