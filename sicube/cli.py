@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from sicube import __version__
-from sicube.errors import BadInput
+from sicube.errors import BadInput, SicubeError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     one_codec_thread_per_core()
     try:
         return int(args.run(args) or 0)
-    except BadInput as err:
+    except SicubeError as err:  # bad input, an unreachable source: one line
         print(f"sicube {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
