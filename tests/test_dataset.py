@@ -47,7 +47,8 @@ def synthetic_cube(tmp_path_factory) -> Path:
     rng = np.random.default_rng(42)
     days = [START + dt.timedelta(days=i) for i in range(N_DAYS)]
     x, y = np.arange(NX) * 3125.0, np.arange(NY) * 3125.0
-    ds = cube.template(days, x, y, 3411, chunks=CHUNKS)
+    # Written whole here, so it says it is complete (as the builder does at its end).
+    ds = cube.template(days, x, y, 3411, chunks=CHUNKS, attrs={cube.STATUS: cube.COMPLETE})
     land = np.zeros((NY, NX), np.uint8)
     land[:12, :10] = 1  # a block of land in one corner
     land[30:, 28:] = 1  # and another, crossing chunk boundaries
