@@ -201,6 +201,7 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
     import warnings
 
     import zarr
+    from zarr.errors import GroupNotFoundError
 
     target = os.fspath(store) if isinstance(store, os.PathLike) else store
     kwargs = {"storage_options": storage_options} if storage_options else {}
@@ -211,7 +212,13 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
         try:
             group = zarr.open_group(target, mode="r", **kwargs)
             attrs = dict(group.attrs)
-        except Exception as err:  # missing, unreadable, corrupt, not Zarr, unreachable server
+        except GroupNotFoundError as err:  # nothing Zarr there (a plain folder, no such path)
+            if require_cube:
+                raise BadInput(f"store: {store} is not a sicube cube (no Zarr group there)"
+                               ) from None
+            raise BadInput(f"store: {store} is not a readable Zarr store ({_reason(err)})"
+                           ) from None
+        except Exception as err:  # unreadable, corrupt, unreachable server
             raise BadInput(f"store: {store} is not a readable Zarr store ({_reason(err)})"
                            ) from None
     if MARKER in attrs:
