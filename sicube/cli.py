@@ -467,10 +467,9 @@ def _comma_list(text: str, kind: type, name: str) -> list:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import csv
     import itertools
 
-    from sicube.evaluate import evaluate_fill, open_raw
+    from sicube.evaluate import evaluate_fill, open_raw, write_scores_csv
 
     raw, land = open_raw(args.store, args.start, args.end,
                          allow_incomplete=args.allow_incomplete)
@@ -496,8 +495,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"  {i}/{len(sets)} {params}: rmse {rows[-1]['rmse']:.3f}", file=sys.stderr)
     rows.sort(key=lambda r: (r["rmse"] != r["rmse"], r["rmse"]))  # NaN (nothing filled) last
-    columns = ["method", "time_window", "space_window", "alpha", "sigma", "max_gap",
-               "rmse", "mae", "bias", "n_filled", "n_hidden"]
     header = ["method", "tw", "sw", "alpha", "sigma", "gap", "RMSE", "MAE", "bias",
               "filled", "hidden"]
     print(" ".join(f"{h:>9s}" for h in header))
@@ -513,10 +510,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
           + f" (RMSE {best['rmse']:.3f}, MAE {best['mae']:.3f}, bias {best['bias']:+.3f} percent"
           f" over {best['n_filled']} of {best['n_hidden']} hidden cells)")
     if args.csv:
-        with open(args.csv, "w", newline="") as out:
-            writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        write_scores_csv(rows, args.csv)
         print(f"table written to {args.csv}")
     return 0
 

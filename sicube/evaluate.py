@@ -259,3 +259,19 @@ def open_raw(
         raise BadInput(f"store {store} has no day between {start} and {end}")
     land = ds[cube.LAND].values.astype(bool) if cube.LAND in ds else None
     return raw.data, land
+
+
+SCORE_COLUMNS = ("method", "time_window", "space_window", "alpha", "sigma", "max_gap",
+                 "rmse", "mae", "bias", "n_filled", "n_hidden")
+
+
+def write_scores_csv(rows: list[dict], path: str) -> None:
+    """Write :func:`evaluate_fill` rows as CSV (``SCORE_COLUMNS``); an OSError names the path."""
+    import csv
+
+    from sicube.report import writing
+
+    with writing(path) as out:
+        writer = csv.DictWriter(out, fieldnames=SCORE_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

@@ -7,11 +7,14 @@ much more (span, missing days, chunking, compression, provenance).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -186,11 +189,27 @@ def find_files_in_span(source: Path, first: dt.date, last: dt.date) -> dict[dt.d
 ROI_CSV_COLUMNS = ("date", "missing_pixels", "missing_percent")
 
 
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[TextIO]:
+    """`path` opened for writing text (CSV-ready); any OSError names the path.
+
+    A full disk often shows only when the last buffer is flushed at close, where Python's
+    error names no file: the CLI's one line should still say which file failed.
+    """
+    try:
+        with open(path, "w", newline="") as fh:
+            yield fh
+    except OSError as err:
+        if err.filename is None and not isinstance(err, BrokenPipeError):
+            raise OSError(err.errno, err.strerror or str(err), os.fspath(path)) from err
+        raise
+
+
 def write_roi_csv(report: RoiReport, path: str | os.PathLike) -> Path:
     """Write one row per observed day: date (YYYY-MM-DD), missing_pixels, missing_percent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with writing(path) as fh:
         writer = csv.writer(fh)
         writer.writerow(ROI_CSV_COLUMNS)
         for day in report.days:
