@@ -1,7 +1,8 @@
 """The cube's layout: variable names, dimensions, CF attributes, chunking; and opening a cube.
 
 Every other module reads these names from here. The builder writes a store from
-`template`; readers call `open_cube`, which refuses anything that is not a sicube cube.
+`template`; readers call `open_cube` (or `open_group` for the bare Zarr group), which refuse
+anything that is not a sicube cube, and a cube whose build has not finished unless told.
 """
 
 from __future__ import annotations
@@ -265,8 +266,14 @@ def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
     update has not finished, unless `allow_incomplete` (then its unwritten cells read as
     NaN / 0). `kwargs` go to `xarray.open_zarr`.
     """
+    import warnings
+
     open_group(store, allow_incomplete=allow_incomplete)
     try:
-        return xr.open_zarr(str(store), **kwargs)
+        with warnings.catch_warnings():
+            # A cube mid-build may have no current consolidated metadata (the builder
+            # re-consolidates at each state change); reading without it is right, not news.
+            warnings.filterwarnings("ignore", message=".*consolidated metadata.*")
+            return xr.open_zarr(str(store), **kwargs)
     except (OSError, ValueError, KeyError) as err:  # a variable's metadata unreadable or corrupt
         raise BadInput(f"store: {store} cannot be read as a cube ({_reason(err)})") from None
