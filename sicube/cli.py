@@ -1,13 +1,16 @@
 """`python -m sicube …`: parses arguments and calls the API; nothing else lives here.
 
 Every command is one `_add_<name>` function that declares its arguments and the
-function to run. Bad input (`BadInput`) ends in one line on stderr and exit code 2.
+function to run. Bad input (`BadInput`) and faults of the environment (a path that cannot
+be read or written, a full disk) end in one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -64,13 +67,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     one_codec_thread_per_core()
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
+        return code
     except SicubeError as err:  # bad input, an unreachable source: one line
         print(f"sicube {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sicube {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+    except OSError as err:  # the environment, not the input: unreadable, unwritable, disk full
+        print(f"sicube {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
+        return 2
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (`sicube info cube.zarr | head`): stop quietly.
+
+    What is still buffered goes to /dev/null, so that Python's flush at exit does not
+    report the broken pipe again; 141 is what a shell reports for a command ended by SIGPIPE.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
+
+
+def _os_error_text(err: OSError) -> str:
+    """An OSError as one line naming the path and the system's reason."""
+    reason = err.strerror or (errno.errorcode.get(err.errno, "") if err.errno else "") or str(err)
+    if err.filename is None:
+        return " ".join(str(err).split()) or reason
+    where = os.fsdecode(err.filename)
+    if err.filename2 is not None:
+        where += f" -> {os.fsdecode(err.filename2)}"
+    return f"{where}: {reason}"
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -105,6 +138,12 @@ def _run_sample(args: argparse.Namespace) -> int:
 # --- plot, explore, roi, info (sicube.plot, sicube.report) ------------------------------------
 
 
+def _allow_incomplete(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="read a cube whose build or update has not finished (refused "
+                             "by default; its unwritten cells read as missing)")
+
+
 def _quiet_flags(parser: argparse.ArgumentParser) -> None:
     # Sub-sub-commands accept -v/-q too; SUPPRESS keeps a flag given before them.
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
@@ -133,6 +172,7 @@ def _add_plot(parser: argparse.ArgumentParser) -> None:
     for sub in (day, mask, compare):
         sub.add_argument("-o", "--output", required=True, help="PNG file to write")
         sub.add_argument("--dpi", type=int, default=150, help="resolution (default 150)")
+        _allow_incomplete(sub)
         _quiet_flags(sub)
     parser.set_defaults(run=_run_plot)
 
@@ -142,12 +182,14 @@ def _run_plot(args: argparse.Namespace) -> int:
 
     if args.dpi < 10 or args.dpi > 1200:
         raise BadInput(f"dpi: must be between 10 and 1200, got {args.dpi}")
+    allow = args.allow_incomplete
     if args.kind == "day":
-        fig = plot.plot_day(args.file, store=args.store, date=args.date, variable=args.variable)
+        fig = plot.plot_day(args.file, store=args.store, date=args.date, variable=args.variable,
+                            allow_incomplete=allow)
     elif args.kind == "mask":
-        fig = plot.plot_mask(args.store or args.mask)
+        fig = plot.plot_mask(args.store or args.mask, allow_incomplete=allow)
     else:
-        fig = plot.plot_compare(args.store, args.date, source=args.source)
+        fig = plot.plot_compare(args.store, args.date, source=args.source, allow_incomplete=allow)
     path = plot.save_figure(fig, args.output, dpi=args.dpi)
     width, height = (round(v * args.dpi) for v in fig.get_size_inches())
     print(f"wrote {path} ({width} x {height} px)")
@@ -164,6 +206,7 @@ def _add_explore(parser: argparse.ArgumentParser) -> None:
                         choices=["sea_ice_conc", "sea_ice_conc_raw"])
     parser.add_argument("--width", type=int, default=300,
                         help="map width in pixels; every frame is embedded at this size")
+    _allow_incomplete(parser)
     parser.set_defaults(run=_run_explore)
 
 
@@ -174,7 +217,7 @@ def _run_explore(args: argparse.Namespace) -> int:
         raise BadInput(f"width: must be between 50 and 4000 pixels, got {args.width}")
     path = save_explorer(args.store, args.html, variables=tuple(args.variables),
                          start=args.start, end=args.end, width=args.width,
-                         progress=not args.quiet)
+                         progress=not args.quiet, allow_incomplete=args.allow_incomplete)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
     return 0
 
@@ -193,6 +236,7 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
                         help="list days with at least this share missing (default 0.1)")
     parser.add_argument("--csv", help="write date, missing_pixels, missing_percent here")
     parser.add_argument("--plot", help="PNG: the ROI on the full grid and the daily shares")
+    _allow_incomplete(parser)
     parser.set_defaults(run=_run_roi)
 
 
@@ -201,7 +245,8 @@ def _run_roi(args: argparse.Namespace) -> int:
 
     report = roi_report(args.start, args.end, args.ymin, args.ymax, args.xmin, args.xmax,
                         store=args.store, source=args.source,
-                        threshold_percent=args.threshold_percent)
+                        threshold_percent=args.threshold_percent,
+                        allow_incomplete=args.allow_incomplete)
     roi, (ny, nx) = report.roi, report.grid_shape
     print(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} ({roi.size} cells) "
           f"on the {ny} x {nx} grid, {report.start} .. {report.end}")
@@ -229,6 +274,8 @@ def _run_info(args: argparse.Namespace) -> int:
     from sicube.report import format_info, info
 
     print("\n".join(format_info(info(args.path))))
+    return 0
+
 
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
@@ -317,13 +364,15 @@ def _add_mask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", required=True, help="NetCDF file to write")
     parser.add_argument("--threshold", type=float,
                         help="recompute land_mask from the cube's nan_ratio with this threshold")
+    _allow_incomplete(parser)
     parser.set_defaults(run=_run_mask)
 
 
 def _run_mask(args: argparse.Namespace) -> int:
     from sicube.mask import export_mask
 
-    path, land_share = export_mask(args.store, args.output, threshold=args.threshold)
+    path, land_share = export_mask(args.store, args.output, threshold=args.threshold,
+                                   allow_incomplete=args.allow_incomplete)
     print(f"wrote {path}: land_mask (1 = land, {land_share:.1%} of cells) and nan_ratio")
     return 0
 
@@ -411,6 +460,7 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
                         help="hide scattered cells only (default: half as swath-like stripes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the hidden cells")
     parser.add_argument("--csv", help="also write the table to this CSV file")
+    _allow_incomplete(parser)
     parser.set_defaults(run=_run_evaluate)
 
 
@@ -426,12 +476,12 @@ def _comma_list(text: str, kind: type, name: str) -> list:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import csv
     import itertools
 
-    from sicube.evaluate import evaluate_fill, open_raw
+    from sicube.evaluate import evaluate_fill, open_raw, write_scores_csv
 
-    raw, land = open_raw(args.store, args.start, args.end)
+    raw, land = open_raw(args.store, args.start, args.end,
+                         allow_incomplete=args.allow_incomplete)
     grid = {
         "method": _comma_list(args.method, str, "method"),
         "time_window": _comma_list(args.time_window, int, "time-window"),
@@ -454,8 +504,6 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"  {i}/{len(sets)} {params}: rmse {rows[-1]['rmse']:.3f}", file=sys.stderr)
     rows.sort(key=lambda r: (r["rmse"] != r["rmse"], r["rmse"]))  # NaN (nothing filled) last
-    columns = ["method", "time_window", "space_window", "alpha", "sigma", "max_gap",
-               "rmse", "mae", "bias", "n_filled", "n_hidden"]
     header = ["method", "tw", "sw", "alpha", "sigma", "gap", "RMSE", "MAE", "bias",
               "filled", "hidden"]
     print(" ".join(f"{h:>9s}" for h in header))
@@ -471,10 +519,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
           + f" (RMSE {best['rmse']:.3f}, MAE {best['mae']:.3f}, bias {best['bias']:+.3f} percent"
           f" over {best['n_filled']} of {best['n_hidden']} hidden cells)")
     if args.csv:
-        with open(args.csv, "w", newline="") as out:
-            writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        write_scores_csv(rows, args.csv)
         print(f"table written to {args.csv}")
     return 0
 

@@ -1,7 +1,8 @@
 """The cube's layout: variable names, dimensions, CF attributes, chunking; and opening a cube.
 
 Every other module reads these names from here. The builder writes a store from
-`template`; readers call `open_cube`, which refuses anything that is not a sicube cube.
+`template`; readers call `open_cube` (or `open_group` for the bare Zarr group), which refuse
+anything that is not a sicube cube, and a cube whose build has not finished unless told.
 """
 
 from __future__ import annotations
@@ -184,6 +185,56 @@ def is_cube(store: str | os.PathLike) -> bool:
     return MARKER in group.attrs
 
 
+def _reason(err: BaseException) -> str:
+    """An exception as a short one-line reason (zarr's messages may span lines)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = True,
+               storage_options: dict | None = None):
+    """The store's root Zarr group, read-only, after the checks every reader of a cube makes.
+
+    Every reader opens a cube through here (or `open_cube`), so the state check lives in one
+    place (`check_complete`). The state is read from the root group's own attributes: in
+    Zarr v3 they sit in the root ``zarr.json`` itself, the same document that holds the
+    consolidated copy of the children's metadata, so it is never a stale copy.
+
+    Raises BadInput (one line) when the store cannot be read as a Zarr group, or, with
+    `require_cube`, when it is not a sicube cube; IncompleteCube when it is a sicube cube
+    whose build or update has not finished, unless `allow_incomplete`.
+    """
+    import warnings
+
+    import zarr
+    from zarr.errors import GroupNotFoundError
+
+    target = os.fspath(store) if isinstance(store, os.PathLike) else store
+    kwargs = {"storage_options": storage_options} if storage_options else {}
+    with warnings.catch_warnings():
+        # xarray writes consolidated metadata into Zarr v3 stores; zarr warns it is not
+        # part of the v3 spec. It is what lets us open a cube over HTTP, which cannot list.
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        try:
+            group = zarr.open_group(target, mode="r", **kwargs)
+            attrs = dict(group.attrs)
+        except GroupNotFoundError as err:  # nothing Zarr there (a plain folder, no such path)
+            if require_cube:
+                raise BadInput(f"store: {store} is not a sicube cube (no Zarr group there)"
+                               ) from None
+            raise BadInput(f"store: {store} is not a readable Zarr store ({_reason(err)})"
+                           ) from None
+        except Exception as err:  # unreadable, corrupt, unreachable server
+            raise BadInput(f"store: {store} is not a readable Zarr store ({_reason(err)})"
+                           ) from None
+    if MARKER in attrs:
+        check_complete(store, attrs, allow_incomplete)
+    elif require_cube:
+        raise BadInput(f"store: {store} is not a sicube cube (no Zarr group with a {MARKER} "
+                       "attribute)")
+    return group
+
+
 def cube_status(attrs: Mapping) -> str:
     """A cube's state from its group attributes: "building", "complete" or "failed: reason".
 
@@ -216,11 +267,18 @@ def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
               **kwargs) -> xr.Dataset:
     """Open a sicube cube lazily (dask arrays).
 
-    BadInput when `store` is not a cube; IncompleteCube when its build or update has not
-    finished, unless `allow_incomplete` (then its unwritten cells read as NaN / 0).
+    BadInput when `store` cannot be read or is not a cube; IncompleteCube when its build or
+    update has not finished, unless `allow_incomplete` (then its unwritten cells read as
+    NaN / 0). `kwargs` go to `xarray.open_zarr`.
     """
-    if not is_cube(store):
-        raise BadInput(f"{store}: not a sicube cube (no Zarr group with a {MARKER} attribute)")
-    ds = xr.open_zarr(str(store), **kwargs)
-    check_complete(store, ds.attrs, allow_incomplete)
-    return ds
+    import warnings
+
+    open_group(store, allow_incomplete=allow_incomplete)
+    try:
+        with warnings.catch_warnings():
+            # A cube mid-build may have no current consolidated metadata (the builder
+            # re-consolidates at each state change); reading without it is right, not news.
+            warnings.filterwarnings("ignore", message=".*consolidated metadata.*")
+            return xr.open_zarr(str(store), **kwargs)
+    except (OSError, ValueError, KeyError) as err:  # a variable's metadata unreadable or corrupt
+        raise BadInput(f"store: {store} cannot be read as a cube ({_reason(err)})") from None

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -152,23 +151,11 @@ class WindowReport:
 # --------------------------------------------------------------------------- store access
 
 
-def _open_group(store, storage_options: dict | None):
-    """The cube's Zarr group, read-only; BadInput when it is not a sicube cube."""
-    import zarr
-
-    target = os.fspath(store) if isinstance(store, os.PathLike) else store
-    kwargs = {"storage_options": storage_options} if storage_options else {}
-    with warnings.catch_warnings():
-        # xarray writes consolidated metadata into Zarr v3 stores; zarr warns it is not
-        # part of the v3 spec. It is what lets us open a cube over HTTP, which cannot list.
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        try:
-            group = zarr.open_group(target, mode="r", **kwargs)
-        except Exception as error:  # missing path, not Zarr, unreachable server
-            raise BadInput(f"store: cannot open {store} as a Zarr group ({error})") from None
-    if cube.MARKER not in group.attrs:
-        raise BadInput(f"store: {store} is not a sicube cube (no {cube.MARKER} attribute)")
-    return group
+def _open_group(store, storage_options: dict | None, allow_incomplete: bool = False):
+    """The cube's Zarr group, read-only; BadInput when it is not a readable sicube cube,
+    IncompleteCube when it is unfinished (unless `allow_incomplete`)."""
+    return cube.open_group(store, allow_incomplete=allow_incomplete,
+                           storage_options=storage_options)
 
 
 def _decode_days(time_array) -> list[dt.date]:
@@ -313,6 +300,8 @@ class SICDataset(Dataset):
         fill_flag, cached in `quality_cache` (True: ~/.cache/sicube; False: not on disk;
         or a directory), and reported in `report`.
     allow_unobserved : keep windows that touch days without data.
+    allow_incomplete : read a cube whose build or update has not finished (its unwritten
+        cells read as NaN / 0); by default such a cube is refused (`cube.IncompleteCube`).
 
     The object holds no open file or connection: each process opens the store on its
     first read, so it pickles and works with DataLoader workers (fork or spawn).
@@ -338,12 +327,15 @@ class SICDataset(Dataset):
                  apply_land_mask: bool = False, return_mask: bool = False,
                  max_filled_fraction: float | Sequence[float] | None = None,
                  quality_cache: bool | str | os.PathLike = True,
-                 allow_unobserved: bool = False, storage_options: dict | None = None):
+                 allow_unobserved: bool = False, storage_options: dict | None = None,
+                 allow_incomplete: bool = False):
         self.store = store
         self.storage_options = storage_options
+        self.allow_incomplete = bool(allow_incomplete)
         self._handles = None  # opened lazily, per process (see _arrays); never pickled
         self._handles_pid = None
-        group = _open_group(store, storage_options)  # construction only: not kept
+        # construction only: not kept
+        group = _open_group(store, storage_options, self.allow_incomplete)
         self._setup_time(group, start_time, end_time)
         self._setup_space(group, roi, coarsen, patch_size, patch_stride, random_patches)
         self._setup_channels(group, variables, target_variables, apply_land_mask, return_mask,
@@ -562,7 +554,7 @@ class SICDataset(Dataset):
     def _arrays(self) -> dict:
         """The cube's Zarr arrays by name, opened once in the calling process."""
         if self._handles is None or self._handles_pid != os.getpid():
-            group = _open_group(self.store, self.storage_options)
+            group = _open_group(self.store, self.storage_options, self.allow_incomplete)
             self._handles = {name: group[name] for name in (cube.CONC, cube.RAW, cube.FLAG)}
             self._handles_pid = os.getpid()
         return self._handles

@@ -215,10 +215,14 @@ def _hidden(array, hide_fraction, stripes, seed, land_mask, lazy):
 
 
 
-def open_raw(store: str, start: Any = None, end: Any = None) -> tuple[Any, np.ndarray | None]:
+def open_raw(
+    store: str, start: Any = None, end: Any = None, *, allow_incomplete: bool = False
+) -> tuple[Any, np.ndarray | None]:
     """The raw percent values (lazy Dask array) of a cube, cut to [start, end], and its land mask.
 
-    Raises BadInput with one sentence when the store is missing, is not a Zarr store, lacks
+    Any Zarr store with a (time, y, x) ``sea_ice_conc_raw`` will do; a sicube cube whose build
+    has not finished is refused (IncompleteCube) unless ``allow_incomplete``. Raises BadInput
+    with one sentence when the store is missing, is not a readable Zarr store, lacks
     ``sea_ice_conc_raw`` or has no day in the span.
     """
     from pathlib import Path
@@ -229,6 +233,7 @@ def open_raw(store: str, start: Any = None, end: Any = None) -> tuple[Any, np.nd
 
     if not Path(store).exists():
         raise BadInput(f"store {store} does not exist")
+    cube.open_group(store, allow_incomplete=allow_incomplete, require_cube=False)
     try:
         ds = xr.open_zarr(store)
     except Exception as err:  # zarr and xarray raise many types for "not a store"
@@ -254,3 +259,19 @@ def open_raw(store: str, start: Any = None, end: Any = None) -> tuple[Any, np.nd
         raise BadInput(f"store {store} has no day between {start} and {end}")
     land = ds[cube.LAND].values.astype(bool) if cube.LAND in ds else None
     return raw.data, land
+
+
+SCORE_COLUMNS = ("method", "time_window", "space_window", "alpha", "sigma", "max_gap",
+                 "rmse", "mae", "bias", "n_filled", "n_hidden")
+
+
+def write_scores_csv(rows: list[dict], path: str) -> None:
+    """Write :func:`evaluate_fill` rows as CSV (``SCORE_COLUMNS``); an OSError names the path."""
+    import csv
+
+    from sicube.report import writing
+
+    with writing(path) as out:
+        writer = csv.DictWriter(out, fieldnames=SCORE_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

@@ -104,16 +104,19 @@ def load_mask(path: str | os.PathLike, grid: GridCoords) -> LandMask:
 
 
 def export_mask(store: str | os.PathLike, output: str | os.PathLike,
-                threshold: float | None = None) -> tuple[Path, float]:
+                threshold: float | None = None, *,
+                allow_incomplete: bool = False) -> tuple[Path, float]:
     """Write the cube's mask as the original toolbox's NetCDF (land_mask uint8, nan_ratio float32).
 
     With `threshold`, land_mask is recomputed from the cube's nan_ratio. Returns the path
-    and the share of land cells.
+    and the share of land cells. An unfinished cube (its mask may not be computed yet) is
+    refused unless `allow_incomplete`.
     """
-    ds = cube.open_cube(store)
+    ds = cube.open_cube(store, allow_incomplete=allow_incomplete)
     output = Path(output)
     if not output.parent.is_dir():
-        raise BadInput(f"--output {output}: folder {output.parent} does not exist")
+        why = "is not a folder" if output.parent.exists() else "does not exist"
+        raise BadInput(f"--output {output}: folder {output.parent} {why}")
     ratio = ds[cube.NAN_RATIO].load()
     if threshold is None:
         land = ds[cube.LAND].load()

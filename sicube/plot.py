@@ -202,12 +202,16 @@ def _existing(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def _as_cube(store: str | os.PathLike | xr.Dataset) -> tuple[xr.Dataset, str]:
-    """(dataset, display name) of a cube given as an opened Dataset or a store path."""
+def _as_cube(store: str | os.PathLike | xr.Dataset,
+             allow_incomplete: bool = False) -> tuple[xr.Dataset, str]:
+    """(dataset, display name) of a cube given as an opened Dataset or a store path.
+
+    A path is opened by `cube.open_cube`, which refuses an unfinished cube unless
+    `allow_incomplete`; an opened Dataset is the caller's choice."""
     if isinstance(store, xr.Dataset):
         return store, store.attrs.get("title", "cube")
     path = _existing(store, "store")
-    return cube.open_cube(path), path.name
+    return cube.open_cube(path, allow_incomplete=allow_incomplete), path.name
 
 
 def cube_day_index(ds: xr.Dataset, date: DateLike) -> tuple[int, dt.date]:
@@ -255,7 +259,7 @@ _VARIABLE_LABEL = {cube.RAW: "raw (as in the source file)",
 
 
 def plot_day(file: str | os.PathLike | None = None, *, store=None, date: DateLike | None = None,
-             variable: str = cube.RAW):
+             variable: str = cube.RAW, allow_incomplete: bool = False):
     """A map of one day's concentration (percent) from a source file or from a cube.
 
     Parameters
@@ -263,6 +267,7 @@ def plot_day(file: str | os.PathLike | None = None, *, store=None, date: DateLik
     file : a daily source file (then `store` and `date` are not used).
     store, date : a cube (path or Dataset) and the day to map.
     variable : `sea_ice_conc_raw` (percent, NaN missing) or `sea_ice_conc` (filled).
+    allow_incomplete : map a cube whose build has not finished (refused by default).
 
     Returns
     -------
@@ -281,7 +286,7 @@ def plot_day(file: str | os.PathLike | None = None, *, store=None, date: DateLik
     else:
         if date is None:
             raise BadInput("date: required with a cube store")
-        ds, where = _as_cube(store)
+        ds, where = _as_cube(store, allow_incomplete)
         index, day = cube_day_index(ds, date)
         field = _cube_field(ds, variable, index)
         observed = bool(ds[cube.OBSERVED].values[index])
@@ -298,10 +303,11 @@ def plot_day(file: str | os.PathLike | None = None, *, store=None, date: DateLik
     return fig
 
 
-def _read_mask(source) -> tuple[MapField, MapField | None, float | None, str]:
+def _read_mask(source, allow_incomplete: bool = False
+               ) -> tuple[MapField, MapField | None, float | None, str]:
     """(land mask, NaN ratio or None, threshold or None, name) of a cube or a mask file."""
     if isinstance(source, xr.Dataset) or Path(source).is_dir():
-        ds, name = _as_cube(source)
+        ds, name = _as_cube(source, allow_incomplete)
         threshold = ds.attrs.get("mask_threshold")
     else:
         path = _existing(source, "mask file")
@@ -322,16 +328,17 @@ def _read_mask(source) -> tuple[MapField, MapField | None, float | None, str]:
     return land, ratio, (threshold if np.isfinite(threshold) else None), name
 
 
-def plot_mask(source: str | os.PathLike | xr.Dataset):
+def plot_mask(source: str | os.PathLike | xr.Dataset, *, allow_incomplete: bool = False):
     """The binary land mask beside the NaN-frequency map it was derived from.
 
     `source` is a cube or a land-mask netCDF file (`land_mask`, `nan_ratio`). The
     shipped coastline is drawn on both panels, so the data-derived mask can be
-    checked against the real coast.
+    checked against the real coast. An unfinished cube is refused unless
+    `allow_incomplete`.
     """
     from matplotlib.colors import ListedColormap
 
-    land, ratio, threshold, name = _read_mask(source)
+    land, ratio, threshold, name = _read_mask(source, allow_incomplete)
     fig = _figure(MASK_FIGSIZE)
     axes = fig.subplots(1, 2)
     draw_map(axes[0], land, cmap=ListedColormap(["#2c6fae", "#b8a67a"]), vmin=0, vmax=1,
@@ -357,17 +364,19 @@ def plot_mask(source: str | os.PathLike | xr.Dataset):
     return fig
 
 
-def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None):
+def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None, *,
+                 allow_incomplete: bool = False):
     """Raw vs filled concentration for one day of a cube, with a panel of the fill flags.
 
     `source` (optional) takes the raw panel from a daily source file instead of the
-    cube's `sea_ice_conc_raw`; it must lie on the cube's grid.
+    cube's `sea_ice_conc_raw`; it must lie on the cube's grid. An unfinished cube is
+    refused unless `allow_incomplete`.
     """
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
     from sicube.sources import GridCoords
 
-    ds, name = _as_cube(store)
+    ds, name = _as_cube(store, allow_incomplete)
     index, day = cube_day_index(ds, date)
     if source is not None:
         raw, _ = read_file_field(source, GridCoords(ds["x"].values, ds["y"].values))
@@ -432,7 +441,8 @@ def plot_roi(report):
     if worst is None:
         raise BadInput("ROI report has no observed day to draw")
     if report.store is not None:
-        ds, _ = _as_cube(report.store)
+        # roi_report has already applied the state check (or been told to skip it).
+        ds, _ = _as_cube(report.store, allow_incomplete=True)
         index, _ = cube_day_index(ds, worst.date)
         values = ds[cube.RAW].isel(time=index).values
         epsg = cube.cube_epsg(ds)
@@ -526,14 +536,14 @@ def _explore_array(ds: xr.Dataset, variables: tuple[str, ...]) -> xr.DataArray:
 
 def explore(store, variables: tuple[str, ...] = EXPLORE_VARIABLES, *,
             start: DateLike | None = None, end: DateLike | None = None,
-            dynamic: bool = True, width: int = 500):
+            dynamic: bool = True, width: int = 500, allow_incomplete: bool = False):
     """An interactive map of a cube: a time slider, a variable selector, hover values.
 
     Returns a HoloViews object (shows in Jupyter). With `dynamic=True` every frame is
     rasterized by Datashader on demand at the zoom level shown, so a full-resolution
     cube stays responsive. `dynamic=False` precomputes every frame, subsampled to about
     `width` pixels across (what `save_explorer` writes to HTML). Values are percent;
-    land is tan, no data grey.
+    land is tan, no data grey. An unfinished cube is refused unless `allow_incomplete`.
     """
     import hvplot.xarray  # noqa: F401  (registers .hvplot)
 
@@ -541,7 +551,7 @@ def explore(store, variables: tuple[str, ...] = EXPLORE_VARIABLES, *,
     if unknown or not variables:
         raise BadInput(f"variables {unknown or variables}: choose from "
                        f"{', '.join(EXPLORE_VARIABLES)}")
-    ds, name = _as_cube(store)
+    ds, name = _as_cube(store, allow_incomplete)
     first = parse_date(start, "start") if start is not None else None
     last = parse_date(end, "end") if end is not None else None
     ds = ds.sel(time=slice(first and np.datetime64(first), last and np.datetime64(last)))
@@ -562,7 +572,8 @@ def explore(store, variables: tuple[str, ...] = EXPLORE_VARIABLES, *,
 
 def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABLES,
                   start: DateLike | None = None, end: DateLike | None = None,
-                  width: int = 300, progress: bool = False) -> Path:
+                  width: int = 300, progress: bool = False,
+                  allow_incomplete: bool = False) -> Path:
     """Write the explorer as a standalone HTML file (JavaScript inlined, works offline).
 
     Every frame is embedded (no server to rasterize on demand): the file holds
@@ -575,7 +586,8 @@ def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABL
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    view = explore(store, variables, start=start, end=end, dynamic=False, width=width)
+    view = explore(store, variables, start=start, end=end, dynamic=False, width=width,
+                   allow_incomplete=allow_incomplete)
     states = len(view.keys())
     # embed=True writes every (variable, day) frame into the page; panel's default cap of
     # 1000 states would silently drop days of a long span.

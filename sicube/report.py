@@ -7,16 +7,19 @@ much more (span, missing days, chunking, compression, provenance).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
 from sicube import cube, products
-from sicube.dates import DateLike, day_list_text, day_range, parse_span
+from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
 
 DEFAULT_THRESHOLD_PERCENT = 0.1  # the original script's default
@@ -94,7 +97,8 @@ def _percent(missing: int, size: int) -> float:
 
 def roi_report(start: DateLike, end: DateLike, ymin: int, ymax: int, xmin: int, xmax: int, *,
                store: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
-               threshold_percent: float = DEFAULT_THRESHOLD_PERCENT) -> RoiReport:
+               threshold_percent: float = DEFAULT_THRESHOLD_PERCENT,
+               allow_incomplete: bool = False) -> RoiReport:
     """Count the missing cells inside an index rectangle for every observed day of a span.
 
     Parameters
@@ -105,6 +109,7 @@ def roi_report(start: DateLike, end: DateLike, ymin: int, ymax: int, xmin: int, 
     store : a cube; its `sea_ice_conc_raw` is read, only the chunks under the ROI.
     source : or a folder of daily files (read one at a time and validated).
     threshold_percent : days at or above this share of missing cells are `flagged`.
+    allow_incomplete : count in a cube whose build has not finished (refused by default).
 
     Returns
     -------
@@ -118,14 +123,15 @@ def roi_report(start: DateLike, end: DateLike, ymin: int, ymax: int, xmin: int, 
     roi = Roi(int(ymin), int(ymax), int(xmin), int(xmax))
     days = list(day_range(first, last))
     if store is not None:
-        return _roi_from_store(Path(store), roi, first, last, days, threshold_percent)
+        return _roi_from_store(Path(store), roi, first, last, days, threshold_percent,
+                               allow_incomplete)
     return _roi_from_source(Path(source), roi, first, last, days, threshold_percent)
 
 
-def _roi_from_store(store, roi, first, last, days, threshold) -> RoiReport:
+def _roi_from_store(store, roi, first, last, days, threshold, allow_incomplete) -> RoiReport:
     if not store.exists():
         raise BadInput(f"store {store}: no such folder")
-    ds = cube.open_cube(store)
+    ds = cube.open_cube(store, allow_incomplete=allow_incomplete)
     shape = (ds.sizes["y"], ds.sizes["x"])
     roi.check(shape)
     cube_days = ds["time"].values.astype("datetime64[D]")
@@ -183,11 +189,27 @@ def find_files_in_span(source: Path, first: dt.date, last: dt.date) -> dict[dt.d
 ROI_CSV_COLUMNS = ("date", "missing_pixels", "missing_percent")
 
 
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[TextIO]:
+    """`path` opened for writing text (CSV-ready); any OSError names the path.
+
+    A full disk often shows only when the last buffer is flushed at close, where Python's
+    error names no file: the CLI's one line should still say which file failed.
+    """
+    try:
+        with open(path, "w", newline="") as fh:
+            yield fh
+    except OSError as err:
+        if err.filename is None and not isinstance(err, BrokenPipeError):
+            raise OSError(err.errno, err.strerror or str(err), os.fspath(path)) from err
+        raise
+
+
 def write_roi_csv(report: RoiReport, path: str | os.PathLike) -> Path:
     """Write one row per observed day: date (YYYY-MM-DD), missing_pixels, missing_percent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with writing(path) as fh:
         writer = csv.writer(fh)
         writer.writerow(ROI_CSV_COLUMNS)
         for day in report.days:
@@ -219,6 +241,13 @@ class Info:
     shards: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
     compression: dict[str, str] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    # A cube's life (None for files and folders): its state, the command that finishes it,
+    # days that failed (with the reason), days not ingested yet, and where the days came from.
+    status: str | None = None
+    finish: str = ""
+    failed_days: dict[dt.date, str] = field(default_factory=dict)
+    not_ingested: list[dt.date] = field(default_factory=list)
+    source: str = ""
 
     @property
     def days(self) -> int:
@@ -251,6 +280,7 @@ def info(path: str | os.PathLike) -> Info:
 
     For a folder the grid is read from its first file only (fast on a decade of files);
     missing days are the calendar days between the first and last file with no file.
+    A cube is described in any state (building, failed or complete): `status` says which.
     """
     path = Path(path)
     if not path.exists():
@@ -295,18 +325,52 @@ def _folder_info(path: Path) -> Info:
                 size_bytes=sum(p.stat().st_size for p in files.values()))
 
 
-PROVENANCE_KEYS = ("source_base_url", "fill_parameters", "mask_threshold", "mask_span",
-                   "build_time", "sicube_version")
+PROVENANCE_KEYS = ("fill_parameters", "mask_threshold", "mask_span", "build_time",
+                   "sicube_version")
+
+
+def _day_keys(days) -> set[dt.date]:
+    """YYYYMMDD keys (of a list or a dict) as dates."""
+    return {parse_date(key) for key in (days or ())}
+
+
+def _day_lists(attrs: dict, days: list[dt.date], observed: set[dt.date],
+               time_chunk: int) -> tuple[list, dict, list]:
+    """(missing, failed {day: reason}, not yet ingested) days of a cube from its attributes.
+
+    Cubes written before the day-list attributes existed have a build record instead
+    (`sicube_build`: its ingested time chunks and failed days); a complete one of those
+    counts every unobserved, not-failed day as missing.
+    """
+    import json
+
+    record = json.loads(attrs.get("sicube_build") or "{}")
+    failed_raw = attrs.get(cube.FAILED_DAYS)
+    if failed_raw is None:
+        failed_raw = record.get("failed") or {}
+    failed = {parse_date(k): str(v) for k, v in sorted(failed_raw.items())}
+    if cube.MISSING_DAYS in attrs:
+        missing = _day_keys(attrs[cube.MISSING_DAYS])
+        seen = observed | _day_keys(attrs.get(cube.SOURCE_FILES)) | missing | set(failed)
+        not_ingested = [d for d in days if d not in seen]
+    else:
+        if cube.cube_status(attrs) == cube.COMPLETE or "ingested" not in record:
+            ingested = set(days)
+        else:
+            chunks = set(record["ingested"])
+            ingested = {d for i, d in enumerate(days) if i // time_chunk in chunks}
+        missing = {d for d in ingested if d not in observed and d not in failed}
+        not_ingested = [d for d in days if d not in ingested]
+    return sorted(missing), failed, not_ingested
 
 
 def _cube_info(path: Path) -> Info:
-    import zarr
-
-
-    ds = cube.open_cube(path)
-    group = zarr.open_group(str(path), mode="r")
+    group = cube.open_group(path, allow_incomplete=True)  # info describes any state
+    ds = cube.open_cube(path, allow_incomplete=True)
+    attrs = dict(group.attrs)
     days = [dt.date.fromisoformat(str(d)) for d in ds["time"].values.astype("datetime64[D]")]
     observed = ds[cube.OBSERVED].values.astype(bool)
+    seen = {d for d, flag in zip(days, observed, strict=True) if flag}
     chunks, shards, compression = {}, {}, {}
     for name in (*cube.CUBE_VARS, *cube.GRID_VARS):
         if name in group:
@@ -315,16 +379,21 @@ def _cube_info(path: Path) -> Info:
             shards[name] = tuple(array.shards) if getattr(array, "shards", None) else None
             codecs = getattr(array, "compressors", ()) or ()
             compression[name] = ", ".join(_codec_text(c) for c in codecs) or "none"
-    provenance = {key: ds.attrs[key] for key in PROVENANCE_KEYS if key in ds.attrs}
-    provenance["source_files"] = len(ds.attrs.get("source_files") or {})
+    time_chunk = chunks.get(cube.RAW, (1,))[0]
+    missing, failed, not_ingested = _day_lists(attrs, days, seen, time_chunk)
+    provenance = {key: attrs[key] for key in PROVENANCE_KEYS if key in attrs}
+    provenance["source_files"] = len(attrs.get(cube.SOURCE_FILES) or {})
     has_epsg = "epsg_code" in ds[cube.GRID_MAPPING].attrs if cube.GRID_MAPPING in ds else False
     return Info("cube", path, **_grid_info(ds["x"].values, ds["y"].values),
                 crs=_crs_text(cube.cube_epsg(ds) if has_epsg else None),
                 first_day=days[0] if days else None, last_day=days[-1] if days else None,
-                observed_days=int(observed.sum()),
-                missing_days=[d for d, seen in zip(days, observed, strict=True) if not seen],
+                observed_days=len(seen), missing_days=missing,
                 size_bytes=cube.store_bytes(path), chunks=chunks, shards=shards,
-                compression=compression, provenance=provenance)
+                compression=compression, provenance=provenance,
+                status=cube.cube_status(attrs), finish=str(attrs.get(cube.FINISH) or ""),
+                failed_days=failed, not_ingested=not_ingested,
+                source=str(attrs.get(cube.SOURCE_DIRECTORY) or attrs.get(cube.SOURCE_URL)
+                           or ""))
 
 
 def _codec_text(codec) -> str:
@@ -344,23 +413,40 @@ def _bytes_text(size: int) -> str:
             return f"{size:.1f} {unit}"
 
 
+def _state_line(item: Info) -> str:
+    """A cube's first line: its path and state, and for an unfinished cube how to finish it."""
+    if item.status == cube.COMPLETE:
+        return f"{item.path}: {item.status}"
+    finish = item.finish or "the same `sicube build` command again"
+    return f"{item.path}: {item.status} - unfinished; finish with: {finish}"
+
+
 def format_info(item: Info) -> list[str]:
-    """The lines `sicube info` prints (one screen)."""
+    """The lines `sicube info` prints (one screen); a cube's first line is its state."""
     ny, nx = item.grid_shape
     km = item.cell_size / 1000.0
-    lines = [
+    lines = [_state_line(item)] if item.status is not None else []
+    lines += [
         f"{item.kind}: {item.path}",
         f"grid: height {ny} x width {nx} (y x x), cell {km:g} km",
         f"x: {item.x_range[0]:.0f} .. {item.x_range[1]:.0f} m; "
         f"y: {item.y_range[0]:.0f} .. {item.y_range[1]:.0f} m",
         f"crs: {item.crs}",
     ]
+    if item.source:
+        lines.append(f"source: {item.source}")
     if item.first_day is not None:
         plural = "s" if item.days != 1 else ""
         lines.append(f"span: {item.first_day} .. {item.last_day} ({item.days} day{plural})")
-        lines.append(f"observed days: {item.observed_days}; missing days: "
-                     f"{len(item.missing_days)}"
+        lines.append(f"observed days: {item.observed_days}")
+        what = "missing days" if item.status is None else "missing days (no source file)"
+        lines.append(f"{what}: {len(item.missing_days)}"
                      + (f" ({day_list_text(item.missing_days)})" if item.missing_days else ""))
+    if item.status is not None:
+        lines.append(f"failed days: {len(item.failed_days)}")
+        lines += [f"  {day:%Y%m%d}: {reason}" for day, reason in item.failed_days.items()]
+        lines.append(f"not yet ingested: {len(item.not_ingested)}"
+                     + (f" ({day_list_text(item.not_ingested)})" if item.not_ingested else ""))
     lines.append(f"size on disk: {_bytes_text(item.size_bytes)}")
     for name, chunk in item.chunks.items():
         shard = item.shards.get(name)

@@ -47,7 +47,8 @@ def synthetic_cube(tmp_path_factory) -> Path:
     rng = np.random.default_rng(42)
     days = [START + dt.timedelta(days=i) for i in range(N_DAYS)]
     x, y = np.arange(NX) * 3125.0, np.arange(NY) * 3125.0
-    ds = cube.template(days, x, y, 3411, chunks=CHUNKS)
+    # Written whole here, so it says it is complete (as the builder does at its end).
+    ds = cube.template(days, x, y, 3411, chunks=CHUNKS, attrs={cube.STATUS: cube.COMPLETE})
     land = np.zeros((NY, NX), np.uint8)
     land[:12, :10] = 1  # a block of land in one corner
     land[30:, 28:] = 1  # and another, crossing chunk boundaries
@@ -605,3 +606,22 @@ def test_on_a_built_cube(small_cube, archive):
     np.testing.assert_array_equal(mask[0].numpy(), group[cube.LAND][rows, cols])
     _assert_same_batches(_batches(DataLoader(ds, batch_size=3)),
                          _batches(ds.loader(3, num_workers=2, multiprocessing_context="fork")))
+
+
+@pytest.mark.parametrize("status", ["building", "failed: fill crashed"])
+def test_an_unfinished_cube_is_refused_unless_allowed(small_cube, archive, tmp_path, status):
+    from .test_cube import FINISH, unfinished_copy
+
+    path = unfinished_copy(small_cube, tmp_path, status)
+    span = (archive.days[0], archive.days[-1], 2, 1)
+    with pytest.raises(cube.IncompleteCube) as caught:
+        SICDataset(path, *span, quality_cache=False)
+    assert f"state: {status}" in str(caught.value) and FINISH in str(caught.value)
+    ds = SICDataset(path, *span, quality_cache=False, allow_incomplete=True)
+    complete = SICDataset(small_cube, *span, quality_cache=False)
+    assert len(ds) == len(complete) > 0
+    np.testing.assert_array_equal(ds[0][0].numpy(), complete[0][0].numpy())
+    # Workers reopen the store with the same choice; the stream reads through them.
+    again = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(again[0][1].numpy(), complete[0][1].numpy())
+    assert sum(1 for _ in SICStream(ds, shuffle=False)) == len(ds)

@@ -171,3 +171,66 @@ def test_info_bad_inputs_exit_2(tmp_path, capsys):
         assert len(err.splitlines()) == 1 and expected in err, err
     with pytest.raises(BadInput):
         info(tmp_path / "none")
+
+
+# --- info on a cube's life ------------------------------------------------------------------------
+
+
+def test_info_first_line_is_the_state_and_the_source(small_cube, archive, capsys):
+    assert main(["info", str(small_cube)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{small_cube}: complete"
+    assert f"source: {archive.root}" in lines
+    assert "failed days: 0" in lines and "not yet ingested: 0" in lines
+    assert "missing days (no source file): 2 (20240405, 20240406)" in lines
+
+
+def test_info_separates_missing_failed_and_not_ingested_days(small_cube, tmp_path, capsys):
+    """A cube caught mid-build: days 1-4 and 7-8 ingested, 5 a 404, 6 failed, 9-12 not yet."""
+    from .test_cube import FINISH, unfinished_copy
+
+    path = unfinished_copy(
+        small_cube, tmp_path, "building",
+        **{cube.MISSING_DAYS: ["20240405"],
+           cube.FAILED_DAYS: {"20240406": "not a netCDF file (HTML error page)"},
+           cube.SOURCE_FILES: {f"202404{d:02d}": {"name": f"day{d}"} for d in (1, 2, 3, 4, 7, 8)},
+           cube.SOURCE_DIRECTORY: "", cube.SOURCE_URL: "http://127.0.0.1:8000/amsr2"})
+    zarr.open_group(str(path), mode="r+")[cube.OBSERVED][8:] = False  # not ingested yet
+    found = info(path)
+    assert found.status == "building"
+    assert found.observed_days == 6
+    assert [f"{d:%d}" for d in found.missing_days] == ["05"]
+    assert {f"{d:%d}": r for d, r in found.failed_days.items()} == {
+        "06": "not a netCDF file (HTML error page)"}
+    assert [f"{d:%d}" for d in found.not_ingested] == ["09", "10", "11", "12"]
+    assert main(["info", str(path)]) == 0  # info never refuses
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{path}: building - unfinished; finish with: {FINISH}"
+    assert "source: http://127.0.0.1:8000/amsr2" in lines
+    assert "missing days (no source file): 1 (20240405)" in lines
+    assert "failed days: 1" in lines
+    assert "  20240406: not a netCDF file (HTML error page)" in lines
+    assert "not yet ingested: 4 (20240409, 20240410, 20240411, 20240412)" in lines
+
+
+def test_info_of_an_old_cube_falls_back_to_its_build_record(small_cube, tmp_path):
+    """A cube written before the state and day-list attributes: its `sicube_build` record."""
+    import json
+
+    from .test_cube import unfinished_copy
+
+    path = unfinished_copy(small_cube, tmp_path, cube.COMPLETE)
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    record = json.loads(group.attrs["sicube_build"])
+    for key in (cube.STATUS, cube.FINISH, cube.MISSING_DAYS, cube.FAILED_DAYS):
+        group.attrs.pop(key, None)
+    assert info(path).status == cube.COMPLETE
+    assert info(path).missing_days == ARCHIVE_MISSING and info(path).not_ingested == []
+    # Interrupted after its first time chunk (4 days), with 2 April failed.
+    record.update(complete=False, ingested=[0], failed={"20240402": "truncated"})
+    group.attrs.update({"sicube_build": json.dumps(record)})
+    group.attrs.pop(cube.FAILED_DAYS, None)
+    found = info(path)
+    assert found.status == cube.BUILDING
+    assert found.failed_days == {ARCHIVE_START.replace(day=2): "truncated"}
+    assert len(found.not_ingested) == 8 and found.not_ingested[0] == ARCHIVE_START.replace(day=5)

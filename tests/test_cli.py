@@ -1,0 +1,188 @@
+"""The CLI answers an unfinished cube and faults of the environment with one line and exit 2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sicube.cli import main
+
+from .test_cube import FINISH, unfinished_copy
+
+ROI = ["--start", "20240401", "--end", "20240412",
+       "--ymin", "100", "--ymax", "140", "--xmin", "20", "--xmax", "60"]
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"sicube {command}: error: "), err
+    return err
+
+
+def _commands(store: Path, out: Path) -> dict[str, list[str]]:
+    """Every command that reads a cube, writing (if at all) under `out`."""
+    return {
+        "plot day": ["plot", "day", "--store", str(store), "--date", "20240403",
+                     "-o", str(out / "day.png")],
+        "plot mask": ["plot", "mask", "--store", str(store), "-o", str(out / "mask.png")],
+        "plot compare": ["plot", "compare", "--store", str(store), "--date", "20240403",
+                         "-o", str(out / "compare.png")],
+        "roi": ["roi", "--store", str(store), *ROI],
+        "explore": ["explore", str(store), "--html", str(out / "x.html"), "--width", "50",
+                    "-q"],
+        "evaluate": ["evaluate", "--store", str(store), "--start", "20240401",
+                     "--end", "20240404", "--space-window", "3", "-q"],
+        "mask": ["mask", "--store", str(store), "-o", str(out / "mask.nc")],
+    }
+
+
+READERS = ["plot day", "plot mask", "plot compare", "roi", "explore", "evaluate", "mask"]
+
+
+@pytest.mark.parametrize("status", ["building", "failed: fill crashed"])
+def test_every_reader_refuses_an_unfinished_cube(small_cube, tmp_path, capsys, status):
+    path = unfinished_copy(small_cube, tmp_path, status)
+    for name, argv in _commands(path, tmp_path).items():
+        assert main(argv) == 2, name
+        err = _one_error_line(capsys, argv[0])
+        assert f"state: {status}" in err and FINISH in err and "--allow-incomplete" in err, err
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "x.html").exists()
+
+
+@pytest.mark.parametrize("name", ["plot day", "plot mask", "roi", "evaluate", "mask"])
+def test_allow_incomplete_reads_it_anyway(small_cube, tmp_path, capsys, name):
+    path = unfinished_copy(small_cube, tmp_path, "building")
+    assert main([*_commands(path, tmp_path)[name], "--allow-incomplete"]) == 0
+    out = capsys.readouterr().out
+    if name == "roi":
+        assert "observed days: 10" in out
+    elif name != "evaluate":
+        assert "wrote" in out
+    else:
+        assert out.splitlines()[-1].startswith("best:")
+
+
+def test_explore_allows_an_unfinished_cube_when_told(small_cube, tmp_path):
+    from sicube import cube
+    from sicube.plot import explore
+
+    path = unfinished_copy(small_cube, tmp_path, "building")
+    with pytest.raises(cube.IncompleteCube):
+        explore(path)
+    assert explore(path, allow_incomplete=True) is not None
+
+
+# --- faults of the environment --------------------------------------------------------------------
+
+
+@pytest.fixture
+def corrupt_cube(small_cube, tmp_path) -> Path:
+    path = tmp_path / "corrupt.zarr"
+    shutil.copytree(small_cube, path)
+    (path / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')
+    return path
+
+
+@pytest.mark.parametrize("name", READERS)
+def test_a_corrupt_store_is_one_line(corrupt_cube, tmp_path, capsys, name):
+    argv = _commands(corrupt_cube, tmp_path)[name]
+    assert main(argv) == 2
+    assert str(corrupt_cube) in _one_error_line(capsys, argv[0])
+
+
+def test_info_of_a_corrupt_store_is_one_line(corrupt_cube, capsys):
+    assert main(["info", str(corrupt_cube)]) == 2
+    assert "not a readable Zarr store" in _one_error_line(capsys, "info")
+
+
+@pytest.mark.parametrize("name", ["plot day", "roi", "explore", "evaluate", "mask"])
+def test_a_store_that_is_a_file_is_one_line(tmp_path, capsys, name):
+    path = tmp_path / "cube.zarr"
+    path.write_text("not a store")
+    argv = _commands(path, tmp_path)[name]
+    assert main(argv) == 2
+    assert str(path) in _one_error_line(capsys, argv[0])
+
+
+def _without_root_override() -> list[str]:
+    """A command prefix under which permission bits apply (they do not stop root: drop its
+    capabilities to override them)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permission bits cannot be tested")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+
+
+@pytest.mark.parametrize("command", ["info", "roi", "plot day", "evaluate"])
+def test_a_store_without_read_permission_is_one_line(small_cube, tmp_path, command):
+    store = tmp_path / "locked.zarr"
+    shutil.copytree(small_cube, store)
+    store.chmod(0o000)
+    argv = ["info", str(store)] if command == "info" else _commands(store, tmp_path)[command]
+    try:
+        done = subprocess.run([*_without_root_override(), sys.executable, "-m", "sicube", *argv],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    finally:
+        store.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert str(store) in done.stderr and "ermission denied" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("name", ["plot day", "explore", "mask"])
+def test_output_below_a_regular_file_is_one_line(small_cube, tmp_path, capsys, name):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = _commands(small_cube, blocker / "sub")[name]
+    assert main(argv) == 2
+    assert str(blocker) in _one_error_line(capsys, argv[0])
+
+
+def test_output_in_a_missing_folder_is_one_line_for_mask(small_cube, tmp_path, capsys):
+    assert main(["mask", "--store", str(small_cube), "-o", str(tmp_path / "no" / "m.nc")]) == 2
+    assert "does not exist" in _one_error_line(capsys, "mask")
+
+
+def test_roi_csv_unwritable_or_disk_full_is_one_line(small_cube, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["roi", "--store", str(small_cube), *ROI, "--csv", str(blocker / "r.csv")]) == 2
+    assert str(blocker) in _one_error_line(capsys, "roi")
+    # /dev/full accepts the open and fails every write with ENOSPC, as a full disk does.
+    assert main(["roi", "--store", str(small_cube), *ROI, "--csv", "/dev/full"]) == 2
+    assert "No space left on device" in _one_error_line(capsys, "roi")
+
+
+def test_evaluate_csv_on_a_full_disk_is_one_line(small_cube, capsys):
+    argv = _commands(small_cube, Path("/unused"))["evaluate"]
+    assert main([*argv, "--csv", "/dev/full"]) == 2
+    err = _one_error_line(capsys, "evaluate")
+    assert "/dev/full" in err and "No space left on device" in err
+
+
+def test_sample_out_below_a_regular_file_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = ["sample", "--start", "20240401", "--end", "20240402", "--out", str(blocker / "a"),
+            "--step", "32", "-q"]
+    assert main(argv) == 2
+    assert str(blocker) in _one_error_line(capsys, "sample")
+
+
+def test_info_into_a_closed_pipe_exits_quietly(small_cube):
+    """`sicube info cube.zarr | head -0`: the reader has gone before anything is written."""
+    process = subprocess.Popen([sys.executable, "-m", "sicube", "info", str(small_cube)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    process.stdout.close()  # before the child has imported anything, let alone printed
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 141
+    assert err == ""
