@@ -241,7 +241,9 @@ def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
                                      np.float64),
             "grid_mapping": "polar_stereographic", **scale,
         })
-        z_var[:] = np.ma.masked_invalid(values) if scale else values
+        if scale:  # packed: netCDF4 scales and writes the fill value where masked
+            values = np.ma.masked_array(np.nan_to_num(values), mask=np.isnan(values))
+        z_var[:] = values
         nc.setncatts({
             "Conventions": "CF-1.5",
             "title": "Produced by grdmath",
