@@ -6,15 +6,12 @@ This module is the one place that knows these facts; every other module asks it.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://data.seaice.uni-bremen.de/amsr2/asi_daygrid_swath/n3125/netcdf"
 DATA_START = dt.date(2012, 7, 2)
@@ -238,9 +235,7 @@ class GridCRS:
 
     def projection(self) -> tuple:
         """The projection's parameters without the ellipsoid (what `same_projection` compares)."""
-        from pyproj import CRS
-
-        return _key(_cf_of(CRS.from_wkt(self.wkt)), _PROJECTION_KEYS)
+        return _projection_of(self.wkt)
 
     def same_projection(self, other: GridCRS) -> bool:
         """True when both are the same projection and hemisphere; the ellipsoid may differ
@@ -250,6 +245,14 @@ class GridCRS:
     def grid_mapping_attrs(self) -> dict:
         """CF attributes of a `polar_stereographic` variable declaring this CRS."""
         return dict(_grid_mapping_attrs(self.epsg, None if self.epsg is not None else self.wkt))
+
+
+@lru_cache(maxsize=16)
+def _projection_of(wkt: str) -> tuple:
+    """Parsed once per WKT: every file of a build declares the same one."""
+    from pyproj import CRS
+
+    return _key(_cf_of(CRS.from_wkt(wkt)), _PROJECTION_KEYS)
 
 
 @lru_cache(maxsize=8)
