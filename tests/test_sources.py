@@ -246,8 +246,8 @@ def test_the_cube_declares_the_files_crs(tmp_path):
 
     grid, crs = sources.read_grid(_sample_file(tmp_path, "s6250"))
     ds = cube.template([DAY], grid.x, grid.y, crs, chunks={"time": 1, "y": 64, "x": 64})
-    ds.to_zarr(tmp_path / "c.zarr", mode="w", compute=False)
-    with xr.open_zarr(tmp_path / "c.zarr") as back:
+    ds.to_zarr(tmp_path / "c.zarr", mode="w", compute=False, consolidated=False)
+    with xr.open_zarr(tmp_path / "c.zarr", consolidated=False) as back:
         rio_crs = back[cube.CONC].rio.crs
         assert rio_crs.to_epsg() == 3412
         assert back[cube.GRID_MAPPING].attrs["latitude_of_projection_origin"] == -90
