@@ -111,14 +111,18 @@ def _os_error_text(err: OSError) -> str:
 
 @command("sample", "write a realistic synthetic AMSR2 archive (offline test data)")
 def _add_sample(parser: argparse.ArgumentParser) -> None:
+    from sicube.products import GRIDS
+
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
     parser.add_argument("--out", required=True, help="archive folder (year sub-folders inside)")
     parser.add_argument("--step", type=int, default=8,
-                        help="coarsen the 3.125 km grid by this factor (1 = full 3584 x 2432)")
+                        help="coarsen the grid by this factor (1 = the full grid)")
     parser.add_argument("--missing-days", nargs="*", default=None, metavar="DAY",
                         help="days to leave out (default: about 5%% at random)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
+                        help="product grid: its hemisphere, coastlines and CRS (default n3125)")
     parser.set_defaults(run=_run_sample)
 
 
@@ -126,7 +130,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     from sicube.sample import write_archive
 
     archive = write_archive(args.out, args.start, args.end, step=args.step,
-                            missing_days=args.missing_days, seed=args.seed,
+                            missing_days=args.missing_days, seed=args.seed, grid=args.grid,
                             progress=not args.quiet)
     ny, nx = archive.shape
     print(f"wrote {len(archive.files)} daily files ({ny} x {nx}) under {archive.root}")

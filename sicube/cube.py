@@ -96,9 +96,13 @@ CUBE_VARS = (CONC, RAW, FLAG)
 GRID_VARS = (LAND, NAN_RATIO)
 
 
-def template(days: list[dt.date], x: np.ndarray, y: np.ndarray, epsg: int,
-             chunks: Mapping[str, int] | None = None, attrs: Mapping | None = None) -> xr.Dataset:
-    """A lazy, empty cube (all missing) with every variable, attribute and chunk of the layout."""
+def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
+             crs: products.GridCRS | int, chunks: Mapping[str, int] | None = None,
+             attrs: Mapping | None = None) -> xr.Dataset:
+    """A lazy, empty cube (all missing) with every variable, attribute and chunk of the layout.
+
+    `crs` is the source files' CRS (`sources.read_grid`), or an EPSG code.
+    """
     import dask.array as da
 
     chunks = {**DEFAULT_CHUNKS, **(chunks or {})}
@@ -118,7 +122,7 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray, epsg: int,
         data_vars,
         # The grid mapping is a coordinate so that every variable taken from the cube
         # carries its CRS (rioxarray looks for it among the coordinates).
-        coords={GRID_MAPPING: ((), np.int32(0), products.grid_mapping_attrs(epsg)),
+        coords={GRID_MAPPING: ((), np.int32(0), products.grid_mapping_attrs(crs)),
                 "time": ("time", to_datetime64(days), ATTRS["time"]),
                 "y": ("y", np.asarray(y, np.float64), ATTRS["y"]),
                 "x": ("x", np.asarray(x, np.float64), ATTRS["x"])},
@@ -133,10 +137,11 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray, epsg: int,
     return ds
 
 
-def cube_epsg(ds: xr.Dataset) -> int:
-    """EPSG code of a cube's grid mapping (EPSG:3411 when it does not say)."""
+def cube_epsg(ds: xr.Dataset) -> int | None:
+    """EPSG code of a cube's grid mapping (its code, WKT or CF parameters); None when it has
+    none or declares a CRS without one (never a guessed hemisphere)."""
     attrs = ds[GRID_MAPPING].attrs if GRID_MAPPING in ds.variables else {}
-    return products.epsg_from_attrs(attrs) or products.GRIDS["n3125"].epsg_hughes
+    return products.epsg_from_attrs(attrs)
 
 
 def store_bytes(store: str | os.PathLike) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -15,8 +16,6 @@ import numpy as np
 DEFAULT_BASE_URL = "https://data.seaice.uni-bremen.de/amsr2/asi_daygrid_swath/n3125/netcdf"
 DATA_START = dt.date(2012, 7, 2)
 VERSION = "v5.4"
-# From this day on the files declare WGS84 (EPSG:3413) instead of the Hughes ellipsoid (EPSG:3411).
-WGS84_FROM = dt.date(2018, 11, 2)
 CONC_VAR = "z"
 
 
@@ -30,8 +29,7 @@ class Grid:
     cell_size: float
     x_min: float  # west edge of the first cell, metres
     y_min: float  # south edge of the first cell, metres
-    epsg_hughes: int
-    epsg_wgs84: int
+    epsg_hughes: int  # the CRS the files declare (NSIDC polar stereographic, Hughes 1980)
 
     def x(self, step: int = 1) -> np.ndarray:
         """Cell-centre x coordinates in metres of the grid coarsened `step` times."""
@@ -43,17 +41,44 @@ class Grid:
         size = self.cell_size * step
         return self.y_min + size * (np.arange(self.ny // step) + 0.5)
 
-    def epsg(self, day: dt.date) -> int:
-        """EPSG code the file of `day` declares."""
-        return self.epsg_wgs84 if day >= WGS84_FROM else self.epsg_hughes
+    @property
+    def south(self) -> bool:
+        """True for the Antarctic grids."""
+        return self.name.startswith("s")
+
+    @property
+    def crs(self) -> GridCRS:
+        """The CRS the grid's files declare (every file seen: Hughes 1980, SPEC section 2)."""
+        return GridCRS.from_epsg(self.epsg_hughes)
+
+    def geotransform(self, step: int = 1) -> str:
+        """GDAL's GeoTransform of the grid, north-up, as the files write it."""
+        size = self.cell_size * step
+        y_max = self.y_min + size * (self.ny // step)
+        return f"{self.x_min:.0f} {size:g} 0 {y_max:.0f} 0 {-size:g} "
+
+    def matches(self, x: np.ndarray, y: np.ndarray) -> bool:
+        """True when cell centres `x`, `y` (ascending) are this grid, coarsened or not."""
+        if x.size < 2 or y.size < 2:
+            return False
+        size = float(x[1] - x[0])
+        step = int(round(size / self.cell_size))
+        return (step >= 1 and x.size == self.nx // step and y.size == self.ny // step
+                and np.allclose(x, self.x(step), rtol=0, atol=1.0)
+                and np.allclose(y, self.y(step), rtol=0, atol=1.0))
 
 
 GRIDS = {
-    "n3125": Grid("n3125", 3584, 2432, 3125.0, -3_850_000.0, -5_350_000.0, 3411, 3413),
-    "n6250": Grid("n6250", 1792, 1216, 6250.0, -3_850_000.0, -5_350_000.0, 3411, 3413),
-    "s3125": Grid("s3125", 2656, 2528, 3125.0, -3_950_000.0, -3_950_000.0, 3412, 3976),
-    "s6250": Grid("s6250", 1328, 1264, 6250.0, -3_950_000.0, -3_950_000.0, 3412, 3976),
+    "n3125": Grid("n3125", 3584, 2432, 3125.0, -3_850_000.0, -5_350_000.0, 3411),
+    "n6250": Grid("n6250", 1792, 1216, 6250.0, -3_850_000.0, -5_350_000.0, 3411),
+    "s3125": Grid("s3125", 2656, 2528, 3125.0, -3_950_000.0, -3_950_000.0, 3412),
+    "s6250": Grid("s6250", 1328, 1264, 6250.0, -3_950_000.0, -3_950_000.0, 3412),
 }
+
+
+def grid_of_coords(x: np.ndarray, y: np.ndarray) -> Grid | None:
+    """The product grid (possibly coarsened) whose cell centres are `x`, `y`; None if none is."""
+    return next((grid for grid in GRIDS.values() if grid.matches(x, y)), None)
 
 _FILE_NAME = re.compile(r"asi-AMSR2-(?P<grid>[ns]\d{4})-(?P<day>\d{8})-(?P<version>v[\d.]+)\.nc$")
 
@@ -91,19 +116,170 @@ def parse_file_name(name: str) -> tuple[str, dt.date] | None:
     return found.group("grid"), day
 
 
-@lru_cache(maxsize=8)
-def grid_mapping_attrs(epsg: int) -> dict:
-    """CF grid-mapping attributes (with WKT) for a polar stereographic EPSG code."""
+# --- the CRS a file declares ------------------------------------------------------------------
+
+# The polar stereographic CRSs the product is known in: Hughes 1980 (what the files declare)
+# and their WGS84 twins. A file's CRS is matched against them by parameters, so a WKT that
+# names nothing (GMT and GDAL often write "unknown") still gets its EPSG code.
+KNOWN_EPSG = (3411, 3412, 3413, 3976)
+_PROJECTION_KEYS = ("grid_mapping_name", "standard_parallel",
+                    "straight_vertical_longitude_from_pole", "false_easting", "false_northing")
+_ELLIPSOID_KEYS = ("semi_major_axis", "inverse_flattening")
+
+
+def _cf_of(crs) -> dict:
+    return {k: v for k, v in crs.to_cf().items() if v is not None}
+
+
+def _key(cf: Mapping, names: tuple[str, ...]) -> tuple:
+    """Comparable values of `names` (numbers rounded to millimetres / 1e-6 degrees)."""
+    out = []
+    for name in names:
+        value = cf.get(name)
+        if isinstance(value, (list, tuple, np.ndarray)):
+            value = tuple(np.round(np.asarray(value, float), 6))
+        elif isinstance(value, (int, float, np.number)):
+            value = round(float(value), 6)
+        out.append(value)
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def _known() -> dict[int, tuple[tuple, tuple, str]]:
     from pyproj import CRS
 
-    crs = CRS.from_epsg(epsg)
-    attrs = {k: v for k, v in crs.to_cf().items() if v is not None}
+    known = {}
+    for code in KNOWN_EPSG:
+        crs = CRS.from_epsg(code)
+        cf = _cf_of(crs)
+        known[code] = (_key(cf, _PROJECTION_KEYS), _key(cf, _ELLIPSOID_KEYS), crs.ellipsoid.name)
+    return known
+
+
+@dataclass(frozen=True)
+class GridCRS:
+    """The coordinate reference system of a daily file or a cube, as its grid mapping declares.
+
+    `epsg` is the code when the CRS is a known one (3411/3412 Hughes 1980, 3413/3976 WGS84,
+    or anything pyproj identifies), else None; `wkt` always describes it.
+    """
+
+    wkt: str
+    epsg: int | None
+    south: bool
+    ellipsoid: str
+
+    @classmethod
+    def from_epsg(cls, code: int) -> GridCRS:
+        """The CRS of an EPSG code."""
+        from pyproj import CRS
+
+        return cls.from_pyproj(CRS.from_epsg(int(code)))
+
+    @classmethod
+    def from_pyproj(cls, crs) -> GridCRS:
+        """The CRS of a pyproj CRS, identified by its parameters."""
+        cf = _cf_of(crs)
+        projection, ellipsoid = _key(cf, _PROJECTION_KEYS), _key(cf, _ELLIPSOID_KEYS)
+        epsg, name = None, crs.ellipsoid.name if crs.ellipsoid else "unknown"
+        for code, (known_projection, known_ellipsoid, known_name) in _known().items():
+            if ellipsoid == known_ellipsoid:
+                name = known_name  # "unknown" in a bare WKT; the parameters say Hughes or WGS84
+                if projection == known_projection:
+                    epsg = code
+        if epsg is None:
+            epsg = crs.to_epsg(min_confidence=90)
+        lat0 = cf.get("latitude_of_projection_origin", cf.get("standard_parallel", 0.0))
+        south = float(np.atleast_1d(lat0)[0]) < 0
+        return cls(wkt=crs.to_wkt(), epsg=epsg, south=south, ellipsoid=name)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping) -> GridCRS:
+        """The CRS a grid-mapping variable declares: its WKT (`crs_wkt`, `spatial_ref`),
+        else `epsg_code`, else its CF parameters. ValueError when none of them is usable."""
+        from pyproj import CRS
+        from pyproj.exceptions import CRSError
+
+        tried = []
+        for name in ("crs_wkt", "spatial_ref"):
+            if attrs.get(name):
+                try:
+                    return cls.from_pyproj(CRS.from_wkt(str(attrs[name])))
+                except CRSError as err:
+                    tried.append(f"{name}: {err}")
+        code = str(attrs.get("epsg_code", "")).split(":")[-1]
+        if code.isdigit():
+            return cls.from_epsg(int(code))
+        if attrs.get("grid_mapping_name"):
+            try:
+                return cls.from_pyproj(CRS.from_cf(dict(attrs)))
+            except CRSError as err:
+                tried.append(f"CF parameters: {err}")
+        raise ValueError("no usable CRS in the grid mapping" + (f" ({'; '.join(tried)})"
+                                                                if tried else ""))
+
+    @property
+    def name(self) -> str:
+        """Short text for reports: EPSG:3411 (Hughes 1980), or the projection's name."""
+        from pyproj import CRS
+
+        if self.epsg is not None:
+            return f"EPSG:{self.epsg} ({self.ellipsoid})"
+        return f"{CRS.from_wkt(self.wkt).name} ({self.ellipsoid})"
+
+    def to_pyproj(self):
+        """The pyproj CRS."""
+        from pyproj import CRS
+
+        return CRS.from_epsg(self.epsg) if self.epsg is not None else CRS.from_wkt(self.wkt)
+
+    def projection(self) -> tuple:
+        """The projection's parameters without the ellipsoid (what `same_projection` compares)."""
+        return _projection_of(self.wkt)
+
+    def same_projection(self, other: GridCRS) -> bool:
+        """True when both are the same projection and hemisphere; the ellipsoid may differ
+        (Hughes 1980 against WGS84 moves a cell by metres, not a grid cell: ingest, record)."""
+        return self.south == other.south and self.projection() == other.projection()
+
+    def grid_mapping_attrs(self) -> dict:
+        """CF attributes of a `polar_stereographic` variable declaring this CRS."""
+        return dict(_grid_mapping_attrs(self.epsg, None if self.epsg is not None else self.wkt))
+
+
+@lru_cache(maxsize=16)
+def _projection_of(wkt: str) -> tuple:
+    """Parsed once per WKT: every file of a build declares the same one."""
+    from pyproj import CRS
+
+    return _key(_cf_of(CRS.from_wkt(wkt)), _PROJECTION_KEYS)
+
+
+@lru_cache(maxsize=8)
+def _grid_mapping_attrs(epsg: int | None, wkt: str | None) -> tuple:
+    from pyproj import CRS
+
+    crs = CRS.from_epsg(epsg) if epsg is not None else CRS.from_wkt(wkt)
+    attrs = _cf_of(crs)
+    if attrs.get("grid_mapping_name") == "polar_stereographic":
+        # pyproj leaves it out for variant B; CF readers (and GDAL's files) expect it.
+        attrs.setdefault("latitude_of_projection_origin",
+                         -90.0 if float(attrs.get("standard_parallel", 90.0)) < 0 else 90.0)
     attrs["spatial_ref"] = attrs["crs_wkt"]  # what GDAL and rioxarray look for
-    attrs["epsg_code"] = f"EPSG:{epsg}"
-    return attrs
+    if epsg is not None:
+        attrs["epsg_code"] = f"EPSG:{epsg}"
+    return tuple(attrs.items())
 
 
-def epsg_from_attrs(attrs) -> int | None:
-    """EPSG code a grid-mapping variable's attributes declare (`epsg_code`), or None."""
-    code = str(attrs.get("epsg_code", "")).split(":")[-1]
-    return int(code) if code.isdigit() else None
+def grid_mapping_attrs(crs: GridCRS | int) -> dict:
+    """CF grid-mapping attributes (with WKT) for a CRS or an EPSG code."""
+    crs = crs if isinstance(crs, GridCRS) else GridCRS.from_epsg(crs)
+    return crs.grid_mapping_attrs()
+
+
+def epsg_from_attrs(attrs: Mapping) -> int | None:
+    """EPSG code a grid-mapping variable's attributes declare (code, WKT or CF), or None."""
+    try:
+        return GridCRS.from_attrs(attrs).epsg
+    except ValueError:
+        return None

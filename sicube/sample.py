@@ -1,11 +1,14 @@
 """A realistic offline AMSR2 archive: daily files laid out and structured like Bremen's.
 
 No machine here reaches the internet, so tests, the demo and the benchmarks run on files
-this module writes. They carry the real product's structure (`z`, `x`, `y`,
-`polar_stereographic`, float32 percent, NaN fill, ascending y, netCDF-4 with zlib, year
-folders) and content that looks like the Arctic: real coastlines from `global-land-mask`
-projected with pyproj, a seasonal ice pack whose marginal ice zone moves from day to day,
-the pole hole, swath gaps at lower latitudes and whole missing days.
+this module writes. They are the real files' layout attribute for attribute (SPEC section 2:
+GDAL's netCDF-4 copy of a GMT grid; `z` float32 in one-row chunks, deflate 1 + shuffle, y
+ascending, a `polar_stereographic` char variable with CF parameters, WKT and a north-up
+GeoTransform, no `epsg_code`, year folders), on any of the four grids, with content that
+looks like the Arctic or the Southern Ocean: the coastlines shipped in `sicube/data`
+(global-land-mask projected with pyproj), a seasonal ice pack whose marginal ice zone moves
+from day to day, the pole hole, swath gaps at lower latitudes and whole missing days.
+Other storage layouts (`STORAGE`) exist to test that the reader copes with them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from sicube import products
-from sicube.cache import cache_dir
 from sicube.dates import DateLike, day_range, parse_date, parse_span
 from sicube.errors import BadInput
 
@@ -56,38 +59,41 @@ class _Geometry:
     land: np.ndarray
 
 
-@lru_cache(maxsize=4)
-def _geometry(grid_name: str, step: int) -> _Geometry:
-    """Coordinates, latitude, longitude and land of the grid, coarsened by `step`."""
+_DATA = Path(__file__).parent / "data"
+_LAND_GRID = {False: "n3125", True: "s3125"}  # the shipped masks, one per hemisphere
+
+
+def lat_lon(grid_name: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latitude and longitude (float64) of the cell centres of the grid coarsened by `step`."""
     from pyproj import Transformer
 
     grid = products.GRIDS[grid_name]
-    x, y = grid.x(step), grid.y(step)
-    xx, yy = np.meshgrid(x, y)
+    xx, yy = np.meshgrid(grid.x(step), grid.y(step))
     to_geo = Transformer.from_crs(grid.epsg_hughes, 4326, always_xy=True)
     lon, lat = to_geo.transform(xx, yy)
-    lon, lat = lon.astype(np.float32), lat.astype(np.float32)
-    return _Geometry(x, y, lat, lon, _land(grid_name, step, lat, lon))
+    return lat, lon
 
 
-def _land(grid_name: str, step: int, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Land cells of the grid from global-land-mask, cached on disk (loading it costs ~1 GB)."""
-    path = cache_dir(f"land-{grid_name}-step{step}.npy")
-    if path.exists():
-        land = np.load(path)
-        if land.shape == lat.shape:
-            return land
-    from global_land_mask import globe
+@lru_cache(maxsize=4)
+def _geometry(grid_name: str, step: int) -> _Geometry:
+    """Coordinates, latitude, longitude and land of the grid, coarsened by `step`."""
+    grid = products.GRIDS[grid_name]
+    lat, lon = lat_lon(grid_name, step)
+    return _Geometry(grid.x(step), grid.y(step), lat.astype(np.float32),
+                     lon.astype(np.float32), _land(grid, step))
 
-    land = globe.is_land(lat.astype(np.float64), lon.astype(np.float64))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, land)
-        os.replace(tmp, path)
-    except OSError:  # a read-only home only costs the next run the same work
-        pass
-    return land
+
+def _land(grid: products.Grid, step: int) -> np.ndarray:
+    """Land cells of the grid from the shipped 3.125 km mask of its hemisphere (written by
+    tools/make_land.py from global-land-mask): the fine cell at each coarse cell's centre."""
+    name = _LAND_GRID[grid.south]
+    with np.load(_DATA / f"land-{name}.npz") as data:
+        shape = tuple(int(n) for n in data["shape"])
+        fine = np.unpackbits(data["land_bits"], count=shape[0] * shape[1])
+    fine = fine.reshape(shape).astype(bool)
+    factor = step * int(round(grid.cell_size / products.GRIDS[name].cell_size))
+    ny, nx = grid.ny // step, grid.nx // step
+    return np.ascontiguousarray(fine[factor // 2::factor, factor // 2::factor][:ny, :nx])
 
 
 def _waves(rng: np.random.Generator, count: int, scale_km: tuple[float, float]) -> np.ndarray:
@@ -125,62 +131,131 @@ def sample_day(day: dt.date, *, step: int = 8, seed: int = 0, grid: str = "n3125
     edge_waves = _waves(rng, 6, (800.0, 3000.0))
     lead_waves = _waves(rng, 8, (60.0, 300.0))
 
-    # Seasonal cycle: most ice in mid-March, least in mid-September.
-    season = np.cos(2 * np.pi * (day.timetuple().tm_yday - 75) / 365.25)
-    # Warm Atlantic water keeps the edge far north around Svalbard and the Barents Sea.
-    atlantic = np.cos(np.radians(geo.lon - 30.0))
-    edge = 74.0 - 6.0 * season + 3.0 * atlantic + 2.5 * _noise(edge_waves, geo.x, geo.y, day_index)
-    ramp = np.clip((geo.lat - edge) / MIZ_WIDTH_DEG, 0.0, 1.0)
+    doy = day.timetuple().tm_yday
+    if products.GRIDS[grid].south:
+        # Most ice in mid-September, least in late February; the Weddell and Ross gyres
+        # carry the edge furthest north.
+        season = np.cos(2 * np.pi * (doy - 258) / 365.25)
+        gyres = np.cos(np.radians(2.0 * (geo.lon + 45.0)))
+        edge = (62.0 - 4.0 * season - 1.5 * gyres
+                + 2.0 * _noise(edge_waves, geo.x, geo.y, day_index))
+    else:
+        # Most ice in mid-March, least in mid-September; warm Atlantic water keeps the edge
+        # far north around Svalbard and the Barents Sea.
+        season = np.cos(2 * np.pi * (doy - 75) / 365.25)
+        atlantic = np.cos(np.radians(geo.lon - 30.0))
+        edge = (74.0 - 6.0 * season + 3.0 * atlantic
+                + 2.5 * _noise(edge_waves, geo.x, geo.y, day_index))
+    lat = np.abs(geo.lat)  # distance from the equator, either hemisphere
+    ramp = np.clip((lat - edge) / MIZ_WIDTH_DEG, 0.0, 1.0)
     leads = 6.0 * (1.0 + _noise(lead_waves, geo.x, geo.y, day_index))
     conc = np.clip(100.0 * ramp**0.7 - leads * ramp, 0.0, 100.0).astype(np.float32)
 
-    missing = geo.land | (geo.lat >= POLE_HOLE_LAT)
+    missing = geo.land | (lat >= POLE_HOLE_LAT)
     # Gaps between swaths: wedges along meridians that widen equatorward and shift daily.
-    width = np.clip((SWATH_GAP_LAT - geo.lat) / 60.0, 0.0, 0.2)
+    width = np.clip((SWATH_GAP_LAT - lat) / 60.0, 0.0, 0.2)
     orbit = ((geo.lon + 7.3 * day_index) % SWATH_SPACING_DEG) / SWATH_SPACING_DEG
     missing |= orbit < width
     conc[missing] = np.nan
     return conc
 
 
-def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
-                   grid: str = "n3125", storage: dict | None = None) -> Path:
-    """Write one daily file in the Bremen structure, atomically (temp file, then rename).
+# How `z` is stored: netCDF4 `createVariable` arguments, plus "chunksizes": "rows" (one row
+# per chunk), "format" (of the file), "y_descending" (rows north to south) and, for packed
+# integers, "datatype", "scale_factor", "fill_value". "gdal" is the real archive's layout;
+# the others are layouts a reader must cope with (derived products, other writers).
+STORAGE: dict[str, dict] = {
+    "gdal": {"zlib": True, "complevel": 1, "shuffle": True, "chunksizes": "rows"},
+    "netcdf-default": {"zlib": True, "complevel": 4, "shuffle": True},
+    "contiguous": {"contiguous": True},
+    "netcdf3": {"format": "NETCDF3_CLASSIC"},
+    "y-descending": {"zlib": True, "complevel": 1, "shuffle": True, "chunksizes": "rows",
+                     "y_descending": True},
+    "int16": {"datatype": "i2", "scale_factor": 0.01, "fill_value": -32768,
+              "zlib": True, "complevel": 1, "shuffle": True, "chunksizes": "rows"},
+}
+# What the real files' attributes say about their making (SPEC section 2); `info` says
+# these are not Bremen's data.
+_GDAL = "GDAL 2.2.3, released 2017/11/20"
+_GMT = "5.4.3 (r20000) [64-bit]"
 
-    `storage`: how `z` is stored, as netCDF4 `createVariable` arguments (default: float32,
-    zlib level 4 with shuffle, netCDF's default chunks); tests vary it.
+
+def _gdal_wkt(epsg: int) -> str:
+    """The CRS as GDAL writes it (WKT1), without authority codes: GMT grids carry only
+    parameters, so the reader must identify the CRS from them."""
+    from pyproj import CRS
+
+    return re.sub(r',AUTHORITY\["EPSG","\d+"\]', "", CRS.from_epsg(epsg).to_wkt("WKT1_GDAL"))
+
+
+def _grid_mapping(grid: products.Grid, step: int) -> dict:
+    """`polar_stereographic` attributes as GDAL's netCDF driver writes them: CF parameters,
+    WKT twice, a north-up GeoTransform, no epsg_code."""
+    cf = grid.crs.grid_mapping_attrs()
+    wkt = _gdal_wkt(grid.epsg_hughes)
+    attrs = {name: float(cf[name]) for name in (
+        "straight_vertical_longitude_from_pole", "latitude_of_projection_origin",
+        "standard_parallel", "false_easting", "false_northing", "semi_major_axis",
+        "inverse_flattening", "longitude_of_prime_meridian")}
+    return {"grid_mapping_name": "polar_stereographic", **attrs, "long_name": "CRS definition",
+            "spatial_ref": wkt, "crs_wkt": wkt, "GeoTransform": grid.geotransform(step)}
+
+
+def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
+                   grid: str = "n3125", storage: dict | str | None = None) -> Path:
+    """Write one daily file in the real archive's layout, atomically (temp file, rename).
+
+    `z` is south to north (y ascending). `storage` picks another layout: a name in `STORAGE`
+    or its own dict of the same keys (None: "gdal", the real one); tests vary it.
     """
     import netCDF4
 
-    geo = _geometry(grid, step)
-    epsg = products.GRIDS[grid].epsg(day)
+    geo, spec = _geometry(grid, step), products.GRIDS[grid]
+    layout = dict(STORAGE[storage] if isinstance(storage, str) else storage or STORAGE["gdal"])
+    file_format = layout.pop("format", "NETCDF4")
+    flip = layout.pop("y_descending", False)
+    datatype = layout.pop("datatype", "f4")
+    scale = {k: layout.pop(k) for k in ("scale_factor", "add_offset") if k in layout}
+    fill = layout.pop("fill_value", np.float32(np.nan))
+    if layout.get("chunksizes") == "rows":
+        layout["chunksizes"] = (1, geo.x.size)  # GDAL's default: one row per chunk
+    y, values = (geo.y[::-1], z[::-1]) if flip else (geo.y, z)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc:
+    with netCDF4.Dataset(tmp, "w", format=file_format) as nc:
         nc.createDimension("x", geo.x.size)
         nc.createDimension("y", geo.y.size)
-        gm = nc.createVariable("polar_stereographic", "i4")
-        gm.setncatts(products.grid_mapping_attrs(epsg))
-        for name, values, axis in (("x", geo.x, "X"), ("y", geo.y, "Y")):
+        gm = nc.createVariable("polar_stereographic", "S1")
+        gm.setncatts(_grid_mapping(spec, step))
+        for name, coord in (("x", geo.x), ("y", y)):
             var = nc.createVariable(name, "f8", (name,))
-            var[:] = values
-            var.setncatts({
-                "standard_name": f"projection_{name}_coordinate",
-                "long_name": f"{name}-coordinate in polar stereographic projection",
-                "units": "m", "axis": axis,
-            })
-        layout = dict(storage or {"zlib": True, "complevel": 4, "shuffle": True})
-        z_var = nc.createVariable("z", layout.pop("datatype", "f4"), ("y", "x"),
-                                  fill_value=np.float32(np.nan), **layout)
+            var[:] = coord
+            var.setncatts({"standard_name": f"projection_{name}_coordinate",
+                           "long_name": f"{name} coordinate of projection", "units": "m"})
+        z_var = nc.createVariable("z", datatype, ("y", "x"), fill_value=fill, **layout)
+        finite = values[np.isfinite(values)]
         z_var.setncatts({
-            "long_name": "sea ice concentration", "units": "%",
-            "grid_mapping": "polar_stereographic",
+            "long_name": "z",
+            "actual_range": np.array([finite.min(), finite.max()] if finite.size else [0, 0],
+                                     np.float64),
+            "grid_mapping": "polar_stereographic", **scale,
         })
-        z_var[:] = z
+        if scale:  # packed: netCDF4 scales and writes the fill value where masked
+            values = np.ma.masked_array(np.nan_to_num(values), mask=np.isnan(values))
+        z_var[:] = values
         nc.setncatts({
-            "title": f"AMSR2 ASI sea ice concentration {day:%Y-%m-%d} (sicube sample, synthetic)",
-            "source": "sicube.sample: synthetic data in the structure of Bremen asi_daygrid_swath",
-            "Conventions": "CF-1.8",
+            "Conventions": "CF-1.5",
+            "title": "Produced by grdmath",
+            "GDAL": _GDAL,
+            "GMT_version": _GMT,
+            "history": (f"{day:%a %b %d} 06:00:00 {day:%Y}: GDAL CreateCopy( "
+                        f"{products.file_name(day, grid)}, ... )\n"
+                        f"grdmath asi-AMSR2-{grid}-{day:%Y%m%d}-v5.4.grd FLIPUD = "
+                        f"{products.file_name(day, grid)}"),
+            "author": "sicube.sample (in the layout of University of Bremen, IUP)",
+            "info": ("synthetic data from sicube.sample in the structure of Bremen "
+                     "asi_daygrid_swath v5.4; not a measurement"),
         })
     os.replace(tmp, path)
     return path
@@ -197,18 +272,21 @@ def write_archive(
     seed: int = 0,
     grid: str = "n3125",
     land_value: float | None = None,
+    storage: dict | str | None = None,
     progress: bool = False,
 ) -> Archive:
     """Write a sample archive for every day of [start, end] under `out_dir/{YYYY}/`.
 
     Parameters
     ----------
-    step : coarsening of the 3.125 km grid; 1 is the full 3584 x 2432 grid.
+    step : coarsening of the grid; 1 is the full grid (n3125: 3584 x 2432).
     missing_days : days with no file (a 404 on the mirror); None draws `missing_rate`
         of the days at random (never the first or last day), [] means none.
     seed : the same seed gives the same archive.
+    grid : n3125, n6250, s3125 or s6250 (its coastlines, hemisphere and CRS).
     land_value : write this value on land instead of NaN, like derived products that
         flag land with values above 100.
+    storage : how `z` is stored (`write_day_file`); None is the real archive's layout.
     """
     first, last = parse_span(start, end)
     if grid not in products.GRIDS:
@@ -239,7 +317,8 @@ def write_archive(
         if land_value is not None:
             z[_geometry(grid, step).land] = land_value
         path = root / products.relative_path(day, grid)
-        archive.files[day] = write_day_file(path, z, day, step=step, grid=grid)
+        archive.files[day] = write_day_file(path, z, day, step=step, grid=grid,
+                                             storage=storage)
     archive.shape = _geometry(grid, step).lat.shape
     log.info("wrote %d files, %d missing days, grid %s", len(archive.files),
              len(archive.missing), archive.shape)

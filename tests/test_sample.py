@@ -5,10 +5,10 @@ import pytest
 import xarray as xr
 
 from sicube import products
-from sicube.sample import sample_day, write_archive
+from sicube.sample import _geometry, sample_day, write_archive
 from sicube.sources import find_day_files, read_day
 
-from .conftest import ARCHIVE_MISSING, ARCHIVE_START
+from .conftest import ARCHIVE_MISSING, ARCHIVE_START, ARCHIVE_STEP
 
 
 def test_archive_has_the_bremen_layout_and_structure(archive):
@@ -17,11 +17,73 @@ def test_archive_has_the_bremen_layout_and_structure(archive):
         assert path.relative_to(archive.root).as_posix() == products.relative_path(day)
     with xr.open_dataset(archive.files[ARCHIVE_START]) as ds:
         assert ds["z"].dims == ("y", "x") and ds["z"].dtype == np.float32
-        assert ds["z"].attrs["units"] == "%"
         assert ds["z"].encoding["zlib"] and np.isnan(ds["z"].encoding["_FillValue"])
         assert ds["z"].attrs["grid_mapping"] == "polar_stereographic"
         assert "polar_stereographic" in ds
         assert np.all(np.diff(ds["y"].values) > 0) and np.all(np.diff(ds["x"].values) > 0)
+
+
+def test_files_are_the_real_layout_attribute_for_attribute(archive):
+    """SPEC section 2: what GDAL's netCDF driver makes of Bremen's GMT grids."""
+    import h5py
+    import netCDF4
+
+    path = archive.files[ARCHIVE_START]
+    with netCDF4.Dataset(path) as nc:
+        assert nc.data_model == "NETCDF4"
+        assert nc.Conventions == "CF-1.5" and nc.title == "Produced by grdmath"
+        assert {"GDAL", "GMT_version", "history", "author", "info"} <= set(nc.ncattrs())
+        assert "GDAL CreateCopy" in nc.history and "FLIPUD" in nc.history
+        z = nc["z"]
+        assert set(z.ncattrs()) == {"_FillValue", "long_name", "actual_range", "grid_mapping"}
+        assert z.long_name == "z" and np.isnan(z._FillValue)  # no units
+        assert 0 <= z.actual_range[0] <= z.actual_range[1] <= 100
+        nx = nc.dimensions["x"].size
+        assert z.chunking() == [1, nx]
+        assert z.filters()["zlib"] and z.filters()["complevel"] == 1 and z.filters()["shuffle"]
+        gm = nc["polar_stereographic"]
+        assert gm.dtype == "S1" and gm.shape == ()
+        assert "epsg_code" not in gm.ncattrs()
+        assert gm.grid_mapping_name == "polar_stereographic" and gm.long_name == "CRS definition"
+        assert gm.latitude_of_projection_origin == 90 and gm.standard_parallel == 70
+        assert gm.semi_major_axis == 6378273 and gm.spatial_ref == gm.crs_wkt
+        # North-up: the top-left corner is the north edge, although row 0 is the south.
+        x0, dx, _, y_top, _, dy = (float(v) for v in gm.GeoTransform.split())
+        step = ARCHIVE_STEP * 3125.0
+        assert (x0, dx, y_top, dy) == (-3_850_000, step, 5_850_000, -step)
+        assert nc["y"][0] < nc["y"][-1] and nc["y"][-1] == y_top - step / 2
+        for name in ("x", "y"):
+            assert nc[name].units == "m"
+            assert nc[name].standard_name == f"projection_{name}_coordinate"
+    with h5py.File(path) as h5:
+        assert h5["z"].compression == "gzip" and h5["z"].compression_opts == 1
+
+
+@pytest.mark.parametrize("grid", list(products.GRIDS))
+def test_every_grid_has_its_hemisphere_and_coastlines(tmp_path, grid):
+    spec = products.GRIDS[grid]
+    step = 16 if grid.endswith("3125") else 8  # the same cells on both resolutions
+    arch = write_archive(tmp_path, 20240915, 20240915, step=step, missing_days=[], grid=grid)
+    path = next(iter(arch.files.values()))
+    assert path.name == f"asi-AMSR2-{grid}-20240915-v5.4.nc"
+    field = read_day(path)
+    assert field.z.shape == arch.shape == (spec.ny // step, spec.nx // step)
+    assert field.crs.epsg == (3412 if spec.south else 3411) and field.crs.south == spec.south
+    land = _geometry(grid, step).land
+    assert np.isnan(field.z[land]).all()
+    if spec.south:
+        # Antarctica sits at the centre of the grid; in September the pack surrounds it.
+        assert land[land.shape[0] // 2, land.shape[1] // 2]
+        assert 0.15 < land.mean() < 0.4
+        assert (field.z > 15).mean() > 0.2
+    else:
+        assert 0.3 < land.mean() < 0.6
+    assert (field.z == 0).mean() > 0.1  # open water
+
+
+def test_both_resolutions_share_coastlines():
+    fine, coarse = _geometry("s3125", 16).land, _geometry("s6250", 8).land
+    np.testing.assert_array_equal(fine, coarse)
 
 
 def test_content_looks_like_the_arctic(archive):

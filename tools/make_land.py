@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sicube import products
-from sicube.sample import _geometry
+from sicube.sample import lat_lon
 
 OUT = Path(__file__).resolve().parents[1] / "sicube" / "data"
 GRIDS = ("n3125", "s3125")
@@ -27,7 +27,10 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     for name in GRIDS:
         grid = products.GRIDS[name]
-        land = _geometry(name, 1).land  # the same projection code the sample archive uses
+        from global_land_mask import globe
+
+        lat, lon = lat_lon(name, 1)  # the same projection code the sample archive uses
+        land = globe.is_land(lat, lon)
         path = OUT / f"land-{name}.npz"
         # Coordinates are not stored: products.GRIDS[name] defines them.
         assert land.shape == (grid.ny, grid.nx)
