@@ -281,10 +281,10 @@ def _exists(store: str) -> bool:
     return fs.exists(path)
 
 
-def _create_store(store: str, days: list[dt.date], grid: GridCoords, epsg: int,
+def _create_store(store: str, days: list[dt.date], grid: GridCoords, crs: products.GridCRS,
                   chunks: dict | None, attrs: dict) -> None:
     """Write the empty cube; locally into a temp folder renamed at the end: all or nothing."""
-    ds = cube.template(days, grid.x, grid.y, epsg, chunks=chunks, attrs=attrs)
+    ds = cube.template(days, grid.x, grid.y, crs, chunks=chunks, attrs=attrs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         local = _local_path(store)
@@ -316,8 +316,10 @@ def _state_attrs(state: BuildState) -> dict:
 
 
 def _save(group, state: BuildState) -> None:
-    """Record the state in one write of the group's metadata."""
+    """Record the state, and republish the consolidated metadata (writing the group's
+    attributes drops it; readers over HTTP cannot open a cube without it)."""
     group.attrs.update(_state_attrs(state))
+    _consolidate(group.store)
 
 
 def _set_status(group, status: str, **attrs) -> None:
@@ -378,7 +380,7 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival], grid: GridCoo
         state.rewrite.discard(result.chunk)
         _save(group, state)
 
-    tally = ingest.run(group, days, looked_for, kept, arrivals, grid,
+    tally = ingest.run(group, days, looked_for, kept, arrivals, grid, _crs(group),
                        before_write=before_write, record=record, progress=progress)
     summary.recovered.sort()
     return tally
@@ -391,7 +393,8 @@ def _clean_rewrites(group, state: BuildState, grid: GridCoords) -> None:
         days = state.days[c * chunk:(c + 1) * chunk]
         kept = [i for i, d in enumerate(days) if f"{d:%Y%m%d}" in state.observed]
         tally = ingest.NanTally(np.zeros(grid.shape, np.int32))
-        ingest.write_chunk(group, c, state.days, [], kept, grid, tally, contextlib.nullcontext())
+        ingest.write_chunk(group, c, state.days, [], kept, grid, _crs(group), tally,
+                           contextlib.nullcontext())
         state.invalidate(range(c * chunk, c * chunk + len(days)), chunk)
         state.rewrite.discard(c)
         _save(group, state)
@@ -663,6 +666,11 @@ def _grid(group) -> GridCoords:
     return GridCoords(group["x"][:], group["y"][:])
 
 
+def _crs(group) -> products.GridCRS:
+    """The cube's CRS, as its grid mapping declares it (taken from the first file)."""
+    return products.GridCRS.from_attrs(group[cube.GRID_MAPPING].attrs)
+
+
 # --- public API -----------------------------------------------------------------------------------
 
 
@@ -842,7 +850,7 @@ def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | Non
     # Structure only: the data are decoded at ingest, where a corrupt download becomes a
     # failed day (whichever file happens to arrive first).
     try:
-        grid, epsg = read_grid(found.path)
+        grid, crs = read_grid(found.path)
     except BadSourceFile as err:
         raise BadInput(f"{found.path}: {err}") from err
     _check_window_fits(args.fill, grid)
@@ -850,7 +858,7 @@ def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | Non
         mask.load_mask(args.mask, grid)
     state = BuildState(args)
     attrs = {**_state_attrs(state), cube.STATUS: cube.BUILDING, cube.FINISH: finish}
-    _create_store(store, days, grid, epsg or products.GRIDS["n3125"].epsg_hughes, chunks, attrs)
+    _create_store(store, days, grid, crs, chunks, attrs)
     return _open_group(store), state
 
 

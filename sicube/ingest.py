@@ -21,6 +21,7 @@ import numpy as np
 
 from sicube import cube, mask
 from sicube.errors import BadInput, BadSourceFile
+from sicube.products import GridCRS
 from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
 
 OK, MISSING, FAILED = "ok", "missing", "failed"
@@ -78,27 +79,30 @@ class ChunkResult:
     provenance: dict[str, dict]
 
 
-def _decode(arrival: Arrival, grid: GridCoords, out: np.ndarray) -> dict | None:
+def _decode(arrival: Arrival, grid: GridCoords, crs: GridCRS, out: np.ndarray) -> dict | None:
     """Decode `arrival` into `out`; its provenance, or None when the file turned out bad.
 
     A downloaded file that does not decode is removed and its day marked failed (a rerun
     fetches it again); a bad file in a local --source folder is the user's input: BadInput.
     """
     try:
-        day_field = read_day(arrival.path, grid, out=out)
+        day_field = read_day(arrival.path, grid, out=out, expected_crs=crs)
     except BadSourceFile as err:
         if not arrival.downloaded:
             raise BadInput(f"{arrival.path}: {err}") from err
         arrival.path.unlink(missing_ok=True)
         arrival.status, arrival.error = FAILED, str(err)
         return None
-    return {"name": arrival.path.name,
-            "sha256": arrival.sha256 or sha256_file(arrival.path),
-            "out_of_range_cells": day_field.out_of_range}
+    provenance = {"name": arrival.path.name,
+                  "sha256": arrival.sha256 or sha256_file(arrival.path),
+                  "out_of_range_cells": day_field.out_of_range}
+    if day_field.crs.ellipsoid != crs.ellipsoid:  # same projection, other ellipsoid: noted
+        provenance["crs"] = day_field.crs.name
+    return provenance
 
 
 def write_chunk(group, chunk: int, days: list[dt.date], looked: list[Arrival],
-                kept: list[int], grid: GridCoords, tally: NanTally,
+                kept: list[int], grid: GridCoords, crs: GridCRS, tally: NanTally,
                 tally_lock: threading.Lock) -> ChunkResult:
     """Write time chunk `chunk` whole: `kept` days (offsets in the chunk) copied from the store,
     arrived days decoded, every other day NaN."""
@@ -116,7 +120,7 @@ def write_chunk(group, chunk: int, days: list[dt.date], looked: list[Arrival],
         if arrival.status != OK:
             continue
         i = (arrival.day - days[first_day]).days
-        found = _decode(arrival, grid, block[i])
+        found = _decode(arrival, grid, crs, block[i])
         if found is None:
             block[i] = np.nan
             continue
@@ -137,7 +141,7 @@ def write_chunk(group, chunk: int, days: list[dt.date], looked: list[Arrival],
 
 
 def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[int]],
-        source: Iterator[Arrival], grid: GridCoords, *,
+        source: Iterator[Arrival], grid: GridCoords, crs: GridCRS, *,
         before_write: Callable[[int], None], record: Callable[[ChunkResult], None],
         progress: bool) -> NanTally:
     """Ingest the days `looked_for` (indexes into `days`) as they arrive from `source`.
@@ -177,7 +181,7 @@ def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[
             else:
                 before_write(c)
                 pending.append(pool.submit(write_chunk, group, c, days, looked,
-                                           kept.get(c, []), grid, tally, tally_lock))
+                                           kept.get(c, []), grid, crs, tally, tally_lock))
             # At most two chunks in memory: when downloads outrun ingest, files wait on disk.
             while pending and (pending[0].done() or len(pending) > 2):
                 finish(pending.pop(0))
