@@ -104,7 +104,7 @@ def test_crs_is_read_without_hints(built):
     rioxarray = pytest.importorskip("rioxarray")
     pytest.importorskip("cf_xarray")
     ds = xr.open_zarr(built[0])
-    assert rioxarray and ds[cube.CONC].rio.crs.to_epsg() == 3413  # files of 2024 declare WGS84
+    assert rioxarray and ds[cube.CONC].rio.crs.to_epsg() == 3411  # the files declare Hughes
     assert ds.cf.grid_mapping_names == {"polar_stereographic": ["polar_stereographic"]}
 
 
