@@ -453,17 +453,17 @@ def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTall
 
 
 def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> None:
-    """Fill every batch whose fill is not current, a batch at a time, recording each."""
+    """Fill every time chunk whose fill is not current, a batch at a time, recording each."""
     chunk, nt = group[cube.RAW].chunks[0], group[cube.RAW].shape[0]
     params = state.args.fill
-    todo = [b for b in fill_batches(nt, chunk, params["time_window"])
-            if b.index not in state.filled]
+    todo = fill_batches(nt, chunk, params["time_window"], state.stale_chunks(chunk))
     bar = _bar(progress, total=len(todo), desc="fill", unit="batch")
     for batch in todo:
         counts = _fill_batch(group, batch, params).compute()
-        state.flag_counts[batch.index] = [int(n) for n in
-                                          counts.reshape(-1, len(FillFlag)).sum(0)]
-        state.filled.add(batch.index)
+        per_chunk = counts.reshape(-1, len(batch.chunks), len(FillFlag)).sum(0)
+        for c, chunk_counts in zip(batch.chunks, per_chunk, strict=True):
+            state.flag_counts[c] = [int(n) for n in chunk_counts]
+        state.filled.update(batch.chunks)
         _save(group, state)
         _release_memory()
         bar.update(1)
@@ -472,41 +472,46 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
 
 
 def _fill_batch(group, batch: FillBatch, params: dict) -> da.Array:
-    """Lazily fill the batch's days into `sea_ice_conc` and `fill_flag`; flag counts per block.
+    """Lazily fill the batch's days into `sea_ice_conc` and `fill_flag`; per block, the flag
+    counts of each of the batch's time chunks.
 
     Each task reads one spatial chunk of the batch's read window, gets its `space_window`
     halo from its neighbours through `map_overlap`, and writes whole Zarr chunks of both
     outputs.
     """
     raw = group[cube.RAW]
-    nt = raw.shape[0]
+    nt, chunk = raw.shape[0], raw.chunks[0]
     sw = params["space_window"]
     a, b = batch.read_start, batch.read_stop
     spatial, depth = halo_layout(da.core.normalize_chunks(raw.chunks[1:], raw.shape[1:]),
                                  (sw, sw))
     source = da.from_zarr(raw, chunks=(tuple(n for n in (a, b - a, nt - b) if n), *spatial))
     land = da.from_zarr(group[cube.LAND], chunks=spatial)[None]
+    per_block = len(batch.chunks) * len(FillFlag)
     return da.map_overlap(
         _fill_store_block, source[a:b], land, depth={0: 0, 1: depth[0], 2: depth[1]},
         boundary="none", trim=False, align_arrays=False, dtype=np.int64,
-        chunks=((1,), (1,) * len(spatial[0]), (len(FillFlag),) * len(spatial[1])),
+        chunks=((1,), (1,) * len(spatial[0]), (per_block,) * len(spatial[1])),
         params=params, core_t=(batch.start - a, batch.stop - a), t0=batch.start,
-        bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth,
+        bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth, time_chunk=chunk,
         targets=(cube.for_writing(group[cube.CONC]), cube.for_writing(group[cube.FLAG])),
     )
 
 
 def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bounds, halo,
-                      targets):
-    """Fill one haloed block's core, write its fraction and flags; its flag counts."""
+                      time_chunk, targets):
+    """Fill one haloed block's core, write its fraction and flags; the flag counts of each
+    time chunk it covers."""
     iy, ix = block_info[0]["chunk-location"][1:]
     (y0, y1), (x0, x1) = bounds[0][iy : iy + 2], bounds[1][ix : ix + 2]
     core = (*core_t, *core_in_block((iy, ix), (y1 - y0, x1 - x0), halo))
-    fraction, flags, counts = fill_fraction_block(block, land[0], core, **params)
+    fraction, flags, _ = fill_fraction_block(block, land[0], core, **params)
     region = (slice(t0, t0 + fraction.shape[0]), slice(y0, y1), slice(x0, x1))
     targets[0][region] = fraction
     targets[1][region] = flags
-    return counts.reshape(1, 1, -1)
+    counts = [np.bincount(flags[i:i + time_chunk].ravel(), minlength=len(FillFlag))
+              for i in range(0, flags.shape[0], time_chunk)]
+    return np.concatenate(counts).reshape(1, 1, -1)
 
 
 def _release_memory() -> None:
@@ -563,11 +568,17 @@ def _bar(progress: bool, **kwargs):
 @contextlib.contextmanager
 def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterator[None]:
     """Run dask work on threads, processes, a given Client or a scheduler address."""
+    # The scheduler functions themselves, not their names: dask imports `distributed` (0.7 s)
+    # to resolve a name, which a daily update would pay every time.
     if scheduler is None or scheduler == "threads":
-        with dask.config.set(scheduler="threads", num_workers=workers):
+        from dask import threaded
+
+        with dask.config.set(scheduler=threaded.get, num_workers=workers):
             yield
     elif scheduler == "processes":
-        with dask.config.set(scheduler="processes", num_workers=workers):
+        from dask import multiprocessing
+
+        with dask.config.set(scheduler=multiprocessing.get, num_workers=workers):
             yield
     else:
         from distributed import Client

@@ -11,9 +11,10 @@ Days are indexes on the cube's calendar axis (0 = its first day). The rules:
   from a source again.
 - A time chunk is (re)written only when a day of it arrives; its days already observed
   are copied from the cube's own `sea_ice_conc_raw`, so no observed day ever turns missing.
-- The fill works in batches of `FILL_BATCH_CHUNKS` time chunks. A batch's output depends on
-  the raw days within `time_window` of its days, so a batch is filled again exactly when
-  one of those days changed (or it gained days at the end of the span).
+- The fill is recorded per time chunk and runs in batches of up to `FILL_BATCH_CHUNKS`
+  chunks. A chunk's fill depends on the raw days within `time_window` of its days, so it is
+  filled again exactly when one of those days changed, or when it gained days at the end of
+  the span (a daily update refills one chunk, not the span).
 """
 
 from __future__ import annotations
@@ -35,46 +36,58 @@ def n_chunks(n: int, chunk: int) -> int:
 
 @dataclass(frozen=True)
 class FillBatch:
-    """One resumable fill step: days [start, stop) written, days [read_start, read_stop) read.
+    """One resumable fill step: time chunks `chunks`, i.e. days [start, stop), written from
+    the days [read_start, read_stop) read.
 
-    Every batch reads the same number of days (the window shifts inwards at the span's
-    ends rather than shrinking), so its graph and memory do not depend on where it lies.
+    A batch reads its days and `time_window` days either side; at the span's ends the window
+    shifts inwards rather than shrinks, so batches of as many chunks read as many days
+    wherever they lie (their graph and memory do not depend on the span).
     """
 
-    index: int  # first time chunk of the batch
+    chunks: tuple[int, ...]
     start: int
     stop: int
     read_start: int
     read_stop: int
 
 
-def fill_batches(n_days: int, chunk: int, time_window: int) -> list[FillBatch]:
-    """Every fill batch of a cube of `n_days` days with time chunks of `chunk` days."""
-    window = FILL_BATCH_CHUNKS * chunk + 2 * time_window
+def fill_batches(n_days: int, chunk: int, time_window: int,
+                 stale: Iterable[int] | None = None) -> list[FillBatch]:
+    """The fill batches covering the time chunks `stale` (default: every chunk).
+
+    Runs of consecutive stale chunks are cut into batches of `FILL_BATCH_CHUNKS` chunks,
+    counted from the start of the axis, so a whole build fills chunks (0, 1), (2, 3), ...
+    and an update only the chunks whose days or neighbours changed.
+    """
+    total = n_chunks(n_days, chunk)
+    todo = set(range(total)) if stale is None else set(stale) & set(range(total))
     batches = []
-    for c in range(0, n_chunks(n_days, chunk), FILL_BATCH_CHUNKS):
-        start, stop = c * chunk, min(n_days, (c + FILL_BATCH_CHUNKS) * chunk)
-        read_start = max(0, min(start - time_window, n_days - window))
-        batches.append(FillBatch(c, start, stop, read_start, min(n_days, read_start + window)))
+    for first in range(0, total, FILL_BATCH_CHUNKS):
+        runs: list[list[int]] = []  # the consecutive stale chunks of this group
+        for c in range(first, min(total, first + FILL_BATCH_CHUNKS)):
+            if c in todo:
+                if runs and runs[-1][-1] == c - 1:
+                    runs[-1].append(c)
+                else:
+                    runs.append([c])
+        batches += [_batch(tuple(run), n_days, chunk, time_window) for run in runs]
     return batches
 
 
-def batches_depending_on(days: Iterable[int], n_days: int, chunk: int,
-                         time_window: int) -> set[int]:
-    """Indexes of the batches whose output depends on the raw data of any of `days`."""
-    affected = set()
-    for batch in fill_batches(n_days, chunk, time_window):
-        low, high = batch.start - time_window, batch.stop - 1 + time_window
-        if any(low <= d <= high for d in days):
-            affected.add(batch.index)
-    return affected
+def _batch(chunks: tuple[int, ...], n_days: int, chunk: int, time_window: int) -> FillBatch:
+    start, stop = chunks[0] * chunk, min(n_days, (chunks[-1] + 1) * chunk)
+    window = len(chunks) * chunk + 2 * time_window
+    read_start = max(0, min(start - time_window, n_days - window))
+    return FillBatch(chunks, start, stop, read_start, min(n_days, read_start + window))
 
 
-def batches_containing(days: Iterable[int], n_days: int, chunk: int,
-                       time_window: int) -> set[int]:
-    """Indexes of the batches that write any of `days`."""
-    return {b.index for b in fill_batches(n_days, chunk, time_window)
-            if any(b.start <= d < b.stop for d in days)}
+def chunks_depending_on(days: Iterable[int], n_days: int, chunk: int,
+                        time_window: int) -> set[int]:
+    """The time chunks whose fill depends on the raw data of any of `days` (those within
+    `time_window` days of one)."""
+    return {c for d in days
+            for c in range(max(0, d - time_window) // chunk,
+                           min(n_days - 1, d + time_window) // chunk + 1)}
 
 
 def chunks_of(days: Iterable[int], chunk: int) -> list[int]:
@@ -108,8 +121,8 @@ class BuildState:
     observed: dict[str, dict] = field(default_factory=dict)  # day -> provenance
     missing: set[str] = field(default_factory=set)  # no file (404 / not in the folder)
     failed: dict[str, str] = field(default_factory=dict)  # day -> reason
-    filled: set[int] = field(default_factory=set)  # batches whose fill is current
-    flag_counts: dict[int, list[int]] = field(default_factory=dict)  # batch -> cells per flag
+    filled: set[int] = field(default_factory=set)  # time chunks whose fill is current
+    flag_counts: dict[int, list[int]] = field(default_factory=dict)  # chunk -> cells per flag
     mask_days: set[str] = field(default_factory=set)  # observed days counted in the mask
     mask_done: bool = False  # land_mask and nan_ratio are current
     mask_frozen: bool = False  # the mask is kept as it is (given, or kept by an update)
@@ -129,12 +142,14 @@ class BuildState:
         """Indexes of the days to look for in the source: every day not observed yet."""
         return [i for i, day in enumerate(self.days) if f"{day:%Y%m%d}" not in self.observed]
 
+    def stale_chunks(self, chunk: int) -> set[int]:
+        """The time chunks whose fill is not current."""
+        return set(range(n_chunks(len(self.days), chunk))) - self.filled
+
     def is_complete(self, chunk: int) -> bool:
-        """Every day looked for, the mask current and every batch filled."""
-        every_batch = {b.index for b in fill_batches(len(self.days), chunk,
-                                                     self.args.fill["time_window"])}
+        """Every day looked for, the mask current and every time chunk filled."""
         looked = set(self.observed) | self.missing | set(self.failed)
-        return (self.mask_done and every_batch <= self.filled
+        return (self.mask_done and not self.stale_chunks(chunk)
                 and all(f"{d:%Y%m%d}" in looked for d in self.days))
 
     # --- transitions -----------------------------------------------------------------------------
@@ -156,13 +171,15 @@ class BuildState:
         changed = list(changed)
         if not changed:
             return
-        stale = batches_depending_on(changed, len(self.days), chunk,
-                                     self.args.fill["time_window"])
-        self.filled -= stale
-        for index in stale:
-            self.flag_counts.pop(index, None)
+        self._forget_fills(chunks_depending_on(changed, len(self.days), chunk,
+                                               self.args.fill["time_window"]))
         if not self.mask_frozen:
             self.mask_done = False
+
+    def _forget_fills(self, chunks: set[int]) -> None:
+        self.filled -= chunks
+        for c in chunks:
+            self.flag_counts.pop(c, None)
 
     def extend(self, new_end: dt.date, chunk: int) -> None:
         """Grow the span to `new_end`: the batches that gain days must be filled again."""
@@ -170,11 +187,7 @@ class BuildState:
         self.updating_from = self.args.end
         self.args.end = f"{new_end}"
         self.complete_through = self.complete_through or self.updating_from
-        new = range(old_n, len(self.days))
-        stale = batches_containing(new, len(self.days), chunk, self.args.fill["time_window"])
-        self.filled -= stale
-        for index in stale:
-            self.flag_counts.pop(index, None)
+        self._forget_fills(set(chunks_of(range(old_n, len(self.days)), chunk)))
 
     # --- JSON ------------------------------------------------------------------------------------
 
@@ -199,5 +212,5 @@ class BuildState:
         return cls(**data)
 
 
-__all__ = ["FILL_BATCH_CHUNKS", "BuildArgs", "BuildState", "FillBatch", "batches_containing",
-           "batches_depending_on", "chunks_of", "fill_batches", "n_chunks"]
+__all__ = ["FILL_BATCH_CHUNKS", "BuildArgs", "BuildState", "FillBatch", "chunks_depending_on",
+           "chunks_of", "fill_batches", "n_chunks"]

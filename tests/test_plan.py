@@ -7,12 +7,7 @@ import datetime as dt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sicube.plan import (
-    BuildArgs,
-    BuildState,
-    batches_depending_on,
-    fill_batches,
-)
+from sicube.plan import FILL_BATCH_CHUNKS, BuildArgs, BuildState, fill_batches, n_chunks
 
 START = dt.date(2024, 1, 1)
 
@@ -36,8 +31,9 @@ def test_batches_write_every_day_once_and_read_their_whole_window(shape):
     batches = fill_batches(n, chunk, tw)
     written = [d for b in batches for d in range(b.start, b.stop)]
     assert written == list(range(n))
-    sizes = {b.read_stop - b.read_start for b in batches}
-    assert len(sizes) == 1  # every batch reads as many days, wherever it lies
+    assert [c for b in batches for c in b.chunks] == list(range(n_chunks(n, chunk)))
+    sizes = {b.read_stop - b.read_start for b in batches if len(b.chunks) == FILL_BATCH_CHUNKS}
+    assert len(sizes) <= 1  # every whole batch reads as many days, wherever it lies
     for b in batches:
         assert b.read_start <= max(0, b.start - tw) and b.read_stop >= min(n, b.stop + tw)
         assert 0 <= b.read_start and b.read_stop <= n
@@ -53,8 +49,7 @@ def _run(state: BuildState, chunk: int, arrives) -> list[int]:
         if status == "ok":
             changed.append(i)
     state.invalidate(changed, chunk)
-    state.filled = {b.index for b in fill_batches(len(state.days), chunk,
-                                                  state.args.fill["time_window"])}
+    state.filled = set(range(n_chunks(len(state.days), chunk)))
     state.mask_done = True
     return looked
 
@@ -81,8 +76,9 @@ def test_every_day_is_ingested_exactly_once_over_any_runs(shape, runs):
 @settings(max_examples=80, deadline=None)
 @given(shapes, st.integers(1, 40), st.data())
 def test_an_updates_plan_equals_a_fresh_builds_plan(shape, added, data):
-    """After build(n) + update(n + added), every batch not refilled writes exactly what a fresh
-    build of the whole span writes there: same days, and none of the raw days it reads changed."""
+    """After build(n) + update(n + added), every time chunk whose fill is kept holds exactly
+    what a fresh build of the whole span writes there: the same days, none of the raw days
+    within `time_window` of them changed; and the refill touches no more than that."""
     n, chunk, tw = shape
     total = n + added
     first = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
@@ -90,23 +86,22 @@ def test_an_updates_plan_equals_a_fresh_builds_plan(shape, added, data):
     state = _state(n, tw)
     _run(state, chunk, lambda i: "ok" if first[i] else "missing")
     state.extend(START + dt.timedelta(days=total - 1), chunk)
-    before = set(state.filled)
-    _run_without_filling = state.unobserved()
     changed = []
-    for i in _run_without_filling:
+    for i in state.unobserved():
         status = "ok" if later[i] else "missing"
         state.record_day(_key(state, i), status, {} if status == "ok" else "404")
         if status == "ok":
             changed.append(i)
     state.invalidate(changed, chunk)
-    old = {b.index: b for b in fill_batches(n, chunk, tw)}
-    for batch in fill_batches(total, chunk, tw):
-        if batch.index in state.filled:
-            assert batch.index in before and old[batch.index].start == batch.start
-            assert old[batch.index].stop == batch.stop  # it gained no day
-            assert not batches_depending_on(changed, total, chunk, tw) & {batch.index}
-            assert all(not (batch.start - tw <= d <= batch.stop - 1 + tw) for d in changed)
-        # the days kept observed are exactly those observed before or newly arrived
+    for c in range(n_chunks(total, chunk)):
+        days = range(c * chunk, min(total, (c + 1) * chunk))
+        gained = days[-1] >= n  # the chunk holds days the old cube did not have
+        touched = any(abs(d - x) <= tw for d in days for x in changed)
+        assert (c in state.filled) == (not gained and not touched), c
+    refill = fill_batches(total, chunk, tw, state.stale_chunks(chunk))
+    assert sorted(c for b in refill for c in b.chunks) == sorted(state.stale_chunks(chunk))
+    for b in refill:
+        assert b.read_start <= max(0, b.start - tw) and b.read_stop >= min(total, b.stop + tw)
     assert {i for i in range(total) if _key(state, i) in state.observed} == \
         {i for i in range(n) if first[i]} | set(changed)
 
