@@ -470,7 +470,8 @@ class _Fetcher:
                     record.bytes, record.sha256, record.source = kept
                     record.version = version
                     return record
-        errors: list[str] = []
+        errors: list[str] = []  # from hosts that answered but failed
+        unreachable: list[str] = []  # from hosts that could not be reached at all
         for version, target in targets.items():
             not_found = False
             for host, url in zip(self.hosts, urls[version], strict=True):
@@ -484,22 +485,26 @@ class _Fetcher:
                     self._down.discard(host)
                     not_found = True
                     continue
+                if outcome == _LOCAL:
+                    return record  # our disk, not a host: no other host helps
+                text = f"{host}: {record.error}" if len(self.hosts) > 1 else str(record.error)
                 if outcome == _DOWN:
                     self._down.add(host)
-                elif outcome == _LOCAL:
-                    return record  # our disk, not a host: no other host helps
-                errors.append(f"{host}: {record.error}" if len(self.hosts) > 1
-                              else str(record.error))
-            if not not_found:
-                break  # no host said the file is absent: a fallback version would be a guess
-            if errors:
-                break  # absent on some host, unknown on another: not a missing day
-        if not errors:
+                    unreachable.append(text)
+                else:
+                    errors.append(text)
+            if not not_found or errors:
+                # No host said the file is absent, or one that answered failed: a fallback
+                # version or a missing day would be a guess.
+                break
+        if not errors and not (unreachable and not not_found):
+            # 404 from every host that answered; a host that cannot be reached at all does
+            # not hold a missing day up (the hosts serve the same tree).
             record.status = MISSING
             record.error = "404 not found on the server" + (
                 f" ({', '.join(sensor.versions)})" if len(sensor.versions) > 1 else "")
         else:
-            record.status, record.error = FAILED, "; ".join(errors)
+            record.status, record.error = FAILED, "; ".join(errors + unreachable)
         return record
 
     async def _from_host(self, session, fs, url: str, target: Path, record: DayRecord,
@@ -851,12 +856,14 @@ class Probe:
 
 
 async def _head(session, fs, url: str, retry: _Retry, tries: int) -> tuple[str, int | None, str]:
-    """HEAD `url` with retries: (PRESENT, Content-Length, ""), (MISSING, None, "") or
-    (FAILING, None, reason) after `tries` attempts (5xx, 408, 429, timeouts and connection
-    errors are retried; another 4xx is not)."""
+    """HEAD `url` with retries: (PRESENT, Content-Length, ""), (MISSING, None, ""),
+    (_DOWN, None, reason) when no attempt could connect, or (FAILING, None, reason) after
+    `tries` attempts (5xx, 408, 429, timeouts and connection errors are retried; another
+    4xx is not)."""
     import aiohttp
 
     reason = ""
+    connection_failed = True
     for attempt in range(1, tries + 1):
         try:
             async with session.head(fs.encode_url(url), allow_redirects=True,
@@ -865,16 +872,19 @@ async def _head(session, fs, url: str, retry: _Retry, tries: int) -> tuple[str, 
                     return MISSING, None, ""
                 if 200 <= response.status < 300:
                     return PRESENT, response.content_length, ""
+                connection_failed = False
                 reason = f"HTTP {response.status} {response.reason}"
                 if response.status < 500 and response.status not in (408, 429):
                     return FAILING, None, f"refuses it: {reason}"
         except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
             reason = f"timed out (no answer for {retry.timeout:g} s)"
+            connection_failed = False
         except aiohttp.ClientError as err:  # refused, dropped, ...
             reason = f"{type(err).__name__}: {err}".rstrip(": ")
+            connection_failed &= isinstance(err, aiohttp.ClientConnectorError)
         if attempt < tries:
             await asyncio.sleep(retry.delay(attempt))
-    return FAILING, None, f"{reason} ({tries} attempts)"
+    return _DOWN if connection_failed else FAILING, None, f"{reason} ({tries} attempts)"
 
 
 async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: str, sensor: str,
@@ -887,7 +897,7 @@ async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: st
                      error=f"no sensor's record holds {day} on {grid}")
     probe = Probe(day, FAILING, products.file_url(hosts[0], day, grid, chosen),
                   sensor=chosen.name)
-    errors = []
+    errors, unreachable = [], []
     for version in chosen.versions:
         not_found = False
         for host in hosts:
@@ -903,11 +913,12 @@ async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: st
                 not_found = True
                 continue
             down.add(host)
-            errors.append(f"{host}: {reason}" if len(hosts) > 1 else reason)
+            text = f"{host}: {reason}" if len(hosts) > 1 else reason
+            (unreachable if status == _DOWN else errors).append(text)
         if not not_found or errors:
             break
-    if errors:
-        probe.error = "; ".join(errors)
+    if errors or (unreachable and not not_found):  # as the downloader decides (`_Fetcher._day`)
+        probe.error = "; ".join(errors + unreachable)
     else:
         probe.status = MISSING
     return probe
