@@ -13,8 +13,10 @@ file that the next run skipped as present. Here
 - several hosts may serve the same tree (`base_url` a list; the default: Bremen's primary
   host, then its older host): each file is tried on them in order, a host that is down or
   keeps failing gives way to the next, and the URL that served the file is recorded;
-- a 404 on every host marks the day *missing* (the server has no file), not failed; a day's
-  v5.4 file absent everywhere is looked for in the listed fallback versions
+- a 404 from every host that answers marks the day *missing* (the server has no file), not
+  failed; a host that cannot be reached at all does not hold a missing day up (the hosts
+  serve the same tree), one that answers but fails (5xx after retries) makes the day failed;
+  a day's v5.4 file absent everywhere is looked for in the listed fallback versions
   (`products.VERSIONS`: v5), and the version found is recorded;
 - each day is fetched from its sensor's tree with its sensor's file name
   (`products.sensor_for`: AMSR-E up to 2011-10-04 on the 6.25 km grids, AMSR2 from
@@ -94,6 +96,7 @@ class DayRecord:
     already there and nothing was transferred. `source` is the URL the file's bytes came
     from: `url` when fetched now, the folder's record when a present file was kept, None
     when a present file was kept that no record vouches for (its origin is unknown).
+    `attempts` counts the requests made for the day, on every host and version tried.
     """
 
     day: dt.date
