@@ -44,6 +44,11 @@ from sicube.sources import GridCoords, find_day_files, read_grid
 log = logging.getLogger(__name__)
 
 STATE = "sicube_build"  # group attribute holding the build's progress (days apart)
+# Group attributes on the source besides cube.SOURCE_URL (the first host): every host in
+# order, the grid and the sensor choice asked of them (so `update` asks the same).
+SOURCE_URLS = "source_base_urls"
+SOURCE_GRID = "source_grid"
+SOURCE_SENSOR = "source_sensor"
 # `update` refuses to append more consecutive days without any file than this, unless told
 # (`allow_gap`): a cron job against a dead source must not grow the cube by empty days.
 MAX_EMPTY_DAYS = 30
@@ -126,51 +131,79 @@ class BuildSummary:
 
 @dataclass(frozen=True)
 class Source:
-    """Where days come from: a local folder (absolute) or a server, and the download cache."""
+    """Where days come from: a local folder (absolute) or the hosts of a server (tried in
+    order for each file), the grid and sensor to fetch, and the download cache."""
 
     directory: Path | None
-    base_url: str | None
+    base_urls: tuple[str, ...] | None
     raw_dir: Path | None
+    grid: str | None = None  # for a server: the grid fetched
+    sensor: str = products.AUTO
+
+    @property
+    def base_url(self) -> str | None:
+        """The first (primary) host, or None for a folder."""
+        return self.base_urls[0] if self.base_urls else None
 
     @property
     def where(self) -> str:
-        return str(self.directory) if self.directory else str(self.base_url)
+        return str(self.directory) if self.directory else ", ".join(self.base_urls or ())
 
     def finish_args(self) -> list[str]:
         """The command-line arguments that name this source again."""
         if self.directory:
             return ["--source", str(self.directory)]
-        return ["--base-url", str(self.base_url)] + (
-            ["--raw-dir", str(self.raw_dir)] if self.raw_dir else [])
+        args = [x for url in self.base_urls or () for x in ("--base-url", url)]
+        if self.sensor != products.AUTO:
+            args += ["--sensor", self.sensor]
+        return args + (["--raw-dir", str(self.raw_dir)] if self.raw_dir else [])
+
+    def arrivals(self, days: list[dt.date], progress: bool,
+                 grid: GridCoords | None) -> Iterator[Arrival]:
+        """The days' files as they become available (`ingest.arrivals`)."""
+        return ingest.arrivals(days, self.directory, self.base_urls,
+                               _raw_dir(self) if self.base_urls else None, progress, grid,
+                               grid_name=self.grid, sensor=self.sensor)
 
 
-def _source(base_url: str | None, source: str | os.PathLike | None,
-            raw_dir: str | os.PathLike | None) -> Source:
-    """The checked source: one of a folder (made absolute) or an http(s) base URL."""
+def _source(base_url: str | list[str] | tuple[str, ...] | None,
+            source: str | os.PathLike | None, raw_dir: str | os.PathLike | None,
+            grid: str | None = None, sensor: str = products.AUTO) -> Source:
+    """The checked source: one of a folder (made absolute) or http(s) hosts (default:
+    Bremen's primary and older host), with the grid they are asked for."""
+    from sicube.download import check_base_urls, check_grid
+
     if base_url is not None and source is not None:
         raise BadInput("give either --base-url or --source, not both")
+    try:
+        products.check_sensor(sensor)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
     if source is not None:
         if not Path(source).is_dir():
             raise BadInput(f"--source {source}: no such folder")
-        return Source(Path(source).resolve(), None, None)
-    base_url = base_url or products.DEFAULT_BASE_URL
-    if not base_url.startswith(("http://", "https://")):
-        raise BadInput(f"--base-url {base_url!r}: must start with http:// or https://")
-    return Source(None, base_url, Path(raw_dir).resolve() if raw_dir else None)
+        return Source(Path(source).resolve(), None, None, grid, sensor)
+    hosts = check_base_urls(base_url or None)
+    return Source(None, hosts, Path(raw_dir).resolve() if raw_dir else None,
+                  check_grid(hosts, grid), sensor)
 
 
 def _raw_dir(src: Source) -> Path:
-    """Where downloads from `src` are kept: --raw-dir, or a cache folder of that server."""
+    """Where downloads from `src` are kept: --raw-dir, or the cache folder of its first host
+    (`download.default_raw_dir`: fallback hosts serve the same tree, so one folder)."""
     if src.raw_dir is not None:
         return src.raw_dir
     from sicube.download import default_raw_dir
 
-    return default_raw_dir(src.base_url)
+    return default_raw_dir(src.base_urls)
 
 
-def _check_first_day(first: dt.date, src: Source) -> None:
-    if src.base_url == products.DEFAULT_BASE_URL and first < products.DATA_START:
-        raise BadInput(f"start {first}: the Bremen AMSR2 record begins {products.DATA_START}")
+def _check_first_day(first: dt.date, last: dt.date, src: Source) -> None:
+    """Days before the first day of the sensors asked for are refused up front, in one line."""
+    if src.base_urls:
+        from sicube.download import check_span
+
+        check_span(first, last, src.grid, src.sensor)
 
 
 def _check_workers(workers: int | None) -> None:
@@ -401,9 +434,23 @@ def _clean_rewrites(group, state: BuildState, grid: GridCoords) -> None:
 
 
 def _write_observed(group, state: BuildState) -> None:
-    """`day_observed` from the state, written when the run ends: a reader of a cube being
-    updated sees a day as observed only once it is ingested and filled."""
+    """`day_observed` and `sensor` from the state, written when the run ends: a reader of a
+    cube being updated sees a day as observed only once it is ingested and filled."""
     group[cube.OBSERVED][:] = [f"{d:%Y%m%d}" in state.observed for d in state.days]
+    if cube.SENSOR in group:  # a cube from before the variable existed has none
+        group[cube.SENSOR][:] = np.array(
+            [_sensor_code(state.observed.get(f"{d:%Y%m%d}")) for d in state.days], np.uint8)
+
+
+def _sensor_code(provenance: dict | None) -> int:
+    """The `sensor` value of a day: its provenance's sensor, else its file name's; 0 if none."""
+    if provenance is None:
+        return 0
+    name = provenance.get("sensor")
+    if name is None:
+        parts = products.file_name_parts(str(provenance.get("name", "")))
+        name = parts.sensor if parts else None
+    return products.SENSORS[name].code if name in products.SENSORS else 0
 
 
 def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTally) -> None:
@@ -645,6 +692,9 @@ def _finish(group, state: BuildState, summary: BuildSummary, src: Source) -> Non
     _save(group, state)
     _set_status(group, cube.COMPLETE, **{
         cube.SOURCE_URL: src.base_url or "",
+        SOURCE_URLS: list(src.base_urls or ()),
+        SOURCE_GRID: src.grid or "",
+        SOURCE_SENSOR: src.sensor,
         cube.SOURCE_DIRECTORY: str(src.directory or ""),
         "fill_parameters": state.args.fill,
         "mask_threshold": state.args.mask_threshold,
@@ -690,9 +740,11 @@ def build(
     end: DateLike,
     store: str | os.PathLike,
     *,
-    base_url: str | None = None,
+    base_url: str | list[str] | tuple[str, ...] | None = None,
     source: str | os.PathLike | None = None,
     raw_dir: str | os.PathLike | None = None,
+    grid: str | None = None,
+    sensor: str = products.AUTO,
     time_window: int = 3,
     space_window: int = 7,
     alpha: float = 15.0,
@@ -709,8 +761,14 @@ def build(
 
     Parameters
     ----------
-    base_url : server to download from (default: Bremen); `source` reads a local folder instead.
-    raw_dir : where downloads are kept and reused (default: a cache folder of that server).
+    base_url : server to download from, or several hosts serving the same tree, tried in
+        order for each file (default: Bremen's primary and older host; see `sicube.download`);
+        `source` reads a local folder instead.
+    raw_dir : where downloads are kept and reused (default: a cache folder of the first host).
+    grid : the grid to download (default: the one a grid-folder base URL names, else n3125).
+    sensor : auto (default: each day from the sensor whose record holds it, so a 6.25 km
+        cube may span AMSR-E and AMSR2, the days between them missing), amsr2 or amsre.
+        The cube's `sensor` variable says which sensor each day came from.
     mask_from : a NetCDF mask file or another cube whose `land_mask` to use instead of
         computing one from this span with `mask_threshold`.
     scheduler : "threads" (default), "processes", a scheduler address or a `distributed.Client`.
@@ -725,8 +783,8 @@ def build(
     """
     first, last = parse_span(start, end)
     store = _store_url(store)
-    src = _source(base_url, source, raw_dir)
-    _check_first_day(first, src)
+    src = _source(base_url, source, raw_dir, grid, sensor)
+    _check_first_day(first, last, src)
     params = fill_parameters(time_window, space_window, alpha, sigma)
     mask.check_threshold(mask_threshold)
     _check_workers(workers)
@@ -745,8 +803,7 @@ def build(
         group, state = _resume(store, args, restart_fill, summary)
         if group is None:
             days = list(day_range(first, last))
-            arrivals = ingest.arrivals(days, src.directory, src.base_url,
-                                       _raw_dir(src) if src.base_url else None, progress, None)
+            arrivals = src.arrivals(days, progress, None)
             held: list[Arrival] = []
             group, state = _create(store, days, args, chunks, arrivals, held, summary, finish)
             if group is None:
@@ -809,9 +866,7 @@ def _look_again(group, state: BuildState, src: Source, progress: bool,
         if not days:
             _nothing_to_do(group, state, summary)
             return None
-    arrivals = ingest.arrivals(days, src.directory, src.base_url,
-                               _raw_dir(src) if src.base_url else None, progress,
-                               _grid(group))
+    arrivals = src.arrivals(days, progress, _grid(group))
     if complete:
         arrivals = list(arrivals)  # downloads first: decide before writing anything
         if not any(a.status == OK for a in arrivals):
@@ -889,9 +944,10 @@ def update(
     store: str | os.PathLike,
     end: DateLike | None = None,
     *,
-    base_url: str | None = None,
+    base_url: str | list[str] | tuple[str, ...] | None = None,
     source: str | os.PathLike | None = None,
     raw_dir: str | os.PathLike | None = None,
+    sensor: str | None = None,
     allow_gap: bool = False,
     scheduler=None,
     workers: int | None = None,
@@ -906,7 +962,8 @@ def update(
 
     `end` defaults to the last day the source has (the newest file of a folder; for a server,
     probed backwards from yesterday). More than `MAX_EMPTY_DAYS` consecutive days without a
-    file at the end are refused unless `allow_gap`.
+    file at the end are refused unless `allow_gap`. The hosts, grid and sensor choice are the
+    cube's own unless given (`sensor`: the build's choice by default).
     """
     store = _store_url(store)
     if not cube.is_cube(store):
@@ -920,7 +977,7 @@ def update(
         if status not in (cube.COMPLETE, cube.UPDATING):
             raise BadInput(f"{store}: its build has not finished ({status}); finish it with "
                            f"{group.attrs.get(cube.FINISH, 'the same sicube build command')}")
-        src = _update_source(group, base_url, source, raw_dir)
+        src = _update_source(group, base_url, source, raw_dir, sensor)
         summary.source = src.where
         last = parse_date(state.args.end)
         if state.updating_from is not None:  # an interrupted update: finish it first
@@ -939,10 +996,8 @@ def update(
                 state.mask_frozen = True  # the cube's mask stays the mask
                 state.extend(wanted, chunk)
                 _save(group, state)
-            arrivals = ingest.arrivals([state.days[i] for i in state.unobserved()],
-                                       src.directory, src.base_url,
-                                       _raw_dir(src) if src.base_url else None, progress,
-                                       _grid(group))
+            arrivals = src.arrivals([state.days[i] for i in state.unobserved()], progress,
+                                    _grid(group))
         else:
             state.mask_frozen = True
             arrivals = _look_again(group, state, src, progress, summary)
@@ -954,17 +1009,25 @@ def update(
     return summary
 
 
-def _update_source(group, base_url, source, raw_dir) -> Source:
-    """The update's source: as given, else where the cube came from (folder or server)."""
+def _update_source(group, base_url, source, raw_dir, sensor: str | None = None) -> Source:
+    """The update's source: as given, else where the cube came from (folder or hosts); the
+    grid is the cube's, the sensor choice the build's unless given."""
+    attrs = group.attrs
+    grid = attrs.get(SOURCE_GRID) or None
+    if grid is None:
+        found = products.grid_of_coords(group["x"][:], group["y"][:])
+        grid = found.name if found else None
+    sensor = sensor or attrs.get(SOURCE_SENSOR) or products.AUTO
     if source is not None or base_url is not None:
-        return _source(base_url, source, raw_dir)
-    folder = group.attrs.get(cube.SOURCE_DIRECTORY) or None
+        return _source(base_url, source, raw_dir, grid, sensor)
+    folder = attrs.get(cube.SOURCE_DIRECTORY) or None
     if folder is not None:
         if not Path(folder).is_dir():
             raise BadInput(f"the cube's source folder {folder} is gone; give --source or "
                            "--base-url")
-        return _source(None, folder, raw_dir)
-    return _source(group.attrs.get(cube.SOURCE_URL) or None, None, raw_dir)
+        return _source(None, folder, raw_dir, grid, sensor)
+    hosts = list(attrs.get(SOURCE_URLS) or []) or attrs.get(cube.SOURCE_URL) or None
+    return _source(hosts, None, raw_dir, grid, sensor)
 
 
 def _update_end(end: DateLike | None, last: dt.date, src: Source, allow_gap: bool) -> dt.date:
@@ -978,7 +1041,7 @@ def _update_end(end: DateLike | None, last: dt.date, src: Source, allow_gap: boo
     before = wanted or today - dt.timedelta(days=1)
     newest = _newest_day(src, before, last)
     if wanted is None:
-        if newest is None and src.base_url and (before - last).days > MAX_EMPTY_DAYS:
+        if newest is None and src.base_urls and (before - last).days > MAX_EMPTY_DAYS:
             raise BadInput(f"{src.where}: no file in the {MAX_EMPTY_DAYS} days up to {before}; "
                            "give --end (and --allow-gap) to append empty days anyway")
         return newest or last
@@ -1001,7 +1064,8 @@ def _newest_day(src: Source, before: dt.date, after: dt.date) -> dt.date | None:
     limit = min(MAX_EMPTY_DAYS, (before - after).days)
     if limit <= 0:
         return None
-    return latest_available(src.base_url, before=before, limit=limit)
+    return latest_available(src.base_urls, before=before, limit=limit, grid=src.grid,
+                            sensor=src.sensor)
 
 
 def _extend_time(group, days: list[dt.date]) -> None:
@@ -1009,7 +1073,9 @@ def _extend_time(group, days: list[dt.date]) -> None:
     from sicube.dates import to_datetime64
 
     n = len(days)
-    for name in (*cube.CUBE_VARS, cube.OBSERVED):
+    for name in (*cube.CUBE_VARS, cube.OBSERVED, cube.SENSOR):
+        if name not in group:
+            continue  # `sensor` on a cube from before it existed
         array = group[name]
         array.resize((n, *array.shape[1:]))
     time_array = group["time"]

@@ -281,10 +281,30 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_source_args(parser: argparse.ArgumentParser) -> None:
+def _add_base_url(parser) -> None:
+    parser.add_argument("--base-url", action="append", metavar="URL",
+                        help="server to download from; give it again for fallback hosts, tried "
+                             "in order for each file (default: Bremen's primary, then its older "
+                             "host). A sensor's tree (.../amsr2/asi_daygrid_swath) or one grid's "
+                             "folder of it (.../n3125/netcdf)")
+
+
+def _add_sensor(parser: argparse.ArgumentParser, default: str | None) -> None:
+    from sicube.products import SENSOR_CHOICES
+
+    parser.add_argument("--sensor", choices=SENSOR_CHOICES, default=default,
+                        help="auto: each day from the sensor whose record holds it (AMSR-E "
+                             "2002-06-01..2011-10-04 on n6250/s6250, AMSR2 from 2012-07-02)"
+                             + (f"; default {default}" if default
+                                else "; default: the cube's own choice"))
+
+
+def _add_source_args(parser: argparse.ArgumentParser, sensor_default: str | None = "auto"
+                     ) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--base-url", help="server to download from (default: Bremen)")
+    _add_base_url(where)
     where.add_argument("--source", help="folder of daily files on disk (searched recursively)")
+    _add_sensor(parser, sensor_default)
     parser.add_argument("--raw-dir", help="where downloads are kept and reused (default: cache)")
     parser.add_argument("--scheduler", default="threads",
                         help="threads (default), processes, or a dask scheduler address")
@@ -329,7 +349,8 @@ def _run_build(args: argparse.Namespace) -> int:
 
     summary = build(
         args.start, args.end, args.store, base_url=args.base_url, source=args.source,
-        raw_dir=args.raw_dir, time_window=args.time_window, space_window=args.space_window,
+        raw_dir=args.raw_dir, sensor=args.sensor, time_window=args.time_window,
+        space_window=args.space_window,
         alpha=args.alpha, sigma=args.sigma, mask_threshold=args.mask_threshold,
         mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
         chunks=_chunks(args.chunks), restart_fill=args.restart_fill, progress=not args.quiet,
@@ -348,7 +369,7 @@ def _add_update(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-gap", action="store_true",
                         help=f"append even when more than {MAX_EMPTY_DAYS} days at the end "
                              "would have no file")
-    _add_source_args(parser)
+    _add_source_args(parser, sensor_default=None)
     parser.set_defaults(run=_run_update)
 
 
@@ -356,7 +377,8 @@ def _run_update(args: argparse.Namespace) -> int:
     from sicube.build import update
 
     summary = update(args.store, args.end, base_url=args.base_url, source=args.source,
-                     raw_dir=args.raw_dir, allow_gap=args.allow_gap, scheduler=args.scheduler,
+                     raw_dir=args.raw_dir, sensor=args.sensor, allow_gap=args.allow_gap,
+                     scheduler=args.scheduler,
                      workers=args.workers, progress=not args.quiet)
     print(summary.text())
     return summary.exit_code
@@ -386,18 +408,20 @@ def _run_mask(args: argparse.Namespace) -> int:
 
 @command("download", "fetch daily files for a date range (concurrent, retried, validated)")
 def _add_download(parser: argparse.ArgumentParser) -> None:
-    from sicube.download import (
-        DEFAULT_BASE_URL,
-        DEFAULT_CONCURRENCY,
-        DEFAULT_RETRIES,
-        DEFAULT_TIMEOUT,
-    )
-
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
     parser.add_argument("--out", required=True, help="output folder (files go to {YYYY}/)")
-    parser.add_argument("--base-url", default=DEFAULT_BASE_URL,
-                        help="server base URL (default: the Bremen server)")
+    _add_base_url(parser)
+    _add_sensor(parser, "auto")
+    _add_transfer_args(parser)
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="fetch again even when a valid file is present")
+    parser.set_defaults(run=_run_download)
+
+
+def _add_transfer_args(parser: argparse.ArgumentParser) -> None:
+    from sicube.download import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT
+
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help="transfers at once (default %(default)s)")
     parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
@@ -406,24 +430,45 @@ def _add_download(parser: argparse.ArgumentParser) -> None:
                         help="seconds without data before an attempt is abandoned")
     parser.add_argument("--backoff", type=float, default=0.5,
                         help="first retry delay in seconds, doubled each retry, jittered")
-    parser.add_argument("-f", "--force", action="store_true",
-                        help="fetch again even when a valid file is present")
-    parser.set_defaults(run=_run_download)
 
 
 def _run_download(args: argparse.Namespace) -> int:
     from sicube.download import download
-    from sicube.products import file_name
 
     report = download(args.start, args.end, args.out, base_url=args.base_url,
-                      concurrency=args.concurrency, retries=args.retries, force=args.force,
-                      timeout=args.timeout, backoff=args.backoff, progress=not args.quiet)
+                      sensor=args.sensor, concurrency=args.concurrency, retries=args.retries,
+                      force=args.force, timeout=args.timeout, backoff=args.backoff,
+                      progress=not args.quiet)
     print(report.summary())
     if report.failed:
-        names = ", ".join(file_name(r.day) for r in report.failed)
+        names = ", ".join(r.url.rsplit("/", 1)[-1] for r in report.failed)
         print(f"sicube download: {len(report.failed)} days failed: {names}", file=sys.stderr)
         return 1
     return 0
+
+
+@command("check", "probe every day's file on the server (HEAD) before a long build or download")
+def _add_check(parser: argparse.ArgumentParser) -> None:
+    from sicube.products import GRIDS
+
+    parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day")
+    parser.add_argument("--grid", choices=list(GRIDS), default=None,
+                        help="grid to probe (default: the base URL's, else n3125)")
+    _add_base_url(parser)
+    _add_sensor(parser, "auto")
+    _add_transfer_args(parser)
+    parser.set_defaults(run=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from sicube.download import check
+
+    report = check(args.start, args.end, base_url=args.base_url, grid=args.grid,
+                   sensor=args.sensor, concurrency=args.concurrency, retries=args.retries,
+                   timeout=args.timeout, backoff=args.backoff, progress=not args.quiet)
+    print(report.summary())
+    return report.exit_code
 
 
 @command("mirror", "serve an archive folder on 127.0.0.1 like the Bremen server (with faults)")

@@ -23,6 +23,7 @@ RAW = "sea_ice_conc_raw"
 CONC = "sea_ice_conc"
 FLAG = "fill_flag"
 OBSERVED = "day_observed"
+SENSOR = "sensor"  # (time,) uint8: which sensor each observed day came from
 LAND = "land_mask"
 NAN_RATIO = "nan_ratio"
 GRID_MAPPING = "polar_stereographic"
@@ -50,6 +51,8 @@ SOURCE_URL = "source_base_url"
 
 # fill_flag values are sicube.fill.FillFlag: 0 observed, 1 filled, 2 no neighbour, 3 land.
 FLAG_MEANINGS = tuple(flag.name.lower() for flag in FillFlag)
+# sensor values: 0 no file that day, then products.Sensor.code (1 AMSR-E, 2 AMSR2).
+SENSOR_MEANINGS = ("none", *sorted(products.SENSORS, key=lambda n: products.SENSORS[n].code))
 
 # Measured in benchmarks/RESULTS.md ("Cube chunking and compression"): 8 days x 512 x 512
 # reads training windows within ~2 ms of the fastest layout, a full day in 0.04 s, fills
@@ -80,13 +83,16 @@ ATTRS: dict[str, dict] = {
            "flag_values": np.arange(len(FLAG_MEANINGS), dtype=np.uint8),
            "flag_meanings": " ".join(FLAG_MEANINGS), "grid_mapping": GRID_MAPPING},
     OBSERVED: {"long_name": "a source file existed and was ingested for this day"},
+    SENSOR: {"long_name": "sensor the day's source file came from",
+             "flag_values": np.arange(len(SENSOR_MEANINGS), dtype=np.uint8),
+             "flag_meanings": " ".join(SENSOR_MEANINGS)},
     LAND: {"long_name": "land mask from NaN frequency", "flag_values": np.array([0, 1], np.uint8),
            "flag_meanings": "ocean land", "grid_mapping": GRID_MAPPING},
     NAN_RATIO: {"long_name": "share of observed days the cell was missing", "units": "1",
                 "grid_mapping": GRID_MAPPING},
 }
 
-DTYPES = {CONC: np.float32, RAW: np.float32, FLAG: np.uint8, OBSERVED: bool,
+DTYPES = {CONC: np.float32, RAW: np.float32, FLAG: np.uint8, OBSERVED: bool, SENSOR: np.uint8,
           LAND: np.uint8, NAN_RATIO: np.float32}
 # Integer variables get no _FillValue, so they open as integers, not as floats with NaN.
 FILL_VALUES = {CONC: np.float32(np.nan), RAW: np.float32(np.nan), FLAG: None,
@@ -118,6 +124,7 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
         data_vars[name] = (("y", "x"), da.full((ny, nx), _EMPTY[name], dtype=DTYPES[name],
                                                chunks=cube_chunks[1:]), ATTRS[name])
     data_vars[OBSERVED] = (("time",), np.zeros(nt, bool), ATTRS[OBSERVED])
+    data_vars[SENSOR] = (("time",), np.zeros(nt, np.uint8), ATTRS[SENSOR])
     ds = xr.Dataset(
         data_vars,
         # The grid mapping is a coordinate so that every variable taken from the cube

@@ -10,7 +10,18 @@ file that the next run skipped as present. Here
 - each file streams into a hidden ``.{name}.part`` beside its target and is renamed into
   place (`os.replace`, atomic) only after it validated, so a final name always holds a
   complete, valid file; a killed run leaves at most a ``.part`` that the next run replaces;
-- a 404 marks the day *missing* (the server has no file), not failed;
+- several hosts may serve the same tree (`base_url` a list; the default: Bremen's primary
+  host, then its older host): each file is tried on them in order, a host that is down or
+  keeps failing gives way to the next, and the URL that served the file is recorded;
+- a 404 from every host that answers marks the day *missing* (the server has no file), not
+  failed; a host that cannot be reached at all does not hold a missing day up (the hosts
+  serve the same tree), one that answers but fails (5xx after retries) makes the day failed;
+  a day's v5.4 file absent everywhere is looked for in the listed fallback versions
+  (`products.VERSIONS`: v5), and the version found is recorded;
+- each day is fetched from its sensor's tree with its sensor's file name
+  (`products.sensor_for`: AMSR-E up to 2011-10-04 on the 6.25 km grids, AMSR2 from
+  2012-07-02); days before the first day of the sensors asked for are refused up front, days
+  no sensor holds (between the two records) are missing without a request;
 - a file already present is reused without decoding only when the folder's record says it
   came from this same URL with the same size and sha256; a file the record does not vouch
   for (no record, another server) is decoded in full and kept only if it validates, and a
@@ -23,7 +34,8 @@ file that the next run skipped as present. Here
 
 `default_raw_dir(base_url)` is the cache folder for one server's files, so two servers never
 share files of the same name; `latest_available(base_url, before=...)` finds the last day a
-server has with HEAD requests.
+server has with HEAD requests, and `check(start, end)` probes every day's file (HEAD) and
+reports present, missing and failing days and the bytes a download would fetch.
 
 Files land under ``out_dir/{YYYY}/{file name}``, the server's own layout, so the output
 folder is itself a valid archive for `sicube.sources.find_day_files` and `sicube.mirror`.
@@ -48,7 +60,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +75,8 @@ from sicube.sources import GridCoords, check_day_file, sha256_file
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = products.DEFAULT_BASE_URL
+DEFAULT_BASE_URLS = products.DEFAULT_BASE_URLS
+BaseURLs = str | Sequence[str]
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RETRIES = 4
 DEFAULT_TIMEOUT = 60.0
@@ -82,6 +96,7 @@ class DayRecord:
     already there and nothing was transferred. `source` is the URL the file's bytes came
     from: `url` when fetched now, the folder's record when a present file was kept, None
     when a present file was kept that no record vouches for (its origin is unknown).
+    `attempts` counts the requests made for the day, on every host and version tried.
     """
 
     day: dt.date
@@ -94,6 +109,8 @@ class DayRecord:
     error: str | None = None
     skipped: bool = False
     source: str | None = None
+    version: str | None = None  # of the file used (v5.4, or a fallback version)
+    sensor: str | None = None  # amsr2 or amsre: whose tree and naming
 
     def to_json(self, root: Path) -> dict:
         """The manifest entry: paths relative to the output folder."""
@@ -107,6 +124,8 @@ class DayRecord:
             "attempts": self.attempts,
             "error": self.error,
             "skipped": self.skipped,
+            "version": self.version,
+            "sensor": self.sensor,
         }
 
 
@@ -183,6 +202,10 @@ class _Permanent(Exception):
     """A failure no retry cures (a 4xx other than 404, a file on another grid)."""
 
 
+# How one host's tries at one file ended, besides OK and MISSING.
+_DOWN, _FAILED, _LOCAL = "down", "host failed", "local"
+
+
 # --- checking the request ----------------------------------------------------------------------
 
 
@@ -198,6 +221,43 @@ def check_base_url(base_url: str) -> str:
     except ValueError:
         raise BadInput(f"base URL {base_url!r}: malformed port") from None
     return base_url.strip().rstrip("/")
+
+
+def check_base_urls(base_url: BaseURLs | None) -> tuple[str, ...]:
+    """The hosts to try, in order: one URL or several (None: Bremen's primary and older host);
+    BadInput unless each is an http(s) URL."""
+    if base_url is None:
+        return DEFAULT_BASE_URLS
+    urls = (base_url,) if isinstance(base_url, str) else tuple(base_url)
+    if not urls:
+        raise BadInput("base URL: give at least one")
+    checked = tuple(dict.fromkeys(check_base_url(url) for url in urls))  # once each, in order
+    return checked
+
+
+def check_grid(base_urls: Sequence[str], grid: str | None) -> str:
+    """The grid to fetch: `grid`, else the one a grid-folder base URL names, else n3125;
+    BadInput when a base URL is the folder of another grid."""
+    if grid is not None and grid not in products.GRIDS:
+        raise BadInput(f"grid: unknown grid {grid!r}; choose from {', '.join(products.GRIDS)}")
+    named = {url: products.url_grid(url) for url in base_urls}
+    wanted = grid or next((g for g in named.values() if g), None) or "n3125"
+    for url, folder in named.items():
+        if folder is not None and folder != wanted:
+            raise BadInput(f"base URL {url}: is the folder of grid {folder}, not {wanted}; "
+                           "give the tree above it to reach other grids")
+    return wanted
+
+
+def check_span(first: dt.date, last: dt.date, grid: str, sensor: str) -> None:
+    """BadInput (one line naming the first day) for a span the sensors do not reach."""
+    try:
+        products.check_sensor(sensor)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+    problem = products.span_problem(first, last, grid, sensor)
+    if problem:
+        raise BadInput(problem)
 
 
 def _check_out_dir(out_dir: str | os.PathLike) -> Path:
@@ -222,12 +282,12 @@ def _check_numbers(concurrency: int, retries: int, timeout: float) -> None:
         raise BadInput(f"timeout: must be a positive number of seconds, got {timeout!r}")
 
 
-def _check_days(days: Iterable[DateLike], base_url: str) -> list[dt.date]:
-    """The days, sorted and unique; days before the data start are refused for Bremen's server."""
+def _check_days(days: Iterable[DateLike], grid: str, sensor: str) -> list[dt.date]:
+    """The days, sorted and unique; days before the sensors' first day are refused (any host:
+    the record begins there, whoever serves it)."""
     checked = sorted({parse_date(day, "day") for day in days})
-    if checked and base_url == DEFAULT_BASE_URL and checked[0] < products.DATA_START:
-        raise BadInput(f"start {checked[0].isoformat()} is before "
-                       f"{products.DATA_START.isoformat()}, the first day the Bremen server has")
+    if checked:
+        check_span(checked[0], checked[-1], grid, sensor)
     return checked
 
 
@@ -272,14 +332,20 @@ class _Fetcher:
     it is only read here (the consumer's thread keeps the record current).
     """
 
-    def __init__(self, out: Path, base_url: str, *, concurrency: int, retries: int,
+    def __init__(self, out: Path, base_urls: tuple[str, ...], *, grid: str, sensor: str,
+                 concurrency: int, retries: int,
                  force: bool, timeout: float, backoff: float, backoff_max: float,
                  expected_grid: GridCoords | None, full_check: bool = True,
                  known: dict[str, dict] | None = None):
         self.out = out
         self.full_check = full_check
-        self.base_url = base_url
-        self.grid_name = products.grid_from_url(base_url)
+        self.hosts = base_urls
+        self.base_url = ", ".join(base_urls)  # for reports
+        self.grid_name = grid
+        self.sensor = sensor
+        # Hosts whose connection failed on every attempt of a file: later files try them
+        # once, not `retries` times, so a dead primary costs one refused connection per file.
+        self._down: set[str] = set()
         self.concurrency = concurrency
         self.retry = _Retry(retries, timeout, backoff, backoff_max)
         self.force = force
@@ -307,7 +373,7 @@ class _Fetcher:
         """Raise BadSourceFile (retry) or _Permanent (grid) unless `path` is a usable file."""
         self._match_grid(check_day_file(path, full=full), name)
 
-    def _keep_present(self, target: Path, url: str,
+    def _keep_present(self, target: Path, urls: list[str],
                       entry: dict | None) -> tuple[int, str, str | None] | None:
         """(bytes, sha256, source URL) of a usable file already at `target`, or None to fetch.
 
@@ -317,13 +383,16 @@ class _Fetcher:
         420 ms, so a rerun over a decade costs a read of the files, not a decode. A file
         the record does not vouch for (no record, another server) is decoded in full as its
         history is unknown; a file that changed since this URL delivered it is not ours any
-        more and is fetched again.
+        more and is fetched again. `urls` are the file's URLs on every host: any of them
+        vouches (the hosts serve the same tree).
         """
+        url = urls[0]
         size = target.stat().st_size
         rel = target.relative_to(self.out).as_posix()
         entry = entry if entry and entry.get("status") == OK and entry.get("file") == rel \
             else None
-        if entry is not None and entry.get("source") == url:
+        if entry is not None and entry.get("source") in urls:
+            url = entry["source"]
             sha = sha256_file(target) if entry.get("bytes") == size else None
             if sha is None or sha != entry.get("sha256"):
                 log.warning("%s changed since it was downloaded from %s; fetching it again",
@@ -344,7 +413,7 @@ class _Fetcher:
         vouched = entry is not None and entry.get("bytes") == size and \
             entry.get("sha256") == sha
         source = entry.get("source") if vouched else None
-        if source != url:
+        if source not in urls:
             log.info("%s: kept a valid file that came from %s, not from %s", target.name,
                      source or "an unknown source", url)
         return size, sha, source
@@ -380,52 +449,112 @@ class _Fetcher:
         return size, digest.hexdigest()
 
     async def _day(self, session, fs, day: dt.date) -> DayRecord:
+        """Fetch one day: a present file kept, else each version on each host in order."""
+        grid = self.grid_name
+        sensor = products.sensor_for(day, grid, self.sensor)
+        if sensor is None:  # between the sensors' records: nothing to ask for
+            return DayRecord(day=day, status=MISSING, url=products.file_url(self.hosts[0], day,
+                                                                            grid),
+                             error=f"no sensor's record holds {day} on {grid}")
+        urls = {version: [products.file_url(host, day, grid, sensor, version)
+                          for host in self.hosts] for version in sensor.versions}
+        record = DayRecord(day=day, status=FAILED, url=urls[sensor.versions[0]][0],
+                           sensor=sensor.name)
+        targets = {version: self.out / products.relative_path(day, grid, sensor, version)
+                   for version in sensor.versions}
+        if not self.force:
+            for version, target in targets.items():
+                if not target.exists():
+                    continue
+                kept = await asyncio.to_thread(self._keep_present, target, urls[version],
+                                               self.known.get(day.isoformat()))
+                if kept is not None:
+                    record.status, record.path, record.skipped = OK, target, True
+                    record.bytes, record.sha256, record.source = kept
+                    record.version = version
+                    return record
+        errors: list[str] = []  # from hosts that answered but failed
+        unreachable: list[str] = []  # from hosts that could not be reached at all
+        for version, target in targets.items():
+            not_found = False
+            for host, url in zip(self.hosts, urls[version], strict=True):
+                outcome = await self._from_host(session, fs, url, target, record,
+                                                tries=1 if host in self._down else None)
+                if outcome == OK:
+                    self._down.discard(host)
+                    record.version = version
+                    return record
+                if outcome == MISSING:
+                    self._down.discard(host)
+                    not_found = True
+                    continue
+                if outcome == _LOCAL:
+                    return record  # our disk, not a host: no other host helps
+                text = f"{host}: {record.error}" if len(self.hosts) > 1 else str(record.error)
+                if outcome == _DOWN:
+                    self._down.add(host)
+                    unreachable.append(text)
+                else:
+                    errors.append(text)
+            if not not_found or errors:
+                # No host said the file is absent, or one that answered failed: a fallback
+                # version or a missing day would be a guess.
+                break
+        if not errors and not (unreachable and not not_found):
+            # 404 from every host that answered; a host that cannot be reached at all does
+            # not hold a missing day up (the hosts serve the same tree).
+            record.status = MISSING
+            record.error = "404 not found on the server" + (
+                f" ({', '.join(sensor.versions)})" if len(sensor.versions) > 1 else "")
+        else:
+            record.status, record.error = FAILED, "; ".join(errors + unreachable)
+        return record
+
+    async def _from_host(self, session, fs, url: str, target: Path, record: DayRecord,
+                         tries: int | None = None) -> str:
+        """Fetch `url` into `target` with retries, filling `record`; the outcome: OK, MISSING
+        (404), _DOWN (the connection failed every time), _FAILED or _LOCAL (our disk)."""
         import aiohttp
 
-        url = products.file_url(self.base_url, day, self.grid_name)
-        target = self.out / products.relative_path(day, self.grid_name)
         part = target.with_name(f".{target.name}.part")
-        record = DayRecord(day=day, status=FAILED, url=url)
         target.parent.mkdir(parents=True, exist_ok=True)
         part.unlink(missing_ok=True)  # left by an interrupted run
-        if not self.force and target.exists():
-            kept = await asyncio.to_thread(self._keep_present, target, url,
-                                           self.known.get(day.isoformat()))
-            if kept is not None:
-                record.status, record.path, record.skipped = OK, target, True
-                record.bytes, record.sha256, record.source = kept
-                return record
-        for attempt in range(1, self.retry.retries + 2):
-            record.attempts = attempt
+        tries = tries or self.retry.retries + 1
+        connection_failed = True
+        for attempt in range(1, tries + 1):
+            record.attempts += 1
             try:
                 size, sha = await self._fetch(session, fs, url, part)
                 await asyncio.to_thread(self._accept, part, target)
             except _NotOnServer:
-                record.status, record.error = MISSING, "404 not found on the server"
-                return record
+                return MISSING
             except _Permanent as err:
                 record.error = str(err)
-                return record
+                return _FAILED
             except (_Retryable, BadSourceFile) as err:
                 record.error = str(err)
+                connection_failed = False
             except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
                 record.error = f"timed out (no data for {self.retry.timeout:g} s)"
-            except aiohttp.ClientError as err:  # refused, dropped, short body, ...
+                connection_failed = False
+            except aiohttp.ClientConnectorError as err:  # refused, unknown host
                 record.error = f"{type(err).__name__}: {err}".rstrip(": ")
+            except aiohttp.ClientError as err:  # dropped, short body, ...
+                record.error = f"{type(err).__name__}: {err}".rstrip(": ")
+                connection_failed = False
             except OSError as err:  # a local disk problem: retrying will not help
                 record.error = f"cannot write {part}: {err}"
-                return record
+                return _LOCAL
             else:
                 record.status, record.path, record.bytes, record.sha256 = OK, target, size, sha
                 record.source, record.error = url, None
-                return record
+                return OK
             finally:
                 part.unlink(missing_ok=True)
-            if attempt <= self.retry.retries:
-                log.info("%s: attempt %d failed (%s); retrying", target.name, attempt,
-                         record.error)
+            if attempt < tries:
+                log.info("%s: attempt %d failed (%s); retrying", url, attempt, record.error)
                 await asyncio.sleep(self.retry.delay(attempt))
-        return record
+        return _DOWN if connection_failed else _FAILED
 
     async def run(self, days: list[dt.date], emit: Callable[[DayRecord], None]) -> None:
         """Fetch every day with at most `concurrency` transfers at once; emit each record."""
@@ -471,15 +600,19 @@ class _Fetcher:
 # --- public API --------------------------------------------------------------------------------
 
 
-def default_raw_dir(base_url: str) -> Path:
+def default_raw_dir(base_url: BaseURLs | None = None) -> Path:
     """The cache folder for the files of one server: ``$XDG_CACHE_HOME/sicube/raw/HOST/PATH``.
 
     Keyed by the whole base URL, so servers (another host, port, path or scheme) never
     share a folder: files of the same name from two servers hold different data. The host
     and path keep it readable; a short hash of the normalized URL keeps it unique (two
     paths that read alike once slashes become dashes still differ). Not created here.
+    Given several hosts (fallbacks serving the same tree), the folder is the first's: the
+    list names one archive, so a file served by a fallback while the primary was down is
+    reused when the primary is back, and the default list keeps one cache
+    (None: the default hosts).
     """
-    parts = urlsplit(check_base_url(base_url))
+    parts = urlsplit(check_base_urls(base_url)[0])
     host = parts.hostname or ""
     port = parts.port
     path = parts.path.rstrip("/")
@@ -503,7 +636,7 @@ class _Manifest:
     writer costs the next run a full check of those files, never a wrongly trusted file.
     """
 
-    def __init__(self, out: Path, base_url: str):
+    def __init__(self, out: Path, base_url: str | list[str]):
         self.out = out
         self.base_url = base_url
         self.path = out / MANIFEST_NAME
@@ -522,9 +655,11 @@ class _Manifest:
             self.write()
 
     def write(self) -> Path:
+        hosts = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
         manifest = {
             "sicube_version": __version__,
-            "base_url": self.base_url,
+            "base_url": hosts[0],
+            "base_urls": hosts,
             "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "days": dict(sorted(self.entries.items())),
         }
@@ -539,17 +674,19 @@ class _Manifest:
         return self.path
 
 
-def _prepare(days: Iterable[DateLike], out_dir: str | os.PathLike, base_url: str,
-             concurrency: int, retries: int, timeout: float,
+def _prepare(days: Iterable[DateLike], out_dir: str | os.PathLike, base_url: BaseURLs | None,
+             grid: str | None, sensor: str, concurrency: int, retries: int, timeout: float,
              **options) -> tuple[_Fetcher, list[dt.date], _Manifest]:
     """Check every argument (BadInput); return the fetcher, the days and the folder's record."""
-    base_url = check_base_url(base_url)
-    days = _check_days(days, base_url)
+    hosts = check_base_urls(base_url)
+    grid = check_grid(hosts, grid)
+    days = _check_days(days, grid, sensor)
     _check_numbers(concurrency, retries, timeout)
     out = _check_out_dir(out_dir)
-    manifest = _Manifest(out, base_url)
-    fetcher = _Fetcher(out, base_url, concurrency=concurrency, retries=retries,
-                       timeout=timeout, known=dict(manifest.entries), **options)
+    manifest = _Manifest(out, list(hosts))
+    fetcher = _Fetcher(out, hosts, grid=grid, sensor=sensor, concurrency=concurrency,
+                       retries=retries, timeout=timeout, known=dict(manifest.entries),
+                       **options)
     return fetcher, days, manifest
 
 
@@ -565,7 +702,8 @@ def _recorded(records: Iterator[DayRecord], manifest: _Manifest) -> Iterator[Day
 
 
 def iter_downloads(days: Iterable[DateLike], out_dir: str | os.PathLike, *,
-                   base_url: str = DEFAULT_BASE_URL, concurrency: int = DEFAULT_CONCURRENCY,
+                   base_url: BaseURLs | None = None, grid: str | None = None,
+                   sensor: str = products.AUTO, concurrency: int = DEFAULT_CONCURRENCY,
                    retries: int = DEFAULT_RETRIES, force: bool = False, progress: bool = False,
                    timeout: float = DEFAULT_TIMEOUT, backoff: float = 0.5,
                    backoff_max: float = 30.0,
@@ -584,9 +722,10 @@ def iter_downloads(days: Iterable[DateLike], out_dir: str | os.PathLike, *,
     removes their `.part` files. The folder's ``manifest.json`` is kept current (see
     `download`); a rerun reuses, without decoding, the files it vouches for.
     """
-    fetcher, days, manifest = _prepare(days, out_dir, base_url, concurrency, retries, timeout,
-                                       force=force, backoff=backoff, backoff_max=backoff_max,
-                                       expected_grid=expected_grid, full_check=full_check)
+    fetcher, days, manifest = _prepare(days, out_dir, base_url, grid, sensor, concurrency,
+                                       retries, timeout, force=force, backoff=backoff,
+                                       backoff_max=backoff_max, expected_grid=expected_grid,
+                                       full_check=full_check)
     return _recorded(_with_progress(_drain(fetcher, days), len(days), progress), manifest)
 
 
@@ -628,14 +767,16 @@ def _drain(fetcher: _Fetcher, days: list[dt.date]) -> Iterator[DayRecord]:
         thread.join()
 
 
-def write_manifest(out_dir: str | os.PathLike, records: list[DayRecord], base_url: str) -> Path:
+def write_manifest(out_dir: str | os.PathLike, records: list[DayRecord],
+                   base_url: str | list[str]) -> Path:
     """Write (atomically) `manifest.json` in `out_dir`, keeping entries of days not in `records`.
 
-    Returns the manifest's path. Layout: ``{"sicube_version", "base_url", "updated",
-    "days": {"YYYY-MM-DD": {"status", "url", "source", "file", "bytes", "sha256",
-    "attempts", "error", "skipped"}}}``; ``source`` is the URL the file's bytes came from
-    (null when a kept file's origin is unknown). `download` and `iter_downloads` keep it
-    current themselves.
+    Returns the manifest's path. Layout: ``{"sicube_version", "base_url" (the first host),
+    "base_urls", "updated", "days": {"YYYY-MM-DD": {"status", "url", "source", "file",
+    "bytes", "sha256", "attempts", "error", "skipped", "version", "sensor"}}}``; ``url`` is
+    the file's URL on the first host, ``source`` the URL its bytes came from (null when a kept
+    file's origin is unknown), ``attempts`` the requests made (every host and version).
+    `download` and `iter_downloads` keep it current themselves.
     """
     manifest = _Manifest(Path(out_dir), base_url)
     for record in records:
@@ -644,7 +785,8 @@ def write_manifest(out_dir: str | os.PathLike, records: list[DayRecord], base_ur
 
 
 def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
-             base_url: str = DEFAULT_BASE_URL, concurrency: int = DEFAULT_CONCURRENCY,
+             base_url: BaseURLs | None = None, grid: str | None = None,
+             sensor: str = products.AUTO, concurrency: int = DEFAULT_CONCURRENCY,
              retries: int = DEFAULT_RETRIES, force: bool = False, progress: bool = True,
              timeout: float = DEFAULT_TIMEOUT, backoff: float = 0.5, backoff_max: float = 30.0,
              expected_grid: GridCoords | None = None,
@@ -655,8 +797,13 @@ def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
     ----------
     start, end : first and last day (YYYYMMDD or ISO); both included.
     out_dir : output folder, created if needed.
-    base_url : server (or mirror) base URL; days before 2012-07-02 are refused for the
-        default Bremen server.
+    base_url : server (or mirror) base URL, or several hosts serving the same tree, tried
+        in order for each file (default: Bremen's primary and older host). A base URL is a
+        sensor's tree or one grid's folder of it (`sicube.products`).
+    grid : n3125, n6250, s3125 or s6250; default: the grid a grid-folder base URL names,
+        else n3125.
+    sensor : amsr2, amsre, or auto (default): each day from the sensor whose record holds
+        it on the grid. Days before the first day of the chosen sensors are refused.
     concurrency : transfers at once.
     retries : further attempts after a failed one (5xx, timeout, dropped connection,
         short or invalid file), with exponential backoff from `backoff` seconds, jittered,
@@ -673,8 +820,8 @@ def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
     missing, not failed). Raises BadInput for bad arguments before fetching anything.
     """
     first, last = parse_span(start, end)
-    fetcher, days, manifest = _prepare(day_range(first, last), out_dir, base_url, concurrency,
-                                       retries, timeout, force=force, backoff=backoff,
+    fetcher, days, manifest = _prepare(day_range(first, last), out_dir, base_url, grid, sensor,
+                                       concurrency, retries, timeout, force=force, backoff=backoff,
                                        backoff_max=backoff_max, expected_grid=expected_grid)
     began = time.perf_counter()
     records: list[DayRecord] = []
@@ -693,69 +840,246 @@ def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
 
 # --- what the server has -----------------------------------------------------------------------
 
+PRESENT, FAILING = "present", "failing"
 
-async def _exists(session, fs, url: str, base_url: str, retry: _Retry) -> bool:
-    """Whether the server has `url` (HEAD: 2xx yes, 404 no); SourceUnavailable if it cannot say.
 
-    Retried like a download: 5xx, 408, 429, timeouts and connection errors.
-    """
+@dataclass
+class Probe:
+    """What the hosts say of one day's file: ``present`` (with the URL that has it, its
+    version and Content-Length), ``missing`` (404 on every host, every version) or
+    ``failing`` (some host could not say, after retries; `error` says why)."""
+
+    day: dt.date
+    status: str
+    url: str
+    bytes: int | None = None
+    version: str | None = None
+    sensor: str | None = None
+    error: str | None = None
+
+
+async def _head(session, fs, url: str, retry: _Retry, tries: int) -> tuple[str, int | None, str]:
+    """HEAD `url` with retries: (PRESENT, Content-Length, ""), (MISSING, None, ""),
+    (_DOWN, None, reason) when no attempt could connect, or (FAILING, None, reason) after
+    `tries` attempts (5xx, 408, 429, timeouts and connection errors are retried; another
+    4xx is not)."""
     import aiohttp
 
     reason = ""
-    for attempt in range(1, retry.retries + 2):
+    connection_failed = True
+    for attempt in range(1, tries + 1):
         try:
             async with session.head(fs.encode_url(url), allow_redirects=True,
                                     headers={"Accept-Encoding": "identity"}) as response:
                 if response.status == 404:
-                    return False
+                    return MISSING, None, ""
                 if 200 <= response.status < 300:
-                    return True
+                    return PRESENT, response.content_length, ""
+                connection_failed = False
                 reason = f"HTTP {response.status} {response.reason}"
                 if response.status < 500 and response.status not in (408, 429):
-                    raise SourceUnavailable(f"server {base_url} refuses {url}: {reason}")
+                    return FAILING, None, f"refuses it: {reason}"
         except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
             reason = f"timed out (no answer for {retry.timeout:g} s)"
+            connection_failed = False
         except aiohttp.ClientError as err:  # refused, dropped, ...
             reason = f"{type(err).__name__}: {err}".rstrip(": ")
-        if attempt <= retry.retries:
+            connection_failed &= isinstance(err, aiohttp.ClientConnectorError)
+        if attempt < tries:
             await asyncio.sleep(retry.delay(attempt))
-    raise SourceUnavailable(f"server {base_url} is unavailable: {reason} "
-                            f"({retry.retries + 1} attempts)")
+    return _DOWN if connection_failed else FAILING, None, f"{reason} ({tries} attempts)"
 
 
-async def _latest(base_url: str, days: list[dt.date], concurrency: int,
-                  retry: _Retry) -> dt.date | None:
+async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: str, sensor: str,
+                     retry: _Retry, down: set[str]) -> Probe:
+    """Ask the hosts for `day`'s file as the downloader would fetch it: each version in turn,
+    each host in order; a host that failed a probe before is tried once, not with retries."""
+    chosen = products.sensor_for(day, grid, sensor)
+    if chosen is None:
+        return Probe(day, MISSING, products.file_url(hosts[0], day, grid),
+                     error=f"no sensor's record holds {day} on {grid}")
+    probe = Probe(day, FAILING, products.file_url(hosts[0], day, grid, chosen),
+                  sensor=chosen.name)
+    errors, unreachable = [], []
+    for version in chosen.versions:
+        not_found = False
+        for host in hosts:
+            url = products.file_url(host, day, grid, chosen, version)
+            status, size, reason = await _head(session, fs, url, retry,
+                                               1 if host in down else retry.retries + 1)
+            if status == PRESENT:
+                down.discard(host)
+                probe.status, probe.url, probe.bytes, probe.version = PRESENT, url, size, version
+                return probe
+            if status == MISSING:
+                down.discard(host)
+                not_found = True
+                continue
+            down.add(host)
+            text = f"{host}: {reason}" if len(hosts) > 1 else reason
+            (unreachable if status == _DOWN else errors).append(text)
+        if not not_found or errors:
+            break
+    if errors or (unreachable and not not_found):  # as the downloader decides (`_Fetcher._day`)
+        probe.error = "; ".join(errors + unreachable)
+    else:
+        probe.status = MISSING
+    return probe
+
+
+async def _probe_all(hosts: tuple[str, ...], days: list[dt.date], grid: str, sensor: str,
+                     concurrency: int, retry: _Retry, progress: bool) -> list[Probe]:
+    from tqdm import tqdm
+
     fs, session = await retry.session()
-    grid = products.grid_from_url(base_url)
+    down: set[str] = set()
+    pending = iter(days)
+    probes: list[Probe] = []
+    bar = tqdm(total=len(days), desc="check", unit="day", disable=not progress)
+
+    async def worker() -> None:
+        for day in pending:
+            probes.append(await _probe_day(session, fs, day, hosts, grid, sensor, retry, down))
+            bar.update()
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(days)))))
+    finally:
+        bar.close()
+        await session.close()
+    return sorted(probes, key=lambda p: p.day)
+
+
+@dataclass
+class CheckReport:
+    """What `check` found, day by day, and the bytes a download of the present days fetches."""
+
+    days: list[Probe]
+    base_urls: tuple[str, ...]
+    grid: str
+    elapsed: float = 0.0
+
+    def _with(self, status: str) -> list[Probe]:
+        return [p for p in self.days if p.status == status]
+
+    @property
+    def present(self) -> list[Probe]:
+        """Days a host has the file of."""
+        return self._with(PRESENT)
+
+    @property
+    def missing(self) -> list[Probe]:
+        """Days every host answers 404 for (or no sensor's record holds)."""
+        return self._with(MISSING)
+
+    @property
+    def failing(self) -> list[Probe]:
+        """Days some host could not answer for after every retry."""
+        return self._with(FAILING)
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the present files' Content-Length (those that sent one)."""
+        return sum(p.bytes or 0 for p in self.present)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every day is present or missing, 1 when some failed."""
+        return 1 if self.failing else 0
+
+    def summary(self) -> str:
+        """A one-screen table of the outcome."""
+        first = self.days[0].day if self.days else None
+        last = self.days[-1].day if self.days else None
+        unsized = sum(p.bytes is None for p in self.present)
+        served: dict[str, int] = {}
+        for probe in self.present:
+            host = next((h for h in self.base_urls
+                         if urlsplit(probe.url).netloc == urlsplit(h).netloc), probe.url)
+            served[host] = served.get(host, 0) + 1
+        fallback = [p for p in self.present if p.version != products.VERSION]
+        lines = [
+            f"check {first} .. {last}, grid {self.grid}, on {', '.join(self.base_urls)}",
+            f"  {'present':<8}{len(self.present):>6} days  {self.total_bytes / 1e6:,.1f} MB"
+            + (f" ({unsized} without Content-Length)" if unsized else ""),
+            f"  {'missing':<8}{len(self.missing):>6} days  "
+            f"{day_list_text([p.day for p in self.missing])}",
+            f"  {'failing':<8}{len(self.failing):>6} days  "
+            f"{day_list_text([p.day for p in self.failing])}",
+        ]
+        if len(self.base_urls) > 1:
+            lines += [f"  served by {host}: {n} days" for host, n in served.items()]
+        if fallback:
+            lines.append("  fallback version: " + ", ".join(
+                f"{p.day:%Y%m%d} ({p.version})" for p in fallback[:8])
+                + (f" and {len(fallback) - 8} more" if len(fallback) > 8 else ""))
+        for probe in self.failing[:12]:
+            lines.append(f"    {yyyymmdd(probe.day)}: {probe.error}")
+        lines.append(f"  {self.elapsed:.1f} s")
+        return "\n".join(lines)
+
+
+def check(start: DateLike, end: DateLike, *, base_url: BaseURLs | None = None,
+          grid: str | None = None, sensor: str = products.AUTO,
+          concurrency: int = DEFAULT_CONCURRENCY, retries: int = DEFAULT_RETRIES,
+          timeout: float = DEFAULT_TIMEOUT, backoff: float = 0.5, backoff_max: float = 30.0,
+          progress: bool = False) -> CheckReport:
+    """Probe every day's file of [start, end] with HEAD requests, before a long build.
+
+    The days, hosts, versions and retries are those `download` would use (same arguments);
+    nothing is downloaded. Returns a CheckReport: present days (with the URL that has the
+    file and its Content-Length), missing days (404 everywhere) and failing days.
+    Bad arguments raise BadInput before any request.
+    """
+    first, last = parse_span(start, end)
+    hosts = check_base_urls(base_url)
+    grid = check_grid(hosts, grid)
+    days = _check_days(day_range(first, last), grid, sensor)
+    _check_numbers(concurrency, retries, timeout)
+    retry = _Retry(retries, timeout, backoff, backoff_max)
+    began = time.perf_counter()
+    with ThreadPoolExecutor(1, thread_name_prefix="sicube-check") as pool:
+        probes = pool.submit(asyncio.run, _probe_all(hosts, days, grid, sensor, concurrency,
+                                                     retry, progress)).result()
+    return CheckReport(probes, hosts, grid, time.perf_counter() - began)
+
+
+async def _latest(hosts: tuple[str, ...], grid: str, sensor: str, days: list[dt.date],
+                  concurrency: int, retry: _Retry) -> dt.date | None:
+    fs, session = await retry.session()
+    down: set[str] = set()
     try:
         for at in range(0, len(days), concurrency):
             window = days[at:at + concurrency]  # newest first
-            answers = await asyncio.gather(
-                *(_exists(session, fs, products.file_url(base_url, day, grid), base_url, retry)
-                  for day in window), return_exceptions=True)
-            for day, answer in zip(window, answers, strict=True):
-                if isinstance(answer, BaseException):
-                    raise answer  # a later day is unknown: the answer would be a guess
-                if answer:
-                    return day
+            probes = await asyncio.gather(*(_probe_day(session, fs, day, hosts, grid, sensor,
+                                                       retry, down) for day in window))
+            for probe in probes:
+                if probe.status == FAILING:
+                    # a later day is unknown: the answer would be a guess
+                    raise SourceUnavailable(f"server {', '.join(hosts)} is unavailable for "
+                                            f"{probe.day}: {probe.error}")
+                if probe.status == PRESENT:
+                    return probe.day
         return None
     finally:
         await session.close()
 
 
-def latest_available(base_url: str, *, before: DateLike, limit: int = 30,
+def latest_available(base_url: BaseURLs | None, *, before: DateLike, limit: int = 30,
+                     grid: str | None = None, sensor: str = products.AUTO,
                      concurrency: int = 4, retries: int = DEFAULT_RETRIES,
                      timeout: float = DEFAULT_TIMEOUT, backoff: float = 0.5,
                      backoff_max: float = 30.0) -> dt.date | None:
     """The last day the server has a file for, on or before `before`; None within `limit` days.
 
     Probes `before`, the day before, ... with HEAD requests, `concurrency` days at a time,
-    and stops at the newest day that exists (a 404 is a day the server lacks). Requests are
-    retried like downloads (`retries`, `timeout`, `backoff`, `backoff_max`); a server that
-    stays unreachable or keeps failing raises SourceUnavailable naming it and the reason,
-    rather than passing for a server with no data. Bad arguments raise BadInput.
+    and stops at the newest day that exists (a 404 on every host is a day the server lacks).
+    Requests are retried like downloads (`retries`, `timeout`, `backoff`, `backoff_max`);
+    a server that stays unreachable or keeps failing raises SourceUnavailable naming it and
+    the reason, rather than passing for a server with no data. Bad arguments raise BadInput.
     """
-    base_url = check_base_url(base_url)
+    hosts = check_base_urls(base_url)
+    grid = check_grid(hosts, grid)
     last = parse_date(before, "before")
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise BadInput(f"limit: must be a positive number of days, got {limit!r}")
@@ -764,4 +1088,5 @@ def latest_available(base_url: str, *, before: DateLike, limit: int = 30,
     retry = _Retry(retries, timeout, backoff, backoff_max)
     # On a thread of its own: asyncio.run cannot run inside a caller's loop (e.g. Jupyter).
     with ThreadPoolExecutor(1, thread_name_prefix="sicube-probe") as pool:
-        return pool.submit(asyncio.run, _latest(base_url, days, concurrency, retry)).result()
+        return pool.submit(asyncio.run, _latest(hosts, grid, sensor, days, concurrency,
+                                                retry)).result()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sicube import cube, mask
+from sicube import cube, mask, products
 from sicube.errors import BadInput, BadSourceFile
 from sicube.products import GridCRS
 from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
@@ -38,28 +38,39 @@ class Arrival:
     sha256: str | None = None  # known when the downloader already hashed the file
     downloaded: bool = False
     attempts: int = 0
+    url: str | None = None  # the URL that served a downloaded file (which host)
+    version: str | None = None  # the product version of the file (v5.4, or a fallback)
+    sensor: str | None = None  # amsr2 or amsre
 
 
-def arrivals(days: list[dt.date], source: str | os.PathLike | None, base_url: str | None,
-             raw_dir: Path, progress: bool, grid: GridCoords | None) -> Iterator[Arrival]:
-    """The days' files as they become available: at once from a folder, or as downloaded."""
+def arrivals(days: list[dt.date], source: str | os.PathLike | None,
+             base_url: str | tuple[str, ...] | None, raw_dir: Path, progress: bool,
+             grid: GridCoords | None, *, grid_name: str | None = None,
+             sensor: str = "auto") -> Iterator[Arrival]:
+    """The days' files as they become available: at once from a folder, or as downloaded
+    (from the hosts `base_url`, on grid `grid_name`, from the sensor chosen per day)."""
     if source is not None:
         files = find_day_files(source)
         for day in days:
             path = files.get(day)
+            parts = products.file_name_parts(path.name) if path else None
             yield Arrival(day, path, OK if path else MISSING,
-                          "" if path else "no file in the source folder")
+                          "" if path else "no file in the source folder",
+                          version=parts.version if parts else None,
+                          sensor=parts.sensor if parts else None)
         return
     if not days:
         return
     from sicube.download import iter_downloads
 
     # full_check=False: ingest decodes every file right after; decoding twice is wasted work.
-    for record in iter_downloads(days, raw_dir, base_url=base_url, progress=progress,
-                                 expected_grid=grid, full_check=False):
+    for record in iter_downloads(days, raw_dir, base_url=base_url, grid=grid_name,
+                                 sensor=sensor, progress=progress, expected_grid=grid,
+                                 full_check=False):
         yield Arrival(record.day, Path(record.path) if record.path else None, record.status,
                       record.error or "", record.sha256, downloaded=True,
-                      attempts=record.attempts)
+                      attempts=record.attempts, url=record.source, version=record.version,
+                      sensor=record.sensor)
 
 
 @dataclass
@@ -96,6 +107,13 @@ def _decode(arrival: Arrival, grid: GridCoords, crs: GridCRS, out: np.ndarray) -
     provenance = {"name": arrival.path.name,
                   "sha256": arrival.sha256 or sha256_file(arrival.path),
                   "out_of_range_cells": day_field.out_of_range}
+    # Which host served it, which version and which sensor (as the file's name says when
+    # it came from a folder): the per-day record of where the data came from.
+    parts = products.file_name_parts(arrival.path.name)
+    provenance["version"] = arrival.version or (parts.version if parts else None)
+    provenance["sensor"] = arrival.sensor or (parts.sensor if parts else None)
+    if arrival.url:
+        provenance["url"] = arrival.url
     if day_field.crs.ellipsoid != crs.ellipsoid:  # same projection, other ellipsoid: noted
         provenance["crs"] = day_field.crs.name
     return provenance

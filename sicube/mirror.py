@@ -1,10 +1,13 @@
-"""A loopback copy of the Bremen AMSR2 server, with faults on demand, for tests and the demo.
+"""A loopback copy of the Bremen server, with faults on demand, for tests and the demo.
 
-`Mirror(root)` serves an archive folder (``root/{YYYY}/asi-AMSR2-n3125-{YYYYMMDD}-v5.4.nc``,
-as `sicube.sample.write_archive` writes it) under the real URL layout
-``http://127.0.0.1:PORT/amsr2/asi_daygrid_swath/{grid}/netcdf/{YYYY}/{file name}``, so
-`products.file_url(mirror.base_url, day)` and `products.grid_from_url` work unchanged. It
-answers GET, HEAD and Range requests and 404 for absent days. It binds 127.0.0.1 only.
+`Mirror(root)` serves an archive folder (``root/{YYYY}/{file name}``, as
+`sicube.sample.write_archive` writes it) under the real URL layout of both sensors' trees:
+AMSR2's files (``asi-AMSR2-{grid}-{YYYYMMDD}-v5.4.nc``) at
+``http://127.0.0.1:PORT/amsr2/asi_daygrid_swath/{grid}/netcdf/{YYYY}/{file name}`` and
+AMSR-E's (``asi-{grid}-{YYYYMMDD}-v5.4.nc``) at ``.../amsre/asi_daygrid_swath/...``; one
+folder may hold both namings. So `products.file_url(mirror.base_url, day)` and
+`products.grid_from_url` work unchanged. It answers GET, HEAD and Range requests and 404 for
+absent days and for a file in the other sensor's tree. It binds 127.0.0.1 only.
 
 Fault plan
 ----------
@@ -29,7 +32,9 @@ Faults:
 =============  ====================================================================
 
 Example: ``{"20240402": ["503", "drop", "ok"], "20240403": ["truncate", "html"],
-"20240404": ["slow:2.0"], "20240407": "500"}``. HEAD requests never consume faults.
+"20240404": ["slow:2.0"], "20240407": "500"}``. HEAD requests never consume faults, unless
+the mirror is made with ``head_faults=True``: then a HEAD takes the next fault like a GET
+(``truncate``, ``html`` and ``trickle`` answer a HEAD normally), for probes (`sicube check`).
 `latency` adds a fixed delay before every answer, like a distant server.
 """
 
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import os
@@ -54,6 +60,7 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 BASE_PATH = "/amsr2/asi_daygrid_swath/{grid}/netcdf"
+TREE_PATH = "/{sensor}/asi_daygrid_swath/{grid}/netcdf"
 
 _HTML_PAGE = (
     b"<!DOCTYPE html>\n<html><head><title>Service temporarily unavailable</title></head>\n"
@@ -121,6 +128,7 @@ class _Faults:
             }
 
     def next(self, name: str) -> str:
+        """The fault of the next request of file `name` (consumes a listed one)."""
         parsed = products.parse_file_name(name)
         keys = [name, f"{parsed[1]:%Y%m%d}" if parsed else None, "*"]
         with self._lock:
@@ -148,6 +156,7 @@ class Mirror:
     latency : seconds added before every answer.
     port : TCP port on 127.0.0.1; 0 picks a free one.
     grid : the grid name in the served URL path.
+    head_faults : HEAD requests take faults too (see the module docstring).
 
     Attributes
     ----------
@@ -157,13 +166,15 @@ class Mirror:
     """
 
     def __init__(self, root: str | os.PathLike, faults: FaultPlan | str | os.PathLike | None = None,
-                 latency: float = 0.0, port: int = 0, grid: str = "n3125"):
+                 latency: float = 0.0, port: int = 0, grid: str = "n3125",
+                 head_faults: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise BadInput(f"mirror root {os.fspath(root)!r} is not a folder")
         if grid not in products.GRIDS:
             raise BadInput(f"grid: unknown grid {grid!r}")
         self.grid = grid
+        self.head_faults = bool(head_faults)
         self.latency = float(latency)
         self.port = int(port)
         self._faults = _Faults(faults)
@@ -178,6 +189,11 @@ class Mirror:
         """Base URL of the served archive, e.g. http://127.0.0.1:PORT/amsr2/…/n3125/netcdf."""
         return f"http://{HOST}:{self.port}{BASE_PATH.format(grid=self.grid)}"
 
+    @property
+    def tree_url(self) -> str:
+        """Base URL of the AMSR2 tree (every grid below it; AMSR-E's beside it)."""
+        return f"http://{HOST}:{self.port}/amsr2/asi_daygrid_swath"
+
     def set_faults(self, plan: FaultPlan | str | os.PathLike | None) -> None:
         """Replace the fault plan (its request counters start afresh)."""
         self._faults.set(plan)
@@ -186,24 +202,30 @@ class Mirror:
 
     def _app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get(BASE_PATH.format(grid=self.grid) + "/{year}/{name}",
-                           self._serve)  # also answers HEAD
+        for sensor in products.SENSORS:
+            app.router.add_get(TREE_PATH.format(sensor=sensor, grid=self.grid)
+                               + "/{year}/{name}",  # also answers HEAD
+                               functools.partial(self._serve, sensor=sensor))
         return app
 
-    async def _serve(self, request: web.Request) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, sensor: str) -> web.StreamResponse:
         year, name = request.match_info["year"], request.match_info["name"]
         rel = f"{year}/{name}"
         self.requests[rel] += 1
         if self.latency:
             await asyncio.sleep(self.latency)
-        parsed = products.parse_file_name(name)
+        parts = products.file_name_parts(name)
         path = self.root / year / name
-        if parsed is None or f"{parsed[1]:%Y}" != year or not path.is_file():
+        if (parts is None or f"{parts.day:%Y}" != year or parts.sensor != sensor
+                or parts.grid != self.grid or not path.is_file()):
             self.log.append((request.method, rel, "404"))
             raise web.HTTPNotFound(text=f"404: {name} not found\n")
-        fault = "ok" if request.method == "HEAD" else self._faults.next(name)
+        head = request.method == "HEAD"
+        fault = "ok" if head and not self.head_faults else self._faults.next(name)
         self.log.append((request.method, rel, fault))
         kind, _, arg = fault.partition(":")
+        if head and kind in ("truncate", "html", "trickle"):
+            kind = "ok"  # faults of a body: a HEAD has none
         if kind.isdigit():
             return web.Response(status=int(kind), text=f"{kind}: injected fault\n")
         if kind == "drop":

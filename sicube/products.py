@@ -1,6 +1,19 @@
-"""The Bremen AMSR2 ASI daily-grid product: URL layout, file names, grids and grid mapping.
+"""The Bremen ASI daily-grid product: sensors, URL layout, file names, grids and grid mapping.
 
 This module is the one place that knows these facts; every other module asks it.
+
+Sensors: AMSR2 (from 2012-07-02, every grid, ``asi-AMSR2-{grid}-{YYYYMMDD}-v5.4.nc``) and its
+predecessor AMSR-E (2002-06-01..2011-10-04, n6250 and s6250 only, ``asi-{grid}-{YYYYMMDD}-
+v5.4.nc``). ``sensor="auto"`` takes each day from the sensor whose record holds it on the
+grid; the days between the two records (2011-10-05..2012-07-01) belong to no sensor.
+
+How a base URL and a grid make a file's URL: a base URL is either a sensor's tree
+(``https://data.seaice.uni-bremen.de/amsr2/asi_daygrid_swath``), below which files lie at
+``{grid}/netcdf/{YYYY}/{name}``, or one grid's folder of that tree (a path ending in
+``/{grid}/netcdf``, as `sicube.mirror` and earlier sicube versions give it), below which files
+lie at ``{YYYY}/{name}`` and whose grid is the one its path names. A path segment naming a
+sensor (``amsr2`` or ``amsre``) is swapped for the day's sensor, so one base URL reaches both
+trees of a server; a base URL without one serves both namings from the same folder.
 """
 
 from __future__ import annotations
@@ -13,10 +26,99 @@ from functools import lru_cache
 
 import numpy as np
 
-DEFAULT_BASE_URL = "https://data.seaice.uni-bremen.de/amsr2/asi_daygrid_swath/n3125/netcdf"
+# The primary host first, then the older host that serves the same tree (peers added it as
+# a fallback in 2025 when the primary was offline); each file is tried on them in order.
+DEFAULT_BASE_URLS = ("https://data.seaice.uni-bremen.de/amsr2/asi_daygrid_swath",
+                     "https://seaice.uni-bremen.de/data/amsr2/asi_daygrid_swath")
+DEFAULT_BASE_URL = DEFAULT_BASE_URLS[0]
 DATA_START = dt.date(2012, 7, 2)
 VERSION = "v5.4"
+# Tried in order when a day's file of the version before is absent (404): around
+# 2018-10-28..2018-11-21 some s3125 days exist only as v5.
+VERSIONS = (VERSION, "v5")
 CONC_VAR = "z"
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """A sensor's record in the archive: its days, grids, URL tree and file naming."""
+
+    name: str  # as on the server's path and the command line: amsr2, amsre
+    label: str  # as people write it: AMSR2, AMSR-E
+    first: dt.date
+    last: dt.date | None  # None: still running
+    grids: tuple[str, ...]
+    versions: tuple[str, ...] = VERSIONS
+    code: int = 0  # the value of the cube's `sensor` variable
+
+    def file_name(self, day: dt.date, grid: str, version: str = VERSION) -> str:
+        """The daily file's name: asi-AMSR2-n3125-20240401-v5.4.nc, asi-n6250-20110101-v5.4.nc."""
+        prefix = "asi-AMSR2-" if self.name == "amsr2" else "asi-"
+        return f"{prefix}{grid}-{day:%Y%m%d}-{version}.nc"
+
+    def covers(self, day: dt.date, grid: str) -> bool:
+        """True when the sensor's record holds `day` on `grid`."""
+        return grid in self.grids and self.first <= day and (self.last is None
+                                                              or day <= self.last)
+
+    def span_text(self) -> str:
+        """E.g. "AMSR-E 2002-06-01..2011-10-04 on n6250, s6250"."""
+        last = self.last.isoformat() if self.last else ""
+        return f"{self.label} {self.first}..{last} on {', '.join(self.grids)}"
+
+
+SENSORS = {
+    "amsre": Sensor("amsre", "AMSR-E", dt.date(2002, 6, 1), dt.date(2011, 10, 4),
+                    ("n6250", "s6250"), code=1),
+    "amsr2": Sensor("amsr2", "AMSR2", DATA_START, None,
+                    ("n3125", "n6250", "s3125", "s6250"), code=2),
+}
+SENSOR_CHOICES = (AUTO, *SENSORS)
+
+
+def check_sensor(sensor: str) -> str:
+    """`sensor` when it is auto, amsr2 or amsre; ValueError naming the choices otherwise."""
+    if sensor not in SENSOR_CHOICES:
+        raise ValueError(f"sensor: unknown sensor {sensor!r}; choose from "
+                         f"{', '.join(SENSOR_CHOICES)}")
+    return sensor
+
+
+def sensor_for(day: dt.date, grid: str, sensor: str = AUTO) -> Sensor | None:
+    """The sensor to take `day` on `grid` from: the one named, or (auto) the one whose record
+    holds the day; None when no sensor's record holds it (e.g. between AMSR-E and AMSR2)."""
+    if sensor != AUTO:
+        chosen = SENSORS[sensor]
+        return chosen if chosen.covers(day, grid) else None
+    return next((s for s in SENSORS.values() if s.covers(day, grid)), None)
+
+
+def first_day(grid: str, sensor: str = AUTO) -> dt.date | None:
+    """The first day any of the chosen sensors has on `grid`; None when none has the grid."""
+    chosen = SENSORS.values() if sensor == AUTO else [SENSORS[sensor]]
+    return min((s.first for s in chosen if grid in s.grids), default=None)
+
+
+def span_problem(first: dt.date, last: dt.date, grid: str, sensor: str = AUTO) -> str | None:
+    """Why the span [first, last] cannot be asked of the archive (one line), or None.
+
+    Days before the first day of the chosen sensors on the grid, a sensor without this grid,
+    and (a named sensor that has ended) days after its last day are refused.
+    """
+    chosen = list(SENSORS.values()) if sensor == AUTO else [SENSORS[sensor]]
+    lacking = [s for s in SENSORS.values() if grid not in s.grids]
+    others = "".join(f" ({s.span_text()} only)" for s in lacking)
+    start = first_day(grid, sensor)
+    if start is None:
+        return f"grid {grid}: no {chosen[0].label} record on it{others}"
+    if first < start:
+        label = "/".join(s.label for s in chosen if grid in s.grids)
+        return f"start {first}: the {label} record on {grid} begins {start}{others}"
+    if sensor != AUTO and chosen[0].last is not None and last > chosen[0].last:
+        return (f"end {last}: the {chosen[0].label} record ends {chosen[0].last} "
+                f"(give --sensor auto to continue with AMSR2)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,22 +182,50 @@ def grid_of_coords(x: np.ndarray, y: np.ndarray) -> Grid | None:
     """The product grid (possibly coarsened) whose cell centres are `x`, `y`; None if none is."""
     return next((grid for grid in GRIDS.values() if grid.matches(x, y)), None)
 
-_FILE_NAME = re.compile(r"asi-AMSR2-(?P<grid>[ns]\d{4})-(?P<day>\d{8})-(?P<version>v[\d.]+)\.nc$")
+# Both namings: asi-AMSR2-{grid}-... (AMSR2) and asi-{grid}-... (AMSR-E).
+_FILE_NAME = re.compile(r"(?:^|/)asi-(?P<amsr2>AMSR2-)?(?P<grid>[ns]\d{4})-(?P<day>\d{8})-"
+                        r"(?P<version>v[\d.]+)\.nc$")
+_GRID_FOLDER = re.compile(r"/(?P<grid>[ns](?:3125|6250))/netcdf/?$")
+_SENSOR_SEGMENT = re.compile(r"/(?:amsr2|amsre)(?=/|$)")
 
 
-def file_name(day: dt.date, grid: str = "n3125") -> str:
-    """Name of the daily file, e.g. asi-AMSR2-n3125-20240401-v5.4.nc."""
-    return f"asi-AMSR2-{grid}-{day:%Y%m%d}-{VERSION}.nc"
+def _sensor(day: dt.date, grid: str, sensor: Sensor | str | None) -> Sensor:
+    if isinstance(sensor, Sensor):
+        return sensor
+    if sensor not in (None, AUTO):
+        return SENSORS[sensor]
+    # Naming only: a day no record holds is named as AMSR2's (its tree is the newer one).
+    return sensor_for(day, grid) or SENSORS["amsr2"]
 
 
-def relative_path(day: dt.date, grid: str = "n3125") -> str:
-    """Path of the daily file below the base URL: {YYYY}/{file name}."""
-    return f"{day:%Y}/{file_name(day, grid)}"
+def file_name(day: dt.date, grid: str = "n3125", sensor: Sensor | str | None = None,
+              version: str = VERSION) -> str:
+    """Name of the daily file, e.g. asi-AMSR2-n3125-20240401-v5.4.nc; the sensor (default:
+    the one whose record holds the day on the grid) decides the naming."""
+    return _sensor(day, grid, sensor).file_name(day, grid, version)
 
 
-def file_url(base_url: str, day: dt.date, grid: str = "n3125") -> str:
-    """Full URL of the daily file under `base_url`."""
-    return f"{base_url.rstrip('/')}/{relative_path(day, grid)}"
+def relative_path(day: dt.date, grid: str = "n3125", sensor: Sensor | str | None = None,
+                  version: str = VERSION) -> str:
+    """Path of the daily file below a grid folder: {YYYY}/{file name}."""
+    return f"{day:%Y}/{file_name(day, grid, sensor, version)}"
+
+
+def url_grid(base_url: str) -> str | None:
+    """The grid a base URL is the folder of (its path ends in /{grid}/netcdf); None for a tree."""
+    found = _GRID_FOLDER.search(base_url)
+    return found.group("grid") if found else None
+
+
+def file_url(base_url: str, day: dt.date, grid: str = "n3125",
+             sensor: Sensor | str | None = None, version: str = VERSION) -> str:
+    """Full URL of the daily file under `base_url` (a sensor's tree or one grid's folder; see
+    the module docstring), in the tree of the day's sensor."""
+    chosen = _sensor(day, grid, sensor)
+    base = _SENSOR_SEGMENT.sub(f"/{chosen.name}", base_url.rstrip("/"), count=1)
+    if url_grid(base) is None:
+        base = f"{base}/{grid}/netcdf"
+    return f"{base}/{relative_path(day, grid, chosen, version)}"
 
 
 def grid_from_url(base_url: str) -> str:
@@ -104,8 +234,18 @@ def grid_from_url(base_url: str) -> str:
     return found.group(1) if found else "n3125"
 
 
-def parse_file_name(name: str) -> tuple[str, dt.date] | None:
-    """Return (grid, day) of a product file name, or None when the name is not one."""
+@dataclass(frozen=True)
+class FileNameParts:
+    """What a product file's name says: grid, day, version and sensor."""
+
+    grid: str
+    day: dt.date
+    version: str
+    sensor: str  # amsr2 or amsre
+
+
+def file_name_parts(name: str) -> FileNameParts | None:
+    """The parts of a product file name (either sensor's naming); None when it is not one."""
     found = _FILE_NAME.search(name)
     if not found:
         return None
@@ -113,7 +253,14 @@ def parse_file_name(name: str) -> tuple[str, dt.date] | None:
         day = dt.datetime.strptime(found.group("day"), "%Y%m%d").date()
     except ValueError:
         return None
-    return found.group("grid"), day
+    return FileNameParts(found.group("grid"), day, found.group("version"),
+                         "amsr2" if found.group("amsr2") else "amsre")
+
+
+def parse_file_name(name: str) -> tuple[str, dt.date] | None:
+    """Return (grid, day) of a product file name (AMSR2's or AMSR-E's), or None."""
+    parts = file_name_parts(name)
+    return (parts.grid, parts.day) if parts else None
 
 
 # --- the CRS a file declares ------------------------------------------------------------------

@@ -251,7 +251,7 @@ def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
             "GMT_version": _GMT,
             "history": (f"{day:%a %b %d} 06:00:00 {day:%Y}: GDAL CreateCopy( "
                         f"{products.file_name(day, grid)}, ... )\n"
-                        f"grdmath asi-AMSR2-{grid}-{day:%Y%m%d}-v5.4.grd FLIPUD = "
+                        f"grdmath {products.file_name(day, grid)[:-3]}.grd FLIPUD = "
                         f"{products.file_name(day, grid)}"),
             "author": "sicube.sample (in the layout of University of Bremen, IUP)",
             "info": ("synthetic data from sicube.sample in the structure of Bremen "
@@ -284,6 +284,9 @@ def write_archive(
         of the days at random (never the first or last day), [] means none.
     seed : the same seed gives the same archive.
     grid : n3125, n6250, s3125 or s6250 (its coastlines, hemisphere and CRS).
+        Files are named as the sensor whose record holds the day names them
+        (`products.file_name`): AMSR-E's ``asi-{grid}-...`` for n6250/s6250 days up to
+        2011-10-04, AMSR2's ``asi-AMSR2-{grid}-...`` otherwise; one folder can hold both.
     land_value : write this value on land instead of NaN, like derived products that
         flag land with values above 100.
     storage : how `z` is stored (`write_day_file`); None is the real archive's layout.

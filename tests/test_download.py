@@ -234,9 +234,15 @@ def test_manifest_keeps_days_of_earlier_runs(mirror, tmp_path):
     assert days["2024-04-01"]["status"] == "ok" and days["2024-04-06"]["status"] == "missing"
 
 
-def test_days_before_data_start_are_fine_on_another_server(mirror, tmp_path):
-    report = download("20120630", "20120701", tmp_path, base_url=mirror.base_url, **FAST)
-    assert len(report.missing) == 2 and not report.failed
+def test_days_before_the_sensors_first_day_are_refused_on_any_server(mirror, tmp_path):
+    # The record begins there whoever serves it: one line naming the first day.
+    with pytest.raises(BadInput, match="begins 2012-07-02"):
+        download("20120630", "20120701", tmp_path, base_url=mirror.base_url, **FAST)
+    # On n6250 those days lie between AMSR-E and AMSR2: missing, and not even asked for.
+    mirror.log.clear()
+    report = download("20120630", "20120701", tmp_path, grid="n6250",
+                      base_url=mirror.tree_url, **FAST)
+    assert len(report.missing) == 2 and not report.failed and mirror.log == []
 
 
 def test_sigkill_mid_transfer_never_leaves_an_invalid_final_file(mirror, archive, tmp_path):
@@ -388,7 +394,8 @@ def test_a_rerun_reuses_recorded_files_without_decoding_them(mirror, archive, tm
     ok = [r for r in again if r.status == "ok"]
     assert len(ok) == len(archive.files) and all(r.skipped for r in ok)
     assert full_checks == []  # reused on the record's word (size and sha256), not decoded
-    assert len(mirror.log) == gets + len(archive.missing)  # only the missing days re-asked
+    # only the missing days re-asked, in each version (v5.4, then the fallback v5)
+    assert len(mirror.log) == gets + len(archive.missing) * len(products.VERSIONS)
     assert {r.day: r.sha256 for r in ok} == {r.day: r.sha256 for r in first
                                               if r.status == "ok"}
 
