@@ -63,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # zarr reads a store's metadata documents concurrently; when the store is unreadable the
+    # first failure is the error we report, and asyncio would print the others' tracebacks
+    # ("Future exception was never retrieved") when they are garbage-collected.
+    logging.getLogger("asyncio").addFilter(_not_unretrieved_futures)
     from sicube.cube import one_codec_thread_per_core
 
     one_codec_thread_per_core()
@@ -81,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # the environment, not the input: unreadable, unwritable, disk full
         print(f"sicube {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
         return 2
+
+
+def _not_unretrieved_futures(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Future exception was never retrieved")
 
 
 def _closed_pipe() -> int:
