@@ -270,14 +270,19 @@ def _run_roi(args: argparse.Namespace) -> int:
 
 @command("info", "grid size, span, missing days, chunking and provenance of a file, folder or cube")
 def _add_info(parser: argparse.ArgumentParser) -> None:
+    from sicube.products import GRIDS
+
     parser.add_argument("path", help="a daily file, a folder of daily files, or a cube (Zarr)")
+    parser.add_argument("--grid", choices=list(GRIDS),
+                        help="a folder: describe only this grid's files; a file or cube: "
+                             "check that it holds this grid (default: the grid found)")
     parser.set_defaults(run=_run_info)
 
 
 def _run_info(args: argparse.Namespace) -> int:
     from sicube.report import format_info, info
 
-    print("\n".join(format_info(info(args.path))))
+    print("\n".join(format_info(info(args.path, grid=args.grid))))
     return 0
 
 
@@ -435,7 +440,11 @@ def _add_mirror(parser: argparse.ArgumentParser) -> None:
                         help="fault plan: file name or YYYYMMDD -> faults (see sicube.mirror)")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds added before every answer")
-    parser.add_argument("--grid", default="n3125", help="grid name in the URL path")
+    from sicube.products import GRIDS
+
+    parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
+                        help="grid served, named in the URL path as on the Bremen server "
+                             "(default n3125)")
     parser.set_defaults(run=_run_mirror)
 
 
@@ -533,8 +542,13 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=30, help="days to generate (at least 8)")
     parser.add_argument("--out", default="demo", help="folder for everything the demo writes")
     parser.add_argument("--step", type=int, default=2,
-                        help="coarsen the 3.125 km grid by this factor (1 = full grid)")
+                        help="coarsen the grid by this factor (1 = full grid)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    from sicube.products import GRIDS
+
+    parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
+                        help="product grid of the generated archive; the mirror's URL names "
+                             "it and the build takes it from there (default n3125)")
     parser.set_defaults(run=_run_demo)
 
 
@@ -542,6 +556,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     from sicube.demo import run_demo
 
     result = run_demo(args.days, args.out, step=args.step, workers=args.workers,
-                      progress=not args.quiet)
+                      grid=args.grid, progress=not args.quiet)
     print(result.text())
     return result.summary.exit_code
