@@ -273,21 +273,31 @@ def _crs_text(crs: products.GridCRS | None) -> str:
     return f"{crs.name}, {CRS.from_wkt(crs.wkt).name} ({hemisphere})"
 
 
-def grid_text(x: np.ndarray, y: np.ndarray) -> str:
+def grid_text(x: np.ndarray, y: np.ndarray, named: str | None = None) -> str:
     """The product grid that cell centres `x`, `y` are: its name, and the coarsening when
-    there is one; a sentence saying so when they are none of the product grids."""
-    grid = products.grid_of_coords(np.asarray(x, float), np.asarray(y, float))
-    if grid is None:
+    there is one; a sentence saying so when they are none of the product grids.
+
+    A coarsened 3.125 km grid is also the 6.25 km grid coarsened half as much: the grid the
+    file names say (`named`) is taken when the cells are it, else the least coarsened one.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    matching = [g for g in products.GRIDS.values() if g.matches(x, y)]
+    if not matching:
         return "none of the product grids (" + ", ".join(products.GRIDS) + ")"
+    grid = next((g for g in matching if g.name == named), None) or max(
+        matching, key=lambda g: g.cell_size)
     step = int(round(float(x[1] - x[0]) / grid.cell_size))
     return grid.name + (f" coarsened {step} times" if step > 1 else "")
 
 
-def _grid_info(x: np.ndarray, y: np.ndarray) -> dict:
+def _grid_info(x: np.ndarray, y: np.ndarray, name: str | None = None) -> dict:
+    """Shape, ranges, cell size and grid of cell centres `x`, `y`; `name` is a file name of
+    the source (it names the grid)."""
+    parsed = products.parse_file_name(name) if name else None
     return {"grid_shape": (int(y.size), int(x.size)),
             "x_range": (float(x[0]), float(x[-1])), "y_range": (float(y[0]), float(y[-1])),
             "cell_size": float(x[1] - x[0]) if x.size > 1 else float("nan"),
-            "grid": grid_text(x, y)}
+            "grid": grid_text(x, y, parsed[0] if parsed else None)}
 
 
 def _is_zarr(path: Path) -> bool:
@@ -332,7 +342,7 @@ def _file_info(path: Path) -> Info:
     day_field = _read(path)
     parsed = products.parse_file_name(path.name)
     day = parsed[1] if parsed else None
-    return Info("file", path, **_grid_info(day_field.grid.x, day_field.grid.y),
+    return Info("file", path, **_grid_info(day_field.grid.x, day_field.grid.y, path.name),
                 crs=_crs_text(day_field.crs), first_day=day, last_day=day, observed_days=1,
                 missing_days=[], size_bytes=path.stat().st_size)
 
@@ -346,7 +356,8 @@ def _folder_info(path: Path, grid: str | None = None) -> Info:
         raise BadInput(f"{path}: no AMSR2 daily files ({kind}) in this folder")
     first, last = min(files), max(files)
     day_field = _read(files[first])
-    return Info("folder", path, **_grid_info(day_field.grid.x, day_field.grid.y),
+    return Info("folder", path, **_grid_info(day_field.grid.x, day_field.grid.y,
+                                             files[first].name),
                 crs=_crs_text(day_field.crs), first_day=first, last_day=last,
                 observed_days=len(files),
                 missing_days=[d for d in day_range(first, last) if d not in files],
@@ -417,7 +428,10 @@ def _cube_info(path: Path) -> Info:
         crs = None
     hole = (int(np.count_nonzero(group[cube.POLE_HOLE][:])) if cube.POLE_HOLE in group
             else None)
-    return Info("cube", path, **_grid_info(ds["x"].values, ds["y"].values),
+    names = [str(v.get("name", "")) for v in (attrs.get(cube.SOURCE_FILES) or {}).values()
+             if isinstance(v, dict)]
+    return Info("cube", path, **_grid_info(ds["x"].values, ds["y"].values,
+                                           names[0] if names else None),
                 crs=_crs_text(crs), flag_counts=_flag_counts(attrs), pole_hole_cells=hole,
                 first_day=days[0] if days else None, last_day=days[-1] if days else None,
                 observed_days=len(seen), missing_days=missing,
@@ -499,7 +513,8 @@ def format_info(item: Info) -> list[str]:
             f"{value} {meaning.replace('_', ' ')} {n:,}"
             for value, (meaning, n) in enumerate(item.flag_counts.items())))
     if item.pole_hole_cells is not None:
-        lines.append(f"pole hole: {item.pole_hole_cells} cells (not land; fill_flag 4)")
+        lines.append(f"pole hole: {item.pole_hole_cells} cells (not land; fill_flag 4)"
+                     if item.pole_hole_cells else "pole hole: none")
     lines.append(f"size on disk: {_bytes_text(item.size_bytes)}")
     for name, chunk in item.chunks.items():
         shard = item.shards.get(name)

@@ -52,10 +52,12 @@ def test_southern_cube_declares_the_south_polar_stereographic_crs(south):
     ds = xr.open_zarr(south[1])
     crs = ds[cube.CONC].rio.crs
     assert rioxarray and crs.to_epsg() == 3412
-    cf = crs.to_cf()
-    assert cf["latitude_of_projection_origin"] == -90.0
-    assert cf["straight_vertical_longitude_from_pole"] == 0.0
-    assert "Hughes" in cf["reference_ellipsoid_name"]
+    from pyproj import CRS
+
+    parsed = CRS.from_wkt(crs.to_wkt())
+    params = parsed.to_dict()
+    assert (params["proj"], params["lat_0"], params["lon_0"]) == ("stere", -90, 0)
+    assert params["lat_ts"] == -70 and parsed.ellipsoid.name == "Hughes 1980"
     assert products.GridCRS.from_attrs(ds[cube.GRID_MAPPING].attrs).south
 
 
@@ -76,7 +78,7 @@ def test_southern_fill_equals_the_reference_and_has_no_pole_hole(south):
     assert (flags[missing] == FillFlag.FILLED).sum() > 1000  # the missing day is filled
     # The mask found Antarctica: most cells within 1000 km of the pole are land.
     xx, yy = np.meshgrid(group["x"][:], group["y"][:])
-    assert land[np.hypot(xx, yy) < 1_000_000].mean() > 0.95
+    assert land[np.hypot(xx, yy) < 1_000_000].mean() > 0.85
 
 
 def _pixels(fig):
@@ -111,8 +113,9 @@ def test_day_map_of_the_southern_cube_shows_antarctica(south):
     north_land = np.array([mask.coastline_land(np.array([x]), np.array([y]), south=False)[0, 0]
                            for x, y in zip(px, py, strict=True)])
     assert south_land.mean() > 0.4  # Antarctica fills much of the disc
-    assert (drawn_land == south_land).mean() > 0.95
-    assert (drawn_land == north_land).mean() < 0.7
+    # Coastlines, graticule lines and labels cover a few of the sampled pixels.
+    assert (drawn_land == south_land).mean() > 0.9
+    assert (drawn_land == north_land).mean() < 0.6
     # A southern graticule: latitude labels in degrees south.
     labels = [t.get_text() for t in ax.texts]
     assert "60°S" in labels and not any(t.endswith("°N") for t in labels)
@@ -142,7 +145,7 @@ def test_southern_explore_marks_southern_land(south):
     land = stacked.isel(variable=0, time=0).values == -1.0
     expected = mask.coastline_land(ds["x"].values, ds["y"].values, south=True)
     np.testing.assert_array_equal(land, expected)
-    assert view is not None and len(view.keys()) == 6
+    assert len(view.keys()) == 12  # two variables x six days
 
 
 def test_southern_info_names_the_grid_and_crs(south, capsys):
@@ -150,7 +153,7 @@ def test_southern_info_names_the_grid_and_crs(south, capsys):
     lines = format_info(info(store))
     text = "\n".join(lines)
     assert "grid: s6250 coarsened 8 times" in text and "EPSG:3412" in text
-    assert "(south)" in text and "pole hole: 0 cells" in text
+    assert "(south)" in text and "pole hole: none" in text
     assert "fill_flag cells:" in text and "4 pole hole 0" in text
     folder = info(archive.root)
     assert folder.grid == "s6250 coarsened 8 times" and "EPSG:3412" in folder.crs
@@ -167,10 +170,11 @@ def test_southern_dataset_windows(south):
     _, store = south
     data = SICDataset(store, SOUTH_START, SOUTH_END, input_length=2, pred_length=1,
                       variables=["filled"])
+    assert len(data) == 1  # windows touching the missing 3 September are skipped: 4..6
     inputs, targets = data[0]
     assert tuple(inputs.shape) == (2, 2, 166, 158) and tuple(targets.shape) == (1, 1, 166, 158)
     group = zarr.open_group(str(store), mode="r")
-    flags = group[cube.FLAG][0]
+    flags = group[cube.FLAG][3]
     np.testing.assert_array_equal(inputs[0, 1].numpy(), np.isin(flags, (1, 2, 4)))
 
 
