@@ -55,7 +55,7 @@ MISSING = ["20240112", "20240123", "20240214", "20240318", "20240402"]
 # glibc keeps freed buffers in per-thread arenas until trimmed; with a fixed 1 MB mmap threshold
 # every larger buffer is returned the moment it is freed, so RSS follows the live data.
 PROMPT_FREE = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-STAMP = f"{FIRST}..{LAST}, step 1, seed 0, missing {' '.join(MISSING)}\n"
+STAMP = f"{FIRST}..{LAST}, step 1, seed 0, missing {' '.join(MISSING)}, real (GDAL) layout\n"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 

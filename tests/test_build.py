@@ -101,8 +101,7 @@ def test_crs_is_read_without_hints(built):
     rioxarray = pytest.importorskip("rioxarray")
     pytest.importorskip("cf_xarray")
     ds = xr.open_zarr(built[0])
-    # The sample files declare Hughes 1980, as every real file seen (SPEC section 2).
-    assert rioxarray and ds[cube.CONC].rio.crs.to_epsg() == 3411
+    assert rioxarray and ds[cube.CONC].rio.crs.to_epsg() == 3411  # the files declare Hughes
     assert ds.cf.grid_mapping_names == {"polar_stereographic": ["polar_stereographic"]}
 
 

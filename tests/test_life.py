@@ -382,3 +382,75 @@ def _kill_when_updating(command: list[str], store: Path, timeout: float = 60) ->
         if proc.poll() is None:
             proc.kill()
     pytest.fail(f"update ended (code {proc.returncode}) before it could be killed")
+
+
+# --- finding 2: the download cache is per server ----------------------------------------------
+
+
+def test_two_servers_with_the_same_file_names_never_share_cached_files(archive, tmp_path,
+                                                                       monkeypatch):
+    from sicube.mirror import Mirror
+    from sicube.sources import read_day
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the default cache
+    other = write_archive(tmp_path / "other", ARCHIVE_START, dt.date(2024, 4, 4), step=16,
+                          missing_days=[], seed=5)  # same names, other data
+    span = (ARCHIVE_START, dt.date(2024, 4, 4))
+    with Mirror(archive.root) as a, Mirror(other.root) as b:
+        build(*span, tmp_path / "a.zarr", base_url=a.base_url, chunks=CHUNKS, progress=False)
+        summary = build(*span, tmp_path / "b.zarr", base_url=b.base_url, chunks=CHUNKS,
+                        progress=False)
+    assert summary.exit_code == 0
+    raw = _arrays(tmp_path / "b.zarr")[cube.RAW]
+    for i, day in enumerate(sorted(other.files)):
+        np.testing.assert_array_equal(raw[i], read_day(other.files[day]).z)
+    assert not np.array_equal(raw, _arrays(tmp_path / "a.zarr")[cube.RAW], equal_nan=True)
+
+
+# --- the server down during a cron update ------------------------------------------------------
+
+
+def test_update_with_the_server_down_says_so_and_keeps_the_cube(archive, tmp_path, capsys):
+    from sicube.mirror import Mirror
+
+    store = tmp_path / "cube.zarr"
+    with Mirror(archive.root) as server:
+        build(ARCHIVE_START, dt.date(2024, 4, 8), store, base_url=server.base_url,
+              raw_dir=tmp_path / "raw", chunks=CHUNKS, progress=False)
+    before = _arrays(store)  # the server is gone now: its port refuses connections
+    code = main(["update", "--store", str(store), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "127.0.0.1" in err
+    after = _arrays(store)
+    assert all(after[k].tobytes() == before[k].tobytes() for k in before)
+    assert _attrs(store)[cube.STATUS] == cube.COMPLETE
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+def _limit_file_size(limit: int):
+    """In the child: files may not grow past `limit` bytes, and writes past it fail with
+    EFBIG instead of a signal, as on a disk that is full."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_finishes(archive, tmp_path, built):
+    store = tmp_path / "cube.zarr"
+    args = [sys.executable, "-m", "sicube", "build", "--start", f"{ARCHIVE_START:%Y%m%d}",
+            "--end", f"{ARCHIVE_END:%Y%m%d}", "--store", str(store), "--source",
+            str(archive.root), "--chunks", "4,64,64", "-q"]
+    done = subprocess.run(args, capture_output=True, text=True,
+                          preexec_fn=_limit_file_size(12_000))
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "too large" in err.lower() or "no space" in err.lower()
+    assert subprocess.run(args, capture_output=True).returncode == 0
+    _assert_same_cube(store, built)
