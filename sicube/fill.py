@@ -23,6 +23,12 @@ observation on both sides; the Gaussian fill then runs on that array, the interp
 counting as neighbours. Interpolated cells are flagged FILLED. Under Dask the interpolation
 gets a time halo of ``max_gap`` days, so it too gives the same result for any chunking.
 
+The north pole hole (`pole_hole_ring`, `fill_pole_hole`): after the Gaussian fill, every cell
+of the hole gets, per day, the mean of the observed cells of the ring around it (cells within
+``space_window`` cells of the hole, not land), flag POLE_HOLE (4); on a day the ring has no
+observed cell, the mean of its filled cells. The builder finds the hole (`sicube.mask`) and
+applies the rule after each fill batch.
+
 Nothing here reads or writes files.
 """
 
