@@ -36,7 +36,15 @@ import numpy as np
 from sicube import __version__, cube, ingest, mask, products
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
-from sicube.fill import FillFlag, core_in_block, fill_fraction_block, fill_parameters, halo_layout
+from sicube.fill import (
+    FillFlag,
+    core_in_block,
+    fill_fraction_block,
+    fill_parameters,
+    fill_pole_hole,
+    halo_layout,
+    pole_hole_ring,
+)
 from sicube.ingest import FAILED, MISSING, OK, Arrival
 from sicube.plan import BuildArgs, BuildState, FillBatch, fill_batches
 from sicube.sources import GridCoords, find_day_files, read_grid
@@ -70,6 +78,7 @@ class BuildSummary:
     source: str = ""
     cells_filled: int = 0
     cells_unfilled: int = 0
+    cells_pole_hole: int = 0  # cell-days of the north pole hole set from its ring (flag 4)
     seconds: dict[str, float] = field(default_factory=dict)
     store_bytes: int = 0
     nothing_to_do: bool = False
@@ -118,7 +127,9 @@ class BuildSummary:
         for day, error in sorted(self.failed.items()):
             lines.append(f"FAILED    {day:%Y%m%d}: {error}")
         lines.append(f"filled    {self.cells_filled:,} cells "
-                     f"({self.cells_unfilled:,} with no observed neighbour, set to 0)")
+                     f"({self.cells_unfilled:,} with no observed neighbour, set to 0)"
+                     + (f"; pole hole {self.cells_pole_hole:,} cells from its ring"
+                        if self.cells_pole_hole else ""))
         lines.append("time      " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
         lines.append(f"size      {self.store_bytes / 1e6:,.1f} MB on disk")
         if self.dashboard:
@@ -454,16 +465,25 @@ def _sensor_code(provenance: dict | None) -> int:
 
 
 def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTally) -> None:
-    """Store land_mask and nan_ratio: given, kept, or the NaN frequency of the observed days.
+    """Store land_mask, nan_ratio and pole_hole: given, kept, or from the observed days.
 
     The NaN frequency is updated incrementally: the counts of the days it already covers
     come back exactly from nan_ratio x days; the newly observed days are added from this
-    run's tally (or read back from the store when a killed run ingested them). When the land
-    mask changes, every fill is redone.
+    run's tally (or read back from the store when a killed run ingested them). On north
+    grids the pole hole (`mask.detect_pole_hole`: missing on every observed day, not land on
+    the shipped coastline, connected to the pole) is taken out of the land. A given mask
+    brings its pole hole, or (a mask from before the pole hole) its land cells off the
+    coastline that touch the pole become the hole. When the land mask or the hole changes,
+    every fill is redone.
     """
+    south = _crs(group).south
     if state.args.mask is not None and not state.mask_frozen:
         given = mask.load_mask(state.args.mask, grid)
         land, ratio = given.land_mask, given.nan_ratio
+        hole = (given.pole_hole if given.pole_hole is not None
+                else mask.pole_hole_from_land(land, grid.x, grid.y, south))
+        if south:
+            hole = np.zeros_like(hole)
         state.mask_frozen = True
     elif state.mask_frozen:
         state.mask_done = True
@@ -486,15 +506,23 @@ def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTall
         total = counted + len(new)
         ratio = mask.ratio_from_counts(counts, total)
         land = mask.land_from_ratio(ratio, state.args.mask_threshold)
+        hole = mask.detect_pole_hole((counts == total) & (total > 0), grid.x, grid.y, south)
         state.mask_days |= new
         observed_days = sorted(state.mask_days)
         state.mask_span = (f"{state.args.start}/{state.args.end} ({total} observed days"
                            + (f", {observed_days[0]}..{observed_days[-1]})" if total else ")"))
-    if not np.array_equal(group[cube.LAND][:], land):
+    has_hole = cube.POLE_HOLE in group
+    if not has_hole:  # a cube from before the pole hole: no place to keep it, mask as before
+        hole = np.zeros_like(hole)
+    land = (land * (1 - hole)).astype(np.uint8)  # the pole hole is ocean, never land
+    if not (np.array_equal(group[cube.LAND][:], land)
+            and (not has_hole or np.array_equal(group[cube.POLE_HOLE][:], hole))):
         state.filled.clear()
         state.flag_counts.clear()
     group[cube.NAN_RATIO][:] = ratio
     group[cube.LAND][:] = land
+    if has_hole:
+        group[cube.POLE_HOLE][:] = hole
     state.mask_done = True
     _save(group, state)
 
@@ -504,11 +532,19 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
     chunk, nt = group[cube.RAW].chunks[0], group[cube.RAW].shape[0]
     params = state.args.fill
     todo = fill_batches(nt, chunk, params["time_window"], state.stale_chunks(chunk))
+    hole = group[cube.POLE_HOLE][:].astype(bool) if cube.POLE_HOLE in group else None
+    if hole is not None and hole.any():
+        ring = pole_hole_ring(hole, group[cube.LAND][:], params["space_window"])
+    else:
+        hole = None
     bar = _bar(progress, total=len(todo), desc="fill", unit="batch")
     for batch in todo:
         counts = _fill_batch(group, batch, params).compute()
         per_chunk = counts.reshape(-1, len(batch.chunks), len(FillFlag)).sum(0)
         for c, chunk_counts in zip(batch.chunks, per_chunk, strict=True):
+            if hole is not None:  # after the chunk's cells are written, before it is recorded
+                days = slice(c * chunk, min(nt, (c + 1) * chunk))
+                chunk_counts = chunk_counts + _fill_pole_hole(group, days, hole, ring)
             state.flag_counts[c] = [int(n) for n in chunk_counts]
         state.filled.update(batch.chunks)
         _save(group, state)
@@ -561,6 +597,21 @@ def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bound
     return np.concatenate(counts).reshape(1, 1, -1)
 
 
+def _fill_pole_hole(group, days: slice, hole: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Set the pole hole's cells of `days` (`fill.fill_pole_hole`); the change in their flag
+    counts. Reads and writes the bounding box of hole and ring only: a few chunks near the
+    grid's centre."""
+    rows, cols = np.nonzero(hole | ring)
+    box = (days, slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    conc_array, flag_array = (cube.for_writing(group[cube.CONC]),
+                              cube.for_writing(group[cube.FLAG]))
+    conc, flags = conc_array[box], flag_array[box]
+    change = fill_pole_hole(group[cube.RAW][box], conc, flags, hole[box[1:]], ring[box[1:]])
+    conc_array[box] = conc
+    flag_array[box] = flags
+    return change
+
+
 def _release_memory() -> None:
     """Give freed heap back to the OS (glibc keeps it in per-thread arenas otherwise).
 
@@ -591,9 +642,10 @@ def _count_flags(state: BuildState, summary: BuildSummary) -> None:
     """Cells filled and left without neighbour, from the per-batch counts in the state."""
     totals = np.zeros(len(cube.FLAG_MEANINGS), np.int64)
     for counts in state.flag_counts.values():
-        totals += counts
+        totals[:len(counts)] += counts  # a cube from before flag 4 recorded four counts
     summary.cells_filled = int(totals[FillFlag.FILLED])
     summary.cells_unfilled = int(totals[FillFlag.NO_NEIGHBOUR])
+    summary.cells_pole_hole = int(totals[FillFlag.POLE_HOLE])
 
 
 def _account(state: BuildState, summary: BuildSummary) -> None:

@@ -278,14 +278,19 @@ def _run_roi(args: argparse.Namespace) -> int:
 
 @command("info", "grid size, span, missing days, chunking and provenance of a file, folder or cube")
 def _add_info(parser: argparse.ArgumentParser) -> None:
+    from sicube.products import GRIDS
+
     parser.add_argument("path", help="a daily file, a folder of daily files, or a cube (Zarr)")
+    parser.add_argument("--grid", choices=list(GRIDS),
+                        help="a folder: describe only this grid's files; a file or cube: "
+                             "check that it holds this grid (default: the grid found)")
     parser.set_defaults(run=_run_info)
 
 
 def _run_info(args: argparse.Namespace) -> int:
     from sicube.report import format_info, info
 
-    print("\n".join(format_info(info(args.path))))
+    print("\n".join(format_info(info(args.path, grid=args.grid))))
     return 0
 
 
@@ -321,6 +326,8 @@ def _add_source_args(parser: argparse.ArgumentParser, sensor_default: str | None
 
 @command("build", "build a filled, masked Zarr cube for a date range (resumable)")
 def _add_build(parser: argparse.ArgumentParser) -> None:
+    from sicube.products import GRIDS
+
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
     parser.add_argument("--store", required=True, help="Zarr store: a path or any fsspec URL")
@@ -333,6 +340,9 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     masks.add_argument("--mask-threshold", type=float, default=0.85,
                        help="land where a cell is NaN on at least this share of observed days")
     masks.add_argument("--mask", help="reuse land_mask from a NetCDF file or another cube")
+    parser.add_argument("--grid", choices=list(GRIDS), default=None,
+                        help="grid to download (default: the base URL's grid folder, else "
+                             "n3125); a --source folder's grid is read from its files")
     parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default 8,512,512)")
     parser.add_argument("--restart-fill", action="store_true",
                         help="on an existing cube of this span: accept other fill or mask "
@@ -357,9 +367,8 @@ def _run_build(args: argparse.Namespace) -> int:
 
     summary = build(
         args.start, args.end, args.store, base_url=args.base_url, source=args.source,
-        raw_dir=args.raw_dir, sensor=args.sensor, time_window=args.time_window,
-        space_window=args.space_window,
-        alpha=args.alpha, sigma=args.sigma, mask_threshold=args.mask_threshold,
+        raw_dir=args.raw_dir, grid=args.grid, sensor=args.sensor,
+        time_window=args.time_window, space_window=args.space_window, alpha=args.alpha, sigma=args.sigma, mask_threshold=args.mask_threshold,
         mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
         chunks=_chunks(args.chunks), restart_fill=args.restart_fill, progress=not args.quiet,
     )
@@ -488,7 +497,11 @@ def _add_mirror(parser: argparse.ArgumentParser) -> None:
                         help="fault plan: file name or YYYYMMDD -> faults (see sicube.mirror)")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds added before every answer")
-    parser.add_argument("--grid", default="n3125", help="grid name in the URL path")
+    from sicube.products import GRIDS
+
+    parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
+                        help="grid served, named in the URL path as on the Bremen server "
+                             "(default n3125)")
     parser.set_defaults(run=_run_mirror)
 
 
@@ -586,8 +599,13 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--days", type=int, default=30, help="days to generate (at least 8)")
     parser.add_argument("--out", default="demo", help="folder for everything the demo writes")
     parser.add_argument("--step", type=int, default=2,
-                        help="coarsen the 3.125 km grid by this factor (1 = full grid)")
+                        help="coarsen the grid by this factor (1 = full grid)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    from sicube.products import GRIDS
+
+    parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
+                        help="product grid of the generated archive; the mirror's URL names "
+                             "it and the build takes it from there (default n3125)")
     parser.set_defaults(run=_run_demo)
 
 
@@ -595,6 +613,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     from sicube.demo import run_demo
 
     result = run_demo(args.days, args.out, step=args.step, workers=args.workers,
-                      progress=not args.quiet)
+                      grid=args.grid, progress=not args.quiet)
     print(result.text())
     return result.summary.exit_code

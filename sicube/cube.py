@@ -26,6 +26,7 @@ OBSERVED = "day_observed"
 SENSOR = "sensor"  # (time,) uint8: which sensor each observed day came from
 LAND = "land_mask"
 NAN_RATIO = "nan_ratio"
+POLE_HOLE = "pole_hole"
 GRID_MAPPING = "polar_stereographic"
 MARKER = "sicube_cube_format"  # group attribute that says "this store is a sicube cube"
 FORMAT_VERSION = 1
@@ -49,7 +50,8 @@ FAILED_DAYS = "failed_days"
 SOURCE_DIRECTORY = "source_directory"
 SOURCE_URL = "source_base_url"
 
-# fill_flag values are sicube.fill.FillFlag: 0 observed, 1 filled, 2 no neighbour, 3 land.
+# fill_flag values are sicube.fill.FillFlag: 0 observed, 1 filled, 2 no neighbour, 3 land,
+# 4 pole hole (north grids: the disc the sensor never sees, filled from the ring around it).
 FLAG_MEANINGS = tuple(flag.name.lower() for flag in FillFlag)
 # sensor values: 0 no file that day, then products.Sensor.code (1 AMSR-E, 2 AMSR2).
 SENSOR_MEANINGS = ("none", *sorted(products.SENSORS, key=lambda n: products.SENSORS[n].code))
@@ -90,16 +92,25 @@ ATTRS: dict[str, dict] = {
            "flag_meanings": "ocean land", "grid_mapping": GRID_MAPPING},
     NAN_RATIO: {"long_name": "share of observed days the cell was missing", "units": "1",
                 "grid_mapping": GRID_MAPPING},
+    # Its own variable, not a land_mask value, so that land_mask stays 0/1 for every reader
+    # that takes "> 0" as land: the pole hole is ocean (ice) under a blind spot.
+    POLE_HOLE: {"long_name": "north pole hole: missing on every observed day, not land on the "
+                             "shipped coastline, connected to the pole (north grids only)",
+                "comment": "sea_ice_conc there (fill_flag 4) is, per day, the mean of the "
+                           "observed cells of the ring one space_window wide around the hole; "
+                           "on a day the ring has none, the mean of its filled cells",
+                "flag_values": np.array([0, 1], np.uint8),
+                "flag_meanings": "elsewhere pole_hole", "grid_mapping": GRID_MAPPING},
 }
 
 DTYPES = {CONC: np.float32, RAW: np.float32, FLAG: np.uint8, OBSERVED: bool, SENSOR: np.uint8,
-          LAND: np.uint8, NAN_RATIO: np.float32}
+          LAND: np.uint8, NAN_RATIO: np.float32, POLE_HOLE: np.uint8}
 # Integer variables get no _FillValue, so they open as integers, not as floats with NaN.
 FILL_VALUES = {CONC: np.float32(np.nan), RAW: np.float32(np.nan), FLAG: None,
-               LAND: None, NAN_RATIO: np.float32(np.nan)}
-_EMPTY = {CONC: np.nan, RAW: np.nan, FLAG: 0, LAND: 0, NAN_RATIO: np.nan}
+               LAND: None, NAN_RATIO: np.float32(np.nan), POLE_HOLE: None}
+_EMPTY = {CONC: np.nan, RAW: np.nan, FLAG: 0, LAND: 0, NAN_RATIO: np.nan, POLE_HOLE: 0}
 CUBE_VARS = (CONC, RAW, FLAG)
-GRID_VARS = (LAND, NAN_RATIO)
+GRID_VARS = (LAND, NAN_RATIO, POLE_HOLE)  # cubes from before the pole hole lack POLE_HOLE
 
 
 def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,

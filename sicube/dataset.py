@@ -37,6 +37,7 @@ from sicube import cube
 from sicube.cache import cache_dir
 from sicube.dates import DateLike, parse_date, yyyymmdd
 from sicube.errors import BadInput
+from sicube.fill import FillFlag
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ log = logging.getLogger(__name__)
 CHANNELS = {
     cube.CONC: "filled concentration, fraction 0-1 (land 0)",
     cube.RAW: "source concentration in percent, NaN where missing (as stored)",
-    cube.FLAG: "fill_flag code 0-3 as a float (0 observed, 1 filled, 2 no neighbour, 3 land)",
-    "filled": "1 where sea_ice_conc was filled (fill_flag 1 or 2), else 0",
+    cube.FLAG: "fill_flag code 0-4 as a float (0 observed, 1 filled, 2 no neighbour, 3 land, "
+               "4 pole hole)",
+    "filled": "1 where sea_ice_conc is not an observation (fill_flag 1, 2 or 4), else 0",
     cube.LAND: "1 on land (static)",
     cube.NAN_RATIO: "share of observed days the cell was missing (static)",
     "day_of_year": "day of year / 366, constant over the frame",
@@ -55,7 +57,9 @@ CHANNELS = {
 # Which stored array each time-varying channel is read from.
 _SOURCE = {cube.CONC: cube.CONC, cube.RAW: cube.RAW, cube.FLAG: cube.FLAG, "filled": cube.FLAG}
 _STATIC = (cube.LAND, cube.NAN_RATIO)
-_FILLED_FLAGS = (1, 2)  # fill_flag values of ocean cells whose value is not an observation
+# fill_flag values of ocean cells whose value is not an observation.
+_FILLED_FLAGS = tuple(int(flag) for flag in (FillFlag.FILLED, FillFlag.NO_NEIGHBOUR,
+                                             FillFlag.POLE_HOLE))
 
 
 # --------------------------------------------------------------------------- window rule

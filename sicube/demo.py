@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sicube import products
 from sicube.build import BuildSummary, build
 from sicube.errors import BadInput
 from sicube.mask import export_mask
@@ -48,20 +49,24 @@ class DemoResult:
 
 
 def run_demo(days: int = 30, out: str | os.PathLike = "demo", *, step: int = 2, seed: int = 0,
-             workers: int = 2, progress: bool = True) -> DemoResult:
-    """Run the pipeline on `days` generated days (grid coarsened `step` times) under `out`."""
+             workers: int = 2, grid: str = "n3125", progress: bool = True) -> DemoResult:
+    """Run the pipeline on `days` generated days of `grid` (coarsened `step` times) under
+    `out`. The mirror serves the grid under its own URL path, as the Bremen server does, and
+    the build downloads from that URL."""
     if not isinstance(days, int) or days < 8:
         raise BadInput(f"--days must be an integer of at least 8, got {days!r}")
+    if grid not in products.GRIDS:
+        raise BadInput(f"--grid {grid!r}: choose from {', '.join(products.GRIDS)}")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise BadInput(f"--out {out}: cannot create it ({err.strerror})") from err
     end = DEMO_START + dt.timedelta(days=days - 1)
-    archive = write_archive(out / "archive", DEMO_START, end, step=step, seed=seed,
+    archive = write_archive(out / "archive", DEMO_START, end, step=step, seed=seed, grid=grid,
                             progress=progress)
     result = DemoResult(out=out, cube=out / "cube.zarr", mask=out / "land_mask.nc")
-    with Mirror(archive.root, faults=DEMO_FAULTS) as mirror:
+    with Mirror(archive.root, faults=DEMO_FAULTS, grid=grid) as mirror:
         if progress:
             print(f"serving the sample archive at {mirror.base_url}")
         result.summary = build(DEMO_START, end, result.cube, base_url=mirror.base_url,

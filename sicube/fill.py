@@ -23,6 +23,12 @@ observation on both sides; the Gaussian fill then runs on that array, the interp
 counting as neighbours. Interpolated cells are flagged FILLED. Under Dask the interpolation
 gets a time halo of ``max_gap`` days, so it too gives the same result for any chunking.
 
+The north pole hole (`pole_hole_ring`, `fill_pole_hole`): after the Gaussian fill, every cell
+of the hole gets, per day, the mean of the observed cells of the ring around it (cells within
+``space_window`` cells of the hole, not land), flag POLE_HOLE (4); on a day the ring has no
+observed cell, the mean of its filled cells. The builder finds the hole (`sicube.mask`) and
+applies the rule after each fill batch.
+
 Nothing here reads or writes files.
 """
 
@@ -57,6 +63,11 @@ class FillFlag(enum.IntEnum):
     FILLED = 1
     NO_NEIGHBOUR = 2
     LAND = 3
+    # The north pole hole (never seen by the sensor, not land): set from the ring of observed
+    # cells around it by the builder after the Gaussian fill (`sicube.build`, rule in
+    # `sicube.mask.detect_pole_hole` and `sicube.build._fill_pole_hole`). The kernel never
+    # gives this flag.
+    POLE_HOLE = 4
 
 
 # --- the oracle ---------------------------------------------------------------------------------
@@ -570,7 +581,8 @@ def _full_land(land: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
 
 _HUNDRED = np.float32(100.0)
 # FillFlag values as plain ints for the numba kernels.
-_OBSERVED, _FILLED, _NO_NEIGHBOUR, _LAND = (int(flag) for flag in FillFlag)
+_OBSERVED, _FILLED, _NO_NEIGHBOUR, _LAND = (int(flag) for flag in list(FillFlag)[:4])
+_N_FLAGS = len(FillFlag)
 
 
 @njit(nogil=True, cache=True)
@@ -609,7 +621,7 @@ def _finish_core(source, filled, land, core, fraction):
                 n_filled += frow_flags[x] == _FILLED
                 n_none += frow_flags[x] == _NO_NEIGHBOUR
                 n_land += frow_flags[x] == _LAND
-    counts = np.zeros(_LAND + 1, np.int64)
+    counts = np.zeros(_N_FLAGS, np.int64)  # one count per FillFlag (POLE_HOLE: 0 here)
     counts[_OBSERVED], counts[_FILLED] = n_observed, n_filled
     counts[_NO_NEIGHBOUR], counts[_LAND] = n_none, n_land
     return flags, counts
@@ -638,6 +650,55 @@ def fill_fraction_block(
                           space_window, gt, gs)
     flags, counts = _finish_core(block, filled, land_arr, core, filled)
     return filled, flags, counts
+
+
+# --- the north pole hole -------------------------------------------------------------------------
+
+
+def pole_hole_ring(hole: np.ndarray, land: np.ndarray, width: int) -> np.ndarray:
+    """The ring around the pole hole (bool (y, x)): cells within `width` cells of a hole cell
+    along y and x (a square, like the fill's window), neither hole nor land."""
+    hole = np.asarray(hole, bool)
+    near = hole.copy()
+    for axis in (0, 1):  # a square's dilation is a dilation along y, then along x
+        grown = near.copy()
+        size = near.shape[axis]
+        for shift in range(1, min(width, size - 1) + 1):
+            ahead, behind = [slice(None)] * 2, [slice(None)] * 2
+            ahead[axis], behind[axis] = slice(shift, None), slice(None, size - shift)
+            grown[tuple(ahead)] |= near[tuple(behind)]
+            grown[tuple(behind)] |= near[tuple(ahead)]
+        near = grown
+    return near & ~hole & ~np.asarray(land, bool)
+
+
+def fill_pole_hole(raw: np.ndarray, conc: np.ndarray, flags: np.ndarray, hole: np.ndarray,
+                   ring: np.ndarray) -> np.ndarray:
+    """Set the pole hole's `conc` and `flags` in place, day by day; return the change in the
+    number of cells per FillFlag.
+
+    Rule, per day t: every hole cell gets the mean of the ring's observed cells (`raw`,
+    percent, NaN = missing; mean in float64, / 100, stored float32) and flag POLE_HOLE. On a
+    day the ring has no observed cell (a day without a file), the mean of the ring's filled
+    cells (flag FILLED in `flags`, their fraction in `conc`), flag POLE_HOLE; with neither,
+    0 and flag NO_NEIGHBOUR. `raw`, `conc`, `flags` are (time, y, x), after the Gaussian fill
+    and its final steps; `hole` and `ring` (y, x) bool (`pole_hole_ring`).
+    """
+    hole, ring = np.asarray(hole, bool), np.asarray(ring, bool)
+    before = np.bincount(flags[:, hole].ravel(), minlength=len(FillFlag))
+    for t in range(raw.shape[0]):
+        ring_raw = raw[t][ring]
+        seen = ring_raw[~np.isnan(ring_raw)]
+        filled = conc[t][ring & (flags[t] == FillFlag.FILLED)]
+        if seen.size:
+            value, flag = seen.astype(np.float64).mean() / 100.0, FillFlag.POLE_HOLE
+        elif filled.size:
+            value, flag = filled.astype(np.float64).mean(), FillFlag.POLE_HOLE
+        else:
+            value, flag = 0.0, FillFlag.NO_NEIGHBOUR
+        conc[t][hole] = np.float32(value)
+        flags[t][hole] = flag
+    return np.bincount(flags[:, hole].ravel(), minlength=len(FillFlag)) - before
 
 
 # --- Dask ---------------------------------------------------------------------------------------

@@ -3,12 +3,17 @@
 A cell that is missing on at least `threshold` of the observed days is land (the
 original toolbox's create_mask.py). Only observed days count: a day with no file says
 nothing about land.
+
+The north pole hole is told apart from land (`detect_pole_hole`): the cells missing on every
+observed day that are not land on the coastline shipped with sicube (`coastline_land`) and
+are connected to the pole. They are ocean under the sensor's blind spot, not land.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import dask.array as da
@@ -30,6 +35,10 @@ class LandMask:
     land_mask: np.ndarray  # uint8 (y, x)
     nan_ratio: np.ndarray  # float32 (y, x); NaN when unknown (a mask read from a file without it)
     source: str
+    # uint8 (y, x), 1 = north pole hole; None when the source says nothing about it (a mask
+    # file from before the pole hole: the builder derives it from the file's land, see
+    # `detect_pole_hole`).
+    pole_hole: np.ndarray | None = field(default=None)
 
 
 def check_threshold(threshold: float) -> float:
@@ -74,6 +83,93 @@ def land_from_ratio(ratio: np.ndarray | da.Array, threshold: float) -> np.ndarra
     return (ratio >= threshold).astype(np.uint8)
 
 
+# --- the coastline shipped with sicube, and the pole hole ---------------------------------------
+
+_DATA = Path(__file__).parent / "data"
+_LAND_GRID = {False: "n3125", True: "s3125"}  # the shipped 3.125 km masks, one per hemisphere
+
+
+@lru_cache(maxsize=2)
+def shipped_land(south: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(land, x, y) of the shipped 3.125 km land mask of a hemisphere: bool (y, x), True =
+    land, and its cell centres in metres (written by tools/make_land.py from
+    global-land-mask)."""
+    from sicube import products
+
+    name = _LAND_GRID[bool(south)]
+    grid = products.GRIDS[name]
+    with np.load(_DATA / f"land-{name}.npz") as data:
+        shape = tuple(int(n) for n in data["shape"])
+        bits = np.unpackbits(data["land_bits"], count=shape[0] * shape[1])
+    land = bits.reshape(shape).astype(bool)
+    land.setflags(write=False)  # cached: shared by every caller
+    return land, grid.x(), grid.y()
+
+
+def coastline_land(x: np.ndarray, y: np.ndarray, south: bool = False) -> np.ndarray:
+    """Shipped land (True) at cell centres `x`, `y` (metres): the 3.125 km cell containing
+    each centre, the coarsening `sicube.sample` uses for its archives (on a coarsened grid a
+    centre can sit on a fine cell's edge; the cell above and right of it is taken)."""
+    land, fx, fy = shipped_land(south)
+    cell = float(fx[1] - fx[0])
+    col = np.floor((np.asarray(x) - (fx[0] - cell / 2)) / cell + 1e-9).astype(int)
+    row = np.floor((np.asarray(y) - (fy[0] - cell / 2)) / cell + 1e-9).astype(int)
+    return land[np.ix_(np.clip(row, 0, fy.size - 1), np.clip(col, 0, fx.size - 1))]
+
+
+def pole_cells(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the cells containing the pole (x = 0, y = 0): one, or up to four
+    when the pole lies on cell edges (as on the product grids coarsened by an even step)."""
+    def nearest(centres: np.ndarray) -> np.ndarray:
+        half = abs(float(centres[1] - centres[0])) / 2 if centres.size > 1 else np.inf
+        return np.flatnonzero(np.abs(centres) <= half + 1e-6)
+
+    rows, cols = nearest(np.asarray(y, float)), nearest(np.asarray(x, float))
+    return (np.repeat(rows, cols.size), np.tile(cols, rows.size))
+
+
+def detect_pole_hole(always_missing: np.ndarray, x: np.ndarray, y: np.ndarray,
+                     south: bool) -> np.ndarray:
+    """The north pole hole (uint8 (y, x), 1 = hole): the cells missing on every observed day
+    (`always_missing`) that are not land on the shipped coastline and are connected, side by
+    side, to a cell containing the pole. All 0 on southern grids (the south pole is land)."""
+    hole = np.zeros(always_missing.shape, np.uint8)
+    if south:
+        return hole
+    candidate = np.asarray(always_missing, bool) & ~coastline_land(x, y, south=False)
+    rows, cols = pole_cells(x, y)
+    seeds = np.array([(r, c) for r, c in zip(rows, cols, strict=True) if candidate[r, c]],
+                     np.int64).reshape(-1, 2)
+    if seeds.size:
+        _flood(np.ascontiguousarray(candidate), seeds, hole)
+    return hole
+
+
+@njit(nogil=True, cache=True)
+def _flood(candidate, seeds, out):
+    """Mark in `out` the cells of `candidate` 4-connected to any seed (a stack, no recursion)."""
+    ny, nx = candidate.shape
+    stack = [(np.int64(0), np.int64(0)) for _ in range(0)]
+    for k in range(seeds.shape[0]):
+        stack.append((seeds[k, 0], seeds[k, 1]))
+    while stack:
+        r, c = stack.pop()
+        if r < 0 or r >= ny or c < 0 or c >= nx or out[r, c] or not candidate[r, c]:
+            continue
+        out[r, c] = 1
+        stack.append((r + 1, c))
+        stack.append((r - 1, c))
+        stack.append((r, c + 1))
+        stack.append((r, c - 1))
+
+
+def pole_hole_from_land(land: np.ndarray, x: np.ndarray, y: np.ndarray,
+                        south: bool) -> np.ndarray:
+    """The pole hole of a mask that calls it land (the original toolbox's masks): its land
+    cells that the shipped coastline does not call land, connected to the pole."""
+    return detect_pole_hole(np.asarray(land) > 0, x, y, south)
+
+
 def load_mask(path: str | os.PathLike, grid: GridCoords) -> LandMask:
     """Read `land_mask` (and `nan_ratio` when present) from a NetCDF file or another cube.
 
@@ -100,7 +196,9 @@ def load_mask(path: str | os.PathLike, grid: GridCoords) -> LandMask:
                            f"{grid.shape}")
         ratio = (ds[cube.NAN_RATIO].values.astype(np.float32) if cube.NAN_RATIO in ds
                  else np.full(grid.shape, np.nan, np.float32))
-        return LandMask((land.values > 0).astype(np.uint8), ratio, text)
+        hole = ((ds[cube.POLE_HOLE].values > 0).astype(np.uint8) if cube.POLE_HOLE in ds
+                else None)
+        return LandMask((land.values > 0).astype(np.uint8), ratio, text, hole)
 
 
 def export_mask(store: str | os.PathLike, output: str | os.PathLike,
@@ -123,18 +221,26 @@ def export_mask(store: str | os.PathLike, output: str | os.PathLike,
         threshold = ds.attrs.get("mask_threshold", np.nan)
     else:
         land = land_from_ratio(ratio, check_threshold(threshold))
+    variables = {cube.LAND: land.assign_attrs(cube.ATTRS[cube.LAND]), cube.NAN_RATIO: ratio}
+    if cube.POLE_HOLE in ds:
+        hole = ds[cube.POLE_HOLE].load()
+        variables[cube.POLE_HOLE] = hole
+        # The pole hole stays ocean whatever the threshold.
+        variables[cube.LAND] = (land * (1 - hole)).astype(np.uint8).assign_attrs(
+                cube.ATTRS[cube.LAND])
     out = xr.Dataset(
-        {cube.LAND: land.assign_attrs(cube.ATTRS[cube.LAND]),
-         cube.NAN_RATIO: ratio},
+        variables,
         coords={"x": ds["x"], "y": ds["y"], cube.GRID_MAPPING: ds[cube.GRID_MAPPING]},
         attrs={"Conventions": "CF-1.8", "title": "land mask from NaN frequency (sicube)",
                "threshold": float(threshold),
                "mask_span": str(ds.attrs.get("mask_span", "")),
                "source_cube": str(store)},
     )
-    for name in (cube.LAND, cube.NAN_RATIO):
+    for name in variables:
         out[name].encoding = {"zlib": True, "complevel": 4}
-    out[cube.LAND].encoding["_FillValue"] = None
+    for name in (cube.LAND, cube.POLE_HOLE):
+        if name in out:
+            out[name].encoding["_FillValue"] = None
     tmp = output.with_name(f".{output.name}.part")
     out.to_netcdf(tmp, engine="netcdf4")
     os.replace(tmp, output)

@@ -24,21 +24,21 @@ import xarray as xr
 from sicube import cube, products
 from sicube.dates import DateLike, parse_date
 from sicube.errors import BadInput, BadSourceFile
+from sicube.fill import FillFlag
 
 LAND_COLOUR = "#cbbd9b"  # tan: land is never mistaken for data or for missing data
 COAST_COLOUR = "#3a3a3a"
 MISSING_COLOUR = "#8c8c8c"  # mid grey: no retrieval (pole hole, swath gaps, missing days)
 GRATICULE_COLOUR = "#5a5a5a"
 CONC_CMAP = "Blues_r"  # open water dark blue, consolidated ice white
-# fill_flag colours in FLAG_MEANINGS order: observed, filled, no observed neighbour, land.
-FLAG_COLOURS = ("#dcdcdc", "#e6550d", "#6a3d9a", LAND_COLOUR)
+# fill_flag colours in FLAG_MEANINGS order: observed, filled, no observed neighbour, land,
+# pole hole.
+FLAG_COLOURS = ("#dcdcdc", "#e6550d", "#6a3d9a", LAND_COLOUR, "#1b9e77")
 DPI = 150
 DAY_FIGSIZE = (7.5, 9.0)
 MASK_FIGSIZE = (13.0, 9.0)
 COMPARE_FIGSIZE = (18.0, 9.0)
 
-_DATA = Path(__file__).parent / "data"
-_HEMISPHERE_OF_EPSG = {3411: "n", 3413: "n", 3412: "s", 3976: "s"}
 _LAND_GRID = {"n": "n3125", "s": "s3125"}
 
 
@@ -49,7 +49,31 @@ class MapField:
     values: np.ndarray
     x: np.ndarray
     y: np.ndarray
-    epsg: int
+    crs: products.GridCRS
+
+    @property
+    def epsg(self) -> int | None:
+        """The CRS's EPSG code, None when it has none."""
+        return self.crs.epsg
+
+
+def _as_crs(crs: products.GridCRS | int) -> products.GridCRS:
+    return crs if isinstance(crs, products.GridCRS) else products.GridCRS.from_epsg(crs)
+
+
+def dataset_crs(ds: xr.Dataset, what: str = "cube") -> products.GridCRS:
+    """The CRS a cube or mask file declares in its grid mapping; for one without a usable
+    grid mapping, the product grid's CRS when its coordinates are one of the product grids
+    (never a hemisphere by default). BadInput otherwise."""
+    attrs = ds[cube.GRID_MAPPING].attrs if cube.GRID_MAPPING in ds.variables else {}
+    try:
+        return products.GridCRS.from_attrs(attrs)
+    except ValueError:
+        grid = products.grid_of_coords(ds["x"].values, ds["y"].values)
+        if grid is None:
+            raise BadInput(f"{what}: declares no usable CRS and its grid is none of the "
+                           f"product grids ({', '.join(products.GRIDS)})") from None
+        return grid.crs
 
 
 # --- shipped land, coastlines, graticule --------------------------------------------------------
@@ -58,22 +82,14 @@ class MapField:
 @lru_cache(maxsize=2)
 def shipped_land(hemisphere: str = "n") -> MapField:
     """The land mask (True = land) of the 3.125 km grid of a hemisphere, from package data."""
-    name = _LAND_GRID[hemisphere]
-    grid = products.GRIDS[name]
-    with np.load(_DATA / f"land-{name}.npz") as data:
-        shape = tuple(int(n) for n in data["shape"])
-        bits = np.unpackbits(data["land_bits"], count=shape[0] * shape[1])
-    land = bits.reshape(shape).astype(bool)
-    return MapField(land, grid.x(), grid.y(), grid.epsg_hughes)
+    from sicube.mask import shipped_land as land_bits
+
+    land, x, y = land_bits(south=hemisphere == "s")
+    return MapField(land, x, y, products.GRIDS[_LAND_GRID[hemisphere]].crs)
 
 
-def _hemisphere(epsg: int) -> str:
-    if epsg in _HEMISPHERE_OF_EPSG:
-        return _HEMISPHERE_OF_EPSG[epsg]
-    from pyproj import CRS
-
-    lat0 = CRS.from_epsg(epsg).to_cf().get("latitude_of_projection_origin", 90.0)
-    return "s" if lat0 < 0 else "n"
+def _hemisphere(crs: products.GridCRS | int) -> str:
+    return "s" if _as_crs(crs).south else "n"
 
 
 @lru_cache(maxsize=4)
@@ -93,11 +109,11 @@ def _extent(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
     return (x[0] - dx / 2, x[-1] + dx / 2, y[0] - dy / 2, y[-1] + dy / 2)
 
 
-def _draw_land(ax, epsg: int, *, fill: bool = True) -> None:
+def _draw_land(ax, crs: products.GridCRS, *, fill: bool = True) -> None:
     from matplotlib.collections import LineCollection
     from matplotlib.colors import ListedColormap
 
-    hemisphere = _hemisphere(epsg)
+    hemisphere = _hemisphere(crs)
     if fill:
         land = shipped_land(hemisphere)
         ax.imshow(np.ma.masked_where(~land.values, land.values), origin="lower",
@@ -108,18 +124,20 @@ def _draw_land(ax, epsg: int, *, fill: bool = True) -> None:
 
 
 @lru_cache(maxsize=8)
-def _central_longitude(epsg: int) -> float:
-    from pyproj import CRS
+def _central_longitude(crs: products.GridCRS) -> float:
+    cf = crs.to_pyproj().to_cf()
+    return float(cf.get("straight_vertical_longitude_from_pole",
+                        cf.get("longitude_of_projection_origin", 0.0)))
 
-    return float(CRS.from_epsg(epsg).to_cf().get("straight_vertical_longitude_from_pole", 0.0))
 
-
-def _draw_graticule(ax, epsg: int, extent: tuple[float, float, float, float]) -> None:
-    """Latitude circles every 10 degrees and meridians every 30 degrees, labelled."""
+def _draw_graticule(ax, crs: products.GridCRS,
+                    extent: tuple[float, float, float, float]) -> None:
+    """Latitude circles every 10 degrees and meridians every 30 degrees, labelled; around
+    the south pole (40..80 S) on a southern CRS."""
     from pyproj import Transformer
 
-    to_xy = Transformer.from_crs(4326, epsg, always_xy=True)
-    sign = -1.0 if _hemisphere(epsg) == "s" else 1.0
+    to_xy = Transformer.from_crs(4326, crs.to_pyproj(), always_xy=True)
+    sign = -1.0 if crs.south else 1.0
     x0, x1, y0, y1 = extent
     inset_x, inset_y = 0.02 * (x1 - x0), 0.02 * (y1 - y0)
     style = dict(color=GRATICULE_COLOUR, linewidth=0.5, linestyle=(0, (4, 3)), alpha=0.8, zorder=4)
@@ -131,7 +149,7 @@ def _draw_graticule(ax, epsg: int, extent: tuple[float, float, float, float]) ->
                 & (y > y0 + margin * inset_y) & (y < y1 - margin * inset_y))
 
     # Latitude labels run along the meridian half-way between the map's down and right.
-    label_lon = _central_longitude(epsg) + 45.0 * sign
+    label_lon = _central_longitude(crs) + 45.0 * sign
     lons = np.linspace(-180.0, 180.0, 1441)
     for lat in (40, 50, 60, 70, 80):
         x, y = to_xy.transform(lons, np.full(lons.size, sign * lat))
@@ -171,8 +189,8 @@ def draw_map(ax, field: MapField, *, cmap=CONC_CMAP, vmin: float = 0.0, vmax: fl
     kwargs = {"norm": norm} if norm is not None else {"vmin": vmin, "vmax": vmax}
     image = ax.imshow(np.asarray(field.values), origin="lower", extent=extent, cmap=cmap,
                       interpolation="nearest", zorder=1, **kwargs)
-    _draw_land(ax, field.epsg, fill=land)
-    _draw_graticule(ax, field.epsg, extent)
+    _draw_land(ax, field.crs, fill=land)
+    _draw_graticule(ax, field.crs, extent)
     _frame_map(ax, extent)
     return image
 
@@ -237,8 +255,7 @@ def read_file_field(path: str | os.PathLike, expected=None) -> tuple[MapField, d
     except BadSourceFile as err:
         raise BadInput(str(err)) from err
     parsed = products.parse_file_name(path.name)
-    epsg = day_field.epsg or products.GRIDS["n3125"].epsg_hughes
-    return MapField(day_field.z, day_field.grid.x, day_field.grid.y, epsg), (
+    return MapField(day_field.z, day_field.grid.x, day_field.grid.y, day_field.crs), (
         parsed[1] if parsed else None)
 
 
@@ -247,8 +264,8 @@ def _cube_field(ds: xr.Dataset, variable: str, index: int) -> MapField:
     values = ds[variable].isel(time=index).values.astype(np.float32)
     if variable == cube.CONC:
         values = values * 100.0
-        values[ds[cube.FLAG].isel(time=index).values == 3] = np.nan
-    return MapField(values, ds["x"].values, ds["y"].values, cube.cube_epsg(ds))
+        values[ds[cube.FLAG].isel(time=index).values == FillFlag.LAND] = np.nan
+    return MapField(values, ds["x"].values, ds["y"].values, dataset_crs(ds))
 
 
 _VARIABLE_LABEL = {cube.RAW: "raw (as in the source file)",
@@ -319,10 +336,10 @@ def _read_mask(source, allow_incomplete: bool = False
         if cube.LAND not in ds:
             raise BadInput(f"mask file {path}: has no {cube.LAND} variable")
         threshold = ds.attrs.get("mask_threshold", ds.attrs.get("threshold"))
-    epsg = cube.cube_epsg(ds)
+    crs = dataset_crs(ds, name)
     x, y = ds["x"].values, ds["y"].values
-    land = MapField(ds[cube.LAND].values.astype(np.float32), x, y, epsg)
-    ratio = (MapField(ds[cube.NAN_RATIO].values.astype(np.float32), x, y, epsg)
+    land = MapField(ds[cube.LAND].values.astype(np.float32), x, y, crs)
+    ratio = (MapField(ds[cube.NAN_RATIO].values.astype(np.float32), x, y, crs)
              if cube.NAN_RATIO in ds else None)
     threshold = float(threshold) if threshold is not None else float("nan")
     return land, ratio, (threshold if np.isfinite(threshold) else None), name
@@ -386,7 +403,7 @@ def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None,
         raw_label = "raw - sea_ice_conc_raw"
     filled = _cube_field(ds, cube.CONC, index)
     flags = ds[cube.FLAG].isel(time=index).values
-    flag_field = MapField(flags.astype(np.float32), filled.x, filled.y, filled.epsg)
+    flag_field = MapField(flags.astype(np.float32), filled.x, filled.y, filled.crs)
 
     fig = _figure(COMPARE_FIGSIZE)
     axes = fig.subplots(1, 3)
@@ -445,18 +462,18 @@ def plot_roi(report):
         ds, _ = _as_cube(report.store, allow_incomplete=True)
         index, _ = cube_day_index(ds, worst.date)
         values = ds[cube.RAW].isel(time=index).values
-        epsg = cube.cube_epsg(ds)
+        crs = dataset_crs(ds)
         x, y = ds["x"].values, ds["y"].values
     else:
         field, _ = read_file_field(report.source_files[worst.date])
-        values, epsg, x, y = field.values, field.epsg, field.x, field.y
+        values, crs, x, y = field.values, field.crs, field.x, field.y
     ny, nx = values.shape
     fig = _figure(ROI_FIGSIZE)
     ax_map, ax_days = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.3]})
     ax_map.set_facecolor(MISSING_COLOUR)
     image = ax_map.imshow(values, origin="lower", cmap=CONC_CMAP, vmin=0, vmax=100,
                           interpolation="nearest", extent=(-0.5, nx - 0.5, -0.5, ny - 0.5))
-    land = land_on_grid(x, y, epsg)
+    land = land_on_grid(x, y, crs)
     ax_map.imshow(np.ma.masked_where(~land, land), origin="lower",
                   cmap=ListedColormap([LAND_COLOUR]), interpolation="nearest",
                   extent=(-0.5, nx - 0.5, -0.5, ny - 0.5))
@@ -506,26 +523,26 @@ EXPLORE_VARIABLES = (cube.CONC, cube.RAW)
 _LAND_VALUE = -1.0  # below the colour range: drawn in LAND_COLOUR by the explorer
 
 
-def land_on_grid(x: np.ndarray, y: np.ndarray, epsg: int) -> np.ndarray:
-    """Shipped land (True) at the cells nearest to the cell centres x, y (metres)."""
-    land = shipped_land(_hemisphere(epsg))
-    cell = land.x[1] - land.x[0]
-    col = np.clip(np.rint((x - land.x[0]) / cell).astype(int), 0, land.x.size - 1)
-    row = np.clip(np.rint((y - land.y[0]) / cell).astype(int), 0, land.y.size - 1)
-    return land.values[np.ix_(row, col)]
+def land_on_grid(x: np.ndarray, y: np.ndarray, crs: products.GridCRS | int) -> np.ndarray:
+    """Shipped land (True) of the CRS's hemisphere at the cell centres x, y (metres): the
+    coarsening the builder's pole-hole test and the sample archives use
+    (`sicube.mask.coastline_land`)."""
+    from sicube.mask import coastline_land
+
+    return coastline_land(x, y, south=_as_crs(crs).south)
 
 
 def _explore_array(ds: xr.Dataset, variables: tuple[str, ...]) -> xr.DataArray:
     """The variables in percent stacked along `variable`, land set to _LAND_VALUE (lazy)."""
     import pandas as pd
 
-    land = xr.DataArray(land_on_grid(ds["x"].values, ds["y"].values, cube.cube_epsg(ds)),
+    land = xr.DataArray(land_on_grid(ds["x"].values, ds["y"].values, dataset_crs(ds)),
                         dims=("y", "x"))
     layers = []
     for variable in variables:
         values = ds[variable].astype(np.float32)
         if variable == cube.CONC:  # fraction -> percent; flag 3 (cube's land mask) -> no data
-            values = (values * 100.0).where(ds[cube.FLAG] != 3)
+            values = (values * 100.0).where(ds[cube.FLAG] != FillFlag.LAND)
         layers.append(values.where(~land, _LAND_VALUE).drop_vars(cube.GRID_MAPPING,
                                                                  errors="ignore"))
     stacked = xr.concat(layers, dim=pd.Index(list(variables), name="variable"))

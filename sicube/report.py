@@ -248,6 +248,13 @@ class Info:
     failed_days: dict[dt.date, str] = field(default_factory=dict)
     not_ingested: list[dt.date] = field(default_factory=list)
     source: str = ""
+    # The product grid the coordinates are (n3125, n6250, s3125, s6250, possibly coarsened),
+    # or a sentence saying they are none of them.
+    grid: str = ""
+    # A cube's cells per fill_flag over its filled days (from the build record), and the
+    # cells of its north pole hole (None: a cube from before the pole hole).
+    flag_counts: dict[str, int] = field(default_factory=dict)
+    pole_hole_cells: int | None = None
 
     @property
     def days(self) -> int:
@@ -257,39 +264,69 @@ class Info:
         return (self.last_day - self.first_day).days + 1
 
 
-def _crs_text(epsg: int | None) -> str:
-    if epsg is None:
-        return "unknown (no polar_stereographic grid mapping)"
+def _crs_text(crs: products.GridCRS | None) -> str:
+    if crs is None:
+        return "unknown (no usable polar_stereographic grid mapping)"
     from pyproj import CRS
 
-    return f"EPSG:{epsg} ({CRS.from_epsg(epsg).name})"
+    hemisphere = "south" if crs.south else "north"
+    return f"{crs.name}, {CRS.from_wkt(crs.wkt).name} ({hemisphere})"
 
 
-def _grid_info(x: np.ndarray, y: np.ndarray) -> dict:
+def grid_text(x: np.ndarray, y: np.ndarray, named: str | None = None) -> str:
+    """The product grid that cell centres `x`, `y` are: its name, and the coarsening when
+    there is one; a sentence saying so when they are none of the product grids.
+
+    A coarsened 3.125 km grid is also the 6.25 km grid coarsened half as much: the grid the
+    file names say (`named`) is taken when the cells are it, else the least coarsened one.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    matching = [g for g in products.GRIDS.values() if g.matches(x, y)]
+    if not matching:
+        return "none of the product grids (" + ", ".join(products.GRIDS) + ")"
+    grid = next((g for g in matching if g.name == named), None) or max(
+        matching, key=lambda g: g.cell_size)
+    step = int(round(float(x[1] - x[0]) / grid.cell_size))
+    return grid.name + (f" coarsened {step} times" if step > 1 else "")
+
+
+def _grid_info(x: np.ndarray, y: np.ndarray, name: str | None = None) -> dict:
+    """Shape, ranges, cell size and grid of cell centres `x`, `y`; `name` is a file name of
+    the source (it names the grid)."""
+    parsed = products.parse_file_name(name) if name else None
     return {"grid_shape": (int(y.size), int(x.size)),
             "x_range": (float(x[0]), float(x[-1])), "y_range": (float(y[0]), float(y[-1])),
-            "cell_size": float(x[1] - x[0]) if x.size > 1 else float("nan")}
+            "cell_size": float(x[1] - x[0]) if x.size > 1 else float("nan"),
+            "grid": grid_text(x, y, parsed[0] if parsed else None)}
 
 
 def _is_zarr(path: Path) -> bool:
     return path.is_dir() and ((path / "zarr.json").exists() or (path / ".zgroup").exists())
 
 
-def info(path: str | os.PathLike) -> Info:
+def info(path: str | os.PathLike, grid: str | None = None) -> Info:
     """Describe a daily source file, a folder of them, or a cube.
 
     For a folder the grid is read from its first file only (fast on a decade of files);
     missing days are the calendar days between the first and last file with no file.
+    `grid` (n3125, n6250, s3125, s6250) takes only that grid's files of a folder (by file
+    name), and is checked against what a file or a cube holds (BadInput when it differs).
     A cube is described in any state (building, failed or complete): `status` says which.
     """
     path = Path(path)
+    if grid is not None and grid not in products.GRIDS:
+        raise BadInput(f"--grid {grid!r}: choose from {', '.join(products.GRIDS)}")
     if not path.exists():
         raise BadInput(f"{path}: no such file or folder")
     if _is_zarr(path):
-        return _cube_info(path)
-    if path.is_dir():
-        return _folder_info(path)
-    return _file_info(path)
+        found = _cube_info(path)
+    elif path.is_dir():
+        found = _folder_info(path, grid)
+    else:
+        found = _file_info(path)
+    if grid is not None and found.grid.split()[0] != grid:
+        raise BadInput(f"--grid {grid}: {path} holds the {found.grid} grid")
+    return found
 
 
 def _read(path: Path):
@@ -305,21 +342,23 @@ def _file_info(path: Path) -> Info:
     day_field = _read(path)
     parsed = products.parse_file_name(path.name)
     day = parsed[1] if parsed else None
-    return Info("file", path, **_grid_info(day_field.grid.x, day_field.grid.y),
-                crs=_crs_text(day_field.epsg), first_day=day, last_day=day, observed_days=1,
+    return Info("file", path, **_grid_info(day_field.grid.x, day_field.grid.y, path.name),
+                crs=_crs_text(day_field.crs), first_day=day, last_day=day, observed_days=1,
                 missing_days=[], size_bytes=path.stat().st_size)
 
 
-def _folder_info(path: Path) -> Info:
+def _folder_info(path: Path, grid: str | None = None) -> Info:
     from sicube.sources import find_day_files
 
-    files = find_day_files(path)
+    files = find_day_files(path, grid)
     if not files:
-        raise BadInput(f"{path}: no AMSR2 daily files (asi-AMSR2-*.nc) in this folder")
+        kind = f"asi-AMSR2-{grid}-*.nc" if grid else "asi-AMSR2-*.nc"
+        raise BadInput(f"{path}: no AMSR2 daily files ({kind}) in this folder")
     first, last = min(files), max(files)
     day_field = _read(files[first])
-    return Info("folder", path, **_grid_info(day_field.grid.x, day_field.grid.y),
-                crs=_crs_text(day_field.epsg), first_day=first, last_day=last,
+    return Info("folder", path, **_grid_info(day_field.grid.x, day_field.grid.y,
+                                             files[first].name),
+                crs=_crs_text(day_field.crs), first_day=first, last_day=last,
                 observed_days=len(files),
                 missing_days=[d for d in day_range(first, last) if d not in files],
                 size_bytes=sum(p.stat().st_size for p in files.values()))
@@ -383,9 +422,17 @@ def _cube_info(path: Path) -> Info:
     missing, failed, not_ingested = _day_lists(attrs, days, seen, time_chunk)
     provenance = {key: attrs[key] for key in PROVENANCE_KEYS if key in attrs}
     provenance["source_files"] = len(attrs.get(cube.SOURCE_FILES) or {})
-    has_epsg = "epsg_code" in ds[cube.GRID_MAPPING].attrs if cube.GRID_MAPPING in ds else False
-    return Info("cube", path, **_grid_info(ds["x"].values, ds["y"].values),
-                crs=_crs_text(cube.cube_epsg(ds) if has_epsg else None),
+    try:
+        crs = products.GridCRS.from_attrs(ds[cube.GRID_MAPPING].attrs)
+    except (KeyError, ValueError):
+        crs = None
+    hole = (int(np.count_nonzero(group[cube.POLE_HOLE][:])) if cube.POLE_HOLE in group
+            else None)
+    names = [str(v.get("name", "")) for v in (attrs.get(cube.SOURCE_FILES) or {}).values()
+             if isinstance(v, dict)]
+    return Info("cube", path, **_grid_info(ds["x"].values, ds["y"].values,
+                                           names[0] if names else None),
+                crs=_crs_text(crs), flag_counts=_flag_counts(attrs), pole_hole_cells=hole,
                 first_day=days[0] if days else None, last_day=days[-1] if days else None,
                 observed_days=len(seen), missing_days=missing,
                 size_bytes=cube.store_bytes(path), chunks=chunks, shards=shards,
@@ -394,6 +441,20 @@ def _cube_info(path: Path) -> Info:
                 failed_days=failed, not_ingested=not_ingested,
                 source=str(attrs.get(cube.SOURCE_DIRECTORY) or attrs.get(cube.SOURCE_URL)
                            or ""))
+
+
+def _flag_counts(attrs: dict) -> dict[str, int]:
+    """Cells per fill_flag meaning over the cube's filled batches (the build record's
+    per-batch counts; a record from before flag 4 has four counts)."""
+    import json
+
+    record = json.loads(attrs.get("sicube_build") or "{}")
+    totals = np.zeros(len(cube.FLAG_MEANINGS), np.int64)
+    for counts in (record.get("flag_counts") or {}).values():
+        totals[:len(counts)] += counts
+    if not totals.any():
+        return {}
+    return {meaning: int(n) for meaning, n in zip(cube.FLAG_MEANINGS, totals, strict=True)}
 
 
 def _codec_text(codec) -> str:
@@ -428,7 +489,7 @@ def format_info(item: Info) -> list[str]:
     lines = [_state_line(item)] if item.status is not None else []
     lines += [
         f"{item.kind}: {item.path}",
-        f"grid: height {ny} x width {nx} (y x x), cell {km:g} km",
+        f"grid: {item.grid}, height {ny} x width {nx} (y x x), cell {km:g} km",
         f"x: {item.x_range[0]:.0f} .. {item.x_range[1]:.0f} m; "
         f"y: {item.y_range[0]:.0f} .. {item.y_range[1]:.0f} m",
         f"crs: {item.crs}",
@@ -447,6 +508,13 @@ def format_info(item: Info) -> list[str]:
         lines += [f"  {day:%Y%m%d}: {reason}" for day, reason in item.failed_days.items()]
         lines.append(f"not yet ingested: {len(item.not_ingested)}"
                      + (f" ({day_list_text(item.not_ingested)})" if item.not_ingested else ""))
+    if item.flag_counts:
+        lines.append("fill_flag cells: " + ", ".join(
+            f"{value} {meaning.replace('_', ' ')} {n:,}"
+            for value, (meaning, n) in enumerate(item.flag_counts.items())))
+    if item.pole_hole_cells is not None:
+        lines.append(f"pole hole: {item.pole_hole_cells} cells (not land; fill_flag 4)"
+                     if item.pole_hole_cells else "pole hole: none")
     lines.append(f"size on disk: {_bytes_text(item.size_bytes)}")
     for name, chunk in item.chunks.items():
         shard = item.shards.get(name)

@@ -21,7 +21,7 @@ from sicube.build import STATE, build, update
 from sicube.cli import main
 from sicube.dates import day_range
 from sicube.errors import BadInput
-from sicube.fill import FillFlag, reference_fill
+from sicube.fill import FillFlag
 from sicube.sample import write_archive
 from sicube.sources import read_day
 
@@ -29,9 +29,11 @@ from .conftest import (
     ARCHIVE_END,
     ARCHIVE_MISSING,
     ARCHIVE_START,
+    ARCHIVE_STEP,
     SMALL_CUBE_CHUNKS,
     SMALL_CUBE_FILL,
 )
+from .pole_oracle import expected_cube, expected_pole_hole
 
 CHUNKS = SMALL_CUBE_CHUNKS
 FILL = SMALL_CUBE_FILL
@@ -57,15 +59,10 @@ def _raw_from_files(archive, days):
     return np.stack(frames)
 
 
-def _expected(raw, land):
-    """The seed's final steps after the reference fill: NaN -> 0, percent -> fraction, land -> 0."""
-    filled = reference_fill(raw, **FILL)
-    conc = np.where(np.isnan(filled), 0.0, filled / 100.0)
-    conc[:, land] = 0.0
-    flags = np.where(~np.isnan(raw), FillFlag.OBSERVED,
-                     np.where(np.isnan(filled), FillFlag.NO_NEIGHBOUR, FillFlag.FILLED))
-    flags[:, land] = FillFlag.LAND
-    return conc, flags
+def _expected(raw, land, hole):
+    """The seed's final steps after the reference fill (NaN -> 0, percent -> fraction,
+    land -> 0), and the pole hole's rule (the ring's mean per day, flag 4)."""
+    return expected_cube(raw, land, hole, FILL)
 
 
 def _arrays(store) -> dict[str, np.ndarray]:
@@ -121,14 +118,19 @@ def test_mask_is_the_nan_frequency_of_observed_days(built, archive):
     raw = _raw_from_files(archive, archive_days_present())
     ratio = np.isnan(raw).mean(axis=0)
     np.testing.assert_allclose(arrays[cube.NAN_RATIO], ratio, atol=1e-6)
-    np.testing.assert_array_equal(arrays[cube.LAND], (ratio >= 0.85).astype(np.uint8))
+    hole = expected_pole_hole(raw, "n3125", ARCHIVE_STEP)
+    assert hole.sum() >= 4  # the cells around the pole, which lies on their corners
+    np.testing.assert_array_equal(arrays[cube.POLE_HOLE], hole)
+    np.testing.assert_array_equal(arrays[cube.LAND], ((ratio >= 0.85) & ~hole).astype(np.uint8))
     assert 0.2 < arrays[cube.LAND].mean() < 0.7
 
 
 def test_filled_cube_equals_the_reference_fill_on_the_calendar_axis(built, archive):
     days = list(day_range(ARCHIVE_START, ARCHIVE_END))
     arrays = _arrays(built[0])
-    conc, flags = _expected(_raw_from_files(archive, days), arrays[cube.LAND].astype(bool))
+    raw = _raw_from_files(archive, days)
+    conc, flags = _expected(raw, arrays[cube.LAND].astype(bool),
+                            expected_pole_hole(raw, "n3125", ARCHIVE_STEP))
     np.testing.assert_allclose(arrays[cube.CONC], conc, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(arrays[cube.FLAG], flags)
     # Missing days are whole frames filled from their neighbours, not skipped.

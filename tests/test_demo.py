@@ -32,3 +32,18 @@ def test_demo_refuses_too_few_days(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["sicube demo: error: --days must be an integer "
                                                 "of at least 8, got 3"]
+
+
+def test_demo_on_a_southern_grid_builds_from_its_mirror(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "sicube", "demo", "--days", "8", "--step", "8", "--grid", "s6250",
+         "--out", str(out), "-q"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    ds = xr.open_zarr(out / "cube.zarr")
+    assert "/s6250/netcdf" in ds.attrs["source_base_url"]  # the mirror's URL names the grid
+    assert ds[cube.GRID_MAPPING].attrs["epsg_code"] == "EPSG:3412"
+    assert ds.sizes["y"] == 166 and ds.sizes["x"] == 158
+    assert not ds[cube.POLE_HOLE].values.any()
+    pixels = np.asarray(Image.open(out / "day.png").convert("L"))
+    assert pixels.std() > 10

@@ -131,7 +131,8 @@ def test_info_of_a_cube_matches_the_store(small_cube):
     assert (found.first_day, found.last_day, found.days) == (ARCHIVE_START, ARCHIVE_END, 12)
     assert found.observed_days == int(ds[cube.OBSERVED].sum()) == 10
     assert found.missing_days == ARCHIVE_MISSING
-    assert found.crs.startswith("EPSG:3411")
+    assert found.crs.startswith("EPSG:3411 (Hughes 1980)")  # as the sample files declare
+    assert found.grid == "n3125 coarsened 16 times"
     for name in cube.CUBE_VARS:
         assert found.chunks[name] == group[name].chunks == tuple(SMALL_CUBE_CHUNKS.values())
         codec = group[name].compressors[0]
@@ -154,7 +155,8 @@ def test_info_of_a_folder_and_a_file(archive, capsys):
     one = info(archive.files[ARCHIVE_START])
     assert one.kind == "file" and one.first_day == ARCHIVE_START and one.observed_days == 1
     assert main(["info", str(archive.files[ARCHIVE_START])]) == 0
-    assert "grid: height 224 x width 152" in capsys.readouterr().out
+    assert folder.grid == one.grid == "n3125 coarsened 16 times"
+    assert "grid: n3125 coarsened 16 times, height 224 x width 152" in capsys.readouterr().out
 
 
 def test_info_bad_inputs_exit_2(tmp_path, capsys):
