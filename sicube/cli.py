@@ -368,7 +368,8 @@ def _run_build(args: argparse.Namespace) -> int:
     summary = build(
         args.start, args.end, args.store, base_url=args.base_url, source=args.source,
         raw_dir=args.raw_dir, grid=args.grid, sensor=args.sensor,
-        time_window=args.time_window, space_window=args.space_window, alpha=args.alpha, sigma=args.sigma, mask_threshold=args.mask_threshold,
+        time_window=args.time_window, space_window=args.space_window, alpha=args.alpha,
+        sigma=args.sigma, mask_threshold=args.mask_threshold,
         mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
         chunks=_chunks(args.chunks), restart_fill=args.restart_fill, progress=not args.quiet,
     )
