@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # zarr reads a store's metadata documents concurrently; when the store is unreadable the
     # first failure is the error we report, and asyncio would print the others' tracebacks
-    # ("Future exception was never retrieved") when they are garbage-collected.
+    # ("Future/Task exception was never retrieved") when they are garbage-collected.
     logging.getLogger("asyncio").addFilter(_not_unretrieved_futures)
     from sicube.cube import one_codec_thread_per_core
 
@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _not_unretrieved_futures(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Future exception was never retrieved")
+    return not record.getMessage().startswith(("Future exception was never retrieved",
+                                               "Task exception was never retrieved"))
 
 
 def _closed_pipe() -> int:

@@ -519,3 +519,15 @@ def test_build_into_an_fsspec_memory_store_equals_the_local_cube(archive, built)
     for name in (*cube.CUBE_VARS, *cube.GRID_VARS):
         np.testing.assert_array_equal(remote[name].values, local[name].values)
     assert _build(archive, store).nothing_to_do
+
+
+@pytest.mark.parametrize("storage", ["netcdf-default", "y-descending"])
+def test_other_file_layouts_give_the_real_layouts_cube_bit_for_bit(tmp_path, built, storage):
+    """The archive fixture is in the real (GDAL) layout; the same days stored the netCDF
+    default way, or north to south, build the same cube."""
+    other = write_archive(tmp_path / storage, ARCHIVE_START, ARCHIVE_END, step=ARCHIVE_STEP,
+                          missing_days=ARCHIVE_MISSING, seed=3, storage=storage)
+    _build(other, tmp_path / "other.zarr")
+    got, expected = _arrays(tmp_path / "other.zarr"), _arrays(built[0])
+    for name in expected:
+        assert got[name].tobytes() == expected[name].tobytes(), name
