@@ -409,6 +409,7 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival], grid: GridCoo
 
     def record(result: ingest.ChunkResult) -> None:
         changed = []
+        news = result.chunk in state.rewrite
         for arrival in result.arrivals:
             key = f"{arrival.day:%Y%m%d}"
             if arrival.status == OK:
@@ -419,10 +420,11 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival], grid: GridCoo
                 if arrival.attempts > 1:
                     summary.retried[arrival.day] = arrival.attempts
             else:
-                state.record_day(key, arrival.status, arrival.error)
+                news |= state.record_day(key, arrival.status, arrival.error)
         state.invalidate(changed, chunk)
         state.rewrite.discard(result.chunk)
-        _save(group, state)
+        if news or changed:  # a day still missing for the same reason changes nothing
+            _save(group, state)
 
     tally = ingest.run(group, days, looked_for, kept, arrivals, grid, _crs(group),
                        before_write=before_write, record=record, progress=progress)

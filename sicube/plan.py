@@ -39,9 +39,10 @@ class FillBatch:
     """One resumable fill step: time chunks `chunks`, i.e. days [start, stop), written from
     the days [read_start, read_stop) read.
 
-    A batch reads its days and `time_window` days either side; at the span's ends the window
-    shifts inwards rather than shrinks, so batches of as many chunks read as many days
-    wherever they lie (their graph and memory do not depend on the span).
+    A batch reads its days and `time_window` days either side. A whole batch's window shifts
+    inwards at the span's ends rather than shrinks, so every whole batch reads as many days
+    wherever it lies (a build's graphs and memory do not depend on the span); a smaller one
+    (an update's refill of one chunk) reads only what it needs.
     """
 
     chunks: tuple[int, ...]
@@ -76,6 +77,9 @@ def fill_batches(n_days: int, chunk: int, time_window: int,
 
 def _batch(chunks: tuple[int, ...], n_days: int, chunk: int, time_window: int) -> FillBatch:
     start, stop = chunks[0] * chunk, min(n_days, (chunks[-1] + 1) * chunk)
+    if len(chunks) < FILL_BATCH_CHUNKS:  # an update's refill: read no more than it needs
+        return FillBatch(chunks, start, stop, max(0, start - time_window),
+                         min(n_days, stop + time_window))
     window = len(chunks) * chunk + 2 * time_window
     read_start = max(0, min(start - time_window, n_days - window))
     return FillBatch(chunks, start, stop, read_start, min(n_days, read_start + window))
@@ -154,8 +158,10 @@ class BuildState:
 
     # --- transitions -----------------------------------------------------------------------------
 
-    def record_day(self, key: str, status: str, detail) -> None:
-        """Put a day under `observed` (detail = provenance), `missing` or `failed` (reason)."""
+    def record_day(self, key: str, status: str, detail) -> bool:
+        """Put a day under `observed` (detail = provenance), `missing` or `failed` (reason);
+        whether that changed anything."""
+        before = (self.observed.get(key), key in self.missing, self.failed.get(key))
         self.observed.pop(key, None)
         self.missing.discard(key)
         self.failed.pop(key, None)
@@ -165,6 +171,7 @@ class BuildState:
             self.missing.add(key)
         else:
             self.failed[key] = detail
+        return before != (self.observed.get(key), key in self.missing, self.failed.get(key))
 
     def invalidate(self, changed: Iterable[int], chunk: int) -> None:
         """Forget the fills (and a NaN-frequency mask) that days `changed` feed."""
