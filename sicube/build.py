@@ -498,8 +498,10 @@ def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTall
             counts += np.rint(group[cube.NAN_RATIO][:].astype(np.float64) * counted).astype(
                 np.int64)
         new = set(state.observed) - state.mask_days
-        counts += tally.missing if tally.days <= new else 0
-        unread = sorted(new - tally.days) if tally.days <= new else sorted(new)
+        # This run's tally covers days newly observed in it (never already in the mask); the
+        # others (ingested by a killed run) are counted from the store.
+        unread = sorted(new - tally.days)
+        counts += tally.missing
         if unread:
             index = {f"{d:%Y%m%d}": i for i, d in enumerate(state.days)}
             rows = np.array([index[k] for k in unread])
