@@ -890,8 +890,13 @@ def _resume(store: str, args: BuildArgs, restart_fill: bool, summary: BuildSumma
     if state.args != args:
         same_span = (state.args.start, state.args.end) == (args.start, args.end)
         if not (restart_fill and same_span):
-            hint = ("add --restart-fill to redo the mask and the fill with these"
-                    if same_span else "use a new store, or `sicube update` to extend it")
+            if same_span:
+                hint = "add --restart-fill to redo the mask and the fill with these"
+            elif state.args.start == args.start and state.args.end > args.end:
+                hint = (f"it now ends {state.args.end} (extended by `sicube update`): give "
+                        "that --end, or run `sicube update` on it")
+            else:
+                hint = "use a new store, or `sicube update` to extend it"
             raise BadInput(f"{store}: holds a cube built with other arguments "
                            f"({_describe_args(state.args)}); {hint}")
         _check_window_fits(args.fill, _grid(group))
