@@ -30,13 +30,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from sicube import cube
 from sicube.cache import cache_dir
 from sicube.dates import DateLike, parse_date, yyyymmdd
-from sicube.errors import BadInput
+from sicube.errors import BadInput, require_extra
+
+require_extra("torch", "sicube.dataset", "torch")
+import torch  # noqa: E402
+from torch.utils.data import Dataset, IterableDataset, get_worker_info  # noqa: E402
 
 log = logging.getLogger(__name__)
 

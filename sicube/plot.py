@@ -24,7 +24,9 @@ import xarray as xr
 from sicube import cube, products
 from sicube.cube import FillFlag
 from sicube.dates import DateLike, parse_date
-from sicube.errors import BadInput, BadSourceFile
+from sicube.errors import BadInput, BadSourceFile, require_extra
+
+require_extra("plot", "sicube.plot", "matplotlib")
 
 LAND_COLOUR = "#cbbd9b"  # tan: land is never mistaken for data or for missing data
 COAST_COLOUR = "#3a3a3a"
@@ -564,6 +566,7 @@ def explore(store, variables: tuple[str, ...] = EXPLORE_VARIABLES, *,
     `width` pixels across (what `save_explorer` writes to HTML). Values are percent;
     land is tan, no data grey. An unfinished cube is refused unless `allow_incomplete`.
     """
+    require_extra("plot", "sicube.explore", "hvplot", "datashader", "panel")
     import hvplot.xarray  # noqa: F401  (registers .hvplot)
 
     unknown = [v for v in variables if v not in EXPLORE_VARIABLES]
@@ -600,6 +603,7 @@ def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABL
     pixel, ~0.7 MB a frame at 300 px on the n3125 grid), plus ~3 MB of JavaScript.
     Choose the span and width to keep it small.
     """
+    require_extra("plot", "sicube.explore", "hvplot", "datashader", "panel")
     import panel as pn
     from bokeh.resources import INLINE
 

@@ -92,3 +92,59 @@ def test_no_module_uses_another_modules_private_names():
              for path in [*(ROOT / "sicube").glob("*.py"), *(ROOT / "tools").glob("*.py")]
              for match in private.finditer(path.read_text())]
     assert found == []
+
+
+# --- optional extras: a missing one is named in one line ------------------------------------
+
+BLOCKED_CLI = """
+import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # as if not installed: importing it fails
+from sicube.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("blocked, argv, user, extra, missing", [
+    ("matplotlib", ["plot", "mask", "--mask", "m.nc", "-o", "m.png"], "sicube.plot", "plot",
+     "matplotlib"),
+    ("hvplot", ["explore", "cube.zarr", "--html", "e.html"], "sicube.explore", "plot",
+     "hvplot"),
+])
+def test_a_missing_extra_is_one_line_and_exit_code_2(tmp_path, blocked, argv, user, extra,
+                                                     missing):
+    run = subprocess.run([sys.executable, "-c", BLOCKED_CLI, blocked, *argv], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr == (f"sicube {argv[0]}: error: {user} needs the '{extra}' extra "
+                          f"({missing} is not installed): pip install 'sicube[{extra}]'\n")
+    assert list(tmp_path.iterdir()) == []  # refused before writing anything
+
+
+def test_the_dataset_without_torch_names_the_torch_extra():
+    code = """
+import sys
+sys.modules["torch"] = None
+import sicube
+from sicube.errors import MissingExtra
+sicube.build, sicube.open_cube  # the builder does not need torch
+try:
+    sicube.SICDataset
+except MissingExtra as err:
+    print(isinstance(err, ImportError), err)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == ("True sicube.dataset needs the 'torch' extra (torch is not installed): "
+                   "pip install 'sicube[torch]'\n")
+
+
+def test_the_extras_cover_what_the_optional_parts_import():
+    project = (ROOT / "pyproject.toml").read_text()
+    assert 'torch = ["torch>=2.2"]' in project
+    assert 'plot = ["matplotlib>=3.7", "hvplot>=0.10", "datashader>=0.16"]' in project
+    assert 'all = ["sicube[torch,plot]"]' in project
+    assert '"sicube[all]",' in project.split("test = [")[1].split("\n]")[0]
+    core = project.split("dependencies = [")[1].split("\n]")[0]
+    assert not {"torch", "matplotlib", "hvplot", "datashader"} & set(
+        line.strip().strip('",').split(">")[0].split("[")[0] for line in core.splitlines())
