@@ -53,11 +53,11 @@ APPEND = """
 import json, sys, time
 began = time.perf_counter()
 from sicube.cli import main  # what `python -m sicube` imports
-from sicube.cube import one_codec_thread_per_core
 from sicube.fill import fill_fraction_block
+from sicube.settings import apply
 from sicube.sources import read_day
 import numpy as np
-one_codec_thread_per_core()
+apply()  # the CLI's process-wide settings
 read_day(sys.argv[3])  # numba's first call loads its kernels from the cache
 fill_fraction_block(np.zeros((3, 8, 8), np.float32), None, (0, 3, 0, 8, 0, 8), 1, 1, 1.0, 1.0)
 ready = time.perf_counter()

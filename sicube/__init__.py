@@ -1,34 +1,81 @@
 """sicube: AMSR2 sea-ice concentration to analysis- and ML-ready Zarr datacubes.
 
-The public API; `import sicube` stays light (torch and plotting load on first use).
+The public API. Every name loads its module on first use, so `import sicube` stays light
+(no dask, numba, xarray, zarr or torch until a function needs them).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from sicube.build import BuildSummary, build, update  # noqa: E402
-from sicube.cube import open_cube  # noqa: E402
-from sicube.download import download, iter_downloads  # noqa: E402
-from sicube.evaluate import evaluate_fill  # noqa: E402
-from sicube.fill import FillFlag, gaussian_fill  # noqa: E402
-from sicube.mask import export_mask  # noqa: E402
-from sicube.plot import explore, plot_compare, plot_day, plot_mask  # noqa: E402
-from sicube.report import info, roi_report  # noqa: E402
-from sicube.sample import write_archive  # noqa: E402
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "BuildSummary", "FillFlag", "SICDataset", "SICStream", "build", "download",
+from sicube._version import __version__ as __version__
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "BuildSummary": "sicube.build", "build": "sicube.build", "update": "sicube.build",
+    "FillFlag": "sicube.cube", "open_cube": "sicube.cube",
+    "configure": "sicube.settings",
+    "SICDataset": "sicube.dataset", "SICStream": "sicube.dataset",
+    "download": "sicube.download", "iter_downloads": "sicube.download",
+    "evaluate_fill": "sicube.evaluate",
+    "gaussian_fill": "sicube.fill",
+    "export_mask": "sicube.mask",
+    "explore": "sicube.plot", "plot_compare": "sicube.plot", "plot_day": "sicube.plot",
+    "plot_mask": "sicube.plot",
+    "info": "sicube.report", "roi_report": "sicube.report",
+    "write_archive": "sicube.sample",
+}
+
+__all__ = [  # the names of _EXPORTS (tests/test_imports.py checks they agree)
+    "BuildSummary", "FillFlag", "SICDataset", "SICStream", "build", "configure", "download",
     "evaluate_fill", "explore", "export_mask", "gaussian_fill", "info", "iter_downloads",
     "open_cube", "plot_compare", "plot_day", "plot_mask", "roi_report", "update",
     "write_archive",
 ]
 
-# --- dataset (lazy: importing torch takes seconds; `import sicube` must not) ---
-_LAZY = {"SICDataset": "sicube.dataset", "SICStream": "sicube.dataset"}
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` loads them
+    from sicube.build import BuildSummary, build, update
+    from sicube.cube import FillFlag, open_cube
+    from sicube.dataset import SICDataset, SICStream
+    from sicube.download import download, iter_downloads
+    from sicube.evaluate import evaluate_fill
+    from sicube.fill import gaussian_fill
+    from sicube.mask import export_mask
+    from sicube.plot import explore, plot_compare, plot_day, plot_mask
+    from sicube.report import info, roi_report
+    from sicube.sample import write_archive
+    from sicube.settings import configure
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    """Load a public name's module on first use (PEP 562) and keep the name here."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sicube' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'sicube' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """The package module, whose `build` and `download` stay the functions.
+
+    Importing a submodule sets it as an attribute of its package; for the two functions
+    named like their modules that would make `sicube.build` the module or the function
+    depending on what was imported first.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

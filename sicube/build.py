@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import json
 import logging
 import os
@@ -33,11 +32,12 @@ import dask
 import dask.array as da
 import numpy as np
 
-from sicube import __version__, cube, ingest, mask, products
+from sicube import cube, ingest, mask, products, settings
+from sicube._version import __version__
+from sicube.cube import FillFlag
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
 from sicube.fill import (
-    FillFlag,
     core_in_block,
     fill_fraction_block,
     fill_parameters,
@@ -552,7 +552,7 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
             state.flag_counts[c] = [int(n) for n in chunk_counts]
         state.filled.update(batch.chunks)
         _save(group, state)
-        _release_memory()
+        settings.release_memory()
         bar.update(1)
     bar.close()
     _count_flags(state, summary)
@@ -614,32 +614,6 @@ def _fill_pole_hole(group, days: slice, hole: np.ndarray, ring: np.ndarray) -> n
     conc_array[box] = conc
     flag_array[box] = flags
     return change
-
-
-def _release_memory() -> None:
-    """Give freed heap back to the OS (glibc keeps it in per-thread arenas otherwise).
-
-    Without it the resident size after each fill batch drifts up with the number of
-    batches, so long spans would look as if they used more memory than they do.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's malloc_trim, looked up once; None elsewhere (macOS, musl, Windows).
-
-    Looked up in the symbols the process already has loaded: `ctypes.util.find_library`
-    would run `ldconfig` in a child process at every call, a fork of a ~1 GB process.
-    """
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
 
 
 def _count_flags(state: BuildState, summary: BuildSummary) -> None:
@@ -845,6 +819,7 @@ def build(
     mask.check_threshold(mask_threshold)
     _check_workers(workers)
     _check_chunks(chunks)
+    settings.apply()  # zarr's codec threads, before this process's first Zarr read
     args = BuildArgs(f"{first}", f"{last}", params, mask_threshold,
                      str(mask_from) if mask_from else None)
     summary = BuildSummary(store=store, span=(first, last), source=src.where)
@@ -1027,6 +1002,7 @@ def update(
     cube's own unless given (`sensor`: the build's choice by default).
     """
     store = _store_url(store)
+    settings.apply()  # zarr's codec threads, before this process's first Zarr read
     if not cube.is_cube(store):
         raise BadInput(f"{store}: not a sicube cube")
     _check_workers(workers)

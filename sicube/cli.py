@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from sicube import __version__
+from sicube._version import __version__
 from sicube.errors import BadInput, SicubeError
 
 
@@ -67,9 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # first failure is the error we report, and asyncio would print the others' tracebacks
     # ("Future/Task exception was never retrieved") when they are garbage-collected.
     logging.getLogger("asyncio").addFilter(_not_unretrieved_futures)
-    from sicube.cube import one_codec_thread_per_core
+    from sicube.settings import apply
 
-    one_codec_thread_per_core()
+    apply()  # the process-wide settings (sicube.configure): zarr's codec threads
     try:
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit

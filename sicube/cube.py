@@ -8,16 +8,20 @@ anything that is not a sicube cube, and a cube whose build has not finished unle
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import xarray as xr
 
-from sicube import __version__, products
+from sicube import products
+from sicube._version import __version__
 from sicube.dates import to_datetime64
 from sicube.errors import BadInput
-from sicube.fill import FillFlag
+
+if TYPE_CHECKING:  # xarray loads when a cube is made or opened: `sicube.fill` imports this
+    import xarray as xr
 
 RAW = "sea_ice_conc_raw"
 CONC = "sea_ice_conc"
@@ -50,9 +54,29 @@ FAILED_DAYS = "failed_days"
 SOURCE_DIRECTORY = "source_directory"
 SOURCE_URL = "source_base_url"
 
-# fill_flag values are sicube.fill.FillFlag: 0 observed, 1 filled, 2 no neighbour, 3 land,
-# 4 pole hole (north grids: the disc the sensor never sees, filled from the ring around it).
+
+
+class FillFlag(enum.IntEnum):
+    """Per-cell outcome of the fill, as stored in the cube's ``fill_flag`` (SPEC section 3).
+
+    The fill kernel (`sicube.fill`) gives the first four; the builder the fifth.
+    """
+
+    OBSERVED = 0
+    FILLED = 1
+    NO_NEIGHBOUR = 2  # no observed cell within the fill's windows: left NaN by the fill
+    LAND = 3
+    # The north pole hole (never seen by the sensor, not land): set from the ring of observed
+    # cells around it by the builder after the Gaussian fill (`sicube.build`, rule in
+    # `sicube.mask.detect_pole_hole` and `sicube.fill.fill_pole_hole`). The kernel never
+    # gives this flag.
+    POLE_HOLE = 4
+
+
+# fill_flag's CF flag_meanings, in value order.
 FLAG_MEANINGS = tuple(flag.name.lower() for flag in FillFlag)
+# fill_flag values of ocean cells whose sea_ice_conc is not an observation of that day.
+NOT_OBSERVED_FLAGS = (FillFlag.FILLED, FillFlag.NO_NEIGHBOUR, FillFlag.POLE_HOLE)
 # sensor values: 0 no file that day, then products.Sensor.code (1 AMSR-E, 2 AMSR2).
 SENSOR_MEANINGS = ("none", *sorted(products.SENSORS, key=lambda n: products.SENSORS[n].code))
 
@@ -121,6 +145,7 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
     `crs` is the source files' CRS (`sources.read_grid`), or an EPSG code.
     """
     import dask.array as da
+    import xarray as xr
 
     chunks = {**DEFAULT_CHUNKS, **(chunks or {})}
     nt, ny, nx = len(days), y.size, x.size
@@ -181,20 +206,6 @@ def for_writing(array):
     storing it; a compressed empty chunk is a few hundred bytes, cheaper than the check.
     """
     return array.with_config({"write_empty_chunks": True})
-
-
-def one_codec_thread_per_core() -> None:
-    """Have zarr encode and decode chunks on one thread per core (for this process).
-
-    Zarr's default pool has cores + 4 threads. Codec work is CPU-bound, so the extra threads
-    add no speed, only glibc malloc arenas that each keep freed chunk buffers: a build's peak
-    memory then creeps up with its span (measured in benchmarks/RESULTS.md, "## Build"). Takes
-    effect when called before zarr's first use in the process; a value the user set is kept.
-    """
-    import zarr
-
-    if zarr.config.get("threading.max_workers", None) is None:
-        zarr.config.set({"threading.max_workers": os.cpu_count() or 1})
 
 
 def is_cube(store: str | os.PathLike) -> bool:
@@ -295,6 +306,8 @@ def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
     NaN / 0). `kwargs` go to `xarray.open_zarr`.
     """
     import warnings
+
+    import xarray as xr
 
     open_group(store, allow_incomplete=allow_incomplete)
     try:

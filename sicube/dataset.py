@@ -30,14 +30,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from sicube import cube
 from sicube.cache import cache_dir
 from sicube.dates import DateLike, parse_date, yyyymmdd
-from sicube.errors import BadInput
-from sicube.fill import FillFlag
+from sicube.errors import BadInput, require_extra
+
+require_extra("torch", "sicube.dataset", "torch")
+import torch  # noqa: E402
+from torch.utils.data import Dataset, IterableDataset, get_worker_info  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,6 @@ CHANNELS = {
 # Which stored array each time-varying channel is read from.
 _SOURCE = {cube.CONC: cube.CONC, cube.RAW: cube.RAW, cube.FLAG: cube.FLAG, "filled": cube.FLAG}
 _STATIC = (cube.LAND, cube.NAN_RATIO)
-# fill_flag values of ocean cells whose value is not an observation.
-_FILLED_FLAGS = tuple(int(flag) for flag in (FillFlag.FILLED, FillFlag.NO_NEIGHBOUR,
-                                             FillFlag.POLE_HOLE))
 
 
 # --------------------------------------------------------------------------- window rule
@@ -534,7 +532,7 @@ class SICDataset(Dataset):
         for t0 in range(a - a % step, b + 1, step):
             lo, hi = max(t0, a), min(t0 + step, b + 1)
             block = np.asarray(flags[lo:hi, y0:y1, x0:x1])
-            filled = np.isin(block, _FILLED_FLAGS) & ocean
+            filled = np.isin(block, cube.NOT_OBSERVED_FLAGS) & ocean
             fractions.append(filled.sum(axis=(1, 2)) / n_ocean)
         fraction = np.concatenate(fractions)
         if cache_file is not None:
@@ -579,8 +577,8 @@ class SICDataset(Dataset):
             if name in ("filled", cube.FLAG):
                 if flags is None:
                     flags = _read(group[cube.FLAG], frames, rows, cols)
-                values = (np.isin(flags, _FILLED_FLAGS).astype(np.float32) if name == "filled"
-                          else flags.astype(np.float32))
+                values = (np.isin(flags, cube.NOT_OBSERVED_FLAGS).astype(np.float32)
+                          if name == "filled" else flags.astype(np.float32))
             else:
                 values = _read(group[_SOURCE[name]], frames, rows, cols)
             arrays[name] = _coarsen(name, values, ocean, c)

@@ -66,7 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sicube import __version__, products
+from sicube import products
+from sicube._version import __version__
 from sicube.cache import cache_dir
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span, yyyymmdd
 from sicube.errors import BadInput, BadSourceFile, SourceUnavailable

@@ -19,7 +19,7 @@ import numpy as np
 
 from sicube import cube
 from sicube.errors import BadInput
-from sicube.fill import METHODS, _is_dask, gaussian_fill
+from sicube.fill import METHODS, gaussian_fill, is_dask
 
 FILL_DEFAULTS = {
     "time_window": 3,
@@ -139,7 +139,7 @@ def evaluate_fill(
     for params in sets:
         if params["method"] not in METHODS:
             raise BadInput(f"method must be one of {', '.join(METHODS)}, got {params['method']!r}")
-    lazy = _is_dask(array)
+    lazy = is_dask(array)
     if not lazy:
         array = np.asarray(array)
     if array.ndim != 3 or not np.issubdtype(array.dtype, np.floating):
@@ -147,7 +147,7 @@ def evaluate_fill(
             f"array must be a 3-D (time, y, x) floating-point array, got {array.ndim}-D "
             f"{array.dtype}"
         )
-    if land_mask is not None and not _is_dask(land_mask):
+    if land_mask is not None and not is_dask(land_mask):
         land_mask = np.asarray(land_mask)
     if land_mask is not None and tuple(land_mask.shape) != tuple(array.shape[1:]):
         raise BadInput(

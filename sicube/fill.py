@@ -34,7 +34,6 @@ Nothing here reads or writes files.
 
 from __future__ import annotations
 
-import enum
 import math
 import numbers
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from sicube.cube import FillFlag
 from sicube.errors import BadInput
 
 WEIGHT_SUM_MIN = 1e-6
@@ -54,20 +54,6 @@ TILE = (64, 256)
 SEG = 32
 
 METHODS = ("gaussian", "hybrid")
-
-
-class FillFlag(enum.IntEnum):
-    """Per-cell outcome of the fill, as stored in the cube's ``fill_flag`` (SPEC section 3)."""
-
-    OBSERVED = 0
-    FILLED = 1
-    NO_NEIGHBOUR = 2
-    LAND = 3
-    # The north pole hole (never seen by the sensor, not land): set from the ring of observed
-    # cells around it by the builder after the Gaussian fill (`sicube.build`, rule in
-    # `sicube.mask.detect_pole_hole` and `sicube.build._fill_pole_hole`). The kernel never
-    # gives this flag.
-    POLE_HOLE = 4
 
 
 # --- the oracle ---------------------------------------------------------------------------------
@@ -429,12 +415,13 @@ def fill_parameters(time_window: Any, space_window: Any, alpha: Any, sigma: Any)
     }
 
 
-def _is_dask(array: Any) -> bool:
+def is_dask(array: Any) -> bool:
+    """True for a dask array (told apart without importing dask)."""
     return type(array).__module__.startswith("dask.") and hasattr(array, "chunks")
 
 
 def _check_array(array: Any):
-    if not _is_dask(array):
+    if not is_dask(array):
         array = np.asarray(array)
     if array.ndim != 3:
         raise BadInput(f"array must be 3-D (time, y, x), got shape {tuple(array.shape)}")
@@ -448,7 +435,7 @@ def _check_array(array: Any):
 def _check_land(land_mask: Any, shape: tuple[int, ...]):
     if land_mask is None:
         return None
-    if not _is_dask(land_mask):
+    if not is_dask(land_mask):
         land_mask = np.asarray(land_mask)
     if tuple(land_mask.shape) != tuple(shape[1:]):
         raise BadInput(
@@ -517,7 +504,7 @@ def gaussian_fill(
     land = _check_land(land_mask, array.shape)
     gt, gs = _weights(time_window, space_window, alpha, sigma)
 
-    if _is_dask(array):
+    if is_dask(array):
         filled = _fill_dask(array, land, time_window, space_window, gt, gs, method, max_gap)
         if not return_flags:
             return filled

@@ -22,18 +22,21 @@ import numpy as np
 import xarray as xr
 
 from sicube import cube, products
+from sicube.cube import FillFlag
 from sicube.dates import DateLike, parse_date
-from sicube.errors import BadInput, BadSourceFile
-from sicube.fill import FillFlag
+from sicube.errors import BadInput, BadSourceFile, require_extra
+
+require_extra("plot", "sicube.plot", "matplotlib")
 
 LAND_COLOUR = "#cbbd9b"  # tan: land is never mistaken for data or for missing data
 COAST_COLOUR = "#3a3a3a"
 MISSING_COLOUR = "#8c8c8c"  # mid grey: no retrieval (pole hole, swath gaps, missing days)
 GRATICULE_COLOUR = "#5a5a5a"
 CONC_CMAP = "Blues_r"  # open water dark blue, consolidated ice white
-# fill_flag colours in FLAG_MEANINGS order: observed, filled, no observed neighbour, land,
-# pole hole.
-FLAG_COLOURS = ("#dcdcdc", "#e6550d", "#6a3d9a", LAND_COLOUR, "#1b9e77")
+# fill_flag colours, one per FillFlag (in value order where a colour map needs them).
+FLAG_COLOURS = {FillFlag.OBSERVED: "#dcdcdc", FillFlag.FILLED: "#e6550d",
+                FillFlag.NO_NEIGHBOUR: "#6a3d9a", FillFlag.LAND: LAND_COLOUR,
+                FillFlag.POLE_HOLE: "#1b9e77"}
 DPI = 150
 DAY_FIGSIZE = (7.5, 9.0)
 MASK_FIGSIZE = (13.0, 9.0)
@@ -260,7 +263,7 @@ def read_file_field(path: str | os.PathLike, expected=None) -> tuple[MapField, d
 
 
 def _cube_field(ds: xr.Dataset, variable: str, index: int) -> MapField:
-    """One day of a cube variable in percent; filled land (flag 3) becomes NaN ('masked')."""
+    """One day of a cube variable in percent; filled land (FillFlag.LAND) becomes NaN ('masked')."""
     values = ds[variable].isel(time=index).values.astype(np.float32)
     if variable == cube.CONC:
         values = values * 100.0
@@ -413,18 +416,19 @@ def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None,
     axes[0].set_title(f"{raw_label}\n{missing:.1%} of cells missing", fontsize=10)
     axes[1].set_title("filled - sea_ice_conc (shown in %)", fontsize=10)
     _legend(axes[0], [(LAND_COLOUR, "land"), (MISSING_COLOUR, "no data")])
-    _legend(axes[1], [(LAND_COLOUR, "land"), (MISSING_COLOUR, "masked (flag 3)")])
+    _legend(axes[1], [(LAND_COLOUR, "land"),
+                      (MISSING_COLOUR, f"masked (flag {int(FillFlag.LAND)})")])
     fig.colorbar(image, ax=axes[:2], shrink=0.7, pad=0.02, location="bottom", aspect=40,
                  label="sea-ice concentration (%)")
 
-    n = len(cube.FLAG_MEANINGS)
+    n = len(FillFlag)
     norm = BoundaryNorm(np.arange(n + 1) - 0.5, n)
-    draw_map(axes[2], flag_field, cmap=ListedColormap(FLAG_COLOURS), norm=norm, land=False)
+    colours = [FLAG_COLOURS[flag] for flag in FillFlag]
+    draw_map(axes[2], flag_field, cmap=ListedColormap(colours), norm=norm, land=False)
     counts = np.bincount(flags.ravel(), minlength=n)[:n] / flags.size
-    _legend(axes[2], [(colour, f"{value} {meaning.replace('_', ' ')} ({share:.1%})")
-                      for value, (colour, meaning, share)
-                      in enumerate(zip(FLAG_COLOURS, cube.FLAG_MEANINGS, counts,
-                                           strict=True))])
+    _legend(axes[2], [(FLAG_COLOURS[flag], f"{int(flag)} {meaning.replace('_', ' ')} "
+                                           f"({counts[flag]:.1%})")
+                      for flag, meaning in zip(FillFlag, cube.FLAG_MEANINGS, strict=True)])
     axes[2].set_title("fill_flag", fontsize=10)
     params = ds.attrs.get("fill_parameters") or {}
     detail = ", ".join(f"{k}={v}" for k, v in params.items())
@@ -541,7 +545,7 @@ def _explore_array(ds: xr.Dataset, variables: tuple[str, ...]) -> xr.DataArray:
     layers = []
     for variable in variables:
         values = ds[variable].astype(np.float32)
-        if variable == cube.CONC:  # fraction -> percent; flag 3 (cube's land mask) -> no data
+        if variable == cube.CONC:  # fraction -> percent; land (FillFlag.LAND) -> no data
             values = (values * 100.0).where(ds[cube.FLAG] != FillFlag.LAND)
         layers.append(values.where(~land, _LAND_VALUE).drop_vars(cube.GRID_MAPPING,
                                                                  errors="ignore"))
@@ -562,6 +566,7 @@ def explore(store, variables: tuple[str, ...] = EXPLORE_VARIABLES, *,
     `width` pixels across (what `save_explorer` writes to HTML). Values are percent;
     land is tan, no data grey. An unfinished cube is refused unless `allow_incomplete`.
     """
+    require_extra("plot", "sicube.explore", "hvplot", "datashader", "panel")
     import hvplot.xarray  # noqa: F401  (registers .hvplot)
 
     unknown = [v for v in variables if v not in EXPLORE_VARIABLES]
@@ -598,6 +603,7 @@ def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABL
     pixel, ~0.7 MB a frame at 300 px on the n3125 grid), plus ~3 MB of JavaScript.
     Choose the span and width to keep it small.
     """
+    require_extra("plot", "sicube.explore", "hvplot", "datashader", "panel")
     import panel as pn
     from bokeh.resources import INLINE
 

@@ -51,7 +51,9 @@ class Archive:
 
 
 @dataclass(frozen=True)
-class _Geometry:
+class Geometry:
+    """A sample grid's cell-centre coordinates, latitude, longitude and land (True)."""
+
     x: np.ndarray
     y: np.ndarray
     lat: np.ndarray
@@ -75,11 +77,11 @@ def lat_lon(grid_name: str, step: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=4)
-def _geometry(grid_name: str, step: int) -> _Geometry:
+def geometry(grid_name: str, step: int) -> Geometry:
     """Coordinates, latitude, longitude and land of the grid, coarsened by `step`."""
     grid = products.GRIDS[grid_name]
     lat, lon = lat_lon(grid_name, step)
-    return _Geometry(grid.x(step), grid.y(step), lat.astype(np.float32),
+    return Geometry(grid.x(step), grid.y(step), lat.astype(np.float32),
                      lon.astype(np.float32), _land(grid, step))
 
 
@@ -125,7 +127,7 @@ def sample_day(day: dt.date, *, step: int = 8, seed: int = 0, grid: str = "n3125
 
     `start` anchors the drift of the ice edge so a span is continuous day to day.
     """
-    geo = _geometry(grid, step)
+    geo = geometry(grid, step)
     day_index = (day - (start or products.DATA_START)).days
     rng = np.random.default_rng(seed)
     edge_waves = _waves(rng, 6, (800.0, 3000.0))
@@ -210,7 +212,7 @@ def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
     """
     import netCDF4
 
-    geo, spec = _geometry(grid, step), products.GRIDS[grid]
+    geo, spec = geometry(grid, step), products.GRIDS[grid]
     layout = dict(STORAGE[storage] if isinstance(storage, str) else storage or STORAGE["gdal"])
     file_format = layout.pop("format", "NETCDF4")
     flip = layout.pop("y_descending", False)
@@ -318,11 +320,11 @@ def write_archive(
             continue
         z = sample_day(day, step=step, seed=seed, grid=grid, start=first)
         if land_value is not None:
-            z[_geometry(grid, step).land] = land_value
+            z[geometry(grid, step).land] = land_value
         path = root / products.relative_path(day, grid)
         archive.files[day] = write_day_file(path, z, day, step=step, grid=grid,
                                              storage=storage)
-    archive.shape = _geometry(grid, step).lat.shape
+    archive.shape = geometry(grid, step).lat.shape
     log.info("wrote %d files, %d missing days, grid %s", len(archive.files),
              len(archive.missing), archive.shape)
     return archive

@@ -8,14 +8,15 @@ from collections import deque
 
 import numpy as np
 
-from sicube.fill import FillFlag, reference_fill
-from sicube.sample import _geometry
+from sicube.cube import FillFlag
+from sicube.fill import reference_fill
+from sicube.sample import geometry
 
 
 def expected_pole_hole(raw: np.ndarray, grid: str, step: int) -> np.ndarray:
     """Cells NaN on every observed frame of `raw` (frames all NaN are days without a file),
     not land on the sample's coastline, 4-connected to a cell whose extent holds the pole."""
-    geo = _geometry(grid, step)
+    geo = geometry(grid, step)
     hole = np.zeros(geo.land.shape, bool)
     if grid.startswith("s"):
         return hole

@@ -19,9 +19,9 @@ import zarr
 from sicube import cube
 from sicube.build import STATE, build, update
 from sicube.cli import main
+from sicube.cube import FillFlag
 from sicube.dates import day_range
 from sicube.errors import BadInput
-from sicube.fill import FillFlag
 from sicube.sample import write_archive
 from sicube.sources import read_day
 

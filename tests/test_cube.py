@@ -18,17 +18,6 @@ def test_for_writing_stores_chunks_that_hold_only_the_fill_value(tmp_path):
     np.testing.assert_array_equal(array[:], np.full((4, 4), np.nan, np.float32))
 
 
-def test_codec_threads_follow_the_cores_unless_the_user_set_them():
-    import os
-
-    with zarr.config.set({"threading.max_workers": None}):
-        cube.one_codec_thread_per_core()
-        assert zarr.config.get("threading.max_workers") == os.cpu_count()
-    with zarr.config.set({"threading.max_workers": 3}):
-        cube.one_codec_thread_per_core()
-        assert zarr.config.get("threading.max_workers") == 3
-
-
 # --- a cube's state: readers refuse an unfinished cube -------------------------------------------
 
 FINISH = "sicube build --start 20240401 --end 20240412 --store cube.zarr --source archive"

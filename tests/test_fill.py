@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sicube.cube import FillFlag
 from sicube.errors import BadInput
 from sicube.fill import (
     SEG,
     TILE,
     WEIGHT_SUM_MIN,
-    FillFlag,
     _fill_numpy,
     _reference,
     _weights,

@@ -13,10 +13,10 @@ import zarr
 from sicube import cube, mask, plot, products
 from sicube.build import build
 from sicube.cli import main
+from sicube.cube import FillFlag
 from sicube.dataset import SICDataset
 from sicube.dates import day_range
 from sicube.errors import BadInput
-from sicube.fill import FillFlag
 from sicube.report import format_info, info, roi_report
 from sicube.sample import write_archive
 from sicube.sources import read_day

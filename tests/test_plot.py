@@ -11,7 +11,7 @@ from matplotlib.image import imread
 from sicube import cube, plot
 from sicube.cli import main
 from sicube.errors import BadInput
-from sicube.sample import _geometry
+from sicube.sample import geometry
 
 from .conftest import ARCHIVE_MISSING, ARCHIVE_START, ARCHIVE_STEP
 
@@ -33,7 +33,7 @@ def _has_colour(image: np.ndarray, colour: str, min_share: float = 0.005) -> boo
 
 def test_shipped_land_agrees_with_global_land_mask():
     # The sample archive's land comes from global-land-mask on the same projection.
-    geo = _geometry("n3125", ARCHIVE_STEP)
+    geo = geometry("n3125", ARCHIVE_STEP)
     shipped = plot.land_on_grid(geo.x, geo.y, 3411)
     assert shipped.shape == geo.land.shape
     assert (shipped == geo.land).mean() > 0.97

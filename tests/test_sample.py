@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 
 from sicube import products
-from sicube.sample import _geometry, sample_day, write_archive
+from sicube.sample import geometry, sample_day, write_archive
 from sicube.sources import find_day_files, read_day
 
 from .conftest import ARCHIVE_MISSING, ARCHIVE_START, ARCHIVE_STEP
@@ -69,7 +69,7 @@ def test_every_grid_has_its_hemisphere_and_coastlines(tmp_path, grid):
     field = read_day(path)
     assert field.z.shape == arch.shape == (spec.ny // step, spec.nx // step)
     assert field.crs.epsg == (3412 if spec.south else 3411) and field.crs.south == spec.south
-    land = _geometry(grid, step).land
+    land = geometry(grid, step).land
     assert np.isnan(field.z[land]).all()
     if spec.south:
         # Antarctica sits at the centre of the grid; in September the pack surrounds it.
@@ -82,7 +82,7 @@ def test_every_grid_has_its_hemisphere_and_coastlines(tmp_path, grid):
 
 
 def test_both_resolutions_share_coastlines():
-    fine, coarse = _geometry("s3125", 16).land, _geometry("s6250", 8).land
+    fine, coarse = geometry("s3125", 16).land, geometry("s6250", 8).land
     np.testing.assert_array_equal(fine, coarse)
 
 

@@ -1,0 +1,150 @@
+"""Imports run one way and stay light: `import sicube` loads no heavy library, the torch
+dataset's spawned workers load no numba or distributed, every public name resolves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+import sicube
+
+HEAVY = ("dask", "numba", "xarray", "zarr", "torch", "distributed", "matplotlib")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The HEAVY modules a fresh interpreter holds after running `code`."""
+    probe = (f"{code}\nimport json, sys\n"
+             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def test_import_sicube_loads_no_heavy_library():
+    assert _loaded_after("import sicube; sicube.__version__; dir(sicube)") == []
+
+
+def test_the_kernel_imports_the_layout_not_the_reverse():
+    # fill imports the flags from cube; cube's xarray loads only when a cube is made or opened
+    assert _loaded_after("import sicube.fill") == ["numba"]
+    assert _loaded_after("import sicube.cube, sys; assert 'sicube.fill' not in sys.modules"
+                         ) == []
+
+
+def test_dataset_in_a_spawned_worker_loads_no_numba_or_distributed(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, sys
+
+        def probe(_):
+            import sicube.dataset  # noqa: F401  what a DataLoader worker unpickles
+            return [m for m in ("numba", "distributed", "torch") if m in sys.modules]
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                print(pool.map(probe, [0])[0])
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['torch']"  # it did import the dataset, and nothing else heavy
+
+
+def test_every_public_name_resolves_to_its_object():
+    assert sorted(sicube.__all__) == sorted(sicube._EXPORTS)
+    assert set(sicube.__all__) <= set(dir(sicube))
+    import importlib
+
+    for module in ("sicube.build", "sicube.download"):  # must not shadow their functions
+        importlib.import_module(module)
+
+    for name in sicube.__all__:
+        value = getattr(sicube, name)
+        assert not isinstance(value, types.ModuleType), name
+        assert value.__module__ == sicube._EXPORTS[name], name
+    assert sicube.build.__name__ == "build" and callable(sicube.download)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        sicube.nothing  # noqa: B018
+
+
+def test_version_is_written_once_and_shown_by_the_cli():
+    project = (ROOT / "pyproject.toml").read_text()  # (tomllib is not in Python 3.10)
+    assert 'dynamic = ["version"]' in project
+    assert 'version = { attr = "sicube._version.__version__" }' in project
+    out = subprocess.run([sys.executable, "-m", "sicube", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == f"sicube {sicube.__version__}"
+
+
+def test_no_module_uses_another_modules_private_names():
+    import re
+
+    private = re.compile(r"from sicube[.\w]* import [^\n]*\b_[a-z]\w*|"
+                         r"\b(?:cube|fill|build|ingest|mask|products|sources|sample|download|"
+                         r"report|plot|plan|dates|evaluate|mirror|settings)\._[a-z]\w*\(")
+    found = [f"{path.relative_to(ROOT)}: {match.group(0)}"
+             for path in [*(ROOT / "sicube").glob("*.py"), *(ROOT / "tools").glob("*.py")]
+             for match in private.finditer(path.read_text())]
+    assert found == []
+
+
+# --- optional extras: a missing one is named in one line ------------------------------------
+
+BLOCKED_CLI = """
+import sys
+for name in sys.argv[1].split(","):
+    sys.modules[name] = None  # as if not installed: importing it fails
+from sicube.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("blocked, argv, user, extra, missing", [
+    ("matplotlib", ["plot", "mask", "--mask", "m.nc", "-o", "m.png"], "sicube.plot", "plot",
+     "matplotlib"),
+    ("hvplot", ["explore", "cube.zarr", "--html", "e.html"], "sicube.explore", "plot",
+     "hvplot"),
+])
+def test_a_missing_extra_is_one_line_and_exit_code_2(tmp_path, blocked, argv, user, extra,
+                                                     missing):
+    run = subprocess.run([sys.executable, "-c", BLOCKED_CLI, blocked, *argv], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr == (f"sicube {argv[0]}: error: {user} needs the '{extra}' extra "
+                          f"({missing} is not installed): pip install 'sicube[{extra}]'\n")
+    assert list(tmp_path.iterdir()) == []  # refused before writing anything
+
+
+def test_the_dataset_without_torch_names_the_torch_extra():
+    code = """
+import sys
+sys.modules["torch"] = None
+import sicube
+from sicube.errors import MissingExtra
+sicube.build, sicube.open_cube  # the builder does not need torch
+try:
+    sicube.SICDataset
+except MissingExtra as err:
+    print(isinstance(err, ImportError), err)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == ("True sicube.dataset needs the 'torch' extra (torch is not installed): "
+                   "pip install 'sicube[torch]'\n")
+
+
+def test_the_extras_cover_what_the_optional_parts_import():
+    project = (ROOT / "pyproject.toml").read_text()
+    assert 'torch = ["torch>=2.2"]' in project
+    assert 'plot = ["matplotlib>=3.7", "hvplot>=0.10", "datashader>=0.16"]' in project
+    assert 'all = ["sicube[torch,plot]"]' in project
+    assert '"sicube[all]",' in project.split("test = [")[1].split("\n]")[0]
+    core = project.split("dependencies = [")[1].split("\n]")[0]
+    assert not {"torch", "matplotlib", "hvplot", "datashader"} & set(
+        line.strip().strip('",').split(">")[0].split("[")[0] for line in core.splitlines())
