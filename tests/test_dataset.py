@@ -135,7 +135,7 @@ def test_items_equal_direct_zarr_slices(synthetic_cube, group, params, preload):
         assert y.shape == (params["pred_length"], 1, NY, NX)
         np.testing.assert_array_equal(x[:, 0].numpy(), conc[inputs[k]])
         np.testing.assert_array_equal(y[:, 0].numpy(), conc[targets[k]])
-    assert (ds._handles is None) == preload  # preloaded items come from memory
+    assert ds.reader.is_open != preload  # preloaded items come from memory
 
 
 def test_get_inputs_and_targets_stack_every_item(synthetic_cube, group):
@@ -289,11 +289,12 @@ def _assert_same_batches(a, b):
 
 def test_no_handle_at_construction_and_pickles(synthetic_cube):
     ds = _dataset(synthetic_cube, patch_size=16)
-    assert ds._handles is None
+    assert not ds.reader.is_open
     ds[0]
-    assert ds._handles is not None
+    assert ds.reader.is_open
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._handles is None
+    assert not clone.reader.is_open
+    assert json.loads(clone.plan.to_json()) == json.loads(ds.plan.to_json())
     assert torch.equal(clone[5][0], ds[5][0])
 
 
