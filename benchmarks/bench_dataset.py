@@ -46,6 +46,7 @@ INPUT_LENGTH = PRED_LENGTH = 4
 PATCH = 256
 WORKERS = 2
 BATCH = 8
+HEADING = "## Dataset"  # its section of benchmarks/RESULTS.md
 
 
 # ------------------------------------------------------------------------ data
@@ -319,7 +320,7 @@ def main() -> None:
     report = results(args, measured, original, len(few), nc_chunks)
     print(report)
     if args.write:
-        record(report)
+        print(f"recorded in {record(report, HEADING)}")
 
 
 def results(args, measured, original, n_original, nc_chunks) -> str:
@@ -347,7 +348,7 @@ def results(args, measured, original, n_original, nc_chunks) -> str:
     table = "\n".join(rows)
     command = "python benchmarks/bench_dataset.py --write" + (
         f" --chunks {' '.join(args.chunks)}" if args.chunks != ["8,512,512"] else "")
-    return f"""## Dataset
+    return f"""{HEADING}
 
 `{command}`
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -35,10 +34,22 @@ from sicube import cube
 from sicube.cache import cache_dir
 from sicube.dates import DateLike, parse_date, yyyymmdd
 from sicube.errors import BadInput, require_extra
+from sicube.reader import CubeReader, decode_days, read_frames, read_into
+from sicube.samples import (
+    SamplePlan,
+    WindowReport,
+    positive_int,
+    select_windows,
+    tile_patches,
+    window_indices,
+)
 
 require_extra("torch", "sicube.dataset", "torch")
 import torch  # noqa: E402
 from torch.utils.data import Dataset, IterableDataset, get_worker_info  # noqa: E402
+
+__all__ = ["CHANNELS", "SICDataset", "SICStream", "WindowReport", "fold_patches",
+           "unfold_patches", "window_indices"]
 
 log = logging.getLogger(__name__)
 
@@ -58,41 +69,6 @@ CHANNELS = {
 # Which stored array each time-varying channel is read from.
 _SOURCE = {cube.CONC: cube.CONC, cube.RAW: cube.RAW, cube.FLAG: cube.FLAG, "filled": cube.FLAG}
 _STATIC = (cube.LAND, cube.NAN_RATIO)
-
-
-# --------------------------------------------------------------------------- window rule
-
-
-def window_indices(n_days: int, input_length: int, pred_length: int, input_gap: int = 1,
-                   pred_shift: int = 1, pred_gap: int = 1,
-                   samples_gap: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Day indices of every (inputs, targets) window by the original toolbox's rule.
-
-    Parameters
-    ----------
-    n_days : number of days on the axis.
-    input_length, pred_length : frames per input and per target sequence.
-    input_gap, pred_gap : days between successive input (target) frames.
-    pred_shift : days from the last input frame to the first target frame.
-    samples_gap : days between the starts of successive windows.
-
-    Returns
-    -------
-    inputs, targets : int64 arrays (n_windows, input_length) and (n_windows, pred_length);
-        n_windows may be 0.
-    """
-    for name, value in (("input_length", input_length), ("pred_length", pred_length),
-                        ("input_gap", input_gap), ("pred_shift", pred_shift),
-                        ("pred_gap", pred_gap), ("samples_gap", samples_gap)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise BadInput(f"{name}: must be a positive integer, got {value!r}")
-    input_span = input_gap * (input_length - 1) + 1
-    pred_span = pred_gap * (pred_length - 1) + 1
-    total = input_span + pred_shift + pred_span - 1
-    starts = np.arange(0, max(n_days - total + 1, 0), samples_gap, dtype=np.int64)
-    inputs = starts[:, None] + np.arange(0, input_span, input_gap)
-    targets = starts[:, None] + (input_span + pred_shift - 1) + np.arange(0, pred_span, pred_gap)
-    return inputs, targets
 
 
 # --------------------------------------------------------------------------- patch helpers
@@ -128,63 +104,7 @@ def _check_patch_factor(tensor: torch.Tensor, p: int, name: str) -> int:
     return int(p)
 
 
-# --------------------------------------------------------------------------- reports
-
-
-@dataclasses.dataclass
-class WindowReport:
-    """How many windows the span offers and why some were skipped."""
-
-    candidates: int  # windows the original's rule gives over the span
-    unobserved: int  # skipped: a frame falls on a day without a source file
-    too_filled_inputs: int  # skipped: an input frame's filled share > max_filled_fraction
-    too_filled_targets: int  # skipped: a target frame's filled share > max_filled_fraction
-    kept: int
-    days: np.ndarray  # YYYYMMDD of every day of the span
-    filled_fraction: np.ndarray | None  # per day of the span: share of filled ocean cells in
-    # the ROI (None when no quality filter was asked for)
-
-    def __str__(self) -> str:
-        return (f"{self.kept} of {self.candidates} windows kept "
-                f"({self.unobserved} touch a day without data, {self.too_filled_inputs} "
-                f"too filled in inputs, {self.too_filled_targets} too filled in targets)")
-
-
-# --------------------------------------------------------------------------- store access
-
-
-def _open_group(store, storage_options: dict | None, allow_incomplete: bool = False):
-    """The cube's Zarr group, read-only; BadInput when it is not a readable sicube cube,
-    IncompleteCube when it is unfinished (unless `allow_incomplete`)."""
-    return cube.open_group(store, allow_incomplete=allow_incomplete,
-                           storage_options=storage_options)
-
-
-def _decode_days(time_array) -> list[dt.date]:
-    """The calendar days of the cube's time coordinate (CF-encoded integers)."""
-    from xarray.coding.times import decode_cf_datetime
-
-    attrs = time_array.attrs
-    values = decode_cf_datetime(time_array[:], attrs["units"],
-                                attrs.get("calendar", "proleptic_gregorian"))
-    return [parse_date(np.datetime64(v, "D")) for v in np.asarray(values)]
-
-
-def _read(array, frames: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
-    """Frames `frames` (sorted) of a (time, y, x) Zarr array, reading only their chunks."""
-    first, last = int(frames[0]), int(frames[-1])
-    if last - first + 1 == len(frames):  # contiguous: one basic slice
-        return array[first:last + 1, rows, cols]
-    return array.oindex[frames, rows, cols]
-
-
-def _read_into(array, start: int, stop: int, rows: slice, cols: slice,
-               out: np.ndarray) -> None:
-    """Decompress frames start..stop-1 of a region straight into `out`."""
-    from zarr.core.buffer.cpu import NDBuffer
-
-    array.get_basic_selection((slice(start, stop), rows, cols),
-                              out=NDBuffer.from_numpy_array(out))
+# --------------------------------------------------------------------------- reading
 
 
 def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
@@ -250,16 +170,10 @@ class _Block:
         return data[positions, rows, cols]
 
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise BadInput(f"{name}: must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _pair(value, name: str) -> tuple[int, int]:
     if isinstance(value, (tuple, list)) and len(value) == 2:
-        return _positive_int(value[0], name), _positive_int(value[1], name)
-    n = _positive_int(value, name)
+        return positive_int(value[0], name), positive_int(value[1], name)
+    n = positive_int(value, name)
     return n, n
 
 
@@ -334,10 +248,10 @@ class SICDataset(Dataset):
         self.store = store
         self.storage_options = storage_options
         self.allow_incomplete = bool(allow_incomplete)
-        self._handles = None  # opened lazily, per process (see _arrays); never pickled
-        self._handles_pid = None
-        # construction only: not kept
-        group = _open_group(store, storage_options, self.allow_incomplete)
+        # The per-process store handle; construction reads through its own, not kept.
+        self.reader = CubeReader(store, storage_options, self.allow_incomplete)
+        group = cube.open_group(store, allow_incomplete=self.allow_incomplete,
+                                storage_options=storage_options)
         self._setup_time(group, start_time, end_time)
         self._setup_space(group, roi, coarsen, patch_size, patch_stride, random_patches)
         self._setup_channels(group, variables, target_variables, apply_land_mask, return_mask,
@@ -345,6 +259,10 @@ class SICDataset(Dataset):
         self._setup_windows(group, (input_length, pred_length, input_gap, pred_shift, pred_gap,
                                     samples_gap), allow_unobserved, max_filled_fraction,
                             quality_cache)
+        self.plan = SamplePlan(self._day_ints, self._span, self._inputs, self._targets,
+                               self.roi, self.coarsen, self.frame_shape, self.patch_shape,
+                               self._patches, self.random_patches, self.chunks,
+                               self.grid_shape, self.report)
         self.preload_data = bool(preload_data)
         self._preloaded = (self._load_block(group, self._all_frames(), 0, 0, *self.frame_shape)
                            if preload_data else None)
@@ -354,7 +272,7 @@ class SICDataset(Dataset):
 
     def _setup_time(self, group, start_time: DateLike, end_time: DateLike) -> None:
         """The cube's calendar and the span [start_time, end_time] on it."""
-        cube_days = _decode_days(group["time"])
+        cube_days = decode_days(group["time"])
         first = parse_date(start_time, "start_time")
         last = parse_date(end_time, "end_time")
         if last < first:
@@ -387,7 +305,7 @@ class SICDataset(Dataset):
             raise BadInput(f"roi: {roi!r} is not a non-empty rectangle inside the "
                            f"{ny} x {nx} grid (ymin < ymax <= {ny}, xmin < xmax <= {nx})")
         self.roi = (y0, y1, x0, x1)
-        self.coarsen = c = _positive_int(coarsen, "coarsen")
+        self.coarsen = c = positive_int(coarsen, "coarsen")
         if (y1 - y0) % c or (x1 - x0) % c:
             raise BadInput(f"coarsen: {c} does not divide the ROI's {y1 - y0} x {x1 - x0} cells")
         self.frame_shape = ((y1 - y0) // c, (x1 - x0) // c)
@@ -425,41 +343,18 @@ class SICDataset(Dataset):
                        max_filled_fraction, quality_cache) -> None:
         """The windows of the original's rule over the span, less the skipped ones."""
         a, b = self._span
-        inputs, targets = window_indices(b - a + 1, *rule)
-        if len(inputs) == 0:
-            input_length, pred_length, input_gap, pred_shift, pred_gap, _ = rule
-            span = (input_gap * (input_length - 1) + 1 + pred_shift
-                    + pred_gap * (pred_length - 1))
-            raise BadInput(f"input_length/pred_length: a window spans {span} days but "
-                           f"{self.days[0]}..{self.days[-1]} has {b - a + 1}; no window fits")
-        inputs, targets = inputs + a, targets + a
-        candidates = len(inputs)
-        keep = np.ones(candidates, bool)
-        if not allow_unobserved:
-            observed = np.asarray(group[cube.OBSERVED][:], bool)
-            keep = observed[inputs].all(1) & observed[targets].all(1)
-        unobserved = int(candidates - keep.sum())
-        fraction = None
-        too_in = too_tgt = 0
+        observed = None if allow_unobserved else np.asarray(group[cube.OBSERVED][:], bool)
+        fraction = limits = None
         if max_filled_fraction is not None:
-            max_in, max_tgt = self._check_fraction(max_filled_fraction)
+            limits = self._check_fraction(max_filled_fraction)
             fraction = self._filled_fractions(group, a, b, quality_cache)
-            bad_in = keep & (fraction[inputs - a] > max_in).any(1)
-            bad_tgt = keep & ~bad_in & (fraction[targets - a] > max_tgt).any(1)
-            too_in, too_tgt = int(bad_in.sum()), int(bad_tgt.sum())
-            keep &= ~bad_in & ~bad_tgt
-        self.report = WindowReport(candidates, unobserved, too_in, too_tgt, int(keep.sum()),
-                                   self._day_ints[a:b + 1].copy(), fraction)
-        if not keep.any():
-            raise BadInput(f"start_time/end_time: none of the {candidates} windows is usable "
-                           f"({self.report}); widen the span, allow_unobserved=True or raise "
-                           "max_filled_fraction")
-        self._inputs, self._targets = inputs[keep], targets[keep]
+        self._inputs, self._targets, self.report = select_windows(
+            self._span, rule, observed, fraction, limits, self._day_ints)
 
     def _setup_patches(self, patch_size, patch_stride, random_patches) -> None:
         h, w = self.frame_shape
         self.random_patches = (None if random_patches is None
-                               else _positive_int(random_patches, "random_patches"))
+                               else positive_int(random_patches, "random_patches"))
         if patch_size is None:
             if patch_stride is not None or random_patches is not None:
                 raise BadInput("patch_size: needed with patch_stride or random_patches")
@@ -476,9 +371,8 @@ class SICDataset(Dataset):
                 raise BadInput("patch_stride: random_patches places patches anywhere")
             self._patches = np.zeros((self.random_patches, 2), np.int64)  # drawn per item
             return
-        sy, sx = _pair(patch_stride if patch_stride is not None else (ph, pw), "patch_stride")
-        ys, xs = np.arange(0, h - ph + 1, sy), np.arange(0, w - pw + 1, sx)
-        self._patches = np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
+        stride = _pair(patch_stride if patch_stride is not None else (ph, pw), "patch_stride")
+        self._patches = tile_patches((h, w), (ph, pw), stride)
 
     @staticmethod
     def _check_channels(names: Sequence[str], argument: str) -> tuple[str, ...]:
@@ -548,18 +442,9 @@ class SICDataset(Dataset):
 
     # ---- lazy store access
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_handles"] = state["_handles_pid"] = None  # handles never cross processes
-        return state
-
     def _arrays(self) -> dict:
         """The cube's Zarr arrays by name, opened once in the calling process."""
-        if self._handles is None or self._handles_pid != os.getpid():
-            group = _open_group(self.store, self.storage_options, self.allow_incomplete)
-            self._handles = {name: group[name] for name in (cube.CONC, cube.RAW, cube.FLAG)}
-            self._handles_pid = os.getpid()
-        return self._handles
+        return self.reader.arrays()
 
     def _time_sources(self, channels: Sequence[str]) -> set[str]:
         return {name for name in channels if name in _SOURCE}
@@ -576,16 +461,16 @@ class SICDataset(Dataset):
         for name in sorted(names):
             if name in ("filled", cube.FLAG):
                 if flags is None:
-                    flags = _read(group[cube.FLAG], frames, rows, cols)
+                    flags = read_frames(group[cube.FLAG], frames, rows, cols)
                 values = (np.isin(flags, cube.NOT_OBSERVED_FLAGS).astype(np.float32)
                           if name == "filled" else flags.astype(np.float32))
             else:
-                values = _read(group[_SOURCE[name]], frames, rows, cols)
+                values = read_frames(group[_SOURCE[name]], frames, rows, cols)
             arrays[name] = _coarsen(name, values, ocean, c)
         return _Block(frames, y, x, arrays)
 
     def _all_frames(self) -> np.ndarray:
-        return np.unique(np.concatenate([self._inputs.ravel(), self._targets.ravel()]))
+        return self.plan.frames()
 
     # ---- items
 
@@ -641,7 +526,7 @@ class SICDataset(Dataset):
         for b, index in enumerate(indices):
             window, y, x = self._locate(index)
             first = int(self._inputs[window, 0])
-            _read_into(self._arrays()[cube.CONC], first, first + ti + tp,
+            read_into(self._arrays()[cube.CONC], first, first + ti + tp,
                        slice(y0 + y, y0 + y + ph), slice(x0 + x, x0 + x + pw),
                        frames[b, :, 0].numpy())
             if masks is not None:
@@ -671,7 +556,7 @@ class SICDataset(Dataset):
         generator = kwargs.get("generator")
         order = RandomSampler(self, generator=generator) if shuffle else SequentialSampler(self)
         return DataLoader(self, batch_size=None,
-                          sampler=BatchSampler(order, _positive_int(batch_size, "batch_size"),
+                          sampler=BatchSampler(order, positive_int(batch_size, "batch_size"),
                                                drop_last), **kwargs)
 
     def _item(self, block: _Block, window: int, y: int, x: int):
@@ -734,8 +619,7 @@ class SICDataset(Dataset):
 
     def get_times(self) -> np.ndarray:
         """YYYYMMDD of every item's frames, inputs then targets: (len, input_length+pred_length)."""
-        days = np.concatenate([self._day_ints[self._inputs], self._day_ints[self._targets]], 1)
-        return np.repeat(days, len(self._patches), axis=0)
+        return self.plan.times()
 
     def get_inputs(self) -> torch.Tensor:
         """Every item's inputs stacked: (len, T, C, H, W). Holds the whole set in memory."""
@@ -803,13 +687,13 @@ class SICStream(IterableDataset):
                  batch_size: int | None = None):
         if dataset.random_patches is not None:
             raise BadInput("random_patches: a stream needs a fixed patch tiling")
-        self.batch_size = None if batch_size is None else _positive_int(batch_size,
+        self.batch_size = None if batch_size is None else positive_int(batch_size,
                                                                         "batch_size")
         self.dataset = dataset
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
-        self.groups_in_flight = _positive_int(groups_in_flight, "groups_in_flight")
-        self.block_bytes = _positive_int(block_bytes, "block_bytes")
+        self.groups_in_flight = positive_int(groups_in_flight, "groups_in_flight")
+        self.block_bytes = positive_int(block_bytes, "block_bytes")
         self._epoch = 0  # explicit epoch (set_epoch) ...
         self._iterations = 0  # ... plus how often this copy was iterated
         self.groups = self._group_items()
@@ -828,23 +712,8 @@ class SICStream(IterableDataset):
     def _group_items(self) -> list[np.ndarray]:
         """Item indices of each chunk group, in cube order."""
         ds = self.dataset
-        ct, cy, cx = ds.chunks
-        c = ds.coarsen
-        ph, pw = ds.patch_shape
-        n_channels = max(len(ds._time_sources((*ds.input_channels, *ds.target_channels))), 1)
-        # A group spans as many time chunks as the block budget allows (at least one).
-        area = min(ph * c + cy, ds.roi[1] - ds.roi[0]) * min(pw * c + cx, ds.roi[3] - ds.roi[2])
-        span = ct * max(1, self.block_bytes // (4 * n_channels * area * ct))
-        time_group = ds._inputs.min(1) // span  # spans start on chunk boundaries
-        rows = ds.roi[0] + ds._patches[:, 0] * c
-        cols = ds.roi[2] + ds._patches[:, 1] * c
-        space_group = (rows // cy) * (ds.grid_shape[1] // cx + 1) + cols // cx
-        _, space_id = np.unique(space_group, return_inverse=True)
-        n_space = space_id.max() + 1
-        key = (time_group[:, None] * n_space + space_id[None, :]).ravel()  # item order
-        order = np.argsort(key, kind="stable")
-        bounds = np.flatnonzero(np.diff(key[order])) + 1
-        return np.split(order, bounds)
+        n_channels = len(ds._time_sources((*ds.input_channels, *ds.target_channels)))
+        return ds.plan.groups(n_channels, self.block_bytes)
 
     def _rng(self) -> np.random.Generator:
         info = get_worker_info()

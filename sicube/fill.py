@@ -66,13 +66,14 @@ def reference_fill(
 
     Returns a float64 array: observed cells as given, missing cells filled or left NaN.
     """
-    return _reference(array, time_window, space_window, alpha, sigma)[0]
+    return reference_weights(array, time_window, space_window, alpha, sigma)[0]
 
 
-def _reference(
+def reference_weights(
     array: np.ndarray, time_window: int, space_window: int, alpha: float, sigma: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The oracle's filled values and, per missing cell, its weight sum Σw (NaN elsewhere)."""
+    """The oracle's filled values and, per missing cell, its weight sum Σw (NaN elsewhere):
+    `reference_fill` with what tells how near each cell was to the Σw threshold."""
     a = np.asarray(array, dtype=np.float64)
     nt, ny, nx = a.shape
     out = a.copy()

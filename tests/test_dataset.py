@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import pickle
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from sicube import cube
+from sicube import cube, testing
 from sicube.dataset import SICDataset, SICStream, fold_patches, unfold_patches, window_indices
 from sicube.errors import BadInput
 
@@ -37,45 +36,14 @@ def _day(i: int) -> int:
 def synthetic_cube(tmp_path_factory) -> Path:
     """A 30-day, 48 x 40 cube in the sicube layout, days 5, 6 and 17 without data.
 
-    Written here rather than built (conftest's `small_cube` is the built one, tested at
-    the end of this file) so that the content is under control: unique random values
-    that identify every frame, small chunks, and a share of filled cells that varies
-    from day to day for the quality filter. Values are in range: sea_ice_conc a fraction
-    (0 on land), the raw field in percent with NaN where not observed, fill_flag 0..3,
-    unobserved days entirely filled.
+    Written by `sicube.testing.synthetic_cube` rather than built (conftest's `small_cube`
+    is the built one, tested at the end of this file) so that the content is under
+    control: unique random values that identify every frame, small chunks, and a share of
+    filled cells that varies from day to day for the quality filter.
     """
-    rng = np.random.default_rng(42)
-    days = [START + dt.timedelta(days=i) for i in range(N_DAYS)]
-    x, y = np.arange(NX) * 3125.0, np.arange(NY) * 3125.0
-    # Written whole here, so it says it is complete (as the builder does at its end).
-    ds = cube.template(days, x, y, 3411, chunks=CHUNKS, attrs={cube.STATUS: cube.COMPLETE})
-    land = np.zeros((NY, NX), np.uint8)
-    land[:12, :10] = 1  # a block of land in one corner
-    land[30:, 28:] = 1  # and another, crossing chunk boundaries
-    ocean = land == 0
-    observed = np.ones(N_DAYS, bool)
-    observed[list(MISSING)] = False
-    filled_share = rng.uniform(0.0, 0.6, N_DAYS)
-    filled_share[~observed] = 1.0
-    draw = rng.random((N_DAYS, NY, NX))
-    flag = np.where(draw < filled_share[:, None, None], 1, 0).astype(np.uint8)
-    flag[(draw < 0.03 * filled_share[:, None, None])] = 2
-    flag[:, ~ocean] = 3
-    conc = rng.random((N_DAYS, NY, NX)).astype(np.float32)
-    conc[:, ~ocean] = 0
-    conc[flag == 2] = 0
-    raw = np.where(flag == 0, conc * 100, np.nan).astype(np.float32)
-    ds[cube.CONC].data = conc
-    ds[cube.RAW].data = raw
-    ds[cube.FLAG].data = flag
-    ds[cube.OBSERVED].data = observed
-    ds[cube.LAND].data = land
-    ds[cube.NAN_RATIO].data = rng.random((NY, NX)).astype(np.float32)
     path = tmp_path_factory.mktemp("cube") / "cube.zarr"
-    with warnings.catch_warnings():  # zarr: consolidated metadata is not in the v3 spec
-        warnings.simplefilter("ignore")
-        ds.to_zarr(path, mode="w")
-    return path
+    return testing.synthetic_cube(path, start=START, n_days=N_DAYS, shape=(NY, NX),
+                                  missing=MISSING, chunks=CHUNKS)
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +135,7 @@ def test_items_equal_direct_zarr_slices(synthetic_cube, group, params, preload):
         assert y.shape == (params["pred_length"], 1, NY, NX)
         np.testing.assert_array_equal(x[:, 0].numpy(), conc[inputs[k]])
         np.testing.assert_array_equal(y[:, 0].numpy(), conc[targets[k]])
-    assert (ds._handles is None) == preload  # preloaded items come from memory
+    assert ds.reader.is_open != preload  # preloaded items come from memory
 
 
 def test_get_inputs_and_targets_stack_every_item(synthetic_cube, group):
@@ -321,11 +289,12 @@ def _assert_same_batches(a, b):
 
 def test_no_handle_at_construction_and_pickles(synthetic_cube):
     ds = _dataset(synthetic_cube, patch_size=16)
-    assert ds._handles is None
+    assert not ds.reader.is_open
     ds[0]
-    assert ds._handles is not None
+    assert ds.reader.is_open
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._handles is None
+    assert not clone.reader.is_open
+    assert json.loads(clone.plan.to_json()) == json.loads(ds.plan.to_json())
     assert torch.equal(clone[5][0], ds[5][0])
 
 

@@ -1,0 +1,139 @@
+"""Helpers for testing pipelines built on sicube: a small synthetic cube, and a fill check.
+
+`synthetic_cube` writes a cube in sicube's exact layout (`sicube.cube.template`, its
+attributes, chunks and codecs) and says it is complete the way the builder does, so that
+every reader (`open_cube`, `SICDataset`, `sicube info`, ...) takes it as a built cube; its
+content is random but under control (known missing days, land, a share of filled cells
+that varies by day). `assert_matches_reference` checks a fill against the slow, obvious
+implementation of the rule (`sicube.fill.reference_fill`).
+
+Example (in a pytest test)::
+
+    from sicube.testing import synthetic_cube
+    store = synthetic_cube(tmp_path / "cube.zarr", n_days=10, missing=(3,))
+    ds = SICDataset(store, 20240401, 20240410, input_length=2, pred_length=1)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from sicube.dates import DateLike, parse_date, yyyymmdd
+
+SYNTHETIC_START = dt.date(2024, 4, 1)
+SYNTHETIC_CHUNKS = {"time": 4, "y": 16, "x": 16}  # several chunks on every axis
+
+
+def synthetic_cube(path: str | os.PathLike, *, start: DateLike = SYNTHETIC_START,
+                   n_days: int = 30, shape: tuple[int, int] = (48, 40),
+                   missing: Iterable[int] = (5, 6, 17),
+                   chunks: Mapping[str, int] | None = None, seed: int = 42,
+                   epsg: int = 3411) -> Path:
+    """Write a complete cube of `n_days` days from `start` on a `shape` grid at `path`.
+
+    Days whose index is in `missing` have no source file (day_observed False, every ocean
+    cell filled). On the other days each ocean cell is filled (fill_flag 1, a few 2) with
+    a probability drawn per day in [0, 0.6). sea_ice_conc holds unique random fractions
+    (0 on land and where no neighbour), sea_ice_conc_raw the observed ones in percent (NaN
+    elsewhere); two blocks of land sit in opposite corners. Returns the path.
+    """
+    from sicube import cube, products
+
+    first = parse_date(start, "start")
+    ny, nx = (int(v) for v in shape)
+    missing = sorted({int(i) for i in missing})
+    if n_days < 1 or ny < 4 or nx < 4 or any(not 0 <= i < n_days for i in missing):
+        raise ValueError(f"synthetic_cube: need n_days >= 1, a grid of at least 4 x 4 and "
+                         f"missing day indices in [0, {n_days}); got {n_days}, {shape}, "
+                         f"{missing}")
+    rng = np.random.default_rng(seed)
+    days = [first + dt.timedelta(days=i) for i in range(n_days)]
+    x, y = np.arange(nx) * 3125.0, np.arange(ny) * 3125.0
+    observed = np.ones(n_days, bool)
+    observed[missing] = False
+    # What the builder writes when it finishes: the state and the per-day record.
+    attrs = {cube.STATUS: cube.COMPLETE,
+             cube.SOURCE_FILES: {str(yyyymmdd(d)): {"name": f"synthetic-{yyyymmdd(d)}.nc",
+                                                    "sha256": ""}
+                                 for d, seen in zip(days, observed, strict=True) if seen},
+             cube.MISSING_DAYS: [int(yyyymmdd(days[i])) for i in missing],
+             cube.FAILED_DAYS: {}, cube.SOURCE_DIRECTORY: "", cube.SOURCE_URL: ""}
+    ds = cube.template(days, x, y, epsg, chunks={**SYNTHETIC_CHUNKS, **(chunks or {})},
+                       attrs=attrs)
+    land = np.zeros((ny, nx), np.uint8)
+    land[:ny // 4, :nx // 4] = 1  # a block of land in one corner
+    land[5 * ny // 8:, 7 * nx // 10:] = 1  # and another, crossing chunk boundaries
+    ocean = land == 0
+    filled_share = rng.uniform(0.0, 0.6, n_days)
+    filled_share[~observed] = 1.0
+    draw = rng.random((n_days, ny, nx))
+    flag = np.where(draw < filled_share[:, None, None], 1, 0).astype(np.uint8)
+    flag[(draw < 0.03 * filled_share[:, None, None])] = 2
+    flag[:, ~ocean] = 3
+    conc = rng.random((n_days, ny, nx)).astype(np.float32)
+    conc[:, ~ocean] = 0
+    conc[flag == 2] = 0
+    raw = np.where(flag == 0, conc * 100, np.nan).astype(np.float32)
+    ds[cube.CONC].data = conc
+    ds[cube.RAW].data = raw
+    ds[cube.FLAG].data = flag
+    ds[cube.OBSERVED].data = observed
+    ds[cube.SENSOR].data = observed.astype(np.uint8) * products.SENSORS["amsr2"].code
+    ds[cube.LAND].data = land
+    ds[cube.NAN_RATIO].data = rng.random((ny, nx)).astype(np.float32)
+    path = Path(path)
+    with warnings.catch_warnings():  # zarr: consolidated metadata is not in the v3 spec
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, mode="w", zarr_format=3)
+    return path
+
+
+def assert_matches_reference(filled, raw, time_window: int, space_window: int, alpha: float,
+                             sigma: float, *, atol: float = 1e-4,
+                             where: np.ndarray | None = None) -> None:
+    """Assert that `filled` is the fill of `raw` (time, y, x, percent) by the SPEC section 4 rule.
+
+    Compares with `sicube.fill.reference_fill` (the rule written out cell by cell: slow,
+    keep arrays small): observed cells must equal `raw` bit for bit, the cells the
+    reference fills must be filled and within `atol` of it, and the cells it leaves NaN
+    must be NaN. A cell whose weight sum lies within float64 rounding of the threshold
+    (`fill.WEIGHT_SUM_MIN`) may fall on either side. `where` (broadcast to the array)
+    restricts the check, e.g. to ocean cells. Dask or xarray inputs are computed.
+    Raises AssertionError saying how many cells differ and where the first one is.
+    """
+    from sicube.fill import WEIGHT_SUM_MIN, reference_weights
+
+    got = np.asarray(getattr(filled, "values", filled))
+    source = np.asarray(getattr(raw, "values", raw))
+    if got.shape != source.shape or got.ndim != 3:
+        raise AssertionError(f"filled has shape {got.shape}, raw {source.shape}: expected "
+                             "the same (time, y, x) shape")
+    want, weight_sum = reference_weights(source, time_window, space_window, alpha, sigma)
+    check = (np.ones(got.shape, bool) if where is None
+             else np.broadcast_to(np.asarray(where, bool), got.shape))
+    # Float64 sums in another order differ by ~1e-16 relatively: a cell whose weight sum
+    # lies that close to the threshold may land on either side of it, no other cell may.
+    on_edge = np.isclose(weight_sum, WEIGHT_SUM_MIN, rtol=1e-9, atol=0.0)
+    got_nan, want_nan = np.isnan(got), np.isnan(want)
+    observed = ~np.isnan(source) & check
+    changed = observed & (got != source)
+    if changed.any():
+        raise AssertionError(f"{changed.sum()} observed cells changed by the fill, first at "
+                             f"{tuple(np.argwhere(changed)[0])}")
+    mismatch = (got_nan != want_nan) & ~on_edge & check
+    if mismatch.any():
+        first = tuple(np.argwhere(mismatch)[0])
+        raise AssertionError(f"{mismatch.sum()} cells filled where the reference leaves NaN "
+                             f"or the reverse, first at {first}")
+    both = ~got_nan & ~want_nan & check
+    error = np.abs(got[both].astype(np.float64) - want[both])
+    if error.size and error.max() > atol:
+        first = tuple(np.argwhere(both)[np.argmax(error)])
+        raise AssertionError(f"{(error > atol).sum()} filled cells differ from the reference "
+                             f"by more than {atol}; worst {error.max():.3g} at {first}")
