@@ -327,18 +327,24 @@ def _add_source_args(parser: argparse.ArgumentParser, sensor_default: str | None
 
 @command("build", "build a filled, masked Zarr cube for a date range (resumable)")
 def _add_build(parser: argparse.ArgumentParser) -> None:
+    from sicube.fill import FillParams
+    from sicube.mask import DEFAULT_THRESHOLD
     from sicube.products import GRIDS
 
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
     parser.add_argument("--store", required=True, help="Zarr store: a path or any fsspec URL")
     _add_source_args(parser)
-    parser.add_argument("--time-window", type=int, default=3, help="fill half-window in days")
-    parser.add_argument("--space-window", type=int, default=7, help="fill half-window in cells")
-    parser.add_argument("--alpha", type=float, default=15.0, help="weight of time vs space")
-    parser.add_argument("--sigma", type=float, default=7.0, help="Gaussian width in cells")
+    parser.add_argument("--time-window", type=int, default=FillParams.time_window,
+                        help="fill half-window in days")
+    parser.add_argument("--space-window", type=int, default=FillParams.space_window,
+                        help="fill half-window in cells")
+    parser.add_argument("--alpha", type=float, default=FillParams.alpha,
+                        help="weight of time vs space")
+    parser.add_argument("--sigma", type=float, default=FillParams.sigma,
+                        help="Gaussian width in cells")
     masks = parser.add_mutually_exclusive_group()
-    masks.add_argument("--mask-threshold", type=float, default=0.85,
+    masks.add_argument("--mask-threshold", type=float, default=DEFAULT_THRESHOLD,
                        help="land where a cell is NaN on at least this share of observed days")
     masks.add_argument("--mask", help="reuse land_mask from a NetCDF file or another cube")
     parser.add_argument("--grid", choices=list(GRIDS), default=None,
@@ -517,15 +523,22 @@ def _run_mirror(args: argparse.Namespace) -> int:
 
 @command("evaluate", "score fill parameters: hide observed cells, fill them back, report errors")
 def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    from sicube.fill import DEFAULT_MAX_GAP, DEFAULT_METHOD, FillParams
+
     parser.add_argument("--store", required=True, help="a sicube cube (Zarr) with sea_ice_conc_raw")
     parser.add_argument("--start", help="first day to use (default: the cube's first)")
     parser.add_argument("--end", help="last day to use (default: the cube's last)")
-    parser.add_argument("--time-window", default="3", help="comma list of time windows (days)")
-    parser.add_argument("--space-window", default="7", help="comma list of space windows (cells)")
-    parser.add_argument("--alpha", default="15", help="comma list of alphas")
-    parser.add_argument("--sigma", default="7", help="comma list of sigmas (cells)")
-    parser.add_argument("--method", default="gaussian", help="comma list: gaussian, hybrid")
-    parser.add_argument("--max-gap", default="5", help="comma list of hybrid max gaps (days)")
+    defaults = FillParams()
+    parser.add_argument("--time-window", default=f"{defaults.time_window}",
+                        help="comma list of time windows (days)")
+    parser.add_argument("--space-window", default=f"{defaults.space_window}",
+                        help="comma list of space windows (cells)")
+    parser.add_argument("--alpha", default=f"{defaults.alpha:g}", help="comma list of alphas")
+    parser.add_argument("--sigma", default=f"{defaults.sigma:g}",
+                        help="comma list of sigmas (cells)")
+    parser.add_argument("--method", default=DEFAULT_METHOD, help="comma list: gaussian, hybrid")
+    parser.add_argument("--max-gap", default=f"{DEFAULT_MAX_GAP}",
+                        help="comma list of hybrid max gaps (days)")
     parser.add_argument("--hide-fraction", type=float, default=0.1,
                         help="share of observed ocean cells to hide (default 0.1)")
     parser.add_argument("--no-stripes", action="store_true",
