@@ -445,15 +445,15 @@ def _add_download(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_transfer_args(parser: argparse.ArgumentParser) -> None:
-    from sicube.download import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT
+    from sicube.download import DownloadOptions
 
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                        help="transfers at once (default %(default)s)")
-    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
-                        help="further attempts after a failed one (default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+    parser.add_argument("--concurrency", type=int, default=DownloadOptions.concurrency,
+                        help="transfers at once")
+    parser.add_argument("--retries", type=int, default=DownloadOptions.retries,
+                        help="further attempts after a failed one")
+    parser.add_argument("--timeout", type=float, default=DownloadOptions.timeout,
                         help="seconds without data before an attempt is abandoned")
-    parser.add_argument("--backoff", type=float, default=0.5,
+    parser.add_argument("--backoff", type=float, default=DownloadOptions.backoff,
                         help="first retry delay in seconds, doubled each retry, jittered")
 
 
