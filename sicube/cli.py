@@ -18,8 +18,25 @@ from sicube import __version__
 from sicube.errors import BadInput, SicubeError
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default (unless its help already says it), and keeps
+    descriptions and epilogs as written (the fault-plan format of `mirror`)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are a single line and exit code 2."""
+    """An ArgumentParser whose usage errors are a single line and exit code 2, and whose
+    help shows the defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -129,9 +146,9 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
                         help="coarsen the grid by this factor (1 = the full grid)")
     parser.add_argument("--missing-days", nargs="*", default=None, metavar="DAY",
                         help="days to leave out (default: about 5%% at random)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated values")
     parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
-                        help="product grid: its hemisphere, coastlines and CRS (default n3125)")
+                        help="product grid: its hemisphere, coastlines and CRS")
     parser.set_defaults(run=_run_sample)
 
 
@@ -184,7 +201,7 @@ def _add_plot(parser: argparse.ArgumentParser) -> None:
     compare.add_argument("--source", help="take the raw panel from this daily file instead")
     for sub in (day, mask, compare):
         sub.add_argument("-o", "--output", required=True, help="PNG file to write")
-        sub.add_argument("--dpi", type=int, default=150, help="resolution (default 150)")
+        sub.add_argument("--dpi", type=int, default=150, help="resolution (dots per inch)")
         _allow_incomplete(sub)
         _quiet_flags(sub)
     parser.set_defaults(run=_run_plot)
@@ -246,7 +263,7 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", type=int, required=True,
                             help="grid index; max is end-exclusive" if "max" in name else None)
     parser.add_argument("--threshold-percent", type=float, default=0.1,
-                        help="list days with at least this share missing (default 0.1)")
+                        help="list days with at least this share missing")
     parser.add_argument("--csv", help="write date, missing_pixels, missing_percent here")
     parser.add_argument("--plot", help="PNG: the ROI on the full grid and the daily shares")
     _allow_incomplete(parser)
@@ -414,7 +431,8 @@ def _add_mask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, help="a sicube cube")
     parser.add_argument("--output", "-o", required=True, help="NetCDF file to write")
     parser.add_argument("--threshold", type=float,
-                        help="recompute land_mask from the cube's nan_ratio with this threshold")
+                        help="recompute land_mask from the cube's nan_ratio with this threshold "
+                             "(default: the cube's land_mask as it is)")
     _allow_incomplete(parser)
     parser.set_defaults(run=_run_mask)
 
@@ -500,7 +518,7 @@ def _run_check(args: argparse.Namespace) -> int:
 def _add_mirror(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="archive folder with {YYYY}/ sub-folders")
     parser.add_argument("--port", type=int, default=8000,
-                        help="TCP port on 127.0.0.1 (0 = any free port; default %(default)s)")
+                        help="TCP port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--faults", default=None, metavar="PLAN.json",
                         help="fault plan: file name or YYYYMMDD -> faults (see sicube.mirror)")
     parser.add_argument("--latency", type=float, default=0.0,
@@ -508,8 +526,7 @@ def _add_mirror(parser: argparse.ArgumentParser) -> None:
     from sicube.products import GRIDS
 
     parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
-                        help="grid served, named in the URL path as on the Bremen server "
-                             "(default n3125)")
+                        help="grid served, named in the URL path as on the Bremen server")
     parser.set_defaults(run=_run_mirror)
 
 
@@ -540,7 +557,7 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-gap", default=f"{DEFAULT_MAX_GAP}",
                         help="comma list of hybrid max gaps (days)")
     parser.add_argument("--hide-fraction", type=float, default=0.1,
-                        help="share of observed ocean cells to hide (default 0.1)")
+                        help="share of observed ocean cells to hide")
     parser.add_argument("--no-stripes", action="store_true",
                         help="hide scattered cells only (default: half as swath-like stripes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the hidden cells")
@@ -620,7 +637,7 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
                         help="product grid of the generated archive; the mirror's URL names "
-                             "it and the build takes it from there (default n3125)")
+                             "it and the build takes it from there")
     parser.set_defaults(run=_run_demo)
 
 
