@@ -200,7 +200,9 @@ def _add_plot(parser: argparse.ArgumentParser) -> None:
     compare.add_argument("--date", required=True, help="the day (YYYYMMDD or YYYY-MM-DD)")
     compare.add_argument("--source", help="take the raw panel from this daily file instead")
     for sub in (day, mask, compare):
-        sub.add_argument("-o", "--output", required=True, help="PNG file to write")
+        sub.add_argument("-o", "--output", required=True,
+                         help="image to write, in the format its extension names "
+                              "(.png, .jpg, .pdf, .svg, ...)")
         sub.add_argument("--dpi", type=int, default=150, help="resolution (dots per inch)")
         _allow_incomplete(sub)
         _quiet_flags(sub)
