@@ -518,11 +518,14 @@ def _run_check(args: argparse.Namespace) -> int:
 
 @command("mirror", "serve an archive folder on 127.0.0.1 like the Bremen server (with faults)")
 def _add_mirror(parser: argparse.ArgumentParser) -> None:
+    from sicube.mirror import FAULT_PLAN_HELP
+
+    parser.epilog = f"fault plan (--faults PLAN.json):\n\n{FAULT_PLAN_HELP}"
     parser.add_argument("--root", required=True, help="archive folder with {YYYY}/ sub-folders")
     parser.add_argument("--port", type=int, default=8000,
                         help="TCP port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--faults", default=None, metavar="PLAN.json",
-                        help="fault plan: file name or YYYYMMDD -> faults (see sicube.mirror)")
+                        help="fault plan: file name or YYYYMMDD -> faults (format below)")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds added before every answer")
     from sicube.products import GRIDS
