@@ -178,6 +178,8 @@ def test_cli_explore_writes_standalone_html(small_cube, tmp_path, capsys):
     assert '"name":"Slider"' in html and "CustomSelect" in html  # time slider, variable menu
     assert "<script src=\"http" not in html and "<script type=\"text/javascript\" src" not in html
     assert "sea-ice concentration (%)" in html
+    captured = capsys.readouterr()
+    assert "explore:" in captured.err and "frame" not in captured.out  # the bar on stderr
     _bad(["explore", str(small_cube), "--html", str(out), "--start", "20250101"], capsys,
          "no day of the cube")
 
