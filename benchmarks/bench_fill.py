@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model  # noqa: E402
 from original import direct_fill  # noqa: E402  (the original's algorithm, shared)
 
-from sicube.fill import gaussian_fill  # noqa: E402
+from sicube.fill import FillParams, gaussian_fill  # noqa: E402
+from sicube.mask import DEFAULT_THRESHOLD  # noqa: E402
 
-DEFAULTS = {"time_window": 3, "space_window": 7, "alpha": 15.0, "sigma": 7.0}
+DEFAULTS = FillParams().to_dict()
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def speed_run(a: np.ndarray, args: argparse.Namespace) -> None:
 
     n_days = a.shape[0]
     # The builder's land mask: cells missing on at least 85% of the days.
-    land = np.isnan(a).mean(axis=0) >= 0.85
+    land = np.isnan(a).mean(axis=0) >= DEFAULT_THRESHOLD
     print(
         f"block: {a.shape} float32, {a.nbytes / 1e6:.0f} MB, NaN share {np.isnan(a).mean():.3f}"
         f", land (NaN on >= 85% of days) {land.mean():.3f} of the grid"

@@ -38,9 +38,9 @@ from sicube.cube import FillFlag
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
 from sicube.fill import (
+    FillParams,
     core_in_block,
     fill_fraction_block,
-    fill_parameters,
     fill_pole_hole,
     halo_layout,
     pole_hole_ring,
@@ -230,11 +230,11 @@ def _check_chunks(chunks: dict | None) -> None:
             raise BadInput(f"chunks: {name} must be a positive integer, got {size!r}")
 
 
-def _check_window_fits(params: dict, grid: GridCoords) -> None:
+def _check_window_fits(params: FillParams, grid: GridCoords) -> None:
     """A space window must fit in the grid: the halo exchange cannot reach past its edges."""
     ny, nx = grid.shape
-    if params["space_window"] >= min(ny, nx):
-        raise BadInput(f"--space-window {params['space_window']}: larger than the grid "
+    if params.space_window >= min(ny, nx):
+        raise BadInput(f"--space-window {params.space_window}: larger than the grid "
                        f"({ny} x {nx} cells); give at most {min(ny, nx) - 1}")
 
 
@@ -535,10 +535,10 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
     """Fill every time chunk whose fill is not current, a batch at a time, recording each."""
     chunk, nt = group[cube.RAW].chunks[0], group[cube.RAW].shape[0]
     params = state.args.fill
-    todo = fill_batches(nt, chunk, params["time_window"], state.stale_chunks(chunk))
+    todo = fill_batches(nt, chunk, params.time_window, state.stale_chunks(chunk))
     hole = group[cube.POLE_HOLE][:].astype(bool) if cube.POLE_HOLE in group else None
     if hole is not None and hole.any():
-        ring = pole_hole_ring(hole, group[cube.LAND][:], params["space_window"])
+        ring = pole_hole_ring(hole, group[cube.LAND][:], params.space_window)
     else:
         hole = None
     bar = _bar(progress, total=len(todo), desc="fill", unit="batch")
@@ -558,7 +558,7 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
     _count_flags(state, summary)
 
 
-def _fill_batch(group, batch: FillBatch, params: dict) -> da.Array:
+def _fill_batch(group, batch: FillBatch, params: FillParams) -> da.Array:
     """Lazily fill the batch's days into `sea_ice_conc` and `fill_flag`; per block, the flag
     counts of each of the batch's time chunks.
 
@@ -568,7 +568,7 @@ def _fill_batch(group, batch: FillBatch, params: dict) -> da.Array:
     """
     raw = group[cube.RAW]
     nt, chunk = raw.shape[0], raw.chunks[0]
-    sw = params["space_window"]
+    sw = params.space_window
     a, b = batch.read_start, batch.read_stop
     spatial, depth = halo_layout(da.core.normalize_chunks(raw.chunks[1:], raw.shape[1:]),
                                  (sw, sw))
@@ -592,7 +592,7 @@ def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bound
     iy, ix = block_info[0]["chunk-location"][1:]
     (y0, y1), (x0, x1) = bounds[0][iy : iy + 2], bounds[1][ix : ix + 2]
     core = (*core_t, *core_in_block((iy, ix), (y1 - y0, x1 - x0), halo))
-    fraction, flags, _ = fill_fraction_block(block, land[0], core, **params)
+    fraction, flags, _ = fill_fraction_block(block, land[0], core, **params.to_dict())
     region = (slice(t0, t0 + fraction.shape[0]), slice(y0, y1), slice(x0, x1))
     targets[0][region] = fraction
     targets[1][region] = flags
@@ -726,7 +726,7 @@ def _finish(group, state: BuildState, summary: BuildSummary, src: Source) -> Non
         SOURCE_GRID: src.grid or "",
         SOURCE_SENSOR: src.sensor,
         cube.SOURCE_DIRECTORY: str(src.directory or ""),
-        "fill_parameters": state.args.fill,
+        "fill_parameters": state.args.fill.to_dict(),
         "mask_threshold": state.args.mask_threshold,
         "mask_source": state.args.mask or "nan frequency of this cube's observed days",
         "mask_span": state.mask_span,
@@ -775,10 +775,10 @@ def build(
     raw_dir: str | os.PathLike | None = None,
     grid: str | None = None,
     sensor: str = products.AUTO,
-    time_window: int = 3,
-    space_window: int = 7,
-    alpha: float = 15.0,
-    sigma: float = 7.0,
+    time_window: int = FillParams.time_window,
+    space_window: int = FillParams.space_window,
+    alpha: float = FillParams.alpha,
+    sigma: float = FillParams.sigma,
     mask_threshold: float = mask.DEFAULT_THRESHOLD,
     mask_from: str | os.PathLike | None = None,
     scheduler=None,
@@ -815,7 +815,7 @@ def build(
     store = _store_url(store)
     src = _source(base_url, source, raw_dir, grid, sensor)
     _check_first_day(first, last, src)
-    params = fill_parameters(time_window, space_window, alpha, sigma)
+    params = FillParams(time_window, space_window, alpha, sigma)
     mask.check_threshold(mask_threshold)
     _check_workers(workers)
     _check_chunks(chunks)
@@ -823,8 +823,8 @@ def build(
     args = BuildArgs(f"{first}", f"{last}", params, mask_threshold,
                      str(mask_from) if mask_from else None)
     summary = BuildSummary(store=store, span=(first, last), source=src.where)
-    fill_args = [f"--time-window={time_window}", f"--space-window={space_window}",
-                 f"--alpha={alpha:g}", f"--sigma={sigma:g}"] + (
+    fill_args = [f"--time-window={params.time_window}", f"--space-window={params.space_window}",
+                 f"--alpha={params.alpha:g}", f"--sigma={params.sigma:g}"] + (
         [f"--mask={mask_from}"] if mask_from else [f"--mask-threshold={mask_threshold:g}"])
     finish = _finish_command("build", store, src,
                              [f"--start={first:%Y%m%d}", f"--end={last:%Y%m%d}", *fill_args])
@@ -971,8 +971,8 @@ def _chain(held: list[Arrival], rest: Iterator[Arrival]) -> Iterator[Arrival]:
 
 def _describe_args(args: BuildArgs) -> str:
     fill = args.fill
-    return (f"{args.start} .. {args.end}, time_window {fill['time_window']}, "
-            f"space_window {fill['space_window']}, alpha {fill['alpha']}, sigma {fill['sigma']}, "
+    return (f"{args.start} .. {args.end}, time_window {fill.time_window}, "
+            f"space_window {fill.space_window}, alpha {fill.alpha}, sigma {fill.sigma}, "
             f"mask {args.mask or 'threshold ' + str(args.mask_threshold)}")
 
 

@@ -18,8 +18,25 @@ from sicube._version import __version__
 from sicube.errors import BadInput, SicubeError
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default (unless its help already says it), and keeps
+    descriptions and epilogs as written (the fault-plan format of `mirror`)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are a single line and exit code 2."""
+    """An ArgumentParser whose usage errors are a single line and exit code 2, and whose
+    help shows the defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -129,9 +146,9 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
                         help="coarsen the grid by this factor (1 = the full grid)")
     parser.add_argument("--missing-days", nargs="*", default=None, metavar="DAY",
                         help="days to leave out (default: about 5%% at random)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated values")
     parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
-                        help="product grid: its hemisphere, coastlines and CRS (default n3125)")
+                        help="product grid: its hemisphere, coastlines and CRS")
     parser.set_defaults(run=_run_sample)
 
 
@@ -183,8 +200,10 @@ def _add_plot(parser: argparse.ArgumentParser) -> None:
     compare.add_argument("--date", required=True, help="the day (YYYYMMDD or YYYY-MM-DD)")
     compare.add_argument("--source", help="take the raw panel from this daily file instead")
     for sub in (day, mask, compare):
-        sub.add_argument("-o", "--output", required=True, help="PNG file to write")
-        sub.add_argument("--dpi", type=int, default=150, help="resolution (default 150)")
+        sub.add_argument("-o", "--output", required=True,
+                         help="image to write, in the format its extension names "
+                              "(.png, .jpg, .pdf, .svg, ...)")
+        sub.add_argument("--dpi", type=int, default=150, help="resolution (dots per inch)")
         _allow_incomplete(sub)
         _quiet_flags(sub)
     parser.set_defaults(run=_run_plot)
@@ -246,7 +265,7 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", type=int, required=True,
                             help="grid index; max is end-exclusive" if "max" in name else None)
     parser.add_argument("--threshold-percent", type=float, default=0.1,
-                        help="list days with at least this share missing (default 0.1)")
+                        help="list days with at least this share missing")
     parser.add_argument("--csv", help="write date, missing_pixels, missing_percent here")
     parser.add_argument("--plot", help="PNG: the ROI on the full grid and the daily shares")
     _allow_incomplete(parser)
@@ -327,18 +346,24 @@ def _add_source_args(parser: argparse.ArgumentParser, sensor_default: str | None
 
 @command("build", "build a filled, masked Zarr cube for a date range (resumable)")
 def _add_build(parser: argparse.ArgumentParser) -> None:
+    from sicube.fill import FillParams
+    from sicube.mask import DEFAULT_THRESHOLD
     from sicube.products import GRIDS
 
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
     parser.add_argument("--store", required=True, help="Zarr store: a path or any fsspec URL")
     _add_source_args(parser)
-    parser.add_argument("--time-window", type=int, default=3, help="fill half-window in days")
-    parser.add_argument("--space-window", type=int, default=7, help="fill half-window in cells")
-    parser.add_argument("--alpha", type=float, default=15.0, help="weight of time vs space")
-    parser.add_argument("--sigma", type=float, default=7.0, help="Gaussian width in cells")
+    parser.add_argument("--time-window", type=int, default=FillParams.time_window,
+                        help="fill half-window in days")
+    parser.add_argument("--space-window", type=int, default=FillParams.space_window,
+                        help="fill half-window in cells")
+    parser.add_argument("--alpha", type=float, default=FillParams.alpha,
+                        help="weight of time vs space")
+    parser.add_argument("--sigma", type=float, default=FillParams.sigma,
+                        help="Gaussian width in cells")
     masks = parser.add_mutually_exclusive_group()
-    masks.add_argument("--mask-threshold", type=float, default=0.85,
+    masks.add_argument("--mask-threshold", type=float, default=DEFAULT_THRESHOLD,
                        help="land where a cell is NaN on at least this share of observed days")
     masks.add_argument("--mask", help="reuse land_mask from a NetCDF file or another cube")
     parser.add_argument("--grid", choices=list(GRIDS), default=None,
@@ -408,7 +433,8 @@ def _add_mask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, help="a sicube cube")
     parser.add_argument("--output", "-o", required=True, help="NetCDF file to write")
     parser.add_argument("--threshold", type=float,
-                        help="recompute land_mask from the cube's nan_ratio with this threshold")
+                        help="recompute land_mask from the cube's nan_ratio with this threshold "
+                             "(default: the cube's land_mask as it is)")
     _allow_incomplete(parser)
     parser.set_defaults(run=_run_mask)
 
@@ -439,15 +465,15 @@ def _add_download(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_transfer_args(parser: argparse.ArgumentParser) -> None:
-    from sicube.download import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT
+    from sicube.download import DownloadOptions
 
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
-                        help="transfers at once (default %(default)s)")
-    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
-                        help="further attempts after a failed one (default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+    parser.add_argument("--concurrency", type=int, default=DownloadOptions.concurrency,
+                        help="transfers at once")
+    parser.add_argument("--retries", type=int, default=DownloadOptions.retries,
+                        help="further attempts after a failed one")
+    parser.add_argument("--timeout", type=float, default=DownloadOptions.timeout,
                         help="seconds without data before an attempt is abandoned")
-    parser.add_argument("--backoff", type=float, default=0.5,
+    parser.add_argument("--backoff", type=float, default=DownloadOptions.backoff,
                         help="first retry delay in seconds, doubled each retry, jittered")
 
 
@@ -492,18 +518,20 @@ def _run_check(args: argparse.Namespace) -> int:
 
 @command("mirror", "serve an archive folder on 127.0.0.1 like the Bremen server (with faults)")
 def _add_mirror(parser: argparse.ArgumentParser) -> None:
+    from sicube.mirror import FAULT_PLAN_HELP
+
+    parser.epilog = f"fault plan (--faults PLAN.json):\n\n{FAULT_PLAN_HELP}"
     parser.add_argument("--root", required=True, help="archive folder with {YYYY}/ sub-folders")
     parser.add_argument("--port", type=int, default=8000,
-                        help="TCP port on 127.0.0.1 (0 = any free port; default %(default)s)")
+                        help="TCP port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--faults", default=None, metavar="PLAN.json",
-                        help="fault plan: file name or YYYYMMDD -> faults (see sicube.mirror)")
+                        help="fault plan: file name or YYYYMMDD -> faults (format below)")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds added before every answer")
     from sicube.products import GRIDS
 
     parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
-                        help="grid served, named in the URL path as on the Bremen server "
-                             "(default n3125)")
+                        help="grid served, named in the URL path as on the Bremen server")
     parser.set_defaults(run=_run_mirror)
 
 
@@ -517,17 +545,24 @@ def _run_mirror(args: argparse.Namespace) -> int:
 
 @command("evaluate", "score fill parameters: hide observed cells, fill them back, report errors")
 def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    from sicube.fill import DEFAULT_MAX_GAP, DEFAULT_METHOD, FillParams
+
     parser.add_argument("--store", required=True, help="a sicube cube (Zarr) with sea_ice_conc_raw")
     parser.add_argument("--start", help="first day to use (default: the cube's first)")
     parser.add_argument("--end", help="last day to use (default: the cube's last)")
-    parser.add_argument("--time-window", default="3", help="comma list of time windows (days)")
-    parser.add_argument("--space-window", default="7", help="comma list of space windows (cells)")
-    parser.add_argument("--alpha", default="15", help="comma list of alphas")
-    parser.add_argument("--sigma", default="7", help="comma list of sigmas (cells)")
-    parser.add_argument("--method", default="gaussian", help="comma list: gaussian, hybrid")
-    parser.add_argument("--max-gap", default="5", help="comma list of hybrid max gaps (days)")
+    defaults = FillParams()
+    parser.add_argument("--time-window", default=f"{defaults.time_window}",
+                        help="comma list of time windows (days)")
+    parser.add_argument("--space-window", default=f"{defaults.space_window}",
+                        help="comma list of space windows (cells)")
+    parser.add_argument("--alpha", default=f"{defaults.alpha:g}", help="comma list of alphas")
+    parser.add_argument("--sigma", default=f"{defaults.sigma:g}",
+                        help="comma list of sigmas (cells)")
+    parser.add_argument("--method", default=DEFAULT_METHOD, help="comma list: gaussian, hybrid")
+    parser.add_argument("--max-gap", default=f"{DEFAULT_MAX_GAP}",
+                        help="comma list of hybrid max gaps (days)")
     parser.add_argument("--hide-fraction", type=float, default=0.1,
-                        help="share of observed ocean cells to hide (default 0.1)")
+                        help="share of observed ocean cells to hide")
     parser.add_argument("--no-stripes", action="store_true",
                         help="hide scattered cells only (default: half as swath-like stripes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the hidden cells")
@@ -607,7 +642,7 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
                         help="product grid of the generated archive; the mirror's URL names "
-                             "it and the build takes it from there (default n3125)")
+                             "it and the build takes it from there")
     parser.set_defaults(run=_run_demo)
 
 

@@ -53,6 +53,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -78,9 +79,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = products.DEFAULT_BASE_URL
 DEFAULT_BASE_URLS = products.DEFAULT_BASE_URLS
 BaseURLs = str | Sequence[str]
-DEFAULT_CONCURRENCY = 8
-DEFAULT_RETRIES = 4
-DEFAULT_TIMEOUT = 60.0
 MANIFEST_NAME = "manifest.json"
 # How often iter_downloads rewrites the manifest while records arrive (and once at the end):
 # rewriting a decade's manifest (~1 MB) after every day would cost O(days^2) writes.
@@ -274,13 +272,52 @@ def _check_out_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def _check_numbers(concurrency: int, retries: int, timeout: float) -> None:
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise BadInput(f"concurrency: must be a positive integer, got {concurrency!r}")
-    if not isinstance(retries, int) or retries < 0:
-        raise BadInput(f"retries: must be a non-negative integer, got {retries!r}")
-    if not timeout or timeout <= 0:
-        raise BadInput(f"timeout: must be a positive number of seconds, got {timeout!r}")
+@dataclass(frozen=True)
+class DownloadOptions:
+    """How hard the downloader tries (the retry policy): the one home of these defaults,
+    used by `download`, `iter_downloads`, `check`, `latest_available` and the CLI.
+
+    concurrency : transfers (or probes) at once.
+    retries : further attempts after a failed one (5xx, timeout, dropped connection, short
+        or invalid file), waiting `backoff` seconds doubled per retry, jittered, at most
+        `backoff_max`.
+    timeout : seconds without any data before an attempt is abandoned.
+
+    A bad value raises BadInput naming it.
+    """
+
+    concurrency: int = 8
+    retries: int = 4
+    timeout: float = 60.0
+    backoff: float = 0.5
+    backoff_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        def integer(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def number(value) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool) \
+                and math.isfinite(value)
+
+        if not integer(self.concurrency) or self.concurrency < 1:
+            raise BadInput(f"concurrency: must be a positive integer, got {self.concurrency!r}")
+        if not integer(self.retries) or self.retries < 0:
+            raise BadInput(f"retries: must be a non-negative integer, got {self.retries!r}")
+        if not number(self.timeout) or self.timeout <= 0:
+            raise BadInput(f"timeout: must be a positive number of seconds, got {self.timeout!r}")
+        for name in ("backoff", "backoff_max"):
+            if not number(getattr(self, name)) or getattr(self, name) < 0:
+                raise BadInput(f"{name}: must be a non-negative number of seconds, "
+                               f"got {getattr(self, name)!r}")
+
+
+DEFAULT_CONCURRENCY = DownloadOptions.concurrency
+DEFAULT_RETRIES = DownloadOptions.retries
+DEFAULT_TIMEOUT = DownloadOptions.timeout
+# Probes of `latest_available` go newest first and stop at the first day found: a small
+# window spends fewer requests past it than the download's concurrency would.
+PROBE_CONCURRENCY = 4
 
 
 def _check_days(days: Iterable[DateLike], grid: str, sensor: str) -> list[dt.date]:
@@ -297,18 +334,23 @@ def _check_days(days: Iterable[DateLike], grid: str, sensor: str) -> list[dt.dat
 
 @dataclass
 class _Retry:
-    """How hard one request is tried: further attempts, timeout, backoff between attempts."""
+    """How hard one request is tried (`DownloadOptions`), with its own jitter source."""
 
-    retries: int
-    timeout: float
-    backoff: float = 0.5
-    backoff_max: float = 30.0
+    options: DownloadOptions
     _random: random.Random = field(default_factory=random.Random)
+
+    @property
+    def retries(self) -> int:
+        return self.options.retries
+
+    @property
+    def timeout(self) -> float:
+        return self.options.timeout
 
     def delay(self, attempt: int) -> float:
         # Exponential backoff with jitter so that many clients do not retry in lockstep.
-        return min(self.backoff_max, self.backoff * 2 ** (attempt - 1)) * self._random.uniform(
-            0.5, 1.0)
+        o = self.options
+        return min(o.backoff_max, o.backoff * 2 ** (attempt - 1)) * self._random.uniform(0.5, 1.0)
 
     async def session(self):
         """(fsspec HTTP file system, its aiohttp session); the caller closes the session."""
@@ -334,10 +376,8 @@ class _Fetcher:
     """
 
     def __init__(self, out: Path, base_urls: tuple[str, ...], *, grid: str, sensor: str,
-                 concurrency: int, retries: int,
-                 force: bool, timeout: float, backoff: float, backoff_max: float,
-                 expected_grid: GridCoords | None, full_check: bool = True,
-                 known: dict[str, dict] | None = None):
+                 options: DownloadOptions, force: bool, expected_grid: GridCoords | None,
+                 full_check: bool = True, known: dict[str, dict] | None = None):
         self.out = out
         self.full_check = full_check
         self.hosts = base_urls
@@ -347,8 +387,8 @@ class _Fetcher:
         # Hosts whose connection failed on every attempt of a file: later files try them
         # once, not `retries` times, so a dead primary costs one refused connection per file.
         self._down: set[str] = set()
-        self.concurrency = concurrency
-        self.retry = _Retry(retries, timeout, backoff, backoff_max)
+        self.concurrency = options.concurrency
+        self.retry = _Retry(options)
         self.force = force
         self.known = known or {}
         self.grid = expected_grid
@@ -676,18 +716,16 @@ class _Manifest:
 
 
 def _prepare(days: Iterable[DateLike], out_dir: str | os.PathLike, base_url: BaseURLs | None,
-             grid: str | None, sensor: str, concurrency: int, retries: int, timeout: float,
-             **options) -> tuple[_Fetcher, list[dt.date], _Manifest]:
+             grid: str | None, sensor: str, options: DownloadOptions,
+             **fetcher_args) -> tuple[_Fetcher, list[dt.date], _Manifest]:
     """Check every argument (BadInput); return the fetcher, the days and the folder's record."""
     hosts = check_base_urls(base_url)
     grid = check_grid(hosts, grid)
     days = _check_days(days, grid, sensor)
-    _check_numbers(concurrency, retries, timeout)
     out = _check_out_dir(out_dir)
     manifest = _Manifest(out, list(hosts))
-    fetcher = _Fetcher(out, hosts, grid=grid, sensor=sensor, concurrency=concurrency,
-                       retries=retries, timeout=timeout, known=dict(manifest.entries),
-                       **options)
+    fetcher = _Fetcher(out, hosts, grid=grid, sensor=sensor, options=options,
+                       known=dict(manifest.entries), **fetcher_args)
     return fetcher, days, manifest
 
 
@@ -704,10 +742,12 @@ def _recorded(records: Iterator[DayRecord], manifest: _Manifest) -> Iterator[Day
 
 def iter_downloads(days: Iterable[DateLike], out_dir: str | os.PathLike, *,
                    base_url: BaseURLs | None = None, grid: str | None = None,
-                   sensor: str = products.AUTO, concurrency: int = DEFAULT_CONCURRENCY,
-                   retries: int = DEFAULT_RETRIES, force: bool = False, progress: bool = False,
-                   timeout: float = DEFAULT_TIMEOUT, backoff: float = 0.5,
-                   backoff_max: float = 30.0,
+                   sensor: str = products.AUTO,
+                   concurrency: int = DownloadOptions.concurrency,
+                   retries: int = DownloadOptions.retries, force: bool = False,
+                   progress: bool = False, timeout: float = DownloadOptions.timeout,
+                   backoff: float = DownloadOptions.backoff,
+                   backoff_max: float = DownloadOptions.backoff_max,
                    expected_grid: GridCoords | None = None,
                    full_check: bool = True) -> Iterator[DayRecord]:
     """Yield each day's `DayRecord` as soon as it is finished (completion order, not dates).
@@ -723,9 +763,9 @@ def iter_downloads(days: Iterable[DateLike], out_dir: str | os.PathLike, *,
     removes their `.part` files. The folder's ``manifest.json`` is kept current (see
     `download`); a rerun reuses, without decoding, the files it vouches for.
     """
-    fetcher, days, manifest = _prepare(days, out_dir, base_url, grid, sensor, concurrency,
-                                       retries, timeout, force=force, backoff=backoff,
-                                       backoff_max=backoff_max, expected_grid=expected_grid,
+    options = DownloadOptions(concurrency, retries, timeout, backoff, backoff_max)
+    fetcher, days, manifest = _prepare(days, out_dir, base_url, grid, sensor, options,
+                                       force=force, expected_grid=expected_grid,
                                        full_check=full_check)
     return _recorded(_with_progress(_drain(fetcher, days), len(days), progress), manifest)
 
@@ -787,9 +827,10 @@ def write_manifest(out_dir: str | os.PathLike, records: list[DayRecord],
 
 def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
              base_url: BaseURLs | None = None, grid: str | None = None,
-             sensor: str = products.AUTO, concurrency: int = DEFAULT_CONCURRENCY,
-             retries: int = DEFAULT_RETRIES, force: bool = False, progress: bool = True,
-             timeout: float = DEFAULT_TIMEOUT, backoff: float = 0.5, backoff_max: float = 30.0,
+             sensor: str = products.AUTO, concurrency: int = DownloadOptions.concurrency,
+             retries: int = DownloadOptions.retries, force: bool = False, progress: bool = True,
+             timeout: float = DownloadOptions.timeout, backoff: float = DownloadOptions.backoff,
+             backoff_max: float = DownloadOptions.backoff_max,
              expected_grid: GridCoords | None = None,
              on_day: Callable[[DayRecord], None] | None = None) -> DownloadReport:
     """Download every day of [start, end] into `out_dir/{YYYY}/` and write the manifest.
@@ -821,9 +862,9 @@ def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
     missing, not failed). Raises BadInput for bad arguments before fetching anything.
     """
     first, last = parse_span(start, end)
+    options = DownloadOptions(concurrency, retries, timeout, backoff, backoff_max)
     fetcher, days, manifest = _prepare(day_range(first, last), out_dir, base_url, grid, sensor,
-                                       concurrency, retries, timeout, force=force, backoff=backoff,
-                                       backoff_max=backoff_max, expected_grid=expected_grid)
+                                       options, force=force, expected_grid=expected_grid)
     began = time.perf_counter()
     records: list[DayRecord] = []
     arriving = _recorded(_with_progress(_drain(fetcher, days), len(days), progress), manifest)
@@ -1022,8 +1063,9 @@ class CheckReport:
 
 def check(start: DateLike, end: DateLike, *, base_url: BaseURLs | None = None,
           grid: str | None = None, sensor: str = products.AUTO,
-          concurrency: int = DEFAULT_CONCURRENCY, retries: int = DEFAULT_RETRIES,
-          timeout: float = DEFAULT_TIMEOUT, backoff: float = 0.5, backoff_max: float = 30.0,
+          concurrency: int = DownloadOptions.concurrency, retries: int = DownloadOptions.retries,
+          timeout: float = DownloadOptions.timeout, backoff: float = DownloadOptions.backoff,
+          backoff_max: float = DownloadOptions.backoff_max,
           progress: bool = False) -> CheckReport:
     """Probe every day's file of [start, end] with HEAD requests, before a long build.
 
@@ -1036,8 +1078,7 @@ def check(start: DateLike, end: DateLike, *, base_url: BaseURLs | None = None,
     hosts = check_base_urls(base_url)
     grid = check_grid(hosts, grid)
     days = _check_days(day_range(first, last), grid, sensor)
-    _check_numbers(concurrency, retries, timeout)
-    retry = _Retry(retries, timeout, backoff, backoff_max)
+    retry = _Retry(DownloadOptions(concurrency, retries, timeout, backoff, backoff_max))
     began = time.perf_counter()
     with ThreadPoolExecutor(1, thread_name_prefix="sicube-check") as pool:
         probes = pool.submit(asyncio.run, _probe_all(hosts, days, grid, sensor, concurrency,
@@ -1068,9 +1109,11 @@ async def _latest(hosts: tuple[str, ...], grid: str, sensor: str, days: list[dt.
 
 def latest_available(base_url: BaseURLs | None, *, before: DateLike, limit: int = 30,
                      grid: str | None = None, sensor: str = products.AUTO,
-                     concurrency: int = 4, retries: int = DEFAULT_RETRIES,
-                     timeout: float = DEFAULT_TIMEOUT, backoff: float = 0.5,
-                     backoff_max: float = 30.0) -> dt.date | None:
+                     concurrency: int = PROBE_CONCURRENCY,
+                     retries: int = DownloadOptions.retries,
+                     timeout: float = DownloadOptions.timeout,
+                     backoff: float = DownloadOptions.backoff,
+                     backoff_max: float = DownloadOptions.backoff_max) -> dt.date | None:
     """The last day the server has a file for, on or before `before`; None within `limit` days.
 
     Probes `before`, the day before, ... with HEAD requests, `concurrency` days at a time,
@@ -1084,9 +1127,8 @@ def latest_available(base_url: BaseURLs | None, *, before: DateLike, limit: int 
     last = parse_date(before, "before")
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise BadInput(f"limit: must be a positive number of days, got {limit!r}")
-    _check_numbers(concurrency, retries, timeout)
+    retry = _Retry(DownloadOptions(concurrency, retries, timeout, backoff, backoff_max))
     days = [last - dt.timedelta(days=back) for back in range(limit)]
-    retry = _Retry(retries, timeout, backoff, backoff_max)
     # On a thread of its own: asyncio.run cannot run inside a caller's loop (e.g. Jupyter).
     with ThreadPoolExecutor(1, thread_name_prefix="sicube-probe") as pool:
         return pool.submit(asyncio.run, _latest(hosts, grid, sensor, days, concurrency,

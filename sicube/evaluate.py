@@ -19,16 +19,16 @@ import numpy as np
 
 from sicube import cube
 from sicube.errors import BadInput
-from sicube.fill import METHODS, gaussian_fill, is_dask
+from sicube.fill import (
+    DEFAULT_MAX_GAP,
+    DEFAULT_METHOD,
+    METHODS,
+    FillParams,
+    gaussian_fill,
+    is_dask,
+)
 
-FILL_DEFAULTS = {
-    "time_window": 3,
-    "space_window": 7,
-    "alpha": 15.0,
-    "sigma": 7.0,
-    "method": "gaussian",
-    "max_gap": 5,
-}
+FILL_DEFAULTS = {**FillParams().to_dict(), "method": DEFAULT_METHOD, "max_gap": DEFAULT_MAX_GAP}
 """Every parameter a set may name, with the value used when it does not."""
 
 METRICS = ("rmse", "mae", "bias", "n_hidden", "n_filled")

@@ -34,8 +34,11 @@ Nothing here reads or writes files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -406,19 +409,57 @@ def _check_real(value: Any, name: str, positive: bool) -> float:
     return float(value)
 
 
-def fill_parameters(time_window: Any, space_window: Any, alpha: Any, sigma: Any) -> dict:
-    """The fill parameters checked (BadInput naming the bad one) and normalised to int/float."""
-    return {
-        "time_window": _check_window(time_window, "time_window"),
-        "space_window": _check_window(space_window, "space_window"),
-        "alpha": _check_real(alpha, "alpha", positive=False),
-        "sigma": _check_real(sigma, "sigma", positive=True),
-    }
+@dataclass(frozen=True)
+class FillParams:
+    """The Gaussian fill's four parameters (SPEC 4), checked once: the one home of their
+    defaults, used by `gaussian_fill`, the builder (serialised in its state), the CLI and
+    `sicube.evaluate`.
+
+    A bad value raises BadInput naming it; values are normalised to int (windows) and float.
+    """
+
+    time_window: int = 3
+    space_window: int = 7
+    alpha: float = 15.0
+    sigma: float = 7.0
+
+    def __post_init__(self) -> None:
+        checked = {
+            "time_window": _check_window(self.time_window, "time_window"),
+            "space_window": _check_window(self.space_window, "space_window"),
+            "alpha": _check_real(self.alpha, "alpha", positive=False),
+            "sigma": _check_real(self.sigma, "sigma", positive=True),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def to_dict(self) -> dict:
+        """The parameters as a JSON-ready dict (the build state's and the cube's record)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FillParams:
+        """The parameters from `to_dict`'s output; an unknown key is BadInput."""
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise BadInput(f"fill parameters: unknown parameter {sorted(unknown)[0]!r}")
+        return cls(**data)
+
+
+DEFAULT_METHOD = METHODS[0]
+"""`gaussian_fill`'s default method."""
+DEFAULT_MAX_GAP = 5
+"""`gaussian_fill`'s default longest run of missing days the hybrid method interpolates."""
 
 
 def is_dask(array: Any) -> bool:
     """True for a dask array (told apart without importing dask)."""
     return type(array).__module__.startswith("dask.") and hasattr(array, "chunks")
+
+
+def _is_xarray(array: Any) -> bool:
+    """Whether `array` is an xarray.DataArray (checked without importing xarray)."""
+    return type(array).__module__.startswith("xarray.") and hasattr(array, "dims")
 
 
 def _check_array(array: Any):
@@ -453,15 +494,15 @@ def _check_land(land_mask: Any, shape: tuple[int, ...]):
 
 def gaussian_fill(
     array: Any,
-    time_window: int = 3,
-    space_window: int = 7,
-    alpha: float = 15.0,
-    sigma: float = 7.0,
+    time_window: int = FillParams.time_window,
+    space_window: int = FillParams.space_window,
+    alpha: float = FillParams.alpha,
+    sigma: float = FillParams.sigma,
     *,
     land_mask: Any = None,
     return_flags: bool = False,
-    method: str = "gaussian",
-    max_gap: int = 5,
+    method: str = DEFAULT_METHOD,
+    max_gap: int = DEFAULT_MAX_GAP,
 ) -> Any:
     """Fill the NaN gaps of a (time, y, x) percent array by the SPEC section 4 Gaussian rule.
 
@@ -471,8 +512,10 @@ def gaussian_fill(
         (time, y, x) floating-point values in percent on a calendar time axis, NaN = missing.
         A NumPy array is filled at once with numba threads; a Dask array gives a lazy Dask array
         with the same chunks (``map_overlap``-style halo, the same result for any chunking).
+        An ``xarray.DataArray`` gives a DataArray with the same dims, coords, name and attrs
+        (lazy when it is Dask-backed).
     time_window, space_window
-        Half-widths of the window in days and in cells.
+        Half-widths of the window in days and in cells (defaults: :class:`FillParams`).
     alpha
         Weight of time distance against space distance (``w`` uses ``alpha·Δt²``).
     sigma
@@ -495,10 +538,24 @@ def gaussian_fill(
         ``filled`` is float32 (float64 for float64 input): observed cells unchanged, missing
         cells filled, NaN where no observed neighbour has weight (flag NO_NEIGHBOUR).
     """
+    if _is_xarray(array):
+        # Fill the data underneath and wrap it back: DataArray.copy(data=...) keeps dims,
+        # coords, name and attrs, and a Dask-backed one stays lazy.
+        out = gaussian_fill(array.data, time_window, space_window, alpha, sigma,
+                            land_mask=land_mask, return_flags=return_flags, method=method,
+                            max_gap=max_gap)
+        if not return_flags:
+            return array.copy(data=out)
+        filled, flags = out
+        wrapped_flags = array.copy(data=flags).rename("fill_flag")
+        wrapped_flags.attrs = {}
+        return array.copy(data=filled), wrapped_flags
+    if _is_xarray(land_mask):
+        land_mask = land_mask.data
     array = _check_array(array)
-    checked = fill_parameters(time_window, space_window, alpha, sigma)
-    time_window, space_window = checked["time_window"], checked["space_window"]
-    alpha, sigma = checked["alpha"], checked["sigma"]
+    params = FillParams(time_window, space_window, alpha, sigma)
+    time_window, space_window = params.time_window, params.space_window
+    alpha, sigma = params.alpha, params.sigma
     if method not in METHODS:
         raise BadInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     max_gap = _check_window(max_gap, "max_gap")

@@ -1,41 +1,15 @@
 """A loopback copy of the Bremen server, with faults on demand, for tests and the demo.
 
-`Mirror(root)` serves an archive folder (``root/{YYYY}/{file name}``, as
-`sicube.sample.write_archive` writes it) under the real URL layout of both sensors' trees:
+  `Mirror(root)`serves an archive folder (``root/{YYYY}/{file name}``, as
+  `sicube.sample.write_archive`writes it) under the real URL layout of both sensors' trees:
 AMSR2's files (``asi-AMSR2-{grid}-{YYYYMMDD}-v5.4.nc``) at
 ``http://127.0.0.1:PORT/amsr2/asi_daygrid_swath/{grid}/netcdf/{YYYY}/{file name}`` and
 AMSR-E's (``asi-{grid}-{YYYYMMDD}-v5.4.nc``) at ``.../amsre/asi_daygrid_swath/...``; one
 folder may hold both namings. So `products.file_url(mirror.base_url, day)` and
-`products.grid_from_url` work unchanged. It answers GET, HEAD and Range requests and 404 for
+  `products.grid_from_url`work unchanged. It answers GET, HEAD and Range requests and 404 for
 absent days and for a file in the other sensor's tree. It binds 127.0.0.1 only.
 
-Fault plan
-----------
-A dict (or a JSON file with one object) mapping a file name, a day ``YYYYMMDD`` or ``"*"``
-(every file) to the faults of that file's successive GET requests. The most specific
-key wins: file name, then day, then ``"*"``. A value is either
-
-- a list, applied to the 1st, 2nd, ... GET of that file; once it is used up the file is
-  served normally, or
-- a single string, applied to every GET of that file ("always").
-
-Faults:
-
-=============  ====================================================================
-``ok``         serve the file normally
-``500``, ...   answer with that HTTP status (any code 400-599, e.g. ``503``)
-``drop``       close the connection without answering
-``truncate``   send the full ``Content-Length`` but only half of the body, then close
-``html``       status 200 with an HTML error page (``text/html``) instead of the file
-``slow:S``     wait S seconds before answering, then serve normally (client timeouts)
-``trickle:S``  serve normally but spread the body over S seconds (slow transfers)
-=============  ====================================================================
-
-Example: ``{"20240402": ["503", "drop", "ok"], "20240403": ["truncate", "html"],
-"20240404": ["slow:2.0"], "20240407": "500"}``. HEAD requests never consume faults, unless
-the mirror is made with ``head_faults=True``: then a HEAD takes the next fault like a GET
-(``truncate``, ``html`` and ``trickle`` answer a HEAD normally), for probes (`sicube check`).
-`latency` adds a fixed delay before every answer, like a distant server.
+Fault plan: `FAULT_PLAN_HELP` (shown by ``sicube mirror --help`` too).
 """
 
 from __future__ import annotations
@@ -69,6 +43,34 @@ _HTML_PAGE = (
 _TRICKLE_PIECES = 20
 
 FaultPlan = Mapping[str, "str | list[str]"]
+
+
+FAULT_PLAN_HELP = """\
+A dict (or a JSON file with one object) mapping a file name, a day `YYYYMMDD` or `"*"`
+(every file) to the faults of that file's successive GET requests. The most specific
+key wins: file name, then day, then `"*"`. A value is either
+
+- a list, applied to the 1st, 2nd, ... GET of that file; once it is used up the file is
+  served normally, or
+- a single string, applied to every GET of that file ("always").
+
+Faults:
+
+  `ok`          serve the file normally
+  `500`, ...    answer with that HTTP status (any code 400-599, e.g. `503`)
+  `drop`        close the connection without answering
+  `truncate`    send the full `Content-Length` but only half of the body, then close
+  `html`        status 200 with an HTML error page (`text/html`) instead of the file
+  `slow:S`      wait S seconds before answering, then serve normally (client timeouts)
+  `trickle:S`   serve normally but spread the body over S seconds (slow transfers)
+
+Example: `{"20240402": ["503", "drop", "ok"], "20240403": ["truncate", "html"],
+"20240404": ["slow:2.0"], "20240407": "500"}`. HEAD requests never consume faults, unless
+the mirror is made with `head_faults=True`: then a HEAD takes the next fault like a GET
+(`truncate`, `html` and `trickle` answer a HEAD normally), for probes (`sicube check`).
+  `latency`     adds a fixed delay before every answer, like a distant server.
+"""
+"""The fault-plan format of `load_faults` and ``sicube mirror --faults``."""
 
 
 def _check_fault(fault: str) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from sicube.dates import day_range, parse_date
+from sicube.fill import FillParams
 
 FILL_BATCH_CHUNKS = 2  # time chunks filled per resumable step
 
@@ -108,7 +109,7 @@ class BuildArgs:
 
     start: str
     end: str
-    fill: dict
+    fill: FillParams
     mask_threshold: float
     mask: str | None = None  # a given mask (file or cube) instead of the NaN frequency
 
@@ -179,7 +180,7 @@ class BuildState:
         if not changed:
             return
         self._forget_fills(chunks_depending_on(changed, len(self.days), chunk,
-                                               self.args.fill["time_window"]))
+                                               self.args.fill.time_window))
         if not self.mask_frozen:
             self.mask_done = False
 
@@ -210,7 +211,8 @@ class BuildState:
     @classmethod
     def from_json(cls, text: str) -> BuildState:
         data = json.loads(text)
-        data["args"] = BuildArgs(**data["args"])
+        data["args"] = BuildArgs(**{**data["args"],
+                                    "fill": FillParams.from_dict(data["args"]["fill"])})
         data["missing"] = set(data["missing"])
         data["mask_days"] = set(data["mask_days"])
         data["filled"] = set(data["filled"])

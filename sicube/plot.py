@@ -12,8 +12,11 @@ from threads and never opens a window.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -439,10 +442,16 @@ def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None,
 
 
 def save_figure(fig, output: str | os.PathLike, dpi: int = DPI) -> Path:
-    """Write `fig` as PNG to `output` (folders created); return the path."""
+    """Write `fig` to `output` in the format its extension names (PNG, JPEG, PDF, SVG, ...:
+    any that matplotlib writes; BadInput for another), folders created; return the path."""
     output = Path(output)
+    kind = output.suffix.lower().lstrip(".")
+    known = fig.canvas.get_supported_filetypes()
+    if kind not in known:
+        raise BadInput(f"{output}: cannot write a {output.suffix or 'file without extension'}; "
+                       f"name a file ending in one of .{', .'.join(sorted(known))}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=dpi, format="png")
+    fig.savefig(output, dpi=dpi, format=kind)
     return output
 
 
@@ -614,7 +623,26 @@ def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABL
     states = len(view.keys())
     # embed=True writes every (variable, day) frame into the page; panel's default cap of
     # 1000 states would silently drop days of a long span.
-    pn.panel(view, widget_location="bottom").save(
-        output, embed=True, resources=INLINE, progress=progress, max_states=states + 1,
-        title="sicube explorer")
+    with _labelled_tqdm(desc="explore", unit="frame"):
+        pn.panel(view, widget_location="bottom").save(
+            output, embed=True, resources=INLINE, progress=progress, max_states=states + 1,
+            title="sicube explorer")
     return output
+
+
+@contextlib.contextmanager
+def _labelled_tqdm(**labels) -> Iterator[None]:
+    """Inside: every new tqdm bar goes to stderr with `labels`. panel draws its embedding bar
+    with tqdm on stdout, unlabelled (`panel.io.embed`), and stdout is for results."""
+    import tqdm
+
+    plain = tqdm.tqdm
+
+    def labelled(*args, **kwargs):
+        return plain(*args, **{**kwargs, **labels, "file": sys.stderr})
+
+    tqdm.tqdm = labelled
+    try:
+        yield
+    finally:
+        tqdm.tqdm = plain

@@ -6,6 +6,8 @@ import datetime as dt
 
 import pytest
 
+from sicube.fill import FillParams
+from sicube.mask import DEFAULT_THRESHOLD
 from sicube.sample import Archive, write_archive
 
 ARCHIVE_START = dt.date(2024, 4, 1)
@@ -25,8 +27,8 @@ def archive(tmp_path_factory) -> Archive:
 # --- small_cube: the real builder over the archive ----------------------------------------------
 
 SMALL_CUBE_CHUNKS = {"time": 4, "y": 64, "x": 64}  # several chunks on every axis
-SMALL_CUBE_MASK_THRESHOLD = 0.85
-SMALL_CUBE_FILL = {"time_window": 3, "space_window": 7, "alpha": 15.0, "sigma": 7.0}
+SMALL_CUBE_MASK_THRESHOLD = DEFAULT_THRESHOLD
+SMALL_CUBE_FILL = FillParams().to_dict()
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ from .conftest import (
     ARCHIVE_STEP,
     SMALL_CUBE_CHUNKS,
     SMALL_CUBE_FILL,
+    SMALL_CUBE_MASK_THRESHOLD,
 )
 from .pole_oracle import expected_cube, expected_pole_hole
 
@@ -86,7 +87,8 @@ def test_layout_follows_the_spec(built):
     assert ds[cube.CONC].attrs["units"] == "1" and ds[cube.RAW].attrs["units"] == "%"
     assert ds[cube.FLAG].attrs["flag_meanings"].split() == list(cube.FLAG_MEANINGS)
     assert ds.attrs["Conventions"] == "CF-1.8"
-    assert ds.attrs["fill_parameters"] == FILL and ds.attrs["mask_threshold"] == 0.85
+    assert ds.attrs["fill_parameters"] == FILL
+    assert ds.attrs["mask_threshold"] == SMALL_CUBE_MASK_THRESHOLD
     sources = ds.attrs["source_files"]
     assert sorted(sources) == sorted(f"{d:%Y%m%d}" for d in archive_days_present())
     assert all(len(v["sha256"]) == 64 for v in sources.values())
@@ -121,7 +123,8 @@ def test_mask_is_the_nan_frequency_of_observed_days(built, archive):
     hole = expected_pole_hole(raw, "n3125", ARCHIVE_STEP)
     assert hole.sum() >= 4  # the cells around the pole, which lies on their corners
     np.testing.assert_array_equal(arrays[cube.POLE_HOLE], hole)
-    np.testing.assert_array_equal(arrays[cube.LAND], ((ratio >= 0.85) & ~hole).astype(np.uint8))
+    land = (ratio >= SMALL_CUBE_MASK_THRESHOLD) & ~hole
+    np.testing.assert_array_equal(arrays[cube.LAND], land.astype(np.uint8))
     assert 0.2 < arrays[cube.LAND].mean() < 0.7
 
 

@@ -414,3 +414,27 @@ def test_builder_block_equals_the_fill_and_the_seed_final_steps(core):
     np.testing.assert_array_equal(
         counts, np.bincount(got_flags.ravel(), minlength=len(FillFlag)))
     assert counts[FillFlag.FILLED] > 0 and counts[FillFlag.LAND] > 0
+
+
+def test_a_data_array_comes_back_with_its_coords_and_lazy_when_dask():
+    """An xarray.DataArray in, a DataArray out: same dims, coords, name, attrs, values."""
+    import dask.array as da
+    import xarray as xr
+
+    rng = np.random.default_rng(5)
+    values = rng.uniform(0, 100, (4, 6, 7)).astype(np.float32)
+    values[rng.random(values.shape) < 0.3] = np.nan
+    coords = {"time": np.arange(4), "y": np.linspace(0, 1, 6), "x": np.arange(7) * 2.0}
+    arr = xr.DataArray(values, dims=("time", "y", "x"), coords=coords, name="conc",
+                       attrs={"units": "%"})
+    expected, expected_flags = gaussian_fill(values, 1, 2, 1.0, 1.5, return_flags=True)
+    got = gaussian_fill(arr, 1, 2, 1.0, 1.5)
+    assert isinstance(got, xr.DataArray) and got.dims == arr.dims and got.name == "conc"
+    assert got.attrs == {"units": "%"}
+    assert got.coords.to_dataset().identical(arr.coords.to_dataset())
+    np.testing.assert_array_equal(got.values, expected)
+    lazy, flags = gaussian_fill(arr.chunk({"time": 2, "y": 3}), 1, 2, 1.0, 1.5, return_flags=True)
+    assert isinstance(lazy.data, da.Array) and isinstance(flags.data, da.Array)
+    assert flags.name == "fill_flag" and flags.dims == arr.dims
+    np.testing.assert_allclose(lazy.values, expected, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(flags.values, expected_flags)

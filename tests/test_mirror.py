@@ -160,3 +160,14 @@ def test_mirror_command_serves_until_stopped(archive):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_mirror_help_shows_the_fault_plan_format(capsys):
+    from sicube.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["mirror", "--help"])
+    out = capsys.readouterr().out
+    for fault in ("ok", "drop", "truncate", "html", "slow:S", "trickle:S"):
+        assert f"`{fault}`" in out
+    assert '{"20240402": ["503", "drop", "ok"]' in out  # the example, lines kept as written

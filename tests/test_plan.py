@@ -7,6 +7,8 @@ import datetime as dt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sicube.fill import FillParams
+from sicube.mask import DEFAULT_THRESHOLD
 from sicube.plan import FILL_BATCH_CHUNKS, BuildArgs, BuildState, fill_batches, n_chunks
 
 START = dt.date(2024, 1, 1)
@@ -14,8 +16,8 @@ START = dt.date(2024, 1, 1)
 
 def _state(n_days: int, time_window: int) -> BuildState:
     end = START + dt.timedelta(days=n_days - 1)
-    fill = {"time_window": time_window, "space_window": 7, "alpha": 15.0, "sigma": 7.0}
-    return BuildState(BuildArgs(f"{START}", f"{end}", fill, 0.85))
+    fill = FillParams(time_window=time_window)
+    return BuildState(BuildArgs(f"{START}", f"{end}", fill, DEFAULT_THRESHOLD))
 
 
 def _key(state: BuildState, i: int) -> str:

@@ -178,5 +178,27 @@ def test_cli_explore_writes_standalone_html(small_cube, tmp_path, capsys):
     assert '"name":"Slider"' in html and "CustomSelect" in html  # time slider, variable menu
     assert "<script src=\"http" not in html and "<script type=\"text/javascript\" src" not in html
     assert "sea-ice concentration (%)" in html
+    captured = capsys.readouterr()
+    assert "explore:" in captured.err and "frame" not in captured.out  # the bar on stderr
     _bad(["explore", str(small_cube), "--html", str(out), "--start", "20250101"], capsys,
          "no day of the cube")
+
+
+def test_plot_writes_the_format_its_extension_names(archive, tmp_path, capsys):
+    """`-o x.jpg` gives JPEG bytes, .pdf a PDF, .svg SVG; an unknown extension: one line, 2."""
+    args = ["plot", "day", "--file", str(archive.files[ARCHIVE_START]), "--dpi", "30", "-o"]
+    magic = {"jpg": b"\xff\xd8\xff", "pdf": b"%PDF", "png": b"\x89PNG", "svg": b"<?xml"}
+    for ext, head in magic.items():
+        out = tmp_path / f"day.{ext}"
+        assert main([*args, str(out)]) == 0
+        assert out.read_bytes().startswith(head), ext
+    _bad([*args, str(tmp_path / "day.xyz")], capsys, "cannot write a .xyz")
+    assert not (tmp_path / "day.xyz").exists()
+
+
+def test_explore_progress_goes_to_stderr_labelled(small_cube, tmp_path, capsys):
+    out = plot.save_explorer(small_cube, tmp_path / "e.html", end="20240402", width=60,
+                             progress=True)
+    captured = capsys.readouterr()
+    assert out.exists() and captured.out == ""
+    assert "explore" in captured.err and "frame" in captured.err
