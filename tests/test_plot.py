@@ -70,12 +70,23 @@ def test_mask_map_from_a_cube_and_from_a_mask_file(small_cube, tmp_path):
     # The same from a mask file like `sicube mask` writes.
     ds = xr.open_zarr(small_cube)
     mask_file = tmp_path / "land_mask.nc"
-    mask = ds[[cube.LAND, cube.NAN_RATIO]]
+    mask = ds[[cube.LAND, cube.NAN_RATIO, cube.POLE_HOLE]]
     mask.attrs = {"mask_threshold": 0.85}
     mask.to_netcdf(mask_file)
     out2 = tmp_path / "mask2.png"
-    plot.save_figure(plot.plot_mask(mask_file), out2, dpi=DPI)
+    from_file = plot.plot_mask(mask_file)
+    plot.save_figure(from_file, out2, dpi=DPI)
+    from_cube = plot.plot_mask(small_cube)
     np.testing.assert_array_equal(imread(out2)[..., :3].shape, imread(out)[..., :3].shape)
+    # The same maps: every panel shows the same cells (the pictures differ by the title, which
+    # names the source, and the layout's sub-pixel shifts that follow from its width).
+    panels = [(a, b) for a, b in zip(from_file.axes, from_cube.axes, strict=True) if a.images]
+    assert panels
+    for a, b in panels:
+        np.testing.assert_array_equal(np.ma.getdata(a.images[0].get_array()),
+                                      np.ma.getdata(b.images[0].get_array()))
+        np.testing.assert_array_equal(np.ma.getmaskarray(a.images[0].get_array()),
+                                      np.ma.getmaskarray(b.images[0].get_array()))
 
 
 def test_compare_map_with_and_without_a_source_file(small_cube, archive, tmp_path):
