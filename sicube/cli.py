@@ -266,7 +266,9 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
                             help="grid index; max is end-exclusive" if "max" in name else None)
     parser.add_argument("--threshold-percent", type=float, default=0.1,
                         help="list days with at least this share missing")
-    parser.add_argument("--csv", help="write date, missing_pixels, missing_percent here")
+    parser.add_argument("--csv", help="write one row per day of the span here: date, observed, "
+                        "missing cells and percent (a cube: missing_ocean_pixels, "
+                        "missing_ocean_percent; empty on a day with no data)")
     parser.add_argument("--plot", help="PNG: the ROI on the full grid and the daily shares")
     _allow_incomplete(parser)
     parser.set_defaults(run=_run_roi)
@@ -282,6 +284,7 @@ def _run_roi(args: argparse.Namespace) -> int:
     roi, (ny, nx) = report.roi, report.grid_shape
     print(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} ({roi.size} cells) "
           f"on the {ny} x {nx} grid, {report.start} .. {report.end}")
+    print(f"counted: {report.counted_text}")
     print(f"observed days: {len(report.days)}; days with no data: {len(report.unobserved)}")
     flagged = report.flagged
     print(f"days with >= {report.threshold_percent:g}% missing in the ROI: {len(flagged)}")

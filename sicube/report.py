@@ -59,16 +59,27 @@ class Roi:
 
 @dataclass(frozen=True)
 class RoiDay:
-    """Missing cells inside the ROI on one observed day."""
+    """Missing counted cells inside the ROI on one observed day (see `RoiReport.counted`)."""
 
     date: dt.date
     missing_pixels: int
     missing_percent: float
 
 
+OCEAN = "ocean"  # RoiReport.counted of a cube: cells neither land nor pole hole
+ALL_CELLS = "all"  # of a source folder (no land mask): every cell of the rectangle
+
+
 @dataclass
 class RoiReport:
-    """Per observed day, the missing cells inside the ROI; days with no data listed apart."""
+    """Per observed day, the missing cells inside the ROI; days with no data listed apart.
+
+    A cube has a land mask, so only its ocean cells are counted (`counted` is OCEAN): land
+    is never observed, and neither is the north pole hole (ocean the satellite never sees),
+    so both are left out and their cells in the ROI given in `land_cells` and
+    `pole_hole_cells`. A source folder has no mask: every cell is counted (ALL_CELLS).
+    Percentages are of `counted_cells`.
+    """
 
     roi: Roi
     grid_shape: tuple[int, int]
@@ -79,6 +90,26 @@ class RoiReport:
     unobserved: list[dt.date] = field(default_factory=list)
     store: Path | None = None
     source_files: dict[dt.date, Path] = field(default_factory=dict)
+    counted: str = ALL_CELLS
+    counted_cells: int = 0
+    land_cells: int = 0
+    pole_hole_cells: int = 0
+
+    @property
+    def counted_text(self) -> str:
+        """What the counts are of, in words (printed by the CLI)."""
+        if self.counted == OCEAN:
+            return (f"ocean cells only: {self.counted_cells} of the ROI's {self.roi.size} "
+                    f"(left out: {self.land_cells} land, {self.pole_hole_cells} pole hole, "
+                    "which is ocean but never observed)")
+        return (f"all {self.roi.size} cells of the ROI (a source folder has no land mask, "
+                "so land counts as missing)")
+
+    def every_day(self) -> Iterator[tuple[dt.date, RoiDay | None]]:
+        """Each day of the span in order, with its counts or None when it has no data."""
+        counts = {d.date: d for d in self.days}
+        for day in day_range(self.start, self.end):
+            yield day, counts.get(day)
 
     @property
     def flagged(self) -> list[RoiDay]:
@@ -95,11 +126,19 @@ def _percent(missing: int, size: int) -> float:
     return 100.0 * missing / size
 
 
+def _no_ocean(roi: Roi, land: int, hole: int) -> BadInput:
+    return BadInput(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} holds no ocean cell "
+                    f"({land} land, {hole} pole hole): nothing to count")
+
+
 def roi_report(start: DateLike, end: DateLike, ymin: int, ymax: int, xmin: int, xmax: int, *,
                store: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
                threshold_percent: float = DEFAULT_THRESHOLD_PERCENT,
                allow_incomplete: bool = False) -> RoiReport:
     """Count the missing cells inside an index rectangle for every observed day of a span.
+
+    From a cube only ocean cells are counted (not land, not the pole hole); from a source
+    folder, which has no land mask, every cell (see `RoiReport`).
 
     Parameters
     ----------
@@ -142,15 +181,23 @@ def _roi_from_store(store, roi, first, last, days, threshold, allow_incomplete) 
     observed = in_span & ds[cube.OBSERVED].values.astype(bool)
     index = np.flatnonzero(observed)
     rows, cols = roi.slices
+    land = ds[cube.LAND].isel(y=rows, x=cols).values.astype(bool)
+    hole = (ds[cube.POLE_HOLE].isel(y=rows, x=cols).values.astype(bool)
+            if cube.POLE_HOLE in ds else np.zeros_like(land))  # a cube from before the hole
+    ocean = ~land & ~hole
+    n_land, n_hole, n_ocean = int(land.sum()), int((hole & ~land).sum()), int(ocean.sum())
+    if not n_ocean:
+        raise _no_ocean(roi, n_land, n_hole)
     # Lazy: only the chunks under the ROI on observed days are read.
-    counts = (ds[cube.RAW].isel(time=index, y=rows, x=cols).isnull()
-              .sum(("y", "x")).values.astype(int))
+    raw = ds[cube.RAW].isel(time=index, y=rows, x=cols)
+    counts = (raw.isnull() & ocean).sum(("y", "x")).values.astype(int)
     seen = {dt.date.fromisoformat(str(d)) for d in cube_days[index]}
     report = RoiReport(roi, shape, threshold, first, last, store=store,
-                       unobserved=[d for d in days if d not in seen])
+                       unobserved=[d for d in days if d not in seen], counted=OCEAN,
+                       counted_cells=n_ocean, land_cells=n_land, pole_hole_cells=n_hole)
     for day, count in zip(cube_days[index], counts, strict=True):
         report.days.append(RoiDay(dt.date.fromisoformat(str(day)), int(count),
-                                  _percent(int(count), roi.size)))
+                                  _percent(int(count), n_ocean)))
     return report
 
 
@@ -164,7 +211,8 @@ def _roi_from_source(source, roi, first, last, days, threshold) -> RoiReport:
         raise BadInput(f"source {source}: no daily files between {first} and {last}")
     grid = None
     report = RoiReport(roi, (0, 0), threshold, first, last,
-                       unobserved=[d for d in days if d not in files], source_files=files)
+                       unobserved=[d for d in days if d not in files], source_files=files,
+                       counted=ALL_CELLS, counted_cells=roi.size)
     for day in sorted(files):
         try:
             field_ = read_day(files[day], grid)
@@ -186,7 +234,14 @@ def find_files_in_span(source: Path, first: dt.date, last: dt.date) -> dict[dt.d
     return {d: p for d, p in find_day_files(source).items() if first <= d <= last}
 
 
-ROI_CSV_COLUMNS = ("date", "missing_pixels", "missing_percent")
+ROI_CSV_COLUMNS = ("date", "observed", "missing_pixels", "missing_percent")
+# A cube's counts are of ocean cells only, and its header says so.
+ROI_CSV_OCEAN_COLUMNS = ("date", "observed", "missing_ocean_pixels", "missing_ocean_percent")
+
+
+def roi_csv_columns(report: RoiReport) -> tuple[str, ...]:
+    """The CSV header of `report`: it names what the counts are of (ocean cells or all)."""
+    return ROI_CSV_OCEAN_COLUMNS if report.counted == OCEAN else ROI_CSV_COLUMNS
 
 
 @contextlib.contextmanager
@@ -206,15 +261,23 @@ def writing(path: str | os.PathLike) -> Iterator[TextIO]:
 
 
 def write_roi_csv(report: RoiReport, path: str | os.PathLike) -> Path:
-    """Write one row per observed day: date (YYYY-MM-DD), missing_pixels, missing_percent."""
+    """Write one row per day of the span: date (YYYY-MM-DD), observed (true/false), the
+    missing cells and their percentage (empty on a day with no data).
+
+    The header (`roi_csv_columns`) says what is counted: `missing_ocean_*` from a cube,
+    `missing_*` (every cell) from a source folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with writing(path) as fh:
         writer = csv.writer(fh)
-        writer.writerow(ROI_CSV_COLUMNS)
-        for day in report.days:
-            writer.writerow([day.date.isoformat(), day.missing_pixels,
-                             f"{day.missing_percent:.6f}"])
+        writer.writerow(roi_csv_columns(report))
+        for date, day in report.every_day():
+            if day is None:
+                writer.writerow([date.isoformat(), "false", "", ""])
+            else:
+                writer.writerow([date.isoformat(), "true", day.missing_pixels,
+                                 f"{day.missing_percent:.6f}"])
     return path
 
 

@@ -11,7 +11,15 @@ import zarr
 from sicube import cube
 from sicube.cli import main
 from sicube.errors import BadInput
-from sicube.report import ROI_CSV_COLUMNS, format_info, info, roi_report
+from sicube.report import (
+    ALL_CELLS,
+    OCEAN,
+    ROI_CSV_COLUMNS,
+    ROI_CSV_OCEAN_COLUMNS,
+    format_info,
+    info,
+    roi_report,
+)
 from sicube.sources import read_day
 
 from .conftest import (
@@ -23,26 +31,71 @@ from .conftest import (
     SMALL_CUBE_MASK_THRESHOLD,
 )
 
-ROIS = [(0, 224, 0, 152), (100, 140, 20, 60), (0, 1, 0, 1), (57, 58, 91, 92), (200, 224, 140, 152)]
+# The whole grid, land and sea, one sea cell, a corner mostly land, one holding the pole hole.
+ROIS = [(0, 224, 0, 152), (100, 140, 20, 60), (57, 58, 91, 92), (180, 224, 100, 152),
+        (100, 112, 70, 82)]
 
 
-def _direct(archive, ymin, ymax, xmin, xmax) -> dict:
-    """Missing cells per observed day, counted straight from the files with numpy."""
-    return {day: int(np.isnan(read_day(path).z[ymin:ymax, xmin:xmax]).sum())
+def _direct(archive, ymin, ymax, xmin, xmax, counted=None) -> dict:
+    """Missing cells per observed day, counted straight from the files with numpy (only the
+    cells where `counted` is true, when given)."""
+    keep = True if counted is None else counted
+    return {day: int((np.isnan(read_day(path).z[ymin:ymax, xmin:xmax]) & keep).sum())
             for day, path in sorted(archive.files.items())}
+
+
+def _grid_masks(store, ymin, ymax, xmin, xmax) -> tuple[np.ndarray, np.ndarray]:
+    """(land, pole hole) inside the rectangle, read straight from the cube's arrays."""
+    group = zarr.open_group(store, mode="r")
+    rows, cols = slice(ymin, ymax), slice(xmin, xmax)
+    return (group[cube.LAND][rows, cols].astype(bool),
+            group[cube.POLE_HOLE][rows, cols].astype(bool))
 
 
 @pytest.mark.parametrize("roi", ROIS)
 def test_roi_counts_equal_direct_counting(archive, small_cube, roi):
-    expected = _direct(archive, *roi)
+    land, hole = _grid_masks(small_cube, *roi)
+    ocean = ~land & ~hole
     size = (roi[1] - roi[0]) * (roi[3] - roi[2])
-    for where in ({"store": small_cube}, {"source": archive.root}):
+    # A cube counts its ocean cells only; a source folder (no mask) every cell.
+    for where, counted, cells in (({"store": small_cube}, ocean, int(ocean.sum())),
+                                  ({"source": archive.root}, None, size)):
         report = roi_report(ARCHIVE_START, ARCHIVE_END, *roi, **where)
-        assert {d.date: d.missing_pixels for d in report.days} == expected
+        assert {d.date: d.missing_pixels for d in report.days} == _direct(archive, *roi,
+                                                                           counted)
+        assert report.counted_cells == cells
         for day in report.days:
-            assert day.missing_percent == pytest.approx(100.0 * day.missing_pixels / size)
+            assert day.missing_percent == pytest.approx(100.0 * day.missing_pixels / cells)
         assert report.unobserved == ARCHIVE_MISSING
         assert report.grid_shape == (224, 152)
+    cube_report = roi_report(ARCHIVE_START, ARCHIVE_END, *roi, store=small_cube)
+    assert cube_report.counted == OCEAN
+    assert (cube_report.land_cells, cube_report.pole_hole_cells) == (land.sum(), hole.sum())
+
+
+def test_roi_leaves_out_land_and_the_pole_hole(archive, small_cube):
+    roi = (100, 112, 70, 82)
+    land, hole = _grid_masks(small_cube, *roi)
+    assert hole.any() and not land.any()  # the ROI must hold the hole for this test
+    report = roi_report(ARCHIVE_START, ARCHIVE_END, *roi, store=small_cube)
+    every = _direct(archive, *roi)
+    # The hole is missing on every observed day, and not counted: each day's count is the
+    # source count less the hole's cells.
+    assert {d.date: d.missing_pixels for d in report.days} == {
+        day: n - int(hole.sum()) for day, n in every.items()}
+    assert report.pole_hole_cells == int(hole.sum()) == 4
+    assert "pole hole" in report.counted_text and "ocean" in report.counted_text
+
+
+def test_roi_of_land_only_is_bad_input_from_a_cube(archive, small_cube, capsys):
+    land, hole = _grid_masks(small_cube, 0, 1, 0, 1)
+    assert land.all()
+    with pytest.raises(BadInput, match="no ocean cell"):
+        roi_report(ARCHIVE_START, ARCHIVE_END, 0, 1, 0, 1, store=small_cube)
+    # A source folder has no mask: the land cell counts, and is missing on every day.
+    report = roi_report(ARCHIVE_START, ARCHIVE_END, 0, 1, 0, 1, source=archive.root)
+    assert [d.missing_pixels for d in report.days] == [1] * len(archive.files)
+    assert report.counted == ALL_CELLS and "all 1 cells" in report.counted_text
 
 
 def test_roi_is_end_exclusive_and_threshold_inclusive(archive, small_cube):
@@ -62,7 +115,7 @@ def test_roi_is_end_exclusive_and_threshold_inclusive(archive, small_cube):
 
 
 def test_roi_sub_span_of_the_cube(small_cube):
-    report = roi_report("20240404", "20240407", 0, 10, 0, 10, store=small_cube)
+    report = roi_report("20240404", "20240407", 57, 67, 91, 101, store=small_cube)
     assert [f"{d.date:%d}" for d in report.days] == ["04", "07"]
     assert [f"{d:%d}" for d in report.unobserved] == ["05", "06"]
 
@@ -76,13 +129,42 @@ def test_cli_roi_writes_csv_and_plot(small_cube, tmp_path, capsys):
     report = roi_report(ARCHIVE_START, ARCHIVE_END, 100, 140, 20, 60, store=small_cube)
     with open(out_csv, newline="") as fh:
         rows = list(csv.reader(fh))
-    assert tuple(rows[0]) == ROI_CSV_COLUMNS
-    assert [(r[0], int(r[1])) for r in rows[1:]] == [
+    assert tuple(rows[0]) == ROI_CSV_OCEAN_COLUMNS  # the header says ocean cells are counted
+    # Every day of the span has a row; a day with no file is marked and has empty counts.
+    assert [r[0] for r in rows[1:]] == [f"2024-04-{d:02d}" for d in range(1, 13)]
+    missing = {d.isoformat() for d in ARCHIVE_MISSING}
+    assert [r[1:] for r in rows[1:] if r[0] in missing] == [["false", "", ""]] * 2
+    observed = [r for r in rows[1:] if r[0] not in missing]
+    assert [r[1] for r in observed] == ["true"] * 10
+    assert [(r[0], int(r[2])) for r in observed] == [
         (d.date.isoformat(), d.missing_pixels) for d in report.days]
-    assert [float(r[2]) for r in rows[1:]] == pytest.approx(
+    assert [float(r[3]) for r in observed] == pytest.approx(
         [d.missing_percent for d in report.days])
+    land, hole = _grid_masks(small_cube, 100, 140, 20, 60)
+    ocean = int((~land & ~hole).sum())
+    assert (f"counted: ocean cells only: {ocean} of the ROI's 1600 "
+            f"(left out: {int(land.sum())} land, 0 pole hole") in printed
     assert f"days with >= 0.1% missing in the ROI: {len(report.flagged)}" in printed
     assert out_png.stat().st_size > 10_000
+
+
+def test_cli_roi_of_a_source_folder_counts_every_cell(archive, tmp_path, capsys):
+    out_csv = tmp_path / "roi.csv"
+    assert main(["roi", "--source", str(archive.root), "--start", "20240404", "--end",
+                 "20240407", "--ymin", "0", "--ymax", "2", "--xmin", "0", "--xmax", "3",
+                 "--csv", str(out_csv)]) == 0
+    printed = capsys.readouterr().out
+    assert "counted: all 6 cells of the ROI (a source folder has no land mask" in printed
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert tuple(rows[0]) == ROI_CSV_COLUMNS
+    expected = _direct(archive, 0, 2, 0, 3)
+    assert rows[1:] == [
+        ["2024-04-04", "true", str(expected[ARCHIVE_START.replace(day=4)]),
+         f"{100.0 * expected[ARCHIVE_START.replace(day=4)] / 6:.6f}"],
+        ["2024-04-05", "false", "", ""], ["2024-04-06", "false", "", ""],
+        ["2024-04-07", "true", str(expected[ARCHIVE_START.replace(day=7)]),
+         f"{100.0 * expected[ARCHIVE_START.replace(day=7)] / 6:.6f}"]]
 
 
 @pytest.mark.parametrize("roi, why", [
