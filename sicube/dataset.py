@@ -264,7 +264,7 @@ class SICDataset(Dataset):
                                self._patches, self.random_patches, self.chunks,
                                self.grid_shape, self.report)
         self.preload_data = bool(preload_data)
-        self._preloaded = (self._load_block(group, self._all_frames(), 0, 0, *self.frame_shape)
+        self._preloaded = (self._read_block(group, self._all_frames(), 0, 0, *self.frame_shape)
                            if preload_data else None)
         log.info("SICDataset %s %s..%s: %s", store, self.days[0], self.days[-1], self.report)
 
@@ -446,19 +446,31 @@ class SICDataset(Dataset):
         """The cube's Zarr arrays by name, opened once in the calling process."""
         return self.reader.arrays()
 
-    def _time_sources(self, channels: Sequence[str]) -> set[str]:
-        return {name for name in channels if name in _SOURCE}
+    @property
+    def time_channels(self) -> tuple[str, ...]:
+        """The asked-for channels read from the cube per day (what a block holds), sorted."""
+        return tuple(sorted({name for name in (*self.input_channels, *self.target_channels)
+                             if name in _SOURCE}))
 
-    def _load_block(self, group, frames: np.ndarray, y: int, x: int, h: int, w: int) -> _Block:
+    def load_block(self, frames: np.ndarray, y: int, x: int, h: int, w: int) -> _Block:
+        """A block of the time-varying channels of `frames` over an output-pixel region.
+
+        Read through this process's store handle; with preload_data, the preloaded block
+        (it holds every frame and the whole region).
+        """
+        if self._preloaded is not None:
+            return self._preloaded
+        return self._read_block(self._arrays(), frames, y, x, h, w)
+
+    def _read_block(self, group, frames: np.ndarray, y: int, x: int, h: int, w: int) -> _Block:
         """Read the time-varying channels of `frames` over an output-pixel region."""
         c = self.coarsen
         rows = slice(self.roi[0] + y * c, self.roi[0] + (y + h) * c)
         cols = slice(self.roi[2] + x * c, self.roi[2] + (x + w) * c)
         ocean = self._ocean_full[y * c:(y + h) * c, x * c:(x + w) * c]
         arrays: dict[str, np.ndarray] = {}
-        names = self._time_sources((*self.input_channels, *self.target_channels))
         flags = None
-        for name in sorted(names):
+        for name in self.time_channels:
             if name in ("filled", cube.FLAG):
                 if flags is None:
                     flags = read_frames(group[cube.FLAG], frames, rows, cols)
@@ -513,12 +525,10 @@ class SICDataset(Dataset):
                     and self._preloaded is None
                     and np.all(np.diff(np.concatenate([self._inputs, self._targets], 1)) == 1))
         if not in_place:
-            batch = self._empty_batch(n)
+            batch = self.empty_batch(n)
             for b, index in enumerate(indices):
                 window, y, x = self._locate(index)
-                block = (self._preloaded if self._preloaded is not None
-                         else self._read_item(window, y, x))
-                self._item_into(block, window, y, x, batch, b)
+                self.item_into(self._read_item(window, y, x), window, y, x, batch, b)
             return batch
         frames = _empty_batch((n, ti + tp, 1, ph, pw))
         masks = _empty_batch((n, 1, ph, pw)) if self.return_mask else None
@@ -535,14 +545,12 @@ class SICDataset(Dataset):
         return (inputs, targets) if masks is None else (inputs, targets, masks)
 
     def _read_item(self, window: int, y: int, x: int) -> _Block:
-        """A block holding exactly the item of `window` at (y, x), read from the store."""
+        """A block holding the item of `window` at (y, x) (exactly it, unless preloaded)."""
         frames = np.union1d(self._inputs[window], self._targets[window])
-        return self._load_block(self._arrays(), frames, y, x, *self.patch_shape)
+        return self.load_block(frames, y, x, *self.patch_shape)
 
     def _item_at(self, window: int, y: int, x: int):
-        block = (self._preloaded if self._preloaded is not None
-                         else self._read_item(window, y, x))
-        return self._item(block, window, y, x)
+        return self.item(self._read_item(window, y, x), window, y, x)
 
     def loader(self, batch_size: int, shuffle: bool = False, drop_last: bool = False,
                **kwargs) -> torch.utils.data.DataLoader:
@@ -559,7 +567,7 @@ class SICDataset(Dataset):
                           sampler=BatchSampler(order, positive_int(batch_size, "batch_size"),
                                                drop_last), **kwargs)
 
-    def _item(self, block: _Block, window: int, y: int, x: int):
+    def item(self, block: _Block, window: int, y: int, x: int):
         """The item of `window` at patch origin (y, x), cut from a block that holds it."""
         inputs = self._stack(block, self.input_channels, self._inputs[window], y, x)
         targets = self._stack(block, self.target_channels, self._targets[window], y, x)
@@ -569,7 +577,7 @@ class SICDataset(Dataset):
         land = self._land_out[y:y + ph, x:x + pw].astype(np.float32)[None]
         return inputs, targets, torch.from_numpy(land)
 
-    def _item_into(self, block: _Block, window: int, y: int, x: int, batch: tuple,
+    def item_into(self, block: _Block, window: int, y: int, x: int, batch: tuple,
                    b: int) -> None:
         """Write the item of `window` at (y, x) into slot b of batch tensors (one copy)."""
         self._stack(block, self.input_channels, self._inputs[window], y, x,
@@ -580,7 +588,8 @@ class SICDataset(Dataset):
             ph, pw = self.patch_shape
             batch[2][b, 0] = torch.from_numpy(self._land_out[y:y + ph, x:x + pw])
 
-    def _empty_batch(self, n: int) -> tuple[torch.Tensor, ...]:
+    def empty_batch(self, n: int) -> tuple[torch.Tensor, ...]:
+        """Uninitialised (inputs, targets[, mask]) batch tensors for `n` items, for item_into."""
         ph, pw = self.patch_shape
         batch = (_empty_batch((n, self._inputs.shape[1], len(self.input_channels), ph, pw)),
                  _empty_batch((n, self._targets.shape[1], len(self.target_channels), ph, pw)))
@@ -712,8 +721,7 @@ class SICStream(IterableDataset):
     def _group_items(self) -> list[np.ndarray]:
         """Item indices of each chunk group, in cube order."""
         ds = self.dataset
-        n_channels = len(ds._time_sources((*ds.input_channels, *ds.target_channels)))
-        return ds.plan.groups(n_channels, self.block_bytes)
+        return ds.plan.groups(len(ds.time_channels), self.block_bytes)
 
     def _rng(self) -> np.random.Generator:
         info = get_worker_info()
@@ -731,6 +739,7 @@ class SICStream(IterableDataset):
         order = rng.permutation(len(self.groups)) if self.shuffle else np.arange(len(self.groups))
         mine = order[worker::workers]
         ds = self.dataset
+        patches = ds.plan.patches
         pending: list = []  # items of the batch being filled
         for start in range(0, len(mine), self.groups_in_flight):
             batch = [self.groups[g] for g in mine[start:start + self.groups_in_flight]]
@@ -739,10 +748,10 @@ class SICStream(IterableDataset):
             items = np.concatenate(batch)
             sequence = rng.permutation(len(items)) if self.shuffle else np.arange(len(items))
             for j in sequence:
-                window, patch = divmod(int(items[j]), len(ds._patches))
-                y, x = ds._patches[patch]
+                window, patch = divmod(int(items[j]), len(patches))
+                y, x = patches[patch]
                 if self.batch_size is None:
-                    yield ds._item(blocks[owner[j]], window, int(y), int(x))
+                    yield ds.item(blocks[owner[j]], window, int(y), int(x))
                     continue
                 pending.append((blocks[owner[j]], window, int(y), int(x)))
                 if len(pending) == self.batch_size:
@@ -752,21 +761,19 @@ class SICStream(IterableDataset):
             yield self._stack(pending)
 
     def _stack(self, pending: list) -> tuple[torch.Tensor, ...]:
-        batch = self.dataset._empty_batch(len(pending))
+        batch = self.dataset.empty_batch(len(pending))
         for b, (block, window, y, x) in enumerate(pending):
-            self.dataset._item_into(block, window, y, x, batch, b)
+            self.dataset.item_into(block, window, y, x, batch, b)
         return batch
 
     def _load(self, items: np.ndarray) -> _Block:
         """One group's block: all frames and the bounding region of its items."""
-        ds = self.dataset
-        windows, patches = np.divmod(items, len(ds._patches))
-        if ds._preloaded is not None:
-            return ds._preloaded
-        frames = np.unique(np.concatenate([ds._inputs[windows].ravel(),
-                                           ds._targets[windows].ravel()]))
-        origins = ds._patches[np.unique(patches)]
+        plan = self.dataset.plan
+        windows, patches = np.divmod(items, len(plan.patches))
+        frames = np.unique(np.concatenate([plan.inputs[windows].ravel(),
+                                           plan.targets[windows].ravel()]))
+        origins = plan.patches[np.unique(patches)]
         y, x = origins.min(0)
-        h = origins[:, 0].max() - y + ds.patch_shape[0]
-        w = origins[:, 1].max() - x + ds.patch_shape[1]
-        return ds._load_block(ds._arrays(), frames, int(y), int(x), int(h), int(w))
+        h = origins[:, 0].max() - y + plan.patch_shape[0]
+        w = origins[:, 1].max() - x + plan.patch_shape[1]
+        return self.dataset.load_block(frames, int(y), int(x), int(h), int(w))

@@ -481,6 +481,31 @@ def test_stream_refuses_random_patches(synthetic_cube):
         ds.stream()
 
 
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_stream_items_equal_map_style_items_preloaded_or_not(synthetic_cube, preload):
+    ds = _dataset(synthetic_cube, patch_size=(24, 20), variables=["filled"], return_mask=True,
+                  preload_data=preload)
+    stream = SICStream(ds, shuffle=False)
+    items = list(stream)
+    assert ds.reader.is_open != preload  # the preloaded stream reads nothing more
+    for position, k in enumerate(np.concatenate(stream.groups)):
+        for part in range(3):
+            assert torch.equal(items[position][part], ds[int(k)][part])
+
+
+def test_stream_uses_only_the_plan_and_public_dataset_methods():
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(SICStream)))
+    reached = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+               and node.attr.startswith("_") and not node.attr.startswith("__")
+               and not (isinstance(node.value, ast.Name) and node.value.id == "self")}
+    assert reached == set()
+
+
 # ---------------------------------------------------------------- patch helpers
 
 
