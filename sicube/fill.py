@@ -29,6 +29,11 @@ of the hole gets, per day, the mean of the observed cells of the ring around it 
 observed cell, the mean of its filled cells. The builder finds the hole (`sicube.mask`) and
 applies the rule after each fill batch.
 
+The kernel is also a NumPy gufunc, `gaussian_fill_gufunc` (core signature
+``(t,y,x),(y,x),(),(),(),()->(t,y,x)``), for `xarray.apply_ufunc(..., dask="parallelized")`
+and `dask.array.apply_gufunc` on arrays whose time, y and x are each one chunk; `gaussian_fill`
+keeps its own map_overlap path, which exchanges halos between chunks.
+
 Nothing here reads or writes files.
 """
 
