@@ -29,6 +29,11 @@ of the hole gets, per day, the mean of the observed cells of the ring around it 
 observed cell, the mean of its filled cells. The builder finds the hole (`sicube.mask`) and
 applies the rule after each fill batch.
 
+The kernel is also a NumPy gufunc, `gaussian_fill_gufunc` (core signature
+``(t,y,x),(y,x),(),(),(),()->(t,y,x)``), for `xarray.apply_ufunc(..., dask="parallelized")`
+and `dask.array.apply_gufunc` on arrays whose time, y and x are each one chunk; `gaussian_fill`
+keeps its own map_overlap path, which exchanges halos between chunks.
+
 Nothing here reads or writes files.
 """
 
@@ -840,3 +845,61 @@ def _fill_dask(x, land, tw, sw, gt, gs, method, max_gap):
     if method == "hybrid" and max_gap > 0:
         x = _with_halo(_interpolate_block, x, (max_gap, 0, 0), land, max_gap=max_gap)
     return _with_halo(_gaussian_block, x, (tw, sw, sw), land, tw=tw, sw=sw, gt=gt, gs=gs)
+
+
+# --- the kernel as a NumPy generalized ufunc ----------------------------------------------------
+
+GUFUNC_LAYOUT = "(t,y,x),(y,x),(),(),(),()->(t,y,x)"
+"""Core signature of `gaussian_fill_gufunc`: array, land, time_window, space_window, alpha,
+sigma -> filled."""
+
+
+@njit(nogil=True, cache=True)
+def _gufunc_body(array, land, time_window, space_window, alpha, sigma, out):
+    """One core (t, y, x) array, filled by the serial kernel into ``out``."""
+    tw, sw = np.int64(time_window), np.int64(space_window)
+    gt = np.exp(-alpha * np.arange(tw + 1).astype(np.float64) ** 2 / (2.0 * sigma**2))
+    gs = np.exp(-(np.arange(sw + 1).astype(np.float64) ** 2) / (2.0 * sigma**2))
+    v = np.ascontiguousarray(array)
+    nt, ny, nx = v.shape
+    out[:] = _fill_serial(v, np.ascontiguousarray(land), True, (0, nt, 0, ny, 0, nx), TILE,
+                          tw, sw, gt, gs)
+
+
+def _make_gufunc():
+    """Compile the gufunc (float32 and float64 arrays; land uint8), cached on disk by numba."""
+    from numba import float32, float64, guvectorize, int64, uint8, void
+
+    sigs = [void(f[:, :, :], uint8[:, :], int64, int64, float64, float64, f[:, :, :])
+            for f in (float32, float64)]
+
+    @guvectorize(sigs, GUFUNC_LAYOUT, nopython=True, cache=True)
+    def gaussian_fill_gufunc(array, land, time_window, space_window, alpha, sigma, out):
+        _gufunc_body(array, land, time_window, space_window, alpha, sigma, out)
+
+    gaussian_fill_gufunc.__doc__ = _GUFUNC_DOC
+    return gaussian_fill_gufunc
+
+
+_GUFUNC_DOC = """The Gaussian fill's block kernel as a NumPy gufunc, core signature
+``(t,y,x),(y,x),(),(),(),()->(t,y,x)``: ``gaussian_fill_gufunc(array, land, time_window,
+space_window, alpha, sigma)`` (land uint8/bool, 1 = never filled; all zeros for none).
+
+For `xarray.apply_ufunc(..., dask="parallelized")` and `dask.array.apply_gufunc`: leading
+dimensions broadcast. A gufunc sees whole core dimensions, so under Dask time, y and x must
+each be one chunk; a chunked cube needs `gaussian_fill`, whose map_overlap path exchanges the
+halo between chunks. No checks of the parameters here (`FillParams` does them); the hybrid
+method and flags are `gaussian_fill`'s.
+"""
+
+_GUFUNC = None
+
+
+def __getattr__(name: str):
+    """Build `gaussian_fill_gufunc` on first use, so that importing the module compiles nothing."""
+    global _GUFUNC
+    if name == "gaussian_fill_gufunc":
+        if _GUFUNC is None:
+            _GUFUNC = _make_gufunc()
+        return _GUFUNC
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -438,3 +438,71 @@ def test_a_data_array_comes_back_with_its_coords_and_lazy_when_dask():
     assert flags.name == "fill_flag" and flags.dims == arr.dims
     np.testing.assert_allclose(lazy.values, expected, rtol=0, atol=1e-4)
     np.testing.assert_array_equal(flags.values, expected_flags)
+
+
+# --- the gufunc ---------------------------------------------------------------------------------
+
+
+def _gufunc_case():
+    """A gappy float32 block with land and its `gaussian_fill` result (the expected output)."""
+    rng = np.random.default_rng(7)
+    a = rng.uniform(0.0, 100.0, (6, 40, 300)).astype(np.float32)  # x wider than one tile
+    a[rng.random(a.shape) < 0.4] = np.nan
+    a[2] = np.nan  # a whole missing day
+    land = np.zeros(a.shape[1:], np.uint8)
+    land[:8, :20] = 1
+    expected = gaussian_fill(a, 2, 5, 10.0, 4.0, land_mask=land)
+    return a, land, (2, 5, 10.0, 4.0), expected
+
+
+def test_gufunc_equals_gaussian_fill_on_numpy():
+    from sicube.fill import gaussian_fill_gufunc
+
+    a, land, params, expected = _gufunc_case()
+    out = gaussian_fill_gufunc(a, land, *params)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+    # float64 in, float64 out; a bool land mask; no land at all
+    np.testing.assert_array_equal(gaussian_fill_gufunc(a.astype(np.float64), land.astype(bool),
+                                                       *params),
+                                  gaussian_fill(a.astype(np.float64), *params, land_mask=land))
+    np.testing.assert_array_equal(gaussian_fill_gufunc(a, np.zeros_like(land), *params),
+                                  gaussian_fill(a, *params))
+
+
+def test_gufunc_broadcasts_over_a_leading_dimension():
+    from sicube.fill import gaussian_fill_gufunc
+
+    a, land, params, expected = _gufunc_case()
+    stacked = np.stack([a, a[::-1]])
+    out = gaussian_fill_gufunc(stacked, land, *params)
+    np.testing.assert_array_equal(out[0], expected)
+    np.testing.assert_array_equal(out[1], gaussian_fill(a[::-1], *params, land_mask=land))
+
+
+def test_gufunc_through_dask_apply_gufunc():
+    from sicube.fill import GUFUNC_LAYOUT, gaussian_fill_gufunc
+
+    a, land, params, expected = _gufunc_case()
+    lazy = da.apply_gufunc(gaussian_fill_gufunc, GUFUNC_LAYOUT, da.from_array(a),
+                           da.from_array(land), *params, output_dtypes=a.dtype)
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_array_equal(lazy.compute(scheduler="sync"), expected)
+
+
+def test_gufunc_through_xarray_apply_ufunc():
+    import xarray as xr
+
+    from sicube.fill import gaussian_fill_gufunc
+
+    a, land, params, expected = _gufunc_case()
+    conc = xr.DataArray(da.from_array(a), dims=("time", "y", "x"),
+                        coords={"time": np.arange(a.shape[0])})
+    mask = xr.DataArray(land, dims=("y", "x"))
+    out = xr.apply_ufunc(gaussian_fill_gufunc, conc, mask, *params,
+                         input_core_dims=[["time", "y", "x"], ["y", "x"], [], [], [], []],
+                         output_core_dims=[["time", "y", "x"]], dask="parallelized",
+                         output_dtypes=[a.dtype])
+    assert out.dims == ("time", "y", "x") and out.chunks is not None
+    np.testing.assert_array_equal(out.compute(scheduler="sync").values, expected)
+    np.testing.assert_array_equal(out.time.values, conc.time.values)
