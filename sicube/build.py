@@ -721,6 +721,7 @@ def _finish(group, state: BuildState, summary: BuildSummary, src: Source) -> Non
     state.updating_from = None
     _save(group, state)
     _set_status(group, cube.COMPLETE, **{
+        cube.LAST_ERROR: "",
         cube.SOURCE_URL: src.base_url or "",
         SOURCE_URLS: list(src.base_urls or ()),
         SOURCE_GRID: src.grid or "",
@@ -747,7 +748,7 @@ def _failure_recorded(store: str) -> Iterator[None]:
                 f"{type(err).__name__}: {err}".splitlines()[0][:300]
             if str(group.attrs.get(cube.STATUS, "")).startswith(cube.UPDATING):
                 # The cube stays readable through the day it was complete through.
-                group.attrs["sicube_last_error"] = reason
+                group.attrs[cube.LAST_ERROR] = reason
             else:
                 _set_status(group, f"{cube.FAILED}: {reason}")
         raise

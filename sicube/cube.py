@@ -44,6 +44,7 @@ BUILDING, COMPLETE, FAILED = "building", "complete", "failed"
 # observed only once it is, so readers may go on reading.
 UPDATING = "updating"
 READABLE = (COMPLETE, UPDATING)
+LAST_ERROR = "sicube_last_error"  # why an update stopped (the cube stays `updating`)
 # Group attributes kept current after every ingested time chunk (so that `info` can tell
 # observed, missing (404 / not in the folder), failed (with reason) and not-yet-ingested days
 # apart at any moment): {YYYYMMDD: {"name", "sha256", ...}}, [YYYYMMDD], {YYYYMMDD: reason},

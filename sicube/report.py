@@ -500,10 +500,18 @@ def _cube_info(path: Path) -> Info:
                 observed_days=len(seen), missing_days=missing,
                 size_bytes=cube.store_bytes(path), chunks=chunks, shards=shards,
                 compression=compression, provenance=provenance,
-                status=cube.cube_status(attrs), finish=str(attrs.get(cube.FINISH) or ""),
+                status=_status_text(attrs), finish=str(attrs.get(cube.FINISH) or ""),
                 failed_days=failed, not_ingested=not_ingested,
                 source=str(attrs.get(cube.SOURCE_DIRECTORY) or attrs.get(cube.SOURCE_URL)
                            or ""))
+
+
+def _status_text(attrs: dict) -> str:
+    """The cube's state; for an update that stopped, with the reason it stopped."""
+    status = cube.cube_status(attrs)
+    if status == cube.UPDATING and attrs.get(cube.LAST_ERROR):
+        return f"{status} (stopped: {attrs[cube.LAST_ERROR]})"
+    return status
 
 
 def _flag_counts(attrs: dict) -> dict[str, int]:

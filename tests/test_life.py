@@ -454,3 +454,34 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(archive, tmp_path, built
     assert "too large" in err.lower() or "no space" in err.lower()
     assert subprocess.run(args, capture_output=True).returncode == 0
     _assert_same_cube(store, built)
+
+
+def test_an_update_that_crashes_stays_readable_says_why_and_finishes(archive, tmp_path,
+                                                                    monkeypatch):
+    from sicube.report import info
+
+    builder = importlib.import_module("sicube.build")
+    store = tmp_path / "cube.zarr"
+    build(ARCHIVE_START, dt.date(2024, 4, 8), store, source=archive.root, chunks=CHUNKS,
+          progress=False)
+    before = _arrays(store)
+    real = builder.fill_fraction_block
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("simulated: out of memory in the fill")
+
+    monkeypatch.setattr(builder, "fill_fraction_block", out_of_memory)
+    with pytest.raises(MemoryError):
+        update(store, ARCHIVE_END, source=archive.root, progress=False)
+    attrs = _attrs(store)
+    assert attrs[cube.STATUS] == cube.UPDATING and "out of memory" in attrs[cube.LAST_ERROR]
+    assert info(store).status.startswith("updating (stopped: MemoryError")
+    ds = cube.open_cube(store)  # readable: every day it calls observed is filled
+    n_old = before[cube.OBSERVED].size
+    assert (ds[cube.OBSERVED].values[:n_old] == before[cube.OBSERVED]).all()
+    assert not ds[cube.OBSERVED].values[n_old:].any()
+    monkeypatch.setattr(builder, "fill_fraction_block", real)
+    assert update(store, progress=False).exit_code == 0
+    assert _attrs(store)[cube.STATUS] == cube.COMPLETE and not _attrs(store)[cube.LAST_ERROR]
+    _assert_same_cube(store, _fresh(archive, tmp_path / "fresh.zarr", ARCHIVE_START,
+                                    ARCHIVE_END, store))
