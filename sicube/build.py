@@ -539,6 +539,9 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
     hole = group[cube.POLE_HOLE][:].astype(bool) if cube.POLE_HOLE in group else None
     if hole is not None and hole.any():
         ring = pole_hole_ring(hole, group[cube.LAND][:], params.space_window)
+        rows, cols = np.nonzero(hole | ring)  # the hole's box, found once for every chunk
+        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        hole, ring = hole[box], ring[box]
     else:
         hole = None
     bar = _bar(progress, total=len(todo), desc="fill", unit="batch")
@@ -548,7 +551,7 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
         for c, chunk_counts in zip(batch.chunks, per_chunk, strict=True):
             if hole is not None:  # after the chunk's cells are written, before it is recorded
                 days = slice(c * chunk, min(nt, (c + 1) * chunk))
-                chunk_counts = chunk_counts + _fill_pole_hole(group, days, hole, ring)
+                chunk_counts = chunk_counts + _fill_pole_hole(group, (days, *box), hole, ring)
             state.flag_counts[c] = [int(n) for n in chunk_counts]
         state.filled.update(batch.chunks)
         _save(group, state)
@@ -601,16 +604,15 @@ def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bound
     return np.concatenate(counts).reshape(1, 1, -1)
 
 
-def _fill_pole_hole(group, days: slice, hole: np.ndarray, ring: np.ndarray) -> np.ndarray:
-    """Set the pole hole's cells of `days` (`fill.fill_pole_hole`); the change in their flag
-    counts. Reads and writes the bounding box of hole and ring only: a few chunks near the
-    grid's centre."""
-    rows, cols = np.nonzero(hole | ring)
-    box = (days, slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+def _fill_pole_hole(group, box: tuple[slice, slice, slice], hole: np.ndarray,
+                    ring: np.ndarray) -> np.ndarray:
+    """Set the pole hole's cells in `box` (days, and the bounding box of hole and ring, which
+    `hole` and `ring` are cut to: a few chunks near the grid's centre) by `fill.fill_pole_hole`;
+    the change in their flag counts."""
     conc_array, flag_array = (cube.for_writing(group[cube.CONC]),
                               cube.for_writing(group[cube.FLAG]))
     conc, flags = conc_array[box], flag_array[box]
-    change = fill_pole_hole(group[cube.RAW][box], conc, flags, hole[box[1:]], ring[box[1:]])
+    change = fill_pole_hole(group[cube.RAW][box], conc, flags, hole, ring)
     conc_array[box] = conc
     flag_array[box] = flags
     return change
