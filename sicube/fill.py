@@ -31,8 +31,9 @@ applies the rule after each fill batch.
 
 The kernel is also a NumPy gufunc, `gaussian_fill_gufunc` (core signature
 ``(t,y,x),(y,x),(),(),(),()->(t,y,x)``), for `xarray.apply_ufunc(..., dask="parallelized")`
-and `dask.array.apply_gufunc` on arrays whose time, y and x are each one chunk; `gaussian_fill`
-keeps its own map_overlap path, which exchanges halos between chunks.
+and `dask.array.apply_gufunc` on arrays whose time, y and x are each one chunk. `gaussian_fill`'s
+map_overlap path exchanges halos between chunks and fills each haloed block's core with its
+twin, `gaussian_block_gufunc` (the same kernel, told which cells are the block's own).
 
 Nothing here reads or writes files.
 """
@@ -568,7 +569,7 @@ def gaussian_fill(
     gt, gs = _weights(time_window, space_window, alpha, sigma)
 
     if is_dask(array):
-        filled = _fill_dask(array, land, time_window, space_window, gt, gs, method, max_gap)
+        filled = _fill_dask(array, land, time_window, space_window, alpha, sigma, method, max_gap)
         if not return_flags:
             return filled
         import dask.array as da
@@ -827,10 +828,11 @@ def _with_halo(func, x, depth: tuple[int, ...], land, **kwargs):
     return out.rechunk(chunks) if merged != chunks else out
 
 
-def _gaussian_block(block, land_block, core, tw, sw, gt, gs):
-    land_arr, has_land = _land_args(land_block, block.shape)
-    block = np.ascontiguousarray(block)
-    return _fill_serial(block, land_arr, has_land, core, TILE, tw, sw, gt, gs)
+def _gaussian_block(block, land_block, core, tw, sw, alpha, sigma):
+    """One haloed block's core, filled by the block gufunc (`gaussian_block_gufunc`)."""
+    land_arr = _full_land(land_block, block.shape)
+    out = _block_gufunc()(block, land_arr, np.asarray(core, np.int64), tw, sw, alpha, sigma)
+    return out[core[0]:core[1], core[2]:core[3], core[4]:core[5]]
 
 
 def _interpolate_block(block, land_block, core, max_gap):
@@ -840,11 +842,12 @@ def _interpolate_block(block, land_block, core, max_gap):
     return out[:, core[2]:core[3], core[4]:core[5]]
 
 
-def _fill_dask(x, land, tw, sw, gt, gs, method, max_gap):
-    """The lazy Dask version of the fill; every block is filled by the serial kernel."""
+def _fill_dask(x, land, tw, sw, alpha, sigma, method, max_gap):
+    """The lazy Dask version of the fill; every block's core is filled by the block gufunc."""
     if method == "hybrid" and max_gap > 0:
         x = _with_halo(_interpolate_block, x, (max_gap, 0, 0), land, max_gap=max_gap)
-    return _with_halo(_gaussian_block, x, (tw, sw, sw), land, tw=tw, sw=sw, gt=gt, gs=gs)
+    return _with_halo(_gaussian_block, x, (tw, sw, sw), land, tw=tw, sw=sw, alpha=alpha,
+                      sigma=sigma)
 
 
 # --- the kernel as a NumPy generalized ufunc ----------------------------------------------------
@@ -853,32 +856,59 @@ GUFUNC_LAYOUT = "(t,y,x),(y,x),(),(),(),()->(t,y,x)"
 """Core signature of `gaussian_fill_gufunc`: array, land, time_window, space_window, alpha,
 sigma -> filled."""
 
+BLOCK_GUFUNC_LAYOUT = "(t,y,x),(y,x),(c),(),(),(),()->(t,y,x)"
+"""Core signature of `gaussian_block_gufunc`: the same with ``core`` (6 bounds) after land."""
+
 
 @njit(nogil=True, cache=True)
-def _gufunc_body(array, land, time_window, space_window, alpha, sigma, out):
-    """One core (t, y, x) array, filled by the serial kernel into ``out``."""
+def _gufunc_body(array, land, core, time_window, space_window, alpha, sigma, out):
+    """Fill the ``core`` region (t0, t1, y0, y1, x0, x1) of one array into ``out``; the cells
+    outside the core are copied (they are the halo a Dask block brings along)."""
     tw, sw = np.int64(time_window), np.int64(space_window)
     gt = np.exp(-alpha * np.arange(tw + 1).astype(np.float64) ** 2 / (2.0 * sigma**2))
     gs = np.exp(-(np.arange(sw + 1).astype(np.float64) ** 2) / (2.0 * sigma**2))
     v = np.ascontiguousarray(array)
-    nt, ny, nx = v.shape
-    out[:] = _fill_serial(v, np.ascontiguousarray(land), True, (0, nt, 0, ny, 0, nx), TILE,
-                          tw, sw, gt, gs)
+    ct0, ct1, cy0, cy1, cx0, cx1 = core[0], core[1], core[2], core[3], core[4], core[5]
+    filled = _fill_serial(v, np.ascontiguousarray(land), True, (ct0, ct1, cy0, cy1, cx0, cx1),
+                          TILE, tw, sw, gt, gs)
+    if ct1 - ct0 < v.shape[0] or cy1 - cy0 < v.shape[1] or cx1 - cx0 < v.shape[2]:
+        out[:] = v
+    out[ct0:ct1, cy0:cy1, cx0:cx1] = filled
+
+
+def _gufunc_signatures(with_core: bool) -> list:
+    """float32 and float64 arrays, uint8 land; the block gufunc takes int64 core bounds too."""
+    from numba import float32, float64, int64, uint8, void
+
+    core = [int64[:]] if with_core else []
+    return [void(f[:, :, :], uint8[:, :], *core, int64, int64, float64, float64, f[:, :, :])
+            for f in (float32, float64)]
 
 
 def _make_gufunc():
-    """Compile the gufunc (float32 and float64 arrays; land uint8), cached on disk by numba."""
-    from numba import float32, float64, guvectorize, int64, uint8, void
+    """Compile the whole-array gufunc, cached on disk by numba."""
+    from numba import guvectorize
 
-    sigs = [void(f[:, :, :], uint8[:, :], int64, int64, float64, float64, f[:, :, :])
-            for f in (float32, float64)]
-
-    @guvectorize(sigs, GUFUNC_LAYOUT, nopython=True, cache=True)
+    @guvectorize(_gufunc_signatures(with_core=False), GUFUNC_LAYOUT, nopython=True, cache=True)
     def gaussian_fill_gufunc(array, land, time_window, space_window, alpha, sigma, out):
-        _gufunc_body(array, land, time_window, space_window, alpha, sigma, out)
+        nt, ny, nx = array.shape
+        core = np.array([0, nt, 0, ny, 0, nx], np.int64)
+        _gufunc_body(array, land, core, time_window, space_window, alpha, sigma, out)
 
     gaussian_fill_gufunc.__doc__ = _GUFUNC_DOC
     return gaussian_fill_gufunc
+
+
+def _make_block_gufunc():
+    """Compile the haloed-block gufunc that `gaussian_fill`'s map_overlap path calls per block."""
+    from numba import guvectorize
+
+    @guvectorize(_gufunc_signatures(with_core=True), BLOCK_GUFUNC_LAYOUT, nopython=True, cache=True)
+    def gaussian_block_gufunc(array, land, core, time_window, space_window, alpha, sigma, out):
+        _gufunc_body(array, land, core, time_window, space_window, alpha, sigma, out)
+
+    gaussian_block_gufunc.__doc__ = _BLOCK_GUFUNC_DOC
+    return gaussian_block_gufunc
 
 
 _GUFUNC_DOC = """The Gaussian fill's block kernel as a NumPy gufunc, core signature
@@ -888,18 +918,28 @@ space_window, alpha, sigma)`` (land uint8/bool, 1 = never filled; all zeros for 
 For `xarray.apply_ufunc(..., dask="parallelized")` and `dask.array.apply_gufunc`: leading
 dimensions broadcast. A gufunc sees whole core dimensions, so under Dask time, y and x must
 each be one chunk; a chunked cube needs `gaussian_fill`, whose map_overlap path exchanges the
-halo between chunks. No checks of the parameters here (`FillParams` does them); the hybrid
-method and flags are `gaussian_fill`'s.
+halo between chunks and fills each haloed block with `gaussian_block_gufunc`. No checks of the
+parameters here (`FillParams` does them); the hybrid method and flags are `gaussian_fill`'s.
 """
 
-_GUFUNC = None
+_BLOCK_GUFUNC_DOC = """`gaussian_fill_gufunc` for one block with its halo: core signature
+``(t,y,x),(y,x),(c),(),(),(),()->(t,y,x)``, ``core`` = (t0, t1, y0, y1, x0, x1), the block's
+own cells. Only the core is filled (the halo only lends neighbours); the rest of the output
+is the input. `gaussian_fill`'s map_overlap path calls it for every block.
+"""
+
+_GUFUNCS: dict[str, Any] = {}
+_MAKERS = {"gaussian_fill_gufunc": _make_gufunc, "gaussian_block_gufunc": _make_block_gufunc}
+
+
+def _block_gufunc():
+    return __getattr__("gaussian_block_gufunc")
 
 
 def __getattr__(name: str):
-    """Build `gaussian_fill_gufunc` on first use, so that importing the module compiles nothing."""
-    global _GUFUNC
-    if name == "gaussian_fill_gufunc":
-        if _GUFUNC is None:
-            _GUFUNC = _make_gufunc()
-        return _GUFUNC
+    """Build the gufuncs on first use, so that importing the module compiles nothing."""
+    if name in _MAKERS:
+        if name not in _GUFUNCS:
+            _GUFUNCS[name] = _MAKERS[name]()
+        return _GUFUNCS[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -506,3 +506,32 @@ def test_gufunc_through_xarray_apply_ufunc():
     assert out.dims == ("time", "y", "x") and out.chunks is not None
     np.testing.assert_array_equal(out.compute(scheduler="sync").values, expected)
     np.testing.assert_array_equal(out.time.values, conc.time.values)
+
+
+def test_block_gufunc_fills_only_the_core_as_the_whole_array_fill_does():
+    """The map_overlap path's kernel: a block's core, with a halo at least the windows deep,
+    comes out as in the whole-array fill; the halo comes back unchanged."""
+    from sicube.fill import gaussian_block_gufunc
+
+    a, land, params, expected = _gufunc_case()
+    core = np.array([2, 4, 5, 35, 5, 295], np.int64)  # halo: 2 days, 5 cells (= the windows)
+    out = gaussian_block_gufunc(a, land, core, *params)
+    t0, t1, y0, y1, x0, x1 = core
+    np.testing.assert_array_equal(out[t0:t1, y0:y1, x0:x1], expected[t0:t1, y0:y1, x0:x1])
+    halo = np.ones(a.shape, bool)
+    halo[t0:t1, y0:y1, x0:x1] = False
+    np.testing.assert_array_equal(out[halo], a[halo])
+
+
+def test_the_dask_fill_calls_the_block_gufunc_for_each_block(monkeypatch):
+    """gaussian_fill's map_overlap path runs the block gufunc once per block, and its result
+    equals the NumPy fill for a chunking that needs halos on every axis."""
+    from sicube import fill
+
+    calls = []
+    real = fill._block_gufunc()
+    monkeypatch.setattr(fill, "_block_gufunc", lambda: lambda *args: calls.append(1) or real(*args))
+    a, land, params, expected = _gufunc_case()
+    lazy = gaussian_fill(da.from_array(a, chunks=(3, 20, 150)), *params, land_mask=land)
+    np.testing.assert_array_equal(lazy.compute(scheduler="sync"), expected)
+    assert len(calls) == 2 * 2 * 2
