@@ -61,21 +61,32 @@ def command(name: str, help: str) -> Callable[[Command], Command]:
     return register
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full `sicube` argument parser with every registered command."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `sicube` argument parser: every command, with the arguments of all of them or,
+    given ``only``, of that one ("": of none, enough for ``--help`` and ``--version``). The
+    arguments import their stages to show defaults, which would cost every command seconds."""
     parser = _Parser(prog="sicube", description="AMSR2 sea-ice data to ML-ready cubes")
     parser.add_argument("--version", action="version", version=f"sicube {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text, add in COMMANDS:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        _add_common(cmd)
-        add(cmd)
+        if only is None or name == only:
+            _add_common(cmd)
+            add(cmd)
     return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> str:
+    """The command named on the command line (its first word), or "" when none of ours is."""
+    names = {name for name, _, _ in COMMANDS}
+    first = next((word for word in argv if not word.startswith("-")), "")
+    return first if first in names else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one sicube command; return its exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(only=_chosen_command(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -349,6 +360,7 @@ def _add_source_args(parser: argparse.ArgumentParser, sensor_default: str | None
 
 @command("build", "build a filled, masked Zarr cube for a date range (resumable)")
 def _add_build(parser: argparse.ArgumentParser) -> None:
+    from sicube.cube import DEFAULT_CHUNKS
     from sicube.fill import FillParams
     from sicube.mask import DEFAULT_THRESHOLD
     from sicube.products import GRIDS
@@ -372,7 +384,8 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", choices=list(GRIDS), default=None,
                         help="grid to download (default: the base URL's grid folder, else "
                              "n3125); a --source folder's grid is read from its files")
-    parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default 8,512,512)")
+    parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default "
+                        + ",".join(str(n) for n in DEFAULT_CHUNKS.values()) + ")")
     parser.add_argument("--restart-fill", action="store_true",
                         help="on an existing cube of this span: accept other fill or mask "
                              "parameters and redo the mask and fill (ingested days are kept)")

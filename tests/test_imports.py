@@ -38,6 +38,14 @@ def test_the_kernel_imports_the_layout_not_the_reverse():
                          ) == []
 
 
+def test_the_cli_loads_only_the_chosen_commands_stages():
+    # every command's arguments import their stage for its defaults; only the chosen one's run
+    code = "from sicube import cli\ntry:\n    cli.main({argv!r})\nexcept SystemExit:\n    pass"
+    assert _loaded_after(code.format(argv=["--version"])) == []
+    assert _loaded_after(code.format(argv=["info", "--help"])) == []
+    assert "numba" in _loaded_after(code.format(argv=["build", "--help"]))
+
+
 def test_dataset_in_a_spawned_worker_loads_no_numba_or_distributed(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent("""
