@@ -240,10 +240,10 @@ def speed_run(a: np.ndarray, args: argparse.Namespace) -> None:
     ]
     if not args.skip_direct:
         # All eight arguments, as warmed: one compiled signature, none compiled while timed.
-        t_direct, direct = best_of(lambda: direct_fill(a, 3, 7, 15.0, 7.0, 0, -1, False),
+        t_direct, direct = best_of(lambda: direct_fill(a, *DEFAULTS.values(), 0, -1, False),
                                    args.baseline_repeat)
         rows.append(("direct rule as the original (numba, 2 threads)", t_direct))
-        t_table, _ = best_of(lambda: direct_fill(a, 3, 7, 15.0, 7.0, 0, -1, True),
+        t_table, _ = best_of(lambda: direct_fill(a, *DEFAULTS.values(), 0, -1, True),
                              args.baseline_repeat)
         rows.append(("direct rule, weights tabulated (numba)", t_table))
 

@@ -14,6 +14,7 @@ from sicube.errors import BadInput
 from sicube.fill import (
     SEG,
     TILE,
+    FillParams,
     _fill_numpy,
     _weights,
     fill_fraction_block,
@@ -23,6 +24,7 @@ from sicube.fill import (
 from sicube.testing import assert_matches_reference
 
 TOL = 1e-4  # percent, SPEC section 4
+DEFAULTS = tuple(FillParams().to_dict().values())  # time_window, space_window, alpha, sigma
 
 
 @st.composite
@@ -124,7 +126,7 @@ def test_tiles_and_defaults_match_oracle():
         np.nan
     )  # a hole across a tile border: centre unfilled
     filled = gaussian_fill(a)
-    assert_matches_reference(filled, a, 3, 7, 15.0, 7.0)
+    assert_matches_reference(filled, a, *DEFAULTS)
     assert np.isnan(a).sum() > np.isnan(filled).sum() > 0  # some filled, some left
 
 
@@ -254,7 +256,7 @@ def test_chunkings_match_oracle_under_threads(chunks):
     lazy = gaussian_fill(d)
     assert lazy.chunks == d.chunks
     filled = lazy.compute(scheduler="threads", num_workers=2)
-    assert_matches_reference(filled, a, 3, 7, 15.0, 7.0)
+    assert_matches_reference(filled, a, *DEFAULTS)
     assert np.isnan(filled).any() and (np.isnan(a) & ~np.isnan(filled)).any()
 
 
@@ -263,7 +265,7 @@ def test_processes_scheduler_matches_oracle():
     filled = gaussian_fill(da.from_array(a, chunks=(5, 16, 20))).compute(
         scheduler="processes", num_workers=2
     )
-    assert_matches_reference(filled, a, 3, 7, 15.0, 7.0)
+    assert_matches_reference(filled, a, *DEFAULTS)
 
 
 def test_distributed_cluster_matches_oracle():
@@ -280,7 +282,7 @@ def test_distributed_cluster_matches_oracle():
                 da.from_array(a, chunks=chunks), return_flags=True, method="gaussian"
             )
             filled, flags = client.compute([filled, flags], sync=True)
-            assert_matches_reference(filled, a, 3, 7, 15.0, 7.0)
+            assert_matches_reference(filled, a, *DEFAULTS)
             assert set(np.unique(flags).tolist()) == {0, 1, 2}
 
 
