@@ -197,6 +197,13 @@ def collect(store: str | os.PathLike, *, allow_incomplete: bool = False,
 # --- figures --------------------------------------------------------------------------------
 
 
+def _figure(figsize: tuple[float, float]):
+    """A figure outside pyplot's state (safe from threads, never a window), as sicube.plot's."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
 def _data_uri(fig) -> str:
     """`fig` as a base64 PNG data: URI (the page embeds it, so it needs no file beside it)."""
     buffer = io.BytesIO()
@@ -230,7 +237,7 @@ def _time_axis(ax, times: np.ndarray) -> None:
 
 
 def _shares_figure(q: CubeQuality):
-    from sicube.plot import FLAG_COLOURS, _figure
+    from sicube.plot import FLAG_COLOURS
 
     counts = q.flag_counts
     ocean = counts.sum(axis=1) - counts[:, FillFlag.LAND]
@@ -258,8 +265,6 @@ def _shares_figure(q: CubeQuality):
 
 
 def _stats_figure(q: CubeQuality):
-    from sicube.plot import _figure
-
     names = [n for n in DAY_STATS if n in q.series]
     times = np.array(q.days, dtype="datetime64[D]")
     fig = _figure((10.0, 1.9 * len(names) + 0.4))
@@ -278,8 +283,6 @@ def _stats_figure(q: CubeQuality):
 def _extent_figure(q: CubeQuality) -> tuple[object, bool]:
     """The extent and area series (million km2), each with its climatology band when the
     cube spans more than a year; and whether the band is drawn."""
-    from sicube.plot import _figure
-
     times = np.array(q.days, dtype="datetime64[D]")
     band = (q.days[-1] - q.days[0]).days >= 366
     fig = _figure((10.0, 3.6))
@@ -291,7 +294,7 @@ def _extent_figure(q: CubeQuality) -> tuple[object, bool]:
         if band:
             mean, std = doy_band(q.days, values)
             ax.fill_between(times, mean - std, mean + std, color=colour, alpha=0.18,
-                            linewidth=0, label=f"{name}: day-of-year mean +- 1 std")
+                            linewidth=0, label=f"{name}: day-of-year mean ± 1 std")
         ax.plot(times, values, color=colour, linewidth=1.2, label=name)
     _mark_days(ax, q.days, q.states)
     _time_axis(ax, times)
@@ -308,7 +311,7 @@ def _km2_per(unit: str) -> float:
 
 
 def _cell_area_figure(ds):
-    from sicube.plot import MapField, _figure, dataset_crs, draw_map
+    from sicube.plot import MapField, dataset_crs, draw_map
 
     values = ds[CELL_AREA].values.astype(np.float64)
     unit = str(ds[CELL_AREA].attrs.get("units", "m2"))
