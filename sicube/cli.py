@@ -265,6 +265,26 @@ def _run_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("report", "a cube's quality report: one self-contained HTML page")
+def _add_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="a cube (Zarr)")
+    parser.add_argument("--html", required=True,
+                        help="HTML file to write: calendar of observed / missing / failed / "
+                             "suspicious days, observed and filled shares, extent and area, "
+                             "land mask and nan_ratio maps (inline images, works offline)")
+    _allow_incomplete(parser)
+    parser.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from sicube.html_report import write_report
+
+    path = write_report(args.store, args.html, allow_incomplete=args.allow_incomplete,
+                        progress=not args.quiet)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB, self-contained)")
+    return 0
+
+
 @command("roi", "missing pixels per day inside an index rectangle (ROI)")
 def _add_roi(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import os
 import sys
 from collections.abc import Iterator
@@ -605,7 +606,8 @@ def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABL
                   start: DateLike | None = None, end: DateLike | None = None,
                   width: int = 300, progress: bool = False,
                   allow_incomplete: bool = False) -> Path:
-    """Write the explorer as a standalone HTML file (JavaScript inlined, works offline).
+    """Write the explorer as a standalone HTML file (JavaScript, stylesheets and icons inlined:
+    it works offline).
 
     Every frame is embedded (no server to rasterize on demand): the file holds
     len(variables) x days float32 images of `width` pixels across (base64: ~5.4 bytes a
@@ -623,11 +625,39 @@ def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABL
     states = len(view.keys())
     # embed=True writes every (variable, day) frame into the page; panel's default cap of
     # 1000 states would silently drop days of a long span.
+    page = io.StringIO()
     with _labelled_tqdm(desc="explore", unit="frame"):
         pn.panel(view, widget_location="bottom").save(
-            output, embed=True, resources=INLINE, progress=progress, max_states=states + 1,
+            page, embed=True, resources=INLINE, progress=progress, max_states=states + 1,
             title="sicube explorer")
+    part = output.with_name(output.name + ".part")
+    part.write_text(inline_panel_files(page.getvalue()), encoding="utf-8")
+    os.replace(part, output)
     return output
+
+
+def inline_panel_files(page: str) -> str:
+    """`page` (HTML written by panel) with every file it loads from panel's CDN (widget
+    stylesheets, the favicon) replaced by a data: URI of the copy inside the panel package.
+
+    `resources=INLINE` inlines the JavaScript but not those: offline, the page then logs a
+    failed load for each and draws its widgets unstyled (panel issue 6759, open). A file
+    the package lacks is left as it is.
+    """
+    import base64
+    import mimetypes
+    import re
+
+    from panel.io.resources import CDN_DIST, DIST_DIR
+
+    def inline(match: re.Match) -> str:
+        local = Path(DIST_DIR) / match.group(1)
+        if ".." in match.group(1) or not local.is_file():
+            return match.group(0)
+        kind = mimetypes.guess_type(local.name)[0] or "application/octet-stream"
+        return f"data:{kind};base64," + base64.b64encode(local.read_bytes()).decode("ascii")
+
+    return re.sub(re.escape(CDN_DIST) + r"([\w./-]+)(\?v=[\w.]+)?", inline, page)
 
 
 @contextlib.contextmanager
