@@ -116,9 +116,11 @@ def test_days_without_statistics_are_never_flagged_and_k_is_settable(days, data)
     # Tighter settings flag a superset of the days: k and the floor are what decide.
     loose, _ = judge(_table(obs, extent), QualityRules(k=0.0, min_obs_deviation=0.0))
     assert not (flags & ~loose).any()
-    far = np.nanargmax(np.abs(obs - np.nanmedian(obs))) if (~np.isnan(obs)).sum() > 8 else None
-    if far is not None and np.nanstd(obs) > 0:
-        assert loose[far] & DayQuality.OBS_SHARE
+    # A day 0.1 below the others: beyond the default floor (0.05), within a floor of 0.2.
+    flat = np.full(obs.size, 0.85)
+    flat[obs.size // 2] = 0.75
+    assert judge(_table(flat, extent), QualityRules())[0][obs.size // 2] == DayQuality.OBS_SHARE
+    assert not judge(_table(flat, extent), QualityRules(min_obs_deviation=0.2))[0].any()
 
 
 @pytest.mark.parametrize("kwargs", [{"window": 4}, {"window": 1}, {"k": -1.0},
