@@ -32,7 +32,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from sicube import cube, ingest, mask, products, settings
+from sicube import cube, ingest, mask, products, quality, settings
 from sicube._version import __version__
 from sicube.cube import FillFlag
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
@@ -46,7 +46,7 @@ from sicube.fill import (
     pole_hole_ring,
 )
 from sicube.ingest import FAILED, MISSING, OK, Arrival
-from sicube.plan import BuildArgs, BuildState, FillBatch, fill_batches
+from sicube.plan import SUSPICIOUS_POLICIES, BuildArgs, BuildState, FillBatch, fill_batches
 from sicube.sources import GridCoords, find_day_files, read_grid
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ class BuildSummary:
     observed: list[dt.date] = field(default_factory=list)
     missing: list[dt.date] = field(default_factory=list)
     failed: dict[dt.date, str] = field(default_factory=dict)
+    suspicious: dict[dt.date, str] = field(default_factory=dict)  # day -> why
+    suspicious_policy: str = "missing"
     retried: dict[dt.date, int] = field(default_factory=dict)  # day -> download attempts
     recovered: list[dt.date] = field(default_factory=list)  # missing/failed before, now observed
     looked_again: int = 0  # days looked for again on a cube that had them missing or failed
@@ -126,6 +128,12 @@ class BuildSummary:
                                      for d, n in sorted(self.retried.items())[:6]))
         for day, error in sorted(self.failed.items()):
             lines.append(f"FAILED    {day:%Y%m%d}: {error}")
+        if self.suspicious:
+            how = ("filled as missing days" if self.suspicious_policy == "missing"
+                   else "kept as data (--suspicious keep)")
+            lines.append(f"suspect   {len(self.suspicious)} days flagged, {how}:")
+            lines += [f"suspect   {day:%Y%m%d}: {why}"
+                      for day, why in sorted(self.suspicious.items())]
         lines.append(f"filled    {self.cells_filled:,} cells "
                      f"({self.cells_unfilled:,} with no observed neighbour, set to 0)"
                      + (f"; pole hole {self.cells_pole_hole:,} cells from its ring"
@@ -347,7 +355,8 @@ def _read_state(group) -> BuildState:
                        "rebuild it into a new store")
     data = json.loads(attrs[STATE])
     data.update(observed=dict(attrs[cube.SOURCE_FILES]), missing=list(attrs[cube.MISSING_DAYS]),
-                failed=dict(attrs[cube.FAILED_DAYS]))
+                failed=dict(attrs[cube.FAILED_DAYS]),
+                suspicious=dict(attrs.get(cube.SUSPICIOUS_DAYS) or {}))
     return BuildState.from_json(json.dumps(data))
 
 
@@ -356,7 +365,8 @@ def _state_attrs(state: BuildState) -> dict:
     and other readers see them without knowing the builder's record), the rest as JSON."""
     data = json.loads(state.to_json())
     return {cube.SOURCE_FILES: data.pop("observed"), cube.MISSING_DAYS: data.pop("missing"),
-            cube.FAILED_DAYS: data.pop("failed"), STATE: json.dumps(data, sort_keys=True)}
+            cube.FAILED_DAYS: data.pop("failed"),
+            cube.SUSPICIOUS_DAYS: data.pop("suspicious"), STATE: json.dumps(data, sort_keys=True)}
 
 
 def _save(group, state: BuildState) -> None:
@@ -446,6 +456,52 @@ def _clean_rewrites(group, state: BuildState, grid: GridCoords) -> None:
         _save(group, state)
 
 
+def _judge_days(group, state: BuildState, grid: GridCoords) -> np.ndarray:
+    """Flag the suspicious days of the whole span from the days' statistics
+    (`sicube.quality`), and forget the fills that depend on a day whose verdict changed.
+
+    Run after every ingest, over every day: a day's rules look at its neighbours, so days
+    added by an update (or a late file) change the verdict of the days before them. Days
+    ingested before statistics existed get theirs from the store, once. Returns the
+    per-day `day_quality` flags.
+    """
+    days = [f"{d:%Y%m%d}" for d in state.days]
+    lacking = [i for i, k in enumerate(days)
+               if k in state.observed and "stats" not in state.observed[k]]
+    if lacking:
+        cells = ingest.stat_cells(group, grid, _crs(group))
+        raw = group[cube.RAW]
+        for i in lacking:
+            provenance = state.observed[days[i]]
+            provenance["stats"] = quality.day_stats(
+                np.ascontiguousarray(raw[i], np.float32), cells,
+                int(provenance.get("out_of_range_cells") or 0))
+    table = quality.stats_table([(state.observed.get(k) or {}).get("stats") for k in days])
+    flags, reasons = quality.judge(table, state.args.quality)
+    changed = state.judge({days[i]: why for i, why in reasons.items()},
+                          group[cube.RAW].chunks[0])
+    if lacking or changed:
+        _save(group, state)
+    return flags
+
+
+def _write_day_quality(group, state: BuildState, flags: np.ndarray) -> None:
+    """The per-day statistics and `day_quality` (cubes from before them have no place)."""
+    if cube.DAY_QUALITY not in group:
+        return
+    table = quality.stats_table([(state.observed.get(f"{d:%Y%m%d}") or {}).get("stats")
+                                 for d in state.days])
+    for name in cube.DAY_STATS:
+        group[name][:] = table[name].astype(np.float32)
+    group[cube.DAY_QUALITY][:] = flags
+
+
+def _excluded_days(state: BuildState) -> np.ndarray:
+    """Per day: left out of the fill (a suspicious day under the policy "missing")."""
+    excluded = state.excluded()
+    return np.array([f"{d:%Y%m%d}" in excluded for d in state.days], bool)
+
+
 def _write_observed(group, state: BuildState) -> None:
     """`day_observed` and `sensor` from the state, written when the run ends: a reader of a
     cube being updated sees a day as observed only once it is ingested and filled."""
@@ -497,17 +553,30 @@ def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTall
         if counted:
             counts += np.rint(group[cube.NAN_RATIO][:].astype(np.float64) * counted).astype(
                 np.int64)
-        new = set(state.observed) - state.mask_days
+        # Suspicious days (policy "missing") do not count: those counted before they were
+        # found suspicious, and those in this run's tally, are taken out again.
+        excluded = state.excluded()
+        eligible = set(state.observed) - excluded
+        dropped = state.mask_days - eligible
+        new = eligible - state.mask_days
         # This run's tally covers days newly observed in it (never already in the mask); the
         # others (ingested by a killed run) are counted from the store.
         unread = sorted(new - tally.days)
         counts += tally.missing
-        if unread:
-            index = {f"{d:%Y%m%d}": i for i, d in enumerate(state.days)}
-            rows = np.array([index[k] for k in unread])
-            counts += da.isnan(da.from_zarr(group[cube.RAW])[rows]).sum(
+        index = {f"{d:%Y%m%d}": i for i, d in enumerate(state.days)}
+
+        def nan_counts(keys) -> np.ndarray:
+            rows = np.array([index[k] for k in sorted(keys)])
+            return da.isnan(da.from_zarr(group[cube.RAW])[rows]).sum(
                 axis=0, dtype=np.int64).compute()
-        total = counted + len(new)
+
+        if unread:
+            counts += nan_counts(unread)
+        taken_out = dropped | (tally.days & excluded)
+        if taken_out:
+            counts -= nan_counts(taken_out)
+        state.mask_days -= dropped
+        total = counted - len(dropped) + len(new)
         ratio = mask.ratio_from_counts(counts, total)
         land = mask.land_from_ratio(ratio, state.args.mask_threshold)
         hole = mask.detect_pole_hole((counts == total) & (total > 0), grid.x, grid.y, south)
@@ -544,14 +613,16 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
         hole, ring = hole[box], ring[box]
     else:
         hole = None
+    drop = _excluded_days(state)
     bar = _bar(progress, total=len(todo), desc="fill", unit="batch")
     for batch in todo:
-        counts = _fill_batch(group, batch, params).compute()
+        counts = _fill_batch(group, batch, params, drop).compute()
         per_chunk = counts.reshape(-1, len(batch.chunks), len(FillFlag)).sum(0)
         for c, chunk_counts in zip(batch.chunks, per_chunk, strict=True):
             if hole is not None:  # after the chunk's cells are written, before it is recorded
                 days = slice(c * chunk, min(nt, (c + 1) * chunk))
-                chunk_counts = chunk_counts + _fill_pole_hole(group, (days, *box), hole, ring)
+                chunk_counts = chunk_counts + _fill_pole_hole(group, (days, *box), hole, ring,
+                                                              drop[days])
             state.flag_counts[c] = [int(n) for n in chunk_counts]
         state.filled.update(batch.chunks)
         _save(group, state)
@@ -561,9 +632,11 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
     _count_flags(state, summary)
 
 
-def _fill_batch(group, batch: FillBatch, params: FillParams) -> da.Array:
+def _fill_batch(group, batch: FillBatch, params: FillParams,
+                drop: np.ndarray | None = None) -> da.Array:
     """Lazily fill the batch's days into `sea_ice_conc` and `fill_flag`; per block, the flag
-    counts of each of the batch's time chunks.
+    counts of each of the batch's time chunks. Days where `drop` (per cube day) is set are
+    read as missing (suspicious days).
 
     Each task reads one spatial chunk of the batch's read window, gets its `space_window`
     halo from its neighbours through `map_overlap`, and writes whole Zarr chunks of both
@@ -585,13 +658,16 @@ def _fill_batch(group, batch: FillBatch, params: FillParams) -> da.Array:
         params=params, core_t=(batch.start - a, batch.stop - a), t0=batch.start,
         bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth, time_chunk=chunk,
         targets=(cube.for_writing(group[cube.CONC]), cube.for_writing(group[cube.FLAG])),
+        drop=None if drop is None or not drop[a:b].any() else drop[a:b],
     )
 
 
 def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bounds, halo,
-                      time_chunk, targets):
+                      time_chunk, targets, drop=None):
     """Fill one haloed block's core, write its fraction and flags; the flag counts of each
-    time chunk it covers."""
+    time chunk it covers. Days set in `drop` (per day of the block) are read as missing."""
+    if drop is not None:
+        block = np.where(drop[:, None, None], np.float32(np.nan), block)
     iy, ix = block_info[0]["chunk-location"][1:]
     (y0, y1), (x0, x1) = bounds[0][iy : iy + 2], bounds[1][ix : ix + 2]
     core = (*core_t, *core_in_block((iy, ix), (y1 - y0, x1 - x0), halo))
@@ -605,14 +681,17 @@ def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bound
 
 
 def _fill_pole_hole(group, box: tuple[slice, slice, slice], hole: np.ndarray,
-                    ring: np.ndarray) -> np.ndarray:
+                    ring: np.ndarray, drop: np.ndarray | None = None) -> np.ndarray:
     """Set the pole hole's cells in `box` (days, and the bounding box of hole and ring, which
     `hole` and `ring` are cut to: a few chunks near the grid's centre) by `fill.fill_pole_hole`;
     the change in their flag counts."""
     conc_array, flag_array = (cube.for_writing(group[cube.CONC]),
                               cube.for_writing(group[cube.FLAG]))
     conc, flags = conc_array[box], flag_array[box]
-    change = fill_pole_hole(group[cube.RAW][box], conc, flags, hole, ring)
+    raw = group[cube.RAW][box]
+    if drop is not None and drop.any():  # suspicious days: their ring is read as missing
+        raw[drop] = np.nan
+    change = fill_pole_hole(raw, conc, flags, hole, ring)
     conc_array[box] = conc
     flag_array[box] = flags
     return change
@@ -636,6 +715,9 @@ def _account(state: BuildState, summary: BuildSummary) -> None:
     summary.failed = {d: state.failed[f"{d:%Y%m%d}"] for d in days
                       if f"{d:%Y%m%d}" in state.failed}
     summary.missing = [d for d in days if f"{d:%Y%m%d}" in state.missing]
+    summary.suspicious = {d: state.suspicious[f"{d:%Y%m%d}"] for d in days
+                          if f"{d:%Y%m%d}" in state.suspicious}
+    summary.suspicious_policy = state.args.suspicious
 
 
 def _bar(progress: bool, **kwargs):
@@ -705,6 +787,8 @@ def _run(group, state: BuildState, arrivals: Iterator[Arrival], summary: BuildSu
     with timer("ingest"):
         _clean_rewrites(group, state, grid)
         tally = _ingest(group, state, arrivals, grid, summary, progress)
+    with timer("quality"):
+        flags = _judge_days(group, state, grid)
     if not state.mask_done:
         with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar:
             _make_mask(group, state, grid, tally)
@@ -712,13 +796,15 @@ def _run(group, state: BuildState, arrivals: Iterator[Arrival], summary: BuildSu
     del tally  # the counts are in the store now; the fill needs the memory
     with timer("fill"):
         _fill(group, state, summary, progress)
-    _finish(group, state, summary, src)
+    _finish(group, state, summary, src, flags)
 
 
-def _finish(group, state: BuildState, summary: BuildSummary, src: Source) -> None:
+def _finish(group, state: BuildState, summary: BuildSummary, src: Source,
+            flags: np.ndarray) -> None:
     """Write the provenance, say `complete`, and consolidate the metadata for readers."""
     _account(state, summary)
     _write_observed(group, state)
+    _write_day_quality(group, state, flags)
     state.complete_through = state.args.end
     state.updating_from = None
     _save(group, state)
@@ -733,6 +819,8 @@ def _finish(group, state: BuildState, summary: BuildSummary, src: Source) -> Non
         "mask_threshold": state.args.mask_threshold,
         "mask_source": state.args.mask or "nan frequency of this cube's observed days",
         "mask_span": state.mask_span,
+        "suspicious_policy": state.args.suspicious,
+        "quality_rules": state.args.quality.to_dict(),
         "sicube_version": __version__,
         "build_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
@@ -788,6 +876,8 @@ def build(
     workers: int | None = None,
     chunks: dict | None = None,
     restart_fill: bool = False,
+    suspicious: str = "missing",
+    quality_rules: quality.QualityRules | None = None,
     progress: bool = True,
 ) -> BuildSummary:
     """Build the cube of SPEC section 3 for every calendar day of [start, end] into `store`.
@@ -808,6 +898,10 @@ def build(
     chunks : Zarr chunk sizes, e.g. {"time": 8, "y": 512, "x": 512}.
     restart_fill : on an existing cube of the same span, accept other fill or mask
         parameters and redo the mask and the fill (the ingested days are kept).
+    suspicious : "missing" (default): a day flagged suspicious (`sicube.quality`) keeps its
+        raw data and its flag but is left out of the mask and filled like a missing day;
+        "keep": it is used as data. `update` keeps the build's choice.
+    quality_rules : the thresholds of the suspicious-day rules (default `QualityRules()`).
 
     Returns
     -------
@@ -823,12 +917,19 @@ def build(
     _check_workers(workers)
     _check_chunks(chunks)
     settings.apply()  # zarr's codec threads, before this process's first Zarr read
+    if suspicious not in SUSPICIOUS_POLICIES:
+        raise BadInput(f"--suspicious {suspicious}: choose from {', '.join(SUSPICIOUS_POLICIES)}")
+    rules = quality_rules or quality.QualityRules()
     args = BuildArgs(f"{first}", f"{last}", params, mask_threshold,
-                     str(mask_from) if mask_from else None)
+                     str(mask_from) if mask_from else None, suspicious, rules)
     summary = BuildSummary(store=store, span=(first, last), source=src.where)
     fill_args = [f"--time-window={params.time_window}", f"--space-window={params.space_window}",
                  f"--alpha={params.alpha:g}", f"--sigma={params.sigma:g}"] + (
-        [f"--mask={mask_from}"] if mask_from else [f"--mask-threshold={mask_threshold:g}"])
+        [f"--mask={mask_from}"] if mask_from else [f"--mask-threshold={mask_threshold:g}"]) + (
+        [f"--suspicious={suspicious}"] if suspicious != "missing" else []) + (
+        [f"--suspicious-k={rules.k:g}", f"--suspicious-window={rules.window}"]
+        if (rules.k, rules.window) != (quality.QualityRules.k, quality.QualityRules.window)
+        else [])
     finish = _finish_command("build", store, src,
                              [f"--start={first:%Y%m%d}", f"--end={last:%Y%m%d}", *fill_args])
 
@@ -976,7 +1077,8 @@ def _describe_args(args: BuildArgs) -> str:
     fill = args.fill
     return (f"{args.start} .. {args.end}, time_window {fill.time_window}, "
             f"space_window {fill.space_window}, alpha {fill.alpha}, sigma {fill.sigma}, "
-            f"mask {args.mask or 'threshold ' + str(args.mask_threshold)}")
+            f"mask {args.mask or 'threshold ' + str(args.mask_threshold)}, "
+            f"suspicious {args.suspicious}")
 
 
 def update(
@@ -1113,9 +1215,9 @@ def _extend_time(group, days: list[dt.date]) -> None:
     from sicube.dates import to_datetime64
 
     n = len(days)
-    for name in (*cube.CUBE_VARS, cube.OBSERVED, cube.SENSOR):
+    for name in (*cube.CUBE_VARS, cube.OBSERVED, cube.SENSOR, *cube.DAY_VARS):
         if name not in group:
-            continue  # `sensor` on a cube from before it existed
+            continue  # `sensor` or the day statistics on a cube from before them
         array = group[name]
         array.resize((n, *array.shape[1:]))
     time_array = group["time"]

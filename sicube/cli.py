@@ -409,6 +409,18 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart-fill", action="store_true",
                         help="on an existing cube of this span: accept other fill or mask "
                              "parameters and redo the mask and fill (ingested days are kept)")
+    from sicube.quality import QualityRules
+
+    parser.add_argument("--suspicious", choices=["missing", "keep"], default="missing",
+                        help="a suspicious day (all equal, observed share far off, extent "
+                             "jump, out of range) is flagged and kept in sea_ice_conc_raw; "
+                             "missing (default): left out of mask and fill like a missing "
+                             "day; keep: used as data")
+    parser.add_argument("--suspicious-k", type=float, default=QualityRules.k,
+                        help="robust deviations (1.4826 MAD) from the rolling median beyond "
+                             "which a day's observed share is suspicious")
+    parser.add_argument("--suspicious-window", type=int, default=QualityRules.window,
+                        help="days (odd) of that centred rolling median")
     parser.set_defaults(run=_run_build)
 
 
@@ -424,6 +436,15 @@ def _chunks(text: str | None) -> dict | None:
     return {"time": t, "y": y, "x": x}
 
 
+def _quality_rules(k: float, window: int):
+    from sicube.quality import QualityRules
+
+    try:
+        return QualityRules(window=window, k=k)
+    except ValueError as err:
+        raise BadInput(f"--suspicious-k/--suspicious-window: {err}") from None
+
+
 def _run_build(args: argparse.Namespace) -> int:
     from sicube.build import build
 
@@ -434,6 +455,8 @@ def _run_build(args: argparse.Namespace) -> int:
         sigma=args.sigma, mask_threshold=args.mask_threshold,
         mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
         chunks=_chunks(args.chunks), restart_fill=args.restart_fill, progress=not args.quiet,
+        suspicious=args.suspicious,
+        quality_rules=_quality_rules(args.suspicious_k, args.suspicious_window),
     )
     print(summary.text())
     return summary.exit_code

@@ -54,7 +54,16 @@ MISSING_DAYS = "missing_days"
 FAILED_DAYS = "failed_days"
 SOURCE_DIRECTORY = "source_directory"
 SOURCE_URL = "source_base_url"
-
+# Per-day statistics of the raw field over non-land cells (`sicube.quality`), the day's
+# quality flags, and the suspicious days as a group attribute {YYYYMMDD: reason}.
+OBS_FRACTION = "obs_fraction"
+ZERO_FRACTION = "zero_fraction"
+MEAN_CONC = "mean_conc"
+EXTENT_RAW = "extent_raw"
+DAY_QUALITY = "day_quality"
+DAY_STATS = (OBS_FRACTION, ZERO_FRACTION, MEAN_CONC, EXTENT_RAW)
+DAY_VARS = (*DAY_STATS, DAY_QUALITY)
+SUSPICIOUS_DAYS = "suspicious_days"
 
 
 class FillFlag(enum.IntEnum):
@@ -72,6 +81,16 @@ class FillFlag(enum.IntEnum):
     # `sicube.mask.detect_pole_hole` and `sicube.fill.fill_pole_hole`). The kernel never
     # gives this flag.
     POLE_HOLE = 4
+
+
+class DayQuality(enum.IntFlag):
+    """Why a day is suspicious, as bits of the cube's ``day_quality`` (rules in
+    `sicube.quality`). 0: nothing found, or the day not observed."""
+
+    ALL_EQUAL = 1  # every observed ocean value the same (an all-zero day), or none
+    OBS_SHARE = 2  # observed share far from its neighbours' (robust rolling median)
+    EXTENT_JUMP = 4  # extent jumps away from both neighbours and back the next day
+    OUT_OF_RANGE = 8  # many more values outside [0, 100] than its neighbours
 
 
 # fill_flag's CF flag_meanings, in value order.
@@ -93,6 +112,10 @@ def default_compressors() -> tuple:
     from zarr.codecs import BloscCodec
 
     return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+
+_STATS_COMMENT = ("over the cells not land on the product's shipped coastline, computed at "
+                  "ingest; NaN on days not observed; extent_raw from the cube's cell_area "
+                  "when it had one at ingest, else the nominal projected cell area |dx dy|")
 
 ATTRS: dict[str, dict] = {
     "time": {"standard_name": "time", "long_name": "calendar day", "axis": "T"},
@@ -126,6 +149,19 @@ ATTRS: dict[str, dict] = {
                            "on a day the ring has none, the mean of its filled cells",
                 "flag_values": np.array([0, 1], np.uint8),
                 "flag_meanings": "elsewhere pole_hole", "grid_mapping": GRID_MAPPING},
+    **{name: {"long_name": text, "units": units, "comment": _STATS_COMMENT}
+       for name, text, units in (
+           (OBS_FRACTION, "share of non-land cells observed (not NaN) in sea_ice_conc_raw", "1"),
+           (ZERO_FRACTION, "share of observed non-land cells at 0 %", "1"),
+           (MEAN_CONC, "mean observed sea_ice_conc_raw over non-land cells", "%"),
+           (EXTENT_RAW, "area of observed non-land cells at >= 15 % in sea_ice_conc_raw",
+            "km2"))},
+    DAY_QUALITY: {"long_name": "why the day is suspicious (0: not flagged or not observed)",
+                  "flag_masks": np.array([int(f) for f in DayQuality], np.uint8),
+                  "flag_meanings": " ".join(f.name.lower() for f in DayQuality),
+                  "comment": "rules and thresholds in the group attribute sicube_build "
+                             "(args.quality) and in sicube.quality; suspicious days with "
+                             "their reasons in the group attribute suspicious_days"},
 }
 
 DTYPES = {CONC: np.float32, RAW: np.float32, FLAG: np.uint8, OBSERVED: bool, SENSOR: np.uint8,
@@ -162,6 +198,9 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
                                                chunks=cube_chunks[1:]), ATTRS[name])
     data_vars[OBSERVED] = (("time",), np.zeros(nt, bool), ATTRS[OBSERVED])
     data_vars[SENSOR] = (("time",), np.zeros(nt, np.uint8), ATTRS[SENSOR])
+    for name in DAY_STATS:
+        data_vars[name] = (("time",), np.full(nt, np.nan, np.float32), ATTRS[name])
+    data_vars[DAY_QUALITY] = (("time",), np.zeros(nt, np.uint8), ATTRS[DAY_QUALITY])
     ds = xr.Dataset(
         data_vars,
         # The grid mapping is a coordinate so that every variable taken from the cube
@@ -179,6 +218,14 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
         ds[name].encoding["compressors"] = default_compressors()
     ds["time"].encoding.update(units="days since 1970-01-01", dtype="int32", chunks=(max(nt, 1),))
     return ds
+
+
+def suspicious_days(source) -> dict[dt.date, str]:
+    """The cube's suspicious days and why, in day order, from a Zarr group, an xarray
+    Dataset (its attrs) or a mapping of group attributes; {} for a cube without any."""
+    attrs = getattr(source, "attrs", source)
+    found = dict(attrs.get(SUSPICIOUS_DAYS) or {})
+    return {dt.datetime.strptime(str(k), "%Y%m%d").date(): str(v) for k, v in sorted(found.items())}
 
 
 def cube_epsg(ds: xr.Dataset) -> int | None:

@@ -218,6 +218,8 @@ class SICDataset(Dataset):
     allow_unobserved : keep windows that touch days without data.
     allow_incomplete : read a cube whose build or update has not finished (its unwritten
         cells read as NaN / 0); by default such a cube is refused (`cube.IncompleteCube`).
+    skip_suspicious : skip windows that touch a suspicious day (`day_quality` not 0; see
+        `cube.suspicious_days`); they count as touching a day without data in `report`.
 
     The object holds no open file or connection: each process opens the store on its
     first read, so it pickles and works with DataLoader workers (fork or spawn).
@@ -244,7 +246,7 @@ class SICDataset(Dataset):
                  max_filled_fraction: float | Sequence[float] | None = None,
                  quality_cache: bool | str | os.PathLike = True,
                  allow_unobserved: bool = False, storage_options: dict | None = None,
-                 allow_incomplete: bool = False):
+                 allow_incomplete: bool = False, skip_suspicious: bool = False):
         self.store = store
         self.storage_options = storage_options
         self.allow_incomplete = bool(allow_incomplete)
@@ -258,7 +260,7 @@ class SICDataset(Dataset):
                              load_land=max_filled_fraction is not None)
         self._setup_windows(group, (input_length, pred_length, input_gap, pred_shift, pred_gap,
                                     samples_gap), allow_unobserved, max_filled_fraction,
-                            quality_cache)
+                            quality_cache, skip_suspicious)
         self.plan = SamplePlan(self._day_ints, self._span, self._inputs, self._targets,
                                self.roi, self.coarsen, self.frame_shape, self.patch_shape,
                                self._patches, self.random_patches, self.chunks,
@@ -340,10 +342,18 @@ class SICDataset(Dataset):
             self._static[cube.NAN_RATIO] = _coarsen(cube.NAN_RATIO, ratio, self._ocean_full, c)
 
     def _setup_windows(self, group, rule: tuple[int, ...], allow_unobserved: bool,
-                       max_filled_fraction, quality_cache) -> None:
-        """The windows of the original's rule over the span, less the skipped ones."""
+                       max_filled_fraction, quality_cache, skip_suspicious: bool = False
+                       ) -> None:
+        """The windows of the original's rule over the span, less the skipped ones (a
+        suspicious day, with `skip_suspicious`, is skipped as a day without data)."""
         a, b = self._span
         observed = None if allow_unobserved else np.asarray(group[cube.OBSERVED][:], bool)
+        if skip_suspicious:
+            if cube.DAY_QUALITY not in group:
+                raise BadInput(f"skip_suspicious: {self.store} has no {cube.DAY_QUALITY} "
+                               "(built before sicube flagged suspicious days); rebuild it")
+            usable = np.asarray(group[cube.DAY_QUALITY][:]) == 0
+            observed = usable if observed is None else observed & usable
         fraction = limits = None
         if max_filled_fraction is not None:
             limits = self._check_fraction(max_filled_fraction)

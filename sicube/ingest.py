@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sicube import cube, mask, products
+from sicube import cube, mask, products, quality
 from sicube.errors import BadInput, BadSourceFile
 from sicube.products import GridCRS
 from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
@@ -90,7 +90,19 @@ class ChunkResult:
     provenance: dict[str, dict]
 
 
-def _decode(arrival: Arrival, grid: GridCoords, crs: GridCRS, out: np.ndarray) -> dict | None:
+def stat_cells(group, grid: GridCoords, crs: GridCRS) -> quality.StatCells:
+    """Where the days' statistics are taken (`sicube.quality`): the cells not land on the
+    product's shipped coastline (fixed, unlike the cube's own mask, which is computed after
+    ingest from the days being judged: so a first build, a resumed one and an update give a
+    day the same statistics), with the cube's `cell_area` when it has one, else the
+    nominal cell area."""
+    land = mask.coastline_land(grid.x, grid.y, south=crs.south)
+    area = group["cell_area"][:] if "cell_area" in group else None
+    return quality.StatCells.make(land, grid.x, grid.y, area)
+
+
+def _decode(arrival: Arrival, grid: GridCoords, crs: GridCRS, out: np.ndarray,
+            cells: quality.StatCells | None = None) -> dict | None:
     """Decode `arrival` into `out`; its provenance, or None when the file turned out bad.
 
     A downloaded file that does not decode is removed and its day marked failed (a rerun
@@ -116,14 +128,18 @@ def _decode(arrival: Arrival, grid: GridCoords, crs: GridCRS, out: np.ndarray) -
         provenance["url"] = arrival.url
     if day_field.crs.ellipsoid != crs.ellipsoid:  # same projection, other ellipsoid: noted
         provenance["crs"] = day_field.crs.name
+    if cells is not None:  # one pass over the decoded day, a few ms at full resolution
+        provenance["stats"] = quality.day_stats(out, cells, day_field.out_of_range)
     return provenance
 
 
 def write_chunk(group, chunk: int, days: list[dt.date], looked: list[Arrival],
                 kept: list[int], grid: GridCoords, crs: GridCRS, tally: NanTally,
-                tally_lock: threading.Lock) -> ChunkResult:
+                tally_lock: threading.Lock, cells: quality.StatCells | None = None
+                ) -> ChunkResult:
     """Write time chunk `chunk` whole: `kept` days (offsets in the chunk) copied from the store,
-    arrived days decoded, every other day NaN."""
+    arrived days decoded (with their statistics over `cells` in their provenance), every
+    other day NaN."""
     raw = group[cube.RAW]
     first_day = chunk * raw.chunks[0]
     n = min(raw.chunks[0], raw.shape[0] - first_day)
@@ -138,7 +154,7 @@ def write_chunk(group, chunk: int, days: list[dt.date], looked: list[Arrival],
         if arrival.status != OK:
             continue
         i = (arrival.day - days[first_day]).days
-        found = _decode(arrival, grid, crs, block[i])
+        found = _decode(arrival, grid, crs, block[i], cells)
         if found is None:
             block[i] = np.nan
             continue
@@ -176,6 +192,7 @@ def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[
     waiting: dict[int, list[Arrival]] = {}
     tally = NanTally(np.zeros(grid.shape, np.int32))
     tally_lock = threading.Lock()
+    cells = stat_cells(group, grid, crs) if looked_for else None
     bar = _bar(progress, total=len(looked_for), desc="ingest", unit="day", position=1)
 
     def finish(future: Future) -> None:
@@ -199,7 +216,8 @@ def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[
             else:
                 before_write(c)
                 pending.append(pool.submit(write_chunk, group, c, days, looked,
-                                           kept.get(c, []), grid, crs, tally, tally_lock))
+                                           kept.get(c, []), grid, crs, tally, tally_lock,
+                                           cells))
             # At most two chunks in memory: when downloads outrun ingest, files wait on disk.
             while pending and (pending[0].done() or len(pending) > 2):
                 finish(pending.pop(0))

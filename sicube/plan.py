@@ -11,6 +11,9 @@ Days are indexes on the cube's calendar axis (0 = its first day). The rules:
   from a source again.
 - A time chunk is (re)written only when a day of it arrives; its days already observed
   are copied from the cube's own `sea_ice_conc_raw`, so no observed day ever turns missing.
+- A suspicious day (`sicube.quality`) under the policy "missing" stays observed (its raw
+  data are kept) but is left out of the mask and the fill like a missing day; when a day
+  turns suspicious or stops being so, the fills that depend on it are redone (`judge`).
 - The fill is recorded per time chunk and runs in batches of up to `FILL_BATCH_CHUNKS`
   chunks. A chunk's fill depends on the raw days within `time_window` of its days, so it is
   filled again exactly when one of those days changed, or when it gained days at the end of
@@ -26,6 +29,9 @@ from dataclasses import asdict, dataclass, field
 
 from sicube.dates import day_range, parse_date
 from sicube.fill import FillParams
+from sicube.quality import QualityRules
+
+SUSPICIOUS_POLICIES = ("missing", "keep")  # what the mask and the fill do with a suspicious day
 
 FILL_BATCH_CHUNKS = 2  # time chunks filled per resumable step
 
@@ -112,6 +118,8 @@ class BuildArgs:
     fill: FillParams
     mask_threshold: float
     mask: str | None = None  # a given mask (file or cube) instead of the NaN frequency
+    suspicious: str = "missing"  # SUSPICIOUS_POLICIES: a suspicious day as missing, or kept
+    quality: QualityRules = field(default_factory=QualityRules)
 
 
 @dataclass
@@ -135,6 +143,7 @@ class BuildState:
     complete_through: str | None = None  # readers may trust the cube up to this day
     updating_from: str | None = None  # an update from this (old last) day is under way
     rewrite: set[int] = field(default_factory=set)  # time chunks a killed run was writing
+    suspicious: dict[str, str] = field(default_factory=dict)  # day -> why (observed days)
 
     # --- derived facts -------------------------------------------------------------------------
 
@@ -146,6 +155,11 @@ class BuildState:
     def unobserved(self) -> list[int]:
         """Indexes of the days to look for in the source: every day not observed yet."""
         return [i for i, day in enumerate(self.days) if f"{day:%Y%m%d}" not in self.observed]
+
+    def excluded(self) -> set[str]:
+        """Observed days left out of the mask and the fill: the suspicious ones, unless the
+        policy keeps them."""
+        return set(self.suspicious) if self.args.suspicious == "missing" else set()
 
     def stale_chunks(self, chunk: int) -> set[int]:
         """The time chunks whose fill is not current."""
@@ -184,6 +198,18 @@ class BuildState:
         if not self.mask_frozen:
             self.mask_done = False
 
+    def judge(self, suspicious: dict[str, str], chunk: int) -> list[int]:
+        """Record the suspicious days found over the whole span; the indexes of the days that
+        turned suspicious or stopped being so. Under the policy "missing" their fills (and a
+        NaN-frequency mask) are forgotten, as when a day arrives."""
+        changed = sorted(set(self.suspicious) ^ set(suspicious))
+        self.suspicious = dict(suspicious)
+        index = {f"{day:%Y%m%d}": i for i, day in enumerate(self.days)}
+        changed_days = [index[k] for k in changed if k in index]
+        if self.args.suspicious == "missing":
+            self.invalidate(changed_days, chunk)
+        return changed_days
+
     def _forget_fills(self, chunks: set[int]) -> None:
         self.filled -= chunks
         for c in chunks:
@@ -212,7 +238,9 @@ class BuildState:
     def from_json(cls, text: str) -> BuildState:
         data = json.loads(text)
         data["args"] = BuildArgs(**{**data["args"],
-                                    "fill": FillParams.from_dict(data["args"]["fill"])})
+                                    "fill": FillParams.from_dict(data["args"]["fill"]),
+                                    "quality": QualityRules.from_dict(
+                                        data["args"].get("quality"))})
         data["missing"] = set(data["missing"])
         data["mask_days"] = set(data["mask_days"])
         data["filled"] = set(data["filled"])
@@ -221,5 +249,5 @@ class BuildState:
         return cls(**data)
 
 
-__all__ = ["FILL_BATCH_CHUNKS", "BuildArgs", "BuildState", "FillBatch", "chunks_depending_on",
-           "chunks_of", "fill_batches", "n_chunks"]
+__all__ = ["FILL_BATCH_CHUNKS", "SUSPICIOUS_POLICIES", "BuildArgs", "BuildState", "FillBatch",
+           "chunks_depending_on", "chunks_of", "fill_batches", "n_chunks"]

@@ -310,6 +310,8 @@ class Info:
     finish: str = ""
     failed_days: dict[dt.date, str] = field(default_factory=dict)
     not_ingested: list[dt.date] = field(default_factory=list)
+    suspicious_days: dict[dt.date, str] = field(default_factory=dict)  # day -> why
+    suspicious_policy: str = ""  # "missing" (left out of mask and fill) or "keep"
     source: str = ""
     # The product grid the coordinates are (n3125, n6250, s3125, s6250, possibly coarsened),
     # or a sentence saying they are none of them.
@@ -502,6 +504,8 @@ def _cube_info(path: Path) -> Info:
                 compression=compression, provenance=provenance,
                 status=_status_text(attrs), finish=str(attrs.get(cube.FINISH) or ""),
                 failed_days=failed, not_ingested=not_ingested,
+                suspicious_days=cube.suspicious_days(attrs),
+                suspicious_policy=str(attrs.get("suspicious_policy") or ""),
                 source=str(attrs.get(cube.SOURCE_DIRECTORY) or attrs.get(cube.SOURCE_URL)
                            or ""))
 
@@ -577,6 +581,11 @@ def format_info(item: Info) -> list[str]:
     if item.status is not None:
         lines.append(f"failed days: {len(item.failed_days)}")
         lines += [f"  {day:%Y%m%d}: {reason}" for day, reason in item.failed_days.items()]
+        how = {"missing": ", filled as missing days",
+               "keep": ", kept as data"}.get(item.suspicious_policy, "")
+        lines.append(f"suspicious days: {len(item.suspicious_days)}"
+                     + (how if item.suspicious_days else ""))
+        lines += [f"  {day:%Y%m%d}: {why}" for day, why in item.suspicious_days.items()]
         lines.append(f"not yet ingested: {len(item.not_ingested)}"
                      + (f" ({day_list_text(item.not_ingested)})" if item.not_ingested else ""))
     if item.flag_counts:

@@ -275,6 +275,9 @@ def write_archive(
     grid: str = "n3125",
     land_value: float | None = None,
     storage: dict | str | None = None,
+    zero_days: list[DateLike] = (),
+    sparse_days: list[DateLike] = (),
+    sparse_share: float = 1 / 3,
     progress: bool = False,
 ) -> Archive:
     """Write a sample archive for every day of [start, end] under `out_dir/{YYYY}/`.
@@ -292,6 +295,10 @@ def write_archive(
     land_value : write this value on land instead of NaN, like derived products that
         flag land with values above 100.
     storage : how `z` is stored (`write_day_file`); None is the real archive's layout.
+    zero_days : days whose file is written but every observed value is 0 (a broken
+        retrieval that looks valid: the suspicious days of `sicube.quality`).
+    sparse_days : days observed only in bands of rows (lost swaths) making up
+        `sparse_share` of the grid: about that share of their usual observations.
     """
     first, last = parse_span(start, end)
     if grid not in products.GRIDS:
@@ -307,6 +314,8 @@ def write_archive(
     else:
         missing = {parse_date(d, "missing_days") for d in missing_days}
 
+    zeros = {parse_date(d, "zero_days") for d in zero_days}
+    sparse = {parse_date(d, "sparse_days") for d in sparse_days}
     root = Path(out_dir)
     archive = Archive(root=root)
     iterator = days
@@ -319,6 +328,12 @@ def write_archive(
             archive.missing.append(day)
             continue
         z = sample_day(day, step=step, seed=seed, grid=grid, start=first)
+        if day in zeros:
+            z[~np.isnan(z)] = 0.0
+        if day in sparse:
+            band = np.arange(z.shape[0]) // 4
+            kept = np.floor(band * sparse_share) != np.floor((band - 1) * sparse_share)
+            z[~kept] = np.nan
         if land_value is not None:
             z[geometry(grid, step).land] = land_value
         path = root / products.relative_path(day, grid)

@@ -1,0 +1,237 @@
+"""Suspicious days: per-day statistics of the raw field, and the rules that flag a day.
+
+No I/O, no Dask, no Zarr. The ingest stage computes `day_stats` of every newly decoded
+day (one numba pass over the grid, a few ms at full resolution) and keeps them in the
+day's provenance; the builder runs `judge` over the whole span after every ingest, so a
+day's flags always follow from its own statistics and its neighbours', whatever run
+ingested them (a first build, a resumed one, an update that added days after it).
+
+The statistics are taken over the cells that are not land on the product's shipped
+coastline (`sicube.mask.coastline_land`), not over the cube's own land mask: that mask is
+computed after ingest from the very days being judged (and changes as days arrive), while
+the coastline is fixed, so a day's statistics never change once it is ingested. The pole
+hole is counted as ocean: it is missing on every day alike, so it lowers every day's
+`obs_fraction` by the same amount and does not affect the rules.
+
+The rules (`QualityRules`, every threshold settable, `DayQuality` flags in `sicube.cube`):
+
+- ALL_EQUAL: every observed ocean value of the day is the same (an all-zero day), or the
+  day has no observed ocean value at all.
+- OBS_SHARE: the day's `obs_fraction` differs from the median of the observed days within
+  ``window // 2`` calendar days either side (the day itself left out) by more than
+  ``max(k * 1.4826 * MAD, min_obs_deviation)``, MAD the median absolute deviation of those
+  neighbours (1.4826 MAD estimates a standard deviation). Judged only with at least
+  `min_neighbours` neighbours.
+- EXTENT_JUMP: the day before and the day after are both observed, the day's `extent_raw`
+  is off their mean by more than ``max(extent_jump * mean, min_extent_jump * ocean area)``
+  and the next day comes back: the two neighbours differ by less than half that jump.
+- OUT_OF_RANGE: the share of ocean cells outside [0, 100] (set NaN by the reader) exceeds
+  the neighbours' median by more than ``max(k * 1.4826 * MAD, min_out_of_range)``: a
+  product that writes a constant flag value on land every day is not flagged, a day with a
+  patch of garbage is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+from numba import njit
+
+from sicube.cube import DayQuality
+
+MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD x this estimates a normal standard deviation
+# Keys of a day's statistics, as kept in its provenance ("stats").
+STAT_KEYS = ("obs_fraction", "zero_fraction", "mean_conc", "extent_raw", "min", "max",
+             "out_of_range", "ocean_km2")
+EXTENT_THRESHOLD = 15.0  # percent: a cell counts toward the extent from this concentration
+
+
+@dataclass(frozen=True)
+class QualityRules:
+    """Thresholds of the suspicious-day rules (module docstring); checked once here."""
+
+    window: int = 15  # days of the centred rolling median (odd: the day and 7 either side)
+    k: float = 5.0  # robust deviations (1.4826 MAD) beyond which a share is far off
+    min_neighbours: int = 4  # observed days in the window needed to judge a share
+    min_obs_deviation: float = 0.05  # an obs_fraction off by less is never flagged
+    extent_jump: float = 0.2  # share of the neighbours' extent a reverting jump must exceed
+    min_extent_jump: float = 0.01  # ... and this share of the ocean area
+    min_out_of_range: float = 0.001  # share of ocean cells out of range never flagged below
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.window, int) or self.window < 3 or self.window % 2 == 0:
+            raise ValueError(f"quality window: an odd number of days >= 3, got {self.window!r}")
+        if not isinstance(self.min_neighbours, int) or self.min_neighbours < 1:
+            raise ValueError(f"quality min_neighbours: at least 1, got {self.min_neighbours!r}")
+        for name in ("k", "min_obs_deviation", "extent_jump", "min_extent_jump",
+                     "min_out_of_range"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"quality {name}: a number >= 0, got {value!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None) -> QualityRules:
+        """Rules from `to_dict`'s output; missing keys (older records) take the defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+@dataclass(frozen=True)
+class StatCells:
+    """Where a day's statistics are taken: the ocean cells (not shipped land) and each
+    cell's area in km² (broadcast from one nominal value when the cube has no cell_area)."""
+
+    land: np.ndarray  # bool (y, x)
+    area_km2: np.ndarray  # float64 (y, x), possibly a broadcast view of one value
+
+    @classmethod
+    def make(cls, land: np.ndarray, x: np.ndarray, y: np.ndarray,
+             cell_area_m2: np.ndarray | None = None) -> StatCells:
+        """Cells of a grid: `cell_area_m2` when given, else |dx·dy| of the projected grid."""
+        land = np.ascontiguousarray(land, bool)
+        if cell_area_m2 is not None:
+            area = np.asarray(cell_area_m2, np.float64) / 1e6
+        else:
+            nominal = abs(float(x[1] - x[0]) * float(y[1] - y[0])) / 1e6 if x.size > 1 else 0.0
+            area = np.broadcast_to(np.float64(nominal), land.shape)
+        return cls(land, area)
+
+
+@njit(nogil=True, cache=True)
+def _stats_kernel(field, land, area):
+    n_ocean = 0
+    n_obs = 0
+    n_zero = 0
+    total = 0.0
+    extent = 0.0
+    ocean_area = 0.0
+    lo = np.inf
+    hi = -np.inf
+    ny, nx = field.shape
+    for i in range(ny):
+        for j in range(nx):
+            if land[i, j]:
+                continue
+            n_ocean += 1
+            ocean_area += area[i, j]
+            v = field[i, j]
+            if v != v:
+                continue
+            n_obs += 1
+            total += v
+            if v == 0.0:
+                n_zero += 1
+            if v >= EXTENT_THRESHOLD:
+                extent += area[i, j]
+            lo = min(lo, v)
+            hi = max(hi, v)
+    return n_ocean, n_obs, n_zero, total, extent, ocean_area, lo, hi
+
+
+def day_stats(field: np.ndarray, cells: StatCells, out_of_range: int = 0) -> dict[str, float]:
+    """A day's statistics over the ocean cells of `field` (percent, NaN = missing).
+
+    obs_fraction: share of ocean cells observed; zero_fraction: share of observed ones that
+    are 0; mean_conc: their mean (percent); extent_raw: area (km²) of observed cells >= 15 %;
+    min, max: of observed values; out_of_range: share of ocean cells the reader set NaN
+    for lying outside [0, 100] (`out_of_range` counts them over the whole grid); ocean_km2.
+    Values that cannot be taken (no ocean, no observation) are None.
+    """
+    n_ocean, n_obs, n_zero, total, extent, ocean_area, lo, hi = _stats_kernel(
+        field, cells.land, cells.area_km2)
+
+    def share(n: float, of: int) -> float | None:
+        return float(n) / of if of else None
+
+    return {"obs_fraction": share(n_obs, n_ocean), "zero_fraction": share(n_zero, n_obs),
+            "mean_conc": share(total, n_obs), "extent_raw": float(extent) if n_ocean else None,
+            "min": float(lo) if n_obs else None, "max": float(hi) if n_obs else None,
+            "out_of_range": share(out_of_range, n_ocean), "ocean_km2": float(ocean_area)}
+
+
+def stats_table(records: Sequence[Mapping | None]) -> dict[str, np.ndarray]:
+    """Per-day arrays (float64, NaN where unknown or the day not observed) of `STAT_KEYS`
+    from each day's statistics (None for a day without)."""
+    table = {key: np.full(len(records), np.nan) for key in STAT_KEYS}
+    for i, record in enumerate(records):
+        for key, value in (record or {}).items():
+            if key in table and value is not None:
+                table[key][i] = value
+    return table
+
+
+def _neighbour_medians(values: np.ndarray, half: int, min_neighbours: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Per day: the median and the MAD of the known `values` within `half` days either side,
+    the day itself left out; NaN where fewer than `min_neighbours` are known."""
+    n = values.size
+    median, mad = np.full(n, np.nan), np.full(n, np.nan)
+    for i in range(n):
+        around = np.concatenate([values[max(0, i - half):i], values[i + 1:i + 1 + half]])
+        around = around[~np.isnan(around)]
+        if around.size >= min_neighbours:
+            median[i] = np.median(around)
+            mad[i] = np.median(np.abs(around - median[i]))
+    return median, mad
+
+
+def judge(table: Mapping[str, np.ndarray], rules: QualityRules
+          ) -> tuple[np.ndarray, dict[int, str]]:
+    """The `DayQuality` flags (uint8, per day) of the days of `table` (`stats_table`), and
+    the reason of each flagged day (index -> text). Days without statistics get 0."""
+    obs = np.asarray(table["obs_fraction"], np.float64)
+    n = obs.size
+    flags = np.zeros(n, np.uint8)
+    reasons: dict[int, list[str]] = {}
+    known = ~np.isnan(obs)
+    half = rules.window // 2
+
+    def flag(i: int, what: DayQuality, text: str) -> None:
+        flags[i] |= np.uint8(what)
+        reasons.setdefault(i, []).append(text)
+
+    lo, hi = np.asarray(table["min"]), np.asarray(table["max"])
+    for i in np.flatnonzero(known):
+        if np.isnan(lo[i]):
+            flag(i, DayQuality.ALL_EQUAL, "no observed ocean value")
+        elif lo[i] == hi[i]:
+            flag(i, DayQuality.ALL_EQUAL, f"every observed ocean value is {lo[i]:g} %")
+
+    median, mad = _neighbour_medians(obs, half, rules.min_neighbours)
+    limit = np.maximum(rules.k * MAD_TO_SIGMA * mad, rules.min_obs_deviation)
+    for i in np.flatnonzero(known & ~np.isnan(median)):
+        if abs(obs[i] - median[i]) > limit[i]:
+            flag(i, DayQuality.OBS_SHARE, f"observed share {obs[i]:.2f} vs {median[i]:.2f} "
+                                          f"on the days within {half} days")
+
+    extent = np.asarray(table["extent_raw"], np.float64)
+    ocean = np.asarray(table["ocean_km2"], np.float64)
+    for i in range(1, n - 1):
+        before, day, after = extent[i - 1], extent[i], extent[i + 1]
+        if np.isnan([before, day, after]).any():
+            continue
+        mean = (before + after) / 2
+        jump = day - mean
+        limit_jump = max(rules.extent_jump * mean, rules.min_extent_jump * ocean[i])
+        if abs(jump) > limit_jump and abs(after - before) < abs(jump) / 2:
+            flag(i, DayQuality.EXTENT_JUMP, f"extent {day:.4g} km² vs {before:.4g} the day "
+                                            f"before and {after:.4g} the day after")
+
+    bad = np.asarray(table["out_of_range"], np.float64)
+    median, mad = _neighbour_medians(bad, half, rules.min_neighbours)
+    base = np.where(np.isnan(median), 0.0, median)  # too few neighbours: against none
+    spread = np.where(np.isnan(mad), 0.0, rules.k * MAD_TO_SIGMA * mad)
+    for i in np.flatnonzero(~np.isnan(bad)):
+        if bad[i] - base[i] > max(spread[i], rules.min_out_of_range):
+            flag(i, DayQuality.OUT_OF_RANGE, f"{bad[i]:.2%} of ocean cells outside [0, 100] "
+                                             f"vs {base[i]:.2%} around")
+    return flags, {i: "; ".join(texts) for i, texts in sorted(reasons.items())}
+
+
+__all__ = ["EXTENT_THRESHOLD", "QualityRules", "STAT_KEYS", "StatCells", "day_stats", "judge",
+           "stats_table"]
