@@ -37,10 +37,7 @@ require_extra("plot", "sicube.html_report", "matplotlib")
 
 # Variables of later sicube versions. The names are the ones `sicube.cube` defines for them;
 # the getattr keeps this module working on cubes (and code) from before them.
-DAY_QUALITY = getattr(cube, "DAY_QUALITY", "day_quality")
-DAY_STATS = tuple(getattr(cube, name, default) for name, default in (
-    ("OBS_FRACTION", "obs_fraction"), ("ZERO_FRACTION", "zero_fraction"),
-    ("MEAN_CONC", "mean_conc"), ("EXTENT_RAW", "extent_raw")))
+DAY_QUALITY, DAY_STATS = cube.DAY_QUALITY, cube.DAY_STATS
 EXTENT = getattr(cube, "EXTENT", "sea_ice_extent")
 AREA = getattr(cube, "AREA", "sea_ice_area")
 CELL_AREA = getattr(cube, "CELL_AREA", "cell_area")
@@ -123,21 +120,7 @@ def _suspicious_days(group, ds) -> dict[dt.date, str] | None:
     """{day: reason} of the cube's suspicious days; None when it has no day_quality."""
     if DAY_QUALITY not in ds:
         return None
-    finder = getattr(cube, "suspicious_days", None)
-    if finder is not None:
-        return {day: str(reason) for day, reason in finder(group).items()}
-    # The variable's own CF flag attributes say what each bit means.
-    variable = ds[DAY_QUALITY]
-    masks = [int(m) for m in np.atleast_1d(variable.attrs.get("flag_masks", []))]
-    meanings = str(variable.attrs.get("flag_meanings", "")).split()
-    days = ds["time"].values.astype("datetime64[D]")
-    found = {}
-    for day, bits in zip(days, variable.values.astype(np.int64), strict=True):
-        if bits:
-            named = [m for mask, m in zip(masks, meanings, strict=False) if bits & mask]
-            found[dt.date.fromisoformat(str(day))] = (", ".join(named).replace("_", " ")
-                                                      or f"day_quality {bits:#x}")
-    return found
+    return cube.suspicious_days(group)
 
 
 def _flag_counts(ds, skip: np.ndarray, progress: bool) -> np.ndarray:

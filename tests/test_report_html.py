@@ -24,13 +24,21 @@ needs_chromium = pytest.mark.skipif(find_chromium() is None, reason=SKIP_REASON)
 
 RICH_DAYS = 400  # more than a year: the extent and area get their climatology band
 SUSPICIOUS_INDEX, FAILED_INDEX = 2, 6  # index 6 is one of synthetic_cube's missing days
-ALL_ZERO_BIT, NAN_SHARE_BIT = 1, 2
+ALL_ZERO_BIT, NAN_SHARE_BIT = int(cube.DayQuality.ALL_EQUAL), int(cube.DayQuality.OBS_SHARE)
+SUSPICIOUS_REASON = "every observed ocean value is 0 %; observed share 0.10 vs 0.60"
 
 
 @pytest.fixture(scope="module")
 def plain_cube(tmp_path_factory):
-    """A cube from before the per-day statistics, extent, area and cell area."""
-    return synthetic_cube(tmp_path_factory.mktemp("plain") / "plain.zarr", n_days=30)
+    """A cube from before the per-day statistics, extent, area and cell area (a current
+    cube with those variables taken out)."""
+    path = synthetic_cube(tmp_path_factory.mktemp("plain") / "plain.zarr", n_days=30)
+    group = zarr.open_group(path, mode="r+")
+    for name in (*cube.DAY_VARS, html_report.EXTENT, html_report.AREA, html_report.CELL_AREA):
+        if name in group:
+            del group[name]
+    zarr.consolidate_metadata(path)
+    return path
 
 
 def _day(index: int) -> dt.date:
@@ -49,9 +57,7 @@ def rich_cube(tmp_path_factory):
     doy = np.arange(RICH_DAYS) * 2 * np.pi / 365.25
     extent = 10e6 + 4e6 * np.cos(doy) + rng.normal(0, 1e5, RICH_DAYS)
     added = xr.Dataset({
-        html_report.DAY_QUALITY: ("time", quality, {
-            "flag_masks": np.array([ALL_ZERO_BIT, NAN_SHARE_BIT], np.uint8),
-            "flag_meanings": "all_zero nan_share_outlier"}),
+        cube.DAY_QUALITY: ("time", quality, cube.ATTRS[cube.DAY_QUALITY]),
         **{name: ("time", rng.random(RICH_DAYS), {"units": "1"})
            for name in html_report.DAY_STATS},
         html_report.EXTENT: ("time", extent, {"units": "km2"}),
@@ -64,6 +70,8 @@ def rich_cube(tmp_path_factory):
     group = zarr.open_group(path, mode="r+")
     missing = [d for d in attrs[cube.MISSING_DAYS] if d != yyyymmdd(_day(FAILED_INDEX))]
     group.attrs.update({**attrs, cube.MISSING_DAYS: missing,
+                        cube.SUSPICIOUS_DAYS: {str(yyyymmdd(_day(SUSPICIOUS_INDEX))):
+                                               SUSPICIOUS_REASON},
                         cube.FAILED_DAYS: {str(yyyymmdd(_day(FAILED_INDEX))): "not netCDF"}})
     return path
 
@@ -110,7 +118,7 @@ def test_every_section_is_drawn_when_the_cube_holds_its_variables(rich_quality):
     suspicious, failed = _day(SUSPICIOUS_INDEX), _day(FAILED_INDEX)
     assert quality.states[SUSPICIOUS_INDEX] == html_report.SUSPICIOUS
     assert quality.states[FAILED_INDEX] == html_report.FAILED
-    assert f'title="{suspicious}: suspicious (all zero, nan share outlier)"' in page
+    assert f'title="{suspicious}: suspicious ({SUSPICIOUS_REASON})"' in page
     assert f'title="{failed}: failed (failed: not netCDF)"' in page
     assert f"<td>{failed}</td><td>failed: not netCDF</td>" in page
     assert "<script" not in page and not _external_links(page)
