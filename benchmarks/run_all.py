@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "build": ([], ["--days", "8", "--spans", "8", "--repeats", "1", "--skip-original",
                    "--no-record"]),
     "update": ([], ["--spans", "16", "--appends", "1", "--no-record"]),
+    "overhead": ([], ["--days", "4", "--repeats", "1", "--no-record"]),
 }
 
 
