@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import threading
@@ -144,26 +145,41 @@ def assert_matches_reference(filled, raw, time_window: int, space_window: int, a
                              f"by more than {atol}; worst {error.max():.3g} at {first}")
 
 
+@dataclasses.dataclass
+class ServedDirectory:
+    """A folder being served: its base URL, requests per path and the peak of concurrent ones."""
+
+    url: str
+    requests: collections.Counter
+    in_flight: int = 0
+    peak: int = 0
+
+
 @contextlib.contextmanager
-def serve_directory(root: str | os.PathLike, latency: float = 0.0
-                    ) -> Iterator[tuple[str, collections.Counter]]:
+def serve_directory(root: str | os.PathLike, latency: float = 0.0) -> Iterator[ServedDirectory]:
     """Serve folder `root` over HTTP on 127.0.0.1, `latency` seconds added to every answer.
 
     A stand-in for a distant object store or web server (a cube at ``root/cube.zarr`` is
-    read from ``URL/cube.zarr``). Yields the base URL and a Counter of requests per path
-    (updated live). The server runs on an event loop in a thread of this process; the
-    delay is an `asyncio.sleep`, so concurrent requests wait together, as on a network.
+    read from ``served.url + "/cube.zarr"``); `requests` and `peak` (the most requests
+    answered at once) update live. The server runs on an event loop in a thread of this
+    process; the delay is an `asyncio.sleep`, so concurrent requests wait together, as on
+    a network.
     """
     from aiohttp import web
 
-    requests: collections.Counter = collections.Counter()
+    served = ServedDirectory("", collections.Counter())
 
     @web.middleware
     async def delay(request, handler):
-        requests[request.path] += 1
-        if latency > 0:
-            await asyncio.sleep(latency)
-        return await handler(request)
+        served.requests[request.path] += 1
+        served.in_flight += 1
+        served.peak = max(served.peak, served.in_flight)
+        try:
+            if latency > 0:
+                await asyncio.sleep(latency)
+            return await handler(request)
+        finally:
+            served.in_flight -= 1
 
     app = web.Application(middlewares=[delay])
     app.router.add_static("/data", Path(root))
@@ -172,11 +188,11 @@ def serve_directory(root: str | os.PathLike, latency: float = 0.0
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, "127.0.0.1", 0)
     loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]
+    served.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/data"
     thread = threading.Thread(target=loop.run_forever, daemon=True, name="serve_directory")
     thread.start()
     try:
-        yield f"http://127.0.0.1:{port}/data", requests
+        yield served
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)

@@ -329,8 +329,8 @@ def test_batches_read_in_place_equal_collated_items(synthetic_cube, kwargs):
 @pytest.fixture(scope="module")
 def http_cube(synthetic_cube):
     """The cube served by an aiohttp static route on 127.0.0.1; counts requests per path."""
-    with testing.serve_directory(synthetic_cube.parent) as (base, requests):
-        yield f"{base}/{synthetic_cube.name}", requests
+    with testing.serve_directory(synthetic_cube.parent) as served:
+        yield f"{served.url}/{synthetic_cube.name}", served.requests
 
 
 def test_http_reads_equal_local_reads(synthetic_cube, http_cube):
