@@ -237,6 +237,9 @@ class SICDataset(Dataset):
     allow_unobserved : keep windows that touch days without data.
     allow_incomplete : read a cube whose build or update has not finished (its unwritten
         cells read as NaN / 0); by default such a cube is refused (`cube.IncompleteCube`).
+    concurrent_reads : items of a batch (`dataset[[i, j, ...]]`, `loader`) read at once on
+        reader threads, so a remote store's per-request latency is paid about once per
+        that many items; 1 reads them one after the other.
 
     The object holds no open file or connection: each process opens the store on its
     first read, so it pickles and works with DataLoader workers (fork or spawn).
@@ -263,7 +266,8 @@ class SICDataset(Dataset):
                  max_filled_fraction: float | Sequence[float] | None = None,
                  quality_cache: bool | str | os.PathLike = True,
                  allow_unobserved: bool = False, storage_options: dict | None = None,
-                 allow_incomplete: bool = False):
+                 allow_incomplete: bool = False, concurrent_reads: int = DEFAULT_PREFETCH):
+        self.concurrent_reads = positive_int(concurrent_reads, "concurrent_reads")
         self.store = store
         self.storage_options = storage_options
         self.allow_incomplete = bool(allow_incomplete)
@@ -543,25 +547,39 @@ class SICDataset(Dataset):
                     and self.coarsen == 1 and not self.apply_land_mask
                     and self._preloaded is None
                     and np.all(np.diff(np.concatenate([self._inputs, self._targets], 1)) == 1))
+        places = [self._locate(index) for index in indices]  # random patches: drawn in order
         if not in_place:
             batch = self.empty_batch(n)
-            for b, index in enumerate(indices):
-                window, y, x = self._locate(index)
+
+            def read_item(b: int) -> None:
+                window, y, x = places[b]
                 self.item_into(self._read_item(window, y, x), window, y, x, batch, b)
+
+            self._each(read_item, n)
             return batch
         frames = _empty_batch((n, ti + tp, 1, ph, pw))
         masks = _empty_batch((n, 1, ph, pw)) if self.return_mask else None
         y0, x0 = self.roi[0], self.roi[2]
-        for b, index in enumerate(indices):
-            window, y, x = self._locate(index)
+        conc = self._arrays()[cube.CONC]
+
+        def read_in_place(b: int) -> None:
+            window, y, x = places[b]
             first = int(self._inputs[window, 0])
-            read_into(self._arrays()[cube.CONC], first, first + ti + tp,
-                       slice(y0 + y, y0 + y + ph), slice(x0 + x, x0 + x + pw),
-                       frames[b, :, 0].numpy())
+            read_into(conc, first, first + ti + tp, slice(y0 + y, y0 + y + ph),
+                      slice(x0 + x, x0 + x + pw), frames[b, :, 0].numpy())
             if masks is not None:
                 masks[b, 0] = torch.from_numpy(self._land_out[y:y + ph, x:x + pw])
+
+        self._each(read_in_place, n)
         inputs, targets = frames[:, :ti], frames[:, ti:]
         return (inputs, targets) if masks is None else (inputs, targets, masks)
+
+    def _each(self, read, n: int) -> None:
+        """read(b) for b in range(n), `concurrent_reads` at a time on reader threads."""
+        depth = min(self.concurrent_reads, n)
+        executor = self.reader.executor(depth) if depth > 1 else None
+        for _ in read_ahead(read, range(n), depth, executor):
+            pass
 
     def _read_item(self, window: int, y: int, x: int) -> _Block:
         """A block holding the item of `window` at (y, x) (exactly it, unless preloaded)."""
@@ -726,8 +744,10 @@ class SICStream(IterableDataset):
         threads, ahead of the items being yielded; their chunk requests overlap, so a
         remote store's latency is paid about once per `prefetch` groups instead of once
         per group. 1 reads one group after the other (no threads). Memory: up to
-        groups_in_flight + prefetch blocks per worker. The default, 4, is where the
-        remote benchmark (50 ms per request) stopped gaining (benchmarks/RESULTS.md,
+        groups_in_flight + prefetch blocks per worker. The default, 4, costs nothing on
+        local disk (benchmarks/bench_stream.py: the same samples/s as 1) and keeps a
+        round trip hidden while a group's items take at least a quarter of it; deeper
+        only helps with tiny groups and costs a block each (benchmarks/RESULTS.md,
         "Remote streaming").
     rank, world_size : this process's DDP rank and the number of ranks; by default taken
         from `torch.distributed` when it is initialised (at construction), else 0 and 1.

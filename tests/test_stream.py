@@ -196,3 +196,25 @@ def test_remote_stream_equals_local_and_overlaps_requests(cube_path):
     # Zarr fetches one group's chunks together; read ahead, several groups' requests
     # wait on the server together.
     assert peaks[4] >= 2 * peaks[1], peaks
+
+
+def test_remote_batches_read_their_items_together(cube_path):
+    local = _dataset(cube_path)
+    indices = list(range(0, len(local), 7))
+    expected = local[indices]
+    peaks = {}
+    with testing.serve_directory(cube_path.parent, latency=0.05) as served:
+        for reads in (1, 8):
+            remote = SICDataset(f"{served.url}/{cube_path.name}", 20240401, 20240430,
+                                concurrent_reads=reads, **PARAMS)
+            remote[0]  # open the arrays first: only the batch's reads count
+            served.peak = 0
+            got = remote[indices]
+            assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+            peaks[reads] = served.peak
+    assert peaks[8] >= 2 * peaks[1], peaks
+
+
+def test_concurrent_reads_must_be_positive(cube_path):
+    with pytest.raises(BadInput, match="concurrent_reads"):
+        SICDataset(str(cube_path), 20240401, 20240430, concurrent_reads=0, **PARAMS)
