@@ -254,7 +254,8 @@ def measure(store: Path, days: int, n_items: int, repeat: int) -> tuple[dict, di
             path.read_bytes()
     end = START + dt.timedelta(days=days - 1)
     dataset = SICDataset(store, START, end, INPUT_LENGTH, PRED_LENGTH, patch_size=PATCH,
-                         allow_unobserved=True, quality_cache=False)
+                         allow_unobserved=True, quality_cache=False,
+                         allow_incomplete=True)  # made raw, never marked complete
     order = np.random.default_rng(0).permutation(len(dataset))[:n_items].tolist()
     inputs, _ = dataset.windows
     origins = dataset.patch_origins

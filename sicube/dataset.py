@@ -34,12 +34,13 @@ from sicube import cube
 from sicube.cache import cache_dir
 from sicube.dates import DateLike, parse_date, yyyymmdd
 from sicube.errors import BadInput, require_extra
-from sicube.reader import CubeReader, decode_days, read_frames, read_into
+from sicube.reader import CubeReader, decode_days, read_ahead, read_frames, read_into
 from sicube.samples import (
     SamplePlan,
     WindowReport,
     positive_int,
     select_windows,
+    shard_items,
     tile_patches,
     window_indices,
 )
@@ -69,6 +70,8 @@ CHANNELS = {
 # Which stored array each time-varying channel is read from.
 _SOURCE = {cube.CONC: cube.CONC, cube.RAW: cube.RAW, cube.FLAG: cube.FLAG, "filled": cube.FLAG}
 _STATIC = (cube.LAND, cube.NAN_RATIO)
+# Group reads a SICStream keeps in flight per worker (see SICStream, `prefetch`).
+DEFAULT_PREFETCH = 4
 
 
 # --------------------------------------------------------------------------- patch helpers
@@ -170,6 +173,22 @@ class _Block:
         return data[positions, rows, cols]
 
 
+def _ddp_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size): the explicit ones, else torch.distributed's, else (0, 1)."""
+    if rank is None and world_size is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+    if rank is None or world_size is None:
+        raise BadInput("rank/world_size: give both or neither")
+    world_size = positive_int(world_size, "world_size")
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
+            or not 0 <= rank < world_size:
+        raise BadInput(f"rank: must be an integer in [0, {world_size}), got {rank!r}")
+    return int(rank), world_size
+
+
 def _pair(value, name: str) -> tuple[int, int]:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return positive_int(value[0], name), positive_int(value[1], name)
@@ -220,6 +239,9 @@ class SICDataset(Dataset):
         cells read as NaN / 0); by default such a cube is refused (`cube.IncompleteCube`).
     skip_suspicious : skip windows that touch a suspicious day (`day_quality` not 0; see
         `cube.suspicious_days`); they count as touching a day without data in `report`.
+    concurrent_reads : items of a batch (`dataset[[i, j, ...]]`, `loader`) read at once on
+        reader threads, so a remote store's per-request latency is paid about once per
+        that many items; 1 reads them one after the other.
 
     The object holds no open file or connection: each process opens the store on its
     first read, so it pickles and works with DataLoader workers (fork or spawn).
@@ -246,7 +268,9 @@ class SICDataset(Dataset):
                  max_filled_fraction: float | Sequence[float] | None = None,
                  quality_cache: bool | str | os.PathLike = True,
                  allow_unobserved: bool = False, storage_options: dict | None = None,
-                 allow_incomplete: bool = False, skip_suspicious: bool = False):
+                 allow_incomplete: bool = False, skip_suspicious: bool = False,
+                 concurrent_reads: int = DEFAULT_PREFETCH):
+        self.concurrent_reads = positive_int(concurrent_reads, "concurrent_reads")
         self.store = store
         self.storage_options = storage_options
         self.allow_incomplete = bool(allow_incomplete)
@@ -534,25 +558,39 @@ class SICDataset(Dataset):
                     and self.coarsen == 1 and not self.apply_land_mask
                     and self._preloaded is None
                     and np.all(np.diff(np.concatenate([self._inputs, self._targets], 1)) == 1))
+        places = [self._locate(index) for index in indices]  # random patches: drawn in order
         if not in_place:
             batch = self.empty_batch(n)
-            for b, index in enumerate(indices):
-                window, y, x = self._locate(index)
+
+            def read_item(b: int) -> None:
+                window, y, x = places[b]
                 self.item_into(self._read_item(window, y, x), window, y, x, batch, b)
+
+            self._each(read_item, n)
             return batch
         frames = _empty_batch((n, ti + tp, 1, ph, pw))
         masks = _empty_batch((n, 1, ph, pw)) if self.return_mask else None
         y0, x0 = self.roi[0], self.roi[2]
-        for b, index in enumerate(indices):
-            window, y, x = self._locate(index)
+        conc = self._arrays()[cube.CONC]
+
+        def read_in_place(b: int) -> None:
+            window, y, x = places[b]
             first = int(self._inputs[window, 0])
-            read_into(self._arrays()[cube.CONC], first, first + ti + tp,
-                       slice(y0 + y, y0 + y + ph), slice(x0 + x, x0 + x + pw),
-                       frames[b, :, 0].numpy())
+            read_into(conc, first, first + ti + tp, slice(y0 + y, y0 + y + ph),
+                      slice(x0 + x, x0 + x + pw), frames[b, :, 0].numpy())
             if masks is not None:
                 masks[b, 0] = torch.from_numpy(self._land_out[y:y + ph, x:x + pw])
+
+        self._each(read_in_place, n)
         inputs, targets = frames[:, :ti], frames[:, ti:]
         return (inputs, targets) if masks is None else (inputs, targets, masks)
+
+    def _each(self, read, n: int) -> None:
+        """read(b) for b in range(n), `concurrent_reads` at a time on reader threads."""
+        depth = min(self.concurrent_reads, n)
+        executor = self.reader.executor(depth) if depth > 1 else None
+        for _ in read_ahead(read, range(n), depth, executor):
+            pass
 
     def _read_item(self, window: int, y: int, x: int) -> _Block:
         """A block holding the item of `window` at (y, x) (exactly it, unless preloaded)."""
@@ -664,10 +702,13 @@ class SICDataset(Dataset):
         return self._patches.copy()
 
     def stream(self, shuffle: bool = True, seed: int = 0, groups_in_flight: int = 2,
-               block_bytes: int = 256 * 2**20, batch_size: int | None = None) -> SICStream:
+               block_bytes: int = 256 * 2**20, batch_size: int | None = None,
+               prefetch: int = DEFAULT_PREFETCH, rank: int | None = None,
+               world_size: int | None = None) -> SICStream:
         """This dataset's items as a `SICStream` (grouped by chunk; see there)."""
         return SICStream(self, shuffle=shuffle, seed=seed, groups_in_flight=groups_in_flight,
-                         block_bytes=block_bytes, batch_size=batch_size)
+                         block_bytes=block_bytes, batch_size=batch_size, prefetch=prefetch,
+                         rank=rank, world_size=world_size)
 
     def __repr__(self) -> str:
         return (f"SICDataset({self.store!s}, {self.days[0]}..{self.days[-1]}, {len(self)} items "
@@ -684,26 +725,49 @@ class SICStream(IterableDataset):
     Items are grouped by the Zarr chunk their window starts in (time) and their patch
     starts in (space); a group's frames are read and decompressed in one go, then its
     items are cut from memory. Groups are shuffled each epoch, items within
-    `groups_in_flight` groups are shuffled together, and DataLoader workers take disjoint
-    groups, so every item comes once per epoch and each chunk is decompressed about once.
+    `groups_in_flight` groups are shuffled together, so each chunk is decompressed about
+    once per epoch.
+
+    Sharing an epoch: the epoch's groups, in their shuffled order, are laid end to end
+    and cut into equal contiguous shares, one per DDP rank, then one per DataLoader worker
+    of that rank (`sicube.samples.shard_items`). Every item is read at most once per epoch
+    across all ranks and every rank gets len(dataset) // world_size items: the last
+    len(dataset) % world_size items of the epoch's order (fewer than world_size, different
+    ones each epoch) are dropped, as DistributedSampler(drop_last=True) does. Without DDP
+    (world_size 1) nothing is dropped.
 
     Parameters
     ----------
     dataset : the SICDataset (fixed tiling or none; not random_patches).
     shuffle : shuffle group order and items; False gives groups and items in order.
-    seed : base of the shuffle; each epoch (each `iter`) draws a new order from it and
-        torch's seed, identically in every worker.
+    seed : base of the shuffle. With world_size 1 each epoch (each `iter`) draws a new
+        order from it and torch's seed, identically in every worker. With world_size > 1
+        the order depends only on seed, `set_epoch` and how often the copy was iterated,
+        so every rank draws the same one: call `set_epoch(n)` each epoch, as with
+        DistributedSampler.
     groups_in_flight : groups whose items are mixed together (memory: that many blocks).
     block_bytes : memory budget for one group's block; sets how many time chunks a
         group spans.
     batch_size : yield stacked batches of this many items, written straight into shared
         memory in a worker (use ``DataLoader(stream, batch_size=None)``); each worker's
         last batch may be short. None yields single items.
+    prefetch : group reads kept in flight per process (DataLoader worker), on reader
+        threads, ahead of the items being yielded; their chunk requests overlap, so a
+        remote store's latency is paid about once per `prefetch` groups instead of once
+        per group. 1 reads one group after the other (no threads). Memory: up to
+        groups_in_flight + prefetch blocks per worker. The default, 4, costs nothing on
+        local disk (benchmarks/bench_stream.py: the same samples/s as 1) and keeps a
+        round trip hidden while a group's items take at least a quarter of it; deeper
+        only helps with tiny groups and costs a block each (benchmarks/RESULTS.md,
+        "Remote streaming").
+    rank, world_size : this process's DDP rank and the number of ranks; by default taken
+        from `torch.distributed` when it is initialised (at construction), else 0 and 1.
     """
 
     def __init__(self, dataset: SICDataset, shuffle: bool = True, seed: int = 0,
                  groups_in_flight: int = 2, block_bytes: int = 256 * 2**20,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, prefetch: int = DEFAULT_PREFETCH,
+                 rank: int | None = None, world_size: int | None = None):
         if dataset.random_patches is not None:
             raise BadInput("random_patches: a stream needs a fixed patch tiling")
         self.batch_size = None if batch_size is None else positive_int(batch_size,
@@ -713,6 +777,8 @@ class SICStream(IterableDataset):
         self.seed = int(seed)
         self.groups_in_flight = positive_int(groups_in_flight, "groups_in_flight")
         self.block_bytes = positive_int(block_bytes, "block_bytes")
+        self.prefetch = positive_int(prefetch, "prefetch")
+        self.rank, self.world_size = _ddp_rank(rank, world_size)
         self._epoch = 0  # explicit epoch (set_epoch) ...
         self._iterations = 0  # ... plus how often this copy was iterated
         self.groups = self._group_items()
@@ -726,7 +792,7 @@ class SICStream(IterableDataset):
             # Each worker ends with its own short batch: the count depends on the workers.
             raise TypeError("a batched SICStream has no fixed length; len(stream.dataset) "
                             "gives the items")
-        return len(self.dataset)
+        return len(self.dataset) // self.world_size  # this rank's items
 
     def _group_items(self) -> list[np.ndarray]:
         """Item indices of each chunk group, in cube order."""
@@ -737,38 +803,54 @@ class SICStream(IterableDataset):
         info = get_worker_info()
         # Workers share the DataLoader's base seed (fresh per epoch without persistent
         # workers), and all copies count iterations in step: every worker draws the same
-        # order, and a new one each epoch.
-        base = (info.seed - info.id) if info is not None else 0
+        # order, and a new one each epoch. Ranks do not share that seed: with several,
+        # only the seed, the epoch and the iteration count (in step on every rank) count.
+        base = (info.seed - info.id) if info is not None and self.world_size == 1 else 0
         return np.random.default_rng([self.seed, self._epoch, self._iterations, base % 2**63])
+
+    def shares(self, worker: int = 0, workers: int = 1,
+               rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        """Item indices this rank's `worker` reads this epoch, piece by piece (group part)."""
+        n = len(self.groups)
+        order = rng.permutation(n) if self.shuffle and rng is not None else np.arange(n)
+        segments = shard_items([len(g) for g in self.groups], order, self.rank,
+                               self.world_size, worker, workers)
+        return [self.groups[g][a:b] for g, a, b in segments]
 
     def __iter__(self) -> Iterator:
         rng = self._rng()
         self._iterations += 1
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        order = rng.permutation(len(self.groups)) if self.shuffle else np.arange(len(self.groups))
-        mine = order[worker::workers]
+        mine = self.shares(worker, workers, rng)
         ds = self.dataset
         patches = ds.plan.patches
+        executor = ds.reader.executor(self.prefetch) if self.prefetch > 1 else None
+        blocks_ahead = read_ahead(self._load, mine, self.prefetch, executor)
         pending: list = []  # items of the batch being filled
-        for start in range(0, len(mine), self.groups_in_flight):
-            batch = [self.groups[g] for g in mine[start:start + self.groups_in_flight]]
-            blocks = [self._load(items) for items in batch]
-            owner = np.concatenate([np.full(len(items), i) for i, items in enumerate(batch)])
-            items = np.concatenate(batch)
-            sequence = rng.permutation(len(items)) if self.shuffle else np.arange(len(items))
-            for j in sequence:
-                window, patch = divmod(int(items[j]), len(patches))
-                y, x = patches[patch]
-                if self.batch_size is None:
-                    yield ds.item(blocks[owner[j]], window, int(y), int(x))
-                    continue
-                pending.append((blocks[owner[j]], window, int(y), int(x)))
-                if len(pending) == self.batch_size:
-                    yield self._stack(pending)
-                    pending = []
-        if pending:
-            yield self._stack(pending)
+        try:
+            for start in range(0, len(mine), self.groups_in_flight):
+                batch = mine[start:start + self.groups_in_flight]
+                blocks = [next(blocks_ahead) for _ in batch]
+                owner = np.concatenate([np.full(len(items), i)
+                                        for i, items in enumerate(batch)])
+                items = np.concatenate(batch)
+                sequence = (rng.permutation(len(items)) if self.shuffle
+                            else np.arange(len(items)))
+                for j in sequence:
+                    window, patch = divmod(int(items[j]), len(patches))
+                    y, x = patches[patch]
+                    if self.batch_size is None:
+                        yield ds.item(blocks[owner[j]], window, int(y), int(x))
+                        continue
+                    pending.append((blocks[owner[j]], window, int(y), int(x)))
+                    if len(pending) == self.batch_size:
+                        yield self._stack(pending)
+                        pending = []
+            if pending:
+                yield self._stack(pending)
+        finally:
+            blocks_ahead.close()  # cancel reads still in flight
 
     def _stack(self, pending: list) -> tuple[torch.Tensor, ...]:
         batch = self.dataset.empty_batch(len(pending))

@@ -4,13 +4,19 @@
 open the store (path or URL, fsspec options, whether an unfinished cube may be read), opens
 it through `sicube.cube.open_group` (which checks the cube's state) on first use in the
 calling process, and drops the handle when pickled, so that a copy sent to a DataLoader
-worker (fork or spawn) opens its own.
+worker (fork or spawn) opens its own. It also holds the process's reader threads
+(`executor`), and `read_ahead` keeps several reads in flight on them: each read waits on
+the store's latency (an HTTP or S3 round trip per chunk request), so overlapping them is
+what keeps a remote epoch from being a sum of round trips.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -32,6 +38,9 @@ class CubeReader:
         self._group = None
         self._arrays: dict | None = None
         self._pid: int | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid: int | None = None
+        self._threads = 0
 
     def group(self):
         """The cube's Zarr group, read-only (BadInput / IncompleteCube as `cube.open_group`)."""
@@ -49,6 +58,18 @@ class CubeReader:
             self._arrays = {name: group[name] for name in TIME_ARRAYS}
         return self._arrays
 
+    def executor(self, threads: int) -> ThreadPoolExecutor:
+        """This process's pool of reader threads (at least `threads`), made on first use.
+
+        Zarr's synchronous API is safe from several threads (each call runs on Zarr's own
+        event loop), so reads submitted here overlap their requests.
+        """
+        if (self._executor is None or self._executor_pid != os.getpid()
+                or self._threads < threads):
+            self._executor = ThreadPoolExecutor(threads, thread_name_prefix="sicube-read")
+            self._executor_pid, self._threads = os.getpid(), threads
+        return self._executor
+
     @property
     def is_open(self) -> bool:
         """Whether this process holds an open handle (a copy from another process does not)."""
@@ -56,11 +77,42 @@ class CubeReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_group"] = state["_arrays"] = state["_pid"] = None  # never cross processes
+        for name in ("_group", "_arrays", "_pid", "_executor", "_executor_pid"):
+            state[name] = None  # never cross processes
         return state
 
     def __repr__(self) -> str:
         return f"CubeReader({self.store!s})"
+
+
+def read_ahead(read: Callable, pieces: Iterable, depth: int,
+               executor: ThreadPoolExecutor | None = None) -> Iterator:
+    """`read(piece)` for each piece, in order, with up to `depth` reads in flight.
+
+    depth 1 reads one piece after the other in the calling thread (no threads); more
+    submits the next `depth` reads to `executor` ahead of the consumer, so their store
+    requests overlap each other and the consumer's work. Reads still pending when the
+    consumer stops are cancelled.
+    """
+    if depth <= 1 or executor is None:
+        yield from map(read, pieces)
+        return
+    pieces = iter(pieces)
+    pending: collections.deque = collections.deque()
+    try:
+        for piece in pieces:
+            pending.append(executor.submit(read, piece))
+            if len(pending) >= depth:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for piece in pieces:
+                pending.append(executor.submit(read, piece))
+                break
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 def decode_days(time_array) -> list[dt.date]:

@@ -3,7 +3,8 @@
 Like xbatcher's `BatchSchema`, the plan says what the items are without reading anything:
 the windows of the original toolbox's rule (SPEC section 1) over a span of the cube's days,
 less the windows that touch a day without data or fail the quality filter; the patch
-tiling of the (coarsened) region of interest; and the chunk groups that `SICStream` visits.
+tiling of the (coarsened) region of interest; the chunk groups that `SICStream` visits,
+and how an epoch of them is shared among DDP ranks and DataLoader workers (`shard_items`).
 `SICDataset` computes the inputs (days observed, filled fractions) from the cube once and
 keeps its plan in `dataset.plan`; `SamplePlan.to_json` / `from_json` round-trip it.
 """
@@ -155,6 +156,41 @@ def chunk_groups(window_starts: np.ndarray, patches: np.ndarray, roi: tuple[int,
     order = np.argsort(key, kind="stable")
     bounds = np.flatnonzero(np.diff(key[order])) + 1
     return np.split(order, bounds)
+
+
+def shard_items(group_sizes, order: np.ndarray, rank: int = 0, world_size: int = 1,
+                worker: int = 0, workers: int = 1) -> list[tuple[int, int, int]]:
+    """One rank's, one DataLoader worker's share of an epoch: (group, start, stop) segments.
+
+    The epoch visits the groups in `order` (a permutation of their indices), each group's
+    items end to end: N = sum(group_sizes) positions. Rank r of `world_size` takes positions
+    [r * n, (r + 1) * n) with n = N // world_size, so every rank gets the same count and the
+    last N % world_size positions (fewer than world_size items, the tail of this epoch's
+    order) are dropped, as DistributedSampler(drop_last=True) does. Worker w of `workers`
+    takes the w-th of near-equal contiguous parts of its rank's share (sizes differ by at
+    most one and depend only on n, so every rank yields the same number of batches).
+    Contiguous shares keep chunk locality: a share cuts at most two groups. `start:stop`
+    index the group's items.
+    """
+    sizes = np.asarray(group_sizes, np.int64)
+    order = np.asarray(order, np.int64)
+    if not (0 <= rank < world_size and 0 <= worker < workers):
+        raise ValueError(f"shard_items: rank {rank} of {world_size}, worker {worker} of "
+                         f"{workers}")
+    n = int(sizes.sum()) // world_size
+    part, extra = divmod(n, workers)
+    lo = rank * n + worker * part + min(worker, extra)
+    hi = lo + part + (worker < extra)
+    ends = np.cumsum(sizes[order])
+    starts = ends - sizes[order]
+    segments = []
+    for k in range(int(np.searchsorted(ends, lo, "right")), len(order)):
+        if starts[k] >= hi:
+            break
+        a, b = max(lo, starts[k]), min(hi, ends[k])
+        if b > a:
+            segments.append((int(order[k]), int(a - starts[k]), int(b - starts[k])))
+    return segments
 
 
 @dataclasses.dataclass

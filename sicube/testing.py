@@ -5,7 +5,8 @@ attributes, chunks and codecs) and says it is complete the way the builder does,
 every reader (`open_cube`, `SICDataset`, `sicube info`, ...) takes it as a built cube; its
 content is random but under control (known missing days, land, a share of filled cells
 that varies by day). `assert_matches_reference` checks a fill against the slow, obvious
-implementation of the rule (`sicube.fill.reference_fill`).
+implementation of the rule (`sicube.fill.reference_fill`). `serve_directory` serves a
+folder (a cube) over HTTP on 127.0.0.1 with added latency, like a distant store.
 
 Example (in a pytest test)::
 
@@ -16,10 +17,15 @@ Example (in a pytest test)::
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import dataclasses
 import datetime as dt
 import os
+import threading
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +143,58 @@ def assert_matches_reference(filled, raw, time_window: int, space_window: int, a
         first = tuple(np.argwhere(both)[np.argmax(error)])
         raise AssertionError(f"{(error > atol).sum()} filled cells differ from the reference "
                              f"by more than {atol}; worst {error.max():.3g} at {first}")
+
+
+@dataclasses.dataclass
+class ServedDirectory:
+    """A folder being served: its base URL, requests per path and the peak of concurrent ones."""
+
+    url: str
+    requests: collections.Counter
+    in_flight: int = 0
+    peak: int = 0
+
+
+@contextlib.contextmanager
+def serve_directory(root: str | os.PathLike, latency: float = 0.0) -> Iterator[ServedDirectory]:
+    """Serve folder `root` over HTTP on 127.0.0.1, `latency` seconds added to every answer.
+
+    A stand-in for a distant object store or web server (a cube at ``root/cube.zarr`` is
+    read from ``served.url + "/cube.zarr"``); `requests` and `peak` (the most requests
+    answered at once) update live. The server runs on an event loop in a thread of this
+    process; the delay is an `asyncio.sleep`, so concurrent requests wait together, as on
+    a network.
+    """
+    from aiohttp import web
+
+    served = ServedDirectory("", collections.Counter())
+
+    @web.middleware
+    async def delay(request, handler):
+        served.requests[request.path] += 1
+        served.in_flight += 1
+        served.peak = max(served.peak, served.in_flight)
+        try:
+            if latency > 0:
+                await asyncio.sleep(latency)
+            return await handler(request)
+        finally:
+            served.in_flight -= 1
+
+    app = web.Application(middlewares=[delay])
+    app.router.add_static("/data", Path(root))
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    served.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/data"
+    thread = threading.Thread(target=loop.run_forever, daemon=True, name="serve_directory")
+    thread.start()
+    try:
+        yield served
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import datetime as dt
 import json
 import pickle
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -331,30 +329,8 @@ def test_batches_read_in_place_equal_collated_items(synthetic_cube, kwargs):
 @pytest.fixture(scope="module")
 def http_cube(synthetic_cube):
     """The cube served by an aiohttp static route on 127.0.0.1; counts requests per path."""
-    from aiohttp import web
-
-    requests = collections.Counter()
-
-    @web.middleware
-    async def count(request, handler):
-        requests[request.path] += 1
-        return await handler(request)
-
-    app = web.Application(middlewares=[count])
-    app.router.add_static("/data", synthetic_cube.parent)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}/data/{synthetic_cube.name}", requests
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.run_until_complete(runner.cleanup())
-    loop.close()
+    with testing.serve_directory(synthetic_cube.parent) as served:
+        yield f"{served.url}/{synthetic_cube.name}", served.requests
 
 
 def test_http_reads_equal_local_reads(synthetic_cube, http_cube):

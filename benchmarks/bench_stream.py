@@ -1,0 +1,181 @@
+"""SICStream from a cube served over HTTP with added latency, against the same from local disk.
+
+    python benchmarks/bench_stream.py [--days 24] [--step 1] [--latency 0.05]
+                                      [--prefetch 1 2 4 8] [--repeat 3] [--workdir DIR]
+                                      [--write]
+
+Builds (once, cached in --workdir, shared with bench_dataset.py at --step 1) a sample
+archive and a cube in sicube's layout (`cube.DEFAULT_CHUNKS`), serves the cube's folder
+from a separate process on 127.0.0.1 with --latency seconds added to every request
+(`sicube.testing.serve_directory`), and streams one epoch of 8-frame (4 inputs + 4
+targets) 256 x 256 patches with `SICStream(batch_size=8)` in a DataLoader with 2 worker
+processes, reporting samples per second:
+
+- local disk, the default read-ahead, and read-ahead 1;
+- HTTP with the latency, read-ahead 1 (one group read after the other: today's serial
+  reads) and each --prefetch depth.
+
+--step N coarsens the grid N times (quick runs; the patches need 256 x 256 cells, so at
+most 9). --write puts the table under "## Remote streaming" in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_dataset import (  # noqa: E402
+    BATCH,
+    INPUT_LENGTH,
+    PATCH,
+    PRED_LENGTH,
+    START,
+    WORKERS,
+    Timer,
+    make_archive,
+    make_cube,
+)
+from common import machine, record  # noqa: E402
+
+from sicube import cube  # noqa: E402
+from sicube.sample import write_archive  # noqa: E402
+
+HEADING = "## Remote streaming"  # its section of benchmarks/RESULTS.md
+
+
+def archive_at(workdir: Path, days: int, step: int) -> Path:
+    """bench_dataset's archive (step 1), or one on a grid coarsened `step` times."""
+    if step == 1:
+        return make_archive(workdir, days)
+    root = workdir / f"archive-{days}"
+    if not (root / "done").exists():
+        write_archive(root, START, START + dt.timedelta(days=days - 1), step=step,
+                      missing_days=[START + dt.timedelta(days=days // 2)], seed=1)
+        (root / "done").touch()
+    return root
+
+
+def _serve(root: str, latency: float, urls, stop) -> None:
+    """Serve `root` until `stop` is set (in its own process: its own CPU and GIL)."""
+    from sicube.testing import serve_directory
+
+    with serve_directory(root, latency=latency) as served:
+        urls.put(served.url)
+        stop.wait()
+
+
+def epoch(store: str, days: int, prefetch: int) -> tuple[float, int]:
+    """Seconds for one epoch of SICStream(batch_size=8) with 2 workers, and its items."""
+    from torch.utils.data import DataLoader
+
+    from sicube.dataset import SICDataset
+
+    end = START + dt.timedelta(days=days - 1)
+    dataset = SICDataset(store, START, end, INPUT_LENGTH, PRED_LENGTH, patch_size=PATCH,
+                         allow_unobserved=True, quality_cache=False,
+                         allow_incomplete=True)  # made raw, never marked complete
+    loader = DataLoader(dataset.stream(seed=0, batch_size=BATCH, prefetch=prefetch),
+                        batch_size=None, num_workers=WORKERS, multiprocessing_context="fork")
+    with Timer() as timer:
+        count = sum(len(inputs) for inputs, _ in loader)
+    assert count == len(dataset), (count, len(dataset))
+    return timer.wall, count
+
+
+def main() -> None:
+    from sicube.dataset import DEFAULT_PREFETCH
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=24)
+    parser.add_argument("--step", type=int, default=1, help="grid coarsening (quick runs)")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per request")
+    parser.add_argument("--prefetch", type=int, nargs="+", default=[2, 4, 8],
+                        help="read-ahead depths to measure over HTTP (1 is always measured)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sicube-bench-dataset"))
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    # A coarser grid gets its own folder: the cubes are named by days and chunks only.
+    workdir = args.workdir if args.step == 1 else args.workdir / f"step{args.step}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    archive = archive_at(workdir, args.days, args.step)
+    store = make_cube(workdir, archive, args.days, dict(cube.DEFAULT_CHUNKS))
+    for path in store.rglob("*"):  # warm the page cache: local and served alike
+        if path.is_file():
+            path.read_bytes()
+
+    context = multiprocessing.get_context("spawn")
+    urls, stop = context.Queue(), context.Event()
+    server = context.Process(target=_serve, args=(str(store.parent), args.latency, urls, stop),
+                             daemon=True)
+    server.start()
+    url = f"{urls.get(timeout=120)}/{store.name}"
+    print("serving", url, flush=True)
+    depths = sorted({1, *args.prefetch})
+    methods = {("local", DEFAULT_PREFETCH): str(store), ("local", 1): str(store)}
+    methods.update({("http", d): url for d in depths})
+    runs: dict[tuple[str, int], list[float]] = {key: [] for key in methods}
+    items = 0
+    try:
+        for _ in range(args.repeat):  # alternate methods; the best run counts
+            for key, where in methods.items():
+                seconds, items = epoch(where, args.days, key[1])
+                runs[key].append(items / seconds)
+            print({f"{k[0]} prefetch {k[1]}": f"{v[-1]:.0f}/s" for k, v in runs.items()})
+    finally:
+        stop.set()
+        server.join(10)
+    best = {key: max(v) for key, v in runs.items()}
+    report = results(args, best, items, DEFAULT_PREFETCH, store)
+    print(report)
+    if args.write:
+        print(f"recorded in {record(report, HEADING)}")
+
+
+def results(args, best: dict, items: int, default: int, store: Path) -> str:
+    import torch
+    import zarr
+
+    local = best[("local", default)]
+    rows = []
+    for (where, depth), rate in best.items():
+        what = ("local disk" if where == "local"
+                else f"HTTP, {1000 * args.latency:.0f} ms per request")
+        note = (" (today's serial reads)" if (where, depth) == ("http", 1) else
+                " (default)" if depth == default else "")
+        rows.append(f"| {what} | {depth}{note} | {rate:.0f} | {rate / local:.2f}x |")
+    table = "\n".join(rows)
+    grid = zarr.open_array(str(store / cube.CONC), mode="r")
+    command = "python benchmarks/bench_stream.py --write" + (
+        f" --step {args.step}" if args.step != 1 else "") + (
+        f" --days {args.days}" if args.days != 24 else "")
+    return f"""{HEADING}
+
+`{command}`
+
+({dt.date.today()}) `SICStream(batch_size={BATCH})` in a DataLoader with {WORKERS} worker
+processes (fork), one epoch of {items} items (8-frame windows of {PATCH} x {PATCH} patches)
+over a cube of shape {grid.shape} with chunks {grid.chunks}, read from local disk (page
+cache warm) and over HTTP from a server on 127.0.0.1 in its own process that adds
+{1000 * args.latency:.0f} ms to every request (`sicube.testing.serve_directory`).
+"read-ahead" is `SICStream(prefetch=...)`: group reads in flight per worker. Best of
+{args.repeat}, runs alternating.
+
+| store | read-ahead | samples/s | vs local |
+|---|---:|---:|---:|
+{table}
+
+Target: HTTP with 50 ms per request >= 0.5x local disk.
+
+Machine: {machine()}, zarr {zarr.__version__}, torch {torch.__version__}.
+"""
+
+
+if __name__ == "__main__":
+    main()
