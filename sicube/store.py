@@ -81,10 +81,10 @@ def filesystem(store: str | os.PathLike, storage_options: dict | None = None):
     except ImportError:
         extra = _EXTRAS.get(protocol)
         hint = f": pip install 'sicube[{extra}]'" if extra else ""
-        raise BadInput(f"store {store}: {protocol}:// needs a package that is not "
+        raise BadInput(f"store: {store}: {protocol}:// needs a package that is not "
                        f"installed{hint}") from None
     except (ValueError, TypeError) as err:  # unknown protocol, an option the fs does not take
-        raise BadInput(f"store {store}: cannot open this kind of URL ({_reason(err)})") from None
+        raise BadInput(f"store: {store}: cannot open this kind of URL ({_reason(err)})") from None
 
 
 def open_store(store: str | os.PathLike, *, storage_options: dict | None = None,
@@ -130,29 +130,29 @@ def failure(store: str | os.PathLike, err: BaseException) -> BadInput:
     """One line saying why `store` could not be used, from a file system's exception."""
     status = getattr(err, "status", None)
     if isinstance(err, PermissionError) or status in (401, 403):
-        return BadInput(f"store {store}: permission denied ({_reason(err)}); check the "
+        return BadInput(f"store: {store}: permission denied ({_reason(err)}); check the "
                         "credentials (storage options or AWS_ACCESS_KEY_ID/"
                         "AWS_SECRET_ACCESS_KEY)")
     if isinstance(err, FileNotFoundError) or status == 404:
-        return BadInput(f"store {store}: does not exist ({_reason(err)})")
+        return BadInput(f"store: {store}: does not exist ({_reason(err)})")
     names = " ".join(cls.__name__ for cls in type(err).__mro__)
     if isinstance(err, (ConnectionError, TimeoutError)) or "Connect" in names \
             or "Timeout" in names:
-        return BadInput(f"store {store}: cannot reach the server ({_reason(err)})")
-    return BadInput(f"store {store}: cannot be read ({_reason(err)})")
+        return BadInput(f"store: {store}: cannot reach the server ({_reason(err)})")
+    return BadInput(f"store: {store}: cannot be read ({_reason(err)})")
 
 
 def _check_local(store, local: Path, mode: str) -> None:
     try:
         if mode in READ_MODES:
             if not local.exists():
-                raise BadInput(f"store {store}: does not exist")
+                raise BadInput(f"store: {store}: does not exist")
             if not any((local / doc).is_file() for doc in _ZARR_DOCS):
-                raise NotZarr(f"store {store}: not a readable Zarr store (no zarr.json)")
+                raise NotZarr(f"store: {store}: not a readable Zarr store (no zarr.json)")
         elif not local.parent.is_dir():
-            raise BadInput(f"store {store}: its folder {local.parent} does not exist")
+            raise BadInput(f"store: {store}: its folder {local.parent} does not exist")
         elif not os.access(local.parent, os.W_OK):
-            raise BadInput(f"store {store}: permission denied (cannot write in {local.parent})")
+            raise BadInput(f"store: {store}: permission denied (cannot write in {local.parent})")
     except PermissionError as err:
         raise failure(store, err) from None
 
@@ -170,7 +170,7 @@ def _check_zarr(store, fs, path: str) -> None:
     except Exception:  # noqa: BLE001 - an HTTP folder cannot be listed: say "missing"
         there = False
     if there:
-        raise NotZarr(f"store {store}: not a readable Zarr store (no zarr.json)")
+        raise NotZarr(f"store: {store}: not a readable Zarr store (no zarr.json)")
     raise failure(store, missing)
 
 
@@ -178,7 +178,7 @@ def _check_parent(store, fs, path: str) -> None:
     """BadInput unless the folder or bucket that would hold `path` exists."""
     parent = fs._parent(path).rstrip("/")
     if parent and not fs.exists(parent):
-        raise BadInput(f"store {store}: its folder or bucket {parent} does not exist")
+        raise BadInput(f"store: {store}: its folder or bucket {parent} does not exist")
 
 
 def _reason(err: BaseException) -> str:
