@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 _ZARR_DOCS = ("zarr.json", ".zgroup")
 # The pip extra that brings a URL scheme's file system (the rest come with fsspec/aiohttp).
 _EXTRAS = {"s3": "s3", "s3a": "s3"}
+# URL schemes whose first path component is a bucket that must exist before writing.
+_BUCKETED = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 READ_MODES = ("r", "r+")
 
 
@@ -175,10 +177,14 @@ def _check_zarr(store, fs, path: str) -> None:
 
 
 def _check_parent(store, fs, path: str) -> None:
-    """BadInput unless the folder or bucket that would hold `path` exists."""
-    parent = fs._parent(path).rstrip("/")
-    if parent and not fs.exists(parent):
-        raise BadInput(f"store: {store}: its folder or bucket {parent} does not exist")
+    """BadInput when the bucket that would hold `path` does not exist (object stores only:
+    their "folders" below the bucket need not exist, nor do a memory file system's)."""
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if not protocols & _BUCKETED:
+        return
+    bucket = path.strip("/").split("/", 1)[0]
+    if bucket and not fs.exists(bucket):
+        raise BadInput(f"store: {store}: bucket {bucket} does not exist (or is not yours)")
 
 
 def _reason(err: BaseException) -> str:
