@@ -27,12 +27,13 @@ _EXPORTS = {
     "plot_mask": "sicube.plot",
     "info": "sicube.report", "roi_report": "sicube.report",
     "write_archive": "sicube.sample",
+    "open_store": "sicube.store",
 }
 
 __all__ = [  # the names of _EXPORTS (tests/test_imports.py checks they agree)
     "BuildSummary", "FillFlag", "SICDataset", "SICStream", "build", "configure", "download",
     "evaluate_fill", "explore", "export_mask", "gaussian_fill", "info", "iter_downloads",
-    "open_cube", "plot_compare", "plot_day", "plot_mask", "roi_report", "update",
+    "open_cube", "open_store", "plot_compare", "plot_day", "plot_mask", "roi_report", "update",
     "write_archive",
 ]
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from sicube.report import info, roi_report
     from sicube.sample import write_archive
     from sicube.settings import configure
+    from sicube.store import open_store
 
 
 def __getattr__(name: str):

@@ -33,6 +33,7 @@ import dask.array as da
 import numpy as np
 
 from sicube import cube, ingest, mask, products, quality, settings
+from sicube import store as store_location
 from sicube._version import __version__
 from sicube.cube import FillFlag
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
@@ -248,25 +249,15 @@ def _check_window_fits(params: FillParams, grid: GridCoords) -> None:
 
 def _local_path(store: str) -> Path | None:
     """The store's local folder, or None for a remote store."""
-    if store.startswith("file://"):
-        return Path(store.removeprefix("file://"))
-    if "://" in store:
-        return None
-    return Path(store)
+    return store_location.local_path(store)
 
 
-def _store_url(store: str | os.PathLike) -> str:
-    """The store as zarr and fsspec take it: local stores as plain absolute paths."""
-    store = str(store)
-    local = _local_path(store)
-    if local is not None:
-        return str(local.absolute())
-    import fsspec
-
-    try:
-        fsspec.get_filesystem_class(store.split("://", 1)[0])
-    except (ImportError, ValueError) as err:
-        raise BadInput(f"--store {store}: cannot open this kind of URL ({err})") from err
+def _store_url(store: str | os.PathLike, storage_options: dict | None = None) -> str:
+    """The store as zarr and fsspec take it: local stores (``file://`` too) as plain absolute
+    paths; BadInput for a URL whose file system cannot be made."""
+    store = store_location.location(store)
+    if _local_path(store) is None:
+        store_location.filesystem(store, storage_options)
     return store
 
 
@@ -319,22 +310,27 @@ def _lock_is_live(lock: Path) -> bool:
     return True
 
 
-def _open_group(store: str, mode: str = "r+"):
+def _open_group(store: str, mode: str = "r+", storage_options: dict | None = None):
     """Open the store for building: fresh metadata, never the consolidated copy."""
     import zarr
 
-    return zarr.open_group(store, mode=mode, use_consolidated=False)
+    zstore = store_location.open_store(store, storage_options=storage_options, mode=mode)
+    return zarr.open_group(zstore, mode=mode, use_consolidated=False)
 
 
-def _exists(store: str) -> bool:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(store)
-    return fs.exists(path)
+def _exists(store: str, storage_options: dict | None = None) -> bool:
+    local = _local_path(store)
+    if local is not None:
+        return local.exists()
+    fs, path = store_location.filesystem(store, storage_options)
+    try:
+        return fs.exists(path)
+    except Exception as err:  # noqa: BLE001 - unreachable server, no permission
+        raise store_location.failure(store, err) from None
 
 
 def _create_store(store: str, days: list[dt.date], grid: GridCoords, crs: products.GridCRS,
-                  chunks: dict | None, attrs: dict) -> None:
+                  chunks: dict | None, attrs: dict, storage_options: dict | None = None) -> None:
     """Write the empty cube; locally into a temp folder renamed at the end: all or nothing."""
     ds = cube.template(days, grid.x, grid.y, crs, chunks=chunks, attrs=attrs)
     with warnings.catch_warnings():
@@ -345,7 +341,8 @@ def _create_store(store: str, days: list[dt.date], grid: GridCoords, crs: produc
             ds.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3)
             os.rename(tmp, local)
         else:
-            ds.to_zarr(store, mode="w-", compute=False, zarr_format=3)
+            target = store_location.open_store(store, storage_options=storage_options, mode="w-")
+            ds.to_zarr(target, mode="w-", compute=False, zarr_format=3)
 
 
 def _read_state(group) -> BuildState:
@@ -827,13 +824,13 @@ def _finish(group, state: BuildState, summary: BuildSummary, src: Source,
 
 
 @contextlib.contextmanager
-def _failure_recorded(store: str) -> Iterator[None]:
+def _failure_recorded(store: str, storage_options: dict | None = None) -> Iterator[None]:
     """On an error or Ctrl-C inside a run, say so in the cube (it stays resumable)."""
     try:
         yield
     except BaseException as err:
         with contextlib.suppress(Exception):
-            group = _open_group(store)
+            group = _open_group(store, storage_options=storage_options)
             reason = "interrupted" if isinstance(err, KeyboardInterrupt) else \
                 f"{type(err).__name__}: {err}".splitlines()[0][:300]
             if str(group.attrs.get(cube.STATUS, "")).startswith(cube.UPDATING):
@@ -879,6 +876,7 @@ def build(
     suspicious: str = "missing",
     quality_rules: quality.QualityRules | None = None,
     progress: bool = True,
+    storage_options: dict | None = None,
 ) -> BuildSummary:
     """Build the cube of SPEC section 3 for every calendar day of [start, end] into `store`.
 
@@ -902,6 +900,9 @@ def build(
         raw data and its flag but is left out of the mask and filled like a missing day;
         "keep": it is used as data. `update` keeps the build's choice.
     quality_rules : the thresholds of the suspicious-day rules (default `QualityRules()`).
+    storage_options : options of the store's fsspec file system (``endpoint_url``, ``key``,
+        ``secret``, ...) when `store` is a URL (``s3://bucket/cube.zarr``); credentials may
+        come from the environment instead. Never written into the cube.
 
     Returns
     -------
@@ -909,7 +910,7 @@ def build(
     its missing and failed days and ingests those that have arrived since (late files).
     """
     first, last = parse_span(start, end)
-    store = _store_url(store)
+    store = _store_url(store, storage_options)
     src = _source(base_url, source, raw_dir, grid, sensor)
     _check_first_day(first, last, src)
     params = FillParams(time_window, space_window, alpha, sigma)
@@ -935,12 +936,13 @@ def build(
 
     # The scheduler is reached first, so a wrong address costs nothing.
     with _build_lock(store), _scheduler(scheduler, workers, summary):
-        group, state = _resume(store, args, restart_fill, summary)
+        group, state = _resume(store, args, restart_fill, summary, storage_options)
         if group is None:
             days = list(day_range(first, last))
             arrivals = src.arrivals(days, progress, None)
             held: list[Arrival] = []
-            group, state = _create(store, days, args, chunks, arrivals, held, summary, finish)
+            group, state = _create(store, days, args, chunks, arrivals, held, summary, finish,
+                                   storage_options)
             if group is None:
                 return summary
             arrivals = _chain(held, arrivals)
@@ -948,23 +950,24 @@ def build(
             arrivals = _look_again(group, state, src, progress, summary)
             if arrivals is None:
                 return summary
-        with _failure_recorded(store):
+        with _failure_recorded(store, storage_options):
             _run(group, state, arrivals, summary, src, progress)
-    summary.store_bytes = cube.store_bytes(store)
+    summary.store_bytes = cube.store_bytes(store, storage_options)
     return summary
 
 
-def _resume(store: str, args: BuildArgs, restart_fill: bool, summary: BuildSummary):
+def _resume(store: str, args: BuildArgs, restart_fill: bool, summary: BuildSummary,
+            storage_options: dict | None = None):
     """(group, state) of an existing cube built with `args`; (None, None) for a new store.
 
     Refuses a path that is not a sicube cube and a cube of another span; other fill or mask
     parameters only with `restart_fill`, which forgets the mask and every fill.
     """
-    if not _exists(store):
+    if not _exists(store, storage_options):
         return None, None
-    if not cube.is_cube(store):
+    if not cube.is_cube(store, storage_options):
         raise BadInput(f"{store}: exists and is not a sicube cube; refusing to touch it")
-    group = _open_group(store)
+    group = _open_group(store, storage_options=storage_options)
     state = _read_state(group)
     if state.args != args:
         same_span = (state.args.start, state.args.end) == (args.start, args.end)
@@ -1033,7 +1036,7 @@ def _nothing_to_do(group, state: BuildState, summary: BuildSummary) -> None:
 
 def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | None,
             arrivals: Iterator[Arrival], held: list[Arrival], summary: BuildSummary,
-            finish: str):
+            finish: str, storage_options: dict | None = None):
     """Create the empty cube once the first file has arrived (it tells the grid).
 
     (None, None) when no file arrived and some day failed (the summary names them, exit 1);
@@ -1064,8 +1067,8 @@ def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | Non
         mask.load_mask(args.mask, grid)
     state = BuildState(args)
     attrs = {**_state_attrs(state), cube.STATUS: cube.BUILDING, cube.FINISH: finish}
-    _create_store(store, days, grid, crs, chunks, attrs)
-    return _open_group(store), state
+    _create_store(store, days, grid, crs, chunks, attrs, storage_options)
+    return _open_group(store, storage_options=storage_options), state
 
 
 def _chain(held: list[Arrival], rest: Iterator[Arrival]) -> Iterator[Arrival]:
@@ -1093,6 +1096,7 @@ def update(
     scheduler=None,
     workers: int | None = None,
     progress: bool = True,
+    storage_options: dict | None = None,
 ) -> BuildSummary:
     """Append the days after the cube's last day up to `end`, and recover late days.
 
@@ -1104,16 +1108,18 @@ def update(
     `end` defaults to the last day the source has (the newest file of a folder; for a server,
     probed backwards from yesterday). More than `MAX_EMPTY_DAYS` consecutive days without a
     file at the end are refused unless `allow_gap`. The hosts, grid and sensor choice are the
-    cube's own unless given (`sensor`: the build's choice by default).
+    cube's own unless given (`sensor`: the build's choice by default). `store` is a path or
+    any fsspec URL, with `storage_options` (see `build`).
     """
-    store = _store_url(store)
+    store = _store_url(store, storage_options)
     settings.apply()  # zarr's codec threads, before this process's first Zarr read
-    if not cube.is_cube(store):
+    if not cube.is_cube(store, storage_options):
+        cube.open_group(store, storage_options=storage_options)  # says why: missing, ...
         raise BadInput(f"{store}: not a sicube cube")
     _check_workers(workers)
     summary = BuildSummary(store=store, span=(dt.date.min, dt.date.min))
     with _build_lock(store), _scheduler(scheduler, workers, summary):
-        group = _open_group(store)
+        group = _open_group(store, storage_options=storage_options)
         state = _read_state(group)
         status = cube.cube_status(group.attrs)
         if status not in (cube.COMPLETE, cube.UPDATING):
@@ -1133,7 +1139,7 @@ def update(
         if wanted > last:
             _set_status(group, cube.UPDATING, **{
                 cube.FINISH: _finish_command("update", store, src, [])})
-            with _failure_recorded(store):
+            with _failure_recorded(store, storage_options):
                 _extend_time(group, list(day_range(parse_date(state.args.start), wanted)))
                 state.mask_frozen = True  # the cube's mask stays the mask
                 state.extend(wanted, chunk)
@@ -1145,9 +1151,9 @@ def update(
             arrivals = _look_again(group, state, src, progress, summary)
             if arrivals is None:
                 return summary
-        with _failure_recorded(store):
+        with _failure_recorded(store, storage_options):
             _run(group, state, arrivals, summary, src, progress)
-    summary.store_bytes = cube.store_bytes(store)
+    summary.store_bytes = cube.store_bytes(store, storage_options)
     return summary
 
 

@@ -185,6 +185,20 @@ def _allow_incomplete(parser: argparse.ArgumentParser) -> None:
                              "by default; its unwritten cells read as missing)")
 
 
+def _storage_options_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage-options", metavar="JSON",
+                        help="options of the store's fsspec file system as a JSON object, e.g. "
+                             '\'{"endpoint_url": "http://127.0.0.1:9000"}\' for s3:// (keys '
+                             "and endpoint may also come from AWS_ACCESS_KEY_ID, "
+                             "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)")
+
+
+def _storage_options(args: argparse.Namespace) -> dict | None:
+    from sicube.store import parse_storage_options
+
+    return parse_storage_options(getattr(args, "storage_options", None))
+
+
 def _quiet_flags(parser: argparse.ArgumentParser) -> None:
     # Sub-sub-commands accept -v/-q too; SUPPRESS keeps a flag given before them.
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
@@ -216,6 +230,7 @@ def _add_plot(parser: argparse.ArgumentParser) -> None:
                               "(.png, .jpg, .pdf, .svg, ...)")
         sub.add_argument("--dpi", type=int, default=150, help="resolution (dots per inch)")
         _allow_incomplete(sub)
+        _storage_options_flag(sub)
         _quiet_flags(sub)
     parser.set_defaults(run=_run_plot)
 
@@ -225,14 +240,16 @@ def _run_plot(args: argparse.Namespace) -> int:
 
     if args.dpi < 10 or args.dpi > 1200:
         raise BadInput(f"dpi: must be between 10 and 1200, got {args.dpi}")
-    allow = args.allow_incomplete
+    allow, options = args.allow_incomplete, _storage_options(args)
     if args.kind == "day":
         fig = plot.plot_day(args.file, store=args.store, date=args.date, variable=args.variable,
-                            allow_incomplete=allow)
+                            allow_incomplete=allow, storage_options=options)
     elif args.kind == "mask":
-        fig = plot.plot_mask(args.store or args.mask, allow_incomplete=allow)
+        fig = plot.plot_mask(args.store or args.mask, allow_incomplete=allow,
+                             storage_options=options)
     else:
-        fig = plot.plot_compare(args.store, args.date, source=args.source, allow_incomplete=allow)
+        fig = plot.plot_compare(args.store, args.date, source=args.source, allow_incomplete=allow,
+                                storage_options=options)
     path = plot.save_figure(fig, args.output, dpi=args.dpi)
     width, height = (round(v * args.dpi) for v in fig.get_size_inches())
     print(f"wrote {path} ({width} x {height} px)")
@@ -250,6 +267,7 @@ def _add_explore(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=300,
                         help="map width in pixels; every frame is embedded at this size")
     _allow_incomplete(parser)
+    _storage_options_flag(parser)
     parser.set_defaults(run=_run_explore)
 
 
@@ -260,7 +278,8 @@ def _run_explore(args: argparse.Namespace) -> int:
         raise BadInput(f"width: must be between 50 and 4000 pixels, got {args.width}")
     path = save_explorer(args.store, args.html, variables=tuple(args.variables),
                          start=args.start, end=args.end, width=args.width,
-                         progress=not args.quiet, allow_incomplete=args.allow_incomplete)
+                         progress=not args.quiet, allow_incomplete=args.allow_incomplete,
+                         storage_options=_storage_options(args))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
     return 0
 
@@ -302,6 +321,7 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
                         "missing_ocean_percent; empty on a day with no data)")
     parser.add_argument("--plot", help="PNG: the ROI on the full grid and the daily shares")
     _allow_incomplete(parser)
+    _storage_options_flag(parser)
     parser.set_defaults(run=_run_roi)
 
 
@@ -311,7 +331,8 @@ def _run_roi(args: argparse.Namespace) -> int:
     report = roi_report(args.start, args.end, args.ymin, args.ymax, args.xmin, args.xmax,
                         store=args.store, source=args.source,
                         threshold_percent=args.threshold_percent,
-                        allow_incomplete=args.allow_incomplete)
+                        allow_incomplete=args.allow_incomplete,
+                        storage_options=_storage_options(args))
     roi, (ny, nx) = report.roi, report.grid_shape
     print(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} ({roi.size} cells) "
           f"on the {ny} x {nx} grid, {report.start} .. {report.end}")
@@ -338,13 +359,15 @@ def _add_info(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", choices=list(GRIDS),
                         help="a folder: describe only this grid's files; a file or cube: "
                              "check that it holds this grid (default: the grid found)")
+    _storage_options_flag(parser)
     parser.set_defaults(run=_run_info)
 
 
 def _run_info(args: argparse.Namespace) -> int:
     from sicube.report import format_info, info
 
-    print("\n".join(format_info(info(args.path, grid=args.grid))))
+    print("\n".join(format_info(info(args.path, grid=args.grid,
+                                      storage_options=_storage_options(args)))))
     return 0
 
 
@@ -421,6 +444,7 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
                              "which a day's observed share is suspicious")
     parser.add_argument("--suspicious-window", type=int, default=QualityRules.window,
                         help="days (odd) of that centred rolling median")
+    _storage_options_flag(parser)
     parser.set_defaults(run=_run_build)
 
 
@@ -457,6 +481,7 @@ def _run_build(args: argparse.Namespace) -> int:
         chunks=_chunks(args.chunks), restart_fill=args.restart_fill, progress=not args.quiet,
         suspicious=args.suspicious,
         quality_rules=_quality_rules(args.suspicious_k, args.suspicious_window),
+        storage_options=_storage_options(args),
     )
     print(summary.text())
     return summary.exit_code
@@ -473,6 +498,7 @@ def _add_update(parser: argparse.ArgumentParser) -> None:
                         help=f"append even when more than {MAX_EMPTY_DAYS} days at the end "
                              "would have no file")
     _add_source_args(parser, sensor_default=None)
+    _storage_options_flag(parser)
     parser.set_defaults(run=_run_update)
 
 
@@ -482,7 +508,8 @@ def _run_update(args: argparse.Namespace) -> int:
     summary = update(args.store, args.end, base_url=args.base_url, source=args.source,
                      raw_dir=args.raw_dir, sensor=args.sensor, allow_gap=args.allow_gap,
                      scheduler=args.scheduler,
-                     workers=args.workers, progress=not args.quiet)
+                     workers=args.workers, progress=not args.quiet,
+                     storage_options=_storage_options(args))
     print(summary.text())
     return summary.exit_code
 
@@ -495,6 +522,7 @@ def _add_mask(parser: argparse.ArgumentParser) -> None:
                         help="recompute land_mask from the cube's nan_ratio with this threshold "
                              "(default: the cube's land_mask as it is)")
     _allow_incomplete(parser)
+    _storage_options_flag(parser)
     parser.set_defaults(run=_run_mask)
 
 
@@ -502,7 +530,8 @@ def _run_mask(args: argparse.Namespace) -> int:
     from sicube.mask import export_mask
 
     path, land_share = export_mask(args.store, args.output, threshold=args.threshold,
-                                   allow_incomplete=args.allow_incomplete)
+                                   allow_incomplete=args.allow_incomplete,
+                                   storage_options=_storage_options(args))
     print(f"wrote {path}: land_mask (1 = land, {land_share:.1%} of cells) and nan_ratio")
     return 0
 
@@ -627,6 +656,7 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the hidden cells")
     parser.add_argument("--csv", help="also write the table to this CSV file")
     _allow_incomplete(parser)
+    _storage_options_flag(parser)
     parser.set_defaults(run=_run_evaluate)
 
 
@@ -647,7 +677,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from sicube.evaluate import evaluate_fill, open_raw, write_scores_csv
 
     raw, land = open_raw(args.store, args.start, args.end,
-                         allow_incomplete=args.allow_incomplete)
+                         allow_incomplete=args.allow_incomplete,
+                         storage_options=_storage_options(args))
     grid = {
         "method": _comma_list(args.method, str, "method"),
         "time_window": _comma_list(args.time_window, int, "time-window"),

@@ -235,14 +235,14 @@ def cube_epsg(ds: xr.Dataset) -> int | None:
     return products.epsg_from_attrs(attrs)
 
 
-def store_bytes(store: str | os.PathLike) -> int:
+def store_bytes(store: str | os.PathLike, storage_options: dict | None = None) -> int:
     """Bytes the store takes (local path or any fsspec URL); 0 where that cannot be told."""
-    import fsspec
+    from sicube.store import filesystem
 
-    fs, path = fsspec.core.url_to_fs(str(store))
+    fs, path = filesystem(store, storage_options)
     try:
         return int(fs.du(path))
-    except (OSError, NotImplementedError):
+    except Exception:  # noqa: BLE001 - a server that cannot list (HTTP) answers in its own way
         return 0
 
 
@@ -256,12 +256,14 @@ def for_writing(array):
     return array.with_config({"write_empty_chunks": True})
 
 
-def is_cube(store: str | os.PathLike) -> bool:
+def is_cube(store: str | os.PathLike, storage_options: dict | None = None) -> bool:
     """True when `store` is a Zarr group written by sicube."""
     import zarr
 
+    from sicube.store import open_store
+
     try:
-        group = zarr.open_group(str(store), mode="r")
+        group = zarr.open_group(open_store(store, storage_options=storage_options), mode="r")
     except Exception:  # not a group, not Zarr, not there: all mean "not a cube"
         return False
     return MARKER in group.attrs
@@ -282,7 +284,9 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
     Zarr v3 they sit in the root ``zarr.json`` itself, the same document that holds the
     consolidated copy of the children's metadata, so it is never a stale copy.
 
-    Raises BadInput (one line) when the store cannot be read as a Zarr group, or, with
+    `store` is a path or any fsspec URL, opened by `sicube.store.open_store` (with
+    `storage_options`). Raises BadInput (one line) when the store cannot be read as a Zarr
+    group (missing, unreachable, no permission), or, with
     `require_cube`, when it is not a sicube cube; IncompleteCube when it is a sicube cube
     whose build or update has not finished, unless `allow_incomplete`.
     """
@@ -291,22 +295,29 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
     import zarr
     from zarr.errors import GroupNotFoundError
 
-    target = os.fspath(store) if isinstance(store, os.PathLike) else store
-    kwargs = {"storage_options": storage_options} if storage_options else {}
+    from sicube.store import NotZarr, open_store
+
+    try:
+        zstore = open_store(store, storage_options=storage_options)  # missing, unreachable
+    except NotZarr:
+        if require_cube:
+            raise BadInput(f"store: {store} is not a sicube cube (no Zarr group there)"
+                           ) from None
+        raise
     with warnings.catch_warnings():
         # xarray writes consolidated metadata into Zarr v3 stores; zarr warns it is not
         # part of the v3 spec. It is what lets us open a cube over HTTP, which cannot list.
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         try:
-            group = zarr.open_group(target, mode="r", **kwargs)
+            group = zarr.open_group(zstore, mode="r")
             attrs = dict(group.attrs)
-        except GroupNotFoundError as err:  # nothing Zarr there (a plain folder, no such path)
+        except GroupNotFoundError as err:  # a zarr.json that is not a group's
             if require_cube:
                 raise BadInput(f"store: {store} is not a sicube cube (no Zarr group there)"
                                ) from None
             raise BadInput(f"store: {store} is not a readable Zarr store ({_reason(err)})"
                            ) from None
-        except Exception as err:  # unreadable, corrupt, unreachable server
+        except Exception as err:  # unreadable, corrupt
             raise BadInput(f"store: {store} is not a readable Zarr store ({_reason(err)})"
                            ) from None
     if MARKER in attrs:
@@ -346,23 +357,26 @@ def check_complete(store: str | os.PathLike, attrs: Mapping, allow_incomplete: b
 
 
 def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
-              **kwargs) -> xr.Dataset:
+              storage_options: dict | None = None, **kwargs) -> xr.Dataset:
     """Open a sicube cube lazily (dask arrays).
 
-    BadInput when `store` cannot be read or is not a cube; IncompleteCube when its build or
-    update has not finished, unless `allow_incomplete` (then its unwritten cells read as
-    NaN / 0). `kwargs` go to `xarray.open_zarr`.
+    `store` is a path or any fsspec URL (``s3://``, ``http://``, ``memory://``, ...), with
+    `storage_options` for its file system. BadInput when `store` cannot be read or is not a
+    cube; IncompleteCube when its build or update has not finished, unless
+    `allow_incomplete` (then its unwritten cells read as NaN / 0). `kwargs` go to
+    `xarray.open_zarr`.
     """
     import warnings
 
     import xarray as xr
 
-    open_group(store, allow_incomplete=allow_incomplete)
+    group = open_group(store, allow_incomplete=allow_incomplete,
+                       storage_options=storage_options)
     try:
         with warnings.catch_warnings():
             # A cube mid-build may have no current consolidated metadata (the builder
             # re-consolidates at each state change); reading without it is right, not news.
             warnings.filterwarnings("ignore", message=".*consolidated metadata.*")
-            return xr.open_zarr(str(store), **kwargs)
+            return xr.open_zarr(group.store, **kwargs)
     except (OSError, ValueError, KeyError) as err:  # a variable's metadata unreadable or corrupt
         raise BadInput(f"store: {store} cannot be read as a cube ({_reason(err)})") from None

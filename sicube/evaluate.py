@@ -216,26 +216,25 @@ def _hidden(array, hide_fraction, stripes, seed, land_mask, lazy):
 
 
 def open_raw(
-    store: str, start: Any = None, end: Any = None, *, allow_incomplete: bool = False
+    store: str, start: Any = None, end: Any = None, *, allow_incomplete: bool = False,
+    storage_options: dict | None = None,
 ) -> tuple[Any, np.ndarray | None]:
     """The raw percent values (lazy Dask array) of a cube, cut to [start, end], and its land mask.
 
     Any Zarr store with a (time, y, x) ``sea_ice_conc_raw`` will do; a sicube cube whose build
     has not finished is refused (IncompleteCube) unless ``allow_incomplete``. Raises BadInput
     with one sentence when the store is missing, is not a readable Zarr store, lacks
-    ``sea_ice_conc_raw`` or has no day in the span.
+    ``sea_ice_conc_raw`` or has no day in the span. `store` is a path or any fsspec URL
+    (with `storage_options`), opened by `sicube.store.open_store`.
     """
-    from pathlib import Path
-
     import xarray as xr
 
     from sicube.dates import parse_date, parse_span
 
-    if not Path(store).exists():
-        raise BadInput(f"store {store} does not exist")
-    cube.open_group(store, allow_incomplete=allow_incomplete, require_cube=False)
+    group = cube.open_group(store, allow_incomplete=allow_incomplete, require_cube=False,
+                            storage_options=storage_options)
     try:
-        ds = xr.open_zarr(store)
+        ds = xr.open_zarr(group.store)
     except Exception as err:  # zarr and xarray raise many types for "not a store"
         raise BadInput(
             f"store {store} is not a readable Zarr store ({type(err).__name__})"

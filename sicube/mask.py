@@ -170,14 +170,16 @@ def pole_hole_from_land(land: np.ndarray, x: np.ndarray, y: np.ndarray,
     return detect_pole_hole(np.asarray(land) > 0, x, y, south)
 
 
-def load_mask(path: str | os.PathLike, grid: GridCoords) -> LandMask:
+def load_mask(path: str | os.PathLike, grid: GridCoords,
+              storage_options: dict | None = None) -> LandMask:
     """Read `land_mask` (and `nan_ratio` when present) from a NetCDF file or another cube.
 
-    Refuses a file without `land_mask` or on another grid than `grid`, naming it.
+    A cube may be any fsspec URL (with `storage_options`). Refuses a file without
+    `land_mask` or on another grid than `grid`, naming it.
     """
     text = str(path)
-    if cube.is_cube(text):
-        ds = cube.open_cube(text)
+    if cube.is_cube(text, storage_options):
+        ds = cube.open_cube(text, storage_options=storage_options)
     elif Path(text).is_file():
         try:
             ds = xr.open_dataset(text)
@@ -203,14 +205,17 @@ def load_mask(path: str | os.PathLike, grid: GridCoords) -> LandMask:
 
 def export_mask(store: str | os.PathLike, output: str | os.PathLike,
                 threshold: float | None = None, *,
-                allow_incomplete: bool = False) -> tuple[Path, float]:
+                allow_incomplete: bool = False,
+                storage_options: dict | None = None) -> tuple[Path, float]:
     """Write the cube's mask as the original toolbox's NetCDF (land_mask uint8, nan_ratio float32).
 
     With `threshold`, land_mask is recomputed from the cube's nan_ratio. Returns the path
     and the share of land cells. An unfinished cube (its mask may not be computed yet) is
-    refused unless `allow_incomplete`.
+    refused unless `allow_incomplete`. `store` is a path or any fsspec URL (with
+    `storage_options`).
     """
-    ds = cube.open_cube(store, allow_incomplete=allow_incomplete)
+    ds = cube.open_cube(store, allow_incomplete=allow_incomplete,
+                        storage_options=storage_options)
     output = Path(output)
     if not output.parent.is_dir():
         why = "is not a folder" if output.parent.exists() else "does not exist"

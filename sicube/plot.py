@@ -227,16 +227,18 @@ def _existing(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def _as_cube(store: str | os.PathLike | xr.Dataset,
-             allow_incomplete: bool = False) -> tuple[xr.Dataset, str]:
-    """(dataset, display name) of a cube given as an opened Dataset or a store path.
+def _as_cube(store: str | os.PathLike | xr.Dataset, allow_incomplete: bool = False,
+             storage_options: dict | None = None) -> tuple[xr.Dataset, str]:
+    """(dataset, display name) of a cube given as an opened Dataset, a path or a URL.
 
-    A path is opened by `cube.open_cube`, which refuses an unfinished cube unless
-    `allow_incomplete`; an opened Dataset is the caller's choice."""
+    A store is opened by `cube.open_cube` (any fsspec URL, with `storage_options`), which
+    refuses an unfinished cube unless `allow_incomplete`; an opened Dataset is the caller's
+    choice."""
     if isinstance(store, xr.Dataset):
         return store, store.attrs.get("title", "cube")
-    path = _existing(store, "store")
-    return cube.open_cube(path, allow_incomplete=allow_incomplete), path.name
+    ds = cube.open_cube(store, allow_incomplete=allow_incomplete,
+                        storage_options=storage_options)
+    return ds, os.fspath(store).rstrip("/").rsplit("/", 1)[-1]
 
 
 def cube_day_index(ds: xr.Dataset, date: DateLike) -> tuple[int, dt.date]:
@@ -283,7 +285,8 @@ _VARIABLE_LABEL = {cube.RAW: "raw (as in the source file)",
 
 
 def plot_day(file: str | os.PathLike | None = None, *, store=None, date: DateLike | None = None,
-             variable: str = cube.RAW, allow_incomplete: bool = False):
+             variable: str = cube.RAW, allow_incomplete: bool = False,
+             storage_options: dict | None = None):
     """A map of one day's concentration (percent) from a source file or from a cube.
 
     Parameters
@@ -310,7 +313,7 @@ def plot_day(file: str | os.PathLike | None = None, *, store=None, date: DateLik
     else:
         if date is None:
             raise BadInput("date: required with a cube store")
-        ds, where = _as_cube(store, allow_incomplete)
+        ds, where = _as_cube(store, allow_incomplete, storage_options)
         index, day = cube_day_index(ds, date)
         field = _cube_field(ds, variable, index)
         observed = bool(ds[cube.OBSERVED].values[index])
@@ -327,11 +330,12 @@ def plot_day(file: str | os.PathLike | None = None, *, store=None, date: DateLik
     return fig
 
 
-def _read_mask(source, allow_incomplete: bool = False
+def _read_mask(source, allow_incomplete: bool = False, storage_options: dict | None = None
                ) -> tuple[MapField, MapField | None, float | None, str]:
     """(land mask, NaN ratio or None, threshold or None, name) of a cube or a mask file."""
-    if isinstance(source, xr.Dataset) or Path(source).is_dir():
-        ds, name = _as_cube(source, allow_incomplete)
+    if (isinstance(source, xr.Dataset) or "://" in os.fspath(source)
+            or Path(source).is_dir()):
+        ds, name = _as_cube(source, allow_incomplete, storage_options)
         threshold = ds.attrs.get("mask_threshold")
     else:
         path = _existing(source, "mask file")
@@ -352,7 +356,8 @@ def _read_mask(source, allow_incomplete: bool = False
     return land, ratio, (threshold if np.isfinite(threshold) else None), name
 
 
-def plot_mask(source: str | os.PathLike | xr.Dataset, *, allow_incomplete: bool = False):
+def plot_mask(source: str | os.PathLike | xr.Dataset, *, allow_incomplete: bool = False,
+              storage_options: dict | None = None):
     """The binary land mask beside the NaN-frequency map it was derived from.
 
     `source` is a cube or a land-mask netCDF file (`land_mask`, `nan_ratio`). The
@@ -362,7 +367,7 @@ def plot_mask(source: str | os.PathLike | xr.Dataset, *, allow_incomplete: bool 
     """
     from matplotlib.colors import ListedColormap
 
-    land, ratio, threshold, name = _read_mask(source, allow_incomplete)
+    land, ratio, threshold, name = _read_mask(source, allow_incomplete, storage_options)
     fig = _figure(MASK_FIGSIZE)
     axes = fig.subplots(1, 2)
     draw_map(axes[0], land, cmap=ListedColormap(["#2c6fae", "#b8a67a"]), vmin=0, vmax=1,
@@ -389,7 +394,7 @@ def plot_mask(source: str | os.PathLike | xr.Dataset, *, allow_incomplete: bool 
 
 
 def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None, *,
-                 allow_incomplete: bool = False):
+                 allow_incomplete: bool = False, storage_options: dict | None = None):
     """Raw vs filled concentration for one day of a cube, with a panel of the fill flags.
 
     `source` (optional) takes the raw panel from a daily source file instead of the
@@ -400,7 +405,7 @@ def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None,
 
     from sicube.sources import GridCoords
 
-    ds, name = _as_cube(store, allow_incomplete)
+    ds, name = _as_cube(store, allow_incomplete, storage_options)
     index, day = cube_day_index(ds, date)
     if source is not None:
         raw, _ = read_file_field(source, GridCoords(ds["x"].values, ds["y"].values))
@@ -473,7 +478,8 @@ def plot_roi(report):
         raise BadInput("ROI report has no observed day to draw")
     if report.store is not None:
         # roi_report has already applied the state check (or been told to skip it).
-        ds, _ = _as_cube(report.store, allow_incomplete=True)
+        ds, _ = _as_cube(report.store, allow_incomplete=True,
+                         storage_options=report.storage_options)
         index, _ = cube_day_index(ds, worst.date)
         values = ds[cube.RAW].isel(time=index).values
         crs = dataset_crs(ds)
@@ -567,7 +573,8 @@ def _explore_array(ds: xr.Dataset, variables: tuple[str, ...]) -> xr.DataArray:
 
 def explore(store, variables: tuple[str, ...] = EXPLORE_VARIABLES, *,
             start: DateLike | None = None, end: DateLike | None = None,
-            dynamic: bool = True, width: int = 500, allow_incomplete: bool = False):
+            dynamic: bool = True, width: int = 500, allow_incomplete: bool = False,
+            storage_options: dict | None = None):
     """An interactive map of a cube: a time slider, a variable selector, hover values.
 
     Returns a HoloViews object (shows in Jupyter). With `dynamic=True` every frame is
@@ -583,7 +590,7 @@ def explore(store, variables: tuple[str, ...] = EXPLORE_VARIABLES, *,
     if unknown or not variables:
         raise BadInput(f"variables {unknown or variables}: choose from "
                        f"{', '.join(EXPLORE_VARIABLES)}")
-    ds, name = _as_cube(store, allow_incomplete)
+    ds, name = _as_cube(store, allow_incomplete, storage_options)
     first = parse_date(start, "start") if start is not None else None
     last = parse_date(end, "end") if end is not None else None
     ds = ds.sel(time=slice(first and np.datetime64(first), last and np.datetime64(last)))
@@ -605,7 +612,7 @@ def explore(store, variables: tuple[str, ...] = EXPLORE_VARIABLES, *,
 def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABLES,
                   start: DateLike | None = None, end: DateLike | None = None,
                   width: int = 300, progress: bool = False,
-                  allow_incomplete: bool = False) -> Path:
+                  allow_incomplete: bool = False, storage_options: dict | None = None) -> Path:
     """Write the explorer as a standalone HTML file (JavaScript, stylesheets and icons inlined:
     it works offline).
 
@@ -621,7 +628,7 @@ def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABL
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     view = explore(store, variables, start=start, end=end, dynamic=False, width=width,
-                   allow_incomplete=allow_incomplete)
+                   allow_incomplete=allow_incomplete, storage_options=storage_options)
     states = len(view.keys())
     # embed=True writes every (variable, day) frame into the page; panel's default cap of
     # 1000 states would silently drop days of a long span.

@@ -88,7 +88,8 @@ class RoiReport:
     end: dt.date
     days: list[RoiDay] = field(default_factory=list)
     unobserved: list[dt.date] = field(default_factory=list)
-    store: Path | None = None
+    store: Path | str | None = None
+    storage_options: dict | None = None
     source_files: dict[dt.date, Path] = field(default_factory=dict)
     counted: str = ALL_CELLS
     counted_cells: int = 0
@@ -134,7 +135,8 @@ def _no_ocean(roi: Roi, land: int, hole: int) -> BadInput:
 def roi_report(start: DateLike, end: DateLike, ymin: int, ymax: int, xmin: int, xmax: int, *,
                store: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
                threshold_percent: float = DEFAULT_THRESHOLD_PERCENT,
-               allow_incomplete: bool = False) -> RoiReport:
+               allow_incomplete: bool = False,
+               storage_options: dict | None = None) -> RoiReport:
     """Count the missing cells inside an index rectangle for every observed day of a span.
 
     From a cube only ocean cells are counted (not land, not the pole hole); from a source
@@ -145,7 +147,8 @@ def roi_report(start: DateLike, end: DateLike, ymin: int, ymax: int, xmin: int, 
     start, end : the span (both included).
     ymin, ymax, xmin, xmax : the rectangle in grid indices, end-exclusive (as Python
         slices); row 0 is the first y (the southern edge: y ascends).
-    store : a cube; its `sea_ice_conc_raw` is read, only the chunks under the ROI.
+    store : a cube (path or any fsspec URL, with `storage_options`); its `sea_ice_conc_raw`
+        is read, only the chunks under the ROI.
     source : or a folder of daily files (read one at a time and validated).
     threshold_percent : days at or above this share of missing cells are `flagged`.
     allow_incomplete : count in a cube whose build has not finished (refused by default).
@@ -162,15 +165,15 @@ def roi_report(start: DateLike, end: DateLike, ymin: int, ymax: int, xmin: int, 
     roi = Roi(int(ymin), int(ymax), int(xmin), int(xmax))
     days = list(day_range(first, last))
     if store is not None:
-        return _roi_from_store(Path(store), roi, first, last, days, threshold_percent,
-                               allow_incomplete)
+        return _roi_from_store(store, roi, first, last, days, threshold_percent,
+                               allow_incomplete, storage_options)
     return _roi_from_source(Path(source), roi, first, last, days, threshold_percent)
 
 
-def _roi_from_store(store, roi, first, last, days, threshold, allow_incomplete) -> RoiReport:
-    if not store.exists():
-        raise BadInput(f"store {store}: no such folder")
-    ds = cube.open_cube(store, allow_incomplete=allow_incomplete)
+def _roi_from_store(store, roi, first, last, days, threshold, allow_incomplete,
+                    storage_options) -> RoiReport:
+    ds = cube.open_cube(store, allow_incomplete=allow_incomplete,
+                        storage_options=storage_options)
     shape = (ds.sizes["y"], ds.sizes["x"])
     roi.check(shape)
     cube_days = ds["time"].values.astype("datetime64[D]")
@@ -193,6 +196,7 @@ def _roi_from_store(store, roi, first, last, days, threshold, allow_incomplete) 
     counts = (raw.isnull() & ocean).sum(("y", "x")).values.astype(int)
     seen = {dt.date.fromisoformat(str(d)) for d in cube_days[index]}
     report = RoiReport(roi, shape, threshold, first, last, store=store,
+                       storage_options=storage_options,
                        unobserved=[d for d in days if d not in seen], counted=OCEAN,
                        counted_cells=n_ocean, land_cells=n_land, pole_hole_cells=n_hole)
     for day, count in zip(cube_days[index], counts, strict=True):
@@ -289,7 +293,7 @@ class Info:
     """What a source file, a folder of source files or a cube holds."""
 
     kind: str  # "file", "folder" or "cube"
-    path: Path
+    path: Path | str  # a cube's URL stays a string
     grid_shape: tuple[int, int]
     x_range: tuple[float, float]  # first and last cell centre, metres
     y_range: tuple[float, float]
@@ -365,26 +369,40 @@ def _grid_info(x: np.ndarray, y: np.ndarray, name: str | None = None) -> dict:
             "grid": grid_text(x, y, parsed[0] if parsed else None)}
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and ((path / "zarr.json").exists() or (path / ".zgroup").exists())
+def _is_zarr(path: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """Whether `path` is a Zarr store (asked of the one store opener); a plain folder is not."""
+    from sicube.store import NotZarr, open_store
+
+    try:
+        open_store(path, storage_options=storage_options)
+    except NotZarr:
+        return False
+    return True
 
 
-def info(path: str | os.PathLike, grid: str | None = None) -> Info:
+def info(path: str | os.PathLike, grid: str | None = None,
+         storage_options: dict | None = None) -> Info:
     """Describe a daily source file, a folder of them, or a cube.
 
     For a folder the grid is read from its first file only (fast on a decade of files);
     missing days are the calendar days between the first and last file with no file.
     `grid` (n3125, n6250, s3125, s6250) takes only that grid's files of a folder (by file
     name), and is checked against what a file or a cube holds (BadInput when it differs).
-    A cube is described in any state (building, failed or complete): `status` says which.
+    A cube is described in any state (building, failed or complete): `status` says which;
+    it may be any fsspec URL (``s3://``, ``http://``, with `storage_options`).
     """
-    path = Path(path)
+    from sicube.store import local_path
+
     if grid is not None and grid not in products.GRIDS:
         raise BadInput(f"--grid {grid!r}: choose from {', '.join(products.GRIDS)}")
-    if not path.exists():
+    local = local_path(path)
+    if local is None:  # a URL: only a cube can be there
+        found = _cube_info(os.fspath(path), storage_options)
+        path = os.fspath(path)
+    elif not (path := Path(os.fspath(path).removeprefix("file://"))).exists():
         raise BadInput(f"{path}: no such file or folder")
-    if _is_zarr(path):
-        found = _cube_info(path)
+    elif path.is_dir() and _is_zarr(path):
+        found = _cube_info(path, storage_options)
     elif path.is_dir():
         found = _folder_info(path, grid)
     else:
@@ -468,9 +486,10 @@ def _day_lists(attrs: dict, days: list[dt.date], observed: set[dt.date],
     return sorted(missing), failed, not_ingested
 
 
-def _cube_info(path: Path) -> Info:
-    group = cube.open_group(path, allow_incomplete=True)  # info describes any state
-    ds = cube.open_cube(path, allow_incomplete=True)
+def _cube_info(path: Path | str, storage_options: dict | None = None) -> Info:
+    group = cube.open_group(path, allow_incomplete=True,  # info describes any state
+                            storage_options=storage_options)
+    ds = cube.open_cube(path, allow_incomplete=True, storage_options=storage_options)
     attrs = dict(group.attrs)
     days = [dt.date.fromisoformat(str(d)) for d in ds["time"].values.astype("datetime64[D]")]
     observed = ds[cube.OBSERVED].values.astype(bool)
@@ -500,7 +519,7 @@ def _cube_info(path: Path) -> Info:
                 crs=_crs_text(crs), flag_counts=_flag_counts(attrs), pole_hole_cells=hole,
                 first_day=days[0] if days else None, last_day=days[-1] if days else None,
                 observed_days=len(seen), missing_days=missing,
-                size_bytes=cube.store_bytes(path), chunks=chunks, shards=shards,
+                size_bytes=cube.store_bytes(path, storage_options), chunks=chunks, shards=shards,
                 compression=compression, provenance=provenance,
                 status=_status_text(attrs), finish=str(attrs.get(cube.FINISH) or ""),
                 failed_days=failed, not_ingested=not_ingested,

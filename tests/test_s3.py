@@ -1,0 +1,256 @@
+"""Every store-taking command and the datasets on a real S3 server (moto), over HTTP, and file://.
+
+The server (tests/conftest.py `s3_server`) is moto's standalone HTTP server in its own process
+with authentication on; the cube on it must equal a local build of the same days bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from sicube import cube
+from sicube.cli import main
+from sicube.errors import BadInput
+from sicube.store import open_store
+from tests.conftest import (
+    ARCHIVE_END,
+    ARCHIVE_START,
+    SMALL_CUBE_CHUNKS,
+    SMALL_CUBE_FILL,
+    SMALL_CUBE_MASK_THRESHOLD,
+)
+
+pytest.importorskip("s3fs")
+
+SPAN = [f"--start={ARCHIVE_START:%Y%m%d}", f"--end={ARCHIVE_END:%Y%m%d}"]
+CHUNKS = "{time},{y},{x}".format(**SMALL_CUBE_CHUNKS)
+FILL = [f"--time-window={SMALL_CUBE_FILL['time_window']}",
+        f"--space-window={SMALL_CUBE_FILL['space_window']}",
+        f"--alpha={SMALL_CUBE_FILL['alpha']:g}", f"--sigma={SMALL_CUBE_FILL['sigma']:g}",
+        f"--mask-threshold={SMALL_CUBE_MASK_THRESHOLD:g}"]
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"sicube {command}: error: "), err
+    return err
+
+
+def _assert_same_arrays(one, two) -> None:
+    """Every array of two Zarr groups equal, NaN for NaN, dtype for dtype."""
+    one = zarr.open_group(one, mode="r") if not isinstance(one, zarr.Group) else one
+    two = zarr.open_group(two, mode="r") if not isinstance(two, zarr.Group) else two
+    names = sorted(name for name, _ in one.arrays())
+    assert names == sorted(name for name, _ in two.arrays())
+    for name in names:
+        a, b = one[name][...], two[name][...]
+        assert a.dtype == b.dtype, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def _s3_group(server, path: str):
+    return zarr.open_group(open_store(f"s3://{server.bucket}/{path}",
+                                      storage_options=server.storage_options), mode="r")
+
+
+@pytest.fixture(scope="module")
+def s3_cube(s3_server, archive):
+    """s3://bucket/cube.zarr built by the CLI from the archive: the endpoint and credentials
+    given as --storage-options (the environment is the other way: see the tests)."""
+    url = f"s3://{s3_server.bucket}/cube.zarr"
+    code = main(["build", *SPAN, "--store", url, "--source", str(archive.root),
+                 f"--chunks={CHUNKS}", *FILL, "-q",
+                 "--storage-options", json.dumps(s3_server.storage_options)])
+    assert code == 0
+    return url
+
+
+def test_a_cube_built_on_s3_equals_the_local_build(s3_server, s3_cube, small_cube):
+    group = _s3_group(s3_server, "cube.zarr")
+    assert group.attrs[cube.STATUS] == cube.COMPLETE
+    _assert_same_arrays(group, str(small_cube))
+
+
+def test_open_cube_and_info_on_s3_with_credentials_from_the_environment(
+        s3_env, s3_cube, small_cube, capsys):
+    ds = cube.open_cube(s3_cube)  # endpoint, key and secret from AWS_* variables
+    with xr.open_zarr(str(small_cube)) as local:
+        xr.testing.assert_identical(ds[cube.CONC].load(), local[cube.CONC].load())
+    assert main(["info", s3_cube]) == 0
+    out = capsys.readouterr().out
+    assert s3_cube in out and f"{ARCHIVE_START}" in out and "complete" in out
+
+
+def test_mask_plot_roi_evaluate_on_s3_give_what_they_give_locally(
+        s3_server, s3_cube, small_cube, tmp_path, capsys):
+    options = ["--storage-options", json.dumps(s3_server.storage_options)]
+    for where, store in (("s3", s3_cube), ("local", str(small_cube))):
+        out = tmp_path / where
+        out.mkdir()
+        extra = options if where == "s3" else []
+        assert main(["mask", "--store", store, "--output", str(out / "mask.nc"), *extra]) == 0
+        for kind, args in (("day", ["--date", "20240403"]), ("mask", []),
+                           ("compare", ["--date", "20240405"])):
+            assert main(["plot", kind, "--store", store, *args, "-o",
+                         str(out / f"{kind}.png"), *extra]) == 0
+            assert (out / f"{kind}.png").stat().st_size > 1000
+        capsys.readouterr()
+        assert main(["roi", "--store", store, *SPAN, "--ymin=100", "--ymax=160", "--xmin=40",
+                     "--xmax=100", "--csv", str(out / "roi.csv"), *extra]) == 0
+        assert main(["evaluate", "--store", store, "--hide-fraction=0.05", *extra]) == 0
+        text = capsys.readouterr().out.replace(store, "STORE").replace(str(out), "OUT")
+        (out / "stdout.txt").write_text(text)
+    with xr.open_dataset(tmp_path / "s3" / "mask.nc") as a, \
+            xr.open_dataset(tmp_path / "local" / "mask.nc") as b:
+        xr.testing.assert_equal(a[cube.LAND], b[cube.LAND])
+        xr.testing.assert_equal(a[cube.NAN_RATIO], b[cube.NAN_RATIO])
+    for name in ("roi.csv", "stdout.txt"):
+        local = (tmp_path / "local" / name).read_text()
+        assert (tmp_path / "s3" / name).read_text() == local and local
+
+
+def test_update_on_s3_equals_the_same_update_locally(s3_env, archive, tmp_path):
+    first = ["--start=20240401", "--end=20240408", "--source", str(archive.root),
+             f"--chunks={CHUNKS}", "-q"]
+    url = f"s3://{s3_env.bucket}/updated.zarr"  # credentials and endpoint: environment only
+    local = str(tmp_path / "updated.zarr")
+    for store in (url, local):
+        assert main(["build", *first, "--store", store]) == 0
+        assert main(["update", "--store", store, "--end=20240412", "--source",
+                     str(archive.root), "-q"]) == 0
+    group = _s3_group(s3_env, "updated.zarr")
+    assert group[cube.RAW].shape[0] == 12
+    _assert_same_arrays(group, local)
+
+
+def test_datasets_read_s3_in_two_dataloader_workers(s3_server, s3_cube, small_cube):
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    from sicube.dataset import SICDataset, SICStream
+
+    params = dict(start_time=20240401, end_time=20240412, input_length=3, pred_length=2,
+                  quality_cache=False)
+    local = SICDataset(small_cube, **params)
+    remote = SICDataset(s3_cube, storage_options=s3_server.storage_options, **params)
+    assert len(remote) == len(local) > 0
+    want = [tuple(t.clone() for t in b) for b in DataLoader(local, batch_size=2)]
+    got = [tuple(t.clone() for t in b) for b in DataLoader(
+        remote, batch_size=2, num_workers=2, multiprocessing_context="fork")]
+    assert len(got) == len(want)
+    for a, b in zip(want, got, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    stream = SICStream(remote, shuffle=False)
+    items = list(DataLoader(stream, batch_size=None, num_workers=2,
+                            multiprocessing_context="fork"))
+    assert len(items) == len(local)
+    seen = sorted(int(np.asarray(x[0]).sum() * 1000) for x in items)
+    assert seen == sorted(int(np.asarray(local[i][0]).sum() * 1000) for i in range(len(local)))
+
+
+@pytest.mark.parametrize("case", ["no bucket", "wrong credentials", "not a cube", "no store"])
+def test_bad_s3_stores_are_one_line(s3_server, s3_cube, tmp_path, capsys, case):
+    options = dict(s3_server.storage_options)
+    store = s3_cube
+    expected = {"no bucket": "does not exist", "wrong credentials": "permission denied",
+                "not a cube": "not a sicube cube", "no store": "does not exist"}[case]
+    if case == "no bucket":
+        store = "s3://no-such-bucket/cube.zarr"
+    elif case == "wrong credentials":
+        options.update(key="AKIAWRONGWRONGWRONG", secret="wrong")
+    elif case == "not a cube":
+        store = f"s3://{s3_server.bucket}/plain.zarr"
+        zarr.open_group(open_store(store, storage_options=options, mode="w"), mode="w")
+    else:
+        store = f"s3://{s3_server.bucket}/nothing-here.zarr"
+    flag = ["--storage-options", json.dumps(options)]
+    for argv in (["info", store, *flag],
+                 ["mask", "--store", store, "--output", str(tmp_path / "m.nc"), *flag],
+                 ["roi", "--store", store, *SPAN, "--ymin=0", "--ymax=9", "--xmin=0",
+                  "--xmax=9", *flag],
+                 ["evaluate", "--store", store, *flag],
+                 ["plot", "mask", "--store", store, "-o", str(tmp_path / "m.png"), *flag],
+                 ["update", "--store", store, "--end=20240413", *flag]):
+        assert main(argv) == 2, argv
+        # evaluate takes any Zarr store that has raw values
+        want = "no sea_ice_conc_raw" if case == "not a cube" and argv[0] == "evaluate" \
+            else expected
+        assert want in _one_error_line(capsys, argv[0]), argv
+    with pytest.raises(BadInput, match=expected):
+        cube.open_cube(store, storage_options=options)
+
+
+def test_build_into_a_missing_bucket_or_with_wrong_credentials_is_one_line(
+        s3_server, archive, capsys):
+    for store, options, expected in (
+            ("s3://no-such-bucket/cube.zarr", s3_server.storage_options, "does not exist"),
+            (f"s3://{s3_server.bucket}/new.zarr",
+             {**s3_server.storage_options, "secret": "wrong"}, "permission denied")):
+        argv = ["build", *SPAN, "--store", store, "--source", str(archive.root), "-q",
+                "--storage-options", json.dumps(options)]
+        assert main(argv) == 2
+        assert expected in _one_error_line(capsys, "build")
+
+
+def test_storage_options_must_be_a_json_object(small_cube, capsys):
+    for text in ("{endpoint", "[1, 2]"):
+        assert main(["info", str(small_cube), "--storage-options", text]) == 2
+        assert "--storage-options" in _one_error_line(capsys, "info")
+
+
+# ------------------------------------------------------------------ http:// and file://
+
+
+@pytest.fixture(scope="module")
+def http_cube(http_root, small_cube):
+    import shutil
+
+    folder, url = http_root
+    shutil.copytree(small_cube, folder / "cube.zarr", dirs_exist_ok=True)
+    return f"{url}/cube.zarr"
+
+
+def test_readers_take_an_http_url(http_cube, small_cube, tmp_path, capsys):
+    assert main(["info", http_cube]) == 0
+    assert http_cube in capsys.readouterr().out  # never http:/host (a Path of the URL)
+    assert main(["plot", "day", "--store", http_cube, "--date", "20240403", "-o",
+                 str(tmp_path / "day.png")]) == 0
+    for store in (http_cube, str(small_cube)):
+        capsys.readouterr()
+        assert main(["roi", "--store", store, *SPAN, "--ymin=100", "--ymax=160", "--xmin=40",
+                     "--xmax=100"]) == 0
+        assert main(["evaluate", "--store", store, "--hide-fraction=0.05"]) == 0
+        (tmp_path / f"{store == http_cube}.txt").write_text(
+            capsys.readouterr().out.replace(store, "STORE"))
+    assert (tmp_path / "True.txt").read_text() == (tmp_path / "False.txt").read_text()
+    _assert_same_arrays(zarr.open_group(open_store(http_cube), mode="r"), str(small_cube))
+
+
+def test_bad_http_stores_are_one_line(http_root, capsys):
+    _, url = http_root
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/cube.zarr"
+    for store, expected in ((f"{url}/missing.zarr", "does not exist"),
+                            (closed, "cannot reach the server")):
+        for argv in (["info", store], ["evaluate", "--store", store],
+                     ["plot", "mask", "--store", store, "-o", "/tmp/never.png"]):
+            assert main(argv) == 2
+            assert expected in _one_error_line(capsys, argv[0]), argv
+
+
+def test_build_to_a_file_url(archive, small_cube, tmp_path, capsys):
+    url = (tmp_path / "cube.zarr").as_uri()
+    assert url.startswith("file:///")
+    assert main(["build", *SPAN, "--store", url, "--source", str(archive.root),
+                 f"--chunks={CHUNKS}", *FILL, "-q"]) == 0
+    _assert_same_arrays(str(tmp_path / "cube.zarr"), str(small_cube))
+    assert main(["info", url]) == 0
