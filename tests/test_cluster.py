@@ -175,3 +175,16 @@ def test_a_source_folder_on_a_shared_disk_is_read_by_the_workers(archive, local,
     for name in NAMES:
         assert np.array_equal(np.frombuffer(arrays[name], np.uint8),
                               np.frombuffer(local[0][name], np.uint8)), name
+
+
+def test_fill_batches_run_at_once_to_keep_every_thread_busy(mirror, cluster, tmp_path):
+    """One spatial chunk per batch and 2 threads: 4 batches in flight (2 tasks per thread),
+    recorded as they finish in any order; the cube still equals the threaded build."""
+    client, _ = cluster
+    whole = {"time": 2, "y": 256, "x": 256}  # 10 time chunks, 5 fill batches of 1 task
+    kwargs = dict(base_url=mirror.base_url, chunks=whole, progress=False)
+    build(START, END, tmp_path / "local.zarr", raw_dir=tmp_path / "raw", **kwargs)
+    summary = build(START, END, tmp_path / "cluster.zarr", raw_dir=tmp_path / "client-raw",
+                    scheduler=client, **kwargs)
+    assert summary.fill_in_flight == 4
+    _assert_same(tmp_path / "cluster.zarr", _contents(tmp_path / "local.zarr"))
