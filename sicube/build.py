@@ -5,7 +5,10 @@ asks `sicube.plan` what is left to do, and executes it in stages: ingest (`sicub
 every day not yet observed is looked for in the source, and time chunks are written as their
 days arrive), mask (NaN frequency over observed days, or a given mask) and fill (the
 Gaussian fill through Dask, one batch of time chunks at a time). Every finished step is
-recorded, so a killed run rerun with the same arguments redoes only unfinished work.
+recorded, so a killed run rerun with the same arguments redoes only unfinished work. With a
+`distributed.Client` the workers fetch and write each time chunk themselves
+(`ingest.run_on_cluster`) and several fill batches run at once (`_fill_window`); this
+process still plans and is the one writer of the state.
 
 The cube's life is safe by construction: observed days are never read from a source again
 (their chunk is rewritten from the store's own values), a day only ever changes from
@@ -921,6 +924,12 @@ def build(
     mask_from : a NetCDF mask file or another cube whose `land_mask` to use instead of
         computing one from this span with `mask_threshold`.
     scheduler : "threads" (default), "processes", a scheduler address or a `distributed.Client`.
+        With a Client (or an address) the cluster does the work: each time chunk is one
+        ingest task that downloads its days into the worker's own temporary folder (removed
+        after) and writes its chunk to the store, and fill batches run several at once to
+        keep every worker thread busy; this process plans and records, and never holds a
+        file (`raw_dir` is not used). The store must be one the workers reach (a shared
+        path, or an object store); a `source` folder must be on a disk they share.
     chunks : Zarr chunk sizes, e.g. {"time": 8, "y": 512, "x": 512}.
     restart_fill : on an existing cube of the same span, accept other fill or mask
         parameters and redo the mask and the fill (the ingested days are kept).

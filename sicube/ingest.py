@@ -4,7 +4,9 @@ It executes the part of a plan (`sicube.plan`) that reads sources: the days to l
 arrive (at once from a folder, or as they download), and as soon as every looked-for day of
 a time chunk has arrived the chunk is written whole, its days already observed copied from
 the store itself. Decoding and writing run in two threads; the calling thread alone records
-progress, so the state has one writer.
+progress, so the state has one writer. On a Dask cluster (`run_on_cluster`) each time chunk
+is one task that fetches its days and writes the chunk (`chunk_task`); the caller still
+records every result.
 """
 
 from __future__ import annotations

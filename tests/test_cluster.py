@@ -188,3 +188,20 @@ def test_fill_batches_run_at_once_to_keep_every_thread_busy(mirror, cluster, tmp
                     scheduler=client, **kwargs)
     assert summary.fill_in_flight == 4
     _assert_same(tmp_path / "cluster.zarr", _contents(tmp_path / "local.zarr"))
+
+
+def test_update_on_the_cluster_equals_the_threaded_update(mirror, cluster, tmp_path):
+    """`update` with a Client appends on the workers too: the same cube as a threaded update."""
+    from sicube.build import update
+
+    client, workers = cluster
+    cut = END - dt.timedelta(days=7)
+    for name, scheduler in (("local", None), ("cluster", client)):
+        store = tmp_path / f"{name}.zarr"
+        build(START, cut, store, base_url=mirror.base_url, raw_dir=tmp_path / f"raw-{name}",
+              chunks=CHUNKS, progress=False, scheduler=scheduler)
+        summary = update(store, END, raw_dir=tmp_path / f"raw-{name}", progress=False,
+                         scheduler=scheduler)
+        assert summary.exit_code == 0
+    _assert_no_file_here(tmp_path / "raw-cluster", workers)
+    _assert_same(tmp_path / "cluster.zarr", _contents(tmp_path / "local.zarr"))
