@@ -103,6 +103,7 @@ def estimate(ingest_s: float, fill_s: float, spatial: int, chunk_t: int, tasks_p
     batches = math.ceil(ingest_tasks / FILL_BATCH_CHUNKS)
     fill_tasks = batches * spatial
     all_fill = batches * tasks_per_batch  # loads and halo pieces too
+    ingest_s, fill_s = max(ingest_s, 1e-3), max(fill_s, 1e-3)
     ingest_wall = math.ceil(ingest_tasks / workers) * ingest_s
     fill_wall = math.ceil(fill_tasks / workers) * fill_s
     download_wall = DECADE_DAYS * file_mb / SOURCE_MB_PER_S
@@ -205,8 +206,9 @@ def report(args, local_s, local, cluster_s, summary, costs, spatial, chunk_t, fi
         values = costs.get(name, [0.0])
         return len(costs.get(name, [])), statistics.mean(values), max(values)
 
+    fill_name = next((k for k in costs if "fill_store_block" in k), "fill_store_block")
     ingest = cost("sicube-ingest")
-    fill = cost("_fill_store_block")
+    fill = cost(fill_name)
     tasks_per_batch = round(sum(len(v) for k, v in costs.items() if k != "sicube-ingest")
                             / max(1, math.ceil(shape[0] / chunk_t / 2)))
     lines = [
@@ -229,7 +231,7 @@ def report(args, local_s, local, cluster_s, summary, costs, spatial, chunk_t, fi
         f"| fill (one spatial chunk of a batch) | {fill[0]} | {fill[1]:.2f} | {fill[2]:.2f} |",
     ]
     for name, values in sorted(costs.items()):
-        if name not in ("sicube-ingest", "_fill_store_block"):
+        if name not in ("sicube-ingest", fill_name):
             lines.append(f"| {name} | {len(values)} | {statistics.mean(values):.3f} | "
                          f"{max(values):.3f} |")
     lines += [
