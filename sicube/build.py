@@ -5,7 +5,10 @@ asks `sicube.plan` what is left to do, and executes it in stages: ingest (`sicub
 every day not yet observed is looked for in the source, and time chunks are written as their
 days arrive), mask (NaN frequency over observed days, or a given mask) and fill (the
 Gaussian fill through Dask, one batch of time chunks at a time). Every finished step is
-recorded, so a killed run rerun with the same arguments redoes only unfinished work.
+recorded, so a killed run rerun with the same arguments redoes only unfinished work. With a
+`distributed.Client` the workers fetch and write each time chunk themselves
+(`ingest.run_on_cluster`) and several fill batches run at once (`_fill_window`); this
+process still plans and is the one writer of the state.
 
 The cube's life is safe by construction: observed days are never read from a source again
 (their chunk is rewritten from the store's own values), a day only ever changes from
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
+import math
 import os
 import shlex
 import socket
@@ -85,6 +90,7 @@ class BuildSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     store_bytes: int = 0
     nothing_to_do: bool = False
+    fill_in_flight: int = 0  # on a cluster: fill tasks submitted at once
     no_cube: bool = False  # every download failed: nothing could be written
     dashboard: str | None = None
 
@@ -178,12 +184,49 @@ class Source:
             args += ["--sensor", self.sensor]
         return args + (["--raw-dir", str(self.raw_dir)] if self.raw_dir else [])
 
-    def arrivals(self, days: list[dt.date], progress: bool,
-                 grid: GridCoords | None) -> Iterator[Arrival]:
-        """The days' files as they become available (`ingest.arrivals`)."""
+    @property
+    def fetch(self) -> ingest.Fetch:
+        """The source as a worker task fetches it (`ingest.Fetch`)."""
+        return ingest.Fetch(str(self.directory) if self.directory else None, self.base_urls,
+                            self.grid, self.sensor)
+
+    def arrivals(self, days: list[dt.date], progress: bool, grid: GridCoords | None,
+                 cluster: _Cluster | None = None) -> Iterator[Arrival] | _OnCluster:
+        """The days' files as they become available (`ingest.arrivals`); on a cluster, the
+        days for its workers to fetch (no file comes here)."""
+        if cluster is not None:
+            return _OnCluster(cluster, days, self.fetch)
         return ingest.arrivals(days, self.directory, self.base_urls,
                                _raw_dir(self) if self.base_urls else None, progress, grid,
                                grid_name=self.grid, sensor=self.sensor)
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    """A `distributed.Client` and the store as its workers open it."""
+
+    client: object
+    store: str
+    storage_options: dict | None = None
+
+    def open_group(self):
+        """A picklable opener of the store for read-write, for worker tasks."""
+        return functools.partial(_open_group, self.store, storage_options=self.storage_options)
+
+    def probe(self, days: list[dt.date], fetch: ingest.Fetch, grid: GridCoords | None,
+              until_found: int = 0) -> ingest.GridProbe:
+        """`ingest.probe_task` run on a worker."""
+        return self.client.submit(ingest.probe_task, days, fetch, grid, until_found,
+                                  pure=False).result()
+
+
+@dataclass(frozen=True)
+class _OnCluster:
+    """Days to look for, each time chunk fetched and written by a task on the cluster."""
+
+    cluster: _Cluster
+    days: list[dt.date]
+    fetch: ingest.Fetch
 
 
 def _source(base_url: str | list[str] | tuple[str, ...] | None,
@@ -395,9 +438,10 @@ def _finish_command(command: str, store: str, src: Source, extra: list[str]) -> 
 # --- stages ---------------------------------------------------------------------------------------
 
 
-def _ingest(group, state: BuildState, arrivals: Iterator[Arrival], grid: GridCoords,
-            summary: BuildSummary, progress: bool) -> ingest.NanTally:
-    """Look for every unobserved day in the source and write the chunks whose days arrived."""
+def _ingest(group, state: BuildState, arrivals: Iterator[Arrival] | _OnCluster,
+            grid: GridCoords, summary: BuildSummary, progress: bool) -> ingest.NanTally:
+    """Look for every unobserved day in the source and write the chunks whose days arrived
+    (here in two threads, or on a cluster's workers: `ingest.run_on_cluster`)."""
     chunk = group[cube.RAW].chunks[0]
     days = state.days
     looked_for = state.unobserved()
@@ -433,8 +477,19 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival], grid: GridCoo
         if news or changed:  # a day still missing for the same reason changes nothing
             _save(group, state)
 
-    tally = ingest.run(group, days, looked_for, kept, arrivals, grid, _crs(group),
-                       before_write=before_write, record=record, progress=progress)
+    if isinstance(arrivals, _OnCluster):
+        def before_submit(chunks: list[int]) -> None:
+            # Every chunk a task may write, said before any is submitted (one save).
+            state.rewrite.update(chunks)
+            _save(group, state)
+
+        tally = ingest.run_on_cluster(
+            arrivals.cluster.client, arrivals.cluster.open_group(), days,
+            [position[d] for d in arrivals.days], kept, chunk, arrivals.fetch, grid,
+            _crs(group), before_submit=before_submit, record=record, progress=progress)
+    else:
+        tally = ingest.run(group, days, looked_for, kept, arrivals, grid, _crs(group),
+                           before_write=before_write, record=record, progress=progress)
     summary.recovered.sort()
     return tally
 
@@ -597,8 +652,13 @@ def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTall
     _save(group, state)
 
 
-def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> None:
-    """Fill every time chunk whose fill is not current, a batch at a time, recording each."""
+def _fill(group, state: BuildState, summary: BuildSummary, progress: bool,
+          client=None) -> None:
+    """Fill every time chunk whose fill is not current, a batch at a time, recording each.
+
+    Here batches run one after another (each already keeps every thread busy). On a
+    cluster, `_fill_window` batches run at once, so that every worker thread has a task.
+    """
     chunk, nt = group[cube.RAW].chunks[0], group[cube.RAW].shape[0]
     params = state.args.fill
     todo = fill_batches(nt, chunk, params.time_window, state.stale_chunks(chunk))
@@ -612,8 +672,7 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
         hole = None
     drop = _excluded_days(state)
     bar = _bar(progress, total=len(todo), desc="fill", unit="batch")
-    for batch in todo:
-        counts = _fill_batch(group, batch, params, drop).compute()
+    for batch, counts in _fill_results(group, todo, params, client, summary, drop):
         per_chunk = counts.reshape(-1, len(batch.chunks), len(FillFlag)).sum(0)
         for c, chunk_counts in zip(batch.chunks, per_chunk, strict=True):
             if hole is not None:  # after the chunk's cells are written, before it is recorded
@@ -627,6 +686,62 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
         bar.update(1)
     bar.close()
     _count_flags(state, summary)
+
+
+# Tasks in flight per worker thread during a cluster's fill: one running, one queued, so a
+# thread never waits for the scheduler between tasks.
+FILL_TASKS_PER_THREAD = 2
+
+
+def _fill_window(client, tasks_per_batch: int) -> int:
+    """How many fill batches a cluster runs at once: enough for `FILL_TASKS_PER_THREAD`
+    tasks per worker thread (each batch has one task per spatial chunk), at least one.
+
+    Memory per worker stays bounded by its threads, not by the window: a worker runs one
+    task per thread, each holding one haloed spatial block of a batch's read window
+    (`FILL_BATCH_CHUNKS` x 8 days + 2 x time_window days, e.g. 30 x 540 x 540 float32 =
+    35 MB, with the fill's float64 work arrays ~4x that: ~0.15 GB per thread on the default
+    chunks); the loads wait in the scheduler's queue (distributed's root-task queuing), and
+    a finished task's result is a few flag counts.
+    """
+    threads = sum(client.nthreads().values()) or 1
+    return max(1, math.ceil(FILL_TASKS_PER_THREAD * threads / max(1, tasks_per_batch)))
+
+
+def _fill_results(group, todo: list[FillBatch], params: FillParams, client,
+                  summary: BuildSummary, drop: np.ndarray | None = None
+                  ) -> Iterator[tuple[FillBatch, np.ndarray]]:
+    """Each batch with its flag counts as it finishes: one at a time here, a window of
+    `_fill_window` batches at once on a cluster (recorded here, in completion order)."""
+    if client is None:
+        for batch in todo:
+            yield batch, _fill_batch(group, batch, params, drop).compute()
+        return
+    from distributed import as_completed
+
+    pending = iter(todo)
+    running = as_completed()
+    batches = {}
+
+    def submit() -> int:
+        batch = next(pending, None)
+        if batch is None:
+            return 0
+        graph = _fill_batch(group, batch, params, drop)
+        future = client.compute(graph)
+        batches[future.key] = batch
+        running.add(future)
+        return graph.npartitions
+
+    tasks = submit()
+    window = _fill_window(client, tasks)
+    summary.fill_in_flight = window * tasks
+    for _ in range(window - 1):
+        submit()
+    for future in running:
+        yield batches.pop(future.key), future.result()
+        del future  # its flag counts are read: let the cluster forget them
+        submit()
 
 
 def _fill_batch(group, batch: FillBatch, params: FillParams,
@@ -724,27 +839,32 @@ def _bar(progress: bool, **kwargs):
 
 
 @contextlib.contextmanager
-def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterator[None]:
-    """Run dask work on threads, processes, a given Client or a scheduler address."""
+def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterator[object]:
+    """Run dask work on threads, processes, a given Client or a scheduler address; yields
+    the `distributed.Client` when there is one (the run then ingests on its workers), else
+    None."""
     # The scheduler functions themselves, not their names: dask imports `distributed` (0.7 s)
     # to resolve a name, which a daily update would pay every time.
     if scheduler is None or scheduler == "threads":
         from dask import threaded
 
         with dask.config.set(scheduler=threaded.get, num_workers=workers):
-            yield
+            yield None
     elif scheduler == "processes":
         from dask import multiprocessing
 
         with dask.config.set(scheduler=multiprocessing.get, num_workers=workers):
-            yield
+            yield None
     else:
         from distributed import Client
 
+        # The client made current, not put in dask's config: a nanny in this process (a
+        # LocalCluster's) copies that config into the worker it restarts, and a Client in
+        # it cannot be pickled, so a killed worker would never come back.
         if isinstance(scheduler, Client):
             summary.dashboard = scheduler.dashboard_link
-            with dask.config.set(scheduler=scheduler):
-                yield
+            with scheduler.as_current():
+                yield scheduler
             return
         try:
             client = Client(scheduler, timeout="5s")
@@ -752,8 +872,8 @@ def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterato
             raise BadInput(f"--scheduler {scheduler}: no dask scheduler there ({err})") from err
         summary.dashboard = client.dashboard_link
         log.warning("dask dashboard: %s", client.dashboard_link)
-        with client, dask.config.set(scheduler=client):
-            yield
+        with client, client.as_current():
+            yield client
 
 
 class _Timer:
@@ -792,7 +912,8 @@ def _run(group, state: BuildState, arrivals: Iterator[Arrival], summary: BuildSu
             bar.update(1)
     del tally  # the counts are in the store now; the fill needs the memory
     with timer("fill"):
-        _fill(group, state, summary, progress)
+        _fill(group, state, summary, progress,
+              arrivals.cluster.client if isinstance(arrivals, _OnCluster) else None)
     _finish(group, state, summary, src, flags)
 
 
@@ -893,6 +1014,12 @@ def build(
     mask_from : a NetCDF mask file or another cube whose `land_mask` to use instead of
         computing one from this span with `mask_threshold`.
     scheduler : "threads" (default), "processes", a scheduler address or a `distributed.Client`.
+        With a Client (or an address) the cluster does the work: each time chunk is one
+        ingest task that downloads its days into the worker's own temporary folder (removed
+        after) and writes its chunk to the store, and fill batches run several at once to
+        keep every worker thread busy; this process plans and records, and never holds a
+        file (`raw_dir` is not used). The store must be one the workers reach (a shared
+        path, or an object store); a `source` folder must be on a disk they share.
     chunks : Zarr chunk sizes, e.g. {"time": 8, "y": 512, "x": 512}.
     restart_fill : on an existing cube of the same span, accept other fill or mask
         parameters and redo the mask and the fill (the ingested days are kept).
@@ -935,19 +1062,21 @@ def build(
                              [f"--start={first:%Y%m%d}", f"--end={last:%Y%m%d}", *fill_args])
 
     # The scheduler is reached first, so a wrong address costs nothing.
-    with _build_lock(store), _scheduler(scheduler, workers, summary):
+    with _build_lock(store), _scheduler(scheduler, workers, summary) as client:
+        cluster = _Cluster(client, store, storage_options) if client is not None else None
         group, state = _resume(store, args, restart_fill, summary, storage_options)
         if group is None:
             days = list(day_range(first, last))
-            arrivals = src.arrivals(days, progress, None)
+            arrivals = src.arrivals(days, progress, None, cluster)
             held: list[Arrival] = []
             group, state = _create(store, days, args, chunks, arrivals, held, summary, finish,
                                    storage_options)
             if group is None:
                 return summary
-            arrivals = _chain(held, arrivals)
+            if cluster is None:  # on a cluster the tasks fetch the held days again
+                arrivals = _chain(held, arrivals)
         else:
-            arrivals = _look_again(group, state, src, progress, summary)
+            arrivals = _look_again(group, state, src, progress, summary, cluster)
             if arrivals is None:
                 return summary
         with _failure_recorded(store, storage_options):
@@ -994,12 +1123,14 @@ def _resume(store: str, args: BuildArgs, restart_fill: bool, summary: BuildSumma
 
 
 def _look_again(group, state: BuildState, src: Source, progress: bool,
-                summary: BuildSummary) -> Iterator[Arrival] | None:
+                summary: BuildSummary,
+                cluster: _Cluster | None = None) -> Iterator[Arrival] | _OnCluster | None:
     """The arrivals of every day the cube still lacks; None when nothing can change.
 
     On a complete cube only days that have arrived since change it: their chunks are
     rewritten and their fills redone. Until the run ends the cube is `updating`, readable
-    through the day it was complete through.
+    through the day it was complete through. On a cluster a worker fetches those days first
+    to decide (and the ingest tasks fetch the ones that arrived again: a few late days).
     """
     days = [state.days[i] for i in state.unobserved()]
     complete = state.is_complete(group[cube.RAW].chunks[0]) and not state.rewrite
@@ -1009,12 +1140,16 @@ def _look_again(group, state: BuildState, src: Source, progress: bool,
         if not days:
             _nothing_to_do(group, state, summary)
             return None
-    arrivals = src.arrivals(days, progress, _grid(group))
+    arrivals = src.arrivals(days, progress, _grid(group), cluster)
     if complete:
-        arrivals = list(arrivals)  # downloads first: decide before writing anything
-        if not any(a.status == OK for a in arrivals):
+        # downloads first: decide before writing anything
+        if isinstance(arrivals, _OnCluster):
+            looked = cluster.probe(days, arrivals.fetch, _grid(group)).arrivals
+        else:
+            looked = list(arrivals)
+        if not any(a.status == OK for a in looked):
             _nothing_to_do(group, state, summary)
-            for a in arrivals:  # a failure now replaces an old reason
+            for a in looked:  # a failure now replaces an old reason
                 state.record_day(f"{a.day:%Y%m%d}", a.status, a.error)
             _save(group, state)
             _consolidate(group.store)
@@ -1022,7 +1157,8 @@ def _look_again(group, state: BuildState, src: Source, progress: bool,
         state.updating_from = state.complete_through = state.args.end
         _save(group, state)
         _set_status(group, cube.UPDATING)
-        arrivals = iter(arrivals)
+        if not isinstance(arrivals, _OnCluster):
+            arrivals = iter(looked)
     return arrivals
 
 
@@ -1035,19 +1171,24 @@ def _nothing_to_do(group, state: BuildState, summary: BuildSummary) -> None:
 
 
 def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | None,
-            arrivals: Iterator[Arrival], held: list[Arrival], summary: BuildSummary,
-            finish: str, storage_options: dict | None = None):
-    """Create the empty cube once the first file has arrived (it tells the grid).
+            arrivals: Iterator[Arrival] | _OnCluster, held: list[Arrival],
+            summary: BuildSummary, finish: str, storage_options: dict | None = None):
+    """Create the empty cube once the first file has arrived (it tells the grid; on a
+    cluster a worker fetches days until one has a file and reads it).
 
     (None, None) when no file arrived and some day failed (the summary names them, exit 1);
     BadInput when every day is simply absent from the source.
     """
-    found = None
-    for arrival in arrivals:
-        held.append(arrival)
-        if arrival.status == OK:
-            found = arrival
-            break
+    if isinstance(arrivals, _OnCluster):
+        probe = arrivals.cluster.probe(days, arrivals.fetch, None,
+                                       until_found=(chunks or {}).get("time",
+                                                                      cube.DEFAULT_CHUNKS["time"]))
+        held += probe.arrivals
+        if probe.error:
+            raise BadInput(probe.error)
+        found = (probe.grid, probe.crs) if probe.grid is not None else None
+    else:
+        found = _first_grid(arrivals, held)
     if found is None:
         failed = {a.day: a.error for a in held if a.status == FAILED}
         if failed:
@@ -1056,12 +1197,7 @@ def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | Non
             return None, None
         raise BadInput(f"no source file for any day of {days[0]} .. {days[-1]} at "
                        f"{summary.source}")
-    # Structure only: the data are decoded at ingest, where a corrupt download becomes a
-    # failed day (whichever file happens to arrive first).
-    try:
-        grid, crs = read_grid(found.path)
-    except BadSourceFile as err:
-        raise BadInput(f"{found.path}: {err}") from err
+    grid, crs = found
     _check_window_fits(args.fill, grid)
     if args.mask is not None:  # refuse a bad mask before anything is written
         mask.load_mask(args.mask, grid)
@@ -1069,6 +1205,21 @@ def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | Non
     attrs = {**_state_attrs(state), cube.STATUS: cube.BUILDING, cube.FINISH: finish}
     _create_store(store, days, grid, crs, chunks, attrs, storage_options)
     return _open_group(store, storage_options=storage_options), state
+
+
+def _first_grid(arrivals: Iterator[Arrival], held: list[Arrival]):
+    """(grid, CRS) of the first file to arrive, the arrivals up to it kept in `held`; None
+    when none arrives."""
+    for arrival in arrivals:
+        held.append(arrival)
+        if arrival.status == OK:
+            # Structure only: the data are decoded at ingest, where a corrupt download
+            # becomes a failed day (whichever file happens to arrive first).
+            try:
+                return read_grid(arrival.path)
+            except BadSourceFile as err:
+                raise BadInput(f"{arrival.path}: {err}") from err
+    return None
 
 
 def _chain(held: list[Arrival], rest: Iterator[Arrival]) -> Iterator[Arrival]:
@@ -1118,7 +1269,8 @@ def update(
         raise BadInput(f"{store}: not a sicube cube")
     _check_workers(workers)
     summary = BuildSummary(store=store, span=(dt.date.min, dt.date.min))
-    with _build_lock(store), _scheduler(scheduler, workers, summary):
+    with _build_lock(store), _scheduler(scheduler, workers, summary) as client:
+        cluster = _Cluster(client, store, storage_options) if client is not None else None
         group = _open_group(store, storage_options=storage_options)
         state = _read_state(group)
         status = cube.cube_status(group.attrs)
@@ -1145,10 +1297,10 @@ def update(
                 state.extend(wanted, chunk)
                 _save(group, state)
             arrivals = src.arrivals([state.days[i] for i in state.unobserved()], progress,
-                                    _grid(group))
+                                    _grid(group), cluster)
         else:
             state.mask_frozen = True
-            arrivals = _look_again(group, state, src, progress, summary)
+            arrivals = _look_again(group, state, src, progress, summary, cluster)
             if arrivals is None:
                 return summary
         with _failure_recorded(store, storage_options):
