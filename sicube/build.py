@@ -1135,11 +1135,11 @@ def _look_again(group, state: BuildState, src: Source, progress: bool,
     days = [state.days[i] for i in state.unobserved()]
     complete = state.is_complete(group[cube.RAW].chunks[0]) and not state.rewrite
     if complete and src.directory is not None:
-        present = find_day_files(src.directory)
-        days = [d for d in days if d in present]  # a folder is looked at without reading
-        if not days:
+        present = find_day_files(src.directory)  # a folder is looked at without reading
+        if not any(d in present for d in days):
             _nothing_to_do(group, state, summary)
             return None
+        # Still every missing day: a chunk is written once all its looked-for days are in.
     arrivals = src.arrivals(days, progress, _grid(group), cluster)
     if complete:
         # downloads first: decide before writing anything

@@ -151,6 +151,27 @@ def test_a_day_published_late_is_recovered(archive, tmp_path, how):
     assert late_day not in summary.missing
 
 
+def test_a_late_day_beside_a_day_still_missing_in_its_chunk_is_recovered(archive, tmp_path):
+    """The folder is looked at for every day still missing, not only the ones that arrived:
+    otherwise the chunk would wait for its other missing day and never be written."""
+    late_day, still_missing = dt.date(2024, 4, 10), dt.date(2024, 4, 11)  # one time chunk
+    source = _split(archive, tmp_path / "src", ARCHIVE_START, ARCHIVE_END)
+    late_file = source / archive.files[late_day].relative_to(archive.root)
+    late_file.unlink()
+    (source / archive.files[still_missing].relative_to(archive.root)).unlink()
+    store = tmp_path / "cube.zarr"
+    first = build(ARCHIVE_START, ARCHIVE_END, store, source=source, chunks=CHUNKS,
+                  progress=False)
+    assert {late_day, still_missing} <= set(first.missing)
+    shutil.copy(archive.files[late_day], late_file)  # published late
+    summary = build(ARCHIVE_START, ARCHIVE_END, store, source=source, chunks=CHUNKS,
+                    progress=False)
+    assert summary.recovered == [late_day] and still_missing in summary.missing
+    build(ARCHIVE_START, ARCHIVE_END, tmp_path / "fresh.zarr", source=source, chunks=CHUNKS,
+          progress=False)
+    _assert_same_cube(store, tmp_path / "fresh.zarr")
+
+
 # --- finding 4 and 5: unfinished cubes, crashes inside a stage ------------------------------
 
 
