@@ -292,6 +292,7 @@ def _add_report(parser: argparse.ArgumentParser) -> None:
                              "suspicious days, observed and filled shares, extent and area, "
                              "land mask and nan_ratio maps (inline images, works offline)")
     _allow_incomplete(parser)
+    _storage_options_flag(parser)
     parser.set_defaults(run=_run_report)
 
 
@@ -299,7 +300,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from sicube.html_report import write_report
 
     path = write_report(args.store, args.html, allow_incomplete=args.allow_incomplete,
-                        progress=not args.quiet)
+                        progress=not args.quiet, storage_options=_storage_options(args))
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB, self-contained)")
     return 0
 

@@ -143,7 +143,7 @@ def _flag_counts(ds, skip: np.ndarray, progress: bool) -> np.ndarray:
 
 
 def collect(store: str | os.PathLike, *, allow_incomplete: bool = False,
-            progress: bool = False) -> CubeQuality:
+            progress: bool = False, storage_options: dict | None = None) -> CubeQuality:
     """Read what the report shows from the cube at `store`.
 
     BadInput when `store` is not a sicube cube; IncompleteCube when its build or update has
@@ -152,12 +152,12 @@ def collect(store: str | os.PathLike, *, allow_incomplete: bool = False,
     """
     from sicube import report
 
-    path = Path(store)
-    if not path.exists():
-        raise BadInput(f"store {path}: no such folder")
-    group = cube.open_group(path, allow_incomplete=allow_incomplete)
-    ds = cube.open_cube(path, allow_incomplete=allow_incomplete)
-    info = report.info(path)
+    path = Path(store)  # for its name on the page; `store` may be any fsspec URL
+    group = cube.open_group(store, allow_incomplete=allow_incomplete,
+                            storage_options=storage_options)
+    ds = cube.open_cube(store, allow_incomplete=allow_incomplete,
+                        storage_options=storage_options)
+    info = report.info(store, storage_options=storage_options)
     days = [dt.date.fromisoformat(str(d)) for d in ds["time"].values.astype("datetime64[D]")]
     if not days:
         raise BadInput(f"store {path}: the cube has no days")
@@ -465,7 +465,8 @@ def render_html(q: CubeQuality) -> str:
 
 
 def write_report(store: str | os.PathLike, output: str | os.PathLike, *,
-                 allow_incomplete: bool = False, progress: bool = False) -> Path:
+                 allow_incomplete: bool = False, progress: bool = False,
+                 storage_options: dict | None = None) -> Path:
     """Write the quality report of the cube at `store` to `output` (HTML); return its path.
 
     The page is written whole or not at all (a temporary file renamed into place).
@@ -475,8 +476,9 @@ def write_report(store: str | os.PathLike, output: str | os.PathLike, *,
     output = Path(output)
     if output.is_dir():
         raise BadInput(f"html {output}: is a folder; name the HTML file to write")
-    page = render_html(collect(store, allow_incomplete=allow_incomplete, progress=progress))
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)  # an unwritable output fails before work
+    page = render_html(collect(store, allow_incomplete=allow_incomplete, progress=progress,
+                               storage_options=storage_options))
     part = output.with_name(output.name + ".part")
     part.write_text(page, encoding="utf-8")
     os.replace(part, output)

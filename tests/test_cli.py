@@ -39,10 +39,12 @@ def _commands(store: Path, out: Path) -> dict[str, list[str]]:
         "evaluate": ["evaluate", "--store", str(store), "--start", "20240401",
                      "--end", "20240404", "--space-window", "3", "-q"],
         "mask": ["mask", "--store", str(store), "-o", str(out / "mask.nc")],
+        "report": ["report", "--store", str(store), "--html", str(out / "report.html")],
     }
 
 
-READERS = ["plot day", "plot mask", "plot compare", "roi", "explore", "evaluate", "mask"]
+READERS = ["plot day", "plot mask", "plot compare", "roi", "explore", "evaluate", "mask",
+           "report"]
 
 
 @pytest.mark.parametrize("status", ["building", "failed: fill crashed"])
@@ -52,7 +54,7 @@ def test_every_reader_refuses_an_unfinished_cube(small_cube, tmp_path, capsys, s
         assert main(argv) == 2, name
         err = _one_error_line(capsys, argv[0])
         assert f"state: {status}" in err and FINISH in err and "--allow-incomplete" in err, err
-    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "x.html").exists()
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.html"))
 
 
 @pytest.mark.parametrize("name", ["plot day", "plot mask", "roi", "evaluate", "mask"])
@@ -101,7 +103,7 @@ def test_info_of_a_corrupt_store_is_one_line(corrupt_cube, capsys):
     assert "not a readable Zarr store" in _one_error_line(capsys, "info")
 
 
-@pytest.mark.parametrize("name", ["plot day", "roi", "explore", "evaluate", "mask"])
+@pytest.mark.parametrize("name", ["plot day", "roi", "explore", "evaluate", "mask", "report"])
 def test_a_store_that_is_a_file_is_one_line(tmp_path, capsys, name):
     path = tmp_path / "cube.zarr"
     path.write_text("not a store")
@@ -137,7 +139,7 @@ def test_a_store_without_read_permission_is_one_line(small_cube, tmp_path, comma
     assert str(store) in done.stderr and "ermission denied" in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("name", ["plot day", "explore", "mask"])
+@pytest.mark.parametrize("name", ["plot day", "explore", "mask", "report"])
 def test_output_below_a_regular_file_is_one_line(small_cube, tmp_path, capsys, name):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -25,6 +25,7 @@ from sicube import cube
 from sicube.build import STATE, build
 from sicube.mirror import Mirror
 from sicube.sample import write_archive
+from sicube.store import open_store
 
 distributed = pytest.importorskip("distributed")
 
@@ -62,8 +63,9 @@ def local(mirror, tmp_path_factory):
     return _contents(root / "local.zarr")
 
 
-def _contents(store: Path) -> tuple[dict[str, bytes], dict]:
-    group = zarr.open_group(str(store), mode="r")
+def _contents(store: Path | str, storage_options: dict | None = None
+              ) -> tuple[dict[str, bytes], dict]:
+    group = zarr.open_group(open_store(store, storage_options=storage_options), mode="r")
     return ({name: group[name][:].tobytes() for name in NAMES},
             {name: group.attrs[name] for name in ATTRS})
 
@@ -112,6 +114,21 @@ def test_cluster_build_fetches_on_workers_and_equals_the_local_build(
     _assert_same(tmp_path / "cluster.zarr", local)
     # 12 spatial chunks per batch, 2 threads: one batch keeps both busy.
     assert summary.fill_in_flight == 12
+
+
+def test_cluster_build_into_an_object_store_equals_the_local_build(
+        mirror, local, cluster, s3_server, tmp_path):
+    """The no-shared-disk build with the store on the S3 server: the workers write their
+    chunks to it with the storage options the client was given."""
+    client, workers = cluster
+    url = f"s3://{s3_server.bucket}/cluster-{tmp_path.name}.zarr"
+    raw_dir = tmp_path / "client-raw"
+    summary = _build(mirror, url, raw_dir, scheduler=client,
+                     storage_options=s3_server.storage_options)
+    assert summary.exit_code == 0
+    _assert_no_file_here(raw_dir, workers)
+    arrays, attrs = _contents(url, s3_server.storage_options)
+    assert arrays == local[0] and attrs == local[1]
 
 
 def _ingested(store: Path) -> int:

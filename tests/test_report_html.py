@@ -156,7 +156,7 @@ def test_cli_report_writes_the_page_and_refuses_bad_input_in_one_line(plain_cube
     assert "wrote" in capsys.readouterr().out and out.read_text().startswith("<!DOCTYPE html>")
     assert not list(out.parent.glob("*.part"))
     for args, message in (
-            (["--store", str(tmp_path / "none.zarr")], "no such folder"),
+            (["--store", str(tmp_path / "none.zarr")], "does not exist"),
             (["--store", str(tmp_path)], "not a sicube cube"),
             (["--store", str(plain_cube), "--html", str(tmp_path)], "is a folder")):
         html = [] if "--html" in args else ["--html", str(tmp_path / "x.html")]

@@ -104,15 +104,24 @@ def test_mask_plot_roi_evaluate_on_s3_give_what_they_give_locally(
         assert main(["roi", "--store", store, *SPAN, "--ymin=100", "--ymax=160", "--xmin=40",
                      "--xmax=100", "--csv", str(out / "roi.csv"), *extra]) == 0
         assert main(["evaluate", "--store", store, "--hide-fraction=0.05", *extra]) == 0
+        assert main(["report", "--store", store, "--html", str(out / "report.html"), "-q",
+                     *extra]) == 0
         text = capsys.readouterr().out.replace(store, "STORE").replace(str(out), "OUT")
         (out / "stdout.txt").write_text(text)
     with xr.open_dataset(tmp_path / "s3" / "mask.nc") as a, \
             xr.open_dataset(tmp_path / "local" / "mask.nc") as b:
         xr.testing.assert_equal(a[cube.LAND], b[cube.LAND])
         xr.testing.assert_equal(a[cube.NAN_RATIO], b[cube.NAN_RATIO])
-    for name in ("roi.csv", "stdout.txt"):
+    for name in ("roi.csv",):
         local = (tmp_path / "local" / name).read_text()
         assert (tmp_path / "s3" / name).read_text() == local and local
+    # the report's size (kB) may differ by the store's name in it; every other line is equal
+    out_s3, out_local = ((tmp_path / w / "stdout.txt").read_text().splitlines()
+                         for w in ("s3", "local"))
+    assert [x for x in out_s3 if "report.html" not in x] == \
+        [x for x in out_local if "report.html" not in x]
+    page_s3, page_local = ((tmp_path / w / "report.html").read_text() for w in ("s3", "local"))
+    assert page_s3.count("<img") == page_local.count("<img") > 0
 
 
 def test_update_on_s3_equals_the_same_update_locally(s3_env, archive, tmp_path):
@@ -176,6 +185,7 @@ def test_bad_s3_stores_are_one_line(s3_server, s3_cube, tmp_path, capsys, case):
                   "--xmax=9", *flag],
                  ["evaluate", "--store", store, *flag],
                  ["plot", "mask", "--store", store, "-o", str(tmp_path / "m.png"), *flag],
+                 ["report", "--store", store, "--html", str(tmp_path / "r.html"), *flag],
                  ["update", "--store", store, "--end=20240413", *flag]):
         assert main(argv) == 2, argv
         # evaluate takes any Zarr store that has raw values
