@@ -1,0 +1,117 @@
+"""sicube.area: cell areas on the ellipsoid checked against closed forms and pyproj."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyproj import CRS, Geod, Proj, Transformer
+
+from sicube import area, products
+
+HUGHES_A, HUGHES_B = 6378273.0, 6356889.449
+
+
+def _cap_area(a: float, b: float, lat_deg: float) -> float:
+    """Closed-form area (m²) of the ellipsoid north of `lat_deg`: pi a² (q_p - q(phi)),
+    q the authalic function (Snyder 1987, eq. 3-12)."""
+    e = np.sqrt(1 - (b / a) ** 2)
+
+    def q(phi):
+        s = np.sin(phi)
+        return (1 - e * e) * (s / (1 - (e * s) ** 2)
+                              - np.log((1 - e * s) / (1 + e * s)) / (2 * e))
+
+    return np.pi * a * a * (q(np.pi / 2) - q(np.radians(lat_deg)))
+
+
+def test_products_crs_is_hughes():
+    ell = CRS.from_epsg(products.GRIDS["n3125"].epsg_hughes).ellipsoid
+    assert (ell.semi_major_metre, round(ell.semi_minor_metre, 3)) == (HUGHES_A, HUGHES_B)
+
+
+def test_cap_formula_gives_the_whole_ellipsoid():
+    """The closed form itself: two caps from the equator are the ellipsoid's surface."""
+    a, b = HUGHES_A, HUGHES_B
+    e = np.sqrt(1 - (b / a) ** 2)
+    surface = 2 * np.pi * a * a + np.pi * b * b / e * np.log((1 + e) / (1 - e))
+    assert 2 * _cap_area(a, b, 0.0) == pytest.approx(surface, rel=1e-12)
+
+
+@pytest.mark.parametrize("code", [3411, 3412, 3413])
+def test_inverse_scale_matches_pyproj(code):
+    """1/k² in closed form equals pyproj's areal scale factor at random points."""
+    rng = np.random.default_rng(code)
+    x, y = rng.uniform(-4e6, 4e6, 500), rng.uniform(-5e6, 5e6, 500)
+    proj = Proj(CRS.from_epsg(code))
+    lon, lat = proj(x, y, inverse=True)
+    factors = proj.get_factors(lon, lat)
+    np.testing.assert_allclose(area.inverse_scale_squared(x, y, code) * factors.areal_scale,
+                               1.0, rtol=1e-9)
+
+
+def test_cap_north_of_80_equals_closed_form():
+    """Σ cell_area x (share of the cell north of 80° N) on n3125 = the cap's area, 0.05 %.
+
+    The cap is a disc around the pole on the map; cells wholly inside count fully, cells
+    crossing its rim by the share of 24 x 24 sub-points inside.
+    """
+    grid = products.GRIDS["n3125"]
+    x, y = grid.x(), grid.y()
+    crs = grid.crs.to_pyproj()
+    radius = np.hypot(*Transformer.from_crs(4326, crs, always_xy=True).transform(0.0, 80.0))
+    cols = np.nonzero(np.abs(x) < radius + 2 * grid.cell_size)[0]
+    rows = np.nonzero(np.abs(y) < radius + 2 * grid.cell_size)[0]
+    xs, ys = x[cols], y[rows]
+    cells = area.cell_area(xs, ys, crs)
+    sub = (np.arange(24) + 0.5) / 24 - 0.5
+    px = xs[:, None] + grid.cell_size * sub  # (nx, 24)
+    py = ys[:, None] + grid.cell_size * sub
+    share = np.empty(cells.shape)
+    for i in range(ys.size):
+        inside = np.hypot(px[None, :, :, None], py[i][None, None, None, :]) < radius
+        share[i] = inside.mean(axis=(2, 3))[0]
+    total = float((cells * share).sum())
+    expected = _cap_area(HUGHES_A, HUGHES_B, 80.0)
+    print("cap: relative error", total / expected - 1)
+    assert abs(total / expected - 1) < 5e-4, (total, expected)
+    assert share[0].max() == share[-1].max() == share[:, 0].max() == 0  # the whole rim is in
+    assert 0 < share.mean() < 1
+
+
+def test_whole_grid_equals_geodesic_area_of_the_rectangle():
+    """Σ cell_area over n6250 = the area of the grid's rectangle computed independently:
+    pyproj.Geod's geodesic area of its edges, densified every 5 km on the map."""
+    grid = products.GRIDS["n6250"]
+    crs = grid.crs.to_pyproj()
+    total = area.cell_area(grid.x(), grid.y(), crs).sum()
+    x0, y0 = grid.x_min, grid.y_min
+    x1, y1 = x0 + grid.nx * grid.cell_size, y0 + grid.ny * grid.cell_size
+    n = 2000
+    edge = np.linspace(0, 1, n, endpoint=False)
+    bx = np.concatenate([x0 + (x1 - x0) * edge, np.full(n, x1), x1 - (x1 - x0) * edge,
+                         np.full(n, x0)])
+    by = np.concatenate([np.full(n, y0), y0 + (y1 - y0) * edge, np.full(n, y1),
+                         y1 - (y1 - y0) * edge])
+    lon, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(bx, by)
+    geod = Geod(a=HUGHES_A, b=HUGHES_B)
+    geodesic, _ = geod.polygon_area_perimeter(lon, lat)
+    print("grid: relative error", total / abs(geodesic) - 1)
+    assert abs(total / abs(geodesic) - 1) < 1e-6, (total, geodesic)
+
+
+def test_cell_area_refuses_other_projections():
+    with pytest.raises(ValueError, match="polar stereographic"):
+        area.cell_area(np.arange(3.0), np.arange(3.0), 4326)
+
+
+def test_extent_area_of_a_block_equals_a_direct_sum():
+    rng = np.random.default_rng(1)
+    conc = rng.random((3, 5, 6)).astype(np.float32)
+    conc[0, 0, 0] = np.nan
+    cells = rng.uniform(1e6, 2e6, (5, 6))
+    ocean = rng.random((5, 6)) > 0.2
+    extent, ice = area.extent_area(conc, cells, ocean)
+    for t in range(3):
+        c = np.nan_to_num(conc[t].astype(np.float64))
+        assert extent[t] == pytest.approx(cells[(c >= 0.15) & ocean].sum() / 1e6, rel=1e-12)
+        assert ice[t] == pytest.approx((c * cells * ocean).sum() / 1e6, rel=1e-12)
