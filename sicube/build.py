@@ -32,7 +32,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from sicube import cube, ingest, mask, products, settings
+from sicube import area, cube, ingest, mask, products, settings
 from sicube._version import __version__
 from sicube.cube import FillFlag
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
@@ -532,27 +532,47 @@ def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTall
 
 
 def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> None:
-    """Fill every time chunk whose fill is not current, a batch at a time, recording each."""
+    """Fill every time chunk whose fill is not current, a batch at a time, recording each.
+
+    Each filled day's sea-ice extent and area (`sicube.area`) come out of the same pass:
+    every block adds its cells' share while its filled values are in memory, the pole hole
+    is added when it is set, so the fill's output is never read back.
+    """
     chunk, nt = group[cube.RAW].chunks[0], group[cube.RAW].shape[0]
     params = state.args.fill
     todo = fill_batches(nt, chunk, params.time_window, state.stale_chunks(chunk))
     hole = group[cube.POLE_HOLE][:].astype(bool) if cube.POLE_HOLE in group else None
+    with_area = cube.CELL_AREA in group and cube.EXTENT in group
     if hole is not None and hole.any():
         ring = pole_hole_ring(hole, group[cube.LAND][:], params.space_window)
         rows, cols = np.nonzero(hole | ring)  # the hole's box, found once for every chunk
         box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
         hole, ring = hole[box], ring[box]
+        hole_cells = group[cube.CELL_AREA][box][hole] if with_area else None
     else:
         hole = None
     bar = _bar(progress, total=len(todo), desc="fill", unit="batch")
     for batch in todo:
-        counts = _fill_batch(group, batch, params).compute()
-        per_chunk = counts.reshape(-1, len(batch.chunks), len(FillFlag)).sum(0)
+        out = _fill_batch(group, batch, params, with_area).compute()
+        n_days, n_counts = batch.stop - batch.start, len(batch.chunks) * len(FillFlag)
+        out = out.reshape(-1, n_counts + 2 * n_days if with_area else n_counts)
+        per_chunk = np.rint(out[:, :n_counts]).astype(np.int64).reshape(
+            -1, len(batch.chunks), len(FillFlag)).sum(0)
+        extent = out[:, n_counts:n_counts + n_days].sum(0) if with_area else None
+        ice = out[:, n_counts + n_days:].sum(0) if with_area else None
         for c, chunk_counts in zip(batch.chunks, per_chunk, strict=True):
             if hole is not None:  # after the chunk's cells are written, before it is recorded
                 days = slice(c * chunk, min(nt, (c + 1) * chunk))
-                chunk_counts = chunk_counts + _fill_pole_hole(group, (days, *box), hole, ring)
+                change, hole_extent, hole_ice = _fill_pole_hole(group, (days, *box), hole, ring,
+                                                                hole_cells)
+                chunk_counts = chunk_counts + change
+                if with_area:
+                    extent[days.start - batch.start:days.stop - batch.start] += hole_extent
+                    ice[days.start - batch.start:days.stop - batch.start] += hole_ice
             state.flag_counts[c] = [int(n) for n in chunk_counts]
+        if with_area:
+            group[cube.EXTENT][batch.start:batch.stop] = extent
+            group[cube.AREA][batch.start:batch.stop] = ice
         state.filled.update(batch.chunks)
         _save(group, state)
         settings.release_memory()
@@ -561,9 +581,10 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool) -> No
     _count_flags(state, summary)
 
 
-def _fill_batch(group, batch: FillBatch, params: FillParams) -> da.Array:
+def _fill_batch(group, batch: FillBatch, params: FillParams, with_area: bool) -> da.Array:
     """Lazily fill the batch's days into `sea_ice_conc` and `fill_flag`; per block, the flag
-    counts of each of the batch's time chunks.
+    counts of each of the batch's time chunks, then (`with_area`) the block's share of each
+    day's sea-ice extent and area (float64 throughout: counts stay exact below 2^53).
 
     Each task reads one spatial chunk of the batch's read window, gets its `space_window`
     halo from its neighbours through `map_overlap`, and writes whole Zarr chunks of both
@@ -577,10 +598,14 @@ def _fill_batch(group, batch: FillBatch, params: FillParams) -> da.Array:
                                  (sw, sw))
     source = da.from_zarr(raw, chunks=(tuple(n for n in (a, b - a, nt - b) if n), *spatial))
     land = da.from_zarr(group[cube.LAND], chunks=spatial)[None]
-    per_block = len(batch.chunks) * len(FillFlag)
+    arrays = [source[a:b], land]
+    if with_area:
+        arrays.append(da.from_zarr(group[cube.CELL_AREA], chunks=spatial)[None])
+    per_block = len(batch.chunks) * len(FillFlag) + (
+        2 * (batch.stop - batch.start) if with_area else 0)
     return da.map_overlap(
-        _fill_store_block, source[a:b], land, depth={0: 0, 1: depth[0], 2: depth[1]},
-        boundary="none", trim=False, align_arrays=False, dtype=np.int64,
+        _fill_store_block, *arrays, depth={0: 0, 1: depth[0], 2: depth[1]},
+        boundary="none", trim=False, align_arrays=False, dtype=np.float64,
         chunks=((1,), (1,) * len(spatial[0]), (per_block,) * len(spatial[1])),
         params=params, core_t=(batch.start - a, batch.stop - a), t0=batch.start,
         bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth, time_chunk=chunk,
@@ -588,10 +613,10 @@ def _fill_batch(group, batch: FillBatch, params: FillParams) -> da.Array:
     )
 
 
-def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bounds, halo,
-                      time_chunk, targets):
+def _fill_store_block(block, land, cells=None, block_info=None, *, params, core_t, t0, bounds,
+                      halo, time_chunk, targets):
     """Fill one haloed block's core, write its fraction and flags; the flag counts of each
-    time chunk it covers."""
+    time chunk it covers, then (given `cells`, the cell areas) its extent and area per day."""
     iy, ix = block_info[0]["chunk-location"][1:]
     (y0, y1), (x0, x1) = bounds[0][iy : iy + 2], bounds[1][ix : ix + 2]
     core = (*core_t, *core_in_block((iy, ix), (y1 - y0, x1 - x0), halo))
@@ -601,21 +626,32 @@ def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bound
     targets[1][region] = flags
     counts = [np.bincount(flags[i:i + time_chunk].ravel(), minlength=len(FillFlag))
               for i in range(0, flags.shape[0], time_chunk)]
-    return np.concatenate(counts).reshape(1, 1, -1)
+    parts = [np.concatenate(counts).astype(np.float64)]
+    if cells is not None:  # land is 0 in `fraction`: neither ice nor extent
+        parts += area.extent_area(fraction, cells[0][core[2]:core[3], core[4]:core[5]])
+    return np.concatenate(parts).reshape(1, 1, -1)
 
 
 def _fill_pole_hole(group, box: tuple[slice, slice, slice], hole: np.ndarray,
-                    ring: np.ndarray) -> np.ndarray:
+                    ring: np.ndarray, hole_cells: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Set the pole hole's cells in `box` (days, and the bounding box of hole and ring, which
     `hole` and `ring` are cut to: a few chunks near the grid's centre) by `fill.fill_pole_hole`;
-    the change in their flag counts."""
+    the change in their flag counts, and per day in sea-ice extent and area (km²): the hole
+    counts wholly toward extent (NSIDC), at its new value toward area."""
     conc_array, flag_array = (cube.for_writing(group[cube.CONC]),
                               cube.for_writing(group[cube.FLAG]))
     conc, flags = conc_array[box], flag_array[box]
+    before = conc[:, hole].astype(np.float64)
     change = fill_pole_hole(group[cube.RAW][box], conc, flags, hole, ring)
     conc_array[box] = conc
     flag_array[box] = flags
-    return change
+    if hole_cells is None:
+        return change, 0.0, 0.0
+    km2 = hole_cells * area.KM2
+    extent = km2.sum() - (before >= area.EXTENT_THRESHOLD) @ km2
+    ice = (conc[:, hole].astype(np.float64) - before) @ km2
+    return change, extent, ice
 
 
 def _count_flags(state: BuildState, summary: BuildSummary) -> None:
@@ -1113,9 +1149,9 @@ def _extend_time(group, days: list[dt.date]) -> None:
     from sicube.dates import to_datetime64
 
     n = len(days)
-    for name in (*cube.CUBE_VARS, cube.OBSERVED, cube.SENSOR):
+    for name in (*cube.CUBE_VARS, cube.OBSERVED, cube.SENSOR, cube.EXTENT, cube.AREA):
         if name not in group:
-            continue  # `sensor` on a cube from before it existed
+            continue  # `sensor`, extent and area on a cube from before they existed
         array = group[name]
         array.resize((n, *array.shape[1:]))
     time_array = group["time"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pytest
 from pyproj import CRS, Geod, Proj, Transformer
 
-from sicube import area, products
+from sicube import area, cube, products
+from tests.conftest import ARCHIVE_END, ARCHIVE_START, SMALL_CUBE_CHUNKS
 
 HUGHES_A, HUGHES_B = 6378273.0, 6356889.449
 
@@ -115,3 +118,51 @@ def test_extent_area_of_a_block_equals_a_direct_sum():
         c = np.nan_to_num(conc[t].astype(np.float64))
         assert extent[t] == pytest.approx(cells[(c >= 0.15) & ocean].sum() / 1e6, rel=1e-12)
         assert ice[t] == pytest.approx((c * cells * ocean).sum() / 1e6, rel=1e-12)
+
+
+# --- stored in the cube by the builder, kept current by update ----------------------------------
+
+
+def _numpy_extent_area(store) -> tuple[np.ndarray, np.ndarray]:
+    """Extent and area (km²) of every day of a cube, straight from its arrays with NumPy."""
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r")
+    conc = group[cube.CONC][:].astype(np.float64)
+    cells = group[cube.CELL_AREA][:] / 1e6
+    ocean = group[cube.LAND][:] == 0
+    hole = group[cube.POLE_HOLE][:].astype(bool)
+    ice_cells = ((conc >= 0.15) | hole) & ocean
+    return (ice_cells * cells).sum(axis=(1, 2)), (conc * cells * ocean).sum(axis=(1, 2))
+
+
+def test_built_cube_stores_cell_area_extent_and_area(small_cube):
+    import zarr
+
+    group = zarr.open_group(str(small_cube), mode="r")
+    x, y = group["x"][:], group["y"][:]
+    crs = products.GridCRS.from_attrs(group[cube.GRID_MAPPING].attrs).to_pyproj()
+    np.testing.assert_array_equal(group[cube.CELL_AREA][:], area.cell_area(x, y, crs))
+    assert group[cube.POLE_HOLE][:].any()  # the rule for the hole is exercised
+    extent, ice = _numpy_extent_area(small_cube)
+    np.testing.assert_allclose(group[cube.EXTENT][:], extent, rtol=1e-9)
+    np.testing.assert_allclose(group[cube.AREA][:], ice, rtol=1e-9)
+    ds = cube.open_cube(small_cube)
+    assert ds[cube.EXTENT].attrs["units"] == ds[cube.AREA].attrs["units"] == "km2"
+    assert ds[cube.CELL_AREA].attrs["units"] == "m2"
+    assert 1e5 < float(ds[cube.EXTENT].min()) and float(ds[cube.AREA].max()) < 2e7
+
+
+def test_update_keeps_extent_and_area_current(archive, tmp_path):
+    from sicube.build import build, update
+
+    store = tmp_path / "grow.zarr"
+    build(ARCHIVE_START, ARCHIVE_START + dt.timedelta(days=6), store, source=archive.root,
+          chunks=SMALL_CUBE_CHUNKS, progress=False)
+    update(store, ARCHIVE_END, source=archive.root, progress=False)
+    ds = cube.open_cube(store)
+    assert ds.sizes["time"] == (ARCHIVE_END - ARCHIVE_START).days + 1
+    extent, ice = _numpy_extent_area(store)
+    assert not np.isnan(ds[cube.EXTENT].values).any()
+    np.testing.assert_allclose(ds[cube.EXTENT].values, extent, rtol=1e-9)
+    np.testing.assert_allclose(ds[cube.AREA].values, ice, rtol=1e-9)
