@@ -163,7 +163,9 @@ def _slot_sums(conc, times: np.ndarray, keep: np.ndarray):
             before, after = int(slots[0]), N_SLOTS - 1 - int(slots[-1])
             pad = [da.zeros((n, *conc.shape[1:]), np.float64, chunks=((n,), *spatial))
                    for n in (before, after)]
-            parts.append(da.concatenate([p for p in (pad[0], x, pad[1]) if p.shape[0]]))
+            # The same slot chunks every year, so that the years add chunk by chunk.
+            parts.append(da.concatenate([p for p in (pad[0], x, pad[1]) if p.shape[0]])
+                         .rechunk({0: SLOT_CHUNK}))
         sums = parts[0] if sums is None else sums + parts[0]
         squares = parts[1] if squares is None else squares + parts[1]
     return sums, squares

@@ -166,3 +166,87 @@ def test_update_keeps_extent_and_area_current(archive, tmp_path):
     assert not np.isnan(ds[cube.EXTENT].values).any()
     np.testing.assert_allclose(ds[cube.EXTENT].values, extent, rtol=1e-9)
     np.testing.assert_allclose(ds[cube.AREA].values, ice, rtol=1e-9)
+
+
+# --- sicube extent: API and command -----------------------------------------------------------
+
+
+def test_extent_command_writes_the_series_and_a_plot(small_cube, tmp_path, capsys):
+    import pandas as pd
+
+    from sicube.cli import main
+
+    csv, png = tmp_path / "extent.csv", tmp_path / "extent.png"
+    assert main(["extent", "--store", str(small_cube), "--csv", str(csv), "--plot",
+                 str(png)]) == 0
+    assert f"wrote {csv}" in capsys.readouterr().out
+    table = pd.read_csv(csv)
+    assert list(table.columns) == ["date", "observed", "sea_ice_extent_km2", "sea_ice_area_km2"]
+    ds = cube.open_cube(small_cube)
+    np.testing.assert_allclose(table["sea_ice_extent_km2"], ds[cube.EXTENT].values, atol=1e-3)
+    assert table["date"].iloc[0] == f"{ARCHIVE_START}" and len(table) == ds.sizes["time"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_extent_of_a_region_equals_numpy(small_cube):
+    import zarr
+
+    from sicube.extent import extent
+
+    group = zarr.open_group(str(small_cube), mode="r")
+    y0, y1, x0, x1 = 100, 160, 40, 110  # across the pole hole and chunk edges
+    table = extent(small_cube, region=f"{y0},{y1},{x0},{x1}")
+    conc = group[cube.CONC][:, y0:y1, x0:x1].astype(np.float64)
+    cells = group[cube.CELL_AREA][y0:y1, x0:x1] / 1e6
+    ocean = group[cube.LAND][y0:y1, x0:x1] == 0
+    hole = group[cube.POLE_HOLE][y0:y1, x0:x1] > 0
+    assert hole.any()
+    want = ((((conc >= 0.15) | hole) & ocean) * cells).sum(axis=(1, 2))
+    np.testing.assert_allclose(table["sea_ice_extent_km2"], want, rtol=1e-12)
+    np.testing.assert_allclose(table["sea_ice_area_km2"], (conc * cells * ocean).sum(axis=(1, 2)),
+                               rtol=1e-12)
+    whole = extent(small_cube, region=f"0,{group['y'].size},0,{group['x'].size}")
+    np.testing.assert_allclose(whole["sea_ice_extent_km2"], group[cube.EXTENT][:], rtol=1e-9)
+
+
+def test_extent_band_over_more_than_a_year(tmp_path):
+    from sicube.extent import BAND_COLUMNS, extent
+    from sicube.testing import synthetic_cube
+
+    store = synthetic_cube(tmp_path / "two.zarr", start=20230101, n_days=800, shape=(8, 8),
+                           missing=(10, 400), chunks={"time": 32, "y": 8, "x": 8})
+    table = extent(store, half_window=0, plot=tmp_path / "band.png")
+    assert all(c in table for c in BAND_COLUMNS)
+    # With no pooling, a day of year's mean is the mean over its observed days.
+    jan5 = table[table["date"].str.endswith("-01-05") & table["observed"]]
+    assert len(jan5) == 3
+    assert table[BAND_COLUMNS[0]].iloc[4] == pytest.approx(jan5["sea_ice_extent_km2"].mean())
+    assert table[BAND_COLUMNS[1]].iloc[4] == pytest.approx(
+        jan5["sea_ice_extent_km2"].std(ddof=0))
+    assert (tmp_path / "band.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("region, message", [("0,10,0", "expected ymin,ymax,xmin,xmax"),
+                                             ("0,100000,0,10", "outside the"),
+                                             ("5,5,0,10", "outside the")])
+def test_extent_bad_region_is_one_line_exit_2(small_cube, region, message, capsys):
+    from sicube.cli import main
+
+    assert main(["extent", "--store", str(small_cube), "--region", region]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_extent_of_an_unfinished_cube_is_refused(tmp_path, capsys):
+    import zarr
+
+    from sicube.cli import main
+    from sicube.testing import synthetic_cube
+
+    store = synthetic_cube(tmp_path / "c.zarr", n_days=4, missing=())
+    zarr.open_group(str(store), mode="r+").attrs[cube.STATUS] = cube.BUILDING
+    assert main(["extent", "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished cube" in err and err.count("\n") == 1
+    assert main(["extent", "--store", str(tmp_path / "nothing.zarr")]) == 2
+    assert "nothing.zarr is not a readable Zarr store" in capsys.readouterr().err

@@ -101,3 +101,18 @@ def test_climatology_refuses_bad_input(two_years, tmp_path):
     with pytest.raises(BadInput, match="exists"):
         clim.climatology(two_years, "2024", tmp_path / "b.zarr")
     assert not (tmp_path / "a.zarr").exists()
+
+
+def test_climatology_command(two_years, tmp_path, capsys):
+    from sicube.cli import main
+
+    out = tmp_path / "c.zarr"
+    assert main(["climatology", "--store", str(two_years), "--years", "2024-2024", "--out",
+                 str(out), "--half-window", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "±1 days" in text and "365 x 20 x 18" in text
+    assert xr.open_zarr(out)[clim.MEAN].shape == (365, 20, 18)
+    assert main(["climatology", "--store", str(two_years), "--years", "2024", "--out",
+                 str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and err.count("\n") == 1
