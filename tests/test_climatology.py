@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from sicube import climatology as clim
 from sicube import cube
 from sicube.errors import BadInput
 from sicube.testing import synthetic_cube
+
+# The module (`sicube.climatology` on the package is the function of the same name).
+clim = importlib.import_module("sicube.climatology")
 
 
 @pytest.fixture(scope="module")
