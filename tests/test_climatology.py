@@ -119,3 +119,70 @@ def test_climatology_command(two_years, tmp_path, capsys):
                  str(out)]) == 2
     err = capsys.readouterr().err
     assert "exists" in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def clim_store(two_years, tmp_path_factory):
+    out = tmp_path_factory.mktemp("climstore") / "clim.zarr"
+    clim.climatology(two_years, "2023-2024", out, half_window=2)
+    return out
+
+
+def test_dataset_anomaly_channel_and_normalize(two_years, clim_store):
+    from sicube.dataset import SICDataset
+
+    ds = xr.open_zarr(two_years)
+    mean = xr.open_zarr(clim_store)[clim.MEAN].values
+    data = SICDataset(two_years, 20240225, 20240305, input_length=3, pred_length=1,
+                      variables=["anomaly"], target_variables=["anomaly"],
+                      climatology=clim_store, allow_unobserved=True)
+    inputs, targets = data[0]
+    times = ds["time"].values.astype("datetime64[D]")
+    first = int(np.nonzero(times == np.datetime64("2024-02-25"))[0][0])
+    for t in range(3):
+        day = first + t
+        conc = ds[cube.CONC].values[day]
+        want = conc - np.nan_to_num(mean[clim.day_slot(times[day:day + 1])[0]])
+        np.testing.assert_allclose(inputs[t, 0].numpy(), conc)
+        np.testing.assert_allclose(inputs[t, 1].numpy(), want, atol=1e-6)
+    # 29 February uses 28 February's mean (its slot)
+    feb29 = SICDataset(two_years, 20240229, 20240301, input_length=1, pred_length=1,
+                       variables=["anomaly"], climatology=clim_store, allow_unobserved=True)
+    day = int(np.nonzero(times == np.datetime64("2024-02-29"))[0][0])
+    np.testing.assert_allclose(feb29[0][0][0, 1].numpy(),
+                               ds[cube.CONC].values[day] - np.nan_to_num(mean[58]), atol=1e-6)
+    stats = json.loads(xr.open_zarr(clim_store).attrs[clim.CHANNEL_STATS])
+    scaled = SICDataset(two_years, 20240225, 20240305, input_length=3, pred_length=1,
+                        variables=["anomaly"], climatology=clim_store, normalize=True,
+                        allow_unobserved=True)
+    x, y = scaled[0]
+    m, s = stats[cube.CONC]
+    np.testing.assert_allclose(x[:, 0].numpy(), (inputs[:, 0].numpy() - m) / s, rtol=1e-5,
+                               atol=1e-5)
+    m, s = stats["anomaly"]
+    np.testing.assert_allclose(x[:, 1].numpy(), (inputs[:, 1].numpy() - m) / s, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(y[:, 0].numpy(), (targets[:, 0].numpy() - stats[cube.CONC][0])
+                               / stats[cube.CONC][1], rtol=1e-5, atol=1e-5)
+    batch = scaled[[0, 1]]  # the batch path scales too
+    np.testing.assert_allclose(batch[0][0].numpy(), x.numpy())
+
+
+def test_dataset_climatology_bad_input(two_years, clim_store, tmp_path):
+    from sicube.dataset import SICDataset
+
+    args = (two_years, 20240225, 20240305, 2, 1)
+    with pytest.raises(BadInput, match="needs climatology"):
+        SICDataset(*args, variables=["anomaly"])
+    with pytest.raises(BadInput, match="normalize"):
+        SICDataset(*args, normalize=True)
+    with pytest.raises(BadInput, match="not one of the channels"):
+        SICDataset(*args, normalize={"anomaly": (0, 1)})
+    with pytest.raises(BadInput, match="std must be positive"):
+        SICDataset(*args, normalize={cube.CONC: (0, 0)})
+    with pytest.raises(BadInput, match="not a sicube climatology|not a readable"):
+        SICDataset(*args, variables=["anomaly"], climatology=two_years)
+    scaled = SICDataset(*args, normalize={cube.CONC: (0.5, 2.0)}, allow_unobserved=True)
+    plain = SICDataset(*args, allow_unobserved=True)
+    np.testing.assert_allclose(scaled[0][0].numpy(), (plain[0][0].numpy() - 0.5) / 2.0,
+                               rtol=1e-6)
