@@ -22,7 +22,6 @@ from sicube.errors import BadInput
 
 COLUMNS = ("date", "observed", "sea_ice_extent_km2", "sea_ice_area_km2")
 BAND_COLUMNS = ("extent_climatology_mean_km2", "extent_climatology_std_km2")
-FIGSIZE = (11.0, 5.5)
 
 
 def parse_region(region: str | Sequence[int] | None, shape: tuple[int, int]
@@ -97,7 +96,7 @@ def extent(store: str | os.PathLike, *, region: str | Sequence[int] | None = Non
         Path(csv).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(csv, index=False, float_format="%.3f")
     if plot is not None:
-        from sicube.plot import save_figure
+        from sicube.plot import plot_extent, save_figure
 
         save_figure(plot_extent(table, str(store)), plot)
     return table
@@ -115,33 +114,4 @@ def band(dates: np.ndarray, values: np.ndarray, use: np.ndarray,
     return pooled_mean_std(sums, squares, counts, half_window)
 
 
-def plot_extent(table, title: str = ""):
-    """A figure of the extent and area series, with the climatology band when present."""
-    from sicube.plot import _figure
-
-    fig = _figure(FIGSIZE)
-    ax = fig.add_subplot()
-    dates = np.asarray(table["date"], dtype="datetime64[D]")
-    if BAND_COLUMNS[0] in table:
-        mean, std = table[BAND_COLUMNS[0]].to_numpy(), table[BAND_COLUMNS[1]].to_numpy()
-        ax.fill_between(dates, (mean - std) / 1e6, (mean + std) / 1e6, color="#9ecae1",
-                        alpha=0.6, label="extent climatology ±1 std")
-        ax.plot(dates, mean / 1e6, color="#6baed6", lw=1, label="extent climatology mean")
-    ax.plot(dates, table["sea_ice_extent_km2"] / 1e6, color="#08519c", lw=1.5,
-            label="sea-ice extent (conc >= 15 %)")
-    ax.plot(dates, table["sea_ice_area_km2"] / 1e6, color="#e6550d", lw=1.5,
-            label="sea-ice area")
-    unobserved = ~table["observed"].to_numpy(bool)
-    if unobserved.any():
-        ax.plot(dates[unobserved], table["sea_ice_extent_km2"].to_numpy()[unobserved] / 1e6,
-                "x", color="#636363", ms=4, label="day without a file (filled)")
-    ax.set_ylabel("million km²")
-    box = table.attrs.get("region")
-    where = f"region y {box[0]}:{box[1]}, x {box[2]}:{box[3]}" if box else "whole grid"
-    ax.set_title(f"{title} — {where}" if title else where, fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    return fig
-
-
-__all__ = ["COLUMNS", "BAND_COLUMNS", "band", "extent", "parse_region", "plot_extent"]
+__all__ = ["COLUMNS", "BAND_COLUMNS", "band", "extent", "parse_region"]
