@@ -335,9 +335,16 @@ def _create_store(store: str, days: list[dt.date], grid: GridCoords, crs: produc
         if local is not None:
             tmp = local.with_name(f".{local.name}.creating-{os.getpid()}")
             ds.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3)
+            _write_cell_area(str(tmp), ds)
             os.rename(tmp, local)
         else:
             ds.to_zarr(store, mode="w-", compute=False, zarr_format=3)
+            _write_cell_area(store, ds)
+
+
+def _write_cell_area(store: str, ds) -> None:
+    """Write the grid's cell areas (`cube.template` computed them) once, at the cube's birth."""
+    _open_group(store)[cube.CELL_AREA][:] = ds[cube.CELL_AREA].values
 
 
 def _read_state(group) -> BuildState:

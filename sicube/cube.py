@@ -174,8 +174,9 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
     for name in GRID_VARS:
         data_vars[name] = (("y", "x"), da.full((ny, nx), _EMPTY[name], dtype=DTYPES[name],
                                                chunks=cube_chunks[1:]), ATTRS[name])
-    # In memory, not lazy: written when the empty cube is (the builder writes it compute=False).
-    data_vars[CELL_AREA] = (("y", "x"), _cell_area(x, y, crs), ATTRS[CELL_AREA])
+    # Lazy like the rest: the builder writes it into the new store itself (`build._create_store`).
+    data_vars[CELL_AREA] = (("y", "x"), da.from_array(_cell_area(x, y, crs),
+                                                      chunks=cube_chunks[1:]), ATTRS[CELL_AREA])
     for name in (EXTENT, AREA):  # NaN until the day's time chunk is filled
         data_vars[name] = (("time",), np.full(nt, np.nan), ATTRS[name])
     data_vars[OBSERVED] = (("time",), np.zeros(nt, bool), ATTRS[OBSERVED])
