@@ -16,6 +16,7 @@ from sicube._version import __version__ as __version__
 # Public name -> the module that defines it.
 _EXPORTS = {
     "BuildSummary": "sicube.build", "build": "sicube.build", "update": "sicube.build",
+    "climatology": "sicube.climatology", "extent": "sicube.extent",
     "FillFlag": "sicube.cube", "open_cube": "sicube.cube",
     "configure": "sicube.settings",
     "SICDataset": "sicube.dataset", "SICStream": "sicube.dataset",
@@ -31,18 +32,21 @@ _EXPORTS = {
 }
 
 __all__ = [  # the names of _EXPORTS (tests/test_imports.py checks they agree)
-    "BuildSummary", "FillFlag", "SICDataset", "SICStream", "build", "configure", "download",
-    "evaluate_fill", "explore", "export_mask", "gaussian_fill", "info", "iter_downloads",
-    "open_cube", "open_store", "plot_compare", "plot_day", "plot_mask", "roi_report", "update",
+    "BuildSummary", "FillFlag", "SICDataset", "SICStream", "build", "climatology", "configure",
+    "download", "evaluate_fill", "explore", "export_mask", "extent", "gaussian_fill", "info",
+    "iter_downloads", "open_cube", "open_store", "plot_compare", "plot_day", "plot_mask",
+    "roi_report", "update",
     "write_archive",
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` loads them
     from sicube.build import BuildSummary, build, update
+    from sicube.climatology import climatology
     from sicube.cube import FillFlag, open_cube
     from sicube.dataset import SICDataset, SICStream
     from sicube.download import download, iter_downloads
     from sicube.evaluate import evaluate_fill
+    from sicube.extent import extent
     from sicube.fill import gaussian_fill
     from sicube.mask import export_mask
     from sicube.plot import explore, plot_compare, plot_day, plot_mask

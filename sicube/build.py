@@ -37,7 +37,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from sicube import cube, ingest, mask, products, quality, settings
+from sicube import area, cube, ingest, mask, products, quality, settings
 from sicube import store as store_location
 from sicube._version import __version__
 from sicube.cube import FillFlag
@@ -382,10 +382,18 @@ def _create_store(store: str, days: list[dt.date], grid: GridCoords, crs: produc
         if local is not None:
             tmp = local.with_name(f".{local.name}.creating-{os.getpid()}")
             ds.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3)
+            _write_cell_area(str(tmp), ds)
             os.rename(tmp, local)
         else:
             target = store_location.open_store(store, storage_options=storage_options, mode="w-")
             ds.to_zarr(target, mode="w-", compute=False, zarr_format=3)
+            _write_cell_area(store, ds, storage_options)
+
+
+def _write_cell_area(store: str, ds, storage_options: dict | None = None) -> None:
+    """Write the grid's cell areas (`cube.template` computed them) once, at the cube's birth."""
+    _open_group(store, storage_options=storage_options)[cube.CELL_AREA][:] = \
+        ds[cube.CELL_AREA].values
 
 
 def _read_state(group) -> BuildState:
@@ -658,28 +666,46 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool,
 
     Here batches run one after another (each already keeps every thread busy). On a
     cluster, `_fill_window` batches run at once, so that every worker thread has a task.
+
+    Each filled day's sea-ice extent and area (`sicube.area`) come out of the same pass:
+    every block adds its cells' share while its filled values are in memory, the pole hole
+    is added when it is set, so the fill's output is never read back.
     """
     chunk, nt = group[cube.RAW].chunks[0], group[cube.RAW].shape[0]
     params = state.args.fill
     todo = fill_batches(nt, chunk, params.time_window, state.stale_chunks(chunk))
     hole = group[cube.POLE_HOLE][:].astype(bool) if cube.POLE_HOLE in group else None
+    with_area = cube.CELL_AREA in group and cube.EXTENT in group
     if hole is not None and hole.any():
         ring = pole_hole_ring(hole, group[cube.LAND][:], params.space_window)
         rows, cols = np.nonzero(hole | ring)  # the hole's box, found once for every chunk
         box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
         hole, ring = hole[box], ring[box]
+        hole_cells = group[cube.CELL_AREA][box][hole] if with_area else None
     else:
         hole = None
     drop = _excluded_days(state)
     bar = _bar(progress, total=len(todo), desc="fill", unit="batch")
-    for batch, counts in _fill_results(group, todo, params, client, summary, drop):
-        per_chunk = counts.reshape(-1, len(batch.chunks), len(FillFlag)).sum(0)
+    for batch, out in _fill_results(group, todo, params, client, summary, with_area, drop):
+        n_days, n_counts = batch.stop - batch.start, len(batch.chunks) * len(FillFlag)
+        out = out.reshape(-1, n_counts + 2 * n_days if with_area else n_counts)
+        per_chunk = np.rint(out[:, :n_counts]).astype(np.int64).reshape(
+            -1, len(batch.chunks), len(FillFlag)).sum(0)
+        extent = out[:, n_counts:n_counts + n_days].sum(0) if with_area else None
+        ice = out[:, n_counts + n_days:].sum(0) if with_area else None
         for c, chunk_counts in zip(batch.chunks, per_chunk, strict=True):
             if hole is not None:  # after the chunk's cells are written, before it is recorded
                 days = slice(c * chunk, min(nt, (c + 1) * chunk))
-                chunk_counts = chunk_counts + _fill_pole_hole(group, (days, *box), hole, ring,
-                                                              drop[days])
+                change, hole_extent, hole_ice = _fill_pole_hole(group, (days, *box), hole, ring,
+                                                                hole_cells, drop[days])
+                chunk_counts = chunk_counts + change
+                if with_area:
+                    extent[days.start - batch.start:days.stop - batch.start] += hole_extent
+                    ice[days.start - batch.start:days.stop - batch.start] += hole_ice
             state.flag_counts[c] = [int(n) for n in chunk_counts]
+        if with_area:
+            group[cube.EXTENT][batch.start:batch.stop] = extent
+            group[cube.AREA][batch.start:batch.stop] = ice
         state.filled.update(batch.chunks)
         _save(group, state)
         settings.release_memory()
@@ -709,13 +735,14 @@ def _fill_window(client, tasks_per_batch: int) -> int:
 
 
 def _fill_results(group, todo: list[FillBatch], params: FillParams, client,
-                  summary: BuildSummary, drop: np.ndarray | None = None
+                  summary: BuildSummary, with_area: bool, drop: np.ndarray | None = None
                   ) -> Iterator[tuple[FillBatch, np.ndarray]]:
-    """Each batch with its flag counts as it finishes: one at a time here, a window of
-    `_fill_window` batches at once on a cluster (recorded here, in completion order)."""
+    """Each batch with its `_fill_batch` results as it finishes: one at a time here, a
+    window of `_fill_window` batches at once on a cluster (recorded here, in completion
+    order)."""
     if client is None:
         for batch in todo:
-            yield batch, _fill_batch(group, batch, params, drop).compute()
+            yield batch, _fill_batch(group, batch, params, with_area, drop).compute()
         return
     from distributed import as_completed
 
@@ -727,7 +754,7 @@ def _fill_results(group, todo: list[FillBatch], params: FillParams, client,
         batch = next(pending, None)
         if batch is None:
             return 0
-        graph = _fill_batch(group, batch, params, drop)
+        graph = _fill_batch(group, batch, params, with_area, drop)
         future = client.compute(graph)
         batches[future.key] = batch
         running.add(future)
@@ -744,11 +771,12 @@ def _fill_results(group, todo: list[FillBatch], params: FillParams, client,
         submit()
 
 
-def _fill_batch(group, batch: FillBatch, params: FillParams,
+def _fill_batch(group, batch: FillBatch, params: FillParams, with_area: bool,
                 drop: np.ndarray | None = None) -> da.Array:
     """Lazily fill the batch's days into `sea_ice_conc` and `fill_flag`; per block, the flag
-    counts of each of the batch's time chunks. Days where `drop` (per cube day) is set are
-    read as missing (suspicious days).
+    counts of each of the batch's time chunks, then (`with_area`) the block's share of each
+    day's sea-ice extent and area (float64 throughout: counts stay exact below 2^53). Days
+    where `drop` (per cube day) is set are read as missing (suspicious days).
 
     Each task reads one spatial chunk of the batch's read window, gets its `space_window`
     halo from its neighbours through `map_overlap`, and writes whole Zarr chunks of both
@@ -762,10 +790,14 @@ def _fill_batch(group, batch: FillBatch, params: FillParams,
                                  (sw, sw))
     source = da.from_zarr(raw, chunks=(tuple(n for n in (a, b - a, nt - b) if n), *spatial))
     land = da.from_zarr(group[cube.LAND], chunks=spatial)[None]
-    per_block = len(batch.chunks) * len(FillFlag)
+    arrays = [source[a:b], land]
+    if with_area:
+        arrays.append(da.from_zarr(group[cube.CELL_AREA], chunks=spatial)[None])
+    per_block = len(batch.chunks) * len(FillFlag) + (
+        2 * (batch.stop - batch.start) if with_area else 0)
     return da.map_overlap(
-        _fill_store_block, source[a:b], land, depth={0: 0, 1: depth[0], 2: depth[1]},
-        boundary="none", trim=False, align_arrays=False, dtype=np.int64,
+        _fill_store_block, *arrays, depth={0: 0, 1: depth[0], 2: depth[1]},
+        boundary="none", trim=False, align_arrays=False, dtype=np.float64,
         chunks=((1,), (1,) * len(spatial[0]), (per_block,) * len(spatial[1])),
         params=params, core_t=(batch.start - a, batch.stop - a), t0=batch.start,
         bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth, time_chunk=chunk,
@@ -774,10 +806,11 @@ def _fill_batch(group, batch: FillBatch, params: FillParams,
     )
 
 
-def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bounds, halo,
-                      time_chunk, targets, drop=None):
+def _fill_store_block(block, land, cells=None, block_info=None, *, params, core_t, t0, bounds,
+                      halo, time_chunk, targets, drop=None):
     """Fill one haloed block's core, write its fraction and flags; the flag counts of each
-    time chunk it covers. Days set in `drop` (per day of the block) are read as missing."""
+    time chunk it covers, then (given `cells`, the cell areas) its extent and area per day.
+    Days set in `drop` (per day of the block) are read as missing."""
     if drop is not None:
         block = np.where(drop[:, None, None], np.float32(np.nan), block)
     iy, ix = block_info[0]["chunk-location"][1:]
@@ -789,24 +822,35 @@ def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bound
     targets[1][region] = flags
     counts = [np.bincount(flags[i:i + time_chunk].ravel(), minlength=len(FillFlag))
               for i in range(0, flags.shape[0], time_chunk)]
-    return np.concatenate(counts).reshape(1, 1, -1)
+    parts = [np.concatenate(counts).astype(np.float64)]
+    if cells is not None:  # land is 0 in `fraction`: neither ice nor extent
+        parts += area.extent_area(fraction, cells[0][core[2]:core[3], core[4]:core[5]])
+    return np.concatenate(parts).reshape(1, 1, -1)
 
 
 def _fill_pole_hole(group, box: tuple[slice, slice, slice], hole: np.ndarray,
-                    ring: np.ndarray, drop: np.ndarray | None = None) -> np.ndarray:
+                    ring: np.ndarray, hole_cells: np.ndarray | None,
+                    drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Set the pole hole's cells in `box` (days, and the bounding box of hole and ring, which
     `hole` and `ring` are cut to: a few chunks near the grid's centre) by `fill.fill_pole_hole`;
-    the change in their flag counts."""
+    the change in their flag counts, and per day in sea-ice extent and area (km²): the hole
+    counts wholly toward extent (NSIDC), at its new value toward area."""
     conc_array, flag_array = (cube.for_writing(group[cube.CONC]),
                               cube.for_writing(group[cube.FLAG]))
     conc, flags = conc_array[box], flag_array[box]
     raw = group[cube.RAW][box]
     if drop is not None and drop.any():  # suspicious days: their ring is read as missing
         raw[drop] = np.nan
+    before = conc[:, hole].astype(np.float64)
     change = fill_pole_hole(raw, conc, flags, hole, ring)
     conc_array[box] = conc
     flag_array[box] = flags
-    return change
+    if hole_cells is None:
+        return change, 0.0, 0.0
+    km2 = hole_cells * area.KM2
+    extent = km2.sum() - (before >= area.EXTENT_THRESHOLD) @ km2
+    ice = (conc[:, hole].astype(np.float64) - before) @ km2
+    return change, extent, ice
 
 
 def _count_flags(state: BuildState, summary: BuildSummary) -> None:
@@ -1373,9 +1417,10 @@ def _extend_time(group, days: list[dt.date]) -> None:
     from sicube.dates import to_datetime64
 
     n = len(days)
-    for name in (*cube.CUBE_VARS, cube.OBSERVED, cube.SENSOR, *cube.DAY_VARS):
+    for name in (*cube.CUBE_VARS, cube.OBSERVED, cube.SENSOR, *cube.DAY_VARS, cube.EXTENT,
+                 cube.AREA):
         if name not in group:
-            continue  # `sensor` or the day statistics on a cube from before them
+            continue  # `sensor`, day statistics, extent and area on a cube from before them
         array = group[name]
         array.resize((n, *array.shape[1:]))
     time_array = group["time"]

@@ -352,6 +352,61 @@ def _run_roi(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("extent", "daily sea-ice extent and area of a cube (or a rectangle of it), with "
+                   "the day-of-year climatology band")
+def _add_extent(parser: argparse.ArgumentParser) -> None:
+    from sicube.climatology import DEFAULT_HALF_WINDOW
+
+    parser.add_argument("--store", required=True, help="a cube (Zarr)")
+    parser.add_argument("--region", help="ymin,ymax,xmin,xmax grid indices (ends exclusive); "
+                        "default: the whole grid (the series stored in the cube)")
+    parser.add_argument("--csv", help="write the table: date, observed, sea_ice_extent_km2, "
+                        "sea_ice_area_km2 (+ extent_climatology_mean_km2, "
+                        "extent_climatology_std_km2 when the cube spans more than a year)")
+    parser.add_argument("--plot", help="figure (PNG, ...) of the series with the band")
+    parser.add_argument("--half-window", type=int, default=DEFAULT_HALF_WINDOW,
+                        help="days pooled on each side of a day of year for the band")
+    _allow_incomplete(parser)
+    parser.set_defaults(run=_run_extent)
+
+
+def _run_extent(args: argparse.Namespace) -> int:
+    from sicube.extent import extent
+
+    table = extent(args.store, region=args.region, csv=args.csv, plot=args.plot,
+                   half_window=args.half_window, allow_incomplete=args.allow_incomplete)
+    km2 = table["sea_ice_extent_km2"]
+    print(f"{args.store}: {len(table)} days {table['date'].iloc[0]} .. "
+          f"{table['date'].iloc[-1]}; extent {km2.min():,.0f} .. {km2.max():,.0f} km2, area "
+          f"{table['sea_ice_area_km2'].min():,.0f} .. {table['sea_ice_area_km2'].max():,.0f} km2")
+    for path in (args.csv, args.plot):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+@command("climatology", "per-cell day-of-year mean and standard deviation of a cube")
+def _add_climatology(parser: argparse.ArgumentParser) -> None:
+    from sicube.climatology import DEFAULT_HALF_WINDOW
+
+    parser.add_argument("--store", required=True, help="a cube (Zarr)")
+    parser.add_argument("--years", required=True, help="FIRST-LAST, e.g. 2013-2022")
+    parser.add_argument("--out", required=True, help="the climatology store to write (Zarr)")
+    parser.add_argument("--half-window", type=int, default=DEFAULT_HALF_WINDOW,
+                        help="days pooled on each side of a day of year (29 February is "
+                             "pooled with 28 February)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.set_defaults(run=_run_climatology)
+
+
+def _run_climatology(args: argparse.Namespace) -> int:
+    from sicube.climatology import climatology
+
+    print(climatology(args.store, args.years, args.out, half_window=args.half_window,
+                      overwrite=args.overwrite).text())
+    return 0
+
+
 @command("info", "grid size, span, missing days, chunking and provenance of a file, folder or cube")
 def _add_info(parser: argparse.ArgumentParser) -> None:
     from sicube.products import GRIDS

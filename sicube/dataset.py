@@ -66,9 +66,12 @@ CHANNELS = {
     "day_of_year": "day of year / 366, constant over the frame",
     "day_of_year_sin": "sin(2 pi day_of_year / 365.25), constant over the frame",
     "day_of_year_cos": "cos(2 pi day_of_year / 365.25), constant over the frame",
+    "anomaly": "sea_ice_conc minus the climatology's mean of its day of year (needs "
+               "climatology=, from `sicube climatology`)",
 }
 # Which stored array each time-varying channel is read from.
-_SOURCE = {cube.CONC: cube.CONC, cube.RAW: cube.RAW, cube.FLAG: cube.FLAG, "filled": cube.FLAG}
+_SOURCE = {cube.CONC: cube.CONC, cube.RAW: cube.RAW, cube.FLAG: cube.FLAG, "filled": cube.FLAG,
+           "anomaly": cube.CONC}
 _STATIC = (cube.LAND, cube.NAN_RATIO)
 # Group reads a SICStream keeps in flight per worker (see SICStream, `prefetch`).
 DEFAULT_PREFETCH = 4
@@ -141,7 +144,7 @@ def _coarsen(name: str, values: np.ndarray, ocean: np.ndarray, c: int) -> np.nda
         count = _coarsen_sum(valid, c)
         with np.errstate(invalid="ignore", divide="ignore"):
             return (total / count).astype(np.float32)
-    if name in (cube.CONC, "filled"):
+    if name in (cube.CONC, "filled", "anomaly"):
         count = _coarsen_sum(ocean, c)
         total = _coarsen_sum(values * ocean, c)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -228,6 +231,11 @@ class SICDataset(Dataset):
     variables, target_variables : extra channels after sea_ice_conc for inputs and for
         targets; names in `CHANNELS`.
     apply_land_mask : set every channel but land_mask to 0 on land.
+    climatology : a store written by `sicube climatology` on this cube's grid; needed by the
+        "anomaly" channel and by ``normalize=True``.
+    normalize : scale channels to (value - mean) / std: True takes each channel's mean and
+        std from the climatology's ``channel_stats`` (sea_ice_conc, anomaly; others as
+        they are), or a mapping {channel: (mean, std)}. Applied before apply_land_mask.
     return_mask : items become (inputs, targets, land) with land (1, H, W) float32,
         1 where the cell (every cell of a coarsened block) is land.
     max_filled_fraction : skip windows with a frame whose share of filled ocean cells
@@ -269,7 +277,9 @@ class SICDataset(Dataset):
                  quality_cache: bool | str | os.PathLike = True,
                  allow_unobserved: bool = False, storage_options: dict | None = None,
                  allow_incomplete: bool = False, skip_suspicious: bool = False,
-                 concurrent_reads: int = DEFAULT_PREFETCH):
+                 concurrent_reads: int = DEFAULT_PREFETCH,
+                 climatology: str | os.PathLike | None = None,
+                 normalize: bool | dict | None = None):
         self.concurrent_reads = positive_int(concurrent_reads, "concurrent_reads")
         self.store = store
         self.storage_options = storage_options
@@ -282,6 +292,7 @@ class SICDataset(Dataset):
         self._setup_space(group, roi, coarsen, patch_size, patch_stride, random_patches)
         self._setup_channels(group, variables, target_variables, apply_land_mask, return_mask,
                              load_land=max_filled_fraction is not None)
+        self._setup_climatology(group, climatology, normalize)
         self._setup_windows(group, (input_length, pred_length, input_gap, pred_shift, pred_gap,
                                     samples_gap), allow_unobserved, max_filled_fraction,
                             quality_cache, skip_suspicious)
@@ -364,6 +375,58 @@ class SICDataset(Dataset):
         if cube.NAN_RATIO in extra:
             ratio = np.asarray(group[cube.NAN_RATIO][y0:y1, x0:x1], np.float32)
             self._static[cube.NAN_RATIO] = _coarsen(cube.NAN_RATIO, ratio, self._ocean_full, c)
+
+    def _setup_climatology(self, group, climatology, normalize) -> None:
+        """The climatology the anomaly channel subtracts, and the per-channel scaling."""
+        from sicube.climatology import CHANNEL_STATS, MEAN, day_slot, open_climatology
+
+        channels = {*self.input_channels, *self.target_channels}
+        self.climatology = None if climatology is None else str(climatology)
+        self._clim = None  # the climatology's mean array, opened per process
+        if "anomaly" in channels and climatology is None:
+            raise BadInput("variables: the anomaly channel needs climatology= (a store "
+                           "written by `sicube climatology`)")
+        stats: dict = {}
+        if climatology is not None:
+            clim = open_climatology(climatology)
+            if clim[MEAN].shape[1:] != tuple(group[cube.CONC].shape[1:]):
+                raise BadInput(f"climatology: {climatology} is on a {clim[MEAN].shape[1:]} "
+                               f"grid, the cube on {tuple(group[cube.CONC].shape[1:])}")
+            stats = json.loads(clim.attrs.get(CHANNEL_STATS, "{}"))
+            days = np.array([f"{d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}"
+                             for d in self._day_ints], "datetime64[D]")
+            self._slots = day_slot(days)
+        if normalize is True:
+            if not stats:
+                raise BadInput("normalize: True takes the statistics from climatology=; "
+                               "give one, or a mapping {channel: (mean, std)}")
+            normalize = {k: v for k, v in stats.items() if k in channels}
+        self._norm = {}
+        for name, pair in dict(normalize or {}).items():
+            if name not in channels:
+                raise BadInput(f"normalize: {name!r} is not one of the channels "
+                               f"{', '.join(sorted(channels))}")
+            mean, std = (float(v) for v in pair)
+            if not std > 0:
+                raise BadInput(f"normalize: {name} std must be positive, got {std}")
+            self._norm[name] = (np.float32(mean), np.float32(std))
+
+    def _climatology_means(self, frames: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
+        """The climatology's mean (NaN as 0) on each frame's day of year, over a region."""
+        import zarr
+
+        from sicube.climatology import MEAN
+
+        if self._clim is None or self._clim[0] != os.getpid():
+            self._clim = (os.getpid(), zarr.open_group(self.climatology, mode="r")[MEAN])
+        slots, back = np.unique(self._slots[frames], return_inverse=True)
+        means = np.nan_to_num(self._clim[1].oindex[slots, rows, cols])
+        return means[back]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_clim"] = None  # each process opens its own
+        return state
 
     def _setup_windows(self, group, rule: tuple[int, ...], allow_unobserved: bool,
                        max_filled_fraction, quality_cache, skip_suspicious: bool = False
@@ -510,6 +573,9 @@ class SICDataset(Dataset):
                     flags = read_frames(group[cube.FLAG], frames, rows, cols)
                 values = (np.isin(flags, cube.NOT_OBSERVED_FLAGS).astype(np.float32)
                           if name == "filled" else flags.astype(np.float32))
+            elif name == "anomaly":
+                values = (read_frames(group[cube.CONC], frames, rows, cols)
+                          - self._climatology_means(frames, rows, cols)).astype(np.float32)
             else:
                 values = read_frames(group[_SOURCE[name]], frames, rows, cols)
             arrays[name] = _coarsen(name, values, ocean, c)
@@ -555,7 +621,7 @@ class SICDataset(Dataset):
         ph, pw = self.patch_shape
         n = len(indices)
         in_place = (self.input_channels == self.target_channels == (cube.CONC,)
-                    and self.coarsen == 1 and not self.apply_land_mask
+                    and self.coarsen == 1 and not self.apply_land_mask and not self._norm
                     and self._preloaded is None
                     and np.all(np.diff(np.concatenate([self._inputs, self._targets], 1)) == 1))
         places = [self._locate(index) for index in indices]  # random patches: drawn in order
@@ -653,7 +719,7 @@ class SICDataset(Dataset):
         land = self._land_out[y:y + h, x:x + w] if self.apply_land_mask else None
         result = None
         if out is None:
-            if len(channels) == 1 and land is None:  # the common case: no extra copy
+            if len(channels) == 1 and land is None and not self._norm:  # common: no copy
                 data = block.take(channels[0], frames, y, x, h, w)
                 return torch.from_numpy(np.ascontiguousarray(data, np.float32)[:, None])
             result = out = np.empty((len(frames), len(channels), h, w), np.float32)
@@ -668,6 +734,10 @@ class SICDataset(Dataset):
                          "day_of_year_sin": np.sin(2 * np.pi * doy / 365.25),
                          "day_of_year_cos": np.cos(2 * np.pi * doy / 365.25)}[name]
                 out[:, i] = value.astype(np.float32)[:, None, None]
+            if name in self._norm:
+                mean, std = self._norm[name]
+                out[:, i] -= mean
+                out[:, i] /= std
             if land is not None and name != cube.LAND:
                 out[:, i][:, land] = 0
         return None if result is None else torch.from_numpy(result)

@@ -35,12 +35,9 @@ from sicube.errors import BadInput, require_extra
 
 require_extra("plot", "sicube.html_report", "matplotlib")
 
-# Variables of later sicube versions. The names are the ones `sicube.cube` defines for them;
-# the getattr keeps this module working on cubes (and code) from before them.
+# Variables a cube from before them lacks (the page then says so).
 DAY_QUALITY, DAY_STATS = cube.DAY_QUALITY, cube.DAY_STATS
-EXTENT = getattr(cube, "EXTENT", "sea_ice_extent")
-AREA = getattr(cube, "AREA", "sea_ice_area")
-CELL_AREA = getattr(cube, "CELL_AREA", "cell_area")
+EXTENT, AREA, CELL_AREA = cube.EXTENT, cube.AREA, cube.CELL_AREA
 
 # A day's state on the calendar, in the order the legend lists them.
 OBSERVED, SUSPICIOUS, MISSING, FAILED, NOT_INGESTED = (

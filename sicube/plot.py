@@ -461,6 +461,39 @@ def save_figure(fig, output: str | os.PathLike, dpi: int = DPI) -> Path:
     return output
 
 
+EXTENT_FIGSIZE = (11.0, 5.5)
+
+
+def plot_extent(table, title: str = ""):
+    """A figure of `sicube.extent`'s table: extent and area, with the climatology band when
+    the table has it, days without a file marked."""
+    from sicube.extent import BAND_COLUMNS
+
+    fig = _figure(EXTENT_FIGSIZE)
+    ax = fig.add_subplot()
+    dates = np.asarray(table["date"], dtype="datetime64[D]")
+    if BAND_COLUMNS[0] in table:
+        mean, std = table[BAND_COLUMNS[0]].to_numpy(), table[BAND_COLUMNS[1]].to_numpy()
+        ax.fill_between(dates, (mean - std) / 1e6, (mean + std) / 1e6, color="#9ecae1",
+                        alpha=0.6, label="extent climatology ±1 std")
+        ax.plot(dates, mean / 1e6, color="#6baed6", lw=1, label="extent climatology mean")
+    ax.plot(dates, table["sea_ice_extent_km2"] / 1e6, color="#08519c", lw=1.5,
+            label="sea-ice extent (conc >= 15 %)")
+    ax.plot(dates, table["sea_ice_area_km2"] / 1e6, color="#e6550d", lw=1.5,
+            label="sea-ice area")
+    unobserved = ~table["observed"].to_numpy(bool)
+    if unobserved.any():
+        ax.plot(dates[unobserved], table["sea_ice_extent_km2"].to_numpy()[unobserved] / 1e6,
+                "x", color="#636363", ms=4, label="day without a file (filled)")
+    ax.set_ylabel("million km²")
+    box = table.attrs.get("region")
+    where = f"region y {box[0]}:{box[1]}, x {box[2]}:{box[3]}" if box else "whole grid"
+    ax.set_title(f"{title} — {where}" if title else where, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
 ROI_FIGSIZE = (14.0, 8.0)
 
 

@@ -50,6 +50,7 @@ def synthetic_cube(path: str | os.PathLike, *, start: DateLike = SYNTHETIC_START
     elsewhere); two blocks of land sit in opposite corners. Returns the path.
     """
     from sicube import cube, products
+    from sicube.area import extent_area
 
     first = parse_date(start, "start")
     ny, nx = (int(v) for v in shape)
@@ -93,6 +94,8 @@ def synthetic_cube(path: str | os.PathLike, *, start: DateLike = SYNTHETIC_START
     ds[cube.SENSOR].data = observed.astype(np.uint8) * products.SENSORS["amsr2"].code
     ds[cube.LAND].data = land
     ds[cube.NAN_RATIO].data = rng.random((ny, nx)).astype(np.float32)
+    extent, ice = extent_area(conc, ds[cube.CELL_AREA].values, ocean)  # no pole hole here
+    ds[cube.EXTENT].data, ds[cube.AREA].data = extent, ice
     path = Path(path)
     with warnings.catch_warnings():  # zarr: consolidated metadata is not in the v3 spec
         warnings.simplefilter("ignore")

@@ -32,7 +32,8 @@ distributed = pytest.importorskip("distributed")
 START, END = dt.date(2024, 3, 1), dt.date(2024, 3, 20)  # 20 days: 5 time chunks of 4
 MISSING = [dt.date(2024, 3, 6), dt.date(2024, 3, 13)]
 CHUNKS = {"time": 4, "y": 64, "x": 64}  # 224 x 152 cells: 12 spatial chunks per fill batch
-NAMES = (*cube.CUBE_VARS, *cube.GRID_VARS, cube.OBSERVED, cube.SENSOR, *cube.DAY_VARS)
+NAMES = (*cube.CUBE_VARS, *cube.GRID_VARS, cube.OBSERVED, cube.SENSOR, *cube.DAY_VARS,
+         cube.CELL_AREA, cube.EXTENT, cube.AREA)
 ATTRS = (cube.SOURCE_FILES, cube.MISSING_DAYS, cube.FAILED_DAYS, cube.STATUS,
          cube.SUSPICIOUS_DAYS)
 

@@ -1,0 +1,188 @@
+"""sicube.climatology: the day-of-year rule, the Dask reduction against a NumPy group-by."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from sicube import cube
+from sicube.errors import BadInput
+from sicube.testing import synthetic_cube
+
+# The module (`sicube.climatology` on the package is the function of the same name).
+clim = importlib.import_module("sicube.climatology")
+
+
+@pytest.fixture(scope="module")
+def two_years(tmp_path_factory):
+    """A synthetic cube of 2023-06-01 .. 2025-01-10 (one 29 February), a few missing days."""
+    path = tmp_path_factory.mktemp("clim") / "cube.zarr"
+    n = (dt.date(2025, 1, 10) - dt.date(2023, 6, 1)).days + 1
+    return synthetic_cube(path, start=20230601, n_days=n, shape=(20, 18),
+                          missing=(3, 100, 275, 400), chunks={"time": 8, "y": 8, "x": 8})
+
+
+def test_day_slot_pools_feb29_with_feb28():
+    days = [dt.date(2024, 1, 1), dt.date(2024, 2, 28), dt.date(2024, 2, 29),
+            dt.date(2024, 3, 1), dt.date(2023, 3, 1), dt.date(2024, 12, 31),
+            dt.date(2023, 12, 31)]
+    assert clim.day_slot(days).tolist() == [0, 58, 58, 59, 59, 364, 364]
+
+
+def test_window_sum_is_circular():
+    values = np.arange(365.0)
+    got = clim.window_sum(values, 2)
+    assert got[0] == 363 + 364 + 0 + 1 + 2 and got[364] == 362 + 363 + 364 + 0 + 1
+    assert got[100] == 98 + 99 + 100 + 101 + 102
+    with pytest.raises(ValueError):
+        clim.window_sum(values, 365)
+
+
+def _numpy_groupby(store, first, last, k):
+    """The rule by brute force: per slot, every kept day within ±k slots, mean and std."""
+    ds = xr.open_zarr(store)
+    times = ds["time"].values.astype("datetime64[D]")
+    years = times.astype("datetime64[Y]").astype(int) + 1970
+    keep = ds[cube.OBSERVED].values & (years >= first) & (years <= last)
+    conc = ds[cube.CONC].values[keep].astype(np.float64)
+    slots = clim.day_slot(times[keep])
+    mean = np.full((365, *conc.shape[1:]), np.nan)
+    std = np.full_like(mean, np.nan)
+    for s in range(365):
+        distance = np.abs(slots - s)
+        near = np.minimum(distance, 365 - distance) <= k
+        if near.any():
+            mean[s], std[s] = conc[near].mean(axis=0), conc[near].std(axis=0)
+    return mean, std
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_climatology_equals_a_numpy_groupby(two_years, tmp_path, k):
+    out = tmp_path / "clim.zarr"
+    summary = clim.climatology(two_years, "2023-2024", out, half_window=k)
+    want_mean, want_std = _numpy_groupby(two_years, 2023, 2024, k)
+    got = xr.open_zarr(out)
+    assert got[clim.MEAN].shape == (365, 20, 18) and got[clim.MEAN].dtype == np.float32
+    np.testing.assert_allclose(got[clim.MEAN].values, want_mean, atol=2e-7, equal_nan=True)
+    np.testing.assert_allclose(got[clim.STD].values, want_std, atol=2e-6, equal_nan=True)
+    assert summary.days_used == int(got[clim.COUNT].values.sum()) // (2 * k + 1)
+    assert got.attrs["half_window"] == k and "29 February" in got.attrs["feb29"]
+    assert "2023-2024" in summary.text()
+
+
+def test_channel_stats_are_the_ocean_mean_and_std(two_years, tmp_path):
+    out = tmp_path / "clim.zarr"
+    clim.climatology(two_years, "2024", out, half_window=2)
+    stats = json.loads(xr.open_zarr(out).attrs[clim.CHANNEL_STATS])
+    ds = xr.open_zarr(two_years)
+    days = clim.selected_days(ds, 2024, 2024)
+    ocean = ds[cube.LAND].values == 0
+    conc = ds[cube.CONC].values[days].astype(np.float64)
+    values = conc[:, ocean]
+    assert stats[cube.CONC] == pytest.approx([values.mean(), values.std()], rel=1e-9)
+    mean = xr.open_zarr(out)[clim.MEAN].values.astype(np.float64)  # stored float32
+    anomaly = conc - np.nan_to_num(mean)[clim.day_slot(ds["time"].values[days])]
+    assert stats["anomaly"] == pytest.approx(
+        [anomaly[:, ocean].mean(), anomaly[:, ocean].std()], rel=1e-5, abs=1e-7)
+
+
+def test_climatology_refuses_bad_input(two_years, tmp_path):
+    with pytest.raises(BadInput, match="no observed day"):
+        clim.climatology(two_years, "2010-2011", tmp_path / "a.zarr")
+    with pytest.raises(BadInput, match="expected FIRST-LAST"):
+        clim.climatology(two_years, "twenty", tmp_path / "a.zarr")
+    with pytest.raises(BadInput, match="before the first"):
+        clim.climatology(two_years, "2024-2023", tmp_path / "a.zarr")
+    with pytest.raises(BadInput, match="half-window"):
+        clim.climatology(two_years, "2024", tmp_path / "a.zarr", half_window=400)
+    (tmp_path / "b.zarr").mkdir()
+    with pytest.raises(BadInput, match="exists"):
+        clim.climatology(two_years, "2024", tmp_path / "b.zarr")
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_climatology_command(two_years, tmp_path, capsys):
+    from sicube.cli import main
+
+    out = tmp_path / "c.zarr"
+    assert main(["climatology", "--store", str(two_years), "--years", "2024-2024", "--out",
+                 str(out), "--half-window", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "±1 days" in text and "365 x 20 x 18" in text
+    assert xr.open_zarr(out)[clim.MEAN].shape == (365, 20, 18)
+    assert main(["climatology", "--store", str(two_years), "--years", "2024", "--out",
+                 str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def clim_store(two_years, tmp_path_factory):
+    out = tmp_path_factory.mktemp("climstore") / "clim.zarr"
+    clim.climatology(two_years, "2023-2024", out, half_window=2)
+    return out
+
+
+def test_dataset_anomaly_channel_and_normalize(two_years, clim_store):
+    from sicube.dataset import SICDataset
+
+    ds = xr.open_zarr(two_years)
+    mean = xr.open_zarr(clim_store)[clim.MEAN].values
+    data = SICDataset(two_years, 20240225, 20240305, input_length=3, pred_length=1,
+                      variables=["anomaly"], target_variables=["anomaly"],
+                      climatology=clim_store, allow_unobserved=True)
+    inputs, targets = data[0]
+    times = ds["time"].values.astype("datetime64[D]")
+    first = int(np.nonzero(times == np.datetime64("2024-02-25"))[0][0])
+    for t in range(3):
+        day = first + t
+        conc = ds[cube.CONC].values[day]
+        want = conc - np.nan_to_num(mean[clim.day_slot(times[day:day + 1])[0]])
+        np.testing.assert_allclose(inputs[t, 0].numpy(), conc)
+        np.testing.assert_allclose(inputs[t, 1].numpy(), want, atol=1e-6)
+    # 29 February uses 28 February's mean (its slot)
+    feb29 = SICDataset(two_years, 20240229, 20240301, input_length=1, pred_length=1,
+                       variables=["anomaly"], climatology=clim_store, allow_unobserved=True)
+    day = int(np.nonzero(times == np.datetime64("2024-02-29"))[0][0])
+    np.testing.assert_allclose(feb29[0][0][0, 1].numpy(),
+                               ds[cube.CONC].values[day] - np.nan_to_num(mean[58]), atol=1e-6)
+    stats = json.loads(xr.open_zarr(clim_store).attrs[clim.CHANNEL_STATS])
+    scaled = SICDataset(two_years, 20240225, 20240305, input_length=3, pred_length=1,
+                        variables=["anomaly"], climatology=clim_store, normalize=True,
+                        allow_unobserved=True)
+    x, y = scaled[0]
+    m, s = stats[cube.CONC]
+    np.testing.assert_allclose(x[:, 0].numpy(), (inputs[:, 0].numpy() - m) / s, rtol=1e-5,
+                               atol=1e-5)
+    m, s = stats["anomaly"]
+    np.testing.assert_allclose(x[:, 1].numpy(), (inputs[:, 1].numpy() - m) / s, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(y[:, 0].numpy(), (targets[:, 0].numpy() - stats[cube.CONC][0])
+                               / stats[cube.CONC][1], rtol=1e-5, atol=1e-5)
+    batch = scaled[[0, 1]]  # the batch path scales too
+    np.testing.assert_allclose(batch[0][0].numpy(), x.numpy())
+
+
+def test_dataset_climatology_bad_input(two_years, clim_store, tmp_path):
+    from sicube.dataset import SICDataset
+
+    args = (two_years, 20240225, 20240305, 2, 1)
+    with pytest.raises(BadInput, match="needs climatology"):
+        SICDataset(*args, variables=["anomaly"])
+    with pytest.raises(BadInput, match="normalize"):
+        SICDataset(*args, normalize=True)
+    with pytest.raises(BadInput, match="not one of the channels"):
+        SICDataset(*args, normalize={"anomaly": (0, 1)})
+    with pytest.raises(BadInput, match="std must be positive"):
+        SICDataset(*args, normalize={cube.CONC: (0, 0)})
+    with pytest.raises(BadInput, match="not a sicube climatology|not a readable"):
+        SICDataset(*args, variables=["anomaly"], climatology=two_years)
+    scaled = SICDataset(*args, normalize={cube.CONC: (0.5, 2.0)}, allow_unobserved=True)
+    plain = SICDataset(*args, allow_unobserved=True)
+    np.testing.assert_allclose(scaled[0][0].numpy(), (plain[0][0].numpy() - 0.5) / 2.0,
+                               rtol=1e-6)
