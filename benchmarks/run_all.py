@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     LOGS.mkdir(parents=True, exist_ok=True)
+    failed = []
     for name in names:
         load = os.getloadavg()[0]
         if load > args.max_load and not args.quick:
@@ -79,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             code = process.wait()
         print(f"# bench_{name}: exit {code}, {time.perf_counter() - started:.0f} s\n", flush=True)
         if code:
-            return code
-    return 0
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)} (see {LOGS})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -177,9 +178,23 @@ def load_page(path: str | os.PathLike, *, width: int = 1200, height: int = 1600,
             url = Path(path).resolve().as_uri()
             return asyncio.run(_drive(port, url, ready, timeout, settle))
         finally:
-            process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """End Chromium and every helper process it started (its own session, so one process
+    group), and wait until none is left writing into the profile folder."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # helpers that outlived the browser
+    process.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return  # the group is gone
+        time.sleep(0.05)

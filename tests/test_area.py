@@ -263,4 +263,4 @@ def test_extent_of_an_unfinished_cube_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unfinished cube" in err and err.count("\n") == 1
     assert main(["extent", "--store", str(tmp_path / "nothing.zarr")]) == 2
-    assert "nothing.zarr is not a readable Zarr store" in capsys.readouterr().err
+    assert "nothing.zarr: does not exist" in capsys.readouterr().err
