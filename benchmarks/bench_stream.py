@@ -13,7 +13,10 @@ processes, reporting samples per second:
 
 - local disk, the default read-ahead, and read-ahead 1;
 - HTTP with the latency, read-ahead 1 (one group read after the other: today's serial
-  reads) and each --prefetch depth.
+  reads) and each --prefetch depth;
+- S3: the cube uploaded to moto's S3 server (its own process on 127.0.0.1) read through a
+  proxy that adds the same latency to every request (`sicube.testing.delay_proxy`),
+  read-ahead 1 and the default (``--no-s3`` skips it).
 
 --step N coarsens the grid N times (quick runs; the patches need 256 x 256 cells, so at
 most 9). --write puts the table under "## Remote streaming" in benchmarks/RESULTS.md.
@@ -22,9 +25,13 @@ most 9). --write puts the table under "## Remote streaming" in benchmarks/RESULT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import multiprocessing
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +77,57 @@ def _serve(root: str, latency: float, urls, stop) -> None:
         stop.wait()
 
 
-def epoch(store: str, days: int, prefetch: int) -> tuple[float, int]:
+def _proxy(target: str, latency: float, urls, stop) -> None:
+    """Proxy `target` with `latency` added until `stop` is set (in its own process)."""
+    from sicube.testing import delay_proxy
+
+    with delay_proxy(target, latency=latency) as served:
+        urls.put(served.url)
+        stop.wait()
+
+
+@contextlib.contextmanager
+def s3_copy(store: Path, latency: float, context):
+    """The cube uploaded to moto's S3 server (a process on 127.0.0.1), reached through a
+    latency proxy (another process): its URL and storage options."""
+    import s3fs
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                               "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    urls, stop = context.Queue(), context.Event()
+    proxy = context.Process(target=_proxy, args=(f"http://127.0.0.1:{port}", latency, urls,
+                                                 stop), daemon=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "bench", "secret": "bench"}
+        fs = s3fs.S3FileSystem(**options)
+        fs.mkdir("bench")
+        fs.put(str(store), f"bench/{store.name}", recursive=True)
+        proxy.start()
+        options["endpoint_url"] = urls.get(timeout=120)
+        yield f"s3://bench/{store.name}", options
+    finally:
+        stop.set()
+        if proxy.is_alive():
+            proxy.join(10)
+        server.terminate()
+        server.wait(10)
+
+
+def epoch(store: str, days: int, prefetch: int,
+          storage_options: dict | None = None) -> tuple[float, int]:
     """Seconds for one epoch of SICStream(batch_size=8) with 2 workers, and its items."""
     from torch.utils.data import DataLoader
 
@@ -79,7 +136,8 @@ def epoch(store: str, days: int, prefetch: int) -> tuple[float, int]:
     end = START + dt.timedelta(days=days - 1)
     dataset = SICDataset(store, START, end, INPUT_LENGTH, PRED_LENGTH, patch_size=PATCH,
                          allow_unobserved=True, quality_cache=False,
-                         allow_incomplete=True)  # made raw, never marked complete
+                         allow_incomplete=True,  # made raw, never marked complete
+                         storage_options=storage_options)
     loader = DataLoader(dataset.stream(seed=0, batch_size=BATCH, prefetch=prefetch),
                         batch_size=None, num_workers=WORKERS, multiprocessing_context="fork")
     with Timer() as timer:
@@ -99,6 +157,7 @@ def main() -> None:
                         help="read-ahead depths to measure over HTTP (1 is always measured)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sicube-bench-dataset"))
+    parser.add_argument("--no-s3", action="store_true", help="skip the S3 (moto) store")
     parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     args = parser.parse_args()
     # A coarser grid gets its own folder: the cubes are named by days and chunks only.
@@ -118,19 +177,25 @@ def main() -> None:
     url = f"{urls.get(timeout=120)}/{store.name}"
     print("serving", url, flush=True)
     depths = sorted({1, *args.prefetch})
-    methods = {("local", DEFAULT_PREFETCH): str(store), ("local", 1): str(store)}
-    methods.update({("http", d): url for d in depths})
+    methods = {("local", DEFAULT_PREFETCH): (str(store), None), ("local", 1): (str(store), None)}
+    methods.update({("http", d): (url, None) for d in depths})
     runs: dict[tuple[str, int], list[float]] = {key: [] for key in methods}
     items = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(server.join, 10)
+        stack.callback(stop.set)
+        if not args.no_s3:
+            s3_url, options = stack.enter_context(s3_copy(store, args.latency, context))
+            print("S3 copy", s3_url, "through", options["endpoint_url"], flush=True)
+            for depth in (1, DEFAULT_PREFETCH):
+                methods[("s3", depth)] = (s3_url, options)
+                runs[("s3", depth)] = []
         for _ in range(args.repeat):  # alternate methods; the best run counts
-            for key, where in methods.items():
-                seconds, items = epoch(where, args.days, key[1])
+            for key, (where, options) in methods.items():
+                seconds, items = epoch(where, args.days, key[1], options)
                 runs[key].append(items / seconds)
-            print({f"{k[0]} prefetch {k[1]}": f"{v[-1]:.0f}/s" for k, v in runs.items()})
-    finally:
-        stop.set()
-        server.join(10)
+            print({f"{k[0]} prefetch {k[1]}": f"{v[-1]:.0f}/s" for k, v in runs.items()},
+                  flush=True)
     best = {key: max(v) for key, v in runs.items()}
     report = results(args, best, items, DEFAULT_PREFETCH, store)
     print(report)
@@ -145,9 +210,10 @@ def results(args, best: dict, items: int, default: int, store: Path) -> str:
     local = best[("local", default)]
     rows = []
     for (where, depth), rate in best.items():
-        what = ("local disk" if where == "local"
-                else f"HTTP, {1000 * args.latency:.0f} ms per request")
-        note = (" (today's serial reads)" if (where, depth) == ("http", 1) else
+        what = {"local": "local disk",
+                "http": f"HTTP, {1000 * args.latency:.0f} ms per request",
+                "s3": f"S3 (moto), {1000 * args.latency:.0f} ms per request"}[where]
+        note = (" (today's serial reads)" if where != "local" and depth == 1 else
                 " (default)" if depth == default else "")
         rows.append(f"| {what} | {depth}{note} | {rate:.0f} | {rate / local:.2f}x |")
     table = "\n".join(rows)
@@ -162,8 +228,10 @@ def results(args, best: dict, items: int, default: int, store: Path) -> str:
 ({dt.date.today()}) `SICStream(batch_size={BATCH})` in a DataLoader with {WORKERS} worker
 processes (fork), one epoch of {items} items (8-frame windows of {PATCH} x {PATCH} patches)
 over a cube of shape {grid.shape} with chunks {grid.chunks}, read from local disk (page
-cache warm) and over HTTP from a server on 127.0.0.1 in its own process that adds
-{1000 * args.latency:.0f} ms to every request (`sicube.testing.serve_directory`).
+cache warm), over HTTP from a server on 127.0.0.1 in its own process that adds
+{1000 * args.latency:.0f} ms to every request (`sicube.testing.serve_directory`), and from
+S3: the cube uploaded to moto's S3 server (its own process) behind a proxy (another process)
+that adds the same delay (`sicube.testing.delay_proxy`).
 "read-ahead" is `SICStream(prefetch=...)`: group reads in flight per worker. Best of
 {args.repeat}, runs alternating.
 
@@ -171,7 +239,7 @@ cache warm) and over HTTP from a server on 127.0.0.1 in its own process that add
 |---|---:|---:|---:|
 {table}
 
-Target: HTTP with 50 ms per request >= 0.5x local disk.
+Target: HTTP (and S3) with 50 ms per request >= 0.5x local disk.
 
 Machine: {machine()}, zarr {zarr.__version__}, torch {torch.__version__}.
 """

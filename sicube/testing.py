@@ -158,19 +158,9 @@ class ServedDirectory:
     peak: int = 0
 
 
-@contextlib.contextmanager
-def serve_directory(root: str | os.PathLike, latency: float = 0.0) -> Iterator[ServedDirectory]:
-    """Serve folder `root` over HTTP on 127.0.0.1, `latency` seconds added to every answer.
-
-    A stand-in for a distant object store or web server (a cube at ``root/cube.zarr`` is
-    read from ``served.url + "/cube.zarr"``); `requests` and `peak` (the most requests
-    answered at once) update live. The server runs on an event loop in a thread of this
-    process; the delay is an `asyncio.sleep`, so concurrent requests wait together, as on
-    a network.
-    """
+def _latency(served: ServedDirectory, latency: float):
+    """aiohttp middleware: count the request, then answer `latency` seconds later."""
     from aiohttp import web
-
-    served = ServedDirectory("", collections.Counter())
 
     @web.middleware
     async def delay(request, handler):
@@ -184,20 +174,85 @@ def serve_directory(root: str | os.PathLike, latency: float = 0.0) -> Iterator[S
         finally:
             served.in_flight -= 1
 
-    app = web.Application(middlewares=[delay])
-    app.router.add_static("/data", Path(root))
+    return delay
+
+
+@contextlib.contextmanager
+def _running(app) -> Iterator[str]:
+    """Run aiohttp `app` on 127.0.0.1 (a free port), on an event loop in a thread of this
+    process; its base URL."""
+    from aiohttp import web
+
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, "127.0.0.1", 0)
     loop.run_until_complete(site.start())
-    served.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/data"
-    thread = threading.Thread(target=loop.run_forever, daemon=True, name="serve_directory")
+    thread = threading.Thread(target=loop.run_forever, daemon=True, name="sicube-test-server")
     thread.start()
     try:
-        yield served
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.run_until_complete(runner.cleanup())
         loop.close()
+
+
+@contextlib.contextmanager
+def serve_directory(root: str | os.PathLike, latency: float = 0.0) -> Iterator[ServedDirectory]:
+    """Serve folder `root` over HTTP on 127.0.0.1, `latency` seconds added to every answer.
+
+    A stand-in for a distant object store or web server (a cube at ``root/cube.zarr`` is
+    read from ``served.url + "/cube.zarr"``); `requests` and `peak` (the most requests
+    answered at once) update live. The server runs on an event loop in a thread of this
+    process; the delay is an `asyncio.sleep`, so concurrent requests wait together, as on
+    a network.
+    """
+    from aiohttp import web
+
+    served = ServedDirectory("", collections.Counter())
+    app = web.Application(middlewares=[_latency(served, latency)])
+    app.router.add_static("/data", Path(root))
+    with _running(app) as url:
+        served.url = f"{url}/data"
+        yield served
+
+
+@contextlib.contextmanager
+def delay_proxy(target: str, latency: float = 0.0) -> Iterator[ServedDirectory]:
+    """A reverse proxy on 127.0.0.1 to the HTTP server at `target`, `latency` seconds added
+    to every answer: a distant object store made of an S3-compatible server on loopback
+    (moto's, MinIO) behind it. Requests pass unchanged, Host header included, so signed S3
+    requests stay valid; `served.url` is the endpoint to give the client."""
+    import aiohttp
+    from aiohttp import web
+
+    served = ServedDirectory("", collections.Counter())
+    hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+    async def forward(request):
+        session = request.app["session"]
+        async with session.request(request.method, target + request.path_qs,
+                                   headers=request.headers, data=await request.read(),
+                                   allow_redirects=False) as reply:
+            body = await reply.read()
+            headers = {k: v for k, v in reply.headers.items() if k.lower() not in hop_by_hop}
+            if request.method == "HEAD":  # no body: the object's size is the answer
+                headers["Content-Length"] = reply.headers.get("Content-Length", "0")
+                return web.Response(status=reply.status, headers=headers)
+            return web.Response(status=reply.status, body=body, headers=headers)
+
+    async def open_session(app):
+        app["session"] = aiohttp.ClientSession(auto_decompress=False)
+
+    async def close_session(app):
+        await app["session"].close()
+
+    app = web.Application(middlewares=[_latency(served, latency)], client_max_size=2**31)
+    app.on_startup.append(open_session)
+    app.on_cleanup.append(close_session)
+    app.router.add_route("*", "/{path:.*}", forward)
+    with _running(app) as url:
+        served.url = url
+        yield served

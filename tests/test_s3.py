@@ -264,3 +264,28 @@ def test_build_to_a_file_url(archive, small_cube, tmp_path, capsys):
                  f"--chunks={CHUNKS}", *FILL, "-q"]) == 0
     _assert_same_arrays(str(tmp_path / "cube.zarr"), str(small_cube))
     assert main(["info", url]) == 0
+
+
+def test_delay_proxy_passes_signed_s3_requests_and_adds_its_latency(s3_server):
+    """The benchmark's distant object store: moto behind `testing.delay_proxy`. Signed
+    requests (authentication is on) pass unchanged; every answer comes `latency` later."""
+    import time
+
+    import s3fs
+
+    from sicube.testing import delay_proxy
+
+    direct = s3fs.S3FileSystem(**s3_server.storage_options)
+    direct.pipe(f"{s3_server.bucket}/proxy/a.bin", b"x" * 100_000)
+    with delay_proxy(s3_server.endpoint, latency=0.2) as served:
+        options = {**s3_server.storage_options, "endpoint_url": served.url}
+        far = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+        started = time.perf_counter()
+        assert far.cat(f"{s3_server.bucket}/proxy/a.bin") == b"x" * 100_000
+        assert time.perf_counter() - started >= 0.2
+        far.pipe(f"{s3_server.bucket}/proxy/b.bin", b"written through the proxy")
+        assert sum(served.requests.values()) >= 2
+        wrong = s3fs.S3FileSystem(**{**options, "secret": "wrong"}, skip_instance_cache=True)
+        with pytest.raises(PermissionError):
+            wrong.cat(f"{s3_server.bucket}/proxy/a.bin")
+    assert direct.cat(f"{s3_server.bucket}/proxy/b.bin") == b"written through the proxy"
