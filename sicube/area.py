@@ -5,7 +5,8 @@ The map is conformal, so a small patch of projected area dx dy covers dx dy / k�
 ellipsoid, k being the point scale factor; the cell's area is that integrated over the
 cell. k of a polar stereographic projection depends only on the distance from the pole
 (Snyder 1987, eqs. 21-33/21-34 and 7-9), so it is evaluated in closed form (no iteration),
-tabulated every 50 m of that distance and interpolated linearly (8 million cells in ~1 s),
+tabulated every 50 m of that distance and interpolated linearly (compiled: the 8.7
+million cells of n3125 in a fraction of a second),
 and the integral is a 2 x 2 Gauss-Legendre rule per cell. Error: 1/k² changes over a
 3.125 km cell by parts in 10^4 and is smooth on the scale of the Earth's radius, so the
 rule's error is of order (h/R)^4 ~ 1e-13 relative, the interpolation's ~1e-11 (tested
@@ -88,7 +89,7 @@ def _pole_inverse_k(p: dict) -> float:
     return p["a"] * 2 / np.sqrt((1 + e) ** (1 + e) * (1 - e) ** (1 - e)) / p["scale"]
 
 
-def cell_area(x: np.ndarray, y: np.ndarray, crs, rows_per_block: int = 256) -> np.ndarray:
+def cell_area(x: np.ndarray, y: np.ndarray, crs) -> np.ndarray:
     """(y, x) float64 area in m² on the CRS's ellipsoid of every cell of a regular grid.
 
     `x`, `y` are cell centres (metres, evenly spaced); `crs` a polar stereographic CRS
@@ -107,16 +108,29 @@ def cell_area(x: np.ndarray, y: np.ndarray, crs, rows_per_block: int = 256) -> n
     # metres and interpolated linearly (error <= step² max|f''| / 8 ~ 1e-11 relative).
     reach = np.hypot(np.abs(qx).max(), np.abs(qy_all).max()) + 2 * TABLE_STEP
     table = _inverse_scale_squared_p(np.arange(0.0, reach, TABLE_STEP) + p["x0"], p["y0"], p)
-    out = np.empty((y.size, x.size))
-    for start in range(0, y.size, rows_per_block):  # bounded memory on a 3584-row grid
-        qy = qy_all[2 * start:2 * (start + rows_per_block)]
-        at = np.hypot(qx[None, :], qy[:, None]) / TABLE_STEP  # uniform table: no search
-        i = at.astype(np.intp)
-        at -= i
-        f = table[i] * (1 - at) + table[i + 1] * at
-        # equal weights (1/2, 1/2) on both axes: the mean of the 4 nodes
-        out[start:start + qy.size // 2] = f.reshape(qy.size // 2, 2, x.size, 2).mean(axis=(1, 3))
-    return out * dx * dy
+    return _quadrature(qx, qy_all, table, TABLE_STEP) * (dx * dy)
+
+
+@njit(nogil=True, cache=True)
+def _quadrature(qx, qy, table, step):
+    """Mean of the tabulated 1/k² over each cell's 2 x 2 quadrature points (`qx`, `qy`: two
+    abscissae per cell, relative to the pole; equal weights on both axes), interpolated
+    linearly in the uniform table (no search): one compiled pass, no temporaries."""
+    ny, nx = qy.size // 2, qx.size // 2
+    out = np.empty((ny, nx))
+    for row in range(ny):
+        for col in range(nx):
+            total = 0.0
+            for a in range(2):
+                yq = qy[2 * row + a]
+                for b in range(2):
+                    xq = qx[2 * col + b]
+                    at = np.sqrt(xq * xq + yq * yq) / step
+                    i = int(at)
+                    at -= i
+                    total += table[i] * (1.0 - at) + table[i + 1] * at
+            out[row, col] = total / 4.0
+    return out
 
 
 def _inverse_scale_squared_p(x, y, p: dict) -> np.ndarray:
