@@ -44,16 +44,20 @@ def checkout(ref: str) -> Path:
     return path
 
 
-def timed_build(code: Path, archive: Path, days: int, store: Path) -> float:
-    """Seconds for one `python -m sicube build` of `days` days with the package at `code`."""
+def timed_build(code: Path, archive: Path, days: int, store: Path) -> tuple[float, str]:
+    """Seconds for one `python -m sicube build` of `days` days with the package at `code`,
+    and the stage times its summary prints."""
     end = FIRST + dt.timedelta(days=days - 1)
     command = [sys.executable, "-m", "sicube", "build", "--source", str(archive),
                "--start", FIRST.isoformat(), "--end", end.isoformat(), "--store", str(store),
                "-q"]
     start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=code, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(code)})
-    return time.perf_counter() - start
+    done = subprocess.run(command, check=True, cwd=code, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(code)})
+    seconds = time.perf_counter() - start
+    stages = next((line.split(None, 1)[1] for line in done.stdout.splitlines()
+                   if line.startswith("time ")), "")
+    return seconds, stages
 
 
 def main() -> None:
@@ -71,9 +75,10 @@ def main() -> None:
             timed_build(code, archive, 2, Path(tmp) / f"warm-{name}.zarr")
         for i in range(args.repeats):
             for name, code in versions.items():
-                seconds = timed_build(code, archive, args.days, Path(tmp) / f"{name}{i}.zarr")
+                seconds, stages = timed_build(code, archive, args.days,
+                                              Path(tmp) / f"{name}{i}.zarr")
                 runs[name].append(seconds)
-                print(f"{name:5s} run {i + 1}: {seconds:6.1f} s", flush=True)
+                print(f"{name:5s} run {i + 1}: {seconds:6.1f} s   {stages}", flush=True)
     base, now = (statistics.median(runs[name]) for name in ("base", "now"))
     print(f"median: base {base:.1f} s, now {now:.1f} s: {now / base - 1:+.1%}")
     if args.no_record:

@@ -790,13 +790,15 @@ def _fill_batch(group, batch: FillBatch, params: FillParams, with_area: bool,
                                  (sw, sw))
     source = da.from_zarr(raw, chunks=(tuple(n for n in (a, b - a, nt - b) if n), *spatial))
     land = da.from_zarr(group[cube.LAND], chunks=spatial)[None]
-    arrays = [source[a:b], land]
-    if with_area:
+    halo = {0: 0, 1: depth[0], 2: depth[1]}
+    arrays, depths = [source[a:b], land], [halo, halo]
+    if with_area:  # each block's own cells only: no halo to exchange
         arrays.append(da.from_zarr(group[cube.CELL_AREA], chunks=spatial)[None])
+        depths.append({0: 0, 1: 0, 2: 0})
     per_block = len(batch.chunks) * len(FillFlag) + (
         2 * (batch.stop - batch.start) if with_area else 0)
     return da.map_overlap(
-        _fill_store_block, *arrays, depth={0: 0, 1: depth[0], 2: depth[1]},
+        _fill_store_block, *arrays, depth=depths,
         boundary="none", trim=False, align_arrays=False, dtype=np.float64,
         chunks=((1,), (1,) * len(spatial[0]), (per_block,) * len(spatial[1])),
         params=params, core_t=(batch.start - a, batch.stop - a), t0=batch.start,
@@ -824,7 +826,7 @@ def _fill_store_block(block, land, cells=None, block_info=None, *, params, core_
               for i in range(0, flags.shape[0], time_chunk)]
     parts = [np.concatenate(counts).astype(np.float64)]
     if cells is not None:  # land is 0 in `fraction`: neither ice nor extent
-        parts += area.extent_area(fraction, cells[0][core[2]:core[3], core[4]:core[5]])
+        parts += area.extent_area(fraction, cells[0])  # the block's own cells (no halo)
     return np.concatenate(parts).reshape(1, 1, -1)
 
 
