@@ -53,6 +53,7 @@ APPEND = """
 import json, sys, time
 began = time.perf_counter()
 from sicube.cli import main  # what `python -m sicube` imports
+import sicube.build  # what its update command imports before any work (dask.array, xarray)
 from sicube.fill import fill_fraction_block
 from sicube.settings import apply
 from sicube.sources import read_day
