@@ -35,7 +35,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
               ["--days", "8", "--spans", "8", "--repeats", "1", "--skip-original",
                "--no-record"]),
     "update": ([], ["--spans", "16", "--appends", "1", "--no-record"]),
-    "overhead": ([], ["--days", "4", "--repeats", "1", "--no-record"]),
+    "overhead": (["--repeats", "5"], ["--days", "4", "--repeats", "1", "--no-record"]),
     "stream": (["--write"], ["--step", "4", "--days", "16", "--repeat", "1",
                              "--prefetch", "1", "4"]),
     "cluster": (["--days", "30", "--write"], ["--days", "8", "--step", "8"]),
