@@ -10,10 +10,11 @@ and the (population) standard deviation are over that pooled sample, per cell. O
 with a source file count (`day_observed`; a day flagged in `day_quality`, where the cube has
 it, is left out too): the filled field on a day without a file is made of its neighbours.
 
-The reduction is chunk-friendly: per slot, the sum and sum of squares of its days are Dask
-sums over the cube's own chunks (each chunk is read once), the circular window is a Dask
-overlap along the slot axis; the span is never loaded. `window_sum` and `pooled_mean_std`
-are the pure rule, on NumPy arrays, also used for the extent series' band (`sicube.extent`).
+The reduction streams: tile by tile of the grid (on threads), each chosen day is read once
+and added to its slot's sum and sum of squares; the circular window and the moments are then
+taken on the tile's 365 slots. Memory is set by the tile, never by the span or the grid.
+`window_sum` and `pooled_mean_std` are the pure rule, on NumPy arrays, also used for the
+extent series' band (`sicube.extent`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +40,7 @@ FEB29_RULE = "29 February is pooled with 28 February (slot 58)"
 MEAN, STD, COUNT = "sic_mean", "sic_std", "sample_count"
 CHANNEL_STATS = "channel_stats"  # attribute: {channel: [mean, std]} for SICDataset(normalize=)
 DAY_QUALITY = "day_quality"  # (time) bitmask from the suspicious-day check, where present
-SLOT_CHUNK = 30  # slots per output chunk: (30 + 2k) x 512 x 512 float64 per task, ~90 MB
+SLOT_CHUNK = 30  # slots per output chunk
 
 
 def day_slot(days: Sequence[dt.date] | np.ndarray) -> np.ndarray:
@@ -134,129 +136,73 @@ class ClimatologySummary:
                 f"shape       {' x '.join(map(str, self.shape))} (day_of_year, y, x)")
 
 
-def _slot_sums(conc, times: np.ndarray, keep: np.ndarray):
-    """Lazy (365, y, x) sums and sums of squares per slot of `conc`'s days where `keep`
-    (dask, float64); a slot without days is 0.
-
-    Year by year: a year's days are consecutive in the cube and in slot order, so each year
-    is its slice of the cube (dropped days zeroed, 29 February added to 28 February) padded
-    to 365 slots, and the years are added: every cube chunk is read once, the graph has a
-    few tasks per chunk.
-    """
-    import dask.array as da
-
-    spatial = conc.chunks[1:]
-    years = times.astype("datetime64[Y]").astype(np.int64) + 1970
-    sums = squares = None
-    for year in np.unique(years[keep]):
-        rows = np.nonzero(years == year)[0]
-        a, b = int(rows[0]), int(rows[-1]) + 1
-        weight = keep[a:b].astype(np.float64)[:, None, None]
-        values = conc[a:b].astype(np.float64) * weight
-        parts = []
-        for x in (values, values * values):
-            slots = day_slot(times[a:b])
-            if _is_leap(np.array(year)) and (slots == 58).sum() == 2:  # 28 and 29 Feb
-                i = int(np.nonzero(slots == 58)[0][0])
-                x = da.concatenate([x[:i], x[i:i + 2].sum(axis=0, keepdims=True), x[i + 2:]])
-                slots = np.delete(slots, i + 1)
-            before, after = int(slots[0]), N_SLOTS - 1 - int(slots[-1])
-            pad = [da.zeros((n, *conc.shape[1:]), np.float64, chunks=((n,), *spatial))
-                   for n in (before, after)]
-            # The same slot chunks every year, so that the years add chunk by chunk.
-            parts.append(da.concatenate([p for p in (pad[0], x, pad[1]) if p.shape[0]])
-                         .rechunk({0: SLOT_CHUNK}))
-        sums = parts[0] if sums is None else sums + parts[0]
-        squares = parts[1] if squares is None else squares + parts[1]
-    return sums, squares
-
-
-def _window_sum_dask(values, half_window: int):
-    """`window_sum` of a dask (365, y, x) array: a periodic overlap along the slot axis."""
-    import dask.array as da
-
-    k = int(half_window)
-    # Chunks of at least max(SLOT_CHUNK, k) slots: the overlap needs depth <= chunk size.
-    parts = max(1, N_SLOTS // max(SLOT_CHUNK, k))
-    values = values.rechunk({0: tuple(len(p) for p in np.array_split(np.arange(N_SLOTS),
-                                                                     parts))})
-    if k == 0:
-        return values
-    haloed = da.overlap.overlap(values, depth={0: k, 1: 0, 2: 0},
-                                boundary={0: "periodic", 1: "none", 2: "none"})
-    return haloed.map_blocks(_sliding_sum, k, dtype=np.float64,
-                             chunks=values.chunks)
-
-
-def compute(store: str | os.PathLike, years: str | Sequence[int], *,
-            half_window: int = DEFAULT_HALF_WINDOW):
-    """The climatology of `store` over `years` as a lazy xarray Dataset (see the module), and
-    the lazy `channel_stats` ({channel: (mean, std)})."""
+def _template(ds, store, first: int, last: int, k: int, days_used: int, counts: np.ndarray,
+              tile: tuple[int, int]):
+    """The output Dataset: coordinates, `sample_count` and attributes, with `sic_mean` and
+    `sic_std` as lazy placeholders (their chunks are written tile by tile)."""
     import dask.array as da
     import xarray as xr
 
-    k = int(half_window)
-    if not 0 <= k < N_SLOTS // 2:
-        raise BadInput(f"--half-window {half_window}: must be in 0..{N_SLOTS // 2 - 1}")
-    first, last = parse_years(years)
-    ds = cube.open_cube(store)
-    index = selected_days(ds, first, last)
-    times = ds["time"].values.astype("datetime64[D]")
-    if index.size == 0:
-        span = f"{ds['time'].values[0]!s:.10}..{ds['time'].values[-1]!s:.10}"
-        raise BadInput(f"--years {first}-{last}: the cube ({span}) has no observed day in them")
-    conc = ds[cube.CONC].data
-    counts = np.bincount(day_slot(times[index]), minlength=N_SLOTS).astype(np.float64)
-    keep = np.zeros(times.size, bool)
-    keep[index] = True
-    sums, squares = _slot_sums(conc, times, keep)
-    n = window_sum(counts, k)[:, None, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = _window_sum_dask(sums, k) / np.where(n > 0, n, np.nan)
-        var = _window_sum_dask(squares, k) / np.where(n > 0, n, np.nan) - mean**2
-    std = da.sqrt(da.maximum(var, 0.0))
-    ocean = ds[cube.LAND].data == 0
-    stats = _channel_stats(sums, squares, counts, mean, ocean)
+    shape = (N_SLOTS, ds.sizes["y"], ds.sizes["x"])
+    chunks = (SLOT_CHUNK, *tile)
     coords = {"day_of_year": ("day_of_year", np.arange(1, N_SLOTS + 1, dtype=np.int16),
                               {"long_name": "day of the 365-day year (no-leap calendar); "
                                             + FEB29_RULE}),
               "y": ds["y"], "x": ds["x"], cube.GRID_MAPPING: ds[cube.GRID_MAPPING]}
-    attrs_common = {"grid_mapping": cube.GRID_MAPPING, "units": "1"}
+    common = {"grid_mapping": cube.GRID_MAPPING, "units": "1"}
     out = xr.Dataset(
-        {MEAN: (("day_of_year", "y", "x"), mean.astype(np.float32).rechunk({0: SLOT_CHUNK}),
-                {**attrs_common, "long_name": "sea_ice_conc mean over the pooled days"}),
-         STD: (("day_of_year", "y", "x"), std.astype(np.float32).rechunk({0: SLOT_CHUNK}),
-               {**attrs_common, "long_name": "sea_ice_conc population standard deviation"}),
+        {MEAN: (("day_of_year", "y", "x"), da.zeros(shape, dtype=np.float32, chunks=chunks),
+                {**common, "long_name": "sea_ice_conc mean over the pooled days"}),
+         STD: (("day_of_year", "y", "x"), da.zeros(shape, dtype=np.float32, chunks=chunks),
+               {**common, "long_name": "sea_ice_conc population standard deviation"}),
          COUNT: (("day_of_year",), window_sum(counts, k).astype(np.int32),
                  {"long_name": "observed days pooled into each day of year"})},
         coords=coords,
         attrs={"title": "sicube day-of-year climatology of sea_ice_conc",
                "source_store": str(store), "years": f"{first}-{last}", "half_window": k,
-               "feb29": FEB29_RULE, "days_used": int(index.size), "Conventions": "CF-1.8"})
-    return out, stats
+               "feb29": FEB29_RULE, "days_used": days_used, "Conventions": "CF-1.8"})
+    for name in (MEAN, STD):
+        out[name].encoding["chunks"] = chunks
+    return out
 
 
-def _channel_stats(sums, squares, counts, mean, ocean):
-    """Lazy [mean, std] over ocean cells of sea_ice_conc and of its anomaly (what
-    `SICDataset(normalize=True)` divides by)."""
-    import dask.array as da
+def _tile(conc, rows: slice, cols: slice, index: np.ndarray, slots: np.ndarray,
+          counts: np.ndarray, k: int, ocean: np.ndarray, targets) -> np.ndarray:
+    """Climatology of one (rows, cols) tile, written into `targets` (mean, std); its share of
+    the channel statistics: [Σ x, Σ x², Σ anomaly, Σ anomaly²] over its ocean cells.
 
-    w = ocean.astype(np.float64)
-    n = counts.sum() * w.sum()
-    total, total_sq = (sums * w).sum(), (squares * w).sum()
-    m = da.nan_to_num(mean)
-    # Σ (x - m_s)² over a slot's days = Q_s - 2 m_s S_s + N_s m_s²
-    anomaly_sum = total - (counts[:, None, None] * m * w).sum()
-    anomaly_sq = (squares * w).sum() - 2 * (m * sums * w).sum() + (
-        counts[:, None, None] * m * m * w).sum()
-    return {cube.CONC: (total / n, da.sqrt(da.maximum(total_sq / n - (total / n) ** 2, 0))),
-            "anomaly": (anomaly_sum / n,
-                        da.sqrt(da.maximum(anomaly_sq / n - (anomaly_sum / n) ** 2, 0)))}
+    The chosen days (`index`, their `slots`) are read one time chunk at a time and added to
+    their slot's sum and sum of squares (float64, 2 x 365 x tile cells): memory is set by
+    the tile, not by the span, and every cube chunk is read once per tile.
+    """
+    h, w = rows.stop - rows.start, cols.stop - cols.start
+    sums = np.zeros((N_SLOTS, h, w))
+    squares = np.zeros((N_SLOTS, h, w))
+    step = conc.chunks[0]
+    for chunk in np.unique(index // step):
+        mine = (index // step) == chunk
+        days = index[mine]
+        block = conc[int(days[0]):int(days[-1]) + 1, rows, cols]
+        for day, slot in zip(days - days[0], slots[mine], strict=True):
+            values = block[day].astype(np.float64)
+            sums[slot] += values
+            squares[slot] += values * values
+    mean, std = pooled_mean_std(sums, squares, counts, k)
+    targets[0][:, rows, cols] = mean.astype(np.float32)
+    targets[1][:, rows, cols] = std.astype(np.float32)
+    weight = ocean.astype(np.float64)
+    m = np.nan_to_num(mean)
+    n_m = counts[:, None, None] * m
+    # Σ over a slot's days of (x - m_s)² = Q_s - 2 m_s S_s + N_s m_s²
+    return np.array([(sums * weight).sum(), (squares * weight).sum(),
+                     ((sums - n_m) * weight).sum(),
+                     ((squares - 2 * m * sums + n_m * m) * weight).sum()])
 
 
 def climatology(store: str | os.PathLike, years: str | Sequence[int],
                 out: str | os.PathLike, *, half_window: int = DEFAULT_HALF_WINDOW,
-                overwrite: bool = False) -> ClimatologySummary:
+                overwrite: bool = False, workers: int | None = None,
+                tile: int = 256) -> ClimatologySummary:
     """Write the day-of-year climatology of the cube at `store` over `years` to `out` (Zarr).
 
     `out` holds `sic_mean`, `sic_std` (day_of_year, y, x) float32, `sample_count`
@@ -264,35 +210,60 @@ def climatology(store: str | os.PathLike, years: str | Sequence[int],
     `channel_stats` ({channel: [mean, std]} of sea_ice_conc and anomaly over ocean cells),
     which `SICDataset(normalize=True)` uses. Written into a temporary folder renamed into
     place: all or nothing. BadInput (one line) on bad years, window, or an existing `out`.
+
+    The cube is reduced `tile` x `tile` cells at a time on `workers` threads (default: one
+    per core), each holding ~6 x 365 x tile² float64 at its peak (0.9 GB at 256): memory
+    does not grow with the span or the grid. Each cube chunk is read once per tile.
     """
-    import dask
     import zarr
 
+    k = int(half_window)
+    if not 0 <= k < N_SLOTS // 2:
+        raise BadInput(f"--half-window {half_window}: must be in 0..{N_SLOTS // 2 - 1}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise BadInput(f"--out {out}: exists; remove it or choose another path")
-    ds, stats = compute(store, years, half_window=half_window)
-    for name in (MEAN, STD):
-        ds[name].encoding["chunks"] = tuple(c[0] for c in ds[name].data.chunks)
+    first, last = parse_years(years)
+    ds = cube.open_cube(store)
+    index = selected_days(ds, first, last)
+    times = ds["time"].values.astype("datetime64[D]")
+    if index.size == 0:
+        span = f"{ds['time'].values[0]!s:.10}..{ds['time'].values[-1]!s:.10}"
+        raise BadInput(f"--years {first}-{last}: the cube ({span}) has no observed day in them")
+    slots = day_slot(times[index])
+    counts = np.bincount(slots, minlength=N_SLOTS).astype(np.float64)
+    conc = cube.open_group(store)[cube.CONC]
+    ocean = ds[cube.LAND].values == 0
+    ny, nx = conc.shape[1:]
+    size = (min(tile, ny), min(tile, nx))
+    template = _template(ds, store, first, last, k, int(index.size), counts, size)
     tmp = out.with_name(f".{out.name}.writing-{os.getpid()}")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            # One pass over the cube for the maps and the channel statistics.
-            _, stats = dask.compute(ds.to_zarr(tmp, mode="w", zarr_format=3, compute=False),
-                                    stats)
+            template.to_zarr(tmp, mode="w", zarr_format=3, compute=False)
             group = zarr.open_group(str(tmp), mode="r+")
-            group.attrs[CHANNEL_STATS] = json.dumps({k: [float(v[0]), float(v[1])]
-                                                     for k, v in stats.items()})
+            targets = (group[MEAN], group[STD])
+            tiles = [(slice(y, min(y + size[0], ny)), slice(x, min(x + size[1], nx)))
+                     for y in range(0, ny, size[0]) for x in range(0, nx, size[1])]
+            with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+                parts = list(pool.map(lambda t: _tile(conc, *t, index, slots, counts, k,
+                                                      ocean[t], targets), tiles))
+            total, total_sq, anomaly, anomaly_sq = np.sum(parts, axis=0)
+            n = counts.sum() * ocean.sum()
+            stats = {cube.CONC: (total / n, np.sqrt(max(total_sq / n - (total / n) ** 2, 0))),
+                     "anomaly": (anomaly / n,
+                                 np.sqrt(max(anomaly_sq / n - (anomaly / n) ** 2, 0)))}
+            group.attrs[CHANNEL_STATS] = json.dumps({c: [float(v[0]), float(v[1])]
+                                                     for c, v in stats.items()})
             zarr.consolidate_metadata(str(tmp))
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    first, last = parse_years(years)
-    return ClimatologySummary(str(out), (first, last), int(ds.attrs["days_used"]),
-                              int(ds.attrs["half_window"]), tuple(ds[MEAN].shape))
+    return ClimatologySummary(str(out), (first, last), int(index.size), k,
+                              (N_SLOTS, int(ny), int(nx)))
 
 
 def open_climatology(path: str | os.PathLike):
@@ -308,5 +279,5 @@ def open_climatology(path: str | os.PathLike):
     return ds
 
 
-__all__ = ["DEFAULT_HALF_WINDOW", "FEB29_RULE", "N_SLOTS", "climatology", "compute",
+__all__ = ["DEFAULT_HALF_WINDOW", "FEB29_RULE", "N_SLOTS", "climatology",
            "day_slot", "open_climatology", "pooled_mean_std", "window_sum"]
