@@ -31,7 +31,6 @@ import multiprocessing
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -93,6 +92,8 @@ def s3_copy(store: Path, latency: float, context):
     latency proxy (another process): its URL and storage options."""
     import s3fs
 
+    from sicube.testing import wait_for_port
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -103,15 +104,7 @@ def s3_copy(store: Path, latency: float, context):
     proxy = context.Process(target=_proxy, args=(f"http://127.0.0.1:{port}", latency, urls,
                                                  stop), daemon=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
+        wait_for_port(port, server, what="moto server")
         options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "bench", "secret": "bench"}
         fs = s3fs.S3FileSystem(**options)
         fs.mkdir("bench")

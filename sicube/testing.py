@@ -177,6 +177,23 @@ def _latency(served: ServedDirectory, latency: float):
     return delay
 
 
+def wait_for_port(port: int, process=None, timeout: float = 30.0, what: str = "server") -> None:
+    """Return once something listens on 127.0.0.1:`port`; RuntimeError after `timeout`
+    seconds, or as soon as `process` (a Popen, when given) has exited."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or (process is not None and process.poll() is not None):
+                raise RuntimeError(f"{what} did not start on port {port}") from None
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def _running(app) -> Iterator[str]:
     """Run aiohttp `app` on 127.0.0.1 (a free port), on an event loop in a thread of this

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from sicube.fill import FillParams
 from sicube.mask import DEFAULT_THRESHOLD
 from sicube.sample import Archive, write_archive
+from sicube.testing import wait_for_port
 
 ARCHIVE_START = dt.date(2024, 4, 1)
 ARCHIVE_END = dt.date(2024, 4, 12)
@@ -113,15 +113,7 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
                                 "-p", str(port)], env=env, stdout=log, stderr=log)
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
+        wait_for_port(port, process, what="moto server")
         iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="setup", aws_secret_access_key="setup")
         iam.create_user(UserName="sicube")
