@@ -22,6 +22,7 @@ excluded; the builder adds the pole hole (counted as ice for extent, as NSIDC do
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit
@@ -96,6 +97,13 @@ def cell_area(x: np.ndarray, y: np.ndarray, crs) -> np.ndarray:
     (anything pyproj takes: EPSG code, WKT, `products.GridCRS.to_pyproj()`). The integral of
     1/k² over each cell by a 2 x 2 Gauss-Legendre rule (module docstring: error ~1e-11).
     """
+    return cell_area_parts(x, y, crs)()
+
+
+def cell_area_parts(x: np.ndarray, y: np.ndarray, crs) -> Callable[..., np.ndarray]:
+    """A function `part(rows=slice(None), cols=slice(None))` giving `cell_area` of any
+    rectangle of the grid, bit for bit as in the whole grid's result: the set-up (CRS, the
+    table of 1/k²) is done once here, so the builder computes the grid chunk by chunk."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     dx = float(np.mean(np.diff(x))) if x.size > 1 else 0.0
     dy = float(np.mean(np.diff(y))) if y.size > 1 else 0.0
@@ -103,12 +111,17 @@ def cell_area(x: np.ndarray, y: np.ndarray, crs) -> np.ndarray:
         raise ValueError("cell_area: x and y must be ascending cell centres, 2 or more each")
     p = _stere_params(crs)
     qx = (x[:, None] + dx * _NODES[None, :]).ravel() - p["x0"]  # (nx*2,) quadrature abscissae
-    qy_all = (y[:, None] + dy * _NODES[None, :]).ravel() - p["y0"]
+    qy = (y[:, None] + dy * _NODES[None, :]).ravel() - p["y0"]
     # 1/k² depends on the distance from the pole only: tabulated exactly every TABLE_STEP
     # metres and interpolated linearly (error <= step² max|f''| / 8 ~ 1e-11 relative).
-    reach = np.hypot(np.abs(qx).max(), np.abs(qy_all).max()) + 2 * TABLE_STEP
+    reach = np.hypot(np.abs(qx).max(), np.abs(qy).max()) + 2 * TABLE_STEP
     table = _inverse_scale_squared_p(np.arange(0.0, reach, TABLE_STEP) + p["x0"], p["y0"], p)
-    return _quadrature(qx, qy_all, table, TABLE_STEP) * (dx * dy)
+
+    def part(rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        (r0, r1, _), (c0, c1, _) = rows.indices(y.size), cols.indices(x.size)
+        return _quadrature(qx[2 * c0:2 * c1], qy[2 * r0:2 * r1], table, TABLE_STEP) * (dx * dy)
+
+    return part
 
 
 @njit(nogil=True, cache=True)
@@ -158,19 +171,20 @@ def extent_area(conc: np.ndarray, area: np.ndarray, ocean: np.ndarray | None = N
     return out[:, 0], out[:, 1]
 
 
-@njit(nogil=True, cache=True)
+# reassoc: the sums may be reordered, so that LLVM vectorizes them (5x faster; the result
+# differs from a sequential sum by rounding only, ~1e-14 relative). NaN checks stay exact.
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _extent_area(conc, weights):
     out = np.zeros((conc.shape[0], 2))
     for t in range(conc.shape[0]):
         extent = ice = 0.0
         for i in range(conc.shape[1]):
             c = np.float64(conc[t, i])
-            if c == c:  # NaN: no ice
-                ice += c * weights[i]
-                if c >= EXTENT_THRESHOLD:
-                    extent += weights[i]
+            w = weights[i]
+            ice += c * w if c == c else 0.0  # NaN: no ice
+            extent += w if c >= EXTENT_THRESHOLD else 0.0
         out[t, 0], out[t, 1] = extent, ice
     return out
 
-
-__all__ = ["EXTENT_THRESHOLD", "cell_area", "extent_area", "inverse_scale_squared"]
+__all__ = ["EXTENT_THRESHOLD", "cell_area", "cell_area_parts", "extent_area",
+           "inverse_scale_squared"]

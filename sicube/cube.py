@@ -211,8 +211,7 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
         data_vars[name] = (("y", "x"), da.full((ny, nx), _EMPTY[name], dtype=DTYPES[name],
                                                chunks=cube_chunks[1:]), ATTRS[name])
     # Lazy like the rest: the builder writes it into the new store itself (`build._create_store`).
-    data_vars[CELL_AREA] = (("y", "x"), da.from_array(_cell_area(x, y, crs),
-                                                      chunks=cube_chunks[1:]), ATTRS[CELL_AREA])
+    data_vars[CELL_AREA] = (("y", "x"), _cell_area(x, y, crs, cube_chunks[1:]), ATTRS[CELL_AREA])
     for name in (EXTENT, AREA):  # NaN until the day's time chunk is filled
         data_vars[name] = (("time",), np.full(nt, np.nan), ATTRS[name])
     data_vars[OBSERVED] = (("time",), np.zeros(nt, bool), ATTRS[OBSERVED])
@@ -251,11 +250,22 @@ def suspicious_days(source) -> dict[dt.date, str]:
     return {dt.datetime.strptime(str(k), "%Y%m%d").date(): str(v) for k, v in sorted(found.items())}
 
 
-def _cell_area(x: np.ndarray, y: np.ndarray, crs: products.GridCRS | int) -> np.ndarray:
-    """`sicube.area.cell_area` of the grid in the CRS the cube declares."""
-    from sicube.area import cell_area
+def _cell_area(x: np.ndarray, y: np.ndarray, crs: products.GridCRS | int,
+               chunks: tuple[int, int]):
+    """`sicube.area.cell_area` of the grid in the CRS the cube declares, as a lazy dask array
+    computed chunk by chunk (in parallel, each chunk as in the whole grid's result)."""
+    import dask.array as da
 
-    return cell_area(x, y, crs.to_pyproj() if isinstance(crs, products.GridCRS) else crs)
+    from sicube.area import cell_area_parts
+
+    part = cell_area_parts(x, y, crs.to_pyproj() if isinstance(crs, products.GridCRS) else crs)
+
+    def block(block_info=None):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        return part(slice(y0, y1), slice(x0, x1))
+
+    return da.map_blocks(block, chunks=da.core.normalize_chunks(chunks, (y.size, x.size)),
+                         dtype=np.float64, meta=np.empty((0, 0)))
 
 
 def cube_epsg(ds: xr.Dataset) -> int | None:
