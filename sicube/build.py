@@ -450,7 +450,8 @@ def _finish_command(command: str, store: str, src: Source, extra: list[str]) -> 
 
 
 def _ingest(group, state: BuildState, arrivals: Iterator[Arrival] | _OnCluster,
-            grid: GridCoords, summary: BuildSummary, progress: bool) -> ingest.NanTally:
+            grid: GridCoords, summary: BuildSummary, progress: bool,
+            cells: np.ndarray | None = None) -> ingest.NanTally:
     """Look for every unobserved day in the source and write the chunks whose days arrived
     (here in two threads, or on a cluster's workers: `ingest.run_on_cluster`)."""
     chunk = group[cube.RAW].chunks[0]
@@ -500,7 +501,8 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival] | _OnCluster,
             _crs(group), before_submit=before_submit, record=record, progress=progress)
     else:
         tally = ingest.run(group, days, looked_for, kept, arrivals, grid, _crs(group),
-                           before_write=before_write, record=record, progress=progress)
+                           before_write=before_write, record=record, progress=progress,
+                           cell_area=cells)
     summary.recovered.sort()
     return tally
 
@@ -664,7 +666,7 @@ def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTall
 
 
 def _fill(group, state: BuildState, summary: BuildSummary, progress: bool,
-          client=None) -> None:
+          client=None, cell_area: np.ndarray | None = None) -> None:
     """Fill every time chunk whose fill is not current, a batch at a time, recording each.
 
     Here batches run one after another (each already keeps every thread busy). On a
@@ -680,9 +682,10 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool,
     hole = group[cube.POLE_HOLE][:].astype(bool) if cube.POLE_HOLE in group else None
     cells = None  # the cell areas each block's extent and area need
     if cube.CELL_AREA in group and cube.EXTENT in group:
-        # Read once here (70 MB at n3125) and shared by this process's threads (a read per
-        # block costs more than its sums); a cluster's workers each read their own block.
-        cells = group[cube.CELL_AREA] if client is not None else group[cube.CELL_AREA][:]
+        # In memory (`cell_area`, else read once here), shared by this process's threads: a
+        # read per block costs more than its sums. A cluster's workers read their own block.
+        cells = (group[cube.CELL_AREA] if client is not None
+                 else cell_area if cell_area is not None else group[cube.CELL_AREA][:])
     with_area = cells is not None
     if hole is not None and hole.any():
         ring = pole_hole_ring(hole, group[cube.LAND][:], params.space_window)
@@ -955,9 +958,13 @@ def _run(group, state: BuildState, arrivals: Iterator[Arrival], summary: BuildSu
     timer = _Timer(summary)
     grid = _grid(group)
     summary.shape = group[cube.RAW].shape
+    on_cluster = isinstance(arrivals, _OnCluster)
+    # The cell areas (70 MB at n3125), read once for the day statistics and the fill's extent
+    # and area here; a cluster's workers read their own.
+    cells = group[cube.CELL_AREA][:] if cube.CELL_AREA in group and not on_cluster else None
     with timer("ingest"):
         _clean_rewrites(group, state, grid)
-        tally = _ingest(group, state, arrivals, grid, summary, progress)
+        tally = _ingest(group, state, arrivals, grid, summary, progress, cells)
     with timer("quality"):
         flags = _judge_days(group, state, grid)
     if not state.mask_done:
@@ -967,7 +974,7 @@ def _run(group, state: BuildState, arrivals: Iterator[Arrival], summary: BuildSu
     del tally  # the counts are in the store now; the fill needs the memory
     with timer("fill"):
         _fill(group, state, summary, progress,
-              arrivals.cluster.client if isinstance(arrivals, _OnCluster) else None)
+              arrivals.cluster.client if on_cluster else None, cells)
     _finish(group, state, summary, src, flags)
 
 

@@ -99,14 +99,17 @@ class ChunkResult:
     provenance: dict[str, dict]
 
 
-def stat_cells(group, grid: GridCoords, crs: GridCRS) -> quality.StatCells:
+def stat_cells(group, grid: GridCoords, crs: GridCRS,
+               cell_area: np.ndarray | None = None) -> quality.StatCells:
     """Where the days' statistics are taken (`sicube.quality`): the cells not land on the
     product's shipped coastline (fixed, unlike the cube's own mask, which is computed after
     ingest from the days being judged: so a first build, a resumed one and an update give a
     day the same statistics), with the cube's `cell_area` when it has one, else the
-    nominal cell area."""
+    nominal cell area. `cell_area`: the cube's, when the caller has it in memory."""
     land = mask.coastline_land(grid.x, grid.y, south=crs.south)
-    area = group["cell_area"][:] if "cell_area" in group else None
+    area = cell_area
+    if area is None and "cell_area" in group:
+        area = group["cell_area"][:]
     return quality.StatCells.make(land, grid.x, grid.y, area)
 
 
@@ -186,12 +189,13 @@ def write_chunk(group, chunk: int, days: list[dt.date], looked: list[Arrival],
 def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[int]],
         source: Iterator[Arrival], grid: GridCoords, crs: GridCRS, *,
         before_write: Callable[[int], None], record: Callable[[ChunkResult], None],
-        progress: bool) -> NanTally:
+        progress: bool, cell_area: np.ndarray | None = None) -> NanTally:
     """Ingest the days `looked_for` (indexes into `days`) as they arrive from `source`.
 
     A chunk none of whose days arrived is not written (`record` still gets its arrivals);
     `before_write(chunk)` runs before a chunk's raw data are written, `record(result)`
-    after, both in the calling thread. `kept[chunk]` are the offsets of its observed days.
+    after, both in the calling thread. `kept[chunk]` are the offsets of its observed days;
+    `cell_area` the cube's, when the caller has it in memory (else read from the store).
     """
     chunk = group[cube.RAW].chunks[0]
     index = {days[i]: i for i in looked_for}
@@ -201,7 +205,7 @@ def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[
     waiting: dict[int, list[Arrival]] = {}
     tally = NanTally(np.zeros(grid.shape, np.int32))
     tally_lock = threading.Lock()
-    cells = stat_cells(group, grid, crs) if looked_for else None
+    cells = stat_cells(group, grid, crs, cell_area) if looked_for else None
     bar = _bar(progress, total=len(looked_for), desc="ingest", unit="day", position=1)
 
     def finish(future: Future) -> None:
