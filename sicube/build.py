@@ -787,8 +787,8 @@ def _fill_batch(group, batch: FillBatch, params: FillParams, cells=None,
     """Lazily fill the batch's days into `sea_ice_conc` and `fill_flag`; per block, the flag
     counts of each of the batch's time chunks, then (given `cells`, the cell areas as an
     array or the store's Zarr array) the block's share of each day's sea-ice extent and area
-    (float64 throughout: counts stay exact below 2^53). Days
-    where `drop` (per cube day) is set are read as missing (suspicious days).
+    (float64 throughout: counts stay exact below 2^53). Days where `drop` (per cube day) is
+    set are read as missing (suspicious days).
 
     Each task reads one spatial chunk of the batch's read window, gets its `space_window`
     halo from its neighbours through `map_overlap`, and writes whole Zarr chunks of both
