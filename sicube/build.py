@@ -423,13 +423,13 @@ def _state_attrs(state: BuildState) -> dict:
 def _save(group, state: BuildState) -> None:
     """Record the state, and republish the consolidated metadata (writing the group's
     attributes drops it; readers over HTTP cannot open a cube without it)."""
-    group.attrs.update(_state_attrs(state))
+    group.update_attributes(_state_attrs(state))  # one write (attrs.update: one per key)
     _consolidate(group.store)
 
 
 def _set_status(group, status: str, **attrs) -> None:
     """Say the cube's state, and republish the consolidated metadata that readers use."""
-    group.attrs.update({cube.STATUS: status, **attrs})
+    group.update_attributes({cube.STATUS: status, **attrs})
     _consolidate(group.store)
 
 
