@@ -451,9 +451,10 @@ def _finish_command(command: str, store: str, src: Source, extra: list[str]) -> 
 
 def _ingest(group, state: BuildState, arrivals: Iterator[Arrival] | _OnCluster,
             grid: GridCoords, summary: BuildSummary, progress: bool,
-            cells: np.ndarray | None = None) -> ingest.NanTally:
+            cells=None) -> ingest.NanTally:
     """Look for every unobserved day in the source and write the chunks whose days arrived
-    (here in two threads, or on a cluster's workers: `ingest.run_on_cluster`)."""
+    (here in two threads, or on a cluster's workers: `ingest.run_on_cluster`, whose tasks
+    read their own cell areas; here `cells`, the grid's, for the day statistics)."""
     chunk = group[cube.RAW].chunks[0]
     days = state.days
     looked_for = state.unobserved()
@@ -666,7 +667,7 @@ def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTall
 
 
 def _fill(group, state: BuildState, summary: BuildSummary, progress: bool,
-          client=None, cell_area: np.ndarray | None = None) -> None:
+          client=None, cells=None) -> None:
     """Fill every time chunk whose fill is not current, a batch at a time, recording each.
 
     Here batches run one after another (each already keeps every thread busy). On a
@@ -674,18 +675,15 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool,
 
     Each filled day's sea-ice extent and area (`sicube.area`) come out of the same pass:
     every block adds its cells' share while its filled values are in memory, the pole hole
-    is added when it is set, so the fill's output is never read back.
+    is added when it is set, so the fill's output is never read back. `cells`: the grid's
+    cell areas (an array, or on a cluster the store's Zarr array); None: no extent and area.
     """
     chunk, nt = group[cube.RAW].chunks[0], group[cube.RAW].shape[0]
     params = state.args.fill
     todo = fill_batches(nt, chunk, params.time_window, state.stale_chunks(chunk))
     hole = group[cube.POLE_HOLE][:].astype(bool) if cube.POLE_HOLE in group else None
-    cells = None  # the cell areas each block's extent and area need
-    if cube.CELL_AREA in group and cube.EXTENT in group:
-        # In memory (`cell_area`, else read once here), shared by this process's threads: a
-        # read per block costs more than its sums. A cluster's workers read their own block.
-        cells = (group[cube.CELL_AREA] if client is not None
-                 else cell_area if cell_area is not None else group[cube.CELL_AREA][:])
+    if cube.EXTENT not in group:  # a cube from before extent and area
+        cells = None
     with_area = cells is not None
     if hole is not None and hole.any():
         ring = pole_hole_ring(hole, group[cube.LAND][:], params.space_window)
@@ -959,9 +957,12 @@ def _run(group, state: BuildState, arrivals: Iterator[Arrival], summary: BuildSu
     grid = _grid(group)
     summary.shape = group[cube.RAW].shape
     on_cluster = isinstance(arrivals, _OnCluster)
-    # The cell areas (70 MB at n3125), read once for the day statistics and the fill's extent
-    # and area here; a cluster's workers read their own.
-    cells = group[cube.CELL_AREA][:] if cube.CELL_AREA in group and not on_cluster else None
+    # The cell areas (70 MB at n3125) for the day statistics and the fill's extent and area:
+    # read once here and shared by the threads (a read per fill block costs more than its
+    # sums); on a cluster the store's array, each worker reading its own block.
+    cells = None
+    if cube.CELL_AREA in group:
+        cells = group[cube.CELL_AREA] if on_cluster else group[cube.CELL_AREA][:]
     with timer("ingest"):
         _clean_rewrites(group, state, grid)
         tally = _ingest(group, state, arrivals, grid, summary, progress, cells)
