@@ -37,6 +37,7 @@ from pathlib import Path
 import dask
 import dask.array as da
 import numpy as np
+from dask import threaded
 
 from sicube import area, cube, ingest, mask, products, quality, settings
 from sicube import store as store_location
@@ -396,7 +397,8 @@ def _write_cell_area(store: str, ds, storage_options: dict | None = None) -> Non
     birth: a chunk per task on this machine's threads (a cluster's workers may not reach a
     store this process just made)."""
     target = cube.for_writing(_open_group(store, storage_options=storage_options)[cube.CELL_AREA])
-    da.store(ds[cube.CELL_AREA].data, target, lock=False, scheduler="threads")
+    # threaded.get itself, not "threads": dask imports `distributed` (0.7 s) to resolve a name
+    da.store(ds[cube.CELL_AREA].data, target, lock=False, scheduler=threaded.get)
 
 
 def _read_state(group) -> BuildState:
@@ -901,8 +903,6 @@ def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterato
     # The scheduler functions themselves, not their names: dask imports `distributed` (0.7 s)
     # to resolve a name, which a daily update would pay every time.
     if scheduler is None or scheduler == "threads":
-        from dask import threaded
-
         with dask.config.set(scheduler=threaded.get, num_workers=workers):
             yield None
     elif scheduler == "processes":

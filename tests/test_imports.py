@@ -46,6 +46,19 @@ def test_the_cli_loads_only_the_chosen_commands_stages():
     assert "numba" in _loaded_after(code.format(argv=["build", "--help"]))
 
 
+def test_a_build_on_threads_never_imports_distributed(tmp_path):
+    # importing distributed costs ~0.7 s, which every daily update would pay; dask imports it
+    # to resolve a scheduler given by name, so the build hands it the scheduler functions
+    code = (f"import sicube, sicube.sample\n"
+            f"sicube.sample.write_archive({str(tmp_path / 'src')!r}, '2024-01-01', '2024-01-04', "
+            f"step=32, missing_days=[])\n"
+            f"sicube.build('2024-01-01', '2024-01-04', {str(tmp_path / 'cube.zarr')!r}, "
+            f"source={str(tmp_path / 'src')!r}, progress=False)")
+    loaded = _loaded_after(code)
+    assert "zarr" in loaded and "numba" in loaded  # it did build
+    assert "distributed" not in loaded
+
+
 def test_dataset_in_a_spawned_worker_loads_no_numba_or_distributed(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent("""
