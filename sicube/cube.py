@@ -168,7 +168,8 @@ ATTRS: dict[str, dict] = {
     CELL_AREA: {"standard_name": "cell_area", "units": "m2", "grid_mapping": GRID_MAPPING,
                 "long_name": "area of the cell on the ellipsoid of the grid mapping",
                 "comment": "integral of 1/k^2 (k the projection's scale factor) over the "
-                           "cell, 2x2 Gauss-Legendre; relative error ~1e-11 (sicube.area)"},
+                           "cell, to second order in its size; relative error ~1e-11 "
+                           "(sicube.area)"},
     EXTENT: {"long_name": "sea-ice extent: total area of cells with sea_ice_conc >= 0.15, "
                           "the pole hole counted as ice, land excluded", "units": "km2",
              "comment": "from the filled field sea_ice_conc and cell_area, per day"},
