@@ -83,11 +83,13 @@ class QualityRules:
 
 @dataclass(frozen=True)
 class StatCells:
-    """Where a day's statistics are taken: the ocean cells (not shipped land) and each
-    cell's area in km² (broadcast from one nominal value when the cube has no cell_area)."""
+    """Where a day's statistics are taken: the ocean cells (not shipped land), each cell's
+    area in m² (broadcast from one nominal value when the cube has no cell_area) and the
+    ocean's total in km², summed once here rather than again for every day."""
 
     land: np.ndarray  # bool (y, x)
-    area_km2: np.ndarray  # float64 (y, x), possibly a broadcast view of one value
+    area_m2: np.ndarray  # float64 (y, x), possibly a broadcast view of one value
+    ocean_km2: float
 
     @classmethod
     def make(cls, land: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -95,11 +97,11 @@ class StatCells:
         """Cells of a grid: `cell_area_m2` when given, else |dx·dy| of the projected grid."""
         land = np.ascontiguousarray(land, bool)
         if cell_area_m2 is not None:
-            area = np.asarray(cell_area_m2, np.float64) / 1e6
+            area = np.asarray(cell_area_m2, np.float64)
         else:
-            nominal = abs(float(x[1] - x[0]) * float(y[1] - y[0])) / 1e6 if x.size > 1 else 0.0
+            nominal = abs(float(x[1] - x[0]) * float(y[1] - y[0])) if x.size > 1 else 0.0
             area = np.broadcast_to(np.float64(nominal), land.shape)
-        return cls(land, area)
+        return cls(land, area, float(np.sum(area, where=~land)) / 1e6)
 
 
 @njit(nogil=True, cache=True)
@@ -109,7 +111,6 @@ def _stats_kernel(field, land, area):
     n_zero = 0
     total = 0.0
     extent = 0.0
-    ocean_area = 0.0
     lo = np.inf
     hi = -np.inf
     ny, nx = field.shape
@@ -118,7 +119,6 @@ def _stats_kernel(field, land, area):
             if land[i, j]:
                 continue
             n_ocean += 1
-            ocean_area += area[i, j]
             v = field[i, j]
             if v != v:
                 continue
@@ -130,7 +130,7 @@ def _stats_kernel(field, land, area):
                 extent += area[i, j]
             lo = min(lo, v)
             hi = max(hi, v)
-    return n_ocean, n_obs, n_zero, total, extent, ocean_area, lo, hi
+    return n_ocean, n_obs, n_zero, total, extent, lo, hi
 
 
 def day_stats(field: np.ndarray, cells: StatCells, out_of_range: int = 0) -> dict[str, float]:
@@ -142,16 +142,17 @@ def day_stats(field: np.ndarray, cells: StatCells, out_of_range: int = 0) -> dic
     for lying outside [0, 100] (`out_of_range` counts them over the whole grid); ocean_km2.
     Values that cannot be taken (no ocean, no observation) are None.
     """
-    n_ocean, n_obs, n_zero, total, extent, ocean_area, lo, hi = _stats_kernel(
-        field, cells.land, cells.area_km2)
+    n_ocean, n_obs, n_zero, total, extent, lo, hi = _stats_kernel(field, cells.land,
+                                                                  cells.area_m2)
 
     def share(n: float, of: int) -> float | None:
         return float(n) / of if of else None
 
     return {"obs_fraction": share(n_obs, n_ocean), "zero_fraction": share(n_zero, n_obs),
-            "mean_conc": share(total, n_obs), "extent_raw": float(extent) if n_ocean else None,
+            "mean_conc": share(total, n_obs),
+            "extent_raw": float(extent) / 1e6 if n_ocean else None,
             "min": float(lo) if n_obs else None, "max": float(hi) if n_obs else None,
-            "out_of_range": share(out_of_range, n_ocean), "ocean_km2": float(ocean_area)}
+            "out_of_range": share(out_of_range, n_ocean), "ocean_km2": cells.ocean_km2}
 
 
 def stats_table(records: Sequence[Mapping | None]) -> dict[str, np.ndarray]:
