@@ -213,13 +213,18 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
                                                chunks=cube_chunks[1:]), ATTRS[name])
     # Lazy like the rest: the builder writes it into the new store itself (`build._create_store`).
     data_vars[CELL_AREA] = (("y", "x"), _cell_area(x, y, crs, cube_chunks[1:]), ATTRS[CELL_AREA])
+    # The per-day variables are lazy too: an unwritten chunk reads as the fill value (NaN,
+    # 0, False), so the store is made without writing any (each costs a write at creation).
+    def per_day(value, dtype):
+        return da.full(nt, value, dtype=dtype, chunks=max(nt, 1))
+
     for name in (EXTENT, AREA):  # NaN until the day's time chunk is filled
-        data_vars[name] = (("time",), np.full(nt, np.nan), ATTRS[name])
-    data_vars[OBSERVED] = (("time",), np.zeros(nt, bool), ATTRS[OBSERVED])
-    data_vars[SENSOR] = (("time",), np.zeros(nt, np.uint8), ATTRS[SENSOR])
+        data_vars[name] = (("time",), per_day(np.nan, np.float64), ATTRS[name])
+    data_vars[OBSERVED] = (("time",), per_day(False, bool), ATTRS[OBSERVED])
+    data_vars[SENSOR] = (("time",), per_day(0, np.uint8), ATTRS[SENSOR])
     for name in DAY_STATS:
-        data_vars[name] = (("time",), np.full(nt, np.nan, np.float32), ATTRS[name])
-    data_vars[DAY_QUALITY] = (("time",), np.zeros(nt, np.uint8), ATTRS[DAY_QUALITY])
+        data_vars[name] = (("time",), per_day(np.nan, np.float32), ATTRS[name])
+    data_vars[DAY_QUALITY] = (("time",), per_day(0, np.uint8), ATTRS[DAY_QUALITY])
     ds = xr.Dataset(
         data_vars,
         # The grid mapping is a coordinate so that every variable taken from the cube
