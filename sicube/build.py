@@ -375,8 +375,10 @@ def _exists(store: str, storage_options: dict | None = None) -> bool:
 
 
 def _create_store(store: str, days: list[dt.date], grid: GridCoords, crs: products.GridCRS,
-                  chunks: dict | None, attrs: dict, storage_options: dict | None = None) -> None:
-    """Write the empty cube; locally into a temp folder renamed at the end: all or nothing."""
+                  chunks: dict | None, attrs: dict, storage_options: dict | None = None
+                  ) -> np.ndarray:
+    """Write the empty cube; locally into a temp folder renamed at the end: all or nothing.
+    Returns the cell areas it wrote, so that the run need not read them back."""
     ds = cube.template(days, grid.x, grid.y, crs, chunks=chunks, attrs=attrs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
@@ -384,21 +386,24 @@ def _create_store(store: str, days: list[dt.date], grid: GridCoords, crs: produc
         if local is not None:
             tmp = local.with_name(f".{local.name}.creating-{os.getpid()}")
             ds.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3)
-            _write_cell_area(str(tmp), ds)
+            cells = _write_cell_area(str(tmp), ds)
             os.rename(tmp, local)
         else:
             target = store_location.open_store(store, storage_options=storage_options, mode="w-")
             ds.to_zarr(target, mode="w-", compute=False, zarr_format=3)
-            _write_cell_area(store, ds, storage_options)
+            cells = _write_cell_area(store, ds, storage_options)
+    return cells
 
 
-def _write_cell_area(store: str, ds, storage_options: dict | None = None) -> None:
+def _write_cell_area(store: str, ds, storage_options: dict | None = None) -> np.ndarray:
     """Compute and write the grid's cell areas (lazy in `cube.template`) once, at the cube's
-    birth: a chunk per task on this machine's threads (a cluster's workers may not reach a
-    store this process just made)."""
-    target = cube.for_writing(_open_group(store, storage_options=storage_options)[cube.CELL_AREA])
+    birth, on this machine's threads (a cluster's workers may not reach a store this
+    process just made); returns them."""
     # threaded.get itself, not "threads": dask imports `distributed` (0.7 s) to resolve a name
-    da.store(ds[cube.CELL_AREA].data, target, lock=False, scheduler=threaded.get)
+    cells = ds[cube.CELL_AREA].data.compute(scheduler=threaded.get)
+    target = cube.for_writing(_open_group(store, storage_options=storage_options)[cube.CELL_AREA])
+    target[...] = cells
+    return cells
 
 
 def _read_state(group) -> BuildState:
@@ -951,18 +956,20 @@ class _Timer:
 
 
 def _run(group, state: BuildState, arrivals: Iterator[Arrival], summary: BuildSummary,
-         src: Source, progress: bool) -> None:
-    """Execute what the state says is left: ingest what arrives, mask, fill, finish."""
+         src: Source, progress: bool, cells: np.ndarray | None = None) -> None:
+    """Execute what the state says is left: ingest what arrives, mask, fill, finish.
+    `cells`: the cube's cell areas when the caller has them (it just made the cube)."""
     timer = _Timer(summary)
     grid = _grid(group)
     summary.shape = group[cube.RAW].shape
     on_cluster = isinstance(arrivals, _OnCluster)
     # The cell areas (70 MB at n3125) for the day statistics and the fill's extent and area:
-    # read once here and shared by the threads (a read per fill block costs more than its
+    # in memory once and shared by the threads (a read per fill block costs more than its
     # sums); on a cluster the store's array, each worker reading its own block.
-    cells = None
-    if cube.CELL_AREA in group:
-        cells = group[cube.CELL_AREA] if on_cluster else group[cube.CELL_AREA][:]
+    if on_cluster:
+        cells = group[cube.CELL_AREA] if cube.CELL_AREA in group else None
+    elif cells is None and cube.CELL_AREA in group:
+        cells = group[cube.CELL_AREA][:]
     with timer("ingest"):
         _clean_rewrites(group, state, grid)
         tally = _ingest(group, state, arrivals, grid, summary, progress, cells)
@@ -1131,18 +1138,19 @@ def build(
             days = list(day_range(first, last))
             arrivals = src.arrivals(days, progress, None, cluster)
             held: list[Arrival] = []
-            group, state = _create(store, days, args, chunks, arrivals, held, summary, finish,
-                                   storage_options)
+            group, state, cells = _create(store, days, args, chunks, arrivals, held, summary,
+                                          finish, storage_options)
             if group is None:
                 return summary
             if cluster is None:  # on a cluster the tasks fetch the held days again
                 arrivals = _chain(held, arrivals)
         else:
+            cells = None
             arrivals = _look_again(group, state, src, progress, summary, cluster)
             if arrivals is None:
                 return summary
         with _failure_recorded(store, storage_options):
-            _run(group, state, arrivals, summary, src, progress)
+            _run(group, state, arrivals, summary, src, progress, cells)
     summary.store_bytes = cube.store_bytes(store, storage_options)
     return summary
 
@@ -1238,8 +1246,9 @@ def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | Non
     """Create the empty cube once the first file has arrived (it tells the grid; on a
     cluster a worker fetches days until one has a file and reads it).
 
-    (None, None) when no file arrived and some day failed (the summary names them, exit 1);
-    BadInput when every day is simply absent from the source.
+    (group, state, the cell areas written); (None, None, None) when no file arrived and
+    some day failed (the summary names them, exit 1); BadInput when every day is simply
+    absent from the source.
     """
     if isinstance(arrivals, _OnCluster):
         probe = arrivals.cluster.probe(days, arrivals.fetch, None,
@@ -1256,7 +1265,7 @@ def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | Non
         if failed:
             summary.failed, summary.no_cube = failed, True
             summary.missing = [a.day for a in held if a.status == MISSING]
-            return None, None
+            return None, None, None
         raise BadInput(f"no source file for any day of {days[0]} .. {days[-1]} at "
                        f"{summary.source}")
     grid, crs = found
@@ -1265,8 +1274,8 @@ def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | Non
         mask.load_mask(args.mask, grid)
     state = BuildState(args)
     attrs = {**_state_attrs(state), cube.STATUS: cube.BUILDING, cube.FINISH: finish}
-    _create_store(store, days, grid, crs, chunks, attrs, storage_options)
-    return _open_group(store, storage_options=storage_options), state
+    cells = _create_store(store, days, grid, crs, chunks, attrs, storage_options)
+    return _open_group(store, storage_options=storage_options), state, cells
 
 
 def _first_grid(arrivals: Iterator[Arrival], held: list[Arrival]):
