@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from sicube.area import EXTENT_THRESHOLD
 from sicube.cube import FillFlag
 from sicube.errors import BadInput
 
@@ -620,7 +621,7 @@ def _flags(source: np.ndarray, filled: np.ndarray, land: np.ndarray | None = Non
     core = (0, source.shape[0], 0, source.shape[1], 0, source.shape[2])
     scratch = np.empty(source.shape, np.float32)
     return _finish_core(source, np.ascontiguousarray(filled), _full_land(land, source.shape),
-                        core, scratch)[0]
+                        core, scratch, _NO_WEIGHTS)[0]
 
 
 def _full_land(land: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -636,17 +637,36 @@ _OBSERVED, _FILLED, _NO_NEIGHBOUR, _LAND = (int(flag) for flag in list(FillFlag)
 _N_FLAGS = len(FillFlag)
 
 
+_NO_WEIGHTS = np.zeros((0, 0))  # _finish_core: no cell areas, no extent and area
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _extent_area_row(fraction, weights):
+    """(extent, area) of one finished row (`sicube.area.extent_area`; its fraction is never
+    NaN). reassoc: LLVM vectorizes the sums, which differ from in-order sums by rounding."""
+    extent = ice = 0.0
+    for x in range(fraction.size):
+        c = np.float64(fraction[x])
+        ice += c * weights[x]
+        extent += weights[x] if c >= EXTENT_THRESHOLD else 0.0
+    return extent, ice
+
+
 @njit(nogil=True, cache=True)
-def _finish_core(source, filled, land, core, fraction):
-    """Flags and counts per flag of a filled core; its fraction into ``fraction``.
+def _finish_core(source, filled, land, core, fraction, weights):
+    """Flags and counts per flag of a filled core; its fraction into ``fraction``; given
+    ``weights`` (the core's (y, x) cell areas; (0, 0): none), each day's extent and area.
 
     ``filled`` is the core region ``core`` of block ``source``, ``land`` the block's (y, x)
     mask; ``fraction`` may be ``filled`` itself (float32). Fraction is the seed's final steps:
     percent / 100 in float32, missing and land -> 0. Flags: land, else observed in the source,
     else filled or no neighbour (NaN). No branches on data: LLVM vectorizes the first inner loop.
+    The extent and area are summed over each row just written, while it is in cache.
     """
     ct0, ct1, cy0, cy1, cx0, cx1 = core
     flags = np.empty(filled.shape, np.uint8)
+    sums = np.zeros((ct1 - ct0, 2))
+    weighted = weights.shape[0] > 0
     n_observed = n_filled = n_none = n_land = 0
     one = np.uint8(1)
     for t in range(ct1 - ct0):
@@ -672,10 +692,14 @@ def _finish_core(source, filled, land, core, fraction):
                 n_filled += frow_flags[x] == _FILLED
                 n_none += frow_flags[x] == _NO_NEIGHBOUR
                 n_land += frow_flags[x] == _LAND
+            if weighted:
+                extent, ice = _extent_area_row(out, weights[y])
+                sums[t, 0] += extent
+                sums[t, 1] += ice
     counts = np.zeros(_N_FLAGS, np.int64)  # one count per FillFlag (POLE_HOLE: 0 here)
     counts[_OBSERVED], counts[_FILLED] = n_observed, n_filled
     counts[_NO_NEIGHBOUR], counts[_LAND] = n_none, n_land
-    return flags, counts
+    return flags, counts, sums
 
 
 def fill_fraction_block(
@@ -686,21 +710,26 @@ def fill_fraction_block(
     space_window: int,
     alpha: float,
     sigma: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cell_km2: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """The cube builder's unit of work: fill a block's core, then finish it for the cube.
 
     ``block`` is (time, y, x) percent with its halo, ``land`` its (y, x) mask (1 = land) and
     ``core = (t0, t1, y0, y1, x0, x1)`` the region to produce, in block coordinates. Returns
-    the core's ``sea_ice_conc`` (fraction; missing and land 0), its ``fill_flag`` and the
-    number of cells with each flag: fill, final steps and flags in two passes, no temporaries.
+    the core's ``sea_ice_conc`` (fraction; missing and land 0), its ``fill_flag``, the
+    number of cells with each flag and, given ``cell_km2`` (the core's cell areas, km²),
+    each core day's sea-ice extent and area ((t, 2) km², as `sicube.area.extent_area`
+    defines them) summed while the fraction is written; else None. Fill, final steps and
+    flags in two passes, no temporaries.
     """
     gt, gs = _weights(time_window, space_window, alpha, sigma)
     block = np.ascontiguousarray(block, dtype=np.float32)
     land_arr = _full_land(land, block.shape)  # the fill reads it only when a mask is given
     filled = _fill_serial(block, land_arr, land is not None, core, TILE, time_window,
                           space_window, gt, gs)
-    flags, counts = _finish_core(block, filled, land_arr, core, filled)
-    return filled, flags, counts
+    weights = _NO_WEIGHTS if cell_km2 is None else np.ascontiguousarray(cell_km2, np.float64)
+    flags, counts, sums = _finish_core(block, filled, land_arr, core, filled, weights)
+    return filled, flags, counts, None if cell_km2 is None else sums
 
 
 # --- the north pole hole -------------------------------------------------------------------------

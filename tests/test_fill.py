@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sicube.area import extent_area
 from sicube.cube import FillFlag
 from sicube.errors import BadInput
 from sicube.fill import (
@@ -405,7 +406,7 @@ def test_builder_block_equals_the_fill_and_the_seed_final_steps(core):
     a, land = _land_case()
     t0, t1, y0, y1, x0, x1 = core
     filled, flags = gaussian_fill(a, 2, 3, 10.0, 3.0, land_mask=land, return_flags=True)
-    fraction, got_flags, counts = fill_fraction_block(a, land, core, 2, 3, 10.0, 3.0)
+    fraction, got_flags, counts, sums = fill_fraction_block(a, land, core, 2, 3, 10.0, 3.0)
     # A core needs its window's neighbours only; the fill of the whole block has them all.
     want = (filled / np.float32(100))[t0:t1, y0:y1, x0:x1]
     want[np.isnan(want)] = 0
@@ -416,6 +417,14 @@ def test_builder_block_equals_the_fill_and_the_seed_final_steps(core):
     np.testing.assert_array_equal(
         counts, np.bincount(got_flags.ravel(), minlength=len(FillFlag)))
     assert counts[FillFlag.FILLED] > 0 and counts[FillFlag.LAND] > 0
+    # given the core's cell areas, each day's extent and area come out of the same pass
+    assert sums is None
+    cells_m2 = np.random.default_rng(1).uniform(9e6, 1e7, fraction.shape[1:])
+    *_, sums = fill_fraction_block(a, land, core, 2, 3, 10.0, 3.0, cell_km2=cells_m2 * 1e-6)
+    extent, ice = extent_area(fraction, cells_m2)
+    assert ((fraction > 0) & (fraction < 0.15)).any() and (fraction >= 0.15).any()
+    np.testing.assert_allclose(sums[:, 0], extent, rtol=1e-12)
+    np.testing.assert_allclose(sums[:, 1], ice, rtol=1e-12)
 
 
 def test_a_data_array_comes_back_with_its_coords_and_lazy_when_dask():
