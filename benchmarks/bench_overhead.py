@@ -6,8 +6,10 @@ Checks out ``--base`` (default: the last commit before the per-day statistics, e
 area) into ``benchmarks/_work/base-<sha>`` and builds the first ``--days`` days of the
 full-resolution sample archive (``benchmarks/_work/archive``, written by bench_build when
 absent) from the folder with each version in turn: a fresh process and a fresh store per run,
-versions interleaved, ``--repeats`` runs each, median kept; the page cache is flushed
-(``sync``) before each run, so that one run's writes do not slow the next. Both versions'
+versions interleaved (which goes first alternates), ``--repeats`` runs each, median kept, and
+the median of each round's ratio beside it (the two runs of a round see the same machine
+state); the page cache is flushed (``sync``) before each run, so that one run's writes do not
+slow the next. Both versions'
 numba caches are warmed by a 2-day build first. Wall time is the whole process. The
 difference is everything that changed between the two commits in a build: for the default
 base, the per-day statistics, the day-quality judgement, ``cell_area``, ``sea_ice_extent``
@@ -77,7 +79,10 @@ def main() -> None:
         for name, code in versions.items():  # warm numba's caches of both versions
             timed_build(code, archive, 2, Path(tmp) / f"warm-{name}.zarr")
         for i in range(args.repeats):
-            for name, code in versions.items():
+            # the order alternates, so that whatever the first run leaves (dirty pages, a
+            # warm cache) falls on each version alike
+            for name, code in (list(versions.items()) if i % 2 == 0
+                               else list(versions.items())[::-1]):
                 store = Path(tmp) / f"{name}{i}.zarr"
                 os.sync()  # the last run's ~240 MB of dirty pages are not written during this one
                 seconds, stages = timed_build(code, archive, args.days, store)
@@ -85,7 +90,9 @@ def main() -> None:
                 runs[name].append(seconds)
                 print(f"{name:5s} run {i + 1}: {seconds:6.1f} s   {stages}", flush=True)
     base, now = (statistics.median(runs[name]) for name in ("base", "now"))
-    print(f"median: base {base:.1f} s, now {now:.1f} s: {now / base - 1:+.1%}")
+    paired = statistics.median(n / b - 1 for b, n in zip(runs["base"], runs["now"], strict=True))
+    print(f"median: base {base:.1f} s, now {now:.1f} s: {now / base - 1:+.1%}; "
+          f"median of the rounds' ratios {paired:+.1%}")
     if args.no_record:
         return
     section = (
@@ -93,13 +100,15 @@ def main() -> None:
         f"`python benchmarks/bench_overhead.py --base {args.base} --days {args.days}` "
         f"({time.strftime('%Y-%m-%d')}): {args.days} full-resolution days built from the "
         "sample archive's folder (`--source`), each run a fresh process and store (the page cache "
-        f"flushed before it), versions interleaved, {args.repeats} runs each, median kept.\n\n"
+        "flushed before it), versions interleaved (which goes first alternates), "
+        f"{args.repeats} runs each, median kept.\n\n"
         "| version | runs (s) | median (s) |\n|---|---|---:|\n"
         f"| base `{args.base}` (before the per-day statistics, day quality, cell_area, "
         f"extent and area) | {', '.join(f'{s:.1f}' for s in runs['base'])} | {base:.1f} |\n"
         f"| now | {', '.join(f'{s:.1f}' for s in runs['now'])} | {now:.1f} |\n\n"
         f"The statistics, judgement, cell area, extent and area add **{now / base - 1:+.1%}** "
-        "to the build (target: under 5 %).\n\n"
+        f"to the build (target: under 5 %); the median of the {args.repeats} rounds' own "
+        f"ratios is {paired:+.1%}.\n\n"
         f"Machine: {machine()}.\n"
     )
     print(f"recorded in {record(section, HEADING)}")
