@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import socket
 import time
 import uuid
@@ -385,9 +386,13 @@ def _create_store(store: str, days: list[dt.date], grid: GridCoords, crs: produc
         local = _local_path(store)
         if local is not None:
             tmp = local.with_name(f".{local.name}.creating-{os.getpid()}")
-            ds.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3)
-            cells = _write_cell_area(str(tmp), ds)
-            os.rename(tmp, local)
+            try:
+                ds.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3)
+                cells = _write_cell_area(str(tmp), ds)
+                os.rename(tmp, local)
+            except BaseException:  # Ctrl-C, a full disk: no half-made folder stays behind
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         else:
             target = store_location.open_store(store, storage_options=storage_options, mode="w-")
             ds.to_zarr(target, mode="w-", compute=False, zarr_format=3)

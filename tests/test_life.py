@@ -477,6 +477,25 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(archive, tmp_path, built
     _assert_same_cube(store, built)
 
 
+def test_ctrl_c_while_the_cube_is_created_leaves_nothing_and_the_rerun_builds(
+        archive, tmp_path, monkeypatch):
+    builder = importlib.import_module("sicube.build")  # the module, not the function
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # while the new store's cell areas are written
+
+    monkeypatch.setattr(builder, "_write_cell_area", interrupted)
+    store = tmp_path / "cube.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        build(ARCHIVE_START, ARCHIVE_END, store, source=archive.root, chunks=CHUNKS,
+              progress=False)
+    assert list(tmp_path.iterdir()) == []  # no store, no half-made temp folder, no lock
+    monkeypatch.undo()
+    summary = build(ARCHIVE_START, ARCHIVE_END, store, source=archive.root, chunks=CHUNKS,
+                    progress=False)
+    assert summary.exit_code == 0 and _attrs(store)[cube.STATUS] == cube.COMPLETE
+
+
 def test_an_update_that_crashes_stays_readable_says_why_and_finishes(archive, tmp_path,
                                                                     monkeypatch):
     from sicube.report import info
