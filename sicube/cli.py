@@ -86,7 +86,12 @@ def _chosen_command(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one sicube command; return its exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(only=_chosen_command(argv)).parse_args(argv)
+    try:  # the chosen command's stage is imported here: seconds for build, Ctrl-C included
+        args = build_parser(only=_chosen_command(argv)).parse_args(argv)
+    except KeyboardInterrupt:
+        print(f"sicube {_chosen_command(argv) or ''}".rstrip() + ": interrupted",
+              file=sys.stderr)
+        return 130
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

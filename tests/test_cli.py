@@ -188,3 +188,19 @@ def test_info_into_a_closed_pipe_exits_quietly(small_cube):
     err = process.stderr.read().decode()
     assert process.wait(timeout=300) == 141
     assert err == ""
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(monkeypatch, capsys):
+    # `build` imports its stage (numba, dask, zarr) before it runs: seconds a user may cut
+    from sicube import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    try:
+        code = main(["build", "--start", "20240101", "--end", "20240102", "--store", "c.zarr"])
+    except KeyboardInterrupt:  # pytest would stop the whole run on it
+        pytest.fail("Ctrl-C while the command loaded escaped main() as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err == "sicube build: interrupted\n"
