@@ -102,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("asyncio").addFilter(_not_unretrieved_futures)
     from sicube.settings import apply
 
-    apply()  # the process-wide settings (sicube.configure): zarr's codec threads
     try:
+        apply()  # the process-wide settings (sicube.configure): zarr's codec threads
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
         return code

@@ -190,14 +190,13 @@ def test_info_into_a_closed_pipe_exits_quietly(small_cube):
     assert err == ""
 
 
-def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(monkeypatch, capsys):
-    # `build` imports its stage (numba, dask, zarr) before it runs: seconds a user may cut
-    from sicube import cli
-
+@pytest.mark.parametrize("where", ["sicube.cli.build_parser", "sicube.settings.apply"])
+def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(monkeypatch, capsys, where):
+    # `build` imports its stage (numba, dask), then zarr, before it runs: seconds a user may cut
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "build_parser", interrupted)
+    monkeypatch.setattr(where, interrupted)
     try:
         code = main(["build", "--start", "20240101", "--end", "20240102", "--store", "c.zarr"])
     except KeyboardInterrupt:  # pytest would stop the whole run on it
