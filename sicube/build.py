@@ -841,13 +841,12 @@ def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bound
     core = (*core_t, *core_in_block((iy, ix), (y1 - y0, x1 - x0), halo))
     # land is 0 in the fraction: neither ice nor extent; the block's own cells' areas
     cell_km2 = None if cells is None else cells[y0:y1, x0:x1] * area.KM2
-    fraction, flags, _, sums = fill_fraction_block(block, land[0], core, **params.to_dict(),
-                                                   cell_km2=cell_km2)
+    fraction, flags, day_counts, sums = fill_fraction_block(
+        block, land[0], core, **params.to_dict(), cell_km2=cell_km2)
     region = (slice(t0, t0 + fraction.shape[0]), slice(y0, y1), slice(x0, x1))
     targets[0][region] = fraction
     targets[1][region] = flags
-    counts = [np.bincount(flags[i:i + time_chunk].ravel(), minlength=len(FillFlag))
-              for i in range(0, flags.shape[0], time_chunk)]
+    counts = [day_counts[i:i + time_chunk].sum(0) for i in range(0, flags.shape[0], time_chunk)]
     parts = [np.concatenate(counts).astype(np.float64)]
     if sums is not None:
         parts += [sums[:, 0], sums[:, 1]]

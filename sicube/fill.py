@@ -654,8 +654,9 @@ def _extent_area_row(fraction, weights):
 
 @njit(nogil=True, cache=True)
 def _finish_core(source, filled, land, core, fraction, weights):
-    """Flags and counts per flag of a filled core; its fraction into ``fraction``; given
-    ``weights`` (the core's (y, x) cell areas; (0, 0): none), each day's extent and area.
+    """Flags and each day's counts per flag of a filled core; its fraction into
+    ``fraction``; given ``weights`` (the core's (y, x) cell areas; (0, 0): none), each
+    day's extent and area.
 
     ``filled`` is the core region ``core`` of block ``source``, ``land`` the block's (y, x)
     mask; ``fraction`` may be ``filled`` itself (float32). Fraction is the seed's final steps:
@@ -667,9 +668,10 @@ def _finish_core(source, filled, land, core, fraction, weights):
     flags = np.empty(filled.shape, np.uint8)
     sums = np.zeros((ct1 - ct0, 2))
     weighted = weights.shape[0] > 0
-    n_observed = n_filled = n_none = n_land = 0
+    counts = np.zeros((ct1 - ct0, _N_FLAGS), np.int64)  # per FillFlag (POLE_HOLE: 0 here)
     one = np.uint8(1)
     for t in range(ct1 - ct0):
+        n_observed = n_filled = n_none = n_land = 0
         for y in range(cy1 - cy0):
             srow = source[ct0 + t, cy0 + y, cx0:cx1]
             lrow = land[cy0 + y, cx0:cx1]
@@ -696,9 +698,8 @@ def _finish_core(source, filled, land, core, fraction, weights):
                 extent, ice = _extent_area_row(out, weights[y])
                 sums[t, 0] += extent
                 sums[t, 1] += ice
-    counts = np.zeros(_N_FLAGS, np.int64)  # one count per FillFlag (POLE_HOLE: 0 here)
-    counts[_OBSERVED], counts[_FILLED] = n_observed, n_filled
-    counts[_NO_NEIGHBOUR], counts[_LAND] = n_none, n_land
+        counts[t, _OBSERVED], counts[t, _FILLED] = n_observed, n_filled
+        counts[t, _NO_NEIGHBOUR], counts[t, _LAND] = n_none, n_land
     return flags, counts, sums
 
 
@@ -716,11 +717,11 @@ def fill_fraction_block(
 
     ``block`` is (time, y, x) percent with its halo, ``land`` its (y, x) mask (1 = land) and
     ``core = (t0, t1, y0, y1, x0, x1)`` the region to produce, in block coordinates. Returns
-    the core's ``sea_ice_conc`` (fraction; missing and land 0), its ``fill_flag``, the
-    number of cells with each flag and, given ``cell_km2`` (the core's cell areas, km²),
-    each core day's sea-ice extent and area ((t, 2) km², as `sicube.area.extent_area`
-    defines them) summed while the fraction is written; else None. Fill, final steps and
-    flags in two passes, no temporaries.
+    the core's ``sea_ice_conc`` (fraction; missing and land 0), its ``fill_flag``, each
+    day's number of cells with each flag ((t, len(FillFlag))) and, given ``cell_km2`` (the
+    core's cell areas, km²), each day's sea-ice extent and area ((t, 2) km², as
+    `sicube.area.extent_area` defines them) summed while the fraction is written; else None.
+    Fill, final steps and flags in two passes, no temporaries.
     """
     gt, gs = _weights(time_window, space_window, alpha, sigma)
     block = np.ascontiguousarray(block, dtype=np.float32)
