@@ -183,7 +183,8 @@ def extent_area(conc: np.ndarray, area: np.ndarray, ocean: np.ndarray | None = N
 
     extent = Σ cell area where conc >= 0.15; area = Σ conc x cell area; over `ocean` cells
     (default all; land is 0 in sea_ice_conc anyway). NaN counts as no ice. One compiled
-    pass with float64 sums and no temporaries: the builder calls it for every fill block.
+    pass with float64 sums and no temporaries (`extent_area_sums`, which the fill's
+    finishing pass calls row by row for the builder).
     """
     conc = np.ascontiguousarray(conc)
     weights = area * KM2 if ocean is None else np.where(ocean, area * KM2, 0.0)
@@ -195,17 +196,25 @@ def extent_area(conc: np.ndarray, area: np.ndarray, ocean: np.ndarray | None = N
 # reassoc: the sums may be reordered, so that LLVM vectorizes them (5x faster; the result
 # differs from a sequential sum by rounding only, ~1e-14 relative). NaN checks stay exact.
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def extent_area_sums(conc, weights):
+    """(extent, area) of one flat frame or row `conc` (fraction; NaN: no ice) with its cells'
+    `weights` (areas): compiled, for `extent_area` and the fill's finishing pass."""
+    extent = ice = 0.0
+    for i in range(conc.size):
+        c = np.float64(conc[i])
+        w = weights[i]
+        ice += c * w if c == c else 0.0  # NaN: no ice
+        extent += w if c >= EXTENT_THRESHOLD else 0.0
+    return extent, ice
+
+
+@njit(nogil=True, cache=True)
 def _extent_area(conc, weights):
     out = np.zeros((conc.shape[0], 2))
     for t in range(conc.shape[0]):
-        extent = ice = 0.0
-        for i in range(conc.shape[1]):
-            c = np.float64(conc[t, i])
-            w = weights[i]
-            ice += c * w if c == c else 0.0  # NaN: no ice
-            extent += w if c >= EXTENT_THRESHOLD else 0.0
-        out[t, 0], out[t, 1] = extent, ice
+        out[t, 0], out[t, 1] = extent_area_sums(conc[t], weights)
     return out
 
+
 __all__ = ["EXTENT_THRESHOLD", "cell_area", "cell_area_parts", "extent_area",
-           "inverse_scale_squared"]
+           "extent_area_sums", "inverse_scale_squared"]

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from sicube.area import EXTENT_THRESHOLD
+from sicube.area import extent_area_sums
 from sicube.cube import FillFlag
 from sicube.errors import BadInput
 
@@ -640,18 +640,6 @@ _N_FLAGS = len(FillFlag)
 _NO_WEIGHTS = np.zeros((0, 0))  # _finish_core: no cell areas, no extent and area
 
 
-@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _extent_area_row(fraction, weights):
-    """(extent, area) of one finished row (`sicube.area.extent_area`; its fraction is never
-    NaN). reassoc: LLVM vectorizes the sums, which differ from in-order sums by rounding."""
-    extent = ice = 0.0
-    for x in range(fraction.size):
-        c = np.float64(fraction[x])
-        ice += c * weights[x]
-        extent += weights[x] if c >= EXTENT_THRESHOLD else 0.0
-    return extent, ice
-
-
 @njit(nogil=True, cache=True)
 def _finish_core(source, filled, land, core, fraction, weights):
     """Flags and each day's counts per flag of a filled core; its fraction into
@@ -695,7 +683,7 @@ def _finish_core(source, filled, land, core, fraction, weights):
                 n_none += frow_flags[x] == _NO_NEIGHBOUR
                 n_land += frow_flags[x] == _LAND
             if weighted:
-                extent, ice = _extent_area_row(out, weights[y])
+                extent, ice = extent_area_sums(out, weights[y])
                 sums[t, 0] += extent
                 sums[t, 1] += ice
         counts[t, _OBSERVED], counts[t, _FILLED] = n_observed, n_filled
