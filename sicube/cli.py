@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from sicube._version import __version__
-from sicube.errors import BadInput, SicubeError
+from sicube.errors import BadInput, SicubeError, require_extra
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -334,6 +334,8 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
 def _run_roi(args: argparse.Namespace) -> int:
     from sicube.report import roi_report, write_roi_csv
 
+    if args.plot:  # before the days are counted and the CSV written
+        require_extra("plot", "roi --plot", "matplotlib")
     report = roi_report(args.start, args.end, args.ymin, args.ymax, args.xmin, args.xmax,
                         store=args.store, source=args.source,
                         threshold_percent=args.threshold_percent,
@@ -378,6 +380,8 @@ def _add_extent(parser: argparse.ArgumentParser) -> None:
 def _run_extent(args: argparse.Namespace) -> int:
     from sicube.extent import extent
 
+    if args.plot:  # before the series is computed and the CSV written
+        require_extra("plot", "extent --plot", "matplotlib")
     table = extent(args.store, region=args.region, csv=args.csv, plot=args.plot,
                    half_window=args.half_window, allow_incomplete=args.allow_incomplete)
     km2 = table["sea_ice_extent_km2"]

@@ -13,6 +13,7 @@ import pytest
 from sicube.cli import main
 
 from .test_cube import FINISH, unfinished_copy
+from .test_imports import BLOCKED_CLI
 
 ROI = ["--start", "20240401", "--end", "20240412",
        "--ymin", "100", "--ymax", "140", "--xmin", "20", "--xmax", "60"]
@@ -78,6 +79,29 @@ def test_explore_allows_an_unfinished_cube_when_told(small_cube, tmp_path):
     with pytest.raises(cube.IncompleteCube):
         explore(path)
     assert explore(path, allow_incomplete=True) is not None
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time (to see it untouched)."""
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("argv", [["roi", *ROI], ["extent"]])
+def test_plot_without_the_plot_extra_is_refused_before_any_work(small_cube, tmp_path, argv):
+    # without the check the days were counted and the CSV written before the plot failed
+    before = _files(small_cube)
+    done = subprocess.run([sys.executable, "-c", BLOCKED_CLI, "matplotlib", argv[0],
+                           "--store", str(small_cube), *argv[1:], "--csv", "table.csv",
+                           "--plot", "figure.png"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 2
+    assert list(tmp_path.iterdir()) == []  # no CSV, no figure
+    assert _files(small_cube) == before
+    assert done.stderr == (f"sicube {argv[0]}: error: {argv[0]} --plot needs the 'plot' extra "
+                           "(matplotlib is not installed): pip install 'sicube[plot]'\n")
+    assert done.stdout == ""
 
 
 # --- faults of the environment --------------------------------------------------------------------
