@@ -263,7 +263,10 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 @command("explore", "interactive map of a cube (time slider, variables, hover) as HTML")
 def _add_explore(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", help="a cube (Zarr)")
+    # --store as in every other command; the positional store of earlier versions still works.
+    parser.add_argument("--store", dest="store_option", metavar="STORE", help="a cube (Zarr)")
+    parser.add_argument("store", nargs="?", metavar="STORE",
+                        help="the same as --store (the older form)")
     parser.add_argument("--html", required=True, help="standalone HTML file to write")
     parser.add_argument("--start", help="first day to include (default: the cube's first)")
     parser.add_argument("--end", help="last day to include (default: the cube's last)")
@@ -279,14 +282,24 @@ def _add_explore(parser: argparse.ArgumentParser) -> None:
 def _run_explore(args: argparse.Namespace) -> int:
     from sicube.plot import save_explorer
 
+    store = _explore_store(args.store, args.store_option)
     if not 50 <= args.width <= 4000:
         raise BadInput(f"width: must be between 50 and 4000 pixels, got {args.width}")
-    path = save_explorer(args.store, args.html, variables=tuple(args.variables),
+    path = save_explorer(store, args.html, variables=tuple(args.variables),
                          start=args.start, end=args.end, width=args.width,
                          progress=not args.quiet, allow_incomplete=args.allow_incomplete,
                          storage_options=_storage_options(args))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
     return 0
+
+
+def _explore_store(positional: str | None, option: str | None) -> str:
+    """The store `explore` was given, as --store STORE or positionally (not both)."""
+    if positional is None and option is None:
+        raise BadInput("the following arguments are required: --store")
+    if positional is not None and option is not None and positional != option:
+        raise BadInput(f"two stores given ({positional!r} and --store {option!r}): give one")
+    return option if option is not None else positional
 
 
 @command("report", "a cube's quality report: one self-contained HTML page")

@@ -81,6 +81,35 @@ def test_explore_allows_an_unfinished_cube_when_told(small_cube, tmp_path):
     assert explore(path, allow_incomplete=True) is not None
 
 
+def test_explore_takes_the_store_as_store_or_positionally(monkeypatch, tmp_path, capsys):
+    # every other command names its store with --store; the positional form stays accepted
+    calls = []
+
+    def save_explorer(store, output, **options):
+        calls.append((store, output, options))
+        Path(output).write_text("")
+        return Path(output)
+
+    monkeypatch.setattr("sicube.plot.save_explorer", save_explorer)
+    html = str(tmp_path / "x.html")
+    for argv in (["--store", "c.zarr"], ["c.zarr"], ["c.zarr", "--store", "c.zarr"]):
+        assert main(["explore", *argv, "--html", html, "--width", "60", "-q"]) == 0, argv
+    assert len(calls) == 3 and calls[0] == calls[1] == calls[2]
+    assert calls[0][0] == "c.zarr" and calls[0][2]["width"] == 60
+    capsys.readouterr()
+
+    assert main(["explore", "a.zarr", "--store", "b.zarr", "--html", html]) == 2
+    assert "two stores given ('a.zarr' and --store 'b.zarr')" in _one_error_line(capsys,
+                                                                                 "explore")
+    assert main(["explore", "--html", html]) == 2
+    assert "required: --store" in _one_error_line(capsys, "explore")
+    assert len(calls) == 3  # neither was run
+
+    with pytest.raises(SystemExit):
+        main(["explore", "--help"])
+    assert "--store STORE" in capsys.readouterr().out
+
+
 def _files(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under `folder` with its size and modification time (to see it untouched)."""
     return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
