@@ -345,6 +345,7 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_roi(args: argparse.Namespace) -> int:
+    from sicube.dates import count_text
     from sicube.report import roi_report, write_roi_csv
 
     if args.plot:  # before the days are counted and the CSV written
@@ -355,8 +356,9 @@ def _run_roi(args: argparse.Namespace) -> int:
                         allow_incomplete=args.allow_incomplete,
                         storage_options=_storage_options(args))
     roi, (ny, nx) = report.roi, report.grid_shape
-    print(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} ({roi.size} cells) "
-          f"on the {ny} x {nx} grid, {report.start} .. {report.end}")
+    print(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} "
+          f"({count_text(roi.size, 'cell')}) on the {ny} x {nx} grid, "
+          f"{report.start} .. {report.end}")
     print(f"counted: {report.counted_text}")
     print(f"observed days: {len(report.days)}; days with no data: {len(report.unobserved)}")
     flagged = report.flagged
@@ -391,6 +393,7 @@ def _add_extent(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_extent(args: argparse.Namespace) -> int:
+    from sicube.dates import count_text
     from sicube.extent import extent
 
     if args.plot:  # before the series is computed and the CSV written
@@ -398,7 +401,7 @@ def _run_extent(args: argparse.Namespace) -> int:
     table = extent(args.store, region=args.region, csv=args.csv, plot=args.plot,
                    half_window=args.half_window, allow_incomplete=args.allow_incomplete)
     km2 = table["sea_ice_extent_km2"]
-    print(f"{args.store}: {len(table)} days {table['date'].iloc[0]} .. "
+    print(f"{args.store}: {count_text(len(table), 'day')} {table['date'].iloc[0]} .. "
           f"{table['date'].iloc[-1]}; extent {km2.min():,.0f} .. {km2.max():,.0f} km2, area "
           f"{table['sea_ice_area_km2'].min():,.0f} .. {table['sea_ice_area_km2'].max():,.0f} km2")
     for path in (args.csv, args.plot):
@@ -752,6 +755,7 @@ def _comma_list(text: str, kind: type, name: str) -> list:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import itertools
 
+    from sicube.dates import count_text
     from sicube.evaluate import evaluate_fill, open_raw, write_scores_csv
 
     raw, land = open_raw(args.store, args.start, args.end,
@@ -770,8 +774,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     sets = [s for s in sets if s["method"] == "hybrid" or s["max_gap"] == grid["max_gap"][0]]
     nt, ny, nx = raw.shape
     if not args.quiet:
-        print(f"evaluating {len(sets)} parameter set(s) on {nt} days of {ny} x {nx} cells",
-              file=sys.stderr)
+        print(f"evaluating {count_text(len(sets), 'parameter set')} on "
+              f"{count_text(nt, 'day')} of {ny} x {nx} cells", file=sys.stderr)
     rows = []
     for i, params in enumerate(sets, 1):
         rows += evaluate_fill(raw, [params], hide_fraction=args.hide_fraction,
@@ -792,7 +796,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
           f"space_window={best['space_window']} alpha={best['alpha']:g} sigma={best['sigma']:g}"
           + (f" max_gap={best['max_gap']}" if best["method"] == "hybrid" else "")
           + f" (RMSE {best['rmse']:.3f}, MAE {best['mae']:.3f}, bias {best['bias']:+.3f} percent"
-          f" over {best['n_filled']} of {best['n_hidden']} hidden cells)")
+          f" over {best['n_filled']} of {count_text(best['n_hidden'], 'hidden cell')})")
     if args.csv:
         write_scores_csv(rows, args.csv)
         print(f"table written to {args.csv}")

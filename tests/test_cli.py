@@ -133,6 +133,20 @@ def test_plot_without_the_plot_extra_is_refused_before_any_work(small_cube, tmp_
     assert done.stdout == ""
 
 
+def test_summaries_count_one_day_and_one_cell_in_the_singular(tmp_path, capsys):
+    from sicube.testing import synthetic_cube
+
+    store = str(synthetic_cube(tmp_path / "one.zarr", n_days=1, missing=()))
+    assert main(["extent", "--store", store]) == 0
+    assert f"{store}: 1 day 2024-04-01 .. 2024-04-01;" in capsys.readouterr().out
+    assert main(["evaluate", "--store", store, "--space-window", "3"]) == 0
+    assert "evaluating 1 parameter set on 1 day of 48 x 40 cells" in capsys.readouterr().err
+    argv = ["--start", "20240401", "--end", "20240401", "--ymin", "10", "--ymax", "11",
+            "--xmin", "10", "--xmax", "11"]
+    assert main(["roi", "--store", store, *argv]) == 0
+    assert capsys.readouterr().out.startswith("ROI y 10:11, x 10:11 (1 cell) on the 48 x 40")
+
+
 # --- faults of the environment --------------------------------------------------------------------
 
 
