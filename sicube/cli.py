@@ -24,8 +24,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text or not action.option_strings
-                or action.default in (None, False, argparse.SUPPRESS)):
+        if ("default" in text or not action.option_strings or action.default is None
+                or action.default is False or action.default == argparse.SUPPRESS):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -67,7 +67,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     arguments import their stages to show defaults, which would cost every command seconds."""
     parser = _Parser(prog="sicube", description="AMSR2 sea-ice data to ML-ready cubes")
     parser.add_argument("--version", action="version", version=f"sicube {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND", help="sicube COMMAND --help tells more")
     for name, help_text, add in COMMANDS:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if only is None or name == only:
@@ -206,13 +207,16 @@ def _storage_options(args: argparse.Namespace) -> dict | None:
 
 def _quiet_flags(parser: argparse.ArgumentParser) -> None:
     # Sub-sub-commands accept -v/-q too; SUPPRESS keeps a flag given before them.
-    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
-    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
 
 
 @command("plot", "PNG maps: one day, the land mask, raw vs filled")
 def _add_plot(parser: argparse.ArgumentParser) -> None:
-    kinds = parser.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    kinds = parser.add_subparsers(dest="kind", required=True, parser_class=_Parser,
+                                  help="the map to draw")
     day = kinds.add_parser("day", help="map one day of a source file or a cube")
     where = day.add_mutually_exclusive_group(required=True)
     where.add_argument("--file", help="a daily source file (.nc)")
@@ -271,7 +275,8 @@ def _add_explore(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", help="first day to include (default: the cube's first)")
     parser.add_argument("--end", help="last day to include (default: the cube's last)")
     parser.add_argument("--variables", nargs="+", default=["sea_ice_conc", "sea_ice_conc_raw"],
-                        choices=["sea_ice_conc", "sea_ice_conc_raw"])
+                        choices=["sea_ice_conc", "sea_ice_conc_raw"],
+                        help="variables the selector offers (default: both)")
     parser.add_argument("--width", type=int, default=300,
                         help="map width in pixels; every frame is embedded at this size")
     _allow_incomplete(parser)
@@ -330,11 +335,13 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--source", help="a folder of daily source files")
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
-    for name in ("ymin", "ymax", "xmin", "xmax"):
+    for name, axis in (("ymin", "row"), ("ymax", "row"), ("xmin", "column"),
+                       ("xmax", "column")):
         parser.add_argument(f"--{name}", type=int, required=True,
-                            help="grid index; max is end-exclusive" if "max" in name else None)
+                            help=f"grid {axis} index; {name} is end-exclusive"
+                            if "max" in name else f"first grid {axis} index")
     parser.add_argument("--threshold-percent", type=float, default=0.1,
-                        help="list days with at least this share missing")
+                        help="list the days with at least this percent of the ROI missing")
     parser.add_argument("--csv", help="write one row per day of the span here: date, observed, "
                         "missing cells and percent (a cube: missing_ocean_pixels, "
                         "missing_ocean_percent; empty on a day with no data)")
@@ -466,7 +473,7 @@ def _add_sensor(parser: argparse.ArgumentParser, default: str | None) -> None:
     parser.add_argument("--sensor", choices=SENSOR_CHOICES, default=default,
                         help="auto: each day from the sensor whose record holds it (AMSR-E "
                              "2002-06-01..2011-10-04 on n6250/s6250, AMSR2 from 2012-07-02)"
-                             + (f"; default {default}" if default
+                             + (f"; default: {default}" if default
                                 else "; default: the cube's own choice"))
 
 
@@ -508,7 +515,7 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", choices=list(GRIDS), default=None,
                         help="grid to download (default: the base URL's grid folder, else "
                              "n3125); a --source folder's grid is read from its files")
-    parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default "
+    parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default: "
                         + ",".join(str(n) for n in DEFAULT_CHUNKS.values()) + ")")
     parser.add_argument("--restart-fill", action="store_true",
                         help="on an existing cube of this span: accept other fill or mask "

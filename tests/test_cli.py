@@ -110,6 +110,29 @@ def test_explore_takes_the_store_as_store_or_positionally(monkeypatch, tmp_path,
     assert "--store STORE" in capsys.readouterr().out
 
 
+def _parsers(parser, name="sicube"):
+    """`parser` and every (sub-)command's parser under it, by name."""
+    import argparse
+
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_help_explains_every_option_and_shows_zero_defaults(capsys):
+    from sicube.cli import build_parser
+
+    parser = build_parser()
+    for name, sub in _parsers(parser):
+        for action in sub._actions:
+            assert action.help, f"{name} {'/'.join(action.option_strings) or action.dest}"
+    assert parser.format_usage() == "usage: sicube [-h] [--version] COMMAND ...\n"
+    sample = dict(_parsers(parser))["sicube sample"].format_help()
+    assert "seed of the generated values (default: 0)" in " ".join(sample.split())
+
+
 def _files(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under `folder` with its size and modification time (to see it untouched)."""
     return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
