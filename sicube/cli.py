@@ -371,7 +371,8 @@ def _run_roi(args: argparse.Namespace) -> int:
     flagged = report.flagged
     print(f"days with >= {report.threshold_percent:g}% missing in the ROI: {len(flagged)}")
     for day in flagged:
-        print(f"  {day.date}  {day.missing_pixels:>9d} cells  {day.missing_percent:7.3f}%")
+        cells = "cell " if day.missing_pixels == 1 else "cells"  # (the column stays aligned)
+        print(f"  {day.date}  {day.missing_pixels:>9d} {cells}  {day.missing_percent:7.3f}%")
     if args.csv:
         print(f"wrote {write_roi_csv(report, args.csv)}")
     if args.plot:

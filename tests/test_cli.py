@@ -164,10 +164,12 @@ def test_summaries_count_one_day_and_one_cell_in_the_singular(tmp_path, capsys):
     assert f"{store}: 1 day 2024-04-01 .. 2024-04-01;" in capsys.readouterr().out
     assert main(["evaluate", "--store", store, "--space-window", "3"]) == 0
     assert "evaluating 1 parameter set on 1 day of 48 x 40 cells" in capsys.readouterr().err
-    argv = ["--start", "20240401", "--end", "20240401", "--ymin", "10", "--ymax", "11",
-            "--xmin", "10", "--xmax", "11"]
+    argv = ["--start", "20240401", "--end", "20240401", "--ymin", "0", "--ymax", "1",
+            "--xmin", "13", "--xmax", "14"]  # an ocean cell with no data that day
     assert main(["roi", "--store", store, *argv]) == 0
-    assert capsys.readouterr().out.startswith("ROI y 10:11, x 10:11 (1 cell) on the 48 x 40")
+    out = capsys.readouterr().out
+    assert out.startswith("ROI y 0:1, x 13:14 (1 cell) on the 48 x 40"), out
+    assert "\n  2024-04-01          1 cell   100.000%\n" in out, out
 
 
 # --- faults of the environment --------------------------------------------------------------------
