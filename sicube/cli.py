@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from sicube._version import __version__
-from sicube.errors import BadInput, SicubeError
+from sicube.errors import BadInput, SicubeError, require_extra
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -24,8 +24,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text or not action.option_strings
-                or action.default in (None, False, argparse.SUPPRESS)):
+        if ("default" in text or not action.option_strings or action.default is None
+                or action.default is False or action.default == argparse.SUPPRESS):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -67,7 +67,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     arguments import their stages to show defaults, which would cost every command seconds."""
     parser = _Parser(prog="sicube", description="AMSR2 sea-ice data to ML-ready cubes")
     parser.add_argument("--version", action="version", version=f"sicube {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND", help="sicube COMMAND --help tells more")
     for name, help_text, add in COMMANDS:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if only is None or name == only:
@@ -206,13 +207,16 @@ def _storage_options(args: argparse.Namespace) -> dict | None:
 
 def _quiet_flags(parser: argparse.ArgumentParser) -> None:
     # Sub-sub-commands accept -v/-q too; SUPPRESS keeps a flag given before them.
-    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
-    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
 
 
 @command("plot", "PNG maps: one day, the land mask, raw vs filled")
 def _add_plot(parser: argparse.ArgumentParser) -> None:
-    kinds = parser.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    kinds = parser.add_subparsers(dest="kind", required=True, parser_class=_Parser,
+                                  help="the map to draw")
     day = kinds.add_parser("day", help="map one day of a source file or a cube")
     where = day.add_mutually_exclusive_group(required=True)
     where.add_argument("--file", help="a daily source file (.nc)")
@@ -263,12 +267,16 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 @command("explore", "interactive map of a cube (time slider, variables, hover) as HTML")
 def _add_explore(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", help="a cube (Zarr)")
+    # --store as in every other command; the positional store of earlier versions still works.
+    parser.add_argument("--store", dest="store_option", metavar="STORE", help="a cube (Zarr)")
+    parser.add_argument("store", nargs="?", metavar="STORE",
+                        help="the same as --store (the older form)")
     parser.add_argument("--html", required=True, help="standalone HTML file to write")
     parser.add_argument("--start", help="first day to include (default: the cube's first)")
     parser.add_argument("--end", help="last day to include (default: the cube's last)")
     parser.add_argument("--variables", nargs="+", default=["sea_ice_conc", "sea_ice_conc_raw"],
-                        choices=["sea_ice_conc", "sea_ice_conc_raw"])
+                        choices=["sea_ice_conc", "sea_ice_conc_raw"],
+                        help="variables the selector offers (default: both)")
     parser.add_argument("--width", type=int, default=300,
                         help="map width in pixels; every frame is embedded at this size")
     _allow_incomplete(parser)
@@ -279,14 +287,24 @@ def _add_explore(parser: argparse.ArgumentParser) -> None:
 def _run_explore(args: argparse.Namespace) -> int:
     from sicube.plot import save_explorer
 
+    store = _explore_store(args.store, args.store_option)
     if not 50 <= args.width <= 4000:
         raise BadInput(f"width: must be between 50 and 4000 pixels, got {args.width}")
-    path = save_explorer(args.store, args.html, variables=tuple(args.variables),
+    path = save_explorer(store, args.html, variables=tuple(args.variables),
                          start=args.start, end=args.end, width=args.width,
                          progress=not args.quiet, allow_incomplete=args.allow_incomplete,
                          storage_options=_storage_options(args))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, works offline)")
     return 0
+
+
+def _explore_store(positional: str | None, option: str | None) -> str:
+    """The store `explore` was given, as --store STORE or positionally (not both)."""
+    if positional is None and option is None:
+        raise BadInput("the following arguments are required: --store")
+    if positional is not None and option is not None and positional != option:
+        raise BadInput(f"two stores given ({positional!r} and --store {option!r}): give one")
+    return option if option is not None else positional
 
 
 @command("report", "a cube's quality report: one self-contained HTML page")
@@ -317,11 +335,13 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--source", help="a folder of daily source files")
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
-    for name in ("ymin", "ymax", "xmin", "xmax"):
+    for name, axis in (("ymin", "row"), ("ymax", "row"), ("xmin", "column"),
+                       ("xmax", "column")):
         parser.add_argument(f"--{name}", type=int, required=True,
-                            help="grid index; max is end-exclusive" if "max" in name else None)
+                            help=f"grid {axis} index; {name} is end-exclusive"
+                            if "max" in name else f"first grid {axis} index")
     parser.add_argument("--threshold-percent", type=float, default=0.1,
-                        help="list days with at least this share missing")
+                        help="list the days with at least this percent of the ROI missing")
     parser.add_argument("--csv", help="write one row per day of the span here: date, observed, "
                         "missing cells and percent (a cube: missing_ocean_pixels, "
                         "missing_ocean_percent; empty on a day with no data)")
@@ -332,22 +352,27 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_roi(args: argparse.Namespace) -> int:
+    from sicube.dates import count_text
     from sicube.report import roi_report, write_roi_csv
 
+    if args.plot:  # before the days are counted and the CSV written
+        require_extra("plot", "roi --plot", "matplotlib")
     report = roi_report(args.start, args.end, args.ymin, args.ymax, args.xmin, args.xmax,
                         store=args.store, source=args.source,
                         threshold_percent=args.threshold_percent,
                         allow_incomplete=args.allow_incomplete,
                         storage_options=_storage_options(args))
     roi, (ny, nx) = report.roi, report.grid_shape
-    print(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} ({roi.size} cells) "
-          f"on the {ny} x {nx} grid, {report.start} .. {report.end}")
+    print(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} "
+          f"({count_text(roi.size, 'cell')}) on the {ny} x {nx} grid, "
+          f"{report.start} .. {report.end}")
     print(f"counted: {report.counted_text}")
     print(f"observed days: {len(report.days)}; days with no data: {len(report.unobserved)}")
     flagged = report.flagged
     print(f"days with >= {report.threshold_percent:g}% missing in the ROI: {len(flagged)}")
     for day in flagged:
-        print(f"  {day.date}  {day.missing_pixels:>9d} cells  {day.missing_percent:7.3f}%")
+        cells = "cell " if day.missing_pixels == 1 else "cells"  # (the column stays aligned)
+        print(f"  {day.date}  {day.missing_pixels:>9d} {cells}  {day.missing_percent:7.3f}%")
     if args.csv:
         print(f"wrote {write_roi_csv(report, args.csv)}")
     if args.plot:
@@ -376,12 +401,15 @@ def _add_extent(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_extent(args: argparse.Namespace) -> int:
+    from sicube.dates import count_text
     from sicube.extent import extent
 
+    if args.plot:  # before the series is computed and the CSV written
+        require_extra("plot", "extent --plot", "matplotlib")
     table = extent(args.store, region=args.region, csv=args.csv, plot=args.plot,
                    half_window=args.half_window, allow_incomplete=args.allow_incomplete)
     km2 = table["sea_ice_extent_km2"]
-    print(f"{args.store}: {len(table)} days {table['date'].iloc[0]} .. "
+    print(f"{args.store}: {count_text(len(table), 'day')} {table['date'].iloc[0]} .. "
           f"{table['date'].iloc[-1]}; extent {km2.min():,.0f} .. {km2.max():,.0f} km2, area "
           f"{table['sea_ice_area_km2'].min():,.0f} .. {table['sea_ice_area_km2'].max():,.0f} km2")
     for path in (args.csv, args.plot):
@@ -446,7 +474,7 @@ def _add_sensor(parser: argparse.ArgumentParser, default: str | None) -> None:
     parser.add_argument("--sensor", choices=SENSOR_CHOICES, default=default,
                         help="auto: each day from the sensor whose record holds it (AMSR-E "
                              "2002-06-01..2011-10-04 on n6250/s6250, AMSR2 from 2012-07-02)"
-                             + (f"; default {default}" if default
+                             + (f"; default: {default}" if default
                                 else "; default: the cube's own choice"))
 
 
@@ -488,7 +516,7 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", choices=list(GRIDS), default=None,
                         help="grid to download (default: the base URL's grid folder, else "
                              "n3125); a --source folder's grid is read from its files")
-    parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default "
+    parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default: "
                         + ",".join(str(n) for n in DEFAULT_CHUNKS.values()) + ")")
     parser.add_argument("--restart-fill", action="store_true",
                         help="on an existing cube of this span: accept other fill or mask "
@@ -735,6 +763,7 @@ def _comma_list(text: str, kind: type, name: str) -> list:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import itertools
 
+    from sicube.dates import count_text
     from sicube.evaluate import evaluate_fill, open_raw, write_scores_csv
 
     raw, land = open_raw(args.store, args.start, args.end,
@@ -753,8 +782,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     sets = [s for s in sets if s["method"] == "hybrid" or s["max_gap"] == grid["max_gap"][0]]
     nt, ny, nx = raw.shape
     if not args.quiet:
-        print(f"evaluating {len(sets)} parameter set(s) on {nt} days of {ny} x {nx} cells",
-              file=sys.stderr)
+        print(f"evaluating {count_text(len(sets), 'parameter set')} on "
+              f"{count_text(nt, 'day')} of {ny} x {nx} cells", file=sys.stderr)
     rows = []
     for i, params in enumerate(sets, 1):
         rows += evaluate_fill(raw, [params], hide_fraction=args.hide_fraction,
@@ -775,7 +804,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
           f"space_window={best['space_window']} alpha={best['alpha']:g} sigma={best['sigma']:g}"
           + (f" max_gap={best['max_gap']}" if best["method"] == "hybrid" else "")
           + f" (RMSE {best['rmse']:.3f}, MAE {best['mae']:.3f}, bias {best['bias']:+.3f} percent"
-          f" over {best['n_filled']} of {best['n_hidden']} hidden cells)")
+          f" over {best['n_filled']} of {count_text(best['n_hidden'], 'hidden cell')})")
     if args.csv:
         write_scores_csv(rows, args.csv)
         print(f"table written to {args.csv}")

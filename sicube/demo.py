@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sicube import products
 from sicube.build import BuildSummary, build
-from sicube.errors import BadInput
+from sicube.errors import BadInput, require_extra
 from sicube.mask import export_mask
 from sicube.mirror import Mirror
 from sicube.sample import write_archive
@@ -53,6 +53,10 @@ def run_demo(days: int = 30, out: str | os.PathLike = "demo", *, step: int = 2, 
     """Run the pipeline on `days` generated days of `grid` (coarsened `step` times) under
     `out`. The mirror serves the grid under its own URL path, as the Bremen server does, and
     the build downloads from that URL."""
+    # The maps and the DataLoader batch come last: a missing extra is refused before the
+    # minutes of generating, serving and building, not after them.
+    require_extra("plot", "sicube.demo", "matplotlib")
+    require_extra("torch", "sicube.demo", "torch")
     if not isinstance(days, int) or days < 8:
         raise BadInput(f"--days must be an integer of at least 8, got {days!r}")
     if grid not in products.GRIDS:

@@ -3,7 +3,8 @@
 `load_page` opens a local HTML file with the network cut off (every host name resolves to
 nothing), and gives back what a user's browser would have shown: the console errors and
 uncaught exceptions, every request that left the machine's files (a CDN script, a web
-font), and a screenshot. `find_chromium` says where the browser is, or None (tests skip).
+font), and a screenshot. `find_chromium` says where the browser is, or None; without one
+a browser test skips, or fails under CI (the CI variable set).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 SKIP_REASON = ("no Chromium found (set SICUBE_CHROMIUM, or on Debian/Ubuntu as root: "
-               "apt-get install chromium; .ci/run installs it when it can)")
+               "apt-get install chromium; .ci/run installs it, or fails saying why)")
 
 
 def find_chromium() -> str | None:
@@ -35,6 +37,22 @@ def find_chromium() -> str | None:
     if given:
         return given if Path(given).exists() else None
     return next((found for name in CANDIDATES if (found := shutil.which(name))), None)
+
+
+def under_ci() -> bool:
+    """Whether CI runs the tests (it sets the CI variable): there no browser test may skip."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def require_chromium() -> str:
+    """The Chromium for a browser test. Without one the test skips, saying why; under CI it
+    fails instead, so that CI never passes without having loaded the pages."""
+    found = find_chromium()
+    if found is None:
+        if under_ci():
+            pytest.fail(f"CI is set: {SKIP_REASON}", pytrace=False)
+        pytest.skip(SKIP_REASON)
+    return found
 
 
 @dataclass
@@ -153,9 +171,7 @@ def load_page(path: str | os.PathLike, *, width: int = 1200, height: int = 1600,
     """Load the local file `path` in a headless Chromium with no network; after its load
     event, wait until the JavaScript expression `ready` is true (when given), then `settle`
     seconds, and screenshot a `width` x `height` window."""
-    binary = chromium or find_chromium()
-    if binary is None:
-        raise RuntimeError(SKIP_REASON)
+    binary = chromium or require_chromium()
     with tempfile.TemporaryDirectory(prefix="sicube-chromium-") as profile:
         command = [binary, "--headless", "--disable-gpu", "--no-sandbox",
                    "--remote-debugging-port=0", "--remote-allow-origins=*",

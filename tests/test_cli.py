@@ -13,6 +13,7 @@ import pytest
 from sicube.cli import main
 
 from .test_cube import FINISH, unfinished_copy
+from .test_imports import BLOCKED_CLI
 
 ROI = ["--start", "20240401", "--end", "20240412",
        "--ymin", "100", "--ymax", "140", "--xmin", "20", "--xmax", "60"]
@@ -78,6 +79,97 @@ def test_explore_allows_an_unfinished_cube_when_told(small_cube, tmp_path):
     with pytest.raises(cube.IncompleteCube):
         explore(path)
     assert explore(path, allow_incomplete=True) is not None
+
+
+def test_explore_takes_the_store_as_store_or_positionally(monkeypatch, tmp_path, capsys):
+    # every other command names its store with --store; the positional form stays accepted
+    calls = []
+
+    def save_explorer(store, output, **options):
+        calls.append((store, output, options))
+        Path(output).write_text("")
+        return Path(output)
+
+    monkeypatch.setattr("sicube.plot.save_explorer", save_explorer)
+    html = str(tmp_path / "x.html")
+    for argv in (["--store", "c.zarr"], ["c.zarr"], ["c.zarr", "--store", "c.zarr"]):
+        assert main(["explore", *argv, "--html", html, "--width", "60", "-q"]) == 0, argv
+    assert len(calls) == 3 and calls[0] == calls[1] == calls[2]
+    assert calls[0][0] == "c.zarr" and calls[0][2]["width"] == 60
+    capsys.readouterr()
+
+    assert main(["explore", "a.zarr", "--store", "b.zarr", "--html", html]) == 2
+    assert "two stores given ('a.zarr' and --store 'b.zarr')" in _one_error_line(capsys,
+                                                                                 "explore")
+    assert main(["explore", "--html", html]) == 2
+    assert "required: --store" in _one_error_line(capsys, "explore")
+    assert len(calls) == 3  # neither was run
+
+    with pytest.raises(SystemExit):
+        main(["explore", "--help"])
+    assert "--store STORE" in capsys.readouterr().out
+
+
+def _parsers(parser, name="sicube"):
+    """`parser` and every (sub-)command's parser under it, by name."""
+    import argparse
+
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_help_explains_every_option_and_shows_zero_defaults(capsys):
+    from sicube.cli import build_parser
+
+    parser = build_parser()
+    for name, sub in _parsers(parser):
+        for action in sub._actions:
+            assert action.help, f"{name} {'/'.join(action.option_strings) or action.dest}"
+    assert parser.format_usage() == "usage: sicube [-h] [--version] COMMAND ...\n"
+    sample = dict(_parsers(parser))["sicube sample"].format_help()
+    assert "seed of the generated values (default: 0)" in " ".join(sample.split())
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time (to see it untouched)."""
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("argv", [["roi", *ROI], ["extent"]])
+def test_plot_without_the_plot_extra_is_refused_before_any_work(small_cube, tmp_path, argv):
+    # without the check the days were counted and the CSV written before the plot failed
+    before = _files(small_cube)
+    done = subprocess.run([sys.executable, "-c", BLOCKED_CLI, "matplotlib", argv[0],
+                           "--store", str(small_cube), *argv[1:], "--csv", "table.csv",
+                           "--plot", "figure.png"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 2
+    assert list(tmp_path.iterdir()) == []  # no CSV, no figure
+    assert _files(small_cube) == before
+    assert done.stderr == (f"sicube {argv[0]}: error: {argv[0]} --plot needs the 'plot' extra "
+                           "(matplotlib is not installed): pip install 'sicube[plot]'\n")
+    assert done.stdout == ""
+
+
+def test_summaries_count_one_day_and_one_cell_in_the_singular(tmp_path, capsys):
+    from sicube.testing import synthetic_cube
+
+    store = str(synthetic_cube(tmp_path / "one.zarr", n_days=1, missing=()))
+    assert main(["extent", "--store", store]) == 0
+    assert f"{store}: 1 day 2024-04-01 .. 2024-04-01;" in capsys.readouterr().out
+    assert main(["evaluate", "--store", store, "--space-window", "3"]) == 0
+    assert "evaluating 1 parameter set on 1 day of 48 x 40 cells" in capsys.readouterr().err
+    argv = ["--start", "20240401", "--end", "20240401", "--ymin", "0", "--ymax", "1",
+            "--xmin", "13", "--xmax", "14"]  # an ocean cell with no data that day
+    assert main(["roi", "--store", store, *argv]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ROI y 0:1, x 13:14 (1 cell) on the 48 x 40"), out
+    assert "\n  2024-04-01          1 cell   100.000%\n" in out, out
 
 
 # --- faults of the environment --------------------------------------------------------------------

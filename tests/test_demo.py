@@ -2,10 +2,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import xarray as xr
 from PIL import Image
 
 from sicube import cube
+
+from .test_imports import BLOCKED_CLI
 
 
 def test_demo_leaves_every_file_it_promises(tmp_path):
@@ -47,3 +50,17 @@ def test_demo_on_a_southern_grid_builds_from_its_mirror(tmp_path):
     assert not ds[cube.POLE_HOLE].values.any()
     pixels = np.asarray(Image.open(out / "day.png").convert("L"))
     assert pixels.std() > 10
+
+
+@pytest.mark.parametrize("blocked, extra", [("matplotlib", "plot"), ("torch", "torch")])
+def test_demo_without_an_extra_refuses_before_any_work(tmp_path, blocked, extra):
+    # the maps and the DataLoader batch come last: the missing extra is named before the
+    # archive is generated, served and built, not after those minutes
+    done = subprocess.run([sys.executable, "-c", BLOCKED_CLI, blocked, "demo", "--days", "8",
+                           "--step", "32", "--out", "demo", "-q"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert list(tmp_path.iterdir()) == []  # no demo folder: no archive, download or cube
+    assert done.returncode == 2
+    assert done.stderr == (f"sicube demo: error: sicube.demo needs the '{extra}' extra "
+                           f"({blocked} is not installed): pip install 'sicube[{extra}]'\n")
+    assert done.stdout == ""

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +22,11 @@ from sicube.cli import main
 from sicube.dates import yyyymmdd
 from sicube.testing import SYNTHETIC_START, synthetic_cube
 
-from .headless import SKIP_REASON, find_chromium, load_page
+from .headless import SKIP_REASON, find_chromium, load_page, under_ci
 
-needs_chromium = pytest.mark.skipif(find_chromium() is None, reason=SKIP_REASON)
+# Under CI they run all the same, and fail without Chromium (load_page says why).
+needs_chromium = pytest.mark.skipif(find_chromium() is None and not under_ci(),
+                                    reason=SKIP_REASON)
 
 RICH_DAYS = 400  # more than a year: the extent and area get their climatology band
 SUSPICIOUS_INDEX, FAILED_INDEX = 2, 6  # index 6 is one of synthetic_cube's missing days
@@ -193,6 +199,42 @@ def _assert_drawn(load, *, non_white: float, spread: float) -> None:
     assert load.requests == [], f"the page reached for the network: {load.requests}"
     assert load.non_white_share() > non_white, load.non_white_share()
     assert load.spread() > spread, load.spread()
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", "1 failed"), ("", "1 skipped")])
+def test_without_chromium_the_browser_tests_skip_but_fail_under_ci(tmp_path, ci, outcome):
+    # a skipped browser test under CI would let a page that no longer loads pass unseen
+    test = f"{Path(__file__).name}::test_the_browser_check_catches_errors_network_and_blank_pages"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfs", test],
+        cwd=Path(__file__).parent, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "CI": ci, "SICUBE_CHROMIUM": str(tmp_path / "no-chromium")})
+    assert done.returncode == (1 if ci else 0), done.stdout + done.stderr
+    assert outcome in done.stdout and "no Chromium found" in done.stdout, done.stdout
+
+
+def test_ci_stops_when_chromium_cannot_be_installed(tmp_path):
+    # .ci/run runs .ci/chromium first; here no Chromium is on PATH and apt-get finds none
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("id", "env"):
+        (tools / name).symlink_to(shutil.which(name))
+    apt_get = tools / "apt-get"
+    apt_get.write_text('#!/bin/sh\necho "E: Unable to locate package chromium" >&2\nexit 100\n')
+    apt_get.chmod(0o755)
+    script = Path(__file__).parents[1] / ".ci" / "chromium"
+    done = subprocess.run([shutil.which("bash"), str(script)], env={"PATH": str(tools)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1].startswith("CI error: "), done.stderr
+    assert "cannot run without Chromium" in done.stderr
+    if os.geteuid() == 0:  # (elsewhere: no root and no sudo to install it, it says)
+        assert "apt-get could not install chromium" in done.stderr
+
+    (tools / "chromium").symlink_to(shutil.which("true"))  # one on PATH: nothing to do
+    done = subprocess.run([shutil.which("bash"), str(script)], env={"PATH": str(tools)},
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
 
 
 @needs_chromium
