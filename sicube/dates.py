@@ -59,6 +59,11 @@ def to_datetime64(days: list[dt.date]) -> np.ndarray:
     return np.array([np.datetime64(d, "D") for d in days]).astype("datetime64[ns]")
 
 
+def count_text(n: int, noun: str) -> str:
+    """`n` and `noun`, plural unless `n` is 1: "1 day", "3 days", "0 files"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def day_list_text(days: list[dt.date], limit: int = 12) -> str:
     """The first `limit` days as "YYYYMMDD, YYYYMMDD" in order, then how many more there are."""
     shown = ", ".join(f"{d:%Y%m%d}" for d in sorted(days)[:limit])

@@ -49,6 +49,7 @@ in the caller's thread. In both, the transfers run on an asyncio loop in a backg
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import hashlib
 import json
@@ -70,7 +71,15 @@ from urllib.parse import urlsplit
 from sicube import products
 from sicube._version import __version__
 from sicube.cache import cache_dir
-from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span, yyyymmdd
+from sicube.dates import (
+    DateLike,
+    count_text,
+    day_list_text,
+    day_range,
+    parse_date,
+    parse_span,
+    yyyymmdd,
+)
 from sicube.errors import BadInput, BadSourceFile, SourceUnavailable
 from sicube.sources import GridCoords, check_day_file, sha256_file
 
@@ -137,6 +146,11 @@ class DownloadReport:
     manifest_path: Path | None = None
     grid: GridCoords | None = None
     elapsed: float = 0.0
+    # With several hosts: the files each host served now, and why a host was skipped (it
+    # timed out or refused, so later files asked it last; `retry_after` s later, again).
+    served: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    retry_after: float = 0.0
 
     def _with(self, status: str) -> list[DayRecord]:
         return [r for r in self.days if r.status == status]
@@ -180,6 +194,11 @@ class DownloadReport:
         for record in self.failed:
             lines.append(f"    {yyyymmdd(record.day)}: {record.error} "
                          f"({record.attempts} attempts)")
+        for host, n in self.served.items():
+            lines.append(f"  {host}: served {count_text(n, 'file')}")
+        for host, reason in self.skipped.items():
+            lines.append(f"  {host}: skipped after it failed to answer ({reason}); asked "
+                         f"last, and again after {self.retry_after:g} s")
         if self.manifest_path:
             lines.append(f"  manifest: {self.manifest_path}")
         return "\n".join(lines)
@@ -368,6 +387,52 @@ class _Retry:
         return fs, await fs.set_session()
 
 
+# How long a host that timed out or refused a connection is asked last (after the hosts that
+# answer); then one file asks it first again, so a host back from an outage is used again
+# and a dead one costs one attempt per period, not one per file.
+HOST_RETRY_AFTER = 300.0
+
+
+class _Hosts:
+    """Which host each file asks first, shared by every file of a run, and what each served.
+
+    A host that times out or refuses a connection is demoted for `retry_after` seconds: the
+    files that start meanwhile ask it last, once, and only when the hosts before it failed.
+    When the time is up one file asks it first again (the others keep it demoted until that
+    file's answer comes). One asyncio loop drives every file, so no lock is needed.
+    """
+
+    def __init__(self, hosts: tuple[str, ...], retry_after: float | None = None):
+        self.hosts = hosts
+        self.retry_after = HOST_RETRY_AFTER if retry_after is None else retry_after
+        self._until: dict[str, float] = {}  # demoted host -> when one file may ask it first
+        self.skipped: dict[str, str] = {}  # host -> why it was last demoted
+        self.served: collections.Counter[str] = collections.Counter()
+
+    def order(self) -> list[tuple[str, bool]]:
+        """The hosts for the next file, (host, demoted): the others in the given order first."""
+        now = time.monotonic()
+        ahead, behind = [], []
+        for host in self.hosts:
+            until = self._until.get(host)
+            if until is not None and now >= until:
+                self._until[host] = now + self.retry_after  # this file probes it, alone
+                until = None
+            if until is None:
+                ahead.append((host, False))
+            else:
+                behind.append((host, True))
+        return ahead + behind
+
+    def demote(self, host: str, reason: str) -> None:
+        self._until[host] = time.monotonic() + self.retry_after
+        self.skipped[host] = reason
+
+    def answered(self, host: str) -> None:
+        """`host` answered (a file, a 404, an HTTP error): it is not silent any more."""
+        self._until.pop(host, None)
+
+
 class _Fetcher:
     """Downloads days on one asyncio loop; validation and renames run in worker threads.
 
@@ -384,9 +449,11 @@ class _Fetcher:
         self.base_url = ", ".join(base_urls)  # for reports
         self.grid_name = grid
         self.sensor = sensor
-        # Hosts whose connection failed on every attempt of a file: later files try them
-        # once, not `retries` times, so a dead primary costs one refused connection per file.
+        # Hosts whose connection failed on every attempt of a file (or that timed out or
+        # refused while another host could serve): later files try them once, not `retries`
+        # times, until they answer again.
         self._down: set[str] = set()
+        self.host_use = _Hosts(base_urls)  # which host goes first; who served, who was skipped
         self.concurrency = options.concurrency
         self.retry = _Retry(options)
         self.force = force
@@ -516,13 +583,22 @@ class _Fetcher:
                     return record
         errors: list[str] = []  # from hosts that answered but failed
         unreachable: list[str] = []  # from hosts that could not be reached at all
+        order = self.host_use.order()  # a host that timed out or refused lately goes last
         for version, target in targets.items():
             not_found = False
-            for host, url in zip(self.hosts, urls[version], strict=True):
-                outcome = await self._from_host(session, fs, url, target, record,
-                                                tries=1 if host in self._down else None)
+            for at, (host, demoted) in enumerate(order):
+                if demoted and not_found:
+                    continue  # a host that answers said 404; a silent one would cost a timeout
+                url = urls[version][self.hosts.index(host)]
+                # Move on at the first timeout or refused connection when another host may
+                # serve the file (or one already said 404), instead of retrying here.
+                give_way = not_found or any(not later for _, later in order[at + 1:])
+                once = host in self._down or (demoted and len(self.hosts) > 1)
+                outcome = await self._from_host(session, fs, url, target, record, host,
+                                                tries=1 if once else None, give_way=give_way)
                 if outcome == OK:
                     self._down.discard(host)
+                    self.host_use.served[host] += 1
                     record.version = version
                     return record
                 if outcome == MISSING:
@@ -552,9 +628,10 @@ class _Fetcher:
         return record
 
     async def _from_host(self, session, fs, url: str, target: Path, record: DayRecord,
-                         tries: int | None = None) -> str:
+                         host: str, tries: int | None = None, give_way: bool = False) -> str:
         """Fetch `url` into `target` with retries, filling `record`; the outcome: OK, MISSING
-        (404), _DOWN (the connection failed every time), _FAILED or _LOCAL (our disk)."""
+        (404), _DOWN (the connection failed every time, or `give_way` and the host timed out
+        or refused once: `host` is then demoted), _FAILED or _LOCAL (our disk)."""
         import aiohttp
 
         part = target.with_name(f".{target.name}.part")
@@ -568,18 +645,27 @@ class _Fetcher:
                 size, sha = await self._fetch(session, fs, url, part)
                 await asyncio.to_thread(self._accept, part, target)
             except _NotOnServer:
+                self.host_use.answered(host)
                 return MISSING
             except _Permanent as err:
+                self.host_use.answered(host)
                 record.error = str(err)
                 return _FAILED
             except (_Retryable, BadSourceFile) as err:
+                self.host_use.answered(host)
                 record.error = str(err)
                 connection_failed = False
             except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
                 record.error = f"timed out (no data for {self.retry.timeout:g} s)"
+                self.host_use.demote(host, record.error)
+                if give_way:
+                    return _DOWN
                 connection_failed = False
             except aiohttp.ClientConnectorError as err:  # refused, unknown host
                 record.error = f"{type(err).__name__}: {err}".rstrip(": ")
+                self.host_use.demote(host, record.error)
+                if give_way:
+                    return _DOWN
             except aiohttp.ClientError as err:  # dropped, short body, ...
                 record.error = f"{type(err).__name__}: {err}".rstrip(": ")
                 connection_failed = False
@@ -587,6 +673,7 @@ class _Fetcher:
                 record.error = f"cannot write {part}: {err}"
                 return _LOCAL
             else:
+                self.host_use.answered(host)
                 record.status, record.path, record.bytes, record.sha256 = OK, target, size, sha
                 record.source, record.error = url, None
                 return OK
@@ -876,8 +963,14 @@ def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
     finally:
         arriving.close()  # now, not at garbage collection: the manifest is written here
     records.sort(key=lambda r: r.day)
+    use = fetcher.host_use
+    several = len(fetcher.hosts) > 1
     return DownloadReport(days=records, base_url=fetcher.base_url, manifest_path=manifest.path,
-                          grid=fetcher.grid, elapsed=time.perf_counter() - began)
+                          grid=fetcher.grid, elapsed=time.perf_counter() - began,
+                          served={h: use.served[h] for h in fetcher.hosts if use.served[h]}
+                          if several else {},
+                          skipped=dict(use.skipped) if several else {},
+                          retry_after=use.retry_after)
 
 
 # --- what the server has -----------------------------------------------------------------------

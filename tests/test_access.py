@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from sicube.errors import BadInput
 from sicube.mirror import Mirror
 from sicube.sample import write_archive
 from sicube.sources import find_day_files
+from sicube.testing import silent_server
 from tests.conftest import ARCHIVE_MISSING
 
 FAST = {"backoff": 0.01, "backoff_max": 0.05, "progress": False}
@@ -48,11 +50,43 @@ def test_a_dead_primary_gives_way_to_the_fallback_host(mirror, archive, tmp_path
     for record in report.ok:
         assert _host(record.source) == _host(mirror.base_url)
         assert record.path.read_bytes() == archive.files[record.day].read_bytes()
-    # The dead host is tried with retries until it is known down, then once per file.
-    assert [r.attempts for r in report.ok] == [3 + 1] + [1 + 1] * (len(report.ok) - 1)
+    # The first file moves on at the refused connection; later files ask the fallback first.
+    assert [r.attempts for r in report.ok] == [1 + 1] + [1] * (len(report.ok) - 1)
     manifest = json.loads(report.manifest_path.read_text())
     assert manifest["base_urls"] == [dead, mirror.base_url]
     assert manifest["days"]["2024-04-01"]["source"].startswith(mirror.base_url)
+
+
+def test_a_silent_primary_costs_one_timeout_per_file_in_flight(mirror, tmp_path, capsys):
+    """A first host that accepts and never answers (issue 20): the files in flight when it
+    goes silent pay one timeout each, the others go to the fallback first."""
+    with silent_server() as silent:
+        dead = f"{silent.url}/amsr2/asi_daygrid_swath/n3125/netcdf"
+        code = cli.main(["download", "--start", "20240401", "--end", "20240409", "--out",
+                         str(tmp_path), "--base-url", dead, "--base-url", mirror.base_url,
+                         "--concurrency", "3", "--retries", "2", "--timeout", "2",
+                         "--backoff", "0.01", "-q"])
+        asked = silent.connections
+    out = capsys.readouterr().out
+    assert code == 0  # the two missing days are missing, not failed
+    assert asked <= 3  # one attempt per file in flight, not 9 files x 3 attempts
+    assert f"{mirror.base_url}: served 7 files" in out
+    assert f"{dead}: skipped after it failed to answer (timed out (no data for 2 s))" in out
+    sources = json.loads((tmp_path / "manifest.json").read_text())["days"]
+    assert {_host(d["source"]) for d in sources.values() if d["source"]} == \
+        {_host(mirror.base_url)}
+
+
+def test_a_demoted_host_is_asked_again_later_once(mirror, tmp_path, monkeypatch):
+    # `sicube.download` is also the function's name in the package: take the module itself
+    monkeypatch.setattr(sys.modules["sicube.download"], "HOST_RETRY_AFTER", 0.0)  # later: now
+    with silent_server() as silent:
+        dead = f"{silent.url}/amsr2/asi_daygrid_swath/n3125/netcdf"
+        report = download("20240401", "20240403", tmp_path, base_url=[dead, mirror.base_url],
+                          concurrency=1, retries=2, timeout=1, **FAST)
+        asked = silent.connections
+    assert len(report.ok) == 3 and asked == 3  # each file asks it first again, once
+    assert [r.attempts for r in report.ok] == [2, 2, 2]
 
 
 def test_a_day_is_missing_only_when_no_answering_host_has_it(mirror, tmp_path):
