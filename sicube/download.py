@@ -185,11 +185,11 @@ class DownloadReport:
         rate = fetched / self.elapsed / 1e6 if self.elapsed > 0 else 0.0
         lines = [
             f"download {first} .. {last} from {self.base_url}",
-            f"  {'ok':<8}{len(ok):>6} days  ({len(ok) - skipped} fetched, {skipped} already "
+            f"  {'ok':<8}{_n_days(len(ok))}  ({len(ok) - skipped} fetched, {skipped} already "
             f"present and valid; {fetched / 1e6:.1f} MB in {self.elapsed:.1f} s, "
             f"{rate:.1f} MB/s)",
-            f"  {'missing':<8}{len(self.missing):>6} days  {_days(self.missing)}",
-            f"  {'failed':<8}{len(self.failed):>6} days  {_days(self.failed)}",
+            f"  {'missing':<8}{_n_days(len(self.missing))}  {_days(self.missing)}",
+            f"  {'failed':<8}{_n_days(len(self.failed))}  {_days(self.failed)}",
         ]
         for record in self.failed:
             lines.append(f"    {yyyymmdd(record.day)}: {record.error} "
@@ -206,6 +206,11 @@ class DownloadReport:
 
 def _days(records: list[DayRecord]) -> str:
     return day_list_text([record.day for record in records])
+
+
+def _n_days(n: int) -> str:
+    """A summary table's count column: "     1 day ", "    12 days" (aligned)."""
+    return f"{n:>6} {'day ' if n == 1 else 'days'}"
 
 
 class _Retryable(Exception):
@@ -408,6 +413,19 @@ class _Hosts:
         self._until: dict[str, float] = {}  # demoted host -> when one file may ask it first
         self.skipped: dict[str, str] = {}  # host -> why it was last demoted
         self.served: collections.Counter[str] = collections.Counter()
+        # host -> True for a plain folder of files (`products.file_url(flat=True)`), False
+        # for a tree; unknown until a file was found on it.
+        self.flat: dict[str, bool] = {}
+
+    def url(self, host: str, day: dt.date, grid: str, sensor: products.Sensor,
+            version: str) -> str:
+        """The file's URL on `host`, in the host's layout (a tree until one is known)."""
+        return products.file_url(host, day, grid, sensor, version, self.flat.get(host, False))
+
+    def may_be_flat(self, host: str) -> bool:
+        """True while a 404 from `host`'s tree may mean it is a plain folder of files: a base
+        URL that names no grid folder, on which no file was found yet."""
+        return host not in self.flat and products.url_grid(host) is None
 
     def order(self) -> list[tuple[str, bool]]:
         """The hosts for the next file, (host, demoted): the others in the given order first."""
@@ -564,7 +582,7 @@ class _Fetcher:
             return DayRecord(day=day, status=MISSING, url=products.file_url(self.hosts[0], day,
                                                                             grid),
                              error=f"no sensor's record holds {day} on {grid}")
-        urls = {version: [products.file_url(host, day, grid, sensor, version)
+        urls = {version: [self.host_use.url(host, day, grid, sensor, version)
                           for host in self.hosts] for version in sensor.versions}
         record = DayRecord(day=day, status=FAILED, url=urls[sensor.versions[0]][0],
                            sensor=sensor.name)
@@ -574,7 +592,11 @@ class _Fetcher:
             for version, target in targets.items():
                 if not target.exists():
                     continue
-                kept = await asyncio.to_thread(self._keep_present, target, urls[version],
+                # any URL of the file vouches, a plain folder's too (its layout may be unknown)
+                vouching = urls[version] + [
+                    products.file_url(host, day, grid, sensor, version, True)
+                    for host in self.hosts if self.host_use.may_be_flat(host)]
+                kept = await asyncio.to_thread(self._keep_present, target, vouching,
                                                self.known.get(day.isoformat()))
                 if kept is not None:
                     record.status, record.path, record.skipped = OK, target, True
@@ -583,6 +605,7 @@ class _Fetcher:
                     return record
         errors: list[str] = []  # from hosts that answered but failed
         unreachable: list[str] = []  # from hosts that could not be reached at all
+        absent: list[str] = []  # the URLs that answered 404
         order = self.host_use.order()  # a host that timed out or refused lately goes last
         for version, target in targets.items():
             not_found = False
@@ -596,7 +619,18 @@ class _Fetcher:
                 once = host in self._down or (demoted and len(self.hosts) > 1)
                 outcome = await self._from_host(session, fs, url, target, record, host,
                                                 tries=1 if once else None, give_way=give_way)
+                flat = self.host_use.flat.get(host, False)  # the layout `url` is in
+                if outcome == MISSING and self.host_use.may_be_flat(host):
+                    absent.append(url)
+                    # not in a tree: maybe a plain folder of files (`download --out`'s)
+                    flat, url = True, products.file_url(host, day, grid, sensor, version, True)
+                    outcome = await self._from_host(session, fs, url, target, record, host,
+                                                    tries=1 if once else None,
+                                                    give_way=give_way)
+                if outcome == MISSING:
+                    absent.append(url)
                 if outcome == OK:
+                    self.host_use.flat[host] = flat
                     self._down.discard(host)
                     self.host_use.served[host] += 1
                     record.version = version
@@ -621,8 +655,8 @@ class _Fetcher:
             # 404 from every host that answered; a host that cannot be reached at all does
             # not hold a missing day up (the hosts serve the same tree).
             record.status = MISSING
-            record.error = "404 not found on the server" + (
-                f" ({', '.join(sensor.versions)})" if len(sensor.versions) > 1 else "")
+            record.error = "404 not found at " + ", ".join(absent[:4]) + (
+                f" and {len(absent) - 4} other URLs" if len(absent) > 4 else "")
         else:
             record.status, record.error = FAILED, "; ".join(errors + unreachable)
         return record
@@ -1026,9 +1060,10 @@ async def _head(session, fs, url: str, retry: _Retry, tries: int) -> tuple[str, 
 
 
 async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: str, sensor: str,
-                     retry: _Retry, down: set[str]) -> Probe:
+                     retry: _Retry, down: set[str], flat: dict[str, bool]) -> Probe:
     """Ask the hosts for `day`'s file as the downloader would fetch it: each version in turn,
-    each host in order; a host that failed a probe before is tried once, not with retries."""
+    each host in order, a plain folder of files where a tree has none (`flat`: the layout
+    found per host); a host that failed a probe before is tried once, not with retries."""
     chosen = products.sensor_for(day, grid, sensor)
     if chosen is None:
         return Probe(day, MISSING, products.file_url(hosts[0], day, grid),
@@ -1039,10 +1074,16 @@ async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: st
     for version in chosen.versions:
         not_found = False
         for host in hosts:
-            url = products.file_url(host, day, grid, chosen, version)
-            status, size, reason = await _head(session, fs, url, retry,
-                                               1 if host in down else retry.retries + 1)
+            url = products.file_url(host, day, grid, chosen, version, flat.get(host, False))
+            tries = 1 if host in down else retry.retries + 1
+            status, size, reason = await _head(session, fs, url, retry, tries)
+            if status == MISSING and host not in flat and products.url_grid(host) is None:
+                folder_url = products.file_url(host, day, grid, chosen, version, True)
+                if (found := await _head(session, fs, folder_url, retry, tries))[0] == PRESENT:
+                    flat[host] = True
+                    url, (status, size, reason) = folder_url, found
             if status == PRESENT:
+                flat.setdefault(host, False)
                 down.discard(host)
                 probe.status, probe.url, probe.bytes, probe.version = PRESENT, url, size, version
                 return probe
@@ -1068,13 +1109,15 @@ async def _probe_all(hosts: tuple[str, ...], days: list[dt.date], grid: str, sen
 
     fs, session = await retry.session()
     down: set[str] = set()
+    flat: dict[str, bool] = {}
     pending = iter(days)
     probes: list[Probe] = []
     bar = tqdm(total=len(days), desc="check", unit="day", disable=not progress)
 
     async def worker() -> None:
         for day in pending:
-            probes.append(await _probe_day(session, fs, day, hosts, grid, sensor, retry, down))
+            probes.append(await _probe_day(session, fs, day, hosts, grid, sensor, retry, down,
+                                           flat))
             bar.update()
 
     try:
@@ -1093,6 +1136,7 @@ class CheckReport:
     base_urls: tuple[str, ...]
     grid: str
     elapsed: float = 0.0
+    grid_chosen: bool = True  # False: the default grid, neither asked for nor in a base URL
 
     def _with(self, status: str) -> list[Probe]:
         return [p for p in self.days if p.status == status]
@@ -1135,21 +1179,26 @@ class CheckReport:
         fallback = [p for p in self.present if p.version != products.VERSION]
         lines = [
             f"check {first} .. {last}, grid {self.grid}, on {', '.join(self.base_urls)}",
-            f"  {'present':<8}{len(self.present):>6} days  {self.total_bytes / 1e6:,.1f} MB"
+            f"  {'present':<8}{_n_days(len(self.present))}  {self.total_bytes / 1e6:,.1f} MB"
             + (f" ({unsized} without Content-Length)" if unsized else ""),
-            f"  {'missing':<8}{len(self.missing):>6} days  "
+            f"  {'missing':<8}{_n_days(len(self.missing))}  "
             f"{day_list_text([p.day for p in self.missing])}",
-            f"  {'failing':<8}{len(self.failing):>6} days  "
+            f"  {'failing':<8}{_n_days(len(self.failing))}  "
             f"{day_list_text([p.day for p in self.failing])}",
         ]
         if len(self.base_urls) > 1:
-            lines += [f"  served by {host}: {n} days" for host, n in served.items()]
+            lines += [f"  served by {host}: {count_text(n, 'day')}" for host, n in served.items()]
         if fallback:
             lines.append("  fallback version: " + ", ".join(
                 f"{p.day:%Y%m%d} ({p.version})" for p in fallback[:8])
                 + (f" and {len(fallback) - 8} more" if len(fallback) > 8 else ""))
         for probe in self.failing[:12]:
             lines.append(f"    {yyyymmdd(probe.day)}: {probe.error}")
+        if self.missing and not self.present and not self.failing and not self.grid_chosen:
+            others = ", ".join(g for g in products.GRIDS if g != self.grid)
+            lines.append(f"  every day is missing on grid {self.grid}, the default (no --grid, "
+                         f"and the base URL names none): for another grid give --grid "
+                         f"({others})")
         lines.append(f"  {self.elapsed:.1f} s")
         return "\n".join(lines)
 
@@ -1169,6 +1218,7 @@ def check(start: DateLike, end: DateLike, *, base_url: BaseURLs | None = None,
     """
     first, last = parse_span(start, end)
     hosts = check_base_urls(base_url)
+    chosen = grid is not None or any(products.url_grid(host) for host in hosts)
     grid = check_grid(hosts, grid)
     days = _check_days(day_range(first, last), grid, sensor)
     retry = _Retry(DownloadOptions(concurrency, retries, timeout, backoff, backoff_max))
@@ -1176,18 +1226,19 @@ def check(start: DateLike, end: DateLike, *, base_url: BaseURLs | None = None,
     with ThreadPoolExecutor(1, thread_name_prefix="sicube-check") as pool:
         probes = pool.submit(asyncio.run, _probe_all(hosts, days, grid, sensor, concurrency,
                                                      retry, progress)).result()
-    return CheckReport(probes, hosts, grid, time.perf_counter() - began)
+    return CheckReport(probes, hosts, grid, time.perf_counter() - began, grid_chosen=chosen)
 
 
 async def _latest(hosts: tuple[str, ...], grid: str, sensor: str, days: list[dt.date],
                   concurrency: int, retry: _Retry) -> dt.date | None:
     fs, session = await retry.session()
     down: set[str] = set()
+    flat: dict[str, bool] = {}
     try:
         for at in range(0, len(days), concurrency):
             window = days[at:at + concurrency]  # newest first
             probes = await asyncio.gather(*(_probe_day(session, fs, day, hosts, grid, sensor,
-                                                       retry, down) for day in window))
+                                                       retry, down, flat) for day in window))
             for probe in probes:
                 if probe.status == FAILING:
                     # a later day is unknown: the answer would be a guess
