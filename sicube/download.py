@@ -197,8 +197,8 @@ class DownloadReport:
         for host, n in self.served.items():
             lines.append(f"  {host}: served {count_text(n, 'file')}")
         for host, reason in self.skipped.items():
-            lines.append(f"  {host}: skipped after it failed to answer ({reason}); asked "
-                         f"last, and again after {self.retry_after:g} s")
+            lines.append(f"  {host}: skipped, {reason}; asked last, and again after "
+                         f"{self.retry_after:g} s")
         if self.manifest_path:
             lines.append(f"  manifest: {self.manifest_path}")
         return "\n".join(lines)
