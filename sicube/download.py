@@ -196,9 +196,7 @@ class DownloadReport:
                          f"({record.attempts} attempts)")
         for host, n in self.served.items():
             lines.append(f"  {host}: served {count_text(n, 'file')}")
-        for host, reason in self.skipped.items():
-            lines.append(f"  {host}: skipped, {reason}; asked last, and again after "
-                         f"{self.retry_after:g} s")
+        lines += _skipped_lines(self.skipped, self.retry_after)
         if self.manifest_path:
             lines.append(f"  manifest: {self.manifest_path}")
         return "\n".join(lines)
@@ -206,6 +204,12 @@ class DownloadReport:
 
 def _days(records: list[DayRecord]) -> str:
     return day_list_text([record.day for record in records])
+
+
+def _skipped_lines(skipped: dict[str, str], retry_after: float) -> list[str]:
+    """A summary's lines on the hosts demoted for not answering (`_Hosts`)."""
+    return [f"  {host}: skipped, {reason}; asked last, and again after {retry_after:g} s"
+            for host, reason in skipped.items()]
 
 
 def _n_days(n: int) -> str:
@@ -1027,11 +1031,13 @@ class Probe:
     error: str | None = None
 
 
-async def _head(session, fs, url: str, retry: _Retry, tries: int) -> tuple[str, int | None, str]:
-    """HEAD `url` with retries: (PRESENT, Content-Length, ""), (MISSING, None, ""),
-    (_DOWN, None, reason) when no attempt could connect, or (FAILING, None, reason) after
-    `tries` attempts (5xx, 408, 429, timeouts and connection errors are retried; another
-    4xx is not)."""
+async def _head(session, fs, url: str, retry: _Retry, tries: int, use: _Hosts, host: str,
+                give_way: bool = False) -> tuple[str, int | None, str]:
+    """HEAD `url` on `host` with retries: (PRESENT, Content-Length, ""), (MISSING, None, ""),
+    (_DOWN, None, reason) when no attempt could connect (or, with `give_way`, at the first
+    timeout or refused connection: `host` is then demoted in `use`), or (FAILING, None,
+    reason) after `tries` attempts (5xx, 408, 429, timeouts and connection errors are
+    retried; another 4xx is not)."""
     import aiohttp
 
     reason = ""
@@ -1040,6 +1046,7 @@ async def _head(session, fs, url: str, retry: _Retry, tries: int) -> tuple[str, 
         try:
             async with session.head(fs.encode_url(url), allow_redirects=True,
                                     headers={"Accept-Encoding": "identity"}) as response:
+                use.answered(host)
                 if response.status == 404:
                     return MISSING, None, ""
                 if 200 <= response.status < 300:
@@ -1050,20 +1057,29 @@ async def _head(session, fs, url: str, retry: _Retry, tries: int) -> tuple[str, 
                     return FAILING, None, f"refuses it: {reason}"
         except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
             reason = f"timed out (no answer for {retry.timeout:g} s)"
+            use.demote(host, reason)
+            if give_way:
+                return _DOWN, None, reason
             connection_failed = False
         except aiohttp.ClientError as err:  # refused, dropped, ...
             reason = f"{type(err).__name__}: {err}".rstrip(": ")
-            connection_failed &= isinstance(err, aiohttp.ClientConnectorError)
+            refused = isinstance(err, aiohttp.ClientConnectorError)
+            if refused:
+                use.demote(host, reason)
+                if give_way:
+                    return _DOWN, None, reason
+            connection_failed &= refused
         if attempt < tries:
             await asyncio.sleep(retry.delay(attempt))
     return _DOWN if connection_failed else FAILING, None, f"{reason} ({tries} attempts)"
 
 
 async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: str, sensor: str,
-                     retry: _Retry, down: set[str], flat: dict[str, bool]) -> Probe:
+                     retry: _Retry, down: set[str], use: _Hosts) -> Probe:
     """Ask the hosts for `day`'s file as the downloader would fetch it: each version in turn,
-    each host in order, a plain folder of files where a tree has none (`flat`: the layout
-    found per host); a host that failed a probe before is tried once, not with retries."""
+    each host in the order `use` gives (a host that timed out or refused lately goes last),
+    a plain folder of files where a tree has none; a host that failed a probe before is
+    tried once, not with retries."""
     chosen = products.sensor_for(day, grid, sensor)
     if chosen is None:
         return Probe(day, MISSING, products.file_url(hosts[0], day, grid),
@@ -1071,19 +1087,26 @@ async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: st
     probe = Probe(day, FAILING, products.file_url(hosts[0], day, grid, chosen),
                   sensor=chosen.name)
     errors, unreachable = [], []
+    order = use.order()
     for version in chosen.versions:
         not_found = False
-        for host in hosts:
-            url = products.file_url(host, day, grid, chosen, version, flat.get(host, False))
-            tries = 1 if host in down else retry.retries + 1
-            status, size, reason = await _head(session, fs, url, retry, tries)
-            if status == MISSING and host not in flat and products.url_grid(host) is None:
+        for at, (host, demoted) in enumerate(order):
+            if demoted and not_found:
+                continue  # as the downloader does (`_Fetcher._day`)
+            give_way = not_found or any(not later for _, later in order[at + 1:])
+            once = host in down or (demoted and len(hosts) > 1)
+            tries = 1 if once else retry.retries + 1
+            url = use.url(host, day, grid, chosen, version)
+            status, size, reason = await _head(session, fs, url, retry, tries, use, host,
+                                               give_way)
+            if status == MISSING and use.may_be_flat(host):
                 folder_url = products.file_url(host, day, grid, chosen, version, True)
-                if (found := await _head(session, fs, folder_url, retry, tries))[0] == PRESENT:
-                    flat[host] = True
+                found = await _head(session, fs, folder_url, retry, tries, use, host, give_way)
+                if found[0] == PRESENT:
+                    use.flat[host] = True
                     url, (status, size, reason) = folder_url, found
             if status == PRESENT:
-                flat.setdefault(host, False)
+                use.flat.setdefault(host, False)
                 down.discard(host)
                 probe.status, probe.url, probe.bytes, probe.version = PRESENT, url, size, version
                 return probe
@@ -1104,12 +1127,12 @@ async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: st
 
 
 async def _probe_all(hosts: tuple[str, ...], days: list[dt.date], grid: str, sensor: str,
-                     concurrency: int, retry: _Retry, progress: bool) -> list[Probe]:
+                     concurrency: int, retry: _Retry, progress: bool,
+                     use: _Hosts) -> list[Probe]:
     from tqdm import tqdm
 
     fs, session = await retry.session()
     down: set[str] = set()
-    flat: dict[str, bool] = {}
     pending = iter(days)
     probes: list[Probe] = []
     bar = tqdm(total=len(days), desc="check", unit="day", disable=not progress)
@@ -1117,7 +1140,7 @@ async def _probe_all(hosts: tuple[str, ...], days: list[dt.date], grid: str, sen
     async def worker() -> None:
         for day in pending:
             probes.append(await _probe_day(session, fs, day, hosts, grid, sensor, retry, down,
-                                           flat))
+                                           use))
             bar.update()
 
     try:
@@ -1137,6 +1160,8 @@ class CheckReport:
     grid: str
     elapsed: float = 0.0
     grid_chosen: bool = True  # False: the default grid, neither asked for nor in a base URL
+    skipped: dict[str, str] = field(default_factory=dict)  # as in `DownloadReport`
+    retry_after: float = 0.0
 
     def _with(self, status: str) -> list[Probe]:
         return [p for p in self.days if p.status == status]
@@ -1188,6 +1213,7 @@ class CheckReport:
         ]
         if len(self.base_urls) > 1:
             lines += [f"  served by {host}: {count_text(n, 'day')}" for host, n in served.items()]
+        lines += _skipped_lines(self.skipped, self.retry_after)
         if fallback:
             lines.append("  fallback version: " + ", ".join(
                 f"{p.day:%Y%m%d} ({p.version})" for p in fallback[:8])
@@ -1223,22 +1249,25 @@ def check(start: DateLike, end: DateLike, *, base_url: BaseURLs | None = None,
     days = _check_days(day_range(first, last), grid, sensor)
     retry = _Retry(DownloadOptions(concurrency, retries, timeout, backoff, backoff_max))
     began = time.perf_counter()
+    use = _Hosts(hosts)
     with ThreadPoolExecutor(1, thread_name_prefix="sicube-check") as pool:
         probes = pool.submit(asyncio.run, _probe_all(hosts, days, grid, sensor, concurrency,
-                                                     retry, progress)).result()
-    return CheckReport(probes, hosts, grid, time.perf_counter() - began, grid_chosen=chosen)
+                                                     retry, progress, use)).result()
+    return CheckReport(probes, hosts, grid, time.perf_counter() - began, grid_chosen=chosen,
+                       skipped=dict(use.skipped) if len(hosts) > 1 else {},
+                       retry_after=use.retry_after)
 
 
 async def _latest(hosts: tuple[str, ...], grid: str, sensor: str, days: list[dt.date],
                   concurrency: int, retry: _Retry) -> dt.date | None:
     fs, session = await retry.session()
     down: set[str] = set()
-    flat: dict[str, bool] = {}
+    use = _Hosts(hosts)
     try:
         for at in range(0, len(days), concurrency):
             window = days[at:at + concurrency]  # newest first
             probes = await asyncio.gather(*(_probe_day(session, fs, day, hosts, grid, sensor,
-                                                       retry, down, flat) for day in window))
+                                                       retry, down, use) for day in window))
             for probe in probes:
                 if probe.status == FAILING:
                     # a later day is unknown: the answer would be a guess

@@ -77,6 +77,19 @@ def test_a_silent_primary_costs_one_timeout_per_file_in_flight(mirror, tmp_path,
         {_host(mirror.base_url)}
 
 
+def test_check_asks_a_silent_primary_once_per_day_in_flight(mirror, capsys):
+    with silent_server() as silent:
+        dead = f"{silent.url}/amsr2/asi_daygrid_swath/n3125/netcdf"
+        code = cli.main(["check", "--start", "20240401", "--end", "20240409", "--base-url",
+                         dead, "--base-url", mirror.base_url, "--concurrency", "3",
+                         "--retries", "2", "--timeout", "2", "--backoff", "0.01", "-q"])
+        asked = silent.connections
+    out = capsys.readouterr().out
+    assert code == 0 and "present      7 days" in out and "missing      2 days" in out
+    assert asked <= 3  # not one timeout per day
+    assert f"{dead}: skipped, timed out (no answer for 2 s)" in out
+
+
 def test_a_demoted_host_is_asked_again_later_once(mirror, tmp_path, monkeypatch):
     # `sicube.download` is also the function's name in the package: take the module itself
     monkeypatch.setattr(sys.modules["sicube.download"], "HOST_RETRY_AFTER", 0.0)  # later: now
