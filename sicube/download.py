@@ -151,6 +151,8 @@ class DownloadReport:
     served: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     retry_after: float = 0.0
+    grid_name: str = ""  # the grid asked for (n3125, ...)
+    grid_chosen: bool = True  # False: the default grid, neither asked for nor in a base URL
 
     def _with(self, status: str) -> list[DayRecord]:
         return [r for r in self.days if r.status == status]
@@ -197,6 +199,8 @@ class DownloadReport:
         for host, n in self.served.items():
             lines.append(f"  {host}: served {count_text(n, 'file')}")
         lines += _skipped_lines(self.skipped, self.retry_after)
+        if self.missing and len(self.missing) == len(self.days) and not self.grid_chosen:
+            lines.append(_default_grid_note(self.grid_name))
         if self.manifest_path:
             lines.append(f"  manifest: {self.manifest_path}")
         return "\n".join(lines)
@@ -210,6 +214,13 @@ def _skipped_lines(skipped: dict[str, str], retry_after: float) -> list[str]:
     """A summary's lines on the hosts demoted for not answering (`_Hosts`)."""
     return [f"  {host}: skipped, {reason}; asked last, and again after {retry_after:g} s"
             for host, reason in skipped.items()]
+
+
+def _default_grid_note(grid: str) -> str:
+    """A summary's line when every day is missing on a grid nobody asked for."""
+    others = ", ".join(g for g in products.GRIDS if g != grid)
+    return (f"  every day is missing on grid {grid}, the default (no --grid, and the base URL "
+            f"names none): for another grid give --grid ({others})")
 
 
 def _n_days(n: int) -> str:
@@ -1008,7 +1019,9 @@ def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
                           served={h: use.served[h] for h in fetcher.hosts if use.served[h]}
                           if several else {},
                           skipped=dict(use.skipped) if several else {},
-                          retry_after=use.retry_after)
+                          retry_after=use.retry_after, grid_name=fetcher.grid_name,
+                          grid_chosen=grid is not None or any(products.url_grid(h)
+                                                              for h in fetcher.hosts))
 
 
 # --- what the server has -----------------------------------------------------------------------
@@ -1221,10 +1234,7 @@ class CheckReport:
         for probe in self.failing[:12]:
             lines.append(f"    {yyyymmdd(probe.day)}: {probe.error}")
         if self.missing and not self.present and not self.failing and not self.grid_chosen:
-            others = ", ".join(g for g in products.GRIDS if g != self.grid)
-            lines.append(f"  every day is missing on grid {self.grid}, the default (no --grid, "
-                         f"and the base URL names none): for another grid give --grid "
-                         f"({others})")
+            lines.append(_default_grid_note(self.grid))
         lines.append(f"  {self.elapsed:.1f} s")
         return "\n".join(lines)
 

@@ -148,7 +148,7 @@ def test_a_build_from_a_base_url_without_files_names_the_url_asked(tmp_path, cap
     assert not (tmp_path / "c.zarr").exists()
 
 
-def test_check_says_when_every_day_is_missing_on_the_default_grid(tmp_path, capsys):
+def test_check_and_download_say_when_every_day_is_missing_on_the_default_grid(tmp_path, capsys):
     south = write_archive(tmp_path / "s", 20240401, 20240403, step=16, grid="s3125",
                           missing_days=[])
     with Mirror(south.root, grid="s3125") as mirror:
@@ -159,6 +159,8 @@ def test_check_says_when_every_day_is_missing_on_the_default_grid(tmp_path, caps
         assert cli.main(["check", *base, "--grid", "s3125"]) == 0
         out = capsys.readouterr().out
         assert "present      3 days" in out and "every day is missing" not in out
+        assert cli.main(["download", *base, "--out", str(tmp_path / "d")]) == 0
+        assert "every day is missing on grid n3125, the default" in capsys.readouterr().out
 
 
 def test_summaries_count_one_day_and_one_file_in_the_singular(mirror, tmp_path, capsys):
