@@ -438,9 +438,10 @@ class _Hosts:
         return products.file_url(host, day, grid, sensor, version, self.flat.get(host, False))
 
     def may_be_flat(self, host: str) -> bool:
-        """True while a 404 from `host`'s tree may mean it is a plain folder of files: a base
-        URL that names no grid folder, on which no file was found yet."""
-        return host not in self.flat and products.url_grid(host) is None
+        """True when a 404 from `host`'s tree may mean it is a plain folder of files: a base
+        URL that names no grid folder, not known to be a tree (known to be a folder counts:
+        another file may have found it so after this one asked the tree)."""
+        return self.flat.get(host) is not False and products.url_grid(host) is None
 
     def order(self) -> list[tuple[str, bool]]:
         """The hosts for the next file, (host, demoted): the others in the given order first."""
@@ -627,15 +628,15 @@ class _Fetcher:
             for at, (host, demoted) in enumerate(order):
                 if demoted and not_found:
                     continue  # a host that answers said 404; a silent one would cost a timeout
-                url = urls[version][self.hosts.index(host)]
+                flat = self.host_use.flat.get(host, False)  # the layout found so far
+                url = products.file_url(host, day, grid, sensor, version, flat)
                 # Move on at the first timeout or refused connection when another host may
                 # serve the file (or one already said 404), instead of retrying here.
                 give_way = not_found or any(not later for _, later in order[at + 1:])
                 once = host in self._down or (demoted and len(self.hosts) > 1)
                 outcome = await self._from_host(session, fs, url, target, record, host,
                                                 tries=1 if once else None, give_way=give_way)
-                flat = self.host_use.flat.get(host, False)  # the layout `url` is in
-                if outcome == MISSING and self.host_use.may_be_flat(host):
+                if outcome == MISSING and not flat and self.host_use.may_be_flat(host):
                     absent.append(url)
                     # not in a tree: maybe a plain folder of files (`download --out`'s)
                     flat, url = True, products.file_url(host, day, grid, sensor, version, True)
@@ -1109,10 +1110,11 @@ async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: st
             give_way = not_found or any(not later for _, later in order[at + 1:])
             once = host in down or (demoted and len(hosts) > 1)
             tries = 1 if once else retry.retries + 1
-            url = use.url(host, day, grid, chosen, version)
+            flat = use.flat.get(host, False)  # the layout found so far
+            url = products.file_url(host, day, grid, chosen, version, flat)
             status, size, reason = await _head(session, fs, url, retry, tries, use, host,
                                                give_way)
-            if status == MISSING and use.may_be_flat(host):
+            if status == MISSING and not flat and use.may_be_flat(host):
                 folder_url = products.file_url(host, day, grid, chosen, version, True)
                 found = await _head(session, fs, folder_url, retry, tries, use, host, give_way)
                 if found[0] == PRESENT:
