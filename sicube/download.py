@@ -11,8 +11,13 @@ file that the next run skipped as present. Here
   place (`os.replace`, atomic) only after it validated, so a final name always holds a
   complete, valid file; a killed run leaves at most a ``.part`` that the next run replaces;
 - several hosts may serve the same tree (`base_url` a list; the default: Bremen's primary
-  host, then its older host): each file is tried on them in order, a host that is down or
-  keeps failing gives way to the next, and the URL that served the file is recorded;
+  host, then its older host): each file is tried on them in order, a host that keeps failing
+  gives way to the next, and the URL that served the file is recorded; a host that times out
+  or refuses a connection is demoted for the run (`_Hosts`): the files in flight then move
+  on after one attempt, later files ask it last and once, and one file asks it first again
+  after `HOST_RETRY_AFTER` seconds; the summary says which host served and which was skipped;
+- a base URL that names no grid folder and has no file in its tree is tried as a plain
+  folder of files (``{YYYY}/{name}``, what `download` writes), and a 404 names the URLs asked;
 - a 404 from every host that answers marks the day *missing* (the server has no file), not
   failed; a host that cannot be reached at all does not hold a missing day up (the hosts
   serve the same tree), one that answers but fails (5xx after retries) makes the day failed;
