@@ -44,7 +44,7 @@ from sicube import area, cube, ingest, mask, products, quality, settings
 from sicube import store as store_location
 from sicube._version import __version__
 from sicube.cube import FillFlag
-from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
+from sicube.dates import DateLike, count_text, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
 from sicube.fill import (
     FillParams,
@@ -110,19 +110,19 @@ class BuildSummary:
                      f"fetched from {self.source}"]
             lines += [f"FAILED    {d:%Y%m%d}: {e}" for d, e in sorted(self.failed.items())[:12]]
             if len(self.failed) > 12:
-                lines.append(f"FAILED    ... and {len(self.failed) - 12} more days")
+                lines.append(f"FAILED    ... and {count_text(len(self.failed) - 12, 'more day')}")
             lines.append("rerun the same command when the source is reachable")
             return "\n".join(lines)
         if self.nothing_to_do:
             text = f"{self.store}: already complete for {first} .. {last}; nothing to do"
             if self.looked_again:
-                text += (f" (looked again for {self.looked_again} missing or failed days: "
-                         "none has arrived)")
+                text += (f" (looked again for {self.looked_again} missing or failed "
+                         f"day{'' if self.looked_again == 1 else 's'}: none has arrived)")
             return text
         nt, ny, nx = self.shape
         lines = [
             f"cube      {self.store}",
-            f"span      {first} .. {last}  ({nt} days, grid {ny} x {nx})",
+            f"span      {first} .. {last}  ({count_text(nt, 'day')}, grid {ny} x {nx})",
             f"source    {self.source}",
             f"days      {len(self.observed)} observed, {len(self.missing)} missing, "
             f"{len(self.failed)} failed",
@@ -141,7 +141,7 @@ class BuildSummary:
         if self.suspicious:
             how = ("filled as missing days" if self.suspicious_policy == "missing"
                    else "kept as data (--suspicious keep)")
-            lines.append(f"suspect   {len(self.suspicious)} days flagged, {how}:")
+            lines.append(f"suspect   {count_text(len(self.suspicious), 'day')} flagged, {how}:")
             lines += [f"suspect   {day:%Y%m%d}: {why}"
                       for day, why in sorted(self.suspicious.items())]
         lines.append(f"filled    {self.cells_filled:,} cells "
@@ -1273,8 +1273,11 @@ def _create(store: str, days: list[dt.date], args: BuildArgs, chunks: dict | Non
             summary.failed, summary.no_cube = failed, True
             summary.missing = [a.day for a in held if a.status == MISSING]
             return None, None, None
+        # the first day's error names the URLs asked (a 404's too)
+        first = min((a for a in held if a.error), key=lambda a: a.day, default=None)
         raise BadInput(f"no source file for any day of {days[0]} .. {days[-1]} at "
-                       f"{summary.source}")
+                       f"{summary.source}" + (f" ({first.day:%Y%m%d}: {first.error})"
+                                              if first else ""))
     grid, crs = found
     _check_window_fits(args.fill, grid)
     if args.mask is not None:  # refuse a bad mask before anything is written

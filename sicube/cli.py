@@ -170,13 +170,15 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
+    from sicube.dates import count_text
     from sicube.sample import write_archive
 
     archive = write_archive(args.out, args.start, args.end, step=args.step,
                             missing_days=args.missing_days, seed=args.seed, grid=args.grid,
                             progress=not args.quiet)
     ny, nx = archive.shape
-    print(f"wrote {len(archive.files)} daily files ({ny} x {nx}) under {archive.root}")
+    print(f"wrote {count_text(len(archive.files), 'daily file')} ({ny} x {nx}) under "
+          f"{archive.root}")
     if archive.missing:
         print("missing days: " + ", ".join(f"{d:%Y%m%d}" for d in archive.missing))
     return 0
@@ -655,6 +657,7 @@ def _add_transfer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
+    from sicube.dates import count_text
     from sicube.download import download
 
     report = download(args.start, args.end, args.out, base_url=args.base_url,
@@ -664,7 +667,8 @@ def _run_download(args: argparse.Namespace) -> int:
     print(report.summary())
     if report.failed:
         names = ", ".join(r.url.rsplit("/", 1)[-1] for r in report.failed)
-        print(f"sicube download: {len(report.failed)} days failed: {names}", file=sys.stderr)
+        print(f"sicube download: {count_text(len(report.failed), 'day')} failed: {names}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -11,8 +11,13 @@ file that the next run skipped as present. Here
   place (`os.replace`, atomic) only after it validated, so a final name always holds a
   complete, valid file; a killed run leaves at most a ``.part`` that the next run replaces;
 - several hosts may serve the same tree (`base_url` a list; the default: Bremen's primary
-  host, then its older host): each file is tried on them in order, a host that is down or
-  keeps failing gives way to the next, and the URL that served the file is recorded;
+  host, then its older host): each file is tried on them in order, a host that keeps failing
+  gives way to the next, and the URL that served the file is recorded; a host that times out
+  or refuses a connection is demoted for the run (`_Hosts`): the files in flight then move
+  on after one attempt, later files ask it last and once, and one file asks it first again
+  after `HOST_RETRY_AFTER` seconds; the summary says which host served and which was skipped;
+- a base URL that names no grid folder and has no file in its tree is tried as a plain
+  folder of files (``{YYYY}/{name}``, what `download` writes), and a 404 names the URLs asked;
 - a 404 from every host that answers marks the day *missing* (the server has no file), not
   failed; a host that cannot be reached at all does not hold a missing day up (the hosts
   serve the same tree), one that answers but fails (5xx after retries) makes the day failed;
@@ -49,6 +54,7 @@ in the caller's thread. In both, the transfers run on an asyncio loop in a backg
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import hashlib
 import json
@@ -70,7 +76,15 @@ from urllib.parse import urlsplit
 from sicube import products
 from sicube._version import __version__
 from sicube.cache import cache_dir
-from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span, yyyymmdd
+from sicube.dates import (
+    DateLike,
+    count_text,
+    day_list_text,
+    day_range,
+    parse_date,
+    parse_span,
+    yyyymmdd,
+)
 from sicube.errors import BadInput, BadSourceFile, SourceUnavailable
 from sicube.sources import GridCoords, check_day_file, sha256_file
 
@@ -137,6 +151,13 @@ class DownloadReport:
     manifest_path: Path | None = None
     grid: GridCoords | None = None
     elapsed: float = 0.0
+    # With several hosts: the files each host served now, and why a host was skipped (it
+    # timed out or refused, so later files asked it last; `retry_after` s later, again).
+    served: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    retry_after: float = 0.0
+    grid_name: str = ""  # the grid asked for (n3125, ...)
+    grid_chosen: bool = True  # False: the default grid, neither asked for nor in a base URL
 
     def _with(self, status: str) -> list[DayRecord]:
         return [r for r in self.days if r.status == status]
@@ -171,15 +192,20 @@ class DownloadReport:
         rate = fetched / self.elapsed / 1e6 if self.elapsed > 0 else 0.0
         lines = [
             f"download {first} .. {last} from {self.base_url}",
-            f"  {'ok':<8}{len(ok):>6} days  ({len(ok) - skipped} fetched, {skipped} already "
+            f"  {'ok':<8}{_n_days(len(ok))}  ({len(ok) - skipped} fetched, {skipped} already "
             f"present and valid; {fetched / 1e6:.1f} MB in {self.elapsed:.1f} s, "
             f"{rate:.1f} MB/s)",
-            f"  {'missing':<8}{len(self.missing):>6} days  {_days(self.missing)}",
-            f"  {'failed':<8}{len(self.failed):>6} days  {_days(self.failed)}",
+            f"  {'missing':<8}{_n_days(len(self.missing))}  {_days(self.missing)}",
+            f"  {'failed':<8}{_n_days(len(self.failed))}  {_days(self.failed)}",
         ]
         for record in self.failed:
             lines.append(f"    {yyyymmdd(record.day)}: {record.error} "
                          f"({record.attempts} attempts)")
+        for host, n in self.served.items():
+            lines.append(f"  {host}: served {count_text(n, 'file')}")
+        lines += _skipped_lines(self.skipped, self.retry_after)
+        if self.missing and len(self.missing) == len(self.days) and not self.grid_chosen:
+            lines.append(_default_grid_note(self.grid_name))
         if self.manifest_path:
             lines.append(f"  manifest: {self.manifest_path}")
         return "\n".join(lines)
@@ -187,6 +213,24 @@ class DownloadReport:
 
 def _days(records: list[DayRecord]) -> str:
     return day_list_text([record.day for record in records])
+
+
+def _skipped_lines(skipped: dict[str, str], retry_after: float) -> list[str]:
+    """A summary's lines on the hosts demoted for not answering (`_Hosts`)."""
+    return [f"  {host}: skipped, {reason}; asked last, and again after {retry_after:g} s"
+            for host, reason in skipped.items()]
+
+
+def _default_grid_note(grid: str) -> str:
+    """A summary's line when every day is missing on a grid nobody asked for."""
+    others = ", ".join(g for g in products.GRIDS if g != grid)
+    return (f"  every day is missing on grid {grid}, the default (no --grid, and the base URL "
+            f"names none): for another grid give --grid ({others})")
+
+
+def _n_days(n: int) -> str:
+    """A summary table's count column: "     1 day ", "    12 days" (aligned)."""
+    return f"{n:>6} {'day ' if n == 1 else 'days'}"
 
 
 class _Retryable(Exception):
@@ -368,6 +412,66 @@ class _Retry:
         return fs, await fs.set_session()
 
 
+# How long a host that timed out or refused a connection is asked last (after the hosts that
+# answer); then one file asks it first again, so a host back from an outage is used again
+# and a dead one costs one attempt per period, not one per file.
+HOST_RETRY_AFTER = 300.0
+
+
+class _Hosts:
+    """Which host each file asks first, shared by every file of a run, and what each served.
+
+    A host that times out or refuses a connection is demoted for `retry_after` seconds: the
+    files that start meanwhile ask it last, once, and only when the hosts before it failed.
+    When the time is up one file asks it first again (the others keep it demoted until that
+    file's answer comes). One asyncio loop drives every file, so no lock is needed.
+    """
+
+    def __init__(self, hosts: tuple[str, ...], retry_after: float | None = None):
+        self.hosts = hosts
+        self.retry_after = HOST_RETRY_AFTER if retry_after is None else retry_after
+        self._until: dict[str, float] = {}  # demoted host -> when one file may ask it first
+        self.skipped: dict[str, str] = {}  # host -> why it was last demoted
+        self.served: collections.Counter[str] = collections.Counter()
+        # host -> True for a plain folder of files (`products.file_url(flat=True)`), False
+        # for a tree; unknown until a file was found on it.
+        self.flat: dict[str, bool] = {}
+
+    def url(self, host: str, day: dt.date, grid: str, sensor: products.Sensor,
+            version: str) -> str:
+        """The file's URL on `host`, in the host's layout (a tree until one is known)."""
+        return products.file_url(host, day, grid, sensor, version, self.flat.get(host, False))
+
+    def may_be_flat(self, host: str) -> bool:
+        """True when a 404 from `host`'s tree may mean it is a plain folder of files: a base
+        URL that names no grid folder, not known to be a tree (known to be a folder counts:
+        another file may have found it so after this one asked the tree)."""
+        return self.flat.get(host) is not False and products.url_grid(host) is None
+
+    def order(self) -> list[tuple[str, bool]]:
+        """The hosts for the next file, (host, demoted): the others in the given order first."""
+        now = time.monotonic()
+        ahead, behind = [], []
+        for host in self.hosts:
+            until = self._until.get(host)
+            if until is not None and now >= until:
+                self._until[host] = now + self.retry_after  # this file probes it, alone
+                until = None
+            if until is None:
+                ahead.append((host, False))
+            else:
+                behind.append((host, True))
+        return ahead + behind
+
+    def demote(self, host: str, reason: str) -> None:
+        self._until[host] = time.monotonic() + self.retry_after
+        self.skipped[host] = reason
+
+    def answered(self, host: str) -> None:
+        """`host` answered (a file, a 404, an HTTP error): it is not silent any more."""
+        self._until.pop(host, None)
+
+
 class _Fetcher:
     """Downloads days on one asyncio loop; validation and renames run in worker threads.
 
@@ -384,9 +488,11 @@ class _Fetcher:
         self.base_url = ", ".join(base_urls)  # for reports
         self.grid_name = grid
         self.sensor = sensor
-        # Hosts whose connection failed on every attempt of a file: later files try them
-        # once, not `retries` times, so a dead primary costs one refused connection per file.
+        # Hosts whose connection failed on every attempt of a file (or that timed out or
+        # refused while another host could serve): later files try them once, not `retries`
+        # times, until they answer again.
         self._down: set[str] = set()
+        self.host_use = _Hosts(base_urls)  # which host goes first; who served, who was skipped
         self.concurrency = options.concurrency
         self.retry = _Retry(options)
         self.force = force
@@ -497,7 +603,7 @@ class _Fetcher:
             return DayRecord(day=day, status=MISSING, url=products.file_url(self.hosts[0], day,
                                                                             grid),
                              error=f"no sensor's record holds {day} on {grid}")
-        urls = {version: [products.file_url(host, day, grid, sensor, version)
+        urls = {version: [self.host_use.url(host, day, grid, sensor, version)
                           for host in self.hosts] for version in sensor.versions}
         record = DayRecord(day=day, status=FAILED, url=urls[sensor.versions[0]][0],
                            sensor=sensor.name)
@@ -507,7 +613,11 @@ class _Fetcher:
             for version, target in targets.items():
                 if not target.exists():
                     continue
-                kept = await asyncio.to_thread(self._keep_present, target, urls[version],
+                # any URL of the file vouches, a plain folder's too (its layout may be unknown)
+                vouching = urls[version] + [
+                    products.file_url(host, day, grid, sensor, version, True)
+                    for host in self.hosts if self.host_use.may_be_flat(host)]
+                kept = await asyncio.to_thread(self._keep_present, target, vouching,
                                                self.known.get(day.isoformat()))
                 if kept is not None:
                     record.status, record.path, record.skipped = OK, target, True
@@ -516,13 +626,34 @@ class _Fetcher:
                     return record
         errors: list[str] = []  # from hosts that answered but failed
         unreachable: list[str] = []  # from hosts that could not be reached at all
+        absent: list[str] = []  # the URLs that answered 404
+        order = self.host_use.order()  # a host that timed out or refused lately goes last
         for version, target in targets.items():
             not_found = False
-            for host, url in zip(self.hosts, urls[version], strict=True):
-                outcome = await self._from_host(session, fs, url, target, record,
-                                                tries=1 if host in self._down else None)
+            for at, (host, demoted) in enumerate(order):
+                if demoted and not_found:
+                    continue  # a host that answers said 404; a silent one would cost a timeout
+                flat = self.host_use.flat.get(host, False)  # the layout found so far
+                url = products.file_url(host, day, grid, sensor, version, flat)
+                # Move on at the first timeout or refused connection when another host may
+                # serve the file (or one already said 404), instead of retrying here.
+                give_way = not_found or any(not later for _, later in order[at + 1:])
+                once = host in self._down or (demoted and len(self.hosts) > 1)
+                outcome = await self._from_host(session, fs, url, target, record, host,
+                                                tries=1 if once else None, give_way=give_way)
+                if outcome == MISSING and not flat and self.host_use.may_be_flat(host):
+                    absent.append(url)
+                    # not in a tree: maybe a plain folder of files (`download --out`'s)
+                    flat, url = True, products.file_url(host, day, grid, sensor, version, True)
+                    outcome = await self._from_host(session, fs, url, target, record, host,
+                                                    tries=1 if once else None,
+                                                    give_way=give_way)
+                if outcome == MISSING:
+                    absent.append(url)
                 if outcome == OK:
+                    self.host_use.flat[host] = flat
                     self._down.discard(host)
+                    self.host_use.served[host] += 1
                     record.version = version
                     return record
                 if outcome == MISSING:
@@ -545,16 +676,17 @@ class _Fetcher:
             # 404 from every host that answered; a host that cannot be reached at all does
             # not hold a missing day up (the hosts serve the same tree).
             record.status = MISSING
-            record.error = "404 not found on the server" + (
-                f" ({', '.join(sensor.versions)})" if len(sensor.versions) > 1 else "")
+            record.error = "404 not found at " + ", ".join(absent[:4]) + (
+                f" and {len(absent) - 4} other URLs" if len(absent) > 4 else "")
         else:
             record.status, record.error = FAILED, "; ".join(errors + unreachable)
         return record
 
     async def _from_host(self, session, fs, url: str, target: Path, record: DayRecord,
-                         tries: int | None = None) -> str:
+                         host: str, tries: int | None = None, give_way: bool = False) -> str:
         """Fetch `url` into `target` with retries, filling `record`; the outcome: OK, MISSING
-        (404), _DOWN (the connection failed every time), _FAILED or _LOCAL (our disk)."""
+        (404), _DOWN (the connection failed every time, or `give_way` and the host timed out
+        or refused once: `host` is then demoted), _FAILED or _LOCAL (our disk)."""
         import aiohttp
 
         part = target.with_name(f".{target.name}.part")
@@ -568,18 +700,27 @@ class _Fetcher:
                 size, sha = await self._fetch(session, fs, url, part)
                 await asyncio.to_thread(self._accept, part, target)
             except _NotOnServer:
+                self.host_use.answered(host)
                 return MISSING
             except _Permanent as err:
+                self.host_use.answered(host)
                 record.error = str(err)
                 return _FAILED
             except (_Retryable, BadSourceFile) as err:
+                self.host_use.answered(host)
                 record.error = str(err)
                 connection_failed = False
             except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
                 record.error = f"timed out (no data for {self.retry.timeout:g} s)"
+                self.host_use.demote(host, record.error)
+                if give_way:
+                    return _DOWN
                 connection_failed = False
             except aiohttp.ClientConnectorError as err:  # refused, unknown host
                 record.error = f"{type(err).__name__}: {err}".rstrip(": ")
+                self.host_use.demote(host, record.error)
+                if give_way:
+                    return _DOWN
             except aiohttp.ClientError as err:  # dropped, short body, ...
                 record.error = f"{type(err).__name__}: {err}".rstrip(": ")
                 connection_failed = False
@@ -587,6 +728,7 @@ class _Fetcher:
                 record.error = f"cannot write {part}: {err}"
                 return _LOCAL
             else:
+                self.host_use.answered(host)
                 record.status, record.path, record.bytes, record.sha256 = OK, target, size, sha
                 record.source, record.error = url, None
                 return OK
@@ -876,8 +1018,16 @@ def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
     finally:
         arriving.close()  # now, not at garbage collection: the manifest is written here
     records.sort(key=lambda r: r.day)
+    use = fetcher.host_use
+    several = len(fetcher.hosts) > 1
     return DownloadReport(days=records, base_url=fetcher.base_url, manifest_path=manifest.path,
-                          grid=fetcher.grid, elapsed=time.perf_counter() - began)
+                          grid=fetcher.grid, elapsed=time.perf_counter() - began,
+                          served={h: use.served[h] for h in fetcher.hosts if use.served[h]}
+                          if several else {},
+                          skipped=dict(use.skipped) if several else {},
+                          retry_after=use.retry_after, grid_name=fetcher.grid_name,
+                          grid_chosen=grid is not None or any(products.url_grid(h)
+                                                              for h in fetcher.hosts))
 
 
 # --- what the server has -----------------------------------------------------------------------
@@ -900,11 +1050,13 @@ class Probe:
     error: str | None = None
 
 
-async def _head(session, fs, url: str, retry: _Retry, tries: int) -> tuple[str, int | None, str]:
-    """HEAD `url` with retries: (PRESENT, Content-Length, ""), (MISSING, None, ""),
-    (_DOWN, None, reason) when no attempt could connect, or (FAILING, None, reason) after
-    `tries` attempts (5xx, 408, 429, timeouts and connection errors are retried; another
-    4xx is not)."""
+async def _head(session, fs, url: str, retry: _Retry, tries: int, use: _Hosts, host: str,
+                give_way: bool = False) -> tuple[str, int | None, str]:
+    """HEAD `url` on `host` with retries: (PRESENT, Content-Length, ""), (MISSING, None, ""),
+    (_DOWN, None, reason) when no attempt could connect (or, with `give_way`, at the first
+    timeout or refused connection: `host` is then demoted in `use`), or (FAILING, None,
+    reason) after `tries` attempts (5xx, 408, 429, timeouts and connection errors are
+    retried; another 4xx is not)."""
     import aiohttp
 
     reason = ""
@@ -913,6 +1065,7 @@ async def _head(session, fs, url: str, retry: _Retry, tries: int) -> tuple[str, 
         try:
             async with session.head(fs.encode_url(url), allow_redirects=True,
                                     headers={"Accept-Encoding": "identity"}) as response:
+                use.answered(host)
                 if response.status == 404:
                     return MISSING, None, ""
                 if 200 <= response.status < 300:
@@ -923,19 +1076,29 @@ async def _head(session, fs, url: str, retry: _Retry, tries: int) -> tuple[str, 
                     return FAILING, None, f"refuses it: {reason}"
         except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
             reason = f"timed out (no answer for {retry.timeout:g} s)"
+            use.demote(host, reason)
+            if give_way:
+                return _DOWN, None, reason
             connection_failed = False
         except aiohttp.ClientError as err:  # refused, dropped, ...
             reason = f"{type(err).__name__}: {err}".rstrip(": ")
-            connection_failed &= isinstance(err, aiohttp.ClientConnectorError)
+            refused = isinstance(err, aiohttp.ClientConnectorError)
+            if refused:
+                use.demote(host, reason)
+                if give_way:
+                    return _DOWN, None, reason
+            connection_failed &= refused
         if attempt < tries:
             await asyncio.sleep(retry.delay(attempt))
     return _DOWN if connection_failed else FAILING, None, f"{reason} ({tries} attempts)"
 
 
 async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: str, sensor: str,
-                     retry: _Retry, down: set[str]) -> Probe:
+                     retry: _Retry, down: set[str], use: _Hosts) -> Probe:
     """Ask the hosts for `day`'s file as the downloader would fetch it: each version in turn,
-    each host in order; a host that failed a probe before is tried once, not with retries."""
+    each host in the order `use` gives (a host that timed out or refused lately goes last),
+    a plain folder of files where a tree has none; a host that failed a probe before is
+    tried once, not with retries."""
     chosen = products.sensor_for(day, grid, sensor)
     if chosen is None:
         return Probe(day, MISSING, products.file_url(hosts[0], day, grid),
@@ -943,13 +1106,27 @@ async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: st
     probe = Probe(day, FAILING, products.file_url(hosts[0], day, grid, chosen),
                   sensor=chosen.name)
     errors, unreachable = [], []
+    order = use.order()
     for version in chosen.versions:
         not_found = False
-        for host in hosts:
-            url = products.file_url(host, day, grid, chosen, version)
-            status, size, reason = await _head(session, fs, url, retry,
-                                               1 if host in down else retry.retries + 1)
+        for at, (host, demoted) in enumerate(order):
+            if demoted and not_found:
+                continue  # as the downloader does (`_Fetcher._day`)
+            give_way = not_found or any(not later for _, later in order[at + 1:])
+            once = host in down or (demoted and len(hosts) > 1)
+            tries = 1 if once else retry.retries + 1
+            flat = use.flat.get(host, False)  # the layout found so far
+            url = products.file_url(host, day, grid, chosen, version, flat)
+            status, size, reason = await _head(session, fs, url, retry, tries, use, host,
+                                               give_way)
+            if status == MISSING and not flat and use.may_be_flat(host):
+                folder_url = products.file_url(host, day, grid, chosen, version, True)
+                found = await _head(session, fs, folder_url, retry, tries, use, host, give_way)
+                if found[0] == PRESENT:
+                    use.flat[host] = True
+                    url, (status, size, reason) = folder_url, found
             if status == PRESENT:
+                use.flat.setdefault(host, False)
                 down.discard(host)
                 probe.status, probe.url, probe.bytes, probe.version = PRESENT, url, size, version
                 return probe
@@ -970,7 +1147,8 @@ async def _probe_day(session, fs, day: dt.date, hosts: tuple[str, ...], grid: st
 
 
 async def _probe_all(hosts: tuple[str, ...], days: list[dt.date], grid: str, sensor: str,
-                     concurrency: int, retry: _Retry, progress: bool) -> list[Probe]:
+                     concurrency: int, retry: _Retry, progress: bool,
+                     use: _Hosts) -> list[Probe]:
     from tqdm import tqdm
 
     fs, session = await retry.session()
@@ -981,7 +1159,8 @@ async def _probe_all(hosts: tuple[str, ...], days: list[dt.date], grid: str, sen
 
     async def worker() -> None:
         for day in pending:
-            probes.append(await _probe_day(session, fs, day, hosts, grid, sensor, retry, down))
+            probes.append(await _probe_day(session, fs, day, hosts, grid, sensor, retry, down,
+                                           use))
             bar.update()
 
     try:
@@ -1000,6 +1179,9 @@ class CheckReport:
     base_urls: tuple[str, ...]
     grid: str
     elapsed: float = 0.0
+    grid_chosen: bool = True  # False: the default grid, neither asked for nor in a base URL
+    skipped: dict[str, str] = field(default_factory=dict)  # as in `DownloadReport`
+    retry_after: float = 0.0
 
     def _with(self, status: str) -> list[Probe]:
         return [p for p in self.days if p.status == status]
@@ -1042,21 +1224,24 @@ class CheckReport:
         fallback = [p for p in self.present if p.version != products.VERSION]
         lines = [
             f"check {first} .. {last}, grid {self.grid}, on {', '.join(self.base_urls)}",
-            f"  {'present':<8}{len(self.present):>6} days  {self.total_bytes / 1e6:,.1f} MB"
+            f"  {'present':<8}{_n_days(len(self.present))}  {self.total_bytes / 1e6:,.1f} MB"
             + (f" ({unsized} without Content-Length)" if unsized else ""),
-            f"  {'missing':<8}{len(self.missing):>6} days  "
+            f"  {'missing':<8}{_n_days(len(self.missing))}  "
             f"{day_list_text([p.day for p in self.missing])}",
-            f"  {'failing':<8}{len(self.failing):>6} days  "
+            f"  {'failing':<8}{_n_days(len(self.failing))}  "
             f"{day_list_text([p.day for p in self.failing])}",
         ]
         if len(self.base_urls) > 1:
-            lines += [f"  served by {host}: {n} days" for host, n in served.items()]
+            lines += [f"  served by {host}: {count_text(n, 'day')}" for host, n in served.items()]
+        lines += _skipped_lines(self.skipped, self.retry_after)
         if fallback:
             lines.append("  fallback version: " + ", ".join(
                 f"{p.day:%Y%m%d} ({p.version})" for p in fallback[:8])
                 + (f" and {len(fallback) - 8} more" if len(fallback) > 8 else ""))
         for probe in self.failing[:12]:
             lines.append(f"    {yyyymmdd(probe.day)}: {probe.error}")
+        if self.missing and not self.present and not self.failing and not self.grid_chosen:
+            lines.append(_default_grid_note(self.grid))
         lines.append(f"  {self.elapsed:.1f} s")
         return "\n".join(lines)
 
@@ -1076,25 +1261,30 @@ def check(start: DateLike, end: DateLike, *, base_url: BaseURLs | None = None,
     """
     first, last = parse_span(start, end)
     hosts = check_base_urls(base_url)
+    chosen = grid is not None or any(products.url_grid(host) for host in hosts)
     grid = check_grid(hosts, grid)
     days = _check_days(day_range(first, last), grid, sensor)
     retry = _Retry(DownloadOptions(concurrency, retries, timeout, backoff, backoff_max))
     began = time.perf_counter()
+    use = _Hosts(hosts)
     with ThreadPoolExecutor(1, thread_name_prefix="sicube-check") as pool:
         probes = pool.submit(asyncio.run, _probe_all(hosts, days, grid, sensor, concurrency,
-                                                     retry, progress)).result()
-    return CheckReport(probes, hosts, grid, time.perf_counter() - began)
+                                                     retry, progress, use)).result()
+    return CheckReport(probes, hosts, grid, time.perf_counter() - began, grid_chosen=chosen,
+                       skipped=dict(use.skipped) if len(hosts) > 1 else {},
+                       retry_after=use.retry_after)
 
 
 async def _latest(hosts: tuple[str, ...], grid: str, sensor: str, days: list[dt.date],
                   concurrency: int, retry: _Retry) -> dt.date | None:
     fs, session = await retry.session()
     down: set[str] = set()
+    use = _Hosts(hosts)
     try:
         for at in range(0, len(days), concurrency):
             window = days[at:at + concurrency]  # newest first
             probes = await asyncio.gather(*(_probe_day(session, fs, day, hosts, grid, sensor,
-                                                       retry, down) for day in window))
+                                                       retry, down, use) for day in window))
             for probe in probes:
                 if probe.status == FAILING:
                     # a later day is unknown: the answer would be a guess

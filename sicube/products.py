@@ -13,7 +13,9 @@ How a base URL and a grid make a file's URL: a base URL is either a sensor's tre
 ``/{grid}/netcdf``, as `sicube.mirror` and earlier sicube versions give it), below which files
 lie at ``{YYYY}/{name}`` and whose grid is the one its path names. A path segment naming a
 sensor (``amsr2`` or ``amsre``) is swapped for the day's sensor, so one base URL reaches both
-trees of a server; a base URL without one serves both namings from the same folder.
+trees of a server; a base URL without one serves both namings from the same folder. A plain
+folder of files (``{YYYY}/{name}`` below any path, as ``sicube download --out`` writes it)
+is the third layout, ``flat``: the downloader tries it where a tree has no file.
 """
 
 from __future__ import annotations
@@ -218,10 +220,14 @@ def url_grid(base_url: str) -> str | None:
 
 
 def file_url(base_url: str, day: dt.date, grid: str = "n3125",
-             sensor: Sensor | str | None = None, version: str = VERSION) -> str:
+             sensor: Sensor | str | None = None, version: str = VERSION,
+             flat: bool = False) -> str:
     """Full URL of the daily file under `base_url` (a sensor's tree or one grid's folder; see
-    the module docstring), in the tree of the day's sensor."""
+    the module docstring), in the tree of the day's sensor; `flat`: under a plain folder of
+    files, ``{base_url}/{YYYY}/{name}``."""
     chosen = _sensor(day, grid, sensor)
+    if flat:
+        return f"{base_url.rstrip('/')}/{relative_path(day, grid, chosen, version)}"
     base = _SENSOR_SEGMENT.sub(f"/{chosen.name}", base_url.rstrip("/"), count=1)
     if url_grid(base) is None:
         base = f"{base}/{grid}/netcdf"

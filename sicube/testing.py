@@ -6,7 +6,8 @@ every reader (`open_cube`, `SICDataset`, `sicube info`, ...) takes it as a built
 content is random but under control (known missing days, land, a share of filled cells
 that varies by day). `assert_matches_reference` checks a fill against the slow, obvious
 implementation of the rule (`sicube.fill.reference_fill`). `serve_directory` serves a
-folder (a cube) over HTTP on 127.0.0.1 with added latency, like a distant store.
+folder (a cube) over HTTP on 127.0.0.1 with added latency, like a distant store;
+`silent_server` accepts connections and never answers, like a host that hangs.
 
 Example (in a pytest test)::
 
@@ -273,3 +274,49 @@ def delay_proxy(target: str, latency: float = 0.0) -> Iterator[ServedDirectory]:
     with _running(app) as url:
         served.url = url
         yield served
+
+
+@dataclasses.dataclass
+class SilentServer:
+    """A host that accepts connections and never answers: its base URL and how many
+    connections it accepted so far."""
+
+    url: str
+    connections: int = 0
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[SilentServer]:
+    """Listen on 127.0.0.1 (a free port), accept every connection, never send a byte.
+
+    A client sees a host that hangs: its connection succeeds and its request times out.
+    `connections` counts the connections accepted (one per attempt of a client that does
+    not reuse them). Every socket is closed on exit.
+    """
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)  # so that the accepting thread notices the end
+    server = SilentServer(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            accepted.append(connection)  # kept open, unread and unanswered
+            server.connections += 1
+
+    thread = threading.Thread(target=accept, daemon=True, name="sicube-silent-server")
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for connection in accepted:
+            connection.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from sicube.errors import BadInput
 from sicube.mirror import Mirror
 from sicube.sample import write_archive
 from sicube.sources import find_day_files
+from sicube.testing import serve_directory, silent_server
 from tests.conftest import ARCHIVE_MISSING
 
 FAST = {"backoff": 0.01, "backoff_max": 0.05, "progress": False}
@@ -48,11 +50,56 @@ def test_a_dead_primary_gives_way_to_the_fallback_host(mirror, archive, tmp_path
     for record in report.ok:
         assert _host(record.source) == _host(mirror.base_url)
         assert record.path.read_bytes() == archive.files[record.day].read_bytes()
-    # The dead host is tried with retries until it is known down, then once per file.
-    assert [r.attempts for r in report.ok] == [3 + 1] + [1 + 1] * (len(report.ok) - 1)
+    # The first file moves on at the refused connection; later files ask the fallback first.
+    assert [r.attempts for r in report.ok] == [1 + 1] + [1] * (len(report.ok) - 1)
     manifest = json.loads(report.manifest_path.read_text())
     assert manifest["base_urls"] == [dead, mirror.base_url]
     assert manifest["days"]["2024-04-01"]["source"].startswith(mirror.base_url)
+
+
+def test_a_silent_primary_costs_one_timeout_per_file_in_flight(mirror, tmp_path, capsys):
+    """A first host that accepts and never answers (issue 20): the files in flight when it
+    goes silent pay one timeout each, the others go to the fallback first."""
+    with silent_server() as silent:
+        dead = f"{silent.url}/amsr2/asi_daygrid_swath/n3125/netcdf"
+        code = cli.main(["download", "--start", "20240401", "--end", "20240409", "--out",
+                         str(tmp_path), "--base-url", dead, "--base-url", mirror.base_url,
+                         "--concurrency", "3", "--retries", "2", "--timeout", "2",
+                         "--backoff", "0.01", "-q"])
+        asked = silent.connections
+    out = capsys.readouterr().out
+    assert code == 0  # the two missing days are missing, not failed
+    assert asked <= 3  # one attempt per file in flight, not 9 files x 3 attempts
+    assert f"{mirror.base_url}: served 7 files" in out
+    assert f"{dead}: skipped, timed out (no data for 2 s)" in out
+    sources = json.loads((tmp_path / "manifest.json").read_text())["days"]
+    assert {_host(d["source"]) for d in sources.values() if d["source"]} == \
+        {_host(mirror.base_url)}
+
+
+def test_check_asks_a_silent_primary_once_per_day_in_flight(mirror, capsys):
+    with silent_server() as silent:
+        dead = f"{silent.url}/amsr2/asi_daygrid_swath/n3125/netcdf"
+        code = cli.main(["check", "--start", "20240401", "--end", "20240409", "--base-url",
+                         dead, "--base-url", mirror.base_url, "--concurrency", "3",
+                         "--retries", "2", "--timeout", "2", "--backoff", "0.01", "-q"])
+        asked = silent.connections
+    out = capsys.readouterr().out
+    assert code == 0 and "present      7 days" in out and "missing      2 days" in out
+    assert asked <= 3  # not one timeout per day
+    assert f"{dead}: skipped, timed out (no answer for 2 s)" in out
+
+
+def test_a_demoted_host_is_asked_again_later_once(mirror, tmp_path, monkeypatch):
+    # `sicube.download` is also the function's name in the package: take the module itself
+    monkeypatch.setattr(sys.modules["sicube.download"], "HOST_RETRY_AFTER", 0.0)  # later: now
+    with silent_server() as silent:
+        dead = f"{silent.url}/amsr2/asi_daygrid_swath/n3125/netcdf"
+        report = download("20240401", "20240403", tmp_path, base_url=[dead, mirror.base_url],
+                          concurrency=1, retries=2, timeout=1, **FAST)
+        asked = silent.connections
+    assert len(report.ok) == 3 and asked == 3  # each file asks it first again, once
+    assert [r.attempts for r in report.ok] == [2, 2, 2]
 
 
 def test_a_day_is_missing_only_when_no_answering_host_has_it(mirror, tmp_path):
@@ -67,6 +114,64 @@ def test_a_day_is_missing_only_when_no_answering_host_has_it(mirror, tmp_path):
                           retries=1, **FAST)
     assert len(report.failed) == 1 and "503" in report.failed[0].error
     assert failing.base_url in report.failed[0].error  # the error names the host
+
+
+def test_a_plain_folder_of_downloaded_files_serves_as_a_base_url(mirror, archive, tmp_path):
+    """`sicube download --out data/` served over HTTP is a base URL (issue 20, item 6)."""
+    download("20240401", "20240408", tmp_path / "data", base_url=mirror.base_url, **FAST)
+    with serve_directory(tmp_path / "data") as served:
+        report = download("20240401", "20240408", tmp_path / "again", base_url=served.url,
+                          concurrency=1, **FAST)
+        probes = check("20240401", "20240408", base_url=served.url, **FAST)
+    assert not report.failed and [r.day for r in report.missing] == ARCHIVE_MISSING
+    for record in report.ok:
+        assert record.source == f"{served.url}/2024/{record.path.name}"
+        assert record.path.read_bytes() == archive.files[record.day].read_bytes()
+    # a missing day's error names the URLs asked, not the base URL
+    assert report.missing[0].error == (f"404 not found at {served.url}/2024/asi-AMSR2-n3125-"
+                                       f"20240405-v5.4.nc, {served.url}/2024/asi-AMSR2-n3125-"
+                                       f"20240405-v5.nc")
+    assert [p.day for p in probes.present] == [r.day for r in report.ok]
+    assert probes.present[0].url == f"{served.url}/2024/asi-AMSR2-n3125-20240401-v5.4.nc"
+
+
+def test_a_build_from_a_base_url_without_files_names_the_url_asked(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with serve_directory(tmp_path / "empty") as served:
+        code = cli.main(["build", "--start", "20240401", "--end", "20240402", "--store",
+                         str(tmp_path / "c.zarr"), "--base-url", served.url,
+                         "--raw-dir", str(tmp_path / "raw"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{served.url}/n3125/netcdf/2024/asi-AMSR2-n3125-20240401-v5.4.nc" in err
+    assert f"{served.url}/2024/asi-AMSR2-n3125-20240401-v5.4.nc" in err
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_check_and_download_say_when_every_day_is_missing_on_the_default_grid(tmp_path, capsys):
+    south = write_archive(tmp_path / "s", 20240401, 20240403, step=16, grid="s3125",
+                          missing_days=[])
+    with Mirror(south.root, grid="s3125") as mirror:
+        base = ["--start", "20240401", "--end", "20240403", "--base-url", mirror.tree_url, "-q"]
+        assert cli.main(["check", *base]) == 0
+        out = capsys.readouterr().out
+        assert "every day is missing on grid n3125, the default" in out and "--grid" in out
+        assert cli.main(["check", *base, "--grid", "s3125"]) == 0
+        out = capsys.readouterr().out
+        assert "present      3 days" in out and "every day is missing" not in out
+        assert cli.main(["download", *base, "--out", str(tmp_path / "d")]) == 0
+        assert "every day is missing on grid n3125, the default" in capsys.readouterr().out
+
+
+def test_summaries_count_one_day_and_one_file_in_the_singular(mirror, tmp_path, capsys):
+    day = "20240405"  # absent from the mirror's archive
+    assert cli.main(["download", "--start", day, "--end", day, "--out", str(tmp_path / "d"),
+                     "--base-url", mirror.base_url, "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "missing      1 day   20240405" in out and "1 days" not in out
+    assert cli.main(["sample", "--start", day, "--end", day, "--out", str(tmp_path / "s"),
+                     "--step", "32", "--missing-days", "-q"]) == 0
+    assert capsys.readouterr().out.startswith("wrote 1 daily file (")
 
 
 def test_build_with_a_dead_primary_records_the_fallback_host_per_day(mirror, tmp_path):

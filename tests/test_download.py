@@ -26,6 +26,7 @@ from sicube.errors import BadInput, BadSourceFile, SourceUnavailable
 from sicube.mirror import Mirror
 from sicube.sample import write_archive
 from sicube.sources import check_day_file
+from sicube.testing import serve_directory
 from tests.conftest import ARCHIVE_END, ARCHIVE_MISSING, ARCHIVE_START, ARCHIVE_STEP
 
 FAST = {"backoff": 0.01, "backoff_max": 0.05, "progress": False}  # retries without waiting
@@ -404,6 +405,24 @@ def test_a_rerun_reuses_recorded_files_without_decoding_them(mirror, archive, tm
     third = list(iter_downloads(days, tmp_path, base_url=mirror.base_url))
     assert sorted(full_checks) == fetched
     assert all(r.skipped and r.source is None for r in third if r.status == "ok")
+
+
+def test_a_rerun_from_a_plain_folder_of_files_reuses_them_without_decoding(
+        mirror, archive, tmp_path, full_checks):
+    """A base URL serving `download --out`'s folder: the record vouches for its files although
+    the next run does not know the folder's layout before it asks."""
+    download(ARCHIVE_START, ARCHIVE_END, tmp_path / "data", base_url=mirror.base_url,
+             progress=False)
+    with serve_directory(tmp_path / "data") as served:
+        copied = download(ARCHIVE_START, ARCHIVE_END, tmp_path / "copy", base_url=served.url,
+                          progress=False)
+        # files in flight when another found the layout are found too (8 at once here)
+        assert [r.day for r in copied.missing] == ARCHIVE_MISSING
+        full_checks.clear()
+        again = download(ARCHIVE_START, ARCHIVE_END, tmp_path / "copy", base_url=served.url,
+                         progress=False)
+    assert len(again.ok) == len(archive.files) and all(r.skipped for r in again.ok)
+    assert full_checks == []
 
 
 def test_a_cached_file_altered_after_download_is_fetched_again(tmp_path, full_checks):
