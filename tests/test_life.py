@@ -525,3 +525,100 @@ def test_an_update_that_crashes_stays_readable_says_why_and_finishes(archive, tm
     assert _attrs(store)[cube.STATUS] == cube.COMPLETE and not _attrs(store)[cube.LAST_ERROR]
     _assert_same_cube(store, _fresh(archive, tmp_path / "fresh.zarr", ARCHIVE_START,
                                     ARCHIVE_END, store))
+
+
+# --- issue 20: bad input never changes a cube ------------------------------------------------
+
+
+def _store_hashes(store: Path) -> dict[str, str]:
+    """sha256 of every file of a local store, by its path inside it."""
+    import hashlib
+
+    return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def early_cube(archive, tmp_path_factory) -> Path:
+    """A complete cube of the archive's first eight days (read-only: tests copy it)."""
+    store = tmp_path_factory.mktemp("early") / "cube.zarr"
+    build(ARCHIVE_START, dt.date(2024, 4, 8), store, source=archive.root, chunks=CHUNKS,
+          progress=False)
+    return store
+
+
+def _junk_future_day(source: Path, archive) -> str:
+    (source / "2024" / "asi-AMSR2-n3125-20241231-v5.4.nc").write_text("junk\n")
+    return "not a netCDF file"
+
+
+def _truncated_new_day(source: Path, archive) -> str:
+    path = source / archive.files[dt.date(2024, 4, 10)].relative_to(archive.root)
+    os.truncate(path, path.stat().st_size // 2)
+    return "cannot be opened as netCDF"
+
+
+def _day_outside_the_sensors_record(source: Path, archive) -> str:
+    # a good file, named as AMSR-E's (its record ended in 2011, and never had n3125)
+    shutil.copy(archive.files[ARCHIVE_END], source / "2024" / "asi-n3125-20240413-v5.4.nc")
+    return "outside the AMSR-E 2002-06-01..2011-10-04 on n6250, s6250 record"
+
+
+def _another_grids_folder(source: Path, archive) -> str:
+    shutil.rmtree(source)
+    write_archive(source, ARCHIVE_START, ARCHIVE_END, step=16, missing_days=[], seed=4,
+                  grid="s6250")
+    return "holds no n3125 files, only s6250 (12 files)"
+
+
+@pytest.mark.parametrize("spoil", [_junk_future_day, _truncated_new_day,
+                                   _day_outside_the_sensors_record, _another_grids_folder])
+def test_an_update_refused_for_a_bad_source_leaves_the_store_byte_identical(
+        archive, early_cube, tmp_path, capsys, spoil):
+    store = tmp_path / "cube.zarr"
+    shutil.copytree(early_cube, store)
+    source = _split(archive, tmp_path / "src", ARCHIVE_START, ARCHIVE_END)
+    message = spoil(source, archive)
+    before = _store_hashes(store)
+    code = main(["update", "--store", str(store), "--source", str(source), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert _store_hashes(store) == before
+
+
+def test_an_update_after_a_refused_one_adds_only_the_days_of_valid_files(archive, early_cube,
+                                                                          tmp_path, capsys):
+    """The issue's story: a junk file dated months ahead refused the update after the time
+    axis had grown to its date; the next update then appended months of empty days."""
+    store = tmp_path / "cube.zarr"
+    shutil.copytree(early_cube, store)
+    source = _split(archive, tmp_path / "src", ARCHIVE_START, ARCHIVE_END)
+    junk = source / "2024" / "asi-AMSR2-n3125-20241231-v5.4.nc"
+    junk.write_text("junk\n")
+    assert main(["update", "--store", str(store), "--source", str(source), "-q"]) == 2
+    junk.unlink()
+    # another grid's files beside the cube's, the newest months ahead: not the cube's days
+    write_archive(source / "south", dt.date(2024, 8, 20), dt.date(2024, 8, 20), step=16,
+                  missing_days=[], grid="s6250")
+    summary = update(store, source=source, progress=False)
+    assert summary.span == (ARCHIVE_START, ARCHIVE_END) and summary.exit_code == 0
+    assert "s6250 (1 file)" in summary.text()
+    _assert_same_cube(store, _fresh(archive, tmp_path / "fresh.zarr", ARCHIVE_START,
+                                    ARCHIVE_END, store))
+
+
+def test_a_build_rerun_refused_for_a_bad_late_file_leaves_the_store_byte_identical(
+        archive, tmp_path, capsys):
+    source = _split(archive, tmp_path / "src", ARCHIVE_START, ARCHIVE_END)
+    late = source / archive.files[dt.date(2024, 4, 10)].relative_to(archive.root)
+    late.unlink()
+    store = tmp_path / "cube.zarr"
+    args = ["build", "--start", f"{ARCHIVE_START:%Y%m%d}", "--end", f"{ARCHIVE_END:%Y%m%d}",
+            "--store", str(store), "--source", str(source), "--chunks", "4,64,64", "-q"]
+    assert main(args) == 0
+    late.write_bytes(b"<html>Service unavailable</html>")  # the missing day, now junk
+    before = _store_hashes(store)
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and str(late) in err and len(err.splitlines()) == 1, err
+    assert _store_hashes(store) == before
