@@ -91,6 +91,7 @@ class BuildSummary:
     suspicious_policy: str = "missing"
     retried: dict[dt.date, int] = field(default_factory=dict)  # day -> download attempts
     recovered: list[dt.date] = field(default_factory=list)  # missing/failed before, now observed
+    recovered_after_failure: list[dt.date] = field(default_factory=list)  # of those: failed
     looked_again: int = 0  # days looked for again on a cube that had them missing or failed
     source: str = ""
     other_grids: str = ""  # a source folder's files of other grids, not read
@@ -136,9 +137,14 @@ class BuildSummary:
         ]
         if self.other_grids:
             lines.append(f"ignored   the folder's files of other grids: {self.other_grids}")
-        if self.recovered:
-            lines.append("recovered " + day_list_text(self.recovered)
-                         + " (published late: now observed)")
+        # A day missing before (404) was published late; one that failed (a server error,
+        # a bad download) was there all along and is now read.
+        late = [d for d in self.recovered if d not in self.recovered_after_failure]
+        if late:
+            lines.append("recovered " + day_list_text(late) + " (published late: now observed)")
+        if self.recovered_after_failure:
+            lines.append("recovered " + day_list_text(self.recovered_after_failure)
+                         + " (failed before: now observed)")
         if self.missing:
             lines.append("missing   " + day_list_text(self.missing))
         if self.retried:
@@ -525,7 +531,8 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival] | _OnCluster,
     for i, day in enumerate(days):
         if f"{day:%Y%m%d}" in state.observed:
             kept.setdefault(i // chunk, []).append(i % chunk)
-    before = set(state.missing) | set(state.failed)
+    failed_before = set(state.failed)
+    before = set(state.missing) | failed_before
     summary.looked_again = len(before)
     position = {day: i for i, day in enumerate(days)}
 
@@ -544,6 +551,8 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival] | _OnCluster,
                 changed.append(position[arrival.day])
                 if key in before:
                     summary.recovered.append(arrival.day)
+                if key in failed_before:
+                    summary.recovered_after_failure.append(arrival.day)
                 if arrival.attempts > 1:
                     summary.retried[arrival.day] = arrival.attempts
             else:
@@ -568,6 +577,7 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival] | _OnCluster,
                            before_write=before_write, record=record, progress=progress,
                            cell_area=cells)
     summary.recovered.sort()
+    summary.recovered_after_failure.sort()
     return tally
 
 

@@ -172,6 +172,33 @@ def test_a_late_day_beside_a_day_still_missing_in_its_chunk_is_recovered(archive
     _assert_same_cube(store, tmp_path / "fresh.zarr")
 
 
+def test_a_day_that_failed_is_recovered_as_failed_before_not_published_late(archive, tmp_path):
+    """A day the server answered with HTTP 500 or an HTML page was there all along: once
+    read, it is reported as failed before; only a day that was missing (404) is late."""
+    from sicube.mirror import Mirror
+
+    late_day, error_day, html_day = (dt.date(2024, 4, 10), dt.date(2024, 4, 3),
+                                     dt.date(2024, 4, 8))
+    served = _split(archive, tmp_path / "served", ARCHIVE_START, ARCHIVE_END)
+    late_file = served / archive.files[late_day].relative_to(archive.root)
+    late_file.unlink()
+    store = tmp_path / "cube.zarr"
+    with Mirror(served, faults={f"{error_day:%Y%m%d}": "500",
+                                f"{html_day:%Y%m%d}": "html"}) as server:
+        web = dict(base_url=server.base_url, raw_dir=tmp_path / "raw", chunks=CHUNKS,
+                   progress=False)
+        first = build(ARCHIVE_START, ARCHIVE_END, store, **web)
+        assert set(first.failed) == {error_day, html_day} and late_day in first.missing
+        shutil.copy(archive.files[late_day], late_file)  # published late
+        server.set_faults({})  # the server answers again
+        summary = build(ARCHIVE_START, ARCHIVE_END, store, **web)
+    assert summary.recovered == [error_day, html_day, late_day]
+    text = summary.text()
+    assert f"recovered {late_day:%Y%m%d} (published late" in text
+    assert f"recovered {error_day:%Y%m%d}, {html_day:%Y%m%d} (failed before" in text
+    assert summary.recovered_after_failure == [error_day, html_day]
+
+
 # --- finding 4 and 5: unfinished cubes, crashes inside a stage ------------------------------
 
 
