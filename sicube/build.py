@@ -1440,6 +1440,10 @@ def update(
         _check_source_files(src, [*(state.days[i] for i in state.unobserved()),
                                   *day_range(last + dt.timedelta(days=1), wanted)],
                             _grid(group), _crs(group))
+        fetched: list[Arrival] = []
+        if wanted > last and src.base_urls and state.updating_from is None:
+            wanted, fetched = _fetch_new_days(src, last, wanted, end is None, allow_gap,
+                                              _grid(group), progress, cluster)
         chunk = group[cube.RAW].chunks[0]
         if wanted > last:
             _set_status(group, cube.UPDATING, **{
@@ -1449,8 +1453,13 @@ def update(
                 state.mask_frozen = True  # the cube's mask stays the mask
                 state.extend(wanted, chunk)
                 _save(group, state)
-            arrivals = src.arrivals([state.days[i] for i in state.unobserved()], progress,
-                                    _grid(group), cluster)
+            looked = [state.days[i] for i in state.unobserved()]
+            if fetched and cluster is None:  # on a cluster the tasks fetch them again
+                got = {a.day for a in fetched}
+                arrivals = _chain(fetched, src.arrivals([d for d in looked if d not in got],
+                                                        progress, _grid(group)))
+            else:
+                arrivals = src.arrivals(looked, progress, _grid(group), cluster)
         else:
             state.mask_frozen = True
             arrivals = _look_again(group, state, src, progress, summary, cluster)
@@ -1498,12 +1507,41 @@ def _update_end(end: DateLike | None, last: dt.date, src: Source, allow_gap: boo
             raise BadInput(f"{src.where}: no file in the {MAX_EMPTY_DAYS} days up to {before}; "
                            "give --end (and --allow-gap) to append empty days anyway")
         return newest or last
-    gap = (wanted - (newest or last)).days
+    _check_gap(wanted, newest or last, allow_gap)
+    return wanted
+
+
+def _check_gap(wanted: dt.date, newest: dt.date, allow_gap: bool) -> None:
+    """BadInput when appending up to `wanted` adds more than `MAX_EMPTY_DAYS` days without a
+    file after `newest`, unless `allow_gap`."""
+    gap = (wanted - newest).days
     if gap > MAX_EMPTY_DAYS and not allow_gap:
-        raise BadInput(f"--end {wanted}: the source has no file after {newest or last}, so "
+        raise BadInput(f"--end {wanted}: the source has no file after {newest}, so "
                        f"{gap} empty days would be appended; give an earlier --end, or "
                        "--allow-gap to append them")
-    return wanted
+
+
+def _fetch_new_days(src: Source, last: dt.date, wanted: dt.date, to_newest: bool,
+                    allow_gap: bool, grid: GridCoords, progress: bool,
+                    cluster: _Cluster | None = None) -> tuple[dt.date, list[Arrival]]:
+    """Download a server's new days (last, wanted] before the time axis grows: (the update's
+    last day, their arrivals up to it).
+
+    The server's newest day is probed with HEAD requests, which an HTML error page or a
+    broken file pass; only days whose download validated count: `to_newest` (no --end) ends
+    the update at the newest of them, else the gap guard counts from it. On a cluster a
+    worker downloads them (and the ingest tasks again: a few days).
+    """
+    days = list(day_range(last + dt.timedelta(days=1), wanted))
+    if cluster is not None:
+        looked = cluster.probe(days, src.fetch, grid).arrivals
+    else:
+        looked = list(src.arrivals(days, progress, grid))
+    newest = max((a.day for a in looked if a.status == OK), default=last)
+    if to_newest:
+        wanted = newest
+    _check_gap(wanted, newest, allow_gap)
+    return wanted, [a for a in looked if a.day <= wanted]
 
 
 def _newest_day(src: Source, before: dt.date, after: dt.date) -> dt.date | None:

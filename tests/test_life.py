@@ -649,3 +649,22 @@ def test_a_build_rerun_refused_for_a_bad_late_file_leaves_the_store_byte_identic
     err = capsys.readouterr().err.strip()
     assert code == 2 and str(late) in err and len(err.splitlines()) == 1, err
     assert _store_hashes(store) == before
+
+
+def test_a_server_update_grows_the_cube_only_to_the_newest_valid_download(tmp_path):
+    """The server's newest day is found by HEAD requests, which an HTML error page served
+    for a file passes: the update ends at the newest day whose download validated."""
+    from sicube.mirror import Mirror
+
+    yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    first = yesterday - dt.timedelta(days=7)
+    recent = write_archive(tmp_path / "recent", first, yesterday, step=16, missing_days=[],
+                           seed=8)
+    store = tmp_path / "cube.zarr"
+    with Mirror(recent.root) as server:
+        web = dict(base_url=server.base_url, raw_dir=tmp_path / "raw", progress=False)
+        build(first, first + dt.timedelta(days=3), store, chunks=CHUNKS, **web)
+        server.set_faults({f"{yesterday:%Y%m%d}": "html"})
+        summary = update(store, **web)  # no --end: the newest day the server has
+    assert summary.span == (first, yesterday - dt.timedelta(days=1))
+    assert summary.exit_code == 0 and not summary.failed
