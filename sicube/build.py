@@ -1435,8 +1435,9 @@ def update(
             wanted = last
         else:
             wanted = _update_end(end, last, src, allow_gap)
-        # Every file the run reads (late days, new days) is checked before anything is
-        # written: a bad one refuses the update and leaves the store as it was.
+        # Nothing is written before the files are checked: a folder's files for the days the
+        # run reads (late and new days) refuse the update when one is bad; a server's new
+        # days are downloaded (each validated) before the time axis grows.
         _check_source_files(src, [*(state.days[i] for i in state.unobserved()),
                                   *day_range(last + dt.timedelta(days=1), wanted)],
                             _grid(group), _crs(group))
