@@ -668,3 +668,18 @@ def test_a_server_update_grows_the_cube_only_to_the_newest_valid_download(tmp_pa
         summary = update(store, **web)  # no --end: the newest day the server has
     assert summary.span == (first, yesterday - dt.timedelta(days=1))
     assert summary.exit_code == 0 and not summary.failed
+
+
+def test_the_gap_guard_counts_only_the_cubes_grid(archive, early_cube, tmp_path, capsys):
+    """Another grid's file months ahead is no file of the cube's: appending up to it is a gap."""
+    store = tmp_path / "cube.zarr"
+    shutil.copytree(early_cube, store)
+    source = _split(archive, tmp_path / "src", ARCHIVE_START, ARCHIVE_END)
+    write_archive(source / "south", dt.date(2024, 8, 20), dt.date(2024, 8, 20), step=16,
+                  missing_days=[], grid="s6250")
+    before = _store_hashes(store)
+    code = main(["update", "--store", str(store), "--source", str(source), "--end", "20240820",
+                 "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--allow-gap" in err and f"no file after {ARCHIVE_END}" in err, err
+    assert _store_hashes(store) == before
