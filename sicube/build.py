@@ -56,7 +56,13 @@ from sicube.fill import (
 )
 from sicube.ingest import FAILED, MISSING, OK, Arrival
 from sicube.plan import SUSPICIOUS_POLICIES, BuildArgs, BuildState, FillBatch, fill_batches
-from sicube.sources import GridCoords, find_day_files, read_grid
+from sicube.sources import (
+    GridCoords,
+    check_file_header,
+    find_day_files,
+    folder_grids,
+    read_grid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +91,10 @@ class BuildSummary:
     suspicious_policy: str = "missing"
     retried: dict[dt.date, int] = field(default_factory=dict)  # day -> download attempts
     recovered: list[dt.date] = field(default_factory=list)  # missing/failed before, now observed
+    recovered_after_failure: list[dt.date] = field(default_factory=list)  # of those: failed
     looked_again: int = 0  # days looked for again on a cube that had them missing or failed
     source: str = ""
+    other_grids: str = ""  # a source folder's files of other grids, not read
     cells_filled: int = 0
     cells_unfilled: int = 0
     cells_pole_hole: int = 0  # cell-days of the north pole hole set from its ring (flag 4)
@@ -127,9 +135,16 @@ class BuildSummary:
             f"days      {len(self.observed)} observed, {len(self.missing)} missing, "
             f"{len(self.failed)} failed",
         ]
-        if self.recovered:
-            lines.append("recovered " + day_list_text(self.recovered)
-                         + " (published late: now observed)")
+        if self.other_grids:
+            lines.append(f"ignored   the folder's files of other grids: {self.other_grids}")
+        # A day missing before (404) was published late; one that failed (a server error,
+        # a bad download) was there all along and is now read.
+        late = [d for d in self.recovered if d not in self.recovered_after_failure]
+        if late:
+            lines.append("recovered " + day_list_text(late) + " (published late: now observed)")
+        if self.recovered_after_failure:
+            lines.append("recovered " + day_list_text(self.recovered_after_failure)
+                         + " (failed before: now observed)")
         if self.missing:
             lines.append("missing   " + day_list_text(self.missing))
         if self.retried:
@@ -166,8 +181,9 @@ class Source:
     directory: Path | None
     base_urls: tuple[str, ...] | None
     raw_dir: Path | None
-    grid: str | None = None  # for a server: the grid fetched
+    grid: str | None = None  # the grid fetched from a server, or read from a folder
     sensor: str = products.AUTO
+    other_grids: str = ""  # a folder's files of other grids, left alone: "n3125 (12 files)"
 
     @property
     def base_url(self) -> str | None:
@@ -248,10 +264,51 @@ def _source(base_url: str | list[str] | tuple[str, ...] | None,
     if source is not None:
         if not Path(source).is_dir():
             raise BadInput(f"--source {source}: no such folder")
-        return Source(Path(source).resolve(), None, None, grid, sensor)
+        folder = Path(source).resolve()
+        grid, others = _folder_grid(folder, grid)
+        return Source(folder, None, None, grid, sensor, others)
     hosts = check_base_urls(base_url or None)
     return Source(None, hosts, Path(raw_dir).resolve() if raw_dir else None,
                   check_grid(hosts, grid), sensor)
+
+
+def _folder_grid(folder: Path, grid: str | None) -> tuple[str | None, str]:
+    """(the grid whose files a run reads from `folder`, the folder's other grids as text).
+
+    `grid` (asked, or the cube's) when the folder has its files, else the folder's only
+    grid; a folder mixing grids without `grid`, or lacking `grid`'s files, is refused
+    naming the grids it holds. A folder without product files is left to the run to refuse.
+    """
+    counts = folder_grids(folder)
+    found = ", ".join(f"{name} ({n} file{'s' * (n > 1)})" for name, n in counts.items())
+    others = ", ".join(part for part in found.split(", ") if not part.startswith(f"{grid} "))
+    if not counts:
+        return grid, ""
+    if grid is None:
+        if len(counts) > 1:
+            raise BadInput(f"--source {folder}: holds files of several grids ({found}); "
+                           "give --grid to choose one")
+        return next(iter(counts)), ""
+    if grid not in counts:
+        raise BadInput(f"--source {folder}: holds no {grid} files, only {found}")
+    return grid, others
+
+
+def _check_source_files(src: Source, days: list[dt.date], grid: GridCoords | None = None,
+                        crs: products.GridCRS | None = None) -> None:
+    """Refuse a run, before it touches the store, when a folder's file for one of `days` (the
+    days it will read) is one the ingest would fail on (`sources.check_file_header`): a
+    headers-only pass over those files, against the cube's grid and CRS when it has them.
+    Downloads are validated as they arrive, so a server needs nothing here."""
+    if src.directory is None or not days:
+        return
+    files = find_day_files(src.directory, src.grid)
+    for day in sorted(set(days) & files.keys()):
+        try:
+            grid, crs = check_file_header(files[day], src.sensor, grid, crs)
+        except BadSourceFile as err:  # its message begins with the file's name
+            raise BadInput(f"{files[day].parent}/{err}; nothing was changed: replace or "
+                           "remove the file") from None
 
 
 def _raw_dir(src: Source) -> Path:
@@ -474,7 +531,8 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival] | _OnCluster,
     for i, day in enumerate(days):
         if f"{day:%Y%m%d}" in state.observed:
             kept.setdefault(i // chunk, []).append(i % chunk)
-    before = set(state.missing) | set(state.failed)
+    failed_before = set(state.failed)
+    before = set(state.missing) | failed_before
     summary.looked_again = len(before)
     position = {day: i for i, day in enumerate(days)}
 
@@ -493,6 +551,8 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival] | _OnCluster,
                 changed.append(position[arrival.day])
                 if key in before:
                     summary.recovered.append(arrival.day)
+                if key in failed_before:
+                    summary.recovered_after_failure.append(arrival.day)
                 if arrival.attempts > 1:
                     summary.retried[arrival.day] = arrival.attempts
             else:
@@ -517,6 +577,7 @@ def _ingest(group, state: BuildState, arrivals: Iterator[Arrival] | _OnCluster,
                            before_write=before_write, record=record, progress=progress,
                            cell_area=cells)
     summary.recovered.sort()
+    summary.recovered_after_failure.sort()
     return tally
 
 
@@ -1126,7 +1187,8 @@ def build(
     rules = quality_rules or quality.QualityRules()
     args = BuildArgs(f"{first}", f"{last}", params, mask_threshold,
                      str(mask_from) if mask_from else None, suspicious, rules)
-    summary = BuildSummary(store=store, span=(first, last), source=src.where)
+    summary = BuildSummary(store=store, span=(first, last), source=src.where,
+                           other_grids=src.other_grids)
     fill_args = [f"--time-window={params.time_window}", f"--space-window={params.space_window}",
                  f"--alpha={params.alpha:g}", f"--sigma={params.sigma:g}"] + (
         [f"--mask={mask_from}"] if mask_from else [f"--mask-threshold={mask_threshold:g}"]) + (
@@ -1135,14 +1197,16 @@ def build(
         if (rules.k, rules.window) != (quality.QualityRules.k, quality.QualityRules.window)
         else [])
     finish = _finish_command("build", store, src,
-                             [f"--start={first:%Y%m%d}", f"--end={last:%Y%m%d}", *fill_args])
+                             [f"--start={first:%Y%m%d}", f"--end={last:%Y%m%d}", *fill_args,
+                              *([f"--grid={grid}"] if grid else [])])
 
     # The scheduler is reached first, so a wrong address costs nothing.
     with _build_lock(store), _scheduler(scheduler, workers, summary) as client:
         cluster = _Cluster(client, store, storage_options) if client is not None else None
-        group, state = _resume(store, args, restart_fill, summary, storage_options)
+        group, state, restarted = _resume(store, args, restart_fill, storage_options)
         if group is None:
             days = list(day_range(first, last))
+            _check_source_files(src, days)
             arrivals = src.arrivals(days, progress, None, cluster)
             held: list[Arrival] = []
             group, state, cells = _create(store, days, args, chunks, arrivals, held, summary,
@@ -1152,6 +1216,12 @@ def build(
             if cluster is None:  # on a cluster the tasks fetch the held days again
                 arrivals = _chain(held, arrivals)
         else:
+            _check_source_files(src, [state.days[i] for i in state.unobserved()], _grid(group),
+                                _crs(group))
+            if restarted:
+                _save(group, state)
+                if cube.cube_status(group.attrs) == cube.COMPLETE:
+                    _set_status(group, cube.BUILDING)
             cells = None
             arrivals = _look_again(group, state, src, progress, summary, cluster)
             if arrivals is None:
@@ -1162,15 +1232,17 @@ def build(
     return summary
 
 
-def _resume(store: str, args: BuildArgs, restart_fill: bool, summary: BuildSummary,
+def _resume(store: str, args: BuildArgs, restart_fill: bool,
             storage_options: dict | None = None):
-    """(group, state) of an existing cube built with `args`; (None, None) for a new store.
+    """(group, state, restarted) of an existing cube built with `args`; (None, None, False)
+    for a new store. Writes nothing.
 
     Refuses a path that is not a sicube cube and a cube of another span; other fill or mask
-    parameters only with `restart_fill`, which forgets the mask and every fill.
+    parameters only with `restart_fill`, which forgets the mask and every fill (`restarted`:
+    the state is changed so, for the caller to save).
     """
     if not _exists(store, storage_options):
-        return None, None
+        return None, None, False
     if not cube.is_cube(store, storage_options):
         raise BadInput(f"{store}: exists and is not a sicube cube; refusing to touch it")
     group = _open_group(store, storage_options=storage_options)
@@ -1193,10 +1265,8 @@ def _resume(store: str, args: BuildArgs, restart_fill: bool, summary: BuildSumma
         state.flag_counts.clear()
         state.mask_done = state.mask_frozen = False
         state.mask_days.clear()
-        _save(group, state)
-        if cube.cube_status(group.attrs) == cube.COMPLETE:
-            _set_status(group, cube.BUILDING)
-    return group, state
+        return group, state, True
+    return group, state, False
 
 
 def _look_again(group, state: BuildState, src: Source, progress: bool,
@@ -1212,7 +1282,7 @@ def _look_again(group, state: BuildState, src: Source, progress: bool,
     days = [state.days[i] for i in state.unobserved()]
     complete = state.is_complete(group[cube.RAW].chunks[0]) and not state.rewrite
     if complete and src.directory is not None:
-        present = find_day_files(src.directory)  # a folder is looked at without reading
+        present = find_day_files(src.directory, src.grid)  # a folder is looked at without reading
         if not any(d in present for d in days):
             _nothing_to_do(group, state, summary)
             return None
@@ -1359,7 +1429,7 @@ def update(
             raise BadInput(f"{store}: its build has not finished ({status}); finish it with "
                            f"{group.attrs.get(cube.FINISH, 'the same sicube build command')}")
         src = _update_source(group, base_url, source, raw_dir, sensor)
-        summary.source = src.where
+        summary.source, summary.other_grids = src.where, src.other_grids
         last = parse_date(state.args.end)
         if state.updating_from is not None:  # an interrupted update: finish it first
             if end is not None and parse_date(end, "end") != last:
@@ -1368,6 +1438,16 @@ def update(
             wanted = last
         else:
             wanted = _update_end(end, last, src, allow_gap)
+        # Nothing is written before the files are checked: a folder's files for the days the
+        # run reads (late and new days) refuse the update when one is bad; a server's new
+        # days are downloaded (each validated) before the time axis grows.
+        _check_source_files(src, [*(state.days[i] for i in state.unobserved()),
+                                  *day_range(last + dt.timedelta(days=1), wanted)],
+                            _grid(group), _crs(group))
+        fetched: list[Arrival] = []
+        if wanted > last and src.base_urls and state.updating_from is None:
+            wanted, fetched = _fetch_new_days(src, last, wanted, end is None, allow_gap,
+                                              _grid(group), progress, cluster)
         chunk = group[cube.RAW].chunks[0]
         if wanted > last:
             _set_status(group, cube.UPDATING, **{
@@ -1377,8 +1457,13 @@ def update(
                 state.mask_frozen = True  # the cube's mask stays the mask
                 state.extend(wanted, chunk)
                 _save(group, state)
-            arrivals = src.arrivals([state.days[i] for i in state.unobserved()], progress,
-                                    _grid(group), cluster)
+            looked = [state.days[i] for i in state.unobserved()]
+            if fetched and cluster is None:  # on a cluster the tasks fetch them again
+                got = {a.day for a in fetched}
+                arrivals = _chain(fetched, src.arrivals([d for d in looked if d not in got],
+                                                        progress, _grid(group)))
+            else:
+                arrivals = src.arrivals(looked, progress, _grid(group), cluster)
         else:
             state.mask_frozen = True
             arrivals = _look_again(group, state, src, progress, summary, cluster)
@@ -1426,19 +1511,48 @@ def _update_end(end: DateLike | None, last: dt.date, src: Source, allow_gap: boo
             raise BadInput(f"{src.where}: no file in the {MAX_EMPTY_DAYS} days up to {before}; "
                            "give --end (and --allow-gap) to append empty days anyway")
         return newest or last
-    gap = (wanted - (newest or last)).days
+    _check_gap(wanted, newest or last, allow_gap)
+    return wanted
+
+
+def _check_gap(wanted: dt.date, newest: dt.date, allow_gap: bool) -> None:
+    """BadInput when appending up to `wanted` adds more than `MAX_EMPTY_DAYS` days without a
+    file after `newest`, unless `allow_gap`."""
+    gap = (wanted - newest).days
     if gap > MAX_EMPTY_DAYS and not allow_gap:
-        raise BadInput(f"--end {wanted}: the source has no file after {newest or last}, so "
+        raise BadInput(f"--end {wanted}: the source has no file after {newest}, so "
                        f"{gap} empty days would be appended; give an earlier --end, or "
                        "--allow-gap to append them")
-    return wanted
+
+
+def _fetch_new_days(src: Source, last: dt.date, wanted: dt.date, to_newest: bool,
+                    allow_gap: bool, grid: GridCoords, progress: bool,
+                    cluster: _Cluster | None = None) -> tuple[dt.date, list[Arrival]]:
+    """Download a server's new days (last, wanted] before the time axis grows: (the update's
+    last day, their arrivals up to it).
+
+    The server's newest day is probed with HEAD requests, which an HTML error page or a
+    broken file pass; only days whose download validated count: `to_newest` (no --end) ends
+    the update at the newest of them, else the gap guard counts from it. On a cluster a
+    worker downloads them (and the ingest tasks again: a few days).
+    """
+    days = list(day_range(last + dt.timedelta(days=1), wanted))
+    if cluster is not None:
+        looked = cluster.probe(days, src.fetch, grid).arrivals
+    else:
+        looked = list(src.arrivals(days, progress, grid))
+    newest = max((a.day for a in looked if a.status == OK), default=last)
+    if to_newest:
+        wanted = newest
+    _check_gap(wanted, newest, allow_gap)
+    return wanted, [a for a in looked if a.day <= wanted]
 
 
 def _newest_day(src: Source, before: dt.date, after: dt.date) -> dt.date | None:
     """The newest day in (after, before] the source has a file for; None when there is none
     (a server is probed backwards from `before`, at most `MAX_EMPTY_DAYS` days)."""
     if src.directory is not None:
-        found = [d for d in find_day_files(src.directory) if after < d <= before]
+        found = [d for d in find_day_files(src.directory, src.grid) if after < d <= before]
         return max(found, default=None)
     from sicube.download import latest_available
 

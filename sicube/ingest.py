@@ -54,7 +54,7 @@ def arrivals(days: list[dt.date], source: str | os.PathLike | None,
     """The days' files as they become available: at once from a folder, or as downloaded
     (from the hosts `base_url`, on grid `grid_name`, from the sensor chosen per day)."""
     if source is not None:
-        files = find_day_files(source)
+        files = find_day_files(source, grid_name)
         for day in days:
             path = files.get(day)
             parts = products.file_name_parts(path.name) if path else None

@@ -263,6 +263,18 @@ def file_name_parts(name: str) -> FileNameParts | None:
                          "amsr2" if found.group("amsr2") else "amsre")
 
 
+def record_problem(parts: FileNameParts, sensor: str = AUTO) -> str | None:
+    """Why a file named as `parts` cannot be a day of the archive (one line), or None: its
+    naming's sensor has no record of its day on its grid, or another sensor was asked."""
+    named = SENSORS[parts.sensor]
+    if not named.covers(parts.day, parts.grid):
+        return (f"named as an {named.label} file of {parts.day} on {parts.grid}, outside "
+                f"the {named.span_text()} record")
+    if sensor != AUTO and parts.sensor != sensor:
+        return f"an {named.label} file, and --sensor {sensor} was asked"
+    return None
+
+
 def parse_file_name(name: str) -> tuple[str, dt.date] | None:
     """Return (grid, day) of a product file name (AMSR2's or AMSR-E's), or None."""
     parts = file_name_parts(name)

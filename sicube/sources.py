@@ -95,6 +95,31 @@ def find_day_files(directory: str | os.PathLike, grid: str | None = None) -> dic
     return found
 
 
+def folder_grids(directory: str | os.PathLike) -> dict[str, int]:
+    """How many product files of each grid lie anywhere below `directory` (by file name)."""
+    counts: dict[str, int] = {}
+    for path in Path(directory).rglob("*.nc"):
+        parsed = products.parse_file_name(path.name)
+        if parsed is not None:
+            counts[parsed[0]] = counts.get(parsed[0], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def check_file_header(path: Path, sensor: str = products.AUTO,
+                      expected: GridCoords | None = None,
+                      expected_crs: products.GridCRS | None = None,
+                      ) -> tuple[GridCoords, products.GridCRS]:
+    """The grid and CRS of a file a run is about to use, checked from its name and headers
+    only (a few ms): BadSourceFile naming the file when it is not netCDF, lacks `z`/`x`/`y`,
+    is truncated, lies on another grid or projection than `expected`/`expected_crs`, or is
+    named as a day outside its sensor's record (or of another sensor than `sensor`)."""
+    parts = products.file_name_parts(path.name)
+    problem = products.record_problem(parts, sensor) if parts else "not a product file name"
+    if problem:
+        raise BadSourceFile(f"{path.name}: {problem}")
+    return read_grid(path, expected, expected_crs)
+
+
 def _open(path: Path):
     import netCDF4
 

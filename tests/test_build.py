@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -333,6 +334,55 @@ def test_a_file_on_another_grid_is_refused_by_name(archive, tmp_path, capsys):
                      str(tmp_path / "c.zarr"), "--source", str(source), "-q")
     assert code == 2 and "asi-AMSR2-n3125-20240403-v5.4.nc" in err and "grid" in err
     assert len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def two_grids(archive, tmp_path_factory) -> Path:
+    """A folder of the archive's n3125 files beside four days of s6250 files."""
+    mixed = tmp_path_factory.mktemp("mixed")
+    shutil.copytree(archive.root, mixed / "north")
+    write_archive(mixed / "south", 20240401, 20240404, step=16, missing_days=[], grid="s6250")
+    return mixed
+
+
+def test_a_folder_of_two_grids_without_grid_is_refused_naming_them(two_grids, tmp_path,
+                                                                   capsys):
+    store = tmp_path / "c.zarr"
+    code, err = _cli(capsys, "build", "--start", "20240401", "--end", "20240404", "--store",
+                     str(store), "--source", str(two_grids), "-q")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "several grids" in err and "n3125 (10 files)" in err and "s6250 (4 files)" in err
+    assert "--grid" in err and not store.exists()
+    code, err = _cli(capsys, "build", "--start", "20240401", "--end", "20240404", "--store",
+                     str(store), "--source", str(two_grids), "--grid", "s3125", "-q")
+    assert code == 2 and "no s3125 files" in err and len(err.splitlines()) == 1, err
+    assert not store.exists()
+
+
+def test_a_folder_of_two_grids_builds_the_grid_asked_for(two_grids, tmp_path, capsys):
+    store = tmp_path / "c.zarr"
+    code = main(["build", "--start", "20240401", "--end", "20240404", "--store", str(store),
+                 "--source", str(two_grids), "--grid", "s6250", "-q"])
+    out = capsys.readouterr().out
+    assert code == 0 and "other grids: n3125 (10 files)" in out
+    south = sorted((two_grids / "south").rglob("*.nc"))
+    raw = _arrays(store)[cube.RAW]
+    assert raw.shape == (4, *read_day(south[0]).z.shape)
+    for i, path in enumerate(south):
+        np.testing.assert_array_equal(raw[i], read_day(path).z)
+    assert zarr.open_group(str(store), mode="r").attrs["source_grid"] == "s6250"
+
+
+def test_a_build_with_a_bad_file_inside_its_span_writes_no_store(archive, tmp_path, capsys):
+    source = tmp_path / "src"
+    shutil.copytree(archive.root, source)
+    bad = source / archive.files[dt.date(2024, 4, 10)].relative_to(archive.root)
+    os.truncate(bad, bad.stat().st_size // 2)
+    store = tmp_path / "c.zarr"
+    code, err = _cli(capsys, "build", "--start", "20240401", "--end", "20240412", "--store",
+                     str(store), "--source", str(source), "-q")
+    assert code == 2 and str(bad) in err and len(err.splitlines()) == 1, err
+    assert not store.exists()
 
 
 @pytest.mark.parametrize("args, message", [

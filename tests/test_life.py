@@ -172,6 +172,33 @@ def test_a_late_day_beside_a_day_still_missing_in_its_chunk_is_recovered(archive
     _assert_same_cube(store, tmp_path / "fresh.zarr")
 
 
+def test_a_day_that_failed_is_recovered_as_failed_before_not_published_late(archive, tmp_path):
+    """A day the server answered with HTTP 500 or an HTML page was there all along: once
+    read, it is reported as failed before; only a day that was missing (404) is late."""
+    from sicube.mirror import Mirror
+
+    late_day, error_day, html_day = (dt.date(2024, 4, 10), dt.date(2024, 4, 3),
+                                     dt.date(2024, 4, 8))
+    served = _split(archive, tmp_path / "served", ARCHIVE_START, ARCHIVE_END)
+    late_file = served / archive.files[late_day].relative_to(archive.root)
+    late_file.unlink()
+    store = tmp_path / "cube.zarr"
+    with Mirror(served, faults={f"{error_day:%Y%m%d}": "500",
+                                f"{html_day:%Y%m%d}": "html"}) as server:
+        web = dict(base_url=server.base_url, raw_dir=tmp_path / "raw", chunks=CHUNKS,
+                   progress=False)
+        first = build(ARCHIVE_START, ARCHIVE_END, store, **web)
+        assert set(first.failed) == {error_day, html_day} and late_day in first.missing
+        shutil.copy(archive.files[late_day], late_file)  # published late
+        server.set_faults({})  # the server answers again
+        summary = build(ARCHIVE_START, ARCHIVE_END, store, **web)
+    assert summary.recovered == [error_day, html_day, late_day]
+    text = summary.text()
+    assert f"recovered {late_day:%Y%m%d} (published late" in text
+    assert f"recovered {error_day:%Y%m%d}, {html_day:%Y%m%d} (failed before" in text
+    assert summary.recovered_after_failure == [error_day, html_day]
+
+
 # --- finding 4 and 5: unfinished cubes, crashes inside a stage ------------------------------
 
 
@@ -525,3 +552,134 @@ def test_an_update_that_crashes_stays_readable_says_why_and_finishes(archive, tm
     assert _attrs(store)[cube.STATUS] == cube.COMPLETE and not _attrs(store)[cube.LAST_ERROR]
     _assert_same_cube(store, _fresh(archive, tmp_path / "fresh.zarr", ARCHIVE_START,
                                     ARCHIVE_END, store))
+
+
+# --- issue 20: bad input never changes a cube ------------------------------------------------
+
+
+def _store_hashes(store: Path) -> dict[str, str]:
+    """sha256 of every file of a local store, by its path inside it."""
+    import hashlib
+
+    return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def early_cube(archive, tmp_path_factory) -> Path:
+    """A complete cube of the archive's first eight days (read-only: tests copy it)."""
+    store = tmp_path_factory.mktemp("early") / "cube.zarr"
+    build(ARCHIVE_START, dt.date(2024, 4, 8), store, source=archive.root, chunks=CHUNKS,
+          progress=False)
+    return store
+
+
+def _junk_future_day(source: Path, archive) -> str:
+    (source / "2024" / "asi-AMSR2-n3125-20241231-v5.4.nc").write_text("junk\n")
+    return "not a netCDF file"
+
+
+def _truncated_new_day(source: Path, archive) -> str:
+    path = source / archive.files[dt.date(2024, 4, 10)].relative_to(archive.root)
+    os.truncate(path, path.stat().st_size // 2)
+    return "cannot be opened as netCDF"
+
+
+def _day_outside_the_sensors_record(source: Path, archive) -> str:
+    # a good file, named as AMSR-E's (its record ended in 2011, and never had n3125)
+    shutil.copy(archive.files[ARCHIVE_END], source / "2024" / "asi-n3125-20240413-v5.4.nc")
+    return "outside the AMSR-E 2002-06-01..2011-10-04 on n6250, s6250 record"
+
+
+def _another_grids_folder(source: Path, archive) -> str:
+    shutil.rmtree(source)
+    write_archive(source, ARCHIVE_START, ARCHIVE_END, step=16, missing_days=[], seed=4,
+                  grid="s6250")
+    return "holds no n3125 files, only s6250 (12 files)"
+
+
+@pytest.mark.parametrize("spoil", [_junk_future_day, _truncated_new_day,
+                                   _day_outside_the_sensors_record, _another_grids_folder])
+def test_an_update_refused_for_a_bad_source_leaves_the_store_byte_identical(
+        archive, early_cube, tmp_path, capsys, spoil):
+    store = tmp_path / "cube.zarr"
+    shutil.copytree(early_cube, store)
+    source = _split(archive, tmp_path / "src", ARCHIVE_START, ARCHIVE_END)
+    message = spoil(source, archive)
+    before = _store_hashes(store)
+    code = main(["update", "--store", str(store), "--source", str(source), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert _store_hashes(store) == before
+
+
+def test_an_update_after_a_refused_one_adds_only_the_days_of_valid_files(archive, early_cube,
+                                                                          tmp_path, capsys):
+    """The issue's story: a junk file dated months ahead refused the update after the time
+    axis had grown to its date; the next update then appended months of empty days."""
+    store = tmp_path / "cube.zarr"
+    shutil.copytree(early_cube, store)
+    source = _split(archive, tmp_path / "src", ARCHIVE_START, ARCHIVE_END)
+    junk = source / "2024" / "asi-AMSR2-n3125-20241231-v5.4.nc"
+    junk.write_text("junk\n")
+    assert main(["update", "--store", str(store), "--source", str(source), "-q"]) == 2
+    junk.unlink()
+    # another grid's files beside the cube's, the newest months ahead: not the cube's days
+    write_archive(source / "south", dt.date(2024, 8, 20), dt.date(2024, 8, 20), step=16,
+                  missing_days=[], grid="s6250")
+    summary = update(store, source=source, progress=False)
+    assert summary.span == (ARCHIVE_START, ARCHIVE_END) and summary.exit_code == 0
+    assert "s6250 (1 file)" in summary.text()
+    _assert_same_cube(store, _fresh(archive, tmp_path / "fresh.zarr", ARCHIVE_START,
+                                    ARCHIVE_END, store))
+
+
+def test_a_build_rerun_refused_for_a_bad_late_file_leaves_the_store_byte_identical(
+        archive, tmp_path, capsys):
+    source = _split(archive, tmp_path / "src", ARCHIVE_START, ARCHIVE_END)
+    late = source / archive.files[dt.date(2024, 4, 10)].relative_to(archive.root)
+    late.unlink()
+    store = tmp_path / "cube.zarr"
+    args = ["build", "--start", f"{ARCHIVE_START:%Y%m%d}", "--end", f"{ARCHIVE_END:%Y%m%d}",
+            "--store", str(store), "--source", str(source), "--chunks", "4,64,64", "-q"]
+    assert main(args) == 0
+    late.write_bytes(b"<html>Service unavailable</html>")  # the missing day, now junk
+    before = _store_hashes(store)
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and str(late) in err and len(err.splitlines()) == 1, err
+    assert _store_hashes(store) == before
+
+
+def test_a_server_update_grows_the_cube_only_to_the_newest_valid_download(tmp_path):
+    """The server's newest day is found by HEAD requests, which an HTML error page served
+    for a file passes: the update ends at the newest day whose download validated."""
+    from sicube.mirror import Mirror
+
+    yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    first = yesterday - dt.timedelta(days=7)
+    recent = write_archive(tmp_path / "recent", first, yesterday, step=16, missing_days=[],
+                           seed=8)
+    store = tmp_path / "cube.zarr"
+    with Mirror(recent.root) as server:
+        web = dict(base_url=server.base_url, raw_dir=tmp_path / "raw", progress=False)
+        build(first, first + dt.timedelta(days=3), store, chunks=CHUNKS, **web)
+        server.set_faults({f"{yesterday:%Y%m%d}": "html"})
+        summary = update(store, **web)  # no --end: the newest day the server has
+    assert summary.span == (first, yesterday - dt.timedelta(days=1))
+    assert summary.exit_code == 0 and not summary.failed
+
+
+def test_the_gap_guard_counts_only_the_cubes_grid(archive, early_cube, tmp_path, capsys):
+    """Another grid's file months ahead is no file of the cube's: appending up to it is a gap."""
+    store = tmp_path / "cube.zarr"
+    shutil.copytree(early_cube, store)
+    source = _split(archive, tmp_path / "src", ARCHIVE_START, ARCHIVE_END)
+    write_archive(source / "south", dt.date(2024, 8, 20), dt.date(2024, 8, 20), step=16,
+                  missing_days=[], grid="s6250")
+    before = _store_hashes(store)
+    code = main(["update", "--store", str(store), "--source", str(source), "--end", "20240820",
+                 "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--allow-gap" in err and f"no file after {ARCHIVE_END}" in err, err
+    assert _store_hashes(store) == before
