@@ -467,13 +467,14 @@ def _day_lists(attrs: dict, days: list[dt.date], observed: set[dt.date],
     import json
 
     record = json.loads(attrs.get("sicube_build") or "{}")
-    failed_raw = attrs.get(cube.FAILED_DAYS)
+    failed_raw = cube.record_attr(attrs, cube.FAILED_DAYS)
     if failed_raw is None:
         failed_raw = record.get("failed") or {}
     failed = {parse_date(k): str(v) for k, v in sorted(failed_raw.items())}
     if cube.MISSING_DAYS in attrs:
-        missing = _day_keys(attrs[cube.MISSING_DAYS])
-        seen = observed | _day_keys(attrs.get(cube.SOURCE_FILES)) | missing | set(failed)
+        missing = _day_keys(cube.record_attr(attrs, cube.MISSING_DAYS))
+        ingested = _day_keys(cube.record_attr(attrs, cube.SOURCE_FILES))
+        seen = observed | ingested | missing | set(failed)
         not_ingested = [d for d in days if d not in seen]
     else:
         if cube.cube_status(attrs) == cube.COMPLETE or "ingested" not in record:
@@ -504,16 +505,18 @@ def _cube_info(path: Path | str, storage_options: dict | None = None) -> Info:
             compression[name] = ", ".join(_codec_text(c) for c in codecs) or "none"
     time_chunk = chunks.get(cube.RAW, (1,))[0]
     missing, failed, not_ingested = _day_lists(attrs, days, seen, time_chunk)
+    sources = cube.record_attr(attrs, cube.SOURCE_FILES, {})
     provenance = {key: attrs[key] for key in PROVENANCE_KEYS if key in attrs}
-    provenance["source_files"] = len(attrs.get(cube.SOURCE_FILES) or {})
+    if "fill_parameters" in provenance:
+        provenance["fill_parameters"] = cube.record_attr(attrs, "fill_parameters")
+    provenance["source_files"] = len(sources)
     try:
         crs = products.GridCRS.from_attrs(ds[cube.GRID_MAPPING].attrs)
     except (KeyError, ValueError):
         crs = None
     hole = (int(np.count_nonzero(group[cube.POLE_HOLE][:])) if cube.POLE_HOLE in group
             else None)
-    names = [str(v.get("name", "")) for v in (attrs.get(cube.SOURCE_FILES) or {}).values()
-             if isinstance(v, dict)]
+    names = [str(v.get("name", "")) for v in sources.values() if isinstance(v, dict)]
     return Info("cube", path, **_grid_info(ds["x"].values, ds["y"].values,
                                            names[0] if names else None),
                 crs=_crs_text(crs), flag_counts=_flag_counts(attrs), pole_hole_cells=hole,
