@@ -248,6 +248,9 @@ def export_mask(store: str | os.PathLike, output: str | os.PathLike,
         if name in out:
             out[name].encoding["_FillValue"] = None
     tmp = output.with_name(f".{output.name}.part")
-    out.to_netcdf(tmp, engine="netcdf4")
-    os.replace(tmp, output)
+    try:
+        out.to_netcdf(tmp, engine="netcdf4")
+        os.replace(tmp, output)
+    except OSError as err:  # netCDF4's error names no file: name the one asked for
+        raise OSError(err.errno, err.strerror or str(err), str(output)) from None
     return output, float(land.mean())

@@ -347,13 +347,14 @@ def grid_text(x: np.ndarray, y: np.ndarray, named: str | None = None) -> str:
     there is one; a sentence saying so when they are none of the product grids.
 
     A coarsened 3.125 km grid is also the 6.25 km grid coarsened half as much: the grid the
-    file names say (`named`) is taken when the cells are it, else the least coarsened one.
+    file names say (`named`) is taken when the cells are it, else the finest source grid
+    (a cube with no day ingested names no file; n3125 is the default grid).
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     matching = [g for g in products.GRIDS.values() if g.matches(x, y)]
     if not matching:
         return "none of the product grids (" + ", ".join(products.GRIDS) + ")"
-    grid = next((g for g in matching if g.name == named), None) or max(
+    grid = next((g for g in matching if g.name == named), None) or min(
         matching, key=lambda g: g.cell_size)
     step = int(round(float(x[1] - x[0]) / grid.cell_size))
     return grid.name + (f" coarsened {step} times" if step > 1 else "")
