@@ -11,6 +11,7 @@ are connected to the pole. They are ocean under the sensor's blind spot, not lan
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -240,7 +241,9 @@ def export_mask(store: str | os.PathLike, output: str | os.PathLike,
         attrs={"Conventions": "CF-1.9", "title": "land mask from NaN frequency (sicube)",
                "threshold": float(threshold),
                "mask_span": str(ds.attrs.get("mask_span", "")),
-               "source_cube": str(store)},
+               "source_cube": str(store),
+               "history": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%S+00:00}: "
+                          f"sicube mask of {store}"},
     )
     for name in variables:
         out[name].encoding = {"zlib": True, "complevel": 4}

@@ -66,6 +66,7 @@ def test_the_mask_file_passes_the_cf_checker(small_cube, tmp_path):
     assert main(["mask", "--store", str(small_cube), "-o", str(out)]) == 0
     assert cf_errors(out) == []
     with xr.open_dataset(out) as ds:
+        assert ds.attrs["history"]
         # land_mask's own attributes: pole_hole's comment does not leak onto it
         assert set(ds[cube.LAND].attrs) == set(cube.ATTRS[cube.LAND])
         assert ds[cube.LAND].attrs["long_name"] == cube.ATTRS[cube.LAND]["long_name"]
