@@ -474,19 +474,22 @@ def _read_state(group) -> BuildState:
         raise BadInput(f"{group.store}: a cube from an older sicube (no day lists); "
                        "rebuild it into a new store")
     data = json.loads(attrs[STATE])
-    data.update(observed=dict(attrs[cube.SOURCE_FILES]), missing=list(attrs[cube.MISSING_DAYS]),
-                failed=dict(attrs[cube.FAILED_DAYS]),
-                suspicious=dict(attrs.get(cube.SUSPICIOUS_DAYS) or {}))
+    data.update(observed=cube.record_attr(attrs, cube.SOURCE_FILES, {}),
+                missing=cube.record_attr(attrs, cube.MISSING_DAYS, []),
+                failed=cube.record_attr(attrs, cube.FAILED_DAYS, {}),
+                suspicious=cube.record_attr(attrs, cube.SUSPICIOUS_DAYS, {}))
     return BuildState.from_json(json.dumps(data))
 
 
 def _state_attrs(state: BuildState) -> dict:
     """The state as group attributes: the day lists under their own names (so that `info`
-    and other readers see them without knowing the builder's record), the rest as JSON."""
+    and other readers see them without knowing the builder's record), each as JSON (an
+    update of a cube from an earlier release rewrites its dict-valued ones so)."""
     data = json.loads(state.to_json())
-    return {cube.SOURCE_FILES: data.pop("observed"), cube.MISSING_DAYS: data.pop("missing"),
-            cube.FAILED_DAYS: data.pop("failed"),
-            cube.SUSPICIOUS_DAYS: data.pop("suspicious"), STATE: json.dumps(data, sort_keys=True)}
+    return cube.record_attrs({
+        cube.SOURCE_FILES: data.pop("observed"), cube.MISSING_DAYS: data.pop("missing"),
+        cube.FAILED_DAYS: data.pop("failed"), cube.SUSPICIOUS_DAYS: data.pop("suspicious"),
+        STATE: json.dumps(data, sort_keys=True)})
 
 
 def _save(group, state: BuildState) -> None:
@@ -1063,11 +1066,18 @@ def _finish(group, state: BuildState, summary: BuildSummary, src: Source,
     state.complete_through = state.args.end
     state.updating_from = None
     _save(group, state)
-    _set_status(group, cube.COMPLETE, **{
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    # CF's history: one line per build or update that finished, the newest last.
+    history = "\n".join(filter(None, (str(group.attrs.get("history") or ""),
+                                       f"{now}: sicube {__version__} filled the days "
+                                       f"{state.args.start} to {state.args.end} from {src.where}")))
+    found = products.grid_of_coords(group["x"][:], group["y"][:])
+    _set_status(group, cube.COMPLETE, **cube.record_attrs({
         cube.LAST_ERROR: "",
         cube.SOURCE_URL: src.base_url or "",
         SOURCE_URLS: list(src.base_urls or ()),
-        SOURCE_GRID: src.grid or "",
+        # The grid fetched, else (a folder) the product grid the cube's cells are.
+        SOURCE_GRID: src.grid or (found.name if found else ""),
         SOURCE_SENSOR: src.sensor,
         cube.SOURCE_DIRECTORY: str(src.directory or ""),
         "fill_parameters": state.args.fill.to_dict(),
@@ -1077,8 +1087,9 @@ def _finish(group, state: BuildState, summary: BuildSummary, src: Source,
         "suspicious_policy": state.args.suspicious,
         "quality_rules": state.args.quality.to_dict(),
         "sicube_version": __version__,
-        "build_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    })
+        "build_time": now,
+        "history": history,
+    }))
 
 
 @contextlib.contextmanager
@@ -1492,7 +1503,7 @@ def _update_source(group, base_url, source, raw_dir, sensor: str | None = None) 
             raise BadInput(f"the cube's source folder {folder} is gone; give --source or "
                            "--base-url")
         return _source(None, folder, raw_dir, grid, sensor)
-    hosts = list(attrs.get(SOURCE_URLS) or []) or attrs.get(cube.SOURCE_URL) or None
+    hosts = list(cube.record_attr(attrs, SOURCE_URLS) or []) or attrs.get(cube.SOURCE_URL) or None
     return _source(hosts, None, raw_dir, grid, sensor)
 
 

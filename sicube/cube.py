@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import json
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -67,6 +68,28 @@ DAY_QUALITY = "day_quality"
 DAY_STATS = (OBS_FRACTION, ZERO_FRACTION, MEAN_CONC, EXTENT_RAW)
 DAY_VARS = (*DAY_STATS, DAY_QUALITY)
 SUSPICIOUS_DAYS = "suspicious_days"
+# The group attributes above that hold records (dicts, lists: the day lists, the fill and
+# quality parameters, the hosts) are stored as JSON strings, so that every attribute is
+# netCDF-legal and `xarray.Dataset.to_netcdf` takes a cube as it opens; cubes of earlier
+# releases hold them as JSON values. Read them with `record_attr`.
+
+
+def record_attr(source, name: str, default=None):
+    """The record group attribute `name` decoded (a dict or a list), whether stored as a JSON
+    string or, by earlier releases, as the JSON value itself; `default` when absent or empty.
+
+    `source`: a Zarr group, an xarray Dataset (its attrs) or a mapping of group attributes.
+    """
+    value = getattr(source, "attrs", source).get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def record_attrs(attrs: Mapping) -> dict:
+    """`attrs` with every record (dict, list, tuple) as a JSON string (see `record_attr`)."""
+    return {key: json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+            for key, value in attrs.items()}
 
 
 class FillFlag(enum.IntEnum):
@@ -126,12 +149,17 @@ ATTRS: dict[str, dict] = {
           "units": "m", "axis": "X"},
     "y": {"standard_name": "projection_y_coordinate", "long_name": "y of cell centre",
           "units": "m", "axis": "Y"},
+    # The one variable with the standard name (so that `ds.cf["sea_ice_area_fraction"]` is
+    # it); the raw field, the same quantity before the fill, is its ancillary variable.
     CONC: {"standard_name": "sea_ice_area_fraction", "units": "1",
            "long_name": "sea-ice concentration, gaps filled, land 0",
-           "grid_mapping": GRID_MAPPING, "ancillary_variables": FLAG},
-    RAW: {"standard_name": "sea_ice_area_fraction", "units": "%",
+           "grid_mapping": GRID_MAPPING, "ancillary_variables": f"{FLAG} {RAW}",
+           "cell_measures": f"area: {CELL_AREA}"},
+    RAW: {"units": "%",
           "long_name": "sea-ice concentration as in the source files (NaN = missing)",
-          "grid_mapping": GRID_MAPPING},
+          "comment": "sea_ice_area_fraction in percent before the gap fill; the canonical "
+                     "field is sea_ice_conc",
+          "grid_mapping": GRID_MAPPING, "cell_measures": f"area: {CELL_AREA}"},
     FLAG: {"long_name": "how each sea_ice_conc value was obtained",
            "flag_values": np.arange(len(FLAG_MEANINGS), dtype=np.uint8),
            "flag_meanings": " ".join(FLAG_MEANINGS), "grid_mapping": GRID_MAPPING},
@@ -233,7 +261,8 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
                 "time": ("time", to_datetime64(days), ATTRS["time"]),
                 "y": ("y", np.asarray(y, np.float64), ATTRS["y"]),
                 "x": ("x", np.asarray(x, np.float64), ATTRS["x"])},
-        attrs={"Conventions": "CF-1.8", "title": "AMSR2 ASI sea-ice concentration datacube",
+        # CF-1.9: the first version to allow the unsigned types of the flag variables.
+        attrs={"Conventions": "CF-1.9", "title": "AMSR2 ASI sea-ice concentration datacube",
                "sicube_version": __version__, MARKER: FORMAT_VERSION, **(attrs or {})},
     )
     for name in (*CUBE_VARS, *GRID_VARS):
@@ -245,14 +274,15 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
     for name in (EXTENT, AREA):
         ds[name].encoding.update(_FillValue=np.nan, chunks=(max(nt, 1),))
     ds["time"].encoding.update(units="days since 1970-01-01", dtype="int32", chunks=(max(nt, 1),))
+    for name in ("x", "y"):  # CF: coordinate variables have no missing values
+        ds[name].encoding["_FillValue"] = None
     return ds
 
 
 def suspicious_days(source) -> dict[dt.date, str]:
     """The cube's suspicious days and why, in day order, from a Zarr group, an xarray
     Dataset (its attrs) or a mapping of group attributes; {} for a cube without any."""
-    attrs = getattr(source, "attrs", source)
-    found = dict(attrs.get(SUSPICIOUS_DAYS) or {})
+    found = dict(record_attr(source, SUSPICIOUS_DAYS) or {})
     return {dt.datetime.strptime(str(k), "%Y%m%d").date(): str(v) for k, v in sorted(found.items())}
 
 
@@ -381,8 +411,6 @@ def cube_status(attrs: Mapping) -> str:
     """
     if STATUS in attrs:
         return str(attrs[STATUS])
-    import json
-
     record = json.loads(attrs.get("sicube_build", "{}"))
     return COMPLETE if record.get("complete") else BUILDING
 
@@ -407,7 +435,8 @@ def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
     """Open a sicube cube lazily (dask arrays).
 
     `store` is a path or any fsspec URL (``s3://``, ``http://``, ``memory://``, ...), with
-    `storage_options` for its file system. BadInput when `store` cannot be read or is not a
+    `storage_options` for its file system. It writes a CF-valid netCDF file with
+    `to_netcdf` (`netcdf_ready`). BadInput when `store` cannot be read or is not a
     cube; IncompleteCube when its build or update has not finished, unless
     `allow_incomplete` (then its unwritten cells read as NaN / 0). `kwargs` go to
     `xarray.open_zarr`.
@@ -423,6 +452,25 @@ def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
             # A cube mid-build may have no current consolidated metadata (the builder
             # re-consolidates at each state change); reading without it is right, not news.
             warnings.filterwarnings("ignore", message=".*consolidated metadata.*")
-            return xr.open_zarr(group.store, **kwargs)
+            ds = xr.open_zarr(group.store, **kwargs)
     except (OSError, ValueError, KeyError) as err:  # a variable's metadata unreadable or corrupt
         raise BadInput(f"store: {store} cannot be read as a cube ({_reason(err)})") from None
+    return netcdf_ready(ds)
+
+
+def netcdf_ready(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` (as opened from Zarr) set to write a CF-valid netCDF file with `to_netcdf`.
+
+    Zarr stores attributes as JSON, which has no integer types: flag_values / flag_masks
+    open as lists of ints (int64 in a netCDF file, which CF forbids on a uint8 flag
+    variable), so they get the variable's type. xarray gives float variables a NaN
+    _FillValue in netCDF unless told not to, which CF forbids on coordinate variables.
+    """
+    for var in ds.variables.values():
+        for key in ("flag_values", "flag_masks"):
+            if key in var.attrs and var.dtype.kind in "iu":
+                var.attrs[key] = np.asarray(var.attrs[key], dtype=var.dtype)
+    for name in ("x", "y"):
+        if name in ds.variables:
+            ds[name].encoding["_FillValue"] = None
+    return ds

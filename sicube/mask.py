@@ -11,6 +11,7 @@ are connected to the pole. They are ocean under the sensor's blind spot, not lan
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -226,27 +227,33 @@ def export_mask(store: str | os.PathLike, output: str | os.PathLike,
         threshold = ds.attrs.get("mask_threshold", np.nan)
     else:
         land = land_from_ratio(ratio, check_threshold(threshold))
-    variables = {cube.LAND: land.assign_attrs(cube.ATTRS[cube.LAND]), cube.NAN_RATIO: ratio}
     if cube.POLE_HOLE in ds:
         hole = ds[cube.POLE_HOLE].load()
+        land = (land * (1 - hole)).astype(np.uint8)  # the pole hole stays ocean
+    # land_mask's own attributes only: arithmetic carries its operands' (pole_hole's comment).
+    land.attrs = dict(cube.ATTRS[cube.LAND])
+    variables = {cube.LAND: land, cube.NAN_RATIO: ratio}
+    if cube.POLE_HOLE in ds:
         variables[cube.POLE_HOLE] = hole
-        # The pole hole stays ocean whatever the threshold.
-        variables[cube.LAND] = (land * (1 - hole)).astype(np.uint8).assign_attrs(
-                cube.ATTRS[cube.LAND])
     out = xr.Dataset(
         variables,
         coords={"x": ds["x"], "y": ds["y"], cube.GRID_MAPPING: ds[cube.GRID_MAPPING]},
-        attrs={"Conventions": "CF-1.8", "title": "land mask from NaN frequency (sicube)",
+        attrs={"Conventions": "CF-1.9", "title": "land mask from NaN frequency (sicube)",
                "threshold": float(threshold),
                "mask_span": str(ds.attrs.get("mask_span", "")),
-               "source_cube": str(store)},
+               "source_cube": str(store),
+               "history": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%S+00:00}: "
+                          f"sicube mask of {store}"},
     )
     for name in variables:
         out[name].encoding = {"zlib": True, "complevel": 4}
-    for name in (cube.LAND, cube.POLE_HOLE):
+    for name in (cube.LAND, cube.POLE_HOLE, "x", "y"):  # CF: no fill value on coordinates
         if name in out:
             out[name].encoding["_FillValue"] = None
     tmp = output.with_name(f".{output.name}.part")
-    out.to_netcdf(tmp, engine="netcdf4")
-    os.replace(tmp, output)
+    try:
+        out.to_netcdf(tmp, engine="netcdf4")
+        os.replace(tmp, output)
+    except OSError as err:  # netCDF4's error names no file: name the one asked for
+        raise OSError(err.errno, err.strerror or str(err), str(output)) from None
     return output, float(land.mean())

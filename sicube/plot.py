@@ -439,7 +439,7 @@ def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None,
                                            f"({counts[flag]:.1%})")
                       for flag, meaning in zip(FillFlag, cube.FLAG_MEANINGS, strict=True)])
     axes[2].set_title("fill_flag", fontsize=10)
-    params = ds.attrs.get("fill_parameters") or {}
+    params = cube.record_attr(ds, "fill_parameters", {})
     detail = ", ".join(f"{k}={v}" for k, v in params.items())
     observed = "" if ds[cube.OBSERVED].values[index] else " (no source file for this day)"
     fig.suptitle(f"Gap filling on {day.isoformat()}{observed} - {name}"

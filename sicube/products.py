@@ -430,6 +430,7 @@ def _grid_mapping_attrs(epsg: int | None, wkt: str | None) -> tuple:
         # pyproj leaves it out for variant B; CF readers (and GDAL's files) expect it.
         attrs.setdefault("latitude_of_projection_origin",
                          -90.0 if float(attrs.get("standard_parallel", 90.0)) < 0 else 90.0)
+    attrs.setdefault("long_name", f"coordinate reference system: {crs.name}")
     attrs["spatial_ref"] = attrs["crs_wkt"]  # what GDAL and rioxarray look for
     if epsg is not None:
         attrs["epsg_code"] = f"EPSG:{epsg}"

@@ -347,13 +347,14 @@ def grid_text(x: np.ndarray, y: np.ndarray, named: str | None = None) -> str:
     there is one; a sentence saying so when they are none of the product grids.
 
     A coarsened 3.125 km grid is also the 6.25 km grid coarsened half as much: the grid the
-    file names say (`named`) is taken when the cells are it, else the least coarsened one.
+    file names say (`named`) is taken when the cells are it, else the finest source grid
+    (a cube with no day ingested names no file; n3125 is the default grid).
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     matching = [g for g in products.GRIDS.values() if g.matches(x, y)]
     if not matching:
         return "none of the product grids (" + ", ".join(products.GRIDS) + ")"
-    grid = next((g for g in matching if g.name == named), None) or max(
+    grid = next((g for g in matching if g.name == named), None) or min(
         matching, key=lambda g: g.cell_size)
     step = int(round(float(x[1] - x[0]) / grid.cell_size))
     return grid.name + (f" coarsened {step} times" if step > 1 else "")
@@ -467,13 +468,14 @@ def _day_lists(attrs: dict, days: list[dt.date], observed: set[dt.date],
     import json
 
     record = json.loads(attrs.get("sicube_build") or "{}")
-    failed_raw = attrs.get(cube.FAILED_DAYS)
+    failed_raw = cube.record_attr(attrs, cube.FAILED_DAYS)
     if failed_raw is None:
         failed_raw = record.get("failed") or {}
     failed = {parse_date(k): str(v) for k, v in sorted(failed_raw.items())}
     if cube.MISSING_DAYS in attrs:
-        missing = _day_keys(attrs[cube.MISSING_DAYS])
-        seen = observed | _day_keys(attrs.get(cube.SOURCE_FILES)) | missing | set(failed)
+        missing = _day_keys(cube.record_attr(attrs, cube.MISSING_DAYS))
+        ingested = _day_keys(cube.record_attr(attrs, cube.SOURCE_FILES))
+        seen = observed | ingested | missing | set(failed)
         not_ingested = [d for d in days if d not in seen]
     else:
         if cube.cube_status(attrs) == cube.COMPLETE or "ingested" not in record:
@@ -504,16 +506,18 @@ def _cube_info(path: Path | str, storage_options: dict | None = None) -> Info:
             compression[name] = ", ".join(_codec_text(c) for c in codecs) or "none"
     time_chunk = chunks.get(cube.RAW, (1,))[0]
     missing, failed, not_ingested = _day_lists(attrs, days, seen, time_chunk)
+    sources = cube.record_attr(attrs, cube.SOURCE_FILES, {})
     provenance = {key: attrs[key] for key in PROVENANCE_KEYS if key in attrs}
-    provenance["source_files"] = len(attrs.get(cube.SOURCE_FILES) or {})
+    if "fill_parameters" in provenance:
+        provenance["fill_parameters"] = cube.record_attr(attrs, "fill_parameters")
+    provenance["source_files"] = len(sources)
     try:
         crs = products.GridCRS.from_attrs(ds[cube.GRID_MAPPING].attrs)
     except (KeyError, ValueError):
         crs = None
     hole = (int(np.count_nonzero(group[cube.POLE_HOLE][:])) if cube.POLE_HOLE in group
             else None)
-    names = [str(v.get("name", "")) for v in (attrs.get(cube.SOURCE_FILES) or {}).values()
-             if isinstance(v, dict)]
+    names = [str(v.get("name", "")) for v in sources.values() if isinstance(v, dict)]
     return Info("cube", path, **_grid_info(ds["x"].values, ds["y"].values,
                                            names[0] if names else None),
                 crs=_crs_text(crs), flag_counts=_flag_counts(attrs), pole_hole_cells=hole,

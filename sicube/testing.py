@@ -66,12 +66,13 @@ def synthetic_cube(path: str | os.PathLike, *, start: DateLike = SYNTHETIC_START
     observed = np.ones(n_days, bool)
     observed[missing] = False
     # What the builder writes when it finishes: the state and the per-day record.
-    attrs = {cube.STATUS: cube.COMPLETE,
-             cube.SOURCE_FILES: {str(yyyymmdd(d)): {"name": f"synthetic-{yyyymmdd(d)}.nc",
-                                                    "sha256": ""}
-                                 for d, seen in zip(days, observed, strict=True) if seen},
-             cube.MISSING_DAYS: [int(yyyymmdd(days[i])) for i in missing],
-             cube.FAILED_DAYS: {}, cube.SOURCE_DIRECTORY: "", cube.SOURCE_URL: ""}
+    attrs = cube.record_attrs({
+        cube.STATUS: cube.COMPLETE,
+        cube.SOURCE_FILES: {str(yyyymmdd(d)): {"name": f"synthetic-{yyyymmdd(d)}.nc",
+                                               "sha256": ""}
+                            for d, seen in zip(days, observed, strict=True) if seen},
+        cube.MISSING_DAYS: [int(yyyymmdd(days[i])) for i in missing],
+        cube.FAILED_DAYS: {}, cube.SOURCE_DIRECTORY: "", cube.SOURCE_URL: ""})
     ds = cube.template(days, x, y, epsg, chunks={**SYNTHETIC_CHUNKS, **(chunks or {})},
                        attrs=attrs)
     land = np.zeros((ny, nx), np.uint8)

@@ -180,10 +180,10 @@ def test_build_with_a_dead_primary_records_the_fallback_host_per_day(mirror, tmp
                     raw_dir=tmp_path / "raw", **SMALL)
     assert summary.exit_code == 0 and len(summary.observed) == 4
     ds = xr.open_zarr(store)
-    sources = ds.attrs[cube.SOURCE_FILES]
+    sources = cube.record_attr(ds, cube.SOURCE_FILES)
     assert {_host(p["url"]) for p in sources.values()} == {_host(mirror.base_url)}
     assert {p["version"] for p in sources.values()} == {"v5.4"}
-    assert ds.attrs["source_base_urls"][1] == mirror.base_url
+    assert cube.record_attr(ds, "source_base_urls")[1] == mirror.base_url
 
 
 def test_the_cache_folder_is_the_first_hosts():
@@ -218,7 +218,7 @@ def test_a_v54_404_falls_back_to_v5_and_records_the_version(v5_archive, tmp_path
         summary = build("20240401", "20240404", store, base_url=mirror.base_url,
                         raw_dir=tmp_path / "raw2", **SMALL)
     assert summary.exit_code == 0 and len(summary.observed) == 4
-    sources = xr.open_zarr(store).attrs[cube.SOURCE_FILES]
+    sources = cube.record_attr(xr.open_zarr(store), cube.SOURCE_FILES)
     assert sources["20240402"]["version"] == "v5" and sources["20240402"]["name"] == v5.name
     assert sources["20240402"]["url"].endswith(f"/2024/{v5.name}")
     assert sources["20240401"]["version"] == "v5.4"
@@ -282,7 +282,7 @@ def test_one_cube_spans_amsre_and_amsr2_with_the_sensor_per_day(tmp_path):
                                    codes["amsr2"] if d >= AMSR2_FIRST else 0 for d in days])
     assert ds[cube.SENSOR].attrs["flag_meanings"].split() == list(cube.SENSOR_MEANINGS)
     assert not ds[cube.OBSERVED].values[[d in set(gap) for d in days]].any()
-    sources = ds.attrs[cube.SOURCE_FILES]
+    sources = cube.record_attr(ds, cube.SOURCE_FILES)
     assert "/amsre/asi_daygrid_swath/n6250/netcdf/2011/asi-n6250-20111001-v5.4.nc" in \
         sources["20111001"]["url"]
     assert sources["20120702"]["sensor"] == "amsr2" and "/amsr2/" in sources["20120702"]["url"]

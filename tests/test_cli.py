@@ -231,6 +231,24 @@ def test_a_store_without_read_permission_is_one_line(small_cube, tmp_path, comma
     assert str(store) in done.stderr and "ermission denied" in done.stderr, done.stderr
 
 
+def test_mask_output_in_a_read_only_folder_names_the_path(small_cube, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    out = locked / "mask.nc"
+    try:
+        done = subprocess.run([*_without_root_override(), sys.executable, "-m", "sicube",
+                               "mask", "--store", str(small_cube), "-o", str(out)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert str(out) in done.stderr and "ermission denied" in done.stderr, done.stderr
+    assert not any(locked.iterdir())
+
+
 @pytest.mark.parametrize("name", ["plot day", "explore", "mask", "report"])
 def test_output_below_a_regular_file_is_one_line(small_cube, tmp_path, capsys, name):
     blocker = tmp_path / "a-file"

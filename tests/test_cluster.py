@@ -137,7 +137,7 @@ def _ingested(store: Path) -> int:
     try:
         attrs = json.loads((store / "zarr.json").read_text())["attributes"]
         json.loads(attrs[STATE])
-        return len(attrs[cube.SOURCE_FILES])
+        return len(cube.record_attr(attrs, cube.SOURCE_FILES, {}))
     except (OSError, ValueError, KeyError):
         return 0
 

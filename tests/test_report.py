@@ -229,6 +229,22 @@ def test_info_of_a_cube_matches_the_store(small_cube):
     assert "height 224 x width 152" in text and "20240405, 20240406" in text
 
 
+def test_info_names_the_grid_of_a_failed_cube_with_no_day_ingested(small_cube, tmp_path,
+                                                                    capsys):
+    # No source file names the grid: n3125 coarsened 16 times is also n6250 coarsened 8
+    # times; the finest source grid that explains the cells is the one said.
+    import shutil
+
+    from .test_cube import set_attrs
+
+    store = tmp_path / "failed.zarr"
+    shutil.copytree(small_cube, store)
+    set_attrs(store, **{cube.STATUS: "failed: interrupted", cube.SOURCE_FILES: "{}"})
+    assert info(store).grid == "n3125 coarsened 16 times"
+    assert main(["info", str(store)]) == 0
+    assert "grid: n3125 coarsened 16 times" in capsys.readouterr().out
+
+
 def test_info_of_a_folder_and_a_file(archive, capsys):
     folder = info(archive.root)
     assert folder.kind == "folder" and folder.grid_shape == (224, 152)

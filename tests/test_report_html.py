@@ -74,7 +74,8 @@ def rich_cube(tmp_path_factory):
     with pytest.warns(UserWarning, match="[Cc]onsolidated"):
         added.to_zarr(path, mode="a", zarr_format=3)  # (it sets the group's attributes anew)
     group = zarr.open_group(path, mode="r+")
-    missing = [d for d in attrs[cube.MISSING_DAYS] if d != yyyymmdd(_day(FAILED_INDEX))]
+    missing = [d for d in cube.record_attr(attrs, cube.MISSING_DAYS)
+               if d != yyyymmdd(_day(FAILED_INDEX))]
     group.attrs.update({**attrs, cube.MISSING_DAYS: missing,
                         cube.SUSPICIOUS_DAYS: {str(yyyymmdd(_day(SUSPICIOUS_INDEX))):
                                                SUSPICIOUS_REASON},
@@ -177,7 +178,7 @@ def test_an_unfinished_cube_is_refused_unless_allowed(plain_cube, tmp_path, caps
     shutil.copytree(plain_cube, store)
     group = zarr.open_group(store, mode="r+")
     group[cube.OBSERVED][26:] = False
-    files = {k: v for k, v in group.attrs[cube.SOURCE_FILES].items()
+    files = {k: v for k, v in cube.record_attr(group, cube.SOURCE_FILES).items()
              if int(k) < yyyymmdd(_day(26))}
     group.attrs.update({cube.STATUS: cube.BUILDING, cube.SOURCE_FILES: files})
     out = tmp_path / "r.html"
