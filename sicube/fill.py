@@ -355,12 +355,21 @@ def _fill_parallel(v, land, has_land, core, tile, tw, sw, gt, gs, n_groups):
     return out
 
 
-def _weights(time_window: int, space_window: int, alpha: float, sigma: float):
-    """One-sided 1-D weights: gt[k] for |Δt| = k and gs[k] for |Δy| or |Δx| = k."""
-    k_t = np.arange(time_window + 1, dtype=np.float64)
-    k_s = np.arange(space_window + 1, dtype=np.float64)
-    gt = np.exp(-alpha * k_t**2 / (2.0 * sigma**2))
-    gs = np.exp(-(k_s**2) / (2.0 * sigma**2))
+@njit(nogil=True, cache=True)
+def _weights(time_window, space_window, alpha, sigma):
+    """One-sided 1-D weights: gt[k] for |Δt| = k and gs[k] for |Δy| or |Δx| = k.
+
+    Compiled, and the one source of the weights for every path (the NumPy fill, the builder's
+    blocks, both gufuncs), so that they fill bit for bit alike: NumPy's own ``np.exp`` (an
+    AVX-512 version on CPUs that have it) can differ from the C library's ``exp`` numba calls
+    by one unit in the last place, which a float64 fill keeps.
+    """
+    gt = np.empty(time_window + 1)
+    gs = np.empty(space_window + 1)
+    for k in range(time_window + 1):
+        gt[k] = math.exp(-alpha * np.float64(k) ** 2 / (2.0 * sigma**2))
+    for k in range(space_window + 1):
+        gs[k] = math.exp(-(np.float64(k) ** 2) / (2.0 * sigma**2))
     return gt, gs
 
 
@@ -883,8 +892,7 @@ def _gufunc_body(array, land, core, time_window, space_window, alpha, sigma, out
     """Fill the ``core`` region (t0, t1, y0, y1, x0, x1) of one array into ``out``; the cells
     outside the core are copied (they are the halo a Dask block brings along)."""
     tw, sw = np.int64(time_window), np.int64(space_window)
-    gt = np.exp(-alpha * np.arange(tw + 1).astype(np.float64) ** 2 / (2.0 * sigma**2))
-    gs = np.exp(-(np.arange(sw + 1).astype(np.float64) ** 2) / (2.0 * sigma**2))
+    gt, gs = _weights(tw, sw, alpha, sigma)  # the weights of every other path, bit for bit
     v = np.ascontiguousarray(array)
     ct0, ct1, cy0, cy1, cx0, cx1 = core[0], core[1], core[2], core[3], core[4], core[5]
     filled = _fill_serial(v, np.ascontiguousarray(land), True, (ct0, ct1, cy0, cy1, cx0, cx1),
