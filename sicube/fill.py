@@ -57,6 +57,10 @@ from sicube.errors import BadInput
 WEIGHT_SUM_MIN = 1e-6
 """A missing cell whose neighbours' weight sum is at or below this stays missing (SPEC 4)."""
 
+# The smallest weight sum the kernel divides by (the cells below WEIGHT_SUM_MIN are not filled
+# anyway): positive, so that no column divides 0 by 0.
+_NO_WEIGHT = WEIGHT_SUM_MIN / 2
+
 # Tile (y, x) of one frame the kernel fills at a time: its float64 buffers, (64 + 2w) x (256 + 2w)
 # twice, stay in a core's L2 cache for the default space_window of 7.
 TILE = (64, 256)
@@ -267,9 +271,16 @@ def _fill_tile(
         vrow = v[t, y, tx0 + xa : tx0 + xb]
         orow = out[t - ot, y - oy, tx0 - ox + xa : tx0 - ox + xb]
         lrow = land[y, tx0 + xa : tx0 + xb] if has_land else no_land[: xb - xa]
+        # The quotients first, for every column, by a weight sum raised to at least
+        # _NO_WEIGHT: dividing only under the condition below, LLVM's vectorized loop divided
+        # in every lane anyway, 0/0 in the lanes without weight, which raises the CPU's
+        # "invalid" flag (NumPy reports it as a RuntimeWarning after a gufunc). A cell that
+        # gets filled has rseg_d[j] > WEIGHT_SUM_MIN, so its quotient is the plain n / d.
+        for j in range(xb - xa):
+            rseg_n[j] /= max(rseg_d[j], _NO_WEIGHT)
         for j in range(xb - xa):
             if vrow[j] != vrow[j] and lrow[j] == 0 and rseg_d[j] > WEIGHT_SUM_MIN:
-                orow[j] = rseg_n[j] / rseg_d[j]
+                orow[j] = rseg_n[j]
 
 
 @njit(nogil=True, cache=True)
