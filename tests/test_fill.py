@@ -272,7 +272,8 @@ def test_processes_scheduler_matches_oracle():
 
 
 def test_distributed_cluster_matches_oracle():
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     a = _invariance_case()
     with (
         distributed.LocalCluster(
