@@ -57,6 +57,10 @@ from sicube.errors import BadInput
 WEIGHT_SUM_MIN = 1e-6
 """A missing cell whose neighbours' weight sum is at or below this stays missing (SPEC 4)."""
 
+# The smallest weight sum the kernel divides by (the cells below WEIGHT_SUM_MIN are not filled
+# anyway): positive, so that no column divides 0 by 0.
+_NO_WEIGHT = WEIGHT_SUM_MIN / 2
+
 # Tile (y, x) of one frame the kernel fills at a time: its float64 buffers, (64 + 2w) x (256 + 2w)
 # twice, stay in a core's L2 cache for the default space_window of 7.
 TILE = (64, 256)
@@ -267,9 +271,16 @@ def _fill_tile(
         vrow = v[t, y, tx0 + xa : tx0 + xb]
         orow = out[t - ot, y - oy, tx0 - ox + xa : tx0 - ox + xb]
         lrow = land[y, tx0 + xa : tx0 + xb] if has_land else no_land[: xb - xa]
+        # The quotients first, for every column, by a weight sum raised to at least
+        # _NO_WEIGHT: dividing only under the condition below, LLVM's vectorized loop divided
+        # in every lane anyway, 0/0 in the lanes without weight, which raises the CPU's
+        # "invalid" flag (NumPy reports it as a RuntimeWarning after a gufunc). A cell that
+        # gets filled has rseg_d[j] > WEIGHT_SUM_MIN, so its quotient is the plain n / d.
+        for j in range(xb - xa):
+            rseg_n[j] /= max(rseg_d[j], _NO_WEIGHT)
         for j in range(xb - xa):
             if vrow[j] != vrow[j] and lrow[j] == 0 and rseg_d[j] > WEIGHT_SUM_MIN:
-                orow[j] = rseg_n[j] / rseg_d[j]
+                orow[j] = rseg_n[j]
 
 
 @njit(nogil=True, cache=True)
@@ -355,12 +366,21 @@ def _fill_parallel(v, land, has_land, core, tile, tw, sw, gt, gs, n_groups):
     return out
 
 
-def _weights(time_window: int, space_window: int, alpha: float, sigma: float):
-    """One-sided 1-D weights: gt[k] for |Δt| = k and gs[k] for |Δy| or |Δx| = k."""
-    k_t = np.arange(time_window + 1, dtype=np.float64)
-    k_s = np.arange(space_window + 1, dtype=np.float64)
-    gt = np.exp(-alpha * k_t**2 / (2.0 * sigma**2))
-    gs = np.exp(-(k_s**2) / (2.0 * sigma**2))
+@njit(nogil=True, cache=True)
+def _weights(time_window, space_window, alpha, sigma):
+    """One-sided 1-D weights: gt[k] for |Δt| = k and gs[k] for |Δy| or |Δx| = k.
+
+    Compiled, and the one source of the weights for every path (the NumPy fill, the builder's
+    blocks, both gufuncs), so that they fill bit for bit alike: NumPy's own ``np.exp`` (an
+    AVX-512 version on CPUs that have it) can differ from the C library's ``exp`` numba calls
+    by one unit in the last place, which a float64 fill keeps.
+    """
+    gt = np.empty(time_window + 1)
+    gs = np.empty(space_window + 1)
+    for k in range(time_window + 1):
+        gt[k] = math.exp(-alpha * np.float64(k) ** 2 / (2.0 * sigma**2))
+    for k in range(space_window + 1):
+        gs[k] = math.exp(-(np.float64(k) ** 2) / (2.0 * sigma**2))
     return gt, gs
 
 
@@ -883,8 +903,7 @@ def _gufunc_body(array, land, core, time_window, space_window, alpha, sigma, out
     """Fill the ``core`` region (t0, t1, y0, y1, x0, x1) of one array into ``out``; the cells
     outside the core are copied (they are the halo a Dask block brings along)."""
     tw, sw = np.int64(time_window), np.int64(space_window)
-    gt = np.exp(-alpha * np.arange(tw + 1).astype(np.float64) ** 2 / (2.0 * sigma**2))
-    gs = np.exp(-(np.arange(sw + 1).astype(np.float64) ** 2) / (2.0 * sigma**2))
+    gt, gs = _weights(tw, sw, alpha, sigma)  # the weights of every other path, bit for bit
     v = np.ascontiguousarray(array)
     ct0, ct1, cy0, cy1, cx0, cx1 = core[0], core[1], core[2], core[3], core[4], core[5]
     filled = _fill_serial(v, np.ascontiguousarray(land), True, (ct0, ct1, cy0, cy1, cx0, cx1),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import shutil
 
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from sicube import cube
 from sicube.errors import BadInput
@@ -44,11 +46,13 @@ def test_window_sum_is_circular():
 
 
 def _numpy_groupby(store, first, last, k):
-    """The rule by brute force: per slot, every kept day within ±k slots, mean and std."""
+    """The rule by brute force: per slot, every kept day (observed, not flagged suspicious)
+    within ±k slots, mean and std."""
     ds = xr.open_zarr(store)
     times = ds["time"].values.astype("datetime64[D]")
     years = times.astype("datetime64[Y]").astype(int) + 1970
     keep = ds[cube.OBSERVED].values & (years >= first) & (years <= last)
+    keep &= ds[cube.DAY_QUALITY].values == 0
     conc = ds[cube.CONC].values[keep].astype(np.float64)
     slots = clim.day_slot(times[keep])
     mean = np.full((365, *conc.shape[1:]), np.nan)
@@ -73,6 +77,34 @@ def test_climatology_equals_a_numpy_groupby(two_years, tmp_path, k):
     assert summary.days_used == int(got[clim.COUNT].values.sum()) // (2 * k + 1)
     assert got.attrs["half_window"] == k and "29 February" in got.attrs["feb29"]
     assert "2023-2024" in summary.text()
+
+
+def test_suspicious_days_are_left_out(two_years, tmp_path):
+    """Observed days flagged in day_quality (here full of ice, everywhere) count nowhere: not
+    in the mean and std, the number of days used, or the channel statistics. The expectation
+    is plain NumPy on the cube's arrays."""
+    store = tmp_path / "flagged.zarr"
+    shutil.copytree(two_years, store)
+    group = zarr.open_group(store, mode="r+")
+    observed = np.nonzero(group[cube.OBSERVED][:])[0]
+    flagged = observed[[40, 41, 200, 380]]  # observed days in 2023 and 2024
+    for day in flagged:
+        group[cube.DAY_QUALITY][day] = 1
+        group[cube.CONC][day] = np.ones(group[cube.CONC].shape[1:], np.float32)
+    out = tmp_path / "clim.zarr"
+    summary = clim.climatology(store, "2023-2024", out, half_window=3)
+    got = xr.open_zarr(out)
+    ds = xr.open_zarr(store)
+    years = ds["time"].values.astype("datetime64[Y]").astype(int) + 1970
+    kept = ds[cube.OBSERVED].values & (years <= 2024) & (ds[cube.DAY_QUALITY].values == 0)
+    want_mean, want_std = _numpy_groupby(store, 2023, 2024, 3)
+    np.testing.assert_allclose(got[clim.MEAN].values, want_mean, atol=2e-7, equal_nan=True)
+    np.testing.assert_allclose(got[clim.STD].values, want_std, atol=2e-6, equal_nan=True)
+    assert summary.days_used == kept.sum() == (years[observed] <= 2024).sum() - len(flagged)
+    ocean = ds[cube.LAND].values == 0
+    values = ds[cube.CONC].values[kept][:, ocean].astype(np.float64)
+    stats = json.loads(got.attrs[clim.CHANNEL_STATS])
+    assert stats[cube.CONC] == pytest.approx([values.mean(), values.std()], rel=1e-9)
 
 
 def test_channel_stats_are_the_ocean_mean_and_std(two_years, tmp_path):

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import distributed
 import numpy as np
 import pytest
 import zarr
@@ -26,8 +27,6 @@ from sicube.build import STATE, build
 from sicube.mirror import Mirror
 from sicube.sample import write_archive
 from sicube.store import open_store
-
-distributed = pytest.importorskip("distributed")
 
 START, END = dt.date(2024, 3, 1), dt.date(2024, 3, 20)  # 20 days: 5 time chunks of 4
 MISSING = [dt.date(2024, 3, 6), dt.date(2024, 3, 13)]
@@ -196,16 +195,37 @@ def test_a_source_folder_on_a_shared_disk_is_read_by_the_workers(archive, local,
                               np.frombuffer(local[0][name], np.uint8)), name
 
 
+def _fill_task_spans(task_stream: list[dict]) -> list[tuple[str, float, float]]:
+    """(batch, start, stop) of each fill task's computation on a worker, from distributed's
+    task stream. A batch's tasks are named `fill-batch-...` (with dask's finalize step fused
+    in when the batch is one task); the name tells the batches apart."""
+    spans = []
+    for record in task_stream:
+        key = record["key"]
+        name = key[0] if isinstance(key, tuple) else key
+        spans += [(name, span["start"], span["stop"]) for span in record["startstops"]
+                  if name.startswith("fill-batch") and span["action"] == "compute"]
+    return spans
+
+
 def test_fill_batches_run_at_once_to_keep_every_thread_busy(mirror, cluster, tmp_path):
     """One spatial chunk per batch and 2 threads: 4 batches in flight (2 tasks per thread),
-    recorded as they finish in any order; the cube still equals the threaded build."""
+    recorded as they finish in any order; the cube still equals the threaded build. The
+    workers' own record of when each task ran shows fill tasks of different batches running
+    at the same time (one batch at a time would leave a thread idle)."""
     client, _ = cluster
     whole = {"time": 2, "y": 256, "x": 256}  # 10 time chunks, 5 fill batches of 1 task
     kwargs = dict(base_url=mirror.base_url, chunks=whole, progress=False)
     build(START, END, tmp_path / "local.zarr", raw_dir=tmp_path / "raw", **kwargs)
-    summary = build(START, END, tmp_path / "cluster.zarr", raw_dir=tmp_path / "client-raw",
-                    scheduler=client, **kwargs)
+    with distributed.get_task_stream(client) as stream:
+        summary = build(START, END, tmp_path / "cluster.zarr", raw_dir=tmp_path / "client-raw",
+                        scheduler=client, **kwargs)
     assert summary.fill_in_flight == 4
+    spans = _fill_task_spans(stream.data)
+    assert len({batch for batch, _, _ in spans}) == 5  # every batch's task was recorded
+    overlapping = [(a, b) for a in spans for b in spans
+                   if a[0] < b[0] and a[1] < b[2] and b[1] < a[2]]
+    assert overlapping, f"no two batches' fill tasks ran at the same time: {sorted(spans)}"
     _assert_same(tmp_path / "cluster.zarr", _contents(tmp_path / "local.zarr"))
 
 
