@@ -23,6 +23,7 @@ excluded; the builder adds the pole hole (counted as ice for extent, as NSIDC do
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
@@ -183,38 +184,57 @@ def extent_area(conc: np.ndarray, area: np.ndarray, ocean: np.ndarray | None = N
 
     extent = Σ cell area where conc >= 0.15; area = Σ conc x cell area; over `ocean` cells
     (default all; land is 0 in sea_ice_conc anyway). NaN counts as no ice. One compiled
-    pass with float64 sums and no temporaries (`extent_area_sums`, which the fill's
-    finishing pass calls row by row for the builder).
+    pass with fixed-point sums (the same bits on every CPU) and no temporaries
+    (`extent_area_sums`, which the fill's finishing pass calls row by row for the builder).
     """
     conc = np.ascontiguousarray(conc)
     weights = area * KM2 if ocean is None else np.where(ocean, area * KM2, 0.0)
-    out = _extent_area(conc.reshape(conc.shape[0], -1),
-                       np.ascontiguousarray(weights, np.float64).ravel())
+    weights = np.ascontiguousarray(weights, np.float64).ravel()
+    out = _extent_area(conc.reshape(conc.shape[0], -1), weights, fixed_point_scale(weights))
     return out[:, 0], out[:, 1]
 
 
-# reassoc: the sums may be reordered, so that LLVM vectorizes them (5x faster; the result
-# differs from a sequential sum by rounding only, ~1e-14 relative). NaN checks stay exact.
-@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def extent_area_sums(conc, weights):
-    """(extent, area) of one flat frame or row `conc` (fraction; NaN: no ice) with its cells'
-    `weights` (areas): compiled, for `extent_area` and the fill's finishing pass."""
-    extent = ice = 0.0
-    for i in range(conc.size):
-        c = np.float64(conc[i])
-        w = weights[i]
-        ice += c * w if c == c else 0.0  # NaN: no ice
-        extent += w if c >= EXTENT_THRESHOLD else 0.0
-    return extent, ice
+# Sums in fixed point: each term is rounded once to a multiple of 1/scale and the terms are
+# added as integers. A float sum's bits depend on its order, and a vectorized loop's order on
+# the CPU's vector width (a reassociated float sum gave other last bits on an SSE2-only target
+# than on AVX2/AVX-512); integer sums are the same in any order, so every CPU gives the same
+# extent and area, and LLVM still vectorizes the loop (no fastmath needed).
+_FIXED_BITS = 62  # the weights' total in units of 1/scale stays below 2**62: no int64 overflow
+
+
+def fixed_point_scale(weights: np.ndarray) -> float:
+    """The power of two `extent_area_sums` counts in for these cell weights: as fine as their
+    total allows (a term's rounding is 2**-63 of it, a sum's error ~1e-16 relative)."""
+    total = float(np.abs(weights).sum())
+    if not np.isfinite(total):
+        raise ValueError("cell areas must be finite for the extent and area sums")
+    return math.ldexp(1.0, _FIXED_BITS - math.frexp(total)[1]) if total > 0 else 1.0
 
 
 @njit(nogil=True, cache=True)
-def _extent_area(conc, weights):
+def extent_area_sums(conc, weights, scale):
+    """(extent, area) of one flat frame or row `conc` (fraction; NaN: no ice) with its cells'
+    `weights` (areas), in fixed point of `scale` units (`fixed_point_scale` of the weights or
+    of a whole they are part of): compiled, for `extent_area` and the fill's finishing pass.
+    The same bits on every CPU."""
+    extent = 0
+    ice = 0
+    for i in range(conc.size):
+        c = np.float64(conc[i])
+        w = weights[i] * scale  # exact: a power of two
+        ice += np.int64(c * w + 0.5) if c == c else 0  # NaN: no ice
+        extent += np.int64(w + 0.5) if c >= EXTENT_THRESHOLD else 0
+    return extent / scale, ice / scale
+
+
+@njit(nogil=True, cache=True)
+def _extent_area(conc, weights, scale):
     out = np.zeros((conc.shape[0], 2))
     for t in range(conc.shape[0]):
-        out[t, 0], out[t, 1] = extent_area_sums(conc[t], weights)
+        out[t, 0], out[t, 1] = extent_area_sums(conc[t], weights, scale)
     return out
 
 
 __all__ = ["EXTENT_THRESHOLD", "cell_area", "cell_area_parts", "extent_area",
-           "extent_area_sums", "inverse_scale_squared"]
+           "extent_area_sums", "fixed_point_scale",
+           "inverse_scale_squared"]

@@ -937,8 +937,9 @@ def _fill_pole_hole(group, box: tuple[slice, slice, slice], hole: np.ndarray,
     if hole_cells is None:
         return change, 0.0, 0.0
     km2 = hole_cells * area.KM2
-    extent = km2.sum() - (before >= area.EXTENT_THRESHOLD) @ km2
-    ice = (conc[:, hole].astype(np.float64) - before) @ km2
+    # NumPy's row sums, not `@`: BLAS picks its kernel, and so its order of sums, by CPU
+    extent = km2.sum() - np.where(before >= area.EXTENT_THRESHOLD, km2, 0.0).sum(axis=1)
+    ice = ((conc[:, hole].astype(np.float64) - before) * km2).sum(axis=1)
     return change, extent, ice
 
 

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from sicube.area import extent_area_sums
+from sicube.area import extent_area_sums, fixed_point_scale
 from sicube.cube import FillFlag
 from sicube.errors import BadInput
 
@@ -641,7 +641,7 @@ def _flags(source: np.ndarray, filled: np.ndarray, land: np.ndarray | None = Non
     core = (0, source.shape[0], 0, source.shape[1], 0, source.shape[2])
     scratch = np.empty(source.shape, np.float32)
     return _finish_core(source, np.ascontiguousarray(filled), _full_land(land, source.shape),
-                        core, scratch, _NO_WEIGHTS)[0]
+                        core, scratch, _NO_WEIGHTS, 1.0)[0]
 
 
 def _full_land(land: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -661,7 +661,7 @@ _NO_WEIGHTS = np.zeros((0, 0))  # _finish_core: no cell areas, no extent and are
 
 
 @njit(nogil=True, cache=True)
-def _finish_core(source, filled, land, core, fraction, weights):
+def _finish_core(source, filled, land, core, fraction, weights, scale):
     """Flags and each day's counts per flag of a filled core; its fraction into
     ``fraction``; given ``weights`` (the core's (y, x) cell areas; (0, 0): none), each
     day's extent and area.
@@ -703,7 +703,7 @@ def _finish_core(source, filled, land, core, fraction, weights):
                 n_none += frow_flags[x] == _NO_NEIGHBOUR
                 n_land += frow_flags[x] == _LAND
             if weighted:
-                extent, ice = extent_area_sums(out, weights[y])
+                extent, ice = extent_area_sums(out, weights[y], scale)
                 sums[t, 0] += extent
                 sums[t, 1] += ice
         counts[t, _OBSERVED], counts[t, _FILLED] = n_observed, n_filled
@@ -737,7 +737,8 @@ def fill_fraction_block(
     filled = _fill_serial(block, land_arr, land is not None, core, TILE, time_window,
                           space_window, gt, gs)
     weights = _NO_WEIGHTS if cell_km2 is None else np.ascontiguousarray(cell_km2, np.float64)
-    flags, counts, sums = _finish_core(block, filled, land_arr, core, filled, weights)
+    scale = 1.0 if cell_km2 is None else fixed_point_scale(weights)
+    flags, counts, sums = _finish_core(block, filled, land_arr, core, filled, weights, scale)
     return filled, flags, counts, None if cell_km2 is None else sums
 
 

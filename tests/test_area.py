@@ -135,6 +135,41 @@ def test_extent_area_of_a_block_equals_a_direct_sum():
         assert ice[t] == pytest.approx((c * cells * ocean).sum() / 1e6, rel=1e-12)
 
 
+_EXTENT_BITS = """
+import numpy as np
+from sicube import area
+rng = np.random.default_rng(7)
+conc = rng.random((4, 300, 301)).astype(np.float32)
+conc[rng.random(conc.shape) < 0.3] = np.nan
+cells = rng.uniform(9e6, 1e7, (300, 301))
+extent, ice = area.extent_area(conc, cells, rng.random((300, 301)) > 0.2)
+print(np.concatenate([extent, ice]).tobytes().hex())
+"""
+
+
+def test_extent_area_gives_the_same_bits_on_every_cpu(tmp_path):
+    """Compiled afresh for an SSE2-only CPU, for AVX2 and for this machine's CPU, the sums
+    give the same bits (a vectorized float sum's order follows the CPU's vector width)."""
+    import os
+    import subprocess
+    import sys
+
+    bits = {}
+    for cpu in ("generic", "haswell", "host"):
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / cpu)}
+        if cpu != "host":
+            env["NUMBA_CPU_NAME"] = cpu
+        run = subprocess.run([sys.executable, "-c", _EXTENT_BITS], env=env, text=True,
+                             capture_output=True, check=True)
+        bits[cpu] = run.stdout.strip()
+    assert bits["generic"] == bits["haswell"] == bits["host"]
+
+
+def test_extent_area_refuses_cell_areas_that_are_not_finite():
+    with pytest.raises(ValueError, match="finite"):
+        area.extent_area(np.zeros((1, 2, 2), np.float32), np.full((2, 2), np.inf))
+
+
 # --- stored in the cube by the builder, kept current by update ----------------------------------
 
 
