@@ -416,9 +416,12 @@ class SICDataset(Dataset):
         import zarr
 
         from sicube.climatology import MEAN
+        from sicube.store import open_store
 
         if self._clim is None or self._clim[0] != os.getpid():
-            self._clim = (os.getpid(), zarr.open_group(self.climatology, mode="r")[MEAN])
+            # through the one opener, which keeps a remote store's file system per process
+            self._clim = (os.getpid(),
+                          zarr.open_group(open_store(self.climatology), mode="r")[MEAN])
         slots, back = np.unique(self._slots[frames], return_inverse=True)
         means = np.nan_to_num(self._clim[1].oindex[slots, rows, cols])
         return means[back]
