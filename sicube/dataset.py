@@ -416,9 +416,12 @@ class SICDataset(Dataset):
         import zarr
 
         from sicube.climatology import MEAN
+        from sicube.store import open_store
 
         if self._clim is None or self._clim[0] != os.getpid():
-            self._clim = (os.getpid(), zarr.open_group(self.climatology, mode="r")[MEAN])
+            # through the one opener, which keeps a remote store's file system per process
+            self._clim = (os.getpid(),
+                          zarr.open_group(open_store(self.climatology), mode="r")[MEAN])
         slots, back = np.unique(self._slots[frames], return_inverse=True)
         means = np.nan_to_num(self._clim[1].oindex[slots, rows, cols])
         return means[back]
@@ -819,8 +822,10 @@ class SICStream(IterableDataset):
     block_bytes : memory budget for one group's block; sets how many time chunks a
         group spans.
     batch_size : yield stacked batches of this many items, written straight into shared
-        memory in a worker (use ``DataLoader(stream, batch_size=None)``); each worker's
-        last batch may be short. None yields single items.
+        memory in a worker (use ``DataLoader(stream, batch_size=None)``); workers take
+        whole batches, so only the epoch's last batch (of this rank) may be short, and
+        ``len(stream)`` is the number of batches whatever the number of workers. None
+        yields single items.
     prefetch : group reads kept in flight per process (DataLoader worker), on reader
         threads, ahead of the items being yielded; their chunk requests overlap, so a
         remote store's latency is paid about once per `prefetch` groups instead of once
@@ -858,11 +863,10 @@ class SICStream(IterableDataset):
         self._epoch = int(epoch)
 
     def __len__(self) -> int:
-        if self.batch_size is not None:
-            # Each worker ends with its own short batch: the count depends on the workers.
-            raise TypeError("a batched SICStream has no fixed length; len(stream.dataset) "
-                            "gives the items")
-        return len(self.dataset) // self.world_size  # this rank's items
+        """What this rank's DataLoader (``batch_size=None``) yields per epoch, all its workers
+        together: items, or batches with `batch_size` (the last one may be short)."""
+        items = len(self.dataset) // self.world_size
+        return items if self.batch_size is None else -(-items // self.batch_size)
 
     def _group_items(self) -> list[np.ndarray]:
         """Item indices of each chunk group, in cube order."""
@@ -884,7 +888,7 @@ class SICStream(IterableDataset):
         n = len(self.groups)
         order = rng.permutation(n) if self.shuffle and rng is not None else np.arange(n)
         segments = shard_items([len(g) for g in self.groups], order, self.rank,
-                               self.world_size, worker, workers)
+                               self.world_size, worker, workers, unit=self.batch_size or 1)
         return [self.groups[g][a:b] for g, a, b in segments]
 
     def __iter__(self) -> Iterator:

@@ -401,8 +401,8 @@ def _calendar(q: CubeQuality) -> str:
 def _facts(q: CubeQuality) -> str:
     info = q.info
     provenance = getattr(info, "provenance", {}) or {}
-    rows = [("store", q.path), ("state", info.status), ("span", f"{q.days[0]} .. {q.days[-1]} "
-                                                              f"({len(q.days)} days)"),
+    rows = [("store", info.path), ("state", info.status), ("span", f"{q.days[0]} .. {q.days[-1]} "
+                                                                 f"({len(q.days)} days)"),
             ("grid", f"{info.grid}, {info.grid_shape[0]} x {info.grid_shape[1]} cells"),
             ("crs", info.crs), ("source", info.source or "-")]
     rows += [(key.replace("_", " "), value) for key, value in provenance.items()]

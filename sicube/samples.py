@@ -159,7 +159,7 @@ def chunk_groups(window_starts: np.ndarray, patches: np.ndarray, roi: tuple[int,
 
 
 def shard_items(group_sizes, order: np.ndarray, rank: int = 0, world_size: int = 1,
-                worker: int = 0, workers: int = 1) -> list[tuple[int, int, int]]:
+                worker: int = 0, workers: int = 1, unit: int = 1) -> list[tuple[int, int, int]]:
     """One rank's, one DataLoader worker's share of an epoch: (group, start, stop) segments.
 
     The epoch visits the groups in `order` (a permutation of their indices), each group's
@@ -167,20 +167,23 @@ def shard_items(group_sizes, order: np.ndarray, rank: int = 0, world_size: int =
     [r * n, (r + 1) * n) with n = N // world_size, so every rank gets the same count and the
     last N % world_size positions (fewer than world_size items, the tail of this epoch's
     order) are dropped, as DistributedSampler(drop_last=True) does. Worker w of `workers`
-    takes the w-th of near-equal contiguous parts of its rank's share (sizes differ by at
-    most one and depend only on n, so every rank yields the same number of batches).
+    takes the w-th of near-equal contiguous parts of its rank's share, made of whole `unit`s
+    (a stream's batch size; sizes differ by at most one unit and depend only on n, so every
+    rank yields the same number of batches). The rank's share is thus cut into the same
+    ceil(n / unit) batches whatever the number of workers, only its last one short.
     Contiguous shares keep chunk locality: a share cuts at most two groups. `start:stop`
     index the group's items.
     """
     sizes = np.asarray(group_sizes, np.int64)
     order = np.asarray(order, np.int64)
-    if not (0 <= rank < world_size and 0 <= worker < workers):
+    if not (0 <= rank < world_size and 0 <= worker < workers and unit >= 1):
         raise ValueError(f"shard_items: rank {rank} of {world_size}, worker {worker} of "
-                         f"{workers}")
+                         f"{workers}, unit {unit}")
     n = int(sizes.sum()) // world_size
-    part, extra = divmod(n, workers)
-    lo = rank * n + worker * part + min(worker, extra)
-    hi = lo + part + (worker < extra)
+    part, extra = divmod(-(-n // unit), workers)  # the rank's units (batches) per worker
+    first = worker * part + min(worker, extra)  # this worker's first unit
+    lo = rank * n + min(n, first * unit)
+    hi = rank * n + min(n, (first + part + (worker < extra)) * unit)
     ends = np.cumsum(sizes[order])
     starts = ends - sizes[order]
     segments = []

@@ -11,10 +11,22 @@ the environment: s3fs (through botocore) reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACC
 AWS_SESSION_TOKEN, AWS_PROFILE, AWS_DEFAULT_REGION and AWS_ENDPOINT_URL (or
 AWS_ENDPOINT_URL_S3); fsspec itself applies FSSPEC_S3_ENDPOINT_URL-style variables
 (``FSSPEC_<PROTOCOL>_<OPTION>``) to every file system it makes.
+
+Remote file systems and forked processes: an HTTP or S3 file system holds an aiohttp
+session whose pooled connections are registered with its event loop's epoll, and a forked
+child (a DataLoader worker) shares that epoll with its parent. fsspec drops its cache of
+file systems in the child; if the child then frees its copy of the parent's file system,
+aiohttp closes the copied connections, which unregisters the parent's sockets from the
+shared epoll, and the parent's next request on one of them waits until it times out (about
+5 minutes). So this module keeps every remote file system it opens referenced for the life
+of the process (`_opened`): a child never frees what it inherited, and each process closes
+only the sessions it opened itself, at exit.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -32,6 +44,9 @@ _EXTRAS = {"s3": "s3", "s3a": "s3"}
 # URL schemes whose first path component is a bucket that must exist before writing.
 _BUCKETED = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 READ_MODES = ("r", "r+")
+# Every file system `filesystem` and `open_store` handed out in this process or inherited
+# from its parent (see the module docstring), with the id of the process that opened it.
+_opened: list[tuple[int, object]] = []
 
 
 class NotZarr(BadInput):
@@ -79,7 +94,7 @@ def filesystem(store: str | os.PathLike, storage_options: dict | None = None):
     text = location(store)
     protocol = text.split("://", 1)[0] if "://" in text else "file"
     try:
-        return fsspec.core.url_to_fs(text, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(text, **(storage_options or {}))
     except ImportError:
         extra = _EXTRAS.get(protocol)
         hint = f": pip install 'sicube[{extra}]'" if extra else ""
@@ -87,6 +102,8 @@ def filesystem(store: str | os.PathLike, storage_options: dict | None = None):
                        f"installed{hint}") from None
     except (ValueError, TypeError) as err:  # unknown protocol, an option the fs does not take
         raise BadInput(f"store: {store}: cannot open this kind of URL ({_reason(err)})") from None
+    _keep(fs)
+    return fs, path
 
 
 def open_store(store: str | os.PathLike, *, storage_options: dict | None = None,
@@ -124,8 +141,10 @@ def open_store(store: str | os.PathLike, *, storage_options: dict | None = None,
     except Exception as err:  # noqa: BLE001 - every file system raises its own types
         raise failure(store, err) from None
     # zarr wants the asynchronous twin of the file system just checked (fsspec caches both)
-    return FsspecStore.from_url(location(store), storage_options=storage_options,
-                                read_only=mode == "r")
+    zstore = FsspecStore.from_url(location(store), storage_options=storage_options,
+                                  read_only=mode == "r")
+    _keep(zstore.fs)
+    return zstore
 
 
 def failure(store: str | os.PathLike, err: BaseException) -> BadInput:
@@ -142,6 +161,43 @@ def failure(store: str | os.PathLike, err: BaseException) -> BadInput:
             or "Timeout" in names:
         return BadInput(f"store: {store}: cannot reach the server ({_reason(err)})")
     return BadInput(f"store: {store}: cannot be read ({_reason(err)})")
+
+
+def _keep(fs) -> None:
+    """Hold `fs` for the life of the process, and close its session at exit (see the module
+    docstring); fsspec hands out one cached instance per options, so this list stays short."""
+    if any(kept is fs for _, kept in _opened):
+        return
+    if not any(pid == os.getpid() for pid, _ in _opened):
+        atexit.register(_close_sessions)  # the first in this process: after zarr's import,
+        # so it runs before zarr stops its event loop (atexit runs the last registered first)
+    _opened.append((os.getpid(), fs))
+
+
+def _close_sessions() -> None:
+    """Close the HTTP sessions of the file systems this process opened (not inherited ones):
+    aiohttp otherwise prints "Unclosed client session" when they are collected."""
+    for pid, fs in _opened:
+        if pid != os.getpid() or not getattr(fs, "async_impl", False):
+            continue
+        with contextlib.suppress(Exception):  # a server gone, a loop already stopped
+            if fs.asynchronous:  # zarr's twin: its session lives on zarr's event loop
+                from zarr.core.sync import sync
+
+                sync(_close_session(fs), timeout=5)
+            else:  # fsspec's own event loop thread
+                from fsspec.asyn import sync
+
+                sync(fs.loop, _close_session, fs, timeout=5)
+
+
+async def _close_session(fs) -> None:
+    session = getattr(fs, "_session", None)  # HTTPFileSystem: an aiohttp ClientSession
+    if session is not None and not session.closed:
+        await session.close()
+    client = getattr(fs, "_s3creator", None)  # S3FileSystem: aiobotocore's client
+    if client is not None:
+        await client.__aexit__(None, None, None)
 
 
 def _check_local(store, local: Path, mode: str) -> None:

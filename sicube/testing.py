@@ -245,6 +245,7 @@ def delay_proxy(target: str, latency: float = 0.0) -> Iterator[ServedDirectory]:
     (moto's, MinIO) behind it. Requests pass unchanged, Host header included, so signed S3
     requests stay valid; `served.url` is the endpoint to give the client."""
     import aiohttp
+    import yarl
     from aiohttp import web
 
     served = ServedDirectory("", collections.Counter())
@@ -252,7 +253,9 @@ def delay_proxy(target: str, latency: float = 0.0) -> Iterator[ServedDirectory]:
 
     async def forward(request):
         session = request.app["session"]
-        async with session.request(request.method, target + request.path_qs,
+        # the path exactly as sent (encoded=True: no re-quoting), or a signature breaks
+        url = yarl.URL(target + request.raw_path, encoded=True)
+        async with session.request(request.method, url,
                                    headers=request.headers, data=await request.read(),
                                    allow_redirects=False) as reply:
             body = await reply.read()

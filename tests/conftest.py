@@ -100,9 +100,9 @@ def _free_port() -> int:
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """moto's S3 server as a separate process (a real HTTP server, as s3fs's own tests run it)
     with authentication on: only the user it creates can read and write the bucket."""
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto.server")
     import boto3
+    import moto.server  # noqa: F401 - declared test dependencies: missing is an error
+    import s3fs  # noqa: F401
 
     port = _free_port()
     # The first three requests (creating the user, its policy and its key) are let through

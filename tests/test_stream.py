@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,26 @@ def test_shares_cover_the_epoch_once_in_equal_parts(sizes, world_size, workers, 
     assert len(epoch) - len(seen) == len(epoch) % world_size < world_size
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=12), st.integers(1, 3),
+       st.integers(1, 4), st.integers(1, 5), st.randoms(use_true_random=False))
+def test_worker_shares_are_whole_batches(sizes, world_size, workers, unit, random):
+    """With a batch size (unit), a rank's workers cut its share into the same batches
+    whatever their number: only the rank's last batch is short."""
+    order = list(range(len(sizes)))
+    random.shuffle(order)
+    epoch = [(g, i) for g in order for i in range(sizes[g])]
+    n = len(epoch) // world_size
+    for rank in range(world_size):
+        shares = [[(g, i) for g, a, b in shard_items(sizes, np.array(order), rank,
+                                                     world_size, w, workers, unit)
+                   for i in range(a, b)] for w in range(workers)]
+        assert sum(shares, []) == epoch[rank * n:(rank + 1) * n]
+        counts = [len(share) for share in shares if share]
+        assert all(c % unit == 0 for c in counts[:-1])  # whole batches but the last
+        assert sum(-(-c // unit) for c in counts) == -(-n // unit)
+
+
 def test_shard_items_refuses_a_rank_outside_the_world():
     with pytest.raises(ValueError, match="rank 2 of 2"):
         shard_items([3, 4], np.arange(2), rank=2, world_size=2)
@@ -121,6 +142,20 @@ def test_ranks_yield_the_same_number_of_batches(cube_path):
         batches = [len(b[0]) for b in loader]
         counts.append((len(batches), sum(batches)))
     assert counts == [counts[0]] * 4 and counts[0][1] == len(ds) // 4
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_len_of_a_batched_stream_is_the_batches_it_yields(cube_path, workers):
+    ds = _dataset(cube_path)
+    stream = ds.stream(seed=1, block_bytes=BLOCK, batch_size=4, rank=1, world_size=2)
+    loader = DataLoader(stream, batch_size=None, num_workers=workers,
+                        multiprocessing_context="fork" if workers else None)
+    with warnings.catch_warnings():
+        # DataLoader warns when an IterableDataset yields more than its len said
+        warnings.filterwarnings("error", "Length of IterableDataset")
+        sizes = [len(b[0]) for b in loader]
+    assert len(loader) == len(stream) == len(sizes) == -(-(len(ds) // 2) // 4)
+    assert sizes[:-1] == [4] * (len(sizes) - 1) and sum(sizes) == len(ds) // 2
 
 
 @pytest.mark.parametrize("rank, world_size", [(2, 2), (-1, 2), (0, 0), (None, 2), (1, None)])
