@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sicube import cube, products
-from sicube._version import __version__
 from sicube.errors import BadInput
 
 # Record field -> root attribute key (every key sicube writes, besides CF's own).
@@ -197,8 +196,8 @@ def check_format(attrs: Mapping, store, *, writing: bool) -> None:
         version = None
     if version is None or version <= cube.FORMAT_VERSION:
         return
-    what = (f"{store}: written by a newer sicube (cube format {version}; sicube "
-            f"{__version__} knows up to {cube.FORMAT_VERSION})")
+    what = (f"{store}: written by a newer sicube (cube format {version}; this sicube "
+            f"knows up to {cube.FORMAT_VERSION})")
     if writing:
         raise BadInput(f"{what}; upgrade sicube to build or update it")
     warnings.warn(f"{what}; reading it as format {cube.FORMAT_VERSION}, upgrade sicube",
