@@ -305,7 +305,7 @@ def suspicious_days(source) -> dict[dt.date, str]:
     Dataset (its attrs) or a mapping of group attributes; {} for a cube without any."""
     from sicube.record import CubeRecord
 
-    found = CubeRecord.from_attrs(source).suspicious_days or {}
+    found = CubeRecord.from_attrs(source, ["suspicious_days"]).suspicious_days or {}
     return {dt.datetime.strptime(str(k), "%Y%m%d").date(): str(v) for k, v in sorted(found.items())}
 
 
@@ -435,7 +435,7 @@ def cube_status(attrs: Mapping) -> str:
     (`sicube.record.CubeRecord.state`, which knows cubes from before the state attribute)."""
     from sicube.record import CubeRecord
 
-    return CubeRecord.from_attrs(attrs).state
+    return CubeRecord.from_attrs(attrs, ["status", "build"]).state
 
 
 class IncompleteCube(BadInput):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +72,34 @@ def _day_key(day: Any) -> str:
 
 
 def _day_map(value: Any) -> dict[str, Any] | None:
+    """{YYYYMMDD: value} of a record keyed by day."""
     found = decoded(value)
     return None if found is None else {_day_key(k): v for k, v in dict(found).items()}
+
+
+def _day_reasons(value: Any) -> dict[str, str] | None:
+    """{YYYYMMDD: reason} of a record of failed or suspicious days."""
+    found = _day_map(value)
+    return None if found is None else {key: str(reason) for key, reason in found.items()}
+
+
+def _days(value: Any) -> tuple[str, ...] | None:
+    found = decoded(value)
+    return None if found is None else tuple(_day_key(day) for day in found)
+
+
+def _texts(value: Any) -> tuple[str, ...] | None:
+    found = decoded(value)
+    return None if found is None else tuple(str(text) for text in found)
+
+
+# How each field is decoded from its attribute (text fields: `str`).
+_DECODE = {
+    "format": int, "mask_threshold": float,
+    "build": decoded, "fill_parameters": decoded, "quality_rules": decoded,
+    "source_files": _day_map, "missing_days": _days, "failed_days": _day_reasons,
+    "suspicious_days": _day_reasons, "source_base_urls": _texts,
+}
 
 
 @dataclass(frozen=True)
@@ -106,34 +132,19 @@ class CubeRecord:
     history: str | None = None
 
     @classmethod
-    def from_attrs(cls, source) -> CubeRecord:
+    def from_attrs(cls, source, fields: Iterable[str] | None = None) -> CubeRecord:
         """The record of a Zarr group, an xarray Dataset (its attrs) or a mapping of root
-        attributes, in any form a release wrote (see the module's docstring)."""
+        attributes, in any form a release wrote (see the module's docstring).
+
+        `fields`: decode only these (the others None); a long cube's source files take
+        ~0.1 s to decode, too much for a state check on every open.
+        """
         attrs: Mapping = getattr(source, "attrs", source)
-        text = {name: None if attrs.get(KEYS[name]) is None else str(attrs[KEYS[name]])
-                for name in ("sicube_version", "status", "finish_command", "last_error",
-                             "source_directory", "source_base_url", "source_grid",
-                             "source_sensor", "mask_source", "mask_span",
-                             "suspicious_policy", "build_time", "history")}
-        missing = decoded(attrs.get(cube.MISSING_DAYS))
-        failed = _day_map(attrs.get(cube.FAILED_DAYS))
-        suspicious = _day_map(attrs.get(cube.SUSPICIOUS_DAYS))
-        hosts = decoded(attrs.get(cube.SOURCE_URLS))
-        threshold = attrs.get(cube.MASK_THRESHOLD)
-        marker = attrs.get(cube.MARKER)
-        return cls(
-            **text,
-            format=None if marker is None else int(marker),
-            build=decoded(attrs.get(cube.BUILD_STATE)),
-            source_files=_day_map(attrs.get(cube.SOURCE_FILES)),
-            missing_days=None if missing is None else tuple(_day_key(d) for d in missing),
-            failed_days=None if failed is None else {k: str(v) for k, v in failed.items()},
-            suspicious_days=(None if suspicious is None
-                             else {k: str(v) for k, v in suspicious.items()}),
-            source_base_urls=None if hosts is None else tuple(str(h) for h in hosts),
-            fill_parameters=decoded(attrs.get(cube.FILL_PARAMETERS)),
-            mask_threshold=None if threshold is None else float(threshold),
-            quality_rules=decoded(attrs.get(cube.QUALITY_RULES)))
+        values = {}
+        for name in KEYS if fields is None else fields:
+            value = attrs.get(KEYS[name])
+            values[name] = None if value is None else _DECODE.get(name, str)(value)
+        return cls(**values)
 
     def to_attrs(self) -> dict[str, Any]:
         """The record's attributes as the builder writes them (format 2): netCDF-legal

@@ -75,6 +75,8 @@ def test_every_older_form_decodes_to_the_record_of_today():
     assert record.state == cube.COMPLETE and record.status is None
     assert record.replace(format=2, status=cube.COMPLETE) == new
     assert CubeRecord.from_attrs(new.to_attrs()) == new
+    # Only the fields asked for (a state check on every open decodes no source files).
+    assert CubeRecord.from_attrs(old, ["status", "build"]) == CubeRecord(build={"complete": True})
     bare = CubeRecord.from_attrs({cube.MARKER: 1, cube.BUILD_STATE: "{}"})
     assert bare.state == cube.BUILDING and not bare.has_day_lists
     assert bare.source_files is None and bare.fill_parameters is None and bare.grid is None
