@@ -1068,7 +1068,8 @@ def _finish(group, state: BuildState, summary: BuildSummary, src: Source,
     _save(group, state)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     # CF's history: one line per build or update that finished, the newest last.
-    history = "\n".join(filter(None, (CubeRecord.from_attrs(group.attrs).history or "",
+    earlier = CubeRecord.from_attrs(group.attrs, ["history"]).history
+    history = "\n".join(filter(None, (earlier or "",
                                        f"{now}: sicube {__version__} filled the days "
                                        f"{state.args.start} to {state.args.end} from {src.where}")))
     found = products.grid_of_coords(group["x"][:], group["y"][:])
