@@ -56,6 +56,7 @@ from sicube.fill import (
 )
 from sicube.ingest import FAILED, MISSING, OK, Arrival
 from sicube.plan import SUSPICIOUS_POLICIES, BuildArgs, BuildState, FillBatch, fill_batches
+from sicube.record import CubeRecord, check_format
 from sicube.sources import (
     GridCoords,
     check_file_header,
@@ -66,12 +67,9 @@ from sicube.sources import (
 
 log = logging.getLogger(__name__)
 
-STATE = "sicube_build"  # group attribute holding the build's progress (days apart)
-# Group attributes on the source besides cube.SOURCE_URL (the first host): every host in
-# order, the grid and the sensor choice asked of them (so `update` asks the same).
-SOURCE_URLS = "source_base_urls"
-SOURCE_GRID = "source_grid"
-SOURCE_SENSOR = "source_sensor"
+# Group attributes of the build (defined in `sicube.cube`, read through `CubeRecord`).
+STATE = cube.BUILD_STATE  # the build's progress (days apart)
+SOURCE_URLS, SOURCE_GRID, SOURCE_SENSOR = cube.SOURCE_URLS, cube.SOURCE_GRID, cube.SOURCE_SENSOR
 # `update` refuses to append more consecutive days without any file than this, unless told
 # (`allow_gap`): a cron job against a dead source must not grow the cube by empty days.
 MAX_EMPTY_DAYS = 30
@@ -469,27 +467,29 @@ def _write_cell_area(store: str, ds, storage_options: dict | None = None) -> np.
 
 
 def _read_state(group) -> BuildState:
-    attrs = group.attrs
-    if "args" not in json.loads(attrs[STATE]) or cube.MISSING_DAYS not in attrs:
+    """The build's state from the cube's record, for a run that writes to it: a cube of a
+    newer format, or one from before the day lists, is refused."""
+    check_format(group.attrs, group.store, writing=True)
+    record = CubeRecord.from_attrs(group.attrs)
+    if "args" not in (record.build or {}) or not record.has_day_lists:
         raise BadInput(f"{group.store}: a cube from an older sicube (no day lists); "
                        "rebuild it into a new store")
-    data = json.loads(attrs[STATE])
-    data.update(observed=cube.record_attr(attrs, cube.SOURCE_FILES, {}),
-                missing=cube.record_attr(attrs, cube.MISSING_DAYS, []),
-                failed=cube.record_attr(attrs, cube.FAILED_DAYS, {}),
-                suspicious=cube.record_attr(attrs, cube.SUSPICIOUS_DAYS, {}))
+    data = {**record.build, "observed": record.source_files or {},
+            "missing": list(record.missing_days), "failed": record.failed_days or {},
+            "suspicious": record.suspicious_days or {}}
     return BuildState.from_json(json.dumps(data))
 
 
 def _state_attrs(state: BuildState) -> dict:
     """The state as group attributes: the day lists under their own names (so that `info`
-    and other readers see them without knowing the builder's record), each as JSON (an
-    update of a cube from an earlier release rewrites its dict-valued ones so)."""
+    and other readers see them without knowing the builder's record), in this release's
+    form (`cube.FORMAT_VERSION`): an update of a cube from an earlier release rewrites its
+    record so."""
     data = json.loads(state.to_json())
-    return cube.record_attrs({
-        cube.SOURCE_FILES: data.pop("observed"), cube.MISSING_DAYS: data.pop("missing"),
-        cube.FAILED_DAYS: data.pop("failed"), cube.SUSPICIOUS_DAYS: data.pop("suspicious"),
-        STATE: json.dumps(data, sort_keys=True)})
+    return CubeRecord(
+        format=cube.FORMAT_VERSION, source_files=data.pop("observed"),
+        missing_days=tuple(data.pop("missing")), failed_days=data.pop("failed"),
+        suspicious_days=data.pop("suspicious"), build=data).to_attrs()
 
 
 def _save(group, state: BuildState) -> None:
@@ -1069,28 +1069,29 @@ def _finish(group, state: BuildState, summary: BuildSummary, src: Source,
     _save(group, state)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     # CF's history: one line per build or update that finished, the newest last.
-    history = "\n".join(filter(None, (str(group.attrs.get("history") or ""),
+    earlier = CubeRecord.from_attrs(group.attrs, ["history"]).history
+    history = "\n".join(filter(None, (earlier or "",
                                        f"{now}: sicube {__version__} filled the days "
                                        f"{state.args.start} to {state.args.end} from {src.where}")))
     found = products.grid_of_coords(group["x"][:], group["y"][:])
-    _set_status(group, cube.COMPLETE, **cube.record_attrs({
-        cube.LAST_ERROR: "",
-        cube.SOURCE_URL: src.base_url or "",
-        SOURCE_URLS: list(src.base_urls or ()),
+    _set_status(group, cube.COMPLETE, **CubeRecord(
+        last_error="",
+        source_base_url=src.base_url or "",
+        source_base_urls=tuple(src.base_urls or ()),
         # The grid fetched, else (a folder) the product grid the cube's cells are.
-        SOURCE_GRID: src.grid or (found.name if found else ""),
-        SOURCE_SENSOR: src.sensor,
-        cube.SOURCE_DIRECTORY: str(src.directory or ""),
-        "fill_parameters": state.args.fill.to_dict(),
-        "mask_threshold": state.args.mask_threshold,
-        "mask_source": state.args.mask or "nan frequency of this cube's observed days",
-        "mask_span": state.mask_span,
-        "suspicious_policy": state.args.suspicious,
-        "quality_rules": state.args.quality.to_dict(),
-        "sicube_version": __version__,
-        "build_time": now,
-        "history": history,
-    }))
+        source_grid=src.grid or (found.name if found else ""),
+        source_sensor=src.sensor,
+        source_directory=str(src.directory or ""),
+        fill_parameters=state.args.fill.to_dict(),
+        mask_threshold=state.args.mask_threshold,
+        mask_source=state.args.mask or "nan frequency of this cube's observed days",
+        mask_span=state.mask_span,
+        suspicious_policy=state.args.suspicious,
+        quality_rules=state.args.quality.to_dict(),
+        sicube_version=__version__,
+        build_time=now,
+        history=history,
+    ).to_attrs())
 
 
 @contextlib.contextmanager
@@ -1490,21 +1491,21 @@ def update(
 def _update_source(group, base_url, source, raw_dir, sensor: str | None = None) -> Source:
     """The update's source: as given, else where the cube came from (folder or hosts); the
     grid is the cube's, the sensor choice the build's unless given."""
-    attrs = group.attrs
-    grid = attrs.get(SOURCE_GRID) or None
+    record = CubeRecord.from_attrs(group.attrs)
+    grid = record.grid
     if grid is None:
         found = products.grid_of_coords(group["x"][:], group["y"][:])
         grid = found.name if found else None
-    sensor = sensor or attrs.get(SOURCE_SENSOR) or products.AUTO
+    sensor = sensor or record.source_sensor or products.AUTO
     if source is not None or base_url is not None:
         return _source(base_url, source, raw_dir, grid, sensor)
-    folder = attrs.get(cube.SOURCE_DIRECTORY) or None
+    folder = record.source_directory or None
     if folder is not None:
         if not Path(folder).is_dir():
             raise BadInput(f"the cube's source folder {folder} is gone; give --source or "
                            "--base-url")
         return _source(None, folder, raw_dir, grid, sensor)
-    hosts = list(cube.record_attr(attrs, SOURCE_URLS) or []) or attrs.get(cube.SOURCE_URL) or None
+    hosts = list(record.source_base_urls or ()) or record.source_base_url or None
     return _source(hosts, None, raw_dir, grid, sensor)
 
 

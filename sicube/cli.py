@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from sicube._version import __version__
@@ -101,11 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # first failure is the error we report, and asyncio would print the others' tracebacks
     # ("Future/Task exception was never retrieved") when they are garbage-collected.
     logging.getLogger("asyncio").addFilter(_not_unretrieved_futures)
+    from sicube.record import NewerCubeWarning
     from sicube.settings import apply
 
     try:
         apply()  # the process-wide settings (sicube.configure): zarr's codec threads
-        code = int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", NewerCubeWarning)  # said by `_warning_line`
+            warnings.showwarning = _warning_line(args.command, warnings.showwarning)
+            code = int(args.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
         return code
     except SicubeError as err:  # bad input, an unreachable source: one line
@@ -119,6 +124,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # the environment, not the input: unreadable, unwritable, disk full
         print(f"sicube {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
         return 2
+
+
+def _warning_line(command: str, show):
+    """`warnings.showwarning` that prints sicube's own warnings as one line, each once (a
+    command may open a cube several times)."""
+    from sicube.record import NewerCubeWarning
+
+    said: set[str] = set()
+
+    def show_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, NewerCubeWarning):
+            if str(message) not in said:
+                said.add(str(message))
+                print(f"sicube {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_line
 
 
 def _not_unretrieved_futures(record: logging.LogRecord) -> bool:

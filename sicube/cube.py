@@ -37,7 +37,9 @@ EXTENT = "sea_ice_extent"  # (time,) float64 km², from sea_ice_conc (`sicube.ar
 AREA = "sea_ice_area"  # (time,) float64 km²
 GRID_MAPPING = "polar_stereographic"
 MARKER = "sicube_cube_format"  # group attribute that says "this store is a sicube cube"
-FORMAT_VERSION = 1
+# 1: sicube 0.1 (records as JSON values); 2: records as JSON strings, read and written
+# through `sicube.record.CubeRecord`. Readers take any version up to this one.
+FORMAT_VERSION = 2
 # Group attributes on a cube's life: its state ("building", "complete" or "failed: reason")
 # and the command that finishes it (so that every refusal can say what to run).
 STATUS = "sicube_status"
@@ -68,10 +70,28 @@ DAY_QUALITY = "day_quality"
 DAY_STATS = (OBS_FRACTION, ZERO_FRACTION, MEAN_CONC, EXTENT_RAW)
 DAY_VARS = (*DAY_STATS, DAY_QUALITY)
 SUSPICIOUS_DAYS = "suspicious_days"
+# The builder's own progress record (`sicube.plan.BuildState`, the day lists apart), and
+# where the days came from besides SOURCE_URL (the first host): every host in order, the
+# grid and the sensor choice asked of them (so `update` asks the same).
+BUILD_STATE = "sicube_build"
+SOURCE_URLS = "source_base_urls"
+SOURCE_GRID = "source_grid"
+SOURCE_SENSOR = "source_sensor"
+# Provenance written when a build or update finishes.
+VERSION = "sicube_version"
+FILL_PARAMETERS = "fill_parameters"
+MASK_THRESHOLD = "mask_threshold"
+MASK_SOURCE = "mask_source"
+MASK_SPAN = "mask_span"
+SUSPICIOUS_POLICY = "suspicious_policy"
+QUALITY_RULES = "quality_rules"
+BUILD_TIME = "build_time"
+HISTORY = "history"
 # The group attributes above that hold records (dicts, lists: the day lists, the fill and
 # quality parameters, the hosts) are stored as JSON strings, so that every attribute is
 # netCDF-legal and `xarray.Dataset.to_netcdf` takes a cube as it opens; cubes of earlier
-# releases hold them as JSON values. Read them with `record_attr`.
+# releases hold them as JSON values. Every key above is read and written through
+# `sicube.record.CubeRecord`; `record_attr` decodes one of them.
 
 
 def record_attr(source, name: str, default=None):
@@ -79,11 +99,12 @@ def record_attr(source, name: str, default=None):
     string or, by earlier releases, as the JSON value itself; `default` when absent or empty.
 
     `source`: a Zarr group, an xarray Dataset (its attrs) or a mapping of group attributes.
+    The keys sicube writes are read whole through `sicube.record.CubeRecord`.
     """
-    value = getattr(source, "attrs", source).get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return default
-    return json.loads(value) if isinstance(value, str) else value
+    from sicube.record import decoded
+
+    value = decoded(getattr(source, "attrs", source).get(name))
+    return default if value is None else value
 
 
 def record_attrs(attrs: Mapping) -> dict:
@@ -263,7 +284,7 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
                 "x": ("x", np.asarray(x, np.float64), ATTRS["x"])},
         # CF-1.9: the first version to allow the unsigned types of the flag variables.
         attrs={"Conventions": "CF-1.9", "title": "AMSR2 ASI sea-ice concentration datacube",
-               "sicube_version": __version__, MARKER: FORMAT_VERSION, **(attrs or {})},
+               VERSION: __version__, MARKER: FORMAT_VERSION, **(attrs or {})},
     )
     for name in (*CUBE_VARS, *GRID_VARS):
         ds[name].encoding["chunks"] = ds[name].data.chunksize
@@ -282,7 +303,9 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
 def suspicious_days(source) -> dict[dt.date, str]:
     """The cube's suspicious days and why, in day order, from a Zarr group, an xarray
     Dataset (its attrs) or a mapping of group attributes; {} for a cube without any."""
-    found = dict(record_attr(source, SUSPICIOUS_DAYS) or {})
+    from sicube.record import CubeRecord
+
+    found = CubeRecord.from_attrs(source, ["suspicious_days"]).suspicious_days or {}
     return {dt.datetime.strptime(str(k), "%Y%m%d").date(): str(v) for k, v in sorted(found.items())}
 
 
@@ -397,6 +420,9 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
             raise BadInput(f"store: {store} is not a readable Zarr store ({_reason(err)})"
                            ) from None
     if MARKER in attrs:
+        from sicube.record import check_format
+
+        check_format(attrs, store, writing=False)
         check_complete(store, attrs, allow_incomplete)
     elif require_cube:
         raise BadInput(f"store: {store} is not a sicube cube (no Zarr group with a {MARKER} "
@@ -405,14 +431,11 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
 
 
 def cube_status(attrs: Mapping) -> str:
-    """A cube's state from its group attributes: "building", "complete" or "failed: reason".
+    """A cube's state from its group attributes: "building", "complete" or "failed: reason"
+    (`sicube.record.CubeRecord.state`, which knows cubes from before the state attribute)."""
+    from sicube.record import CubeRecord
 
-    Cubes written before the state attribute existed say it in their build record.
-    """
-    if STATUS in attrs:
-        return str(attrs[STATUS])
-    record = json.loads(attrs.get("sicube_build", "{}"))
-    return COMPLETE if record.get("complete") else BUILDING
+    return CubeRecord.from_attrs(attrs, ["status", "build"]).state
 
 
 class IncompleteCube(BadInput):

@@ -24,6 +24,7 @@ from numba import njit
 
 from sicube import cube
 from sicube.errors import BadInput
+from sicube.record import CubeRecord
 from sicube.sources import GridCoords
 
 DEFAULT_THRESHOLD = 0.85
@@ -222,9 +223,10 @@ def export_mask(store: str | os.PathLike, output: str | os.PathLike,
         why = "is not a folder" if output.parent.exists() else "does not exist"
         raise BadInput(f"--output {output}: folder {output.parent} {why}")
     ratio = ds[cube.NAN_RATIO].load()
+    record = CubeRecord.from_attrs(ds)
     if threshold is None:
         land = ds[cube.LAND].load()
-        threshold = ds.attrs.get("mask_threshold", np.nan)
+        threshold = np.nan if record.mask_threshold is None else record.mask_threshold
     else:
         land = land_from_ratio(ratio, check_threshold(threshold))
     if cube.POLE_HOLE in ds:
@@ -240,7 +242,7 @@ def export_mask(store: str | os.PathLike, output: str | os.PathLike,
         coords={"x": ds["x"], "y": ds["y"], cube.GRID_MAPPING: ds[cube.GRID_MAPPING]},
         attrs={"Conventions": "CF-1.9", "title": "land mask from NaN frequency (sicube)",
                "threshold": float(threshold),
-               "mask_span": str(ds.attrs.get("mask_span", "")),
+               cube.MASK_SPAN: record.mask_span or "",
                "source_cube": str(store),
                "history": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%S+00:00}: "
                           f"sicube mask of {store}"},

@@ -29,6 +29,7 @@ from sicube import cube, products
 from sicube.cube import FillFlag
 from sicube.dates import DateLike, parse_date
 from sicube.errors import BadInput, BadSourceFile, require_extra
+from sicube.record import CubeRecord
 
 require_extra("plot", "sicube.plot", "matplotlib")
 
@@ -336,7 +337,7 @@ def _read_mask(source, allow_incomplete: bool = False, storage_options: dict | N
     if (isinstance(source, xr.Dataset) or "://" in os.fspath(source)
             or Path(source).is_dir()):
         ds, name = _as_cube(source, allow_incomplete, storage_options)
-        threshold = ds.attrs.get("mask_threshold")
+        threshold = CubeRecord.from_attrs(ds).mask_threshold
     else:
         path = _existing(source, "mask file")
         try:
@@ -346,7 +347,8 @@ def _read_mask(source, allow_incomplete: bool = False, storage_options: dict | N
         name = path.name
         if cube.LAND not in ds:
             raise BadInput(f"mask file {path}: has no {cube.LAND} variable")
-        threshold = ds.attrs.get("mask_threshold", ds.attrs.get("threshold"))
+        # A mask file (`sicube mask`) says "threshold"; a cube's own land_mask file its key.
+        threshold = ds.attrs.get(cube.MASK_THRESHOLD, ds.attrs.get("threshold"))
     crs = dataset_crs(ds, name)
     x, y = ds["x"].values, ds["y"].values
     land = MapField(ds[cube.LAND].values.astype(np.float32), x, y, crs)
@@ -439,7 +441,7 @@ def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None,
                                            f"({counts[flag]:.1%})")
                       for flag, meaning in zip(FillFlag, cube.FLAG_MEANINGS, strict=True)])
     axes[2].set_title("fill_flag", fontsize=10)
-    params = cube.record_attr(ds, "fill_parameters", {})
+    params = CubeRecord.from_attrs(ds).fill_parameters or {}
     detail = ", ".join(f"{k}={v}" for k, v in params.items())
     observed = "" if ds[cube.OBSERVED].values[index] else " (no source file for this day)"
     fig.suptitle(f"Gap filling on {day.isoformat()}{observed} - {name}"

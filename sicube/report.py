@@ -21,6 +21,7 @@ import numpy as np
 from sicube import cube, products
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
+from sicube.record import CubeRecord
 
 DEFAULT_THRESHOLD_PERCENT = 0.1  # the original script's default
 
@@ -448,8 +449,8 @@ def _folder_info(path: Path, grid: str | None = None) -> Info:
                 size_bytes=sum(p.stat().st_size for p in files.values()))
 
 
-PROVENANCE_KEYS = ("fill_parameters", "mask_threshold", "mask_span", "build_time",
-                   "sicube_version")
+PROVENANCE_KEYS = (cube.FILL_PARAMETERS, cube.MASK_THRESHOLD, cube.MASK_SPAN, cube.BUILD_TIME,
+                   cube.VERSION)
 
 
 def _day_keys(days) -> set[dt.date]:
@@ -457,31 +458,29 @@ def _day_keys(days) -> set[dt.date]:
     return {parse_date(key) for key in (days or ())}
 
 
-def _day_lists(attrs: dict, days: list[dt.date], observed: set[dt.date],
+def _day_lists(record: CubeRecord, days: list[dt.date], observed: set[dt.date],
                time_chunk: int) -> tuple[list, dict, list]:
-    """(missing, failed {day: reason}, not yet ingested) days of a cube from its attributes.
+    """(missing, failed {day: reason}, not yet ingested) days of a cube from its record.
 
-    Cubes written before the day-list attributes existed have a build record instead
-    (`sicube_build`: its ingested time chunks and failed days); a complete one of those
-    counts every unobserved, not-failed day as missing.
+    Cubes written before the day lists existed have a build record instead (its ingested
+    time chunks and failed days); a complete one of those counts every unobserved,
+    not-failed day as missing.
     """
-    import json
-
-    record = json.loads(attrs.get("sicube_build") or "{}")
-    failed_raw = cube.record_attr(attrs, cube.FAILED_DAYS)
+    build = record.build or {}
+    failed_raw = record.failed_days
     if failed_raw is None:
-        failed_raw = record.get("failed") or {}
+        failed_raw = build.get("failed") or {}
     failed = {parse_date(k): str(v) for k, v in sorted(failed_raw.items())}
-    if cube.MISSING_DAYS in attrs:
-        missing = _day_keys(cube.record_attr(attrs, cube.MISSING_DAYS))
-        ingested = _day_keys(cube.record_attr(attrs, cube.SOURCE_FILES))
+    if record.has_day_lists:
+        missing = _day_keys(record.missing_days)
+        ingested = _day_keys(record.source_files)
         seen = observed | ingested | missing | set(failed)
         not_ingested = [d for d in days if d not in seen]
     else:
-        if cube.cube_status(attrs) == cube.COMPLETE or "ingested" not in record:
+        if record.state == cube.COMPLETE or "ingested" not in build:
             ingested = set(days)
         else:
-            chunks = set(record["ingested"])
+            chunks = set(build["ingested"])
             ingested = {d for i, d in enumerate(days) if i // time_chunk in chunks}
         missing = {d for d in ingested if d not in observed and d not in failed}
         not_ingested = [d for d in days if d not in ingested]
@@ -492,7 +491,7 @@ def _cube_info(path: Path | str, storage_options: dict | None = None) -> Info:
     group = cube.open_group(path, allow_incomplete=True,  # info describes any state
                             storage_options=storage_options)
     ds = cube.open_cube(path, allow_incomplete=True, storage_options=storage_options)
-    attrs = dict(group.attrs)
+    record = CubeRecord.from_attrs(group.attrs)
     days = [dt.date.fromisoformat(str(d)) for d in ds["time"].values.astype("datetime64[D]")]
     observed = ds[cube.OBSERVED].values.astype(bool)
     seen = {d for d, flag in zip(days, observed, strict=True) if flag}
@@ -505,12 +504,11 @@ def _cube_info(path: Path | str, storage_options: dict | None = None) -> Info:
             codecs = getattr(array, "compressors", ()) or ()
             compression[name] = ", ".join(_codec_text(c) for c in codecs) or "none"
     time_chunk = chunks.get(cube.RAW, (1,))[0]
-    missing, failed, not_ingested = _day_lists(attrs, days, seen, time_chunk)
-    sources = cube.record_attr(attrs, cube.SOURCE_FILES, {})
-    provenance = {key: attrs[key] for key in PROVENANCE_KEYS if key in attrs}
-    if "fill_parameters" in provenance:
-        provenance["fill_parameters"] = cube.record_attr(attrs, "fill_parameters")
-    provenance["source_files"] = len(sources)
+    missing, failed, not_ingested = _day_lists(record, days, seen, time_chunk)
+    sources = record.source_files or {}
+    provenance = {key: record.value(key) for key in PROVENANCE_KEYS
+                  if record.value(key) is not None}
+    provenance[cube.SOURCE_FILES] = len(sources)
     try:
         crs = products.GridCRS.from_attrs(ds[cube.GRID_MAPPING].attrs)
     except (KeyError, ValueError):
@@ -520,35 +518,31 @@ def _cube_info(path: Path | str, storage_options: dict | None = None) -> Info:
     names = [str(v.get("name", "")) for v in sources.values() if isinstance(v, dict)]
     return Info("cube", path, **_grid_info(ds["x"].values, ds["y"].values,
                                            names[0] if names else None),
-                crs=_crs_text(crs), flag_counts=_flag_counts(attrs), pole_hole_cells=hole,
+                crs=_crs_text(crs), flag_counts=_flag_counts(record), pole_hole_cells=hole,
                 first_day=days[0] if days else None, last_day=days[-1] if days else None,
                 observed_days=len(seen), missing_days=missing,
                 size_bytes=cube.store_bytes(path, storage_options), chunks=chunks, shards=shards,
                 compression=compression, provenance=provenance,
-                status=_status_text(attrs), finish=str(attrs.get(cube.FINISH) or ""),
+                status=_status_text(record), finish=record.finish_command or "",
                 failed_days=failed, not_ingested=not_ingested,
-                suspicious_days=cube.suspicious_days(attrs),
-                suspicious_policy=str(attrs.get("suspicious_policy") or ""),
-                source=str(attrs.get(cube.SOURCE_DIRECTORY) or attrs.get(cube.SOURCE_URL)
-                           or ""))
+                suspicious_days=cube.suspicious_days(group),
+                suspicious_policy=record.suspicious_policy or "",
+                source=record.source_directory or record.source_base_url or "")
 
 
-def _status_text(attrs: dict) -> str:
+def _status_text(record: CubeRecord) -> str:
     """The cube's state; for an update that stopped, with the reason it stopped."""
-    status = cube.cube_status(attrs)
-    if status == cube.UPDATING and attrs.get(cube.LAST_ERROR):
-        return f"{status} (stopped: {attrs[cube.LAST_ERROR]})"
+    status = record.state
+    if status == cube.UPDATING and record.last_error:
+        return f"{status} (stopped: {record.last_error})"
     return status
 
 
-def _flag_counts(attrs: dict) -> dict[str, int]:
+def _flag_counts(record: CubeRecord) -> dict[str, int]:
     """Cells per fill_flag meaning over the cube's filled batches (the build record's
     per-batch counts; a record from before flag 4 has four counts)."""
-    import json
-
-    record = json.loads(attrs.get("sicube_build") or "{}")
     totals = np.zeros(len(cube.FLAG_MEANINGS), np.int64)
-    for counts in (record.get("flag_counts") or {}).values():
+    for counts in ((record.build or {}).get("flag_counts") or {}).values():
         totals[:len(counts)] += counts
     if not totals.any():
         return {}

@@ -52,6 +52,7 @@ def synthetic_cube(path: str | os.PathLike, *, start: DateLike = SYNTHETIC_START
     """
     from sicube import cube, products
     from sicube.area import extent_area
+    from sicube.record import CubeRecord
 
     first = parse_date(start, "start")
     ny, nx = (int(v) for v in shape)
@@ -66,13 +67,12 @@ def synthetic_cube(path: str | os.PathLike, *, start: DateLike = SYNTHETIC_START
     observed = np.ones(n_days, bool)
     observed[missing] = False
     # What the builder writes when it finishes: the state and the per-day record.
-    attrs = cube.record_attrs({
-        cube.STATUS: cube.COMPLETE,
-        cube.SOURCE_FILES: {str(yyyymmdd(d)): {"name": f"synthetic-{yyyymmdd(d)}.nc",
-                                               "sha256": ""}
-                            for d, seen in zip(days, observed, strict=True) if seen},
-        cube.MISSING_DAYS: [int(yyyymmdd(days[i])) for i in missing],
-        cube.FAILED_DAYS: {}, cube.SOURCE_DIRECTORY: "", cube.SOURCE_URL: ""})
+    attrs = CubeRecord(
+        status=cube.COMPLETE,
+        source_files={str(yyyymmdd(d)): {"name": f"synthetic-{yyyymmdd(d)}.nc", "sha256": ""}
+                      for d, seen in zip(days, observed, strict=True) if seen},
+        missing_days=tuple(str(yyyymmdd(days[i])) for i in missing),
+        failed_days={}, source_directory="", source_base_url="").to_attrs()
     ds = cube.template(days, x, y, epsg, chunks={**SYNTHETIC_CHUNKS, **(chunks or {})},
                        attrs=attrs)
     land = np.zeros((ny, nx), np.uint8)

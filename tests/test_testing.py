@@ -21,7 +21,8 @@ def test_synthetic_cube_is_a_complete_cube_in_the_layout(tmp_path):
     assert set(ds.data_vars) >= {*cube.CUBE_VARS, *cube.GRID_VARS, cube.OBSERVED}
     assert ds[cube.CONC].encoding["chunks"] == (4, 8, 8)
     assert ds.attrs[cube.STATUS] == cube.COMPLETE
-    assert cube.record_attr(ds, cube.MISSING_DAYS) == [20240103, 20240108]
+    # Day keys as the builder writes them (YYYYMMDD strings), not ints.
+    assert cube.record_attr(ds, cube.MISSING_DAYS) == ["20240103", "20240108"]
     assert len(cube.record_attr(ds, cube.SOURCE_FILES)) == 7
     observed = ds[cube.OBSERVED].values
     assert observed.tolist() == [i not in (2, 7) for i in range(9)]
