@@ -1149,7 +1149,7 @@ def build(
     progress: bool = True,
     storage_options: dict | None = None,
 ) -> BuildSummary:
-    """Build the cube of SPEC section 3 for every calendar day of [start, end] into `store`.
+    """Build the cube (docs/cube-format.md) of every calendar day of [start, end] in `store`.
 
     Parameters
     ----------

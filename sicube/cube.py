@@ -114,7 +114,7 @@ def record_attrs(attrs: Mapping) -> dict:
 
 
 class FillFlag(enum.IntEnum):
-    """Per-cell outcome of the fill, as stored in the cube's ``fill_flag`` (SPEC section 3).
+    """Per-cell outcome of the fill, as stored in the cube's ``fill_flag`` (docs/cube-format.md).
 
     The fill kernel (`sicube.fill`) gives the first four; the builder the fifth.
     """

@@ -1,8 +1,8 @@
 """PyTorch datasets of (input, target) time windows read lazily from a sicube cube.
 
 `SICDataset` keeps the original toolbox's `ConsolidatedSICDataset` parameters and window
-rule (SPEC section 1) and adds what a training run on the full grid needs: an index
-rectangle (ROI), patches, coarsening, extra channels, a land mask and a quality filter
+rule (`sicube.samples.window_indices`) and adds what a training run on the full grid needs:
+an index rectangle (ROI), patches, coarsening, extra channels, a land mask and a quality filter
 on the share of filled cells. It reads straight from the Zarr arrays, only the chunks an
 item needs, and opens the store in the process that reads (never at construction), so
 it works with DataLoader worker processes (fork or spawn) and with remote stores (any

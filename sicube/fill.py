@@ -1,4 +1,4 @@
-"""The spatiotemporal Gaussian gap fill of SPEC section 4: oracle, numba kernel, Dask wrapper.
+"""The spatiotemporal Gaussian gap fill (docs/cube-format.md): oracle, numba kernel, Dask wrapper.
 
 Rule: a missing (NaN) cell (t, y, x) gets ``Σ w·v / Σ w`` over the observed cells within
 ``|Δt| <= time_window``, ``|Δy|, |Δx| <= space_window`` (clipped at the array edges), with
@@ -55,7 +55,7 @@ from sicube.cube import FillFlag
 from sicube.errors import BadInput
 
 WEIGHT_SUM_MIN = 1e-6
-"""A missing cell whose neighbours' weight sum is at or below this stays missing (SPEC 4)."""
+"""A missing cell whose neighbours' weight sum is at or below this stays missing (the rule)."""
 
 # The smallest weight sum the kernel divides by (the cells below WEIGHT_SUM_MIN are not filled
 # anyway): positive, so that no column divides 0 by 0.
@@ -76,7 +76,7 @@ METHODS = ("gaussian", "hybrid")
 def reference_fill(
     array: np.ndarray, time_window: int, space_window: int, alpha: float, sigma: float
 ) -> np.ndarray:
-    """Fill ``array`` by the SPEC section 4 rule, the slow obvious way (the tests' oracle).
+    """Fill ``array`` by the module's rule, the slow obvious way (the tests' oracle).
 
     Returns a float64 array: observed cells as given, missing cells filled or left NaN.
     """
@@ -438,7 +438,7 @@ def _check_real(value: Any, name: str, positive: bool) -> float:
 
 @dataclass(frozen=True)
 class FillParams:
-    """The Gaussian fill's four parameters (SPEC 4), checked once: the one home of their
+    """The Gaussian fill's four parameters (the module's rule), checked once: the one home of their
     defaults, used by `gaussian_fill`, the builder (serialised in its state), the CLI and
     `sicube.evaluate`.
 
@@ -531,7 +531,7 @@ def gaussian_fill(
     method: str = DEFAULT_METHOD,
     max_gap: int = DEFAULT_MAX_GAP,
 ) -> Any:
-    """Fill the NaN gaps of a (time, y, x) percent array by the SPEC section 4 Gaussian rule.
+    """Fill the NaN gaps of a (time, y, x) percent array by the module's Gaussian rule.
 
     Parameters
     ----------

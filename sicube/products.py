@@ -152,7 +152,7 @@ class Grid:
 
     @property
     def crs(self) -> GridCRS:
-        """The CRS the grid's files declare (every file seen: Hughes 1980, SPEC section 2)."""
+        """The CRS the grid's files declare (every file seen: Hughes 1980; docs/cube-format.md)."""
         return GridCRS.from_epsg(self.epsg_hughes)
 
     def geotransform(self, step: int = 1) -> str:

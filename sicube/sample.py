@@ -1,14 +1,15 @@
 """A realistic offline AMSR2 archive: daily files laid out and structured like Bremen's.
 
 No machine here reaches the internet, so tests, the demo and the benchmarks run on files
-this module writes. They are the real files' layout attribute for attribute (SPEC section 2:
-GDAL's netCDF-4 copy of a GMT grid; `z` float32 in one-row chunks, deflate 1 + shuffle, y
-ascending, a `polar_stereographic` char variable with CF parameters, WKT and a north-up
-GeoTransform, no `epsg_code`, year folders), on any of the four grids, with content that
-looks like the Arctic or the Southern Ocean: the coastlines shipped in `sicube/data`
-(global-land-mask projected with pyproj), a seasonal ice pack whose marginal ice zone moves
-from day to day, the pole hole, swath gaps at lower latitudes and whole missing days.
-Other storage layouts (`STORAGE`) exist to test that the reader copes with them.
+this module writes. They are the real files' layout attribute for attribute
+(docs/cube-format.md, "Source files": GDAL's netCDF-4 copy of a GMT grid; `z` float32 in
+one-row chunks, deflate 1 + shuffle, y ascending, a `polar_stereographic` char variable with
+CF parameters, WKT and a north-up GeoTransform, no `epsg_code`, year folders), on any of the
+four grids, with content that looks like the Arctic or the Southern Ocean: the coastlines
+shipped in `sicube/data` (global-land-mask projected with pyproj), a seasonal ice pack whose
+marginal ice zone moves from day to day, the pole hole, swath gaps at lower latitudes and
+whole missing days. Other storage layouts (`STORAGE`) exist to test that the reader copes
+with them.
 """
 
 from __future__ import annotations
@@ -176,8 +177,8 @@ STORAGE: dict[str, dict] = {
     "int16": {"datatype": "i2", "scale_factor": 0.01, "fill_value": -32768,
               "zlib": True, "complevel": 1, "shuffle": True, "chunksizes": "rows"},
 }
-# What the real files' attributes say about their making (SPEC section 2); `info` says
-# these are not Bremen's data.
+# What the real files' attributes say about their making (docs/cube-format.md, "Source
+# files"); `info` says these are not Bremen's data.
 _GDAL = "GDAL 2.2.3, released 2017/11/20"
 _GMT = "5.4.3 (r20000) [64-bit]"
 

@@ -1,7 +1,7 @@
 """The sample plan of a dataset: which (window, patch) items there are, pure and JSON-able.
 
 Like xbatcher's `BatchSchema`, the plan says what the items are without reading anything:
-the windows of the original toolbox's rule (SPEC section 1) over a span of the cube's days,
+the windows of the original toolbox's rule (`window_indices`) over a span of the cube's days,
 less the windows that touch a day without data or fail the quality filter; the patch
 tiling of the (coarsened) region of interest; the chunk groups that `SICStream` visits,
 and how an epoch of them is shared among DDP ranks and DataLoader workers (`shard_items`).

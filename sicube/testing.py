@@ -108,14 +108,14 @@ def synthetic_cube(path: str | os.PathLike, *, start: DateLike = SYNTHETIC_START
 def assert_matches_reference(filled, raw, time_window: int, space_window: int, alpha: float,
                              sigma: float, *, atol: float = 1e-4,
                              where: np.ndarray | None = None) -> None:
-    """Assert that `filled` is the fill of `raw` (time, y, x, percent) by the SPEC section 4 rule.
+    """Assert that `filled` is the fill of `raw` (time, y, x, percent) by sicube's fill rule.
 
-    Compares with `sicube.fill.reference_fill` (the rule written out cell by cell: slow,
-    keep arrays small): observed cells must equal `raw` bit for bit, the cells the
-    reference fills must be filled and within `atol` of it, and the cells it leaves NaN
-    must be NaN. A cell whose weight sum lies within float64 rounding of the threshold
-    (`fill.WEIGHT_SUM_MIN`) may fall on either side. `where` (broadcast to the array)
-    restricts the check, e.g. to ocean cells. Dask or xarray inputs are computed.
+    Compares with `sicube.fill.reference_fill` (the rule of docs/cube-format.md, "The fill",
+    written out cell by cell: slow, keep arrays small): observed cells must equal `raw` bit
+    for bit, the cells the reference fills must be filled and within `atol` of it, and the
+    cells it leaves NaN must be NaN. A cell whose weight sum lies within float64 rounding of
+    the threshold (`fill.WEIGHT_SUM_MIN`) may fall on either side. `where` (broadcast to the
+    array) restricts the check, e.g. to ocean cells. Dask or xarray inputs are computed.
     Raises AssertionError saying how many cells differ and where the first one is.
     """
     from sicube.fill import WEIGHT_SUM_MIN, reference_weights

@@ -51,7 +51,7 @@ def group(synthetic_cube):
 
 def original_windows(n_days, input_length, pred_length, input_gap=1, pred_shift=1,
                      pred_gap=1, samples_gap=1):
-    """The original toolbox's loop, written out as SPEC section 1 states it."""
+    """The original toolbox's loop, as README.md ("Train from a cube") states it."""
     input_span = input_gap * (input_length - 1) + 1
     pred_span = pred_gap * (pred_length - 1) + 1
     total = input_span + pred_shift + pred_span - 1

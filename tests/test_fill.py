@@ -26,7 +26,7 @@ from sicube.fill import (
 )
 from sicube.testing import assert_matches_reference
 
-TOL = 1e-4  # percent, SPEC section 4
+TOL = 1e-4  # percent: the fill rule's float32 tolerance (docs/cube-format.md, "The fill")
 DEFAULTS = tuple(FillParams().to_dict().values())  # time_window, space_window, alpha, sigma
 
 

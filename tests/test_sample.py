@@ -24,7 +24,7 @@ def test_archive_has_the_bremen_layout_and_structure(archive):
 
 
 def test_files_are_the_real_layout_attribute_for_attribute(archive):
-    """SPEC section 2: what GDAL's netCDF driver makes of Bremen's GMT grids."""
+    """What GDAL's netCDF driver makes of Bremen's GMT grids (docs/cube-format.md)."""
     import h5py
     import netCDF4
 

@@ -23,7 +23,7 @@ rules = st.tuples(st.integers(1, 5), st.integers(1, 4), st.integers(1, 3), st.in
 
 def seed_windows(n_days, input_length, pred_length, input_gap, pred_shift, pred_gap,
                  samples_gap):
-    """The original toolbox's loop as SPEC section 1 states it."""
+    """The original toolbox's loop as README.md ("Train from a cube") states it."""
     input_span = input_gap * (input_length - 1) + 1
     pred_span = pred_gap * (pred_length - 1) + 1
     total = input_span + pred_shift + pred_span - 1
