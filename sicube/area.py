@@ -29,7 +29,8 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit
 
-EXTENT_THRESHOLD = 0.15  # concentration (fraction) from which a cell counts toward extent
+from sicube.params import EXTENT_THRESHOLD
+
 KM2 = 1e-6  # m² -> km²
 TABLE_STEP = 50.0  # metres between the tabulated cell means (see cell_area)
 DERIVATIVE_STEP = 1000.0  # metres either side in the central differences of 1/k²
@@ -193,6 +194,16 @@ def extent_area(conc: np.ndarray, area: np.ndarray, ocean: np.ndarray | None = N
     return out[:, 0], out[:, 1]
 
 
+def counts_toward_extent(conc):
+    """The extent rule (NSIDC): whether a concentration (fraction; a number or a NumPy or Dask
+    array) counts toward the sea-ice extent: at least `EXTENT_THRESHOLD`. NaN does not."""
+    return conc >= EXTENT_THRESHOLD
+
+
+# The same rule for compiled kernels, inlined into them (as fast as the comparison itself).
+_counts_toward_extent = njit(inline="always")(counts_toward_extent)
+
+
 # reassoc: the sums may be reordered, so that LLVM vectorizes them (5x faster; the result
 # differs from a sequential sum by rounding only, ~1e-14 relative). NaN checks stay exact.
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
@@ -204,7 +215,7 @@ def extent_area_sums(conc, weights):
         c = np.float64(conc[i])
         w = weights[i]
         ice += c * w if c == c else 0.0  # NaN: no ice
-        extent += w if c >= EXTENT_THRESHOLD else 0.0
+        extent += w if _counts_toward_extent(c) else 0.0
     return extent, ice
 
 
@@ -216,5 +227,5 @@ def _extent_area(conc, weights):
     return out
 
 
-__all__ = ["EXTENT_THRESHOLD", "cell_area", "cell_area_parts", "extent_area",
-           "extent_area_sums", "inverse_scale_squared"]
+__all__ = ["EXTENT_THRESHOLD", "cell_area", "cell_area_parts", "counts_toward_extent",
+           "extent_area", "extent_area_sums", "inverse_scale_squared"]

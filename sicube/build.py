@@ -47,15 +47,24 @@ from sicube.cube import FillFlag
 from sicube.dates import DateLike, count_text, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
 from sicube.fill import (
-    FillParams,
     core_in_block,
     fill_fraction_block,
     fill_pole_hole,
     halo_layout,
     pole_hole_ring,
 )
-from sicube.ingest import FAILED, MISSING, OK, Arrival
-from sicube.plan import SUSPICIOUS_POLICIES, BuildArgs, BuildState, FillBatch, fill_batches
+from sicube.ingest import Arrival
+from sicube.params import (
+    FAILED,
+    MASK_THRESHOLD,
+    MISSING,
+    OK,
+    SUSPICIOUS_AS_MISSING,
+    SUSPICIOUS_POLICIES,
+    FillParams,
+    QualityRules,
+)
+from sicube.plan import BuildArgs, BuildState, FillBatch, fill_batches
 from sicube.sources import (
     GridCoords,
     check_file_header,
@@ -88,7 +97,7 @@ class BuildSummary:
     missing: list[dt.date] = field(default_factory=list)
     failed: dict[dt.date, str] = field(default_factory=dict)
     suspicious: dict[dt.date, str] = field(default_factory=dict)  # day -> why
-    suspicious_policy: str = "missing"
+    suspicious_policy: str = SUSPICIOUS_AS_MISSING
     retried: dict[dt.date, int] = field(default_factory=dict)  # day -> download attempts
     recovered: list[dt.date] = field(default_factory=list)  # missing/failed before, now observed
     recovered_after_failure: list[dt.date] = field(default_factory=list)  # of those: failed
@@ -154,7 +163,7 @@ class BuildSummary:
         for day, error in sorted(self.failed.items()):
             lines.append(f"FAILED    {day:%Y%m%d}: {error}")
         if self.suspicious:
-            how = ("filled as missing days" if self.suspicious_policy == "missing"
+            how = ("filled as missing days" if self.suspicious_policy == SUSPICIOUS_AS_MISSING
                    else "kept as data (--suspicious keep)")
             lines.append(f"suspect   {count_text(len(self.suspicious), 'day')} flagged, {how}:")
             lines += [f"suspect   {day:%Y%m%d}: {why}"
@@ -937,7 +946,7 @@ def _fill_pole_hole(group, box: tuple[slice, slice, slice], hole: np.ndarray,
     if hole_cells is None:
         return change, 0.0, 0.0
     km2 = hole_cells * area.KM2
-    extent = km2.sum() - (before >= area.EXTENT_THRESHOLD) @ km2
+    extent = km2.sum() - area.counts_toward_extent(before) @ km2
     ice = (conc[:, hole].astype(np.float64) - before) @ km2
     return change, extent, ice
 
@@ -1136,14 +1145,14 @@ def build(
     space_window: int = FillParams.space_window,
     alpha: float = FillParams.alpha,
     sigma: float = FillParams.sigma,
-    mask_threshold: float = mask.DEFAULT_THRESHOLD,
+    mask_threshold: float = MASK_THRESHOLD,
     mask_from: str | os.PathLike | None = None,
     scheduler=None,
     workers: int | None = None,
     chunks: dict | None = None,
     restart_fill: bool = False,
-    suspicious: str = "missing",
-    quality_rules: quality.QualityRules | None = None,
+    suspicious: str = SUSPICIOUS_AS_MISSING,
+    quality_rules: QualityRules | None = None,
     progress: bool = True,
     storage_options: dict | None = None,
 ) -> BuildSummary:
@@ -1195,7 +1204,7 @@ def build(
     settings.apply()  # zarr's codec threads, before this process's first Zarr read
     if suspicious not in SUSPICIOUS_POLICIES:
         raise BadInput(f"--suspicious {suspicious}: choose from {', '.join(SUSPICIOUS_POLICIES)}")
-    rules = quality_rules or quality.QualityRules()
+    rules = quality_rules or QualityRules()
     args = BuildArgs(f"{first}", f"{last}", params, mask_threshold,
                      str(mask_from) if mask_from else None, suspicious, rules)
     summary = BuildSummary(store=store, span=(first, last), source=src.where,
@@ -1203,9 +1212,9 @@ def build(
     fill_args = [f"--time-window={params.time_window}", f"--space-window={params.space_window}",
                  f"--alpha={params.alpha:g}", f"--sigma={params.sigma:g}"] + (
         [f"--mask={mask_from}"] if mask_from else [f"--mask-threshold={mask_threshold:g}"]) + (
-        [f"--suspicious={suspicious}"] if suspicious != "missing" else []) + (
+        [f"--suspicious={suspicious}"] if suspicious != SUSPICIOUS_AS_MISSING else []) + (
         [f"--suspicious-k={rules.k:g}", f"--suspicious-window={rules.window}"]
-        if (rules.k, rules.window) != (quality.QualityRules.k, quality.QualityRules.window)
+        if (rules.k, rules.window) != (QualityRules.k, QualityRules.window)
         else [])
     finish = _finish_command("build", store, src,
                              [f"--start={first:%Y%m%d}", f"--end={last:%Y%m%d}", *fill_args,
