@@ -1155,6 +1155,8 @@ def build(
     quality_rules: QualityRules | None = None,
     progress: bool = True,
     storage_options: dict | None = None,
+    fill: FillParams | None = None,
+    quality: QualityRules | None = None,
 ) -> BuildSummary:
     """Build the cube of SPEC section 3 for every calendar day of [start, end] into `store`.
 
@@ -1183,7 +1185,12 @@ def build(
     suspicious : "missing" (default): a day flagged suspicious (`sicube.quality`) keeps its
         raw data and its flag but is left out of the mask and filled like a missing day;
         "keep": it is used as data. `update` keeps the build's choice.
-    quality_rules : the thresholds of the suspicious-day rules (default `QualityRules()`).
+    quality_rules : the thresholds of the suspicious-day rules (default `QualityRules()`);
+        the older name of `quality`.
+    fill : the fill's parameters as one `FillParams` (``sicube.FillParams``), instead of
+        `time_window`, `space_window`, `alpha` and `sigma`; a keyword that contradicts it is
+        BadInput.
+    quality : the suspicious-day rules as one `QualityRules` (``sicube.QualityRules``).
     storage_options : options of the store's fsspec file system (``endpoint_url``, ``key``,
         ``secret``, ...) when `store` is a URL (``s3://bucket/cube.zarr``); credentials may
         come from the environment instead. Never written into the cube.
@@ -1197,14 +1204,15 @@ def build(
     store = _store_url(store, storage_options)
     src = _source(base_url, source, raw_dir, grid, sensor)
     _check_first_day(first, last, src)
-    params = FillParams(time_window, space_window, alpha, sigma)
+    params = _fill_params(fill, time_window=time_window, space_window=space_window,
+                          alpha=alpha, sigma=sigma)
     mask.check_threshold(mask_threshold)
     _check_workers(workers)
     _check_chunks(chunks)
     settings.apply()  # zarr's codec threads, before this process's first Zarr read
     if suspicious not in SUSPICIOUS_POLICIES:
         raise BadInput(f"--suspicious {suspicious}: choose from {', '.join(SUSPICIOUS_POLICIES)}")
-    rules = quality_rules or QualityRules()
+    rules = _quality_rules(quality, quality_rules)
     args = BuildArgs(f"{first}", f"{last}", params, mask_threshold,
                      str(mask_from) if mask_from else None, suspicious, rules)
     summary = BuildSummary(store=store, span=(first, last), source=src.where,
@@ -1250,6 +1258,32 @@ def build(
             _run(group, state, arrivals, summary, src, progress, cells)
     summary.store_bytes = cube.store_bytes(store, storage_options)
     return summary
+
+
+def _fill_params(fill: FillParams | None, **keywords) -> FillParams:
+    """The build's fill parameters: `fill`, else the keywords. A keyword given besides `fill`
+    must agree with it (one at its default is taken as not given); BadInput otherwise."""
+    if fill is None:
+        return FillParams(**keywords)
+    if not isinstance(fill, FillParams):
+        raise BadInput(f"fill: a sicube.FillParams, got {type(fill).__name__}")
+    for name, value in keywords.items():
+        if value != getattr(FillParams, name) and value != getattr(fill, name):
+            raise BadInput(f"{name}={value!r} contradicts fill ({name} {getattr(fill, name)!r});"
+                           " give one of them")
+    return fill
+
+
+def _quality_rules(quality: QualityRules | None, quality_rules: QualityRules | None
+                   ) -> QualityRules:
+    """The build's suspicious-day rules: `quality` or its older name `quality_rules`
+    (BadInput when both are given and differ), else the defaults."""
+    for rules in (quality, quality_rules):
+        if rules is not None and not isinstance(rules, QualityRules):
+            raise BadInput(f"quality: a sicube.QualityRules, got {type(rules).__name__}")
+    if quality is not None and quality_rules is not None and quality != quality_rules:
+        raise BadInput("quality and quality_rules differ; give one of them")
+    return quality or quality_rules or QualityRules()
 
 
 def _resume(store: str, args: BuildArgs, restart_fill: bool,

@@ -561,16 +561,17 @@ def _quality_rules(k: float, window: int):
 
 def _run_build(args: argparse.Namespace) -> int:
     from sicube.build import build
+    from sicube.params import FillParams
 
+    fill = FillParams(args.time_window, args.space_window, args.alpha, args.sigma)
     summary = build(
         args.start, args.end, args.store, base_url=args.base_url, source=args.source,
         raw_dir=args.raw_dir, grid=args.grid, sensor=args.sensor,
-        time_window=args.time_window, space_window=args.space_window, alpha=args.alpha,
-        sigma=args.sigma, mask_threshold=args.mask_threshold,
+        fill=fill, mask_threshold=args.mask_threshold,
         mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
         chunks=_chunks(args.chunks), restart_fill=args.restart_fill, progress=not args.quiet,
         suspicious=args.suspicious,
-        quality_rules=_quality_rules(args.suspicious_k, args.suspicious_window),
+        quality=_quality_rules(args.suspicious_k, args.suspicious_window),
         storage_options=_storage_options(args),
     )
     print(summary.text())
