@@ -17,7 +17,11 @@ from sicube._version import __version__ as __version__
 _EXPORTS = {
     "BuildSummary": "sicube.build", "build": "sicube.build", "update": "sicube.build",
     "climatology": "sicube.climatology", "extent": "sicube.extent",
-    "FillFlag": "sicube.cube", "open_cube": "sicube.cube",
+    "FillFlag": "sicube.cube", "IncompleteCube": "sicube.cube", "open_cube": "sicube.cube",
+    "BadInput": "sicube.errors", "BadSourceFile": "sicube.errors",
+    "MissingExtra": "sicube.errors", "SicubeError": "sicube.errors",
+    "DownloadOptions": "sicube.params", "FillParams": "sicube.params",
+    "QualityRules": "sicube.params",
     "configure": "sicube.settings",
     "SICDataset": "sicube.dataset", "SICStream": "sicube.dataset",
     "download": "sicube.download", "iter_downloads": "sicube.download",
@@ -32,7 +36,9 @@ _EXPORTS = {
 }
 
 __all__ = [  # the names of _EXPORTS (tests/test_imports.py checks they agree)
-    "BuildSummary", "FillFlag", "SICDataset", "SICStream", "build", "climatology", "configure",
+    "BadInput", "BadSourceFile", "BuildSummary", "DownloadOptions", "FillFlag", "FillParams",
+    "IncompleteCube", "MissingExtra", "QualityRules", "SICDataset", "SICStream", "SicubeError",
+    "build", "climatology", "configure",
     "download", "evaluate_fill", "explore", "export_mask", "extent", "gaussian_fill", "info",
     "iter_downloads", "open_cube", "open_store", "plot_compare", "plot_day", "plot_mask",
     "roi_report", "update",
@@ -42,13 +48,15 @@ __all__ = [  # the names of _EXPORTS (tests/test_imports.py checks they agree)
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` loads them
     from sicube.build import BuildSummary, build, update
     from sicube.climatology import climatology
-    from sicube.cube import FillFlag, open_cube
+    from sicube.cube import FillFlag, IncompleteCube, open_cube
     from sicube.dataset import SICDataset, SICStream
     from sicube.download import download, iter_downloads
+    from sicube.errors import BadInput, BadSourceFile, MissingExtra, SicubeError
     from sicube.evaluate import evaluate_fill
     from sicube.extent import extent
     from sicube.fill import gaussian_fill
     from sicube.mask import export_mask
+    from sicube.params import DownloadOptions, FillParams, QualityRules
     from sicube.plot import explore, plot_compare, plot_day, plot_mask
     from sicube.report import info, roi_report
     from sicube.sample import write_archive
@@ -71,11 +79,13 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The package module, whose `build` and `download` stay the functions.
+    """The package module, whose `build`, `download`, `extent` and `climatology` stay the
+    functions.
 
-    Importing a submodule sets it as an attribute of its package; for the two functions
-    named like their modules that would make `sicube.build` the module or the function
-    depending on what was imported first.
+    Importing a submodule sets it as an attribute of its package; for these four functions,
+    named like their modules (sicube/build.py, download.py, extent.py, climatology.py), that
+    would make `sicube.build` the module or the function depending on what was imported
+    first. It can go once those modules no longer share the functions' names.
     """
 
     def __setattr__(self, name: str, value) -> None:

@@ -30,7 +30,8 @@ from collections.abc import Callable
 import numpy as np
 from numba import njit
 
-EXTENT_THRESHOLD = 0.15  # concentration (fraction) from which a cell counts toward extent
+from sicube.params import EXTENT_THRESHOLD
+
 KM2 = 1e-6  # m² -> km²
 TABLE_STEP = 50.0  # metres between the tabulated cell means (see cell_area)
 DERIVATIVE_STEP = 1000.0  # metres either side in the central differences of 1/k²
@@ -194,6 +195,16 @@ def extent_area(conc: np.ndarray, area: np.ndarray, ocean: np.ndarray | None = N
     return out[:, 0], out[:, 1]
 
 
+def counts_toward_extent(conc):
+    """The extent rule (NSIDC): whether a concentration (fraction; a number or a NumPy or Dask
+    array) counts toward the sea-ice extent: at least `EXTENT_THRESHOLD`. NaN does not."""
+    return conc >= EXTENT_THRESHOLD
+
+
+# The same rule for compiled kernels, inlined into them (as fast as the comparison itself).
+_counts_toward_extent = njit(inline="always")(counts_toward_extent)
+
+
 # Sums in fixed point: each term is rounded once to a multiple of 1/scale and the terms are
 # added as integers. A float sum's bits depend on its order, and a vectorized loop's order on
 # the CPU's vector width (a reassociated float sum gave other last bits on an SSE2-only target
@@ -223,7 +234,7 @@ def extent_area_sums(conc, weights, scale):
         c = np.float64(conc[i])
         w = weights[i] * scale  # exact: a power of two
         ice += np.int64(c * w + 0.5) if c == c else 0  # NaN: no ice
-        extent += np.int64(w + 0.5) if c >= EXTENT_THRESHOLD else 0
+        extent += np.int64(w + 0.5) if _counts_toward_extent(c) else 0
     return extent / scale, ice / scale
 
 
@@ -235,6 +246,6 @@ def _extent_area(conc, weights, scale):
     return out
 
 
-__all__ = ["EXTENT_THRESHOLD", "cell_area", "cell_area_parts", "extent_area",
-           "extent_area_sums", "fixed_point_scale",
+__all__ = ["EXTENT_THRESHOLD", "cell_area", "cell_area_parts", "counts_toward_extent",
+           "extent_area", "extent_area_sums", "fixed_point_scale",
            "inverse_scale_squared"]

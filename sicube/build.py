@@ -47,15 +47,24 @@ from sicube.cube import FillFlag
 from sicube.dates import DateLike, count_text, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
 from sicube.fill import (
-    FillParams,
     core_in_block,
     fill_fraction_block,
     fill_pole_hole,
     halo_layout,
     pole_hole_ring,
 )
-from sicube.ingest import FAILED, MISSING, OK, Arrival
-from sicube.plan import SUSPICIOUS_POLICIES, BuildArgs, BuildState, FillBatch, fill_batches
+from sicube.ingest import Arrival
+from sicube.params import (
+    FAILED,
+    MASK_THRESHOLD,
+    MISSING,
+    OK,
+    SUSPICIOUS_AS_MISSING,
+    SUSPICIOUS_POLICIES,
+    FillParams,
+    QualityRules,
+)
+from sicube.plan import BuildArgs, BuildState, FillBatch, fill_batches
 from sicube.record import CubeRecord, check_format
 from sicube.sources import (
     GridCoords,
@@ -86,7 +95,7 @@ class BuildSummary:
     missing: list[dt.date] = field(default_factory=list)
     failed: dict[dt.date, str] = field(default_factory=dict)
     suspicious: dict[dt.date, str] = field(default_factory=dict)  # day -> why
-    suspicious_policy: str = "missing"
+    suspicious_policy: str = SUSPICIOUS_AS_MISSING
     retried: dict[dt.date, int] = field(default_factory=dict)  # day -> download attempts
     recovered: list[dt.date] = field(default_factory=list)  # missing/failed before, now observed
     recovered_after_failure: list[dt.date] = field(default_factory=list)  # of those: failed
@@ -152,7 +161,7 @@ class BuildSummary:
         for day, error in sorted(self.failed.items()):
             lines.append(f"FAILED    {day:%Y%m%d}: {error}")
         if self.suspicious:
-            how = ("filled as missing days" if self.suspicious_policy == "missing"
+            how = ("filled as missing days" if self.suspicious_policy == SUSPICIOUS_AS_MISSING
                    else "kept as data (--suspicious keep)")
             lines.append(f"suspect   {count_text(len(self.suspicious), 'day')} flagged, {how}:")
             lines += [f"suspect   {day:%Y%m%d}: {why}"
@@ -938,7 +947,7 @@ def _fill_pole_hole(group, box: tuple[slice, slice, slice], hole: np.ndarray,
         return change, 0.0, 0.0
     km2 = hole_cells * area.KM2
     # NumPy's row sums, not `@`: BLAS picks its kernel, and so its order of sums, by CPU
-    extent = km2.sum() - np.where(before >= area.EXTENT_THRESHOLD, km2, 0.0).sum(axis=1)
+    extent = km2.sum() - np.where(area.counts_toward_extent(before), km2, 0.0).sum(axis=1)
     ice = ((conc[:, hole].astype(np.float64) - before) * km2).sum(axis=1)
     return change, extent, ice
 
@@ -1138,16 +1147,18 @@ def build(
     space_window: int = FillParams.space_window,
     alpha: float = FillParams.alpha,
     sigma: float = FillParams.sigma,
-    mask_threshold: float = mask.DEFAULT_THRESHOLD,
+    mask_threshold: float = MASK_THRESHOLD,
     mask_from: str | os.PathLike | None = None,
     scheduler=None,
     workers: int | None = None,
     chunks: dict | None = None,
     restart_fill: bool = False,
-    suspicious: str = "missing",
-    quality_rules: quality.QualityRules | None = None,
+    suspicious: str = SUSPICIOUS_AS_MISSING,
+    quality_rules: QualityRules | None = None,
     progress: bool = True,
     storage_options: dict | None = None,
+    fill: FillParams | None = None,
+    quality: QualityRules | None = None,
 ) -> BuildSummary:
     """Build the cube (docs/cube-format.md) of every calendar day of [start, end] in `store`.
 
@@ -1176,7 +1187,12 @@ def build(
     suspicious : "missing" (default): a day flagged suspicious (`sicube.quality`) keeps its
         raw data and its flag but is left out of the mask and filled like a missing day;
         "keep": it is used as data. `update` keeps the build's choice.
-    quality_rules : the thresholds of the suspicious-day rules (default `QualityRules()`).
+    quality_rules : the thresholds of the suspicious-day rules (default `QualityRules()`);
+        the older name of `quality`.
+    fill : the fill's parameters as one `FillParams` (``sicube.FillParams``), instead of
+        `time_window`, `space_window`, `alpha` and `sigma`; a keyword that contradicts it is
+        BadInput.
+    quality : the suspicious-day rules as one `QualityRules` (``sicube.QualityRules``).
     storage_options : options of the store's fsspec file system (``endpoint_url``, ``key``,
         ``secret``, ...) when `store` is a URL (``s3://bucket/cube.zarr``); credentials may
         come from the environment instead. Never written into the cube.
@@ -1190,14 +1206,15 @@ def build(
     store = _store_url(store, storage_options)
     src = _source(base_url, source, raw_dir, grid, sensor)
     _check_first_day(first, last, src)
-    params = FillParams(time_window, space_window, alpha, sigma)
+    params = _fill_params(fill, time_window=time_window, space_window=space_window,
+                          alpha=alpha, sigma=sigma)
     mask.check_threshold(mask_threshold)
     _check_workers(workers)
     _check_chunks(chunks)
     settings.apply()  # zarr's codec threads, before this process's first Zarr read
     if suspicious not in SUSPICIOUS_POLICIES:
         raise BadInput(f"--suspicious {suspicious}: choose from {', '.join(SUSPICIOUS_POLICIES)}")
-    rules = quality_rules or quality.QualityRules()
+    rules = _quality_rules(quality, quality_rules)
     args = BuildArgs(f"{first}", f"{last}", params, mask_threshold,
                      str(mask_from) if mask_from else None, suspicious, rules)
     summary = BuildSummary(store=store, span=(first, last), source=src.where,
@@ -1205,9 +1222,9 @@ def build(
     fill_args = [f"--time-window={params.time_window}", f"--space-window={params.space_window}",
                  f"--alpha={params.alpha:g}", f"--sigma={params.sigma:g}"] + (
         [f"--mask={mask_from}"] if mask_from else [f"--mask-threshold={mask_threshold:g}"]) + (
-        [f"--suspicious={suspicious}"] if suspicious != "missing" else []) + (
+        [f"--suspicious={suspicious}"] if suspicious != SUSPICIOUS_AS_MISSING else []) + (
         [f"--suspicious-k={rules.k:g}", f"--suspicious-window={rules.window}"]
-        if (rules.k, rules.window) != (quality.QualityRules.k, quality.QualityRules.window)
+        if (rules.k, rules.window) != (QualityRules.k, QualityRules.window)
         else [])
     finish = _finish_command("build", store, src,
                              [f"--start={first:%Y%m%d}", f"--end={last:%Y%m%d}", *fill_args,
@@ -1243,6 +1260,32 @@ def build(
             _run(group, state, arrivals, summary, src, progress, cells)
     summary.store_bytes = cube.store_bytes(store, storage_options)
     return summary
+
+
+def _fill_params(fill: FillParams | None, **keywords) -> FillParams:
+    """The build's fill parameters: `fill`, else the keywords. A keyword given besides `fill`
+    must agree with it (one at its default is taken as not given); BadInput otherwise."""
+    if fill is None:
+        return FillParams(**keywords)
+    if not isinstance(fill, FillParams):
+        raise BadInput(f"fill: a sicube.FillParams, got {type(fill).__name__}")
+    for name, value in keywords.items():
+        if value != getattr(FillParams, name) and value != getattr(fill, name):
+            raise BadInput(f"{name}={value!r} contradicts fill ({name} {getattr(fill, name)!r});"
+                           " give one of them")
+    return fill
+
+
+def _quality_rules(quality: QualityRules | None, quality_rules: QualityRules | None
+                   ) -> QualityRules:
+    """The build's suspicious-day rules: `quality` or its older name `quality_rules`
+    (BadInput when both are given and differ), else the defaults."""
+    for rules in (quality, quality_rules):
+        if rules is not None and not isinstance(rules, QualityRules):
+            raise BadInput(f"quality: a sicube.QualityRules, got {type(rules).__name__}")
+    if quality is not None and quality_rules is not None and quality != quality_rules:
+        raise BadInput("quality and quality_rules differ; give one of them")
+    return quality or quality_rules or QualityRules()
 
 
 def _resume(store: str, args: BuildArgs, restart_fill: bool,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from sicube._version import __version__
 from sicube.errors import BadInput, SicubeError, require_extra
+from sicube.params import DEFAULT_GRID
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -187,7 +188,7 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--missing-days", nargs="*", default=None, metavar="DAY",
                         help="days to leave out (default: about 5%% at random)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated values")
-    parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
+    parser.add_argument("--grid", default=DEFAULT_GRID, choices=list(GRIDS),
                         help="product grid: its hemisphere, coastlines and CRS")
     parser.set_defaults(run=_run_sample)
 
@@ -518,8 +519,7 @@ def _add_source_args(parser: argparse.ArgumentParser, sensor_default: str | None
 @command("build", "build a filled, masked Zarr cube for a date range (resumable)")
 def _add_build(parser: argparse.ArgumentParser) -> None:
     from sicube.cube import DEFAULT_CHUNKS
-    from sicube.fill import FillParams
-    from sicube.mask import DEFAULT_THRESHOLD
+    from sicube.params import MASK_THRESHOLD, SUSPICIOUS_POLICIES, FillParams, QualityRules
     from sicube.products import GRIDS
 
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
@@ -535,7 +535,7 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma", type=float, default=FillParams.sigma,
                         help="Gaussian width in cells")
     masks = parser.add_mutually_exclusive_group()
-    masks.add_argument("--mask-threshold", type=float, default=DEFAULT_THRESHOLD,
+    masks.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD,
                        help="land where a cell is NaN on at least this share of observed days")
     masks.add_argument("--mask", help="reuse land_mask from a NetCDF file or another cube")
     parser.add_argument("--grid", choices=list(GRIDS), default=None,
@@ -546,9 +546,8 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart-fill", action="store_true",
                         help="on an existing cube of this span: accept other fill or mask "
                              "parameters and redo the mask and fill (ingested days are kept)")
-    from sicube.quality import QualityRules
-
-    parser.add_argument("--suspicious", choices=["missing", "keep"], default="missing",
+    parser.add_argument("--suspicious", choices=SUSPICIOUS_POLICIES,
+                        default=SUSPICIOUS_POLICIES[0],
                         help="a suspicious day (all equal, observed share far off, extent "
                              "jump, out of range) is flagged and kept in sea_ice_conc_raw; "
                              "missing (default): left out of mask and fill like a missing "
@@ -575,7 +574,7 @@ def _chunks(text: str | None) -> dict | None:
 
 
 def _quality_rules(k: float, window: int):
-    from sicube.quality import QualityRules
+    from sicube.params import QualityRules
 
     try:
         return QualityRules(window=window, k=k)
@@ -585,16 +584,17 @@ def _quality_rules(k: float, window: int):
 
 def _run_build(args: argparse.Namespace) -> int:
     from sicube.build import build
+    from sicube.params import FillParams
 
+    fill = FillParams(args.time_window, args.space_window, args.alpha, args.sigma)
     summary = build(
         args.start, args.end, args.store, base_url=args.base_url, source=args.source,
         raw_dir=args.raw_dir, grid=args.grid, sensor=args.sensor,
-        time_window=args.time_window, space_window=args.space_window, alpha=args.alpha,
-        sigma=args.sigma, mask_threshold=args.mask_threshold,
+        fill=fill, mask_threshold=args.mask_threshold,
         mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
         chunks=_chunks(args.chunks), restart_fill=args.restart_fill, progress=not args.quiet,
         suspicious=args.suspicious,
-        quality_rules=_quality_rules(args.suspicious_k, args.suspicious_window),
+        quality=_quality_rules(args.suspicious_k, args.suspicious_window),
         storage_options=_storage_options(args),
     )
     print(summary.text())
@@ -667,7 +667,7 @@ def _add_download(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_transfer_args(parser: argparse.ArgumentParser) -> None:
-    from sicube.download import DownloadOptions
+    from sicube.params import DownloadOptions
 
     parser.add_argument("--concurrency", type=int, default=DownloadOptions.concurrency,
                         help="transfers at once")
@@ -734,7 +734,7 @@ def _add_mirror(parser: argparse.ArgumentParser) -> None:
                         help="seconds added before every answer")
     from sicube.products import GRIDS
 
-    parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
+    parser.add_argument("--grid", default=DEFAULT_GRID, choices=list(GRIDS),
                         help="grid served, named in the URL path as on the Bremen server")
     parser.set_defaults(run=_run_mirror)
 
@@ -847,7 +847,7 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     from sicube.products import GRIDS
 
-    parser.add_argument("--grid", default="n3125", choices=list(GRIDS),
+    parser.add_argument("--grid", default=DEFAULT_GRID, choices=list(GRIDS),
                         help="product grid of the generated archive; the mirror's URL names "
                              "it and the build takes it from there")
     parser.set_defaults(run=_run_demo)

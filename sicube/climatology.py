@@ -39,7 +39,6 @@ DEFAULT_HALF_WINDOW = 7
 FEB29_RULE = "29 February is pooled with 28 February (slot 58)"
 MEAN, STD, COUNT = "sic_mean", "sic_std", "sample_count"
 CHANNEL_STATS = "channel_stats"  # attribute: {channel: [mean, std]} for SICDataset(normalize=)
-DAY_QUALITY = "day_quality"  # (time) bitmask from the suspicious-day check, where present
 SLOT_CHUNK = 30  # slots per output chunk
 
 
@@ -114,8 +113,8 @@ def selected_days(ds, first: int, last: int) -> np.ndarray:
     times = ds["time"].values.astype("datetime64[D]")
     year = times.astype("datetime64[Y]").astype(np.int64) + 1970
     keep = (year >= first) & (year <= last) & ds[cube.OBSERVED].values.astype(bool)
-    if DAY_QUALITY in ds:
-        keep &= ds[DAY_QUALITY].values == 0
+    if cube.DAY_QUALITY in ds:  # a cube from before the suspicious-day check has none
+        keep &= ds[cube.DAY_QUALITY].values == 0
     return np.nonzero(keep)[0]
 
 

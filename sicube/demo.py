@@ -17,6 +17,7 @@ from sicube.build import BuildSummary, build
 from sicube.errors import BadInput, require_extra
 from sicube.mask import export_mask
 from sicube.mirror import Mirror
+from sicube.params import DEFAULT_GRID
 from sicube.sample import write_archive
 
 DEMO_START = dt.date(2024, 4, 1)
@@ -49,7 +50,7 @@ class DemoResult:
 
 
 def run_demo(days: int = 30, out: str | os.PathLike = "demo", *, step: int = 2, seed: int = 0,
-             workers: int = 2, grid: str = "n3125", progress: bool = True) -> DemoResult:
+             workers: int = 2, grid: str = DEFAULT_GRID, progress: bool = True) -> DemoResult:
     """Run the pipeline on `days` generated days of `grid` (coarsened `step` times) under
     `out`. The mirror serves the grid under its own URL path, as the Bremen server does, and
     the build downloads from that URL."""

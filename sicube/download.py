@@ -59,7 +59,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import math
 import os
 import queue
 import random
@@ -86,6 +85,7 @@ from sicube.dates import (
     yyyymmdd,
 )
 from sicube.errors import BadInput, BadSourceFile, SourceUnavailable
+from sicube.params import DEFAULT_GRID, FAILED, MISSING, OK, DownloadOptions
 from sicube.sources import GridCoords, check_day_file, sha256_file
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,6 @@ MANIFEST_NAME = "manifest.json"
 # How often iter_downloads rewrites the manifest while records arrive (and once at the end):
 # rewriting a decade's manifest (~1 MB) after every day would cost O(days^2) writes.
 MANIFEST_INTERVAL = 5.0
-OK, MISSING, FAILED = "ok", "missing", "failed"
 _BLOCK = 1 << 20  # bytes per streamed write: large enough to be cheap, small enough to be lean
 
 
@@ -284,7 +283,7 @@ def check_grid(base_urls: Sequence[str], grid: str | None) -> str:
     if grid is not None and grid not in products.GRIDS:
         raise BadInput(f"grid: unknown grid {grid!r}; choose from {', '.join(products.GRIDS)}")
     named = {url: products.url_grid(url) for url in base_urls}
-    wanted = grid or next((g for g in named.values() if g), None) or "n3125"
+    wanted = grid or next((g for g in named.values() if g), None) or DEFAULT_GRID
     for url, folder in named.items():
         if folder is not None and folder != wanted:
             raise BadInput(f"base URL {url}: is the folder of grid {folder}, not {wanted}; "
@@ -314,46 +313,6 @@ def _check_out_dir(out_dir: str | os.PathLike) -> Path:
         raise BadInput(f"output folder {os.fspath(out_dir)!r} is not writable "
                        f"({err.strerror or err})") from None
     return out
-
-
-@dataclass(frozen=True)
-class DownloadOptions:
-    """How hard the downloader tries (the retry policy): the one home of these defaults,
-    used by `download`, `iter_downloads`, `check`, `latest_available` and the CLI.
-
-    concurrency : transfers (or probes) at once.
-    retries : further attempts after a failed one (5xx, timeout, dropped connection, short
-        or invalid file), waiting `backoff` seconds doubled per retry, jittered, at most
-        `backoff_max`.
-    timeout : seconds without any data before an attempt is abandoned.
-
-    A bad value raises BadInput naming it.
-    """
-
-    concurrency: int = 8
-    retries: int = 4
-    timeout: float = 60.0
-    backoff: float = 0.5
-    backoff_max: float = 30.0
-
-    def __post_init__(self) -> None:
-        def integer(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def number(value) -> bool:
-            return isinstance(value, int | float) and not isinstance(value, bool) \
-                and math.isfinite(value)
-
-        if not integer(self.concurrency) or self.concurrency < 1:
-            raise BadInput(f"concurrency: must be a positive integer, got {self.concurrency!r}")
-        if not integer(self.retries) or self.retries < 0:
-            raise BadInput(f"retries: must be a non-negative integer, got {self.retries!r}")
-        if not number(self.timeout) or self.timeout <= 0:
-            raise BadInput(f"timeout: must be a positive number of seconds, got {self.timeout!r}")
-        for name in ("backoff", "backoff_max"):
-            if not number(getattr(self, name)) or getattr(self, name) < 0:
-                raise BadInput(f"{name}: must be a non-negative number of seconds, "
-                               f"got {getattr(self, name)!r}")
 
 
 DEFAULT_CONCURRENCY = DownloadOptions.concurrency

@@ -57,7 +57,7 @@ def _series(ds, box: tuple[int, int, int, int] | None) -> tuple[np.ndarray, np.n
     ocean = ds[cube.LAND].isel(region).data == 0
     hole = (ds[cube.POLE_HOLE].isel(region).data > 0 if cube.POLE_HOLE in ds
             else np.zeros(ocean.shape, bool))
-    ice = ((conc >= area.EXTENT_THRESHOLD) | hole) & ocean
+    ice = (area.counts_toward_extent(conc) | hole) & ocean
     import dask
 
     extent, ice_area = dask.compute((ice * km2).sum(axis=(1, 2)),

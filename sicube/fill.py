@@ -40,11 +40,7 @@ Nothing here reads or writes files.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import numbers
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +49,7 @@ from numba import njit, prange
 from sicube.area import extent_area_sums, fixed_point_scale
 from sicube.cube import FillFlag
 from sicube.errors import BadInput
+from sicube.params import FillParams, check_window  # FillParams: also importable from here
 
 WEIGHT_SUM_MIN = 1e-6
 """A missing cell whose neighbours' weight sum is at or below this stays missing (the rule)."""
@@ -417,62 +414,6 @@ def _interpolate_time(v, land, has_land, ct0, ct1, max_gap):
     return out
 
 
-# --- validation ---------------------------------------------------------------------------------
-
-
-def _check_window(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise BadInput(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
-def _check_real(value: Any, name: str, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise BadInput(f"{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise BadInput(f"{name} must be > 0, got {value!r}")
-    if not positive and value < 0:
-        raise BadInput(f"{name} must be >= 0, got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True)
-class FillParams:
-    """The Gaussian fill's four parameters (the module's rule), checked once: the one home of their
-    defaults, used by `gaussian_fill`, the builder (serialised in its state), the CLI and
-    `sicube.evaluate`.
-
-    A bad value raises BadInput naming it; values are normalised to int (windows) and float.
-    """
-
-    time_window: int = 3
-    space_window: int = 7
-    alpha: float = 15.0
-    sigma: float = 7.0
-
-    def __post_init__(self) -> None:
-        checked = {
-            "time_window": _check_window(self.time_window, "time_window"),
-            "space_window": _check_window(self.space_window, "space_window"),
-            "alpha": _check_real(self.alpha, "alpha", positive=False),
-            "sigma": _check_real(self.sigma, "sigma", positive=True),
-        }
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
-
-    def to_dict(self) -> dict:
-        """The parameters as a JSON-ready dict (the build state's and the cube's record)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FillParams:
-        """The parameters from `to_dict`'s output; an unknown key is BadInput."""
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise BadInput(f"fill parameters: unknown parameter {sorted(unknown)[0]!r}")
-        return cls(**data)
-
-
 DEFAULT_METHOD = METHODS[0]
 """`gaussian_fill`'s default method."""
 DEFAULT_MAX_GAP = 5
@@ -585,7 +526,7 @@ def gaussian_fill(
     alpha, sigma = params.alpha, params.sigma
     if method not in METHODS:
         raise BadInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    max_gap = _check_window(max_gap, "max_gap")
+    max_gap = check_window(max_gap, "max_gap")
     land = _check_land(land_mask, array.shape)
     gt, gs = _weights(time_window, space_window, alpha, sigma)
 

@@ -25,10 +25,9 @@ import numpy as np
 
 from sicube import cube, mask, products, quality
 from sicube.errors import BadInput, BadSourceFile
+from sicube.params import FAILED, MISSING, OK
 from sicube.products import GridCRS
 from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
-
-OK, MISSING, FAILED = "ok", "missing", "failed"
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import dask.array as da
@@ -24,10 +23,12 @@ from numba import njit
 
 from sicube import cube
 from sicube.errors import BadInput
+from sicube.params import MASK_THRESHOLD
+from sicube.products import shipped_land
 from sicube.record import CubeRecord
 from sicube.sources import GridCoords
 
-DEFAULT_THRESHOLD = 0.85
+DEFAULT_THRESHOLD = MASK_THRESHOLD  # its home is sicube.params
 
 
 @dataclass
@@ -86,27 +87,6 @@ def land_from_ratio(ratio: np.ndarray | da.Array, threshold: float) -> np.ndarra
 
 
 # --- the coastline shipped with sicube, and the pole hole ---------------------------------------
-
-_DATA = Path(__file__).parent / "data"
-_LAND_GRID = {False: "n3125", True: "s3125"}  # the shipped 3.125 km masks, one per hemisphere
-
-
-@lru_cache(maxsize=2)
-def shipped_land(south: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(land, x, y) of the shipped 3.125 km land mask of a hemisphere: bool (y, x), True =
-    land, and its cell centres in metres (written by tools/make_land.py from
-    global-land-mask)."""
-    from sicube import products
-
-    name = _LAND_GRID[bool(south)]
-    grid = products.GRIDS[name]
-    with np.load(_DATA / f"land-{name}.npz") as data:
-        shape = tuple(int(n) for n in data["shape"])
-        bits = np.unpackbits(data["land_bits"], count=shape[0] * shape[1])
-    land = bits.reshape(shape).astype(bool)
-    land.setflags(write=False)  # cached: shared by every caller
-    return land, grid.x(), grid.y()
-
 
 def coastline_land(x: np.ndarray, y: np.ndarray, south: bool = False) -> np.ndarray:
     """Shipped land (True) at cell centres `x`, `y` (metres): the 3.125 km cell containing

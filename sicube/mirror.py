@@ -29,6 +29,7 @@ from aiohttp import web
 
 from sicube import products
 from sicube.errors import BadInput
+from sicube.params import DEFAULT_GRID
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class Mirror:
     """
 
     def __init__(self, root: str | os.PathLike, faults: FaultPlan | str | os.PathLike | None = None,
-                 latency: float = 0.0, port: int = 0, grid: str = "n3125",
+                 latency: float = 0.0, port: int = 0, grid: str = DEFAULT_GRID,
                  head_faults: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -314,7 +315,7 @@ class Mirror:
 
 def serve_forever(root: str | os.PathLike, port: int = 8000,
                   faults: FaultPlan | str | os.PathLike | None = None,
-                  latency: float = 0.0, grid: str = "n3125") -> None:
+                  latency: float = 0.0, grid: str = DEFAULT_GRID) -> None:
     """Serve `root` on 127.0.0.1 until interrupted, printing the base URL first (the CLI)."""
     with Mirror(root, faults=faults, latency=latency, port=port, grid=grid) as mirror:
         print(mirror.base_url, flush=True)

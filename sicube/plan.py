@@ -28,10 +28,14 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 
 from sicube.dates import day_range, parse_date
-from sicube.fill import FillParams
-from sicube.quality import QualityRules
-
-SUSPICIOUS_POLICIES = ("missing", "keep")  # what the mask and the fill do with a suspicious day
+from sicube.params import (
+    MISSING,
+    OK,
+    SUSPICIOUS_AS_MISSING,
+    SUSPICIOUS_POLICIES,
+    FillParams,
+    QualityRules,
+)
 
 FILL_BATCH_CHUNKS = 2  # time chunks filled per resumable step
 
@@ -118,7 +122,7 @@ class BuildArgs:
     fill: FillParams
     mask_threshold: float
     mask: str | None = None  # a given mask (file or cube) instead of the NaN frequency
-    suspicious: str = "missing"  # SUSPICIOUS_POLICIES: a suspicious day as missing, or kept
+    suspicious: str = SUSPICIOUS_AS_MISSING  # SUSPICIOUS_POLICIES: as missing, or kept
     quality: QualityRules = field(default_factory=QualityRules)
 
 
@@ -159,7 +163,7 @@ class BuildState:
     def excluded(self) -> set[str]:
         """Observed days left out of the mask and the fill: the suspicious ones, unless the
         policy keeps them."""
-        return set(self.suspicious) if self.args.suspicious == "missing" else set()
+        return set(self.suspicious) if self.args.suspicious == SUSPICIOUS_AS_MISSING else set()
 
     def stale_chunks(self, chunk: int) -> set[int]:
         """The time chunks whose fill is not current."""
@@ -174,15 +178,15 @@ class BuildState:
     # --- transitions -----------------------------------------------------------------------------
 
     def record_day(self, key: str, status: str, detail) -> bool:
-        """Put a day under `observed` (detail = provenance), `missing` or `failed` (reason);
-        whether that changed anything."""
+        """Put a day under `observed` (status OK, detail = provenance), `missing` (MISSING) or
+        `failed` (FAILED, detail = reason); whether that changed anything."""
         before = (self.observed.get(key), key in self.missing, self.failed.get(key))
         self.observed.pop(key, None)
         self.missing.discard(key)
         self.failed.pop(key, None)
-        if status == "ok":
+        if status == OK:
             self.observed[key] = detail
-        elif status == "missing":
+        elif status == MISSING:
             self.missing.add(key)
         else:
             self.failed[key] = detail
@@ -206,7 +210,7 @@ class BuildState:
         self.suspicious = dict(suspicious)
         index = {f"{day:%Y%m%d}": i for i, day in enumerate(self.days)}
         changed_days = [index[k] for k in changed if k in index]
-        if self.args.suspicious == "missing":
+        if self.args.suspicious == SUSPICIOUS_AS_MISSING:
             self.invalidate(changed_days, chunk)
         return changed_days
 

@@ -47,9 +47,6 @@ DAY_FIGSIZE = (7.5, 9.0)
 MASK_FIGSIZE = (13.0, 9.0)
 COMPARE_FIGSIZE = (18.0, 9.0)
 
-_LAND_GRID = {"n": "n3125", "s": "s3125"}
-
-
 @dataclass(frozen=True)
 class MapField:
     """A 2-D field to map: values on (y, x) cell centres in metres, and its CRS."""
@@ -88,12 +85,11 @@ def dataset_crs(ds: xr.Dataset, what: str = "cube") -> products.GridCRS:
 
 
 @lru_cache(maxsize=2)
-def shipped_land(hemisphere: str = "n") -> MapField:
-    """The land mask (True = land) of the 3.125 km grid of a hemisphere, from package data."""
-    from sicube.mask import shipped_land as land_bits
-
-    land, x, y = land_bits(south=hemisphere == "s")
-    return MapField(land, x, y, products.GRIDS[_LAND_GRID[hemisphere]].crs)
+def land_field(hemisphere: str = "n") -> MapField:
+    """The shipped land mask (True = land) of the 3.125 km grid of a hemisphere ("n" or "s")
+    as a map field (`products.shipped_land`, with its CRS)."""
+    land, x, y = products.shipped_land(south=hemisphere == "s")
+    return MapField(land, x, y, products.grid_of_coords(x, y).crs)
 
 
 def _hemisphere(crs: products.GridCRS | int) -> str:
@@ -105,7 +101,7 @@ def coastlines(hemisphere: str = "n", step: int = 1) -> list[np.ndarray]:
     """Coastlines as (n, 2) arrays of x, y in metres: the 0.5 contour of the shipped land."""
     import contourpy
 
-    land = shipped_land(hemisphere)
+    land = land_field(hemisphere)
     gen = contourpy.contour_generator(land.x[::step], land.y[::step],
                                       land.values[::step, ::step].astype(np.float32))
     return [line for line in gen.lines(0.5) if len(line) > 2]
@@ -123,7 +119,7 @@ def _draw_land(ax, crs: products.GridCRS, *, fill: bool = True) -> None:
 
     hemisphere = _hemisphere(crs)
     if fill:
-        land = shipped_land(hemisphere)
+        land = land_field(hemisphere)
         ax.imshow(np.ma.masked_where(~land.values, land.values), origin="lower",
                   extent=_extent(land.x, land.y), cmap=ListedColormap([LAND_COLOUR]),
                   interpolation="nearest", zorder=2)

@@ -25,8 +25,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+from sicube.params import DEFAULT_GRID
 
 # The primary host first, then the older host that serves the same tree (peers added it as
 # a fallback in 2025 when the primary was offline); each file is tried on them in order.
@@ -184,6 +187,24 @@ def grid_of_coords(x: np.ndarray, y: np.ndarray) -> Grid | None:
     """The product grid (possibly coarsened) whose cell centres are `x`, `y`; None if none is."""
     return next((grid for grid in GRIDS.values() if grid.matches(x, y)), None)
 
+
+_LAND_GRID = {False: "n3125", True: "s3125"}  # the shipped 3.125 km masks, one per hemisphere
+
+
+@lru_cache(maxsize=2)
+def shipped_land(south: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(land, x, y) of the shipped 3.125 km land mask of a hemisphere: bool (y, x), True =
+    land, and its cell centres in metres (written by tools/make_land.py from
+    global-land-mask). The one loader of the package's land files (mask, plot, sample)."""
+    name = _LAND_GRID[bool(south)]
+    grid = GRIDS[name]
+    with np.load(Path(__file__).parent / "data" / f"land-{name}.npz") as data:
+        shape = tuple(int(n) for n in data["shape"])
+        bits = np.unpackbits(data["land_bits"], count=shape[0] * shape[1])
+    land = bits.reshape(shape).astype(bool)
+    land.setflags(write=False)  # cached: shared by every caller
+    return land, grid.x(), grid.y()
+
 # Both namings: asi-AMSR2-{grid}-... (AMSR2) and asi-{grid}-... (AMSR-E).
 _FILE_NAME = re.compile(r"(?:^|/)asi-(?P<amsr2>AMSR2-)?(?P<grid>[ns]\d{4})-(?P<day>\d{8})-"
                         r"(?P<version>v[\d.]+)\.nc$")
@@ -200,14 +221,14 @@ def _sensor(day: dt.date, grid: str, sensor: Sensor | str | None) -> Sensor:
     return sensor_for(day, grid) or SENSORS["amsr2"]
 
 
-def file_name(day: dt.date, grid: str = "n3125", sensor: Sensor | str | None = None,
+def file_name(day: dt.date, grid: str = DEFAULT_GRID, sensor: Sensor | str | None = None,
               version: str = VERSION) -> str:
     """Name of the daily file, e.g. asi-AMSR2-n3125-20240401-v5.4.nc; the sensor (default:
     the one whose record holds the day on the grid) decides the naming."""
     return _sensor(day, grid, sensor).file_name(day, grid, version)
 
 
-def relative_path(day: dt.date, grid: str = "n3125", sensor: Sensor | str | None = None,
+def relative_path(day: dt.date, grid: str = DEFAULT_GRID, sensor: Sensor | str | None = None,
                   version: str = VERSION) -> str:
     """Path of the daily file below a grid folder: {YYYY}/{file name}."""
     return f"{day:%Y}/{file_name(day, grid, sensor, version)}"
@@ -219,7 +240,7 @@ def url_grid(base_url: str) -> str | None:
     return found.group("grid") if found else None
 
 
-def file_url(base_url: str, day: dt.date, grid: str = "n3125",
+def file_url(base_url: str, day: dt.date, grid: str = DEFAULT_GRID,
              sensor: Sensor | str | None = None, version: str = VERSION,
              flat: bool = False) -> str:
     """Full URL of the daily file under `base_url` (a sensor's tree or one grid's folder; see
@@ -237,7 +258,7 @@ def file_url(base_url: str, day: dt.date, grid: str = "n3125",
 def grid_from_url(base_url: str) -> str:
     """Grid name a base URL serves (its path names it, as on the Bremen server); n3125 otherwise."""
     found = re.search(r"/([ns](?:3125|6250))(?:/|$)", base_url)
-    return found.group(1) if found else "n3125"
+    return found.group(1) if found else DEFAULT_GRID
 
 
 @dataclass(frozen=True)

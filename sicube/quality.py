@@ -34,51 +34,19 @@ The rules (`QualityRules`, every threshold settable, `DayQuality` flags in `sicu
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 from sicube.cube import DayQuality
+from sicube.params import EXTENT_THRESHOLD_PERCENT
+from sicube.params import QualityRules as QualityRules  # its home; also importable from here
 
 MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD x this estimates a normal standard deviation
 # Keys of a day's statistics, as kept in its provenance ("stats").
 STAT_KEYS = ("obs_fraction", "zero_fraction", "mean_conc", "extent_raw", "min", "max",
              "out_of_range", "ocean_km2")
-EXTENT_THRESHOLD = 15.0  # percent: a cell counts toward the extent from this concentration
-
-
-@dataclass(frozen=True)
-class QualityRules:
-    """Thresholds of the suspicious-day rules (module docstring); checked once here."""
-
-    window: int = 15  # days of the centred rolling median (odd: the day and 7 either side)
-    k: float = 5.0  # robust deviations (1.4826 MAD) beyond which a share is far off
-    min_neighbours: int = 4  # observed days in the window needed to judge a share
-    min_obs_deviation: float = 0.05  # an obs_fraction off by less is never flagged
-    extent_jump: float = 0.2  # share of the neighbours' extent a reverting jump must exceed
-    min_extent_jump: float = 0.01  # ... and this share of the ocean area
-    min_out_of_range: float = 0.001  # share of ocean cells out of range never flagged below
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.window, int) or self.window < 3 or self.window % 2 == 0:
-            raise ValueError(f"quality window: an odd number of days >= 3, got {self.window!r}")
-        if not isinstance(self.min_neighbours, int) or self.min_neighbours < 1:
-            raise ValueError(f"quality min_neighbours: at least 1, got {self.min_neighbours!r}")
-        for name in ("k", "min_obs_deviation", "extent_jump", "min_extent_jump",
-                     "min_out_of_range"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-                raise ValueError(f"quality {name}: a number >= 0, got {value!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping | None) -> QualityRules:
-        """Rules from `to_dict`'s output; missing keys (older records) take the defaults."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (data or {}).items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -126,7 +94,7 @@ def _stats_kernel(field, land, area):
             total += v
             if v == 0.0:
                 n_zero += 1
-            if v >= EXTENT_THRESHOLD:
+            if v >= EXTENT_THRESHOLD_PERCENT:
                 extent += area[i, j]
             lo = min(lo, v)
             hi = max(hi, v)
@@ -234,5 +202,5 @@ def judge(table: Mapping[str, np.ndarray], rules: QualityRules
     return flags, {i: "; ".join(texts) for i, texts in sorted(reasons.items())}
 
 
-__all__ = ["EXTENT_THRESHOLD", "QualityRules", "STAT_KEYS", "StatCells", "day_stats", "judge",
+__all__ = ["QualityRules", "STAT_KEYS", "StatCells", "day_stats", "judge",
            "stats_table"]

@@ -27,6 +27,7 @@ import numpy as np
 from sicube import products
 from sicube.dates import DateLike, day_range, parse_date, parse_span
 from sicube.errors import BadInput
+from sicube.params import DEFAULT_GRID
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,6 @@ class Geometry:
     land: np.ndarray
 
 
-_DATA = Path(__file__).parent / "data"
-_LAND_GRID = {False: "n3125", True: "s3125"}  # the shipped masks, one per hemisphere
-
-
 def lat_lon(grid_name: str, step: int) -> tuple[np.ndarray, np.ndarray]:
     """Latitude and longitude (float64) of the cell centres of the grid coarsened by `step`."""
     from pyproj import Transformer
@@ -89,12 +86,8 @@ def geometry(grid_name: str, step: int) -> Geometry:
 def _land(grid: products.Grid, step: int) -> np.ndarray:
     """Land cells of the grid from the shipped 3.125 km mask of its hemisphere (written by
     tools/make_land.py from global-land-mask): the fine cell at each coarse cell's centre."""
-    name = _LAND_GRID[grid.south]
-    with np.load(_DATA / f"land-{name}.npz") as data:
-        shape = tuple(int(n) for n in data["shape"])
-        fine = np.unpackbits(data["land_bits"], count=shape[0] * shape[1])
-    fine = fine.reshape(shape).astype(bool)
-    factor = step * int(round(grid.cell_size / products.GRIDS[name].cell_size))
+    fine, fine_x, _ = products.shipped_land(grid.south)
+    factor = step * int(round(grid.cell_size / float(fine_x[1] - fine_x[0])))
     ny, nx = grid.ny // step, grid.nx // step
     return np.ascontiguousarray(fine[factor // 2::factor, factor // 2::factor][:ny, :nx])
 
@@ -122,7 +115,7 @@ def _noise(waves: np.ndarray, x: np.ndarray, y: np.ndarray, day_index: int) -> n
     return field_ / len(waves)
 
 
-def sample_day(day: dt.date, *, step: int = 8, seed: int = 0, grid: str = "n3125",
+def sample_day(day: dt.date, *, step: int = 8, seed: int = 0, grid: str = DEFAULT_GRID,
                start: dt.date | None = None) -> np.ndarray:
     """One day's sea-ice concentration in percent (float32, NaN = missing) on the grid.
 
@@ -205,7 +198,7 @@ def _grid_mapping(grid: products.Grid, step: int) -> dict:
 
 
 def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
-                   grid: str = "n3125", storage: dict | str | None = None) -> Path:
+                   grid: str = DEFAULT_GRID, storage: dict | str | None = None) -> Path:
     """Write one daily file in the real archive's layout, atomically (temp file, rename).
 
     `z` is south to north (y ascending). `storage` picks another layout: a name in `STORAGE`
@@ -273,7 +266,7 @@ def write_archive(
     missing_days: list[DateLike] | None = None,
     missing_rate: float = 0.05,
     seed: int = 0,
-    grid: str = "n3125",
+    grid: str = DEFAULT_GRID,
     land_value: float | None = None,
     storage: dict | str | None = None,
     zero_days: list[DateLike] = (),

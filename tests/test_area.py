@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pyproj import CRS, Geod, Proj, Transformer
 
-from sicube import area, cube, products
+from sicube import area, cube, params, products
 from tests.conftest import ARCHIVE_END, ARCHIVE_START, SMALL_CUBE_CHUNKS
 
 HUGHES_A, HUGHES_B = 6378273.0, 6356889.449
@@ -168,6 +168,21 @@ def test_extent_area_gives_the_same_bits_on_every_cpu(tmp_path):
 def test_extent_area_refuses_cell_areas_that_are_not_finite():
     with pytest.raises(ValueError, match="finite"):
         area.extent_area(np.zeros((1, 2, 2), np.float32), np.full((2, 2), np.inf))
+
+
+def test_one_extent_rule_for_the_kernel_numpy_and_dask():
+    # A cell counts from exactly EXTENT_THRESHOLD up, NaN never: the compiled sums (the fill's
+    # finishing pass), NumPy and Dask arrays (the extent command) all apply counts_toward_extent.
+    import dask.array as da
+
+    below = np.nextafter(area.EXTENT_THRESHOLD, 0)
+    conc = np.array([[[area.EXTENT_THRESHOLD, below, np.nan, 1.0]]])
+    cells = np.full((1, 4), 1e6)
+    expected = [True, False, False, True]
+    assert area.counts_toward_extent(conc)[0, 0].tolist() == expected
+    assert area.counts_toward_extent(da.from_array(conc)).compute()[0, 0].tolist() == expected
+    assert area.extent_area(conc, cells)[0][0] == sum(expected)
+    assert params.EXTENT_THRESHOLD_PERCENT == 100 * area.EXTENT_THRESHOLD == 15.0  # quality's
 
 
 # --- stored in the cube by the builder, kept current by update ----------------------------------

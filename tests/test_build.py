@@ -155,6 +155,25 @@ def test_identical_rerun_does_nothing_and_says_so(built, archive, capsys):
     assert all(np.array_equal(before[k], after[k], equal_nan=True) for k in before)
 
 
+def test_the_parameter_objects_stand_for_their_keywords(built, archive, tmp_path):
+    from sicube import FillParams, QualityRules
+
+    # the shared cube's own parameters as objects are the same arguments: an identical rerun
+    assert _build(archive, built[0], fill=FillParams(**FILL), quality=QualityRules(),
+                  sigma=FILL["sigma"]).nothing_to_do
+    with pytest.raises(BadInput, match="other arguments"):
+        _build(archive, built[0], fill=FillParams(**{**FILL, "sigma": 3.0}))
+    # an object and a keyword that contradicts it, or not an object: refused, nothing written
+    store = tmp_path / "never.zarr"
+    for kwargs, match in [({"fill": FillParams(sigma=3), "sigma": 5}, "sigma=5 contradicts"),
+                          ({"quality": QualityRules(k=4), "quality_rules": QualityRules()},
+                           "quality and quality_rules differ"),
+                          ({"fill": {"sigma": 3}}, "FillParams")]:
+        with pytest.raises(BadInput, match=match):
+            _build(archive, store, **kwargs)
+        assert not store.exists()
+
+
 def test_update_equals_a_fresh_build_with_the_same_mask(archive, tmp_path, built):
     first_end = ARCHIVE_START + dt.timedelta(days=6)  # ends inside a time chunk
     store = tmp_path / "grow.zarr"

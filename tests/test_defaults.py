@@ -33,18 +33,19 @@ def _literal(name: str, value: str) -> re.Pattern:
 
 OWNED = [
     # (name, value, the one file that may write it; None: no file)
-    ("time_window", "3", "sicube/fill.py"),
-    ("space_window", "7", "sicube/fill.py"),
-    ("alpha", "15", "sicube/fill.py"),
-    ("sigma", "7", "sicube/fill.py"),
+    ("time_window", "3", "sicube/params.py"),
+    ("space_window", "7", "sicube/params.py"),
+    ("alpha", "15", "sicube/params.py"),
+    ("sigma", "7", "sicube/params.py"),
     ("max_gap", "5", "sicube/fill.py"),
-    ("threshold", "0.85", "sicube/mask.py"),
-    ("mask_threshold", "0.85", None),  # its home is mask.DEFAULT_THRESHOLD (the row above)
-    ("concurrency", "8", "sicube/download.py"),
-    ("retries", "4", "sicube/download.py"),
-    ("timeout", "60", "sicube/download.py"),  # (the original's urlopen in bench_download too)
-    ("backoff", "0.5", "sicube/download.py"),
-    ("backoff_max", "30", "sicube/download.py"),
+    ("MASK_THRESHOLD", "0.85", "sicube/params.py"),
+    ("threshold", "0.85", None),  # mask.DEFAULT_THRESHOLD is params.MASK_THRESHOLD
+    ("mask_threshold", "0.85", None),  # its home is params.MASK_THRESHOLD
+    ("concurrency", "8", "sicube/params.py"),
+    ("retries", "4", "sicube/params.py"),
+    ("timeout", "60", "sicube/params.py"),  # (the original's urlopen in bench_download too)
+    ("backoff", "0.5", "sicube/params.py"),
+    ("backoff_max", "30", "sicube/params.py"),
 ]
 
 
@@ -59,6 +60,31 @@ def test_each_default_is_written_once(name, value, home):
         assert not found, "\n".join(found)
     else:
         assert len(found) == 1 and found[0].startswith(home + ":"), "\n".join(found)
+
+
+FACTS = [
+    # (a fact's definition or use as a literal, the one file that may hold it; None: no file)
+    (r"^OK, MISSING, FAILED = ", "sicube/params.py"),  # the day status strings
+    (r"^SUSPICIOUS_POLICIES = ", "sicube/params.py"),
+    (r"choices=\[\"missing\"|suspicious\w* == \"missing\"|suspicious\w*: str = \"missing\"",
+     None),
+    (r"^DEFAULT_GRID = \"n3125\"", "sicube/params.py"),
+    (r"(?:grid: str = |default=|or )\"n3125\"", None),  # a default grid typed again
+    (r"^EXTENT_THRESHOLD(?:_PERCENT)? = ", "sicube/params.py"),
+    (r">= (?:area\.)?EXTENT_THRESHOLD\b", "sicube/area.py"),  # the extent rule
+    (r"^DAY_QUALITY = ", "sicube/cube.py"),
+    (r"^_LAND_GRID = ", "sicube/products.py"),  # the shipped-land lookup
+    (r"def shipped_land\(", "sicube/products.py"),
+    (r"^(?:class (?:FillParams|QualityRules|DownloadOptions)\b|MASK_THRESHOLD = )",
+     "sicube/params.py"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "home"), FACTS, ids=[str(i) for i in range(len(FACTS))])
+def test_each_fact_is_written_once(pattern, home):
+    found = {f"{p.relative_to(ROOT)}" for p in PYTHON_FILES
+             for line in p.read_text().splitlines() if re.search(pattern, line)}
+    assert found == ({home} if home else set()), pattern
 
 
 def test_the_grep_finds_what_it_looks_for():

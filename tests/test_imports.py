@@ -43,7 +43,17 @@ def test_the_cli_loads_only_the_chosen_commands_stages():
     code = "from sicube import cli\ntry:\n    cli.main({argv!r})\nexcept SystemExit:\n    pass"
     assert _loaded_after(code.format(argv=["--version"])) == []
     assert _loaded_after(code.format(argv=["info", "--help"])) == []
-    assert "numba" in _loaded_after(code.format(argv=["build", "--help"]))
+    assert "numba" in _loaded_after(code.format(argv=["evaluate", "--help"]))
+    # the build's flags become sicube.params objects: its --help loads no stage
+    assert _loaded_after(code.format(argv=["build", "--help"])) == []
+
+
+def test_the_plan_and_the_parameters_load_no_heavy_library():
+    # the build plan is a pure function of parameters that need no numba, dask, zarr, xarray
+    assert _loaded_after("import sicube.plan, sicube.params") == []
+    assert _loaded_after("from sicube import (BadInput, BadSourceFile, DownloadOptions, "
+                         "FillParams, IncompleteCube, MissingExtra, QualityRules, "
+                         "SicubeError)") == []
 
 
 def test_a_build_on_threads_never_imports_distributed(tmp_path):
@@ -82,14 +92,18 @@ def test_every_public_name_resolves_to_its_object():
     assert set(sicube.__all__) <= set(dir(sicube))
     import importlib
 
-    for module in ("sicube.build", "sicube.download"):  # must not shadow their functions
-        importlib.import_module(module)
+    shadowed = ("build", "download", "extent", "climatology")  # modules named like functions
+    for name in shadowed:  # importing the module must not shadow the function (_Package)
+        importlib.import_module(f"sicube.{name}")
 
     for name in sicube.__all__:
         value = getattr(sicube, name)
         assert not isinstance(value, types.ModuleType), name
         assert value.__module__ == sicube._EXPORTS[name], name
-    assert sicube.build.__name__ == "build" and callable(sicube.download)
+    assert all(getattr(sicube, name).__name__ == name for name in shadowed)
+    from sicube import BadInput, FillParams, QualityRules, SicubeError  # issue 21
+
+    assert issubclass(BadInput, SicubeError) and FillParams().sigma > 0 and QualityRules().k > 0
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         sicube.nothing  # noqa: B018
 

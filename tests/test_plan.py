@@ -7,8 +7,7 @@ import datetime as dt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sicube.fill import FillParams
-from sicube.mask import DEFAULT_THRESHOLD
+from sicube.params import MASK_THRESHOLD, FillParams
 from sicube.plan import FILL_BATCH_CHUNKS, BuildArgs, BuildState, fill_batches, n_chunks
 
 START = dt.date(2024, 1, 1)
@@ -17,7 +16,7 @@ START = dt.date(2024, 1, 1)
 def _state(n_days: int, time_window: int) -> BuildState:
     end = START + dt.timedelta(days=n_days - 1)
     fill = FillParams(time_window=time_window)
-    return BuildState(BuildArgs(f"{START}", f"{end}", fill, DEFAULT_THRESHOLD))
+    return BuildState(BuildArgs(f"{START}", f"{end}", fill, MASK_THRESHOLD))
 
 
 def _key(state: BuildState, i: int) -> str:
