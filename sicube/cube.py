@@ -80,7 +80,7 @@ SOURCE_SENSOR = "source_sensor"
 # Provenance written when a build or update finishes.
 VERSION = "sicube_version"
 FILL_PARAMETERS = "fill_parameters"
-MASK_THRESHOLD = "mask_threshold"
+MASK_THRESHOLD_ATTR = "mask_threshold"  # the key; the default value is params.MASK_THRESHOLD
 MASK_SOURCE = "mask_source"
 MASK_SPAN = "mask_span"
 SUSPICIOUS_POLICY = "suspicious_policy"

@@ -344,7 +344,7 @@ def _read_mask(source, allow_incomplete: bool = False, storage_options: dict | N
         if cube.LAND not in ds:
             raise BadInput(f"mask file {path}: has no {cube.LAND} variable")
         # A mask file (`sicube mask`) says "threshold"; a cube's own land_mask file its key.
-        threshold = ds.attrs.get(cube.MASK_THRESHOLD, ds.attrs.get("threshold"))
+        threshold = ds.attrs.get(cube.MASK_THRESHOLD_ATTR, ds.attrs.get("threshold"))
     crs = dataset_crs(ds, name)
     x, y = ds["x"].values, ds["y"].values
     land = MapField(ds[cube.LAND].values.astype(np.float32), x, y, crs)

@@ -43,7 +43,7 @@ KEYS = {
     "source_grid": cube.SOURCE_GRID,
     "source_sensor": cube.SOURCE_SENSOR,
     "fill_parameters": cube.FILL_PARAMETERS,
-    "mask_threshold": cube.MASK_THRESHOLD,
+    "mask_threshold": cube.MASK_THRESHOLD_ATTR,
     "mask_source": cube.MASK_SOURCE,
     "mask_span": cube.MASK_SPAN,
     "suspicious_policy": cube.SUSPICIOUS_POLICY,

@@ -449,7 +449,7 @@ def _folder_info(path: Path, grid: str | None = None) -> Info:
                 size_bytes=sum(p.stat().st_size for p in files.values()))
 
 
-PROVENANCE_KEYS = (cube.FILL_PARAMETERS, cube.MASK_THRESHOLD, cube.MASK_SPAN, cube.BUILD_TIME,
+PROVENANCE_KEYS = (cube.FILL_PARAMETERS, cube.MASK_THRESHOLD_ATTR, cube.MASK_SPAN, cube.BUILD_TIME,
                    cube.VERSION)
 
 

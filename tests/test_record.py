@@ -69,7 +69,7 @@ def test_every_older_form_decodes_to_the_record_of_today():
            cube.SOURCE_FILES: {"20240101": {"name": "a.nc"}},
            cube.MISSING_DAYS: [20240102, 20240103], cube.FAILED_DAYS: {"20240104": "500"},
            cube.SUSPICIOUS_DAYS: {}, cube.SOURCE_URLS: ["http://a", "http://b"],
-           cube.FILL_PARAMETERS: {"sigma": 7.0}, cube.MASK_THRESHOLD: 0.85,
+           cube.FILL_PARAMETERS: {"sigma": 7.0}, cube.MASK_THRESHOLD_ATTR: 0.85,
            cube.QUALITY_RULES: {"k": 5.0}, "title": "not a record key"}
     record = CubeRecord.from_attrs(old)
     assert record.state == cube.COMPLETE and record.status is None
