@@ -214,6 +214,13 @@ def _without_root_override() -> list[str]:
     return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
 
 
+def _sicube_without_root_override(argv: list[str]) -> subprocess.CompletedProcess:
+    """`python -m sicube argv` in a process that permission bits stop."""
+    return subprocess.run([*_without_root_override(), sys.executable, "-m", "sicube", *argv],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+
+
 @pytest.mark.parametrize("command", ["info", "roi", "plot day", "evaluate"])
 def test_a_store_without_read_permission_is_one_line(small_cube, tmp_path, command):
     store = tmp_path / "locked.zarr"
@@ -221,9 +228,7 @@ def test_a_store_without_read_permission_is_one_line(small_cube, tmp_path, comma
     store.chmod(0o000)
     argv = ["info", str(store)] if command == "info" else _commands(store, tmp_path)[command]
     try:
-        done = subprocess.run([*_without_root_override(), sys.executable, "-m", "sicube", *argv],
-                              capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        done = _sicube_without_root_override(argv)
     finally:
         store.chmod(0o755)
     assert done.returncode == 2, done.stderr
@@ -237,10 +242,7 @@ def test_mask_output_in_a_read_only_folder_names_the_path(small_cube, tmp_path):
     locked.chmod(0o555)
     out = locked / "mask.nc"
     try:
-        done = subprocess.run([*_without_root_override(), sys.executable, "-m", "sicube",
-                               "mask", "--store", str(small_cube), "-o", str(out)],
-                              capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        done = _sicube_without_root_override(["mask", "--store", str(small_cube), "-o", str(out)])
     finally:
         locked.chmod(0o755)
     assert done.returncode == 2, done.stderr
