@@ -26,11 +26,8 @@ import logging
 import math
 import os
 import shlex
-import shutil
-import socket
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,52 +371,6 @@ def _store_url(store: str | os.PathLike, storage_options: dict | None = None) ->
 # --- store: lock, create, state ------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _build_lock(store: str) -> Iterator[None]:
-    """Refuse a second build on the same store while one runs (a lock file beside the store).
-
-    The lock is named after the store's real path, so two spellings of one store (a
-    symlink, a relative path) share it.
-    """
-    local = _local_path(store)
-    if local is None:
-        log.warning("%s: remote store, no build lock; do not run two builds on it at once", store)
-        yield
-        return
-    real = Path(os.path.realpath(local))
-    lock = real.with_name(real.name + ".lock")
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _lock_is_live(lock):
-                raise BadInput(f"{store}: another sicube build is running on it "
-                               f"({lock.read_text().strip()}); wait for it or stop it") from None
-            lock.unlink(missing_ok=True)  # left by a killed build
-            continue
-        except OSError as err:
-            raise BadInput(f"{store}: cannot write beside the store ({err.strerror})") from err
-        with os.fdopen(fd, "w") as fh:
-            fh.write(me)
-        break
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _lock_is_live(lock: Path) -> bool:
-    try:
-        host, pid = lock.read_text().split()
-        if host != socket.gethostname():
-            return True  # cannot tell; play safe
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 def _open_group(store: str, mode: str = "r+", storage_options: dict | None = None):
     """Open the store for building: fresh metadata, never the consolidated copy."""
     import zarr
@@ -445,18 +396,12 @@ def _create_store(store: str, days: list[dt.date], grid: GridCoords, crs: produc
     """Write the empty cube; locally into a temp folder renamed at the end: all or nothing.
     Returns the cell areas it wrote, so that the run need not read them back."""
     ds = cube.template(days, grid.x, grid.y, crs, chunks=chunks, attrs=attrs)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    with store_location.consolidated_quietly():
         local = _local_path(store)
-        if local is not None:
-            tmp = local.with_name(f".{local.name}.creating-{os.getpid()}")
-            try:
+        if local is not None:  # Ctrl-C, a full disk: no half-made folder stays behind
+            with store_location.atomic_folder(local) as tmp:
                 ds.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3)
                 cells = _write_cell_area(str(tmp), ds)
-                os.rename(tmp, local)
-            except BaseException:  # Ctrl-C, a full disk: no half-made folder stays behind
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         else:
             target = store_location.open_store(store, storage_options=storage_options, mode="w-")
             ds.to_zarr(target, mode="w-", compute=False, zarr_format=3)
@@ -517,8 +462,7 @@ def _set_status(group, status: str, **attrs) -> None:
 def _consolidate(store) -> None:
     import zarr
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    with store_location.consolidated_quietly():
         zarr.consolidate_metadata(store)
 
 
@@ -1231,7 +1175,7 @@ def build(
                               *([f"--grid={grid}"] if grid else [])])
 
     # The scheduler is reached first, so a wrong address costs nothing.
-    with _build_lock(store), _scheduler(scheduler, workers, summary) as client:
+    with store_location.build_lock(store), _scheduler(scheduler, workers, summary) as client:
         cluster = _Cluster(client, store, storage_options) if client is not None else None
         group, state, restarted = _resume(store, args, restart_fill, storage_options)
         if group is None:
@@ -1476,7 +1420,7 @@ def update(
         raise BadInput(f"{store}: not a sicube cube")
     _check_workers(workers)
     summary = BuildSummary(store=store, span=(dt.date.min, dt.date.min))
-    with _build_lock(store), _scheduler(scheduler, workers, summary) as client:
+    with store_location.build_lock(store), _scheduler(scheduler, workers, summary) as client:
         cluster = _Cluster(client, store, storage_options) if client is not None else None
         group = _open_group(store, storage_options=storage_options)
         state = _read_state(group)

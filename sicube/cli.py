@@ -423,6 +423,7 @@ def _add_extent(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--half-window", type=int, default=DEFAULT_HALF_WINDOW,
                         help="days pooled on each side of a day of year for the band")
     _allow_incomplete(parser)
+    _storage_options_flag(parser)
     parser.set_defaults(run=_run_extent)
 
 
@@ -433,7 +434,8 @@ def _run_extent(args: argparse.Namespace) -> int:
     if args.plot:  # before the series is computed and the CSV written
         require_extra("plot", "extent --plot", "matplotlib")
     table = extent(args.store, region=args.region, csv=args.csv, plot=args.plot,
-                   half_window=args.half_window, allow_incomplete=args.allow_incomplete)
+                   half_window=args.half_window, allow_incomplete=args.allow_incomplete,
+                   storage_options=_storage_options(args))
     km2 = table["sea_ice_extent_km2"]
     print(f"{args.store}: {count_text(len(table), 'day')} {table['date'].iloc[0]} .. "
           f"{table['date'].iloc[-1]}; extent {km2.min():,.0f} .. {km2.max():,.0f} km2, area "
@@ -455,6 +457,7 @@ def _add_climatology(parser: argparse.ArgumentParser) -> None:
                         help="days pooled on each side of a day of year (29 February is "
                              "pooled with 28 February)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _storage_options_flag(parser)
     parser.set_defaults(run=_run_climatology)
 
 
@@ -462,7 +465,7 @@ def _run_climatology(args: argparse.Namespace) -> int:
     from sicube.climatology import climatology
 
     print(climatology(args.store, args.years, args.out, half_window=args.half_window,
-                      overwrite=args.overwrite).text())
+                      overwrite=args.overwrite, storage_options=_storage_options(args)).text())
     return 0
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ import numpy as np
 
 from sicube import cube
 from sicube.errors import BadInput
+from sicube.store import atomic_folder, consolidated_quietly, open_store
 
 N_SLOTS = 365
 DEFAULT_HALF_WINDOW = 7
@@ -201,7 +200,7 @@ def _tile(conc, rows: slice, cols: slice, index: np.ndarray, slots: np.ndarray,
 def climatology(store: str | os.PathLike, years: str | Sequence[int],
                 out: str | os.PathLike, *, half_window: int = DEFAULT_HALF_WINDOW,
                 overwrite: bool = False, workers: int | None = None,
-                tile: int = 256) -> ClimatologySummary:
+                tile: int = 256, storage_options: dict | None = None) -> ClimatologySummary:
     """Write the day-of-year climatology of the cube at `store` over `years` to `out` (Zarr).
 
     `out` holds `sic_mean`, `sic_std` (day_of_year, y, x) float32, `sample_count`
@@ -213,6 +212,9 @@ def climatology(store: str | os.PathLike, years: str | Sequence[int],
     The cube is reduced `tile` x `tile` cells at a time on `workers` threads (default: one
     per core), each holding ~6 x 365 x tile² float64 at its peak (0.9 GB at 256): memory
     does not grow with the span or the grid. Each cube chunk is read once per tile.
+
+    `store` is a path or any fsspec URL, with `storage_options` for its file system (as
+    every reader of a cube); `out` is a local path.
     """
     import zarr
 
@@ -223,7 +225,7 @@ def climatology(store: str | os.PathLike, years: str | Sequence[int],
     if out.exists() and not overwrite:
         raise BadInput(f"--out {out}: exists; remove it or choose another path")
     first, last = parse_years(years)
-    ds = cube.open_cube(store)
+    ds = cube.open_cube(store, storage_options=storage_options)
     index = selected_days(ds, first, last)
     times = ds["time"].values.astype("datetime64[D]")
     if index.size == 0:
@@ -231,46 +233,40 @@ def climatology(store: str | os.PathLike, years: str | Sequence[int],
         raise BadInput(f"--years {first}-{last}: the cube ({span}) has no observed day in them")
     slots = day_slot(times[index])
     counts = np.bincount(slots, minlength=N_SLOTS).astype(np.float64)
-    conc = cube.open_group(store)[cube.CONC]
+    conc = cube.open_group(store, storage_options=storage_options)[cube.CONC]
     ocean = ds[cube.LAND].values == 0
     ny, nx = conc.shape[1:]
     size = (min(tile, ny), min(tile, nx))
     template = _template(ds, store, first, last, k, int(index.size), counts, size)
-    tmp = out.with_name(f".{out.name}.writing-{os.getpid()}")
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            template.to_zarr(tmp, mode="w", zarr_format=3, compute=False)
-            group = zarr.open_group(str(tmp), mode="r+")
-            targets = (group[MEAN], group[STD])
-            tiles = [(slice(y, min(y + size[0], ny)), slice(x, min(x + size[1], nx)))
-                     for y in range(0, ny, size[0]) for x in range(0, nx, size[1])]
-            with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-                parts = list(pool.map(lambda t: _tile(conc, *t, index, slots, counts, k,
-                                                      ocean[t], targets), tiles))
-            total, total_sq, anomaly, anomaly_sq = np.sum(parts, axis=0)
-            n = counts.sum() * ocean.sum()
-            stats = {cube.CONC: (total / n, np.sqrt(max(total_sq / n - (total / n) ** 2, 0))),
-                     "anomaly": (anomaly / n,
-                                 np.sqrt(max(anomaly_sq / n - (anomaly / n) ** 2, 0)))}
-            group.attrs[CHANNEL_STATS] = json.dumps({c: [float(v[0]), float(v[1])]
-                                                     for c, v in stats.items()})
-            zarr.consolidate_metadata(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(out, replace=True) as tmp, consolidated_quietly():
+        template.to_zarr(tmp, mode="w", zarr_format=3, compute=False)
+        group = zarr.open_group(str(tmp), mode="r+")
+        targets = (group[MEAN], group[STD])
+        tiles = [(slice(y, min(y + size[0], ny)), slice(x, min(x + size[1], nx)))
+                 for y in range(0, ny, size[0]) for x in range(0, nx, size[1])]
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            parts = list(pool.map(lambda t: _tile(conc, *t, index, slots, counts, k,
+                                                  ocean[t], targets), tiles))
+        total, total_sq, anomaly, anomaly_sq = np.sum(parts, axis=0)
+        n = counts.sum() * ocean.sum()
+        stats = {cube.CONC: (total / n, np.sqrt(max(total_sq / n - (total / n) ** 2, 0))),
+                 "anomaly": (anomaly / n,
+                             np.sqrt(max(anomaly_sq / n - (anomaly / n) ** 2, 0)))}
+        group.attrs[CHANNEL_STATS] = json.dumps({c: [float(v[0]), float(v[1])]
+                                                 for c, v in stats.items()})
+        zarr.consolidate_metadata(str(tmp))
     return ClimatologySummary(str(out), (first, last), int(index.size), k,
                               (N_SLOTS, int(ny), int(nx)))
 
 
-def open_climatology(path: str | os.PathLike):
-    """A climatology store written by `climatology`, lazily; BadInput when it is not one."""
+def open_climatology(path: str | os.PathLike, storage_options: dict | None = None):
+    """A climatology store written by `climatology` (a path or fsspec URL, opened through
+    `sicube.store.open_store`), lazily; BadInput when it is not one."""
     import xarray as xr
 
     try:
-        ds = xr.open_zarr(str(path))
+        with consolidated_quietly():
+            ds = xr.open_zarr(open_store(path, storage_options=storage_options))
     except Exception as err:  # not there, not Zarr
         raise BadInput(f"climatology: {path} is not a readable Zarr store ({err})") from None
     if MEAN not in ds or "day_of_year" not in ds.dims:

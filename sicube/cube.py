@@ -389,12 +389,10 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
     `require_cube`, when it is not a sicube cube; IncompleteCube when it is a sicube cube
     whose build or update has not finished, unless `allow_incomplete`.
     """
-    import warnings
-
     import zarr
     from zarr.errors import GroupNotFoundError
 
-    from sicube.store import NotZarr, open_store
+    from sicube.store import NotZarr, consolidated_quietly, open_store
 
     try:
         zstore = open_store(store, storage_options=storage_options)  # missing, unreachable
@@ -403,10 +401,7 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
             raise BadInput(f"store: {store} is not a sicube cube (no Zarr group there)"
                            ) from None
         raise
-    with warnings.catch_warnings():
-        # xarray writes consolidated metadata into Zarr v3 stores; zarr warns it is not
-        # part of the v3 spec. It is what lets us open a cube over HTTP, which cannot list.
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+    with consolidated_quietly():  # what lets us open a cube over HTTP, which cannot list
         try:
             group = zarr.open_group(zstore, mode="r")
             attrs = dict(group.attrs)
@@ -464,17 +459,16 @@ def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
     `allow_incomplete` (then its unwritten cells read as NaN / 0). `kwargs` go to
     `xarray.open_zarr`.
     """
-    import warnings
-
     import xarray as xr
+
+    from sicube.store import consolidated_quietly
 
     group = open_group(store, allow_incomplete=allow_incomplete,
                        storage_options=storage_options)
     try:
-        with warnings.catch_warnings():
-            # A cube mid-build may have no current consolidated metadata (the builder
-            # re-consolidates at each state change); reading without it is right, not news.
-            warnings.filterwarnings("ignore", message=".*consolidated metadata.*")
+        # A cube mid-build may have no current consolidated metadata (the builder
+        # re-consolidates at each state change); reading without it is right, not news.
+        with consolidated_quietly():
             ds = xr.open_zarr(group.store, **kwargs)
     except (OSError, ValueError, KeyError) as err:  # a variable's metadata unreadable or corrupt
         raise BadInput(f"store: {store} cannot be read as a cube ({_reason(err)})") from None

@@ -44,6 +44,7 @@ from sicube.samples import (
     tile_patches,
     window_indices,
 )
+from sicube.store import atomic_file
 
 require_extra("torch", "sicube.dataset", "torch")
 import torch  # noqa: E402
@@ -532,12 +533,11 @@ class SICDataset(Dataset):
         if cache_file is not None:
             with contextlib.suppress(OSError):
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"store": str(self.store), "roi": self.roi,
-                                           "days": [int(self._day_ints[a]),
-                                                    int(self._day_ints[b])],
-                                           "fraction": fraction.tolist()}))
-                os.replace(tmp, cache_file)
+                with atomic_file(cache_file) as tmp:
+                    tmp.write_text(json.dumps({"store": str(self.store), "roi": self.roi,
+                                               "days": [int(self._day_ints[a]),
+                                                        int(self._day_ints[b])],
+                                               "fraction": fraction.tolist()}))
         return fraction
 
     # ---- lazy store access

@@ -67,7 +67,8 @@ def _series(ds, box: tuple[int, int, int, int] | None) -> tuple[np.ndarray, np.n
 
 def extent(store: str | os.PathLike, *, region: str | Sequence[int] | None = None,
            csv: str | os.PathLike | None = None, plot: str | os.PathLike | None = None,
-           half_window: int = DEFAULT_HALF_WINDOW, allow_incomplete: bool = False):
+           half_window: int = DEFAULT_HALF_WINDOW, allow_incomplete: bool = False,
+           storage_options: dict | None = None):
     """The cube's daily sea-ice extent and area as a pandas DataFrame; optionally written.
 
     Columns: date, observed (a source file that day), sea_ice_extent_km2, sea_ice_area_km2,
@@ -75,11 +76,13 @@ def extent(store: str | os.PathLike, *, region: str | Sequence[int] | None = Non
     extent_climatology_std_km2 (that day's slot). `region` "ymin,ymax,xmin,xmax" (ends
     exclusive) restricts them to an index rectangle. `csv` writes the table, `plot` a figure
     (PNG, ...) of the series with the band. BadInput (one line): a region outside the grid,
-    an unfinished cube, a store that is not a cube.
+    an unfinished cube, a store that is not a cube. `store` is a path or any fsspec URL, with
+    `storage_options` for its file system (as every reader of a cube).
     """
     import pandas as pd
 
-    ds = cube.open_cube(store, allow_incomplete=allow_incomplete)
+    ds = cube.open_cube(store, allow_incomplete=allow_incomplete,
+                        storage_options=storage_options)
     box = parse_region(region, (ds.sizes["y"], ds.sizes["x"]))
     extent_km2, area_km2 = _series(ds, box)
     dates = ds["time"].values.astype("datetime64[D]")

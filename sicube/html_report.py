@@ -32,6 +32,7 @@ from sicube import cube
 from sicube.cube import FillFlag
 from sicube.dates import day_range
 from sicube.errors import BadInput, require_extra
+from sicube.store import atomic_file
 
 require_extra("plot", "sicube.html_report", "matplotlib")
 
@@ -476,7 +477,6 @@ def write_report(store: str | os.PathLike, output: str | os.PathLike, *,
     output.parent.mkdir(parents=True, exist_ok=True)  # an unwritable output fails before work
     page = render_html(collect(store, allow_incomplete=allow_incomplete, progress=progress,
                                storage_options=storage_options))
-    part = output.with_name(output.name + ".part")
-    part.write_text(page, encoding="utf-8")
-    os.replace(part, output)
+    with atomic_file(output) as part:
+        part.write_text(page, encoding="utf-8")
     return output

@@ -27,6 +27,7 @@ from sicube.params import MASK_THRESHOLD
 from sicube.products import shipped_land
 from sicube.record import CubeRecord
 from sicube.sources import GridCoords
+from sicube.store import atomic_file
 
 DEFAULT_THRESHOLD = MASK_THRESHOLD  # its home is sicube.params
 
@@ -232,10 +233,9 @@ def export_mask(store: str | os.PathLike, output: str | os.PathLike,
     for name in (cube.LAND, cube.POLE_HOLE, "x", "y"):  # CF: no fill value on coordinates
         if name in out:
             out[name].encoding["_FillValue"] = None
-    tmp = output.with_name(f".{output.name}.part")
     try:
-        out.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, output)
+        with atomic_file(output) as tmp:
+            out.to_netcdf(tmp, engine="netcdf4")
     except OSError as err:  # netCDF4's error names no file: name the one asked for
         raise OSError(err.errno, err.strerror or str(err), str(output)) from None
     return output, float(land.mean())

@@ -30,6 +30,7 @@ from sicube.cube import FillFlag
 from sicube.dates import DateLike, parse_date
 from sicube.errors import BadInput, BadSourceFile, require_extra
 from sicube.record import CubeRecord
+from sicube.store import atomic_file
 
 require_extra("plot", "sicube.plot", "matplotlib")
 
@@ -668,9 +669,8 @@ def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABL
         pn.panel(view, widget_location="bottom").save(
             page, embed=True, resources=INLINE, progress=progress, max_states=states + 1,
             title="sicube explorer")
-    part = output.with_name(output.name + ".part")
-    part.write_text(inline_panel_files(page.getvalue()), encoding="utf-8")
-    os.replace(part, output)
+    with atomic_file(output) as part:
+        part.write_text(inline_panel_files(page.getvalue()), encoding="utf-8")
     return output
 
 

@@ -28,6 +28,7 @@ from sicube import products
 from sicube.dates import DateLike, day_range, parse_date, parse_span
 from sicube.errors import BadInput
 from sicube.params import DEFAULT_GRID
+from sicube.store import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +219,7 @@ def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
     y, values = (geo.y[::-1], z[::-1]) if flip else (geo.y, z)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with netCDF4.Dataset(tmp, "w", format=file_format) as nc:
+    with atomic_file(path) as tmp, netCDF4.Dataset(tmp, "w", format=file_format) as nc:
         nc.createDimension("x", geo.x.size)
         nc.createDimension("y", geo.y.size)
         gm = nc.createVariable("polar_stereographic", "S1")
@@ -253,7 +253,6 @@ def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
             "info": ("synthetic data from sicube.sample in the structure of Bremen "
                      "asi_daygrid_swath v5.4; not a measurement"),
         })
-    os.replace(tmp, path)
     return path
 
 

@@ -28,7 +28,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
+import shutil
+import socket
+import uuid
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +50,10 @@ _EXTRAS = {"s3": "s3", "s3a": "s3"}
 # URL schemes whose first path component is a bucket that must exist before writing.
 _BUCKETED = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 READ_MODES = ("r", "r+")
+# What zarr warns each time consolidated metadata is read or written in a v3 store (it is
+# not part of the v3 spec); sicube relies on it, so the warning is no news to its users.
+CONSOLIDATED_WARNING = ".*[Cc]onsolidated metadata.*"
+log = logging.getLogger(__name__)
 # Every file system `filesystem` and `open_store` handed out in this process or inherited
 # from its parent (see the module docstring), with the id of the process that opened it.
 _opened: list[tuple[int, object]] = []
@@ -145,6 +155,98 @@ def open_store(store: str | os.PathLike, *, storage_options: dict | None = None,
                                   read_only=mode == "r")
     _keep(zstore.fs)
     return zstore
+
+
+@contextlib.contextmanager
+def consolidated_quietly() -> Iterator[None]:
+    """Read or write consolidated metadata without zarr's warning that it is not in the v3
+    spec: it is what lets a cube open over HTTP, which cannot list a folder."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CONSOLIDATED_WARNING)
+        yield
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
+    """A temp path beside local file `target` to write; renamed onto `target` on success.
+
+    The body writes the temp path (bytes, text, or a library's ``save(path)``); when it
+    returns, the temp replaces `target` at once (`os.replace`), so `target` is either the
+    old file or the whole new one, never a part. On any error, Ctrl-C included, the temp is
+    removed and `target` is left as it was.
+    """
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """A temp folder path beside local folder `target` to write; renamed to `target` on
+    success (all or nothing), the old `target` removed first when `replace`. On any error,
+    Ctrl-C included, the temp folder is removed and `target` is left as it was."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+    try:
+        yield tmp
+        if replace and target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def build_lock(store: str | os.PathLike) -> Iterator[None]:
+    """Refuse a second build on the same store while one runs (a lock file beside the store).
+
+    The lock file, ``<store>.lock``, holds "host pid" of its builder; one left by a killed
+    build is taken over. It is named after the store's real path, so two spellings of one
+    store (a symlink, a relative path) share it. A remote store has no lock (a warning says
+    so). BadInput when another build holds the lock or the lock cannot be written.
+    """
+    local = local_path(store)
+    if local is None:
+        log.warning("%s: remote store, no build lock; do not run two builds on it at once", store)
+        yield
+        return
+    real = Path(os.path.realpath(local))
+    lock = real.with_name(real.name + ".lock")
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _lock_is_live(lock):
+                raise BadInput(f"{store}: another sicube build is running on it "
+                               f"({lock.read_text().strip()}); wait for it or stop it") from None
+            lock.unlink(missing_ok=True)  # left by a killed build
+            continue
+        except OSError as err:
+            raise BadInput(f"{store}: cannot write beside the store ({err.strerror})") from err
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_is_live(lock: Path) -> bool:
+    """Whether the builder named in `lock` still runs (one on another host: assume so)."""
+    try:
+        host, pid = lock.read_text().split()
+        if host != socket.gethostname():
+            return True  # cannot tell; play safe
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def failure(store: str | os.PathLike, err: BaseException) -> BadInput:

@@ -218,3 +218,39 @@ def test_dataset_climatology_bad_input(two_years, clim_store, tmp_path):
     plain = SICDataset(*args, allow_unobserved=True)
     np.testing.assert_allclose(scaled[0][0].numpy(), (plain[0][0].numpy() - 0.5) / 2.0,
                                rtol=1e-6)
+
+
+def test_extent_and_climatology_read_an_s3_cube_with_storage_options(
+        two_years, s3_server, tmp_path, capsys):
+    """Like every reader of a cube, extent and climatology take `storage_options` (here the
+    endpoint and credentials of a moto S3 server, none in the environment), API and CLI."""
+    import s3fs
+
+    from sicube.cli import main
+    from sicube.extent import extent
+
+    options = s3_server.storage_options
+    url = f"s3://{s3_server.bucket}/clim-two-years.zarr"
+    s3fs.S3FileSystem(**options).put(str(two_years), url, recursive=True)
+    remote = extent(url, storage_options=options)
+    local = extent(two_years)
+    assert remote.equals(local) and len(local) > 365
+    clim.climatology(url, "2023-2024", tmp_path / "remote.zarr", half_window=2,
+                     storage_options=options)
+    clim.climatology(two_years, "2023-2024", tmp_path / "local.zarr", half_window=2)
+    got, want = xr.open_zarr(tmp_path / "remote.zarr"), xr.open_zarr(tmp_path / "local.zarr")
+    for name in (clim.MEAN, clim.STD, clim.COUNT):
+        np.testing.assert_array_equal(got[name].values, want[name].values)
+    assert got.attrs[clim.CHANNEL_STATS] == want.attrs[clim.CHANNEL_STATS]
+    flag = ["--storage-options", json.dumps(options)]
+    assert main(["extent", "--store", url, "--csv", str(tmp_path / "e.csv"), *flag]) == 0
+    assert main(["climatology", "--store", url, "--years", "2024", "--out",
+                 str(tmp_path / "cli.zarr"), *flag]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "e.csv").read_text() == _csv(local, tmp_path / "local.csv")
+    assert xr.open_zarr(tmp_path / "cli.zarr")[clim.MEAN].shape == (365, 20, 18)
+
+
+def _csv(table, path) -> str:
+    table.to_csv(path, index=False, float_format="%.3f")
+    return path.read_text()
