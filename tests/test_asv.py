@@ -33,7 +33,12 @@ def test_every_benchmark_class_is_covered():
     assert modules == sorted({key.split(".")[0] for key in TINY})
 
 
-@pytest.mark.parametrize("key", sorted(TINY))
+# fill.Fill compiles every numba kernel (the gufunc too) from cold: the suite's longest test.
+SLOW = {"fill.Fill"}
+
+
+@pytest.mark.parametrize("key", [pytest.param(key, marks=pytest.mark.slow if key in SLOW else ())
+                                 for key in sorted(TINY)])
 def test_benchmark_runs_once(key, monkeypatch):
     module_name, class_name = key.split(".")
     cls = getattr(_load(module_name), class_name)

@@ -129,6 +129,7 @@ def test_mask_is_the_nan_frequency_of_observed_days(built, archive):
     assert 0.2 < arrays[cube.LAND].mean() < 0.7
 
 
+@pytest.mark.slow
 def test_filled_cube_equals_the_reference_fill_on_the_calendar_axis(built, archive):
     days = list(day_range(ARCHIVE_START, ARCHIVE_END))
     arrays = _arrays(built[0])

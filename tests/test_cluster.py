@@ -70,15 +70,28 @@ def _contents(store: Path | str, storage_options: dict | None = None
             {name: group.attrs[name] for name in ATTRS})
 
 
-@pytest.fixture
-def cluster(tmp_path):
+def _cluster(workers: Path):
     """2 worker processes x 1 thread under nannies, each with its own folder under
-    `tmp_path/workers`; (client, that folder)."""
-    workers = tmp_path / "workers"
+    `workers`; yields (client, that folder)."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   local_directory=str(workers), dashboard_address=":0") as c, \
             distributed.Client(c) as client:
         yield client, workers
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One cluster for the module's tests (starting one costs seconds); none of them kills a
+    worker, so each finds both workers as the last one left them."""
+    yield from _cluster(tmp_path_factory.mktemp("workers"))
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path):
+    """A cluster of its own: for the test that kills a worker (the shared one stays whole) and
+    the one that times fill tasks (on the shared, warm workers a fill task takes ~25 ms and
+    the batches' tasks no longer overlap)."""
+    yield from _cluster(tmp_path / "workers")
 
 
 def _worker_folders(client) -> dict[str, str]:
@@ -116,6 +129,7 @@ def test_cluster_build_fetches_on_workers_and_equals_the_local_build(
     assert summary.fill_in_flight == 12
 
 
+@pytest.mark.slow
 def test_cluster_build_into_an_object_store_equals_the_local_build(
         mirror, local, cluster, s3_server, tmp_path):
     """The no-shared-disk build with the store on the S3 server: the workers write their
@@ -142,11 +156,11 @@ def _ingested(store: Path) -> int:
 
 
 def test_a_worker_killed_mid_build_is_replaced_and_the_cube_is_the_same(
-        mirror, local, cluster, tmp_path):
+        mirror, local, fresh_cluster, tmp_path):
     """After the first chunk is recorded, SIGKILL the worker process running an ingest task
     (days after the first chunk are served slowly, so one is running): its nanny starts a new
     process, the task runs again, and the cube equals the local build."""
-    client, workers = cluster
+    client, workers = fresh_cluster
     pids = client.run(os.getpid)
     later = [d for d in (START + dt.timedelta(n) for n in range(4, 20)) if d not in MISSING]
     mirror.set_faults({f"{d:%Y%m%d}": ["slow:1.0"] for d in later})
@@ -208,12 +222,12 @@ def _fill_task_spans(task_stream: list[dict]) -> list[tuple[str, float, float]]:
     return spans
 
 
-def test_fill_batches_run_at_once_to_keep_every_thread_busy(mirror, cluster, tmp_path):
+def test_fill_batches_run_at_once_to_keep_every_thread_busy(mirror, fresh_cluster, tmp_path):
     """One spatial chunk per batch and 2 threads: 4 batches in flight (2 tasks per thread),
     recorded as they finish in any order; the cube still equals the threaded build. The
     workers' own record of when each task ran shows fill tasks of different batches running
     at the same time (one batch at a time would leave a thread idle)."""
-    client, _ = cluster
+    client, _ = fresh_cluster
     whole = {"time": 2, "y": 256, "x": 256}  # 10 time chunks, 5 fill batches of 1 task
     kwargs = dict(base_url=mirror.base_url, chunks=whole, progress=False)
     build(START, END, tmp_path / "local.zarr", raw_dir=tmp_path / "raw", **kwargs)

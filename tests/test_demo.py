@@ -11,6 +11,7 @@ from sicube import cube
 from .test_imports import BLOCKED_CLI
 
 
+@pytest.mark.slow
 def test_demo_leaves_every_file_it_promises(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run(
@@ -37,6 +38,7 @@ def test_demo_refuses_too_few_days(tmp_path):
                                                 "of at least 8, got 3"]
 
 
+@pytest.mark.slow
 def test_demo_on_a_southern_grid_builds_from_its_mirror(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run(

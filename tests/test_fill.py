@@ -271,6 +271,7 @@ def test_processes_scheduler_matches_oracle():
     assert_matches_reference(filled, a, *DEFAULTS)
 
 
+@pytest.mark.slow
 def test_distributed_cluster_matches_oracle():
     import distributed
 

@@ -56,6 +56,7 @@ def test_open_cube_and_info_on_s3_with_credentials_from_the_environment(
     assert s3_cube in out and f"{ARCHIVE_START}" in out and "complete" in out
 
 
+@pytest.mark.slow
 def test_mask_plot_roi_evaluate_on_s3_give_what_they_give_locally(
         s3_server, s3_cube, small_cube, tmp_path, capsys):
     import shutil
@@ -103,6 +104,7 @@ def test_mask_plot_roi_evaluate_on_s3_give_what_they_give_locally(
     assert page_s3 == page_local and page_local.count("<img") > 0
 
 
+@pytest.mark.slow
 def test_update_on_s3_equals_the_same_update_locally(s3_env, archive, tmp_path):
     first = ["--start=20240401", "--end=20240408", "--source", str(archive.root),
              f"--chunks={CHUNKS}", "-q"]

@@ -105,6 +105,7 @@ def test_shard_items_refuses_a_rank_outside_the_world():
 # ---------------------------------------------------------------- explicit ranks
 
 
+@pytest.mark.slow
 def test_explicit_ranks_share_an_epoch_and_set_epoch_reshuffles(cube_path):
     ds = _dataset(cube_path)
     every = collections.Counter(_key(ds[k]) for k in range(len(ds)))
@@ -131,6 +132,7 @@ def test_explicit_ranks_share_an_epoch_and_set_epoch_reshuffles(cube_path):
     assert [_key(item) for item in loader] == orders[1][1]
 
 
+@pytest.mark.slow
 def test_ranks_yield_the_same_number_of_batches(cube_path):
     ds = _dataset(cube_path)
     counts = []
@@ -199,6 +201,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_two_workers_read_each_item_once(cube_path, tmp_path):
     ds = _dataset(cube_path)
     every = {_key(ds[k]) for k in range(len(ds))}
