@@ -284,8 +284,11 @@ def _folder_grid(folder: Path, grid: str | None) -> tuple[str | None, str]:
     naming the grids it holds. A folder without product files is left to the run to refuse.
     """
     counts = folder_grids(folder)
-    found = ", ".join(f"{name} ({n} file{'s' * (n > 1)})" for name, n in counts.items())
-    others = ", ".join(part for part in found.split(", ") if not part.startswith(f"{grid} "))
+
+    def listed(names) -> str:
+        return ", ".join(f"{name} ({count_text(counts[name], 'file')})" for name in names)
+
+    found = listed(counts)
     if not counts:
         return grid, ""
     if grid is None:
@@ -295,7 +298,7 @@ def _folder_grid(folder: Path, grid: str | None) -> tuple[str | None, str]:
         return next(iter(counts)), ""
     if grid not in counts:
         raise BadInput(f"--source {folder}: holds no {grid} files, only {found}")
-    return grid, others
+    return grid, listed(name for name in counts if name != grid)
 
 
 def _check_source_files(src: Source, days: list[dt.date], grid: GridCoords | None = None,
