@@ -64,7 +64,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 def ensure_archive() -> Path:
     """The full-resolution sample archive, written on first use (~2 s per day)."""
-    from sicube.sample import write_archive
+    from sicube.archive.synthetic import write_archive
 
     stamp = ARCHIVE / "COMPLETE"
     if not stamp.exists() or stamp.read_text() != STAMP:
@@ -79,7 +79,7 @@ def warm_numba() -> None:
     """Compile (or load from cache) both fills' kernels so no timed run pays compilation."""
     from original import warm_direct_fill
 
-    from sicube.fill import gaussian_fill
+    from sicube.kernels.fill import gaussian_fill
 
     small = np.full((4, 32, 32), np.nan, np.float32)
     small[:, ::3, ::3] = 50.0

@@ -5,9 +5,9 @@ Run with ``python benchmarks/bench_climatology.py`` (``--help`` for options; a q
 
 1. writes (or reuses, under ``--work``) a complete cube of ``--days`` days from 2023-01-01
    on the n3125 grid coarsened ``--step`` times (1: full resolution, 3584 x 2432), in the
-   cube's exact layout (`sicube.cube.template`, default chunks), its ``sea_ice_conc`` the
-   sample archive's fields (`sicube.sample.sample_day`, NaN -> 0, / 100), every day observed;
-2. times `sicube.climatology.climatology` over its years (``--half-window``, threads,
+   cube's exact layout (`sicube.datacube.cube.template`, default chunks), its ``sea_ice_conc`` the
+   sample archive's fields (`synthetic.sample_day`, NaN -> 0, / 100), every day observed;
+2. times `sicube.analysis.climatology.climatology` over its years (``--half-window``, threads,
    ``--workers``), sampling the peak resident memory of this process every 20 ms (psutil);
 3. estimates a 10-year run: the reduction reads each day once and the output (365 days of
    year x the grid) is the same for any span, so time ~ days read; the estimate scales the
@@ -40,8 +40,9 @@ def write_cube(path: Path, days: int, step: int) -> Path:
     """A complete cube of `days` sample days on n3125 / `step` (reused when present)."""
     import zarr
 
-    from sicube import cube, products
-    from sicube.sample import sample_day
+    from sicube.archive import products
+    from sicube.archive.synthetic import sample_day
+    from sicube.datacube import cube
 
     stamp = path / ".bench-complete"
     if stamp.exists():
@@ -105,7 +106,7 @@ def main() -> int:
 
     import dask
 
-    from sicube.climatology import climatology
+    from sicube.analysis.climatology import climatology
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-clim-"))
     work.mkdir(parents=True, exist_ok=True)

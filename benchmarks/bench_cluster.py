@@ -50,7 +50,7 @@ def archive(step: int, days: int) -> Path:
     """The sample archive at `step` (1: bench_build's full-resolution one)."""
     if step == 1:
         return ensure_archive()
-    from sicube.sample import write_archive
+    from sicube.archive.synthetic import write_archive
 
     root = WORK / f"archive-step{step}"
     stamp = root / "COMPLETE"
@@ -65,7 +65,7 @@ def archive(step: int, days: int) -> Path:
 
 def warm() -> None:
     """Compile (or load from numba's cache) the fill's kernel."""
-    from sicube.fill import gaussian_fill
+    from sicube.kernels.fill import gaussian_fill
 
     small = np.full((4, 32, 32), np.nan, np.float32)
     small[:, ::3, ::3] = 50.0
@@ -73,7 +73,7 @@ def warm() -> None:
 
 
 def timed_build(days: int, base_url: str, tmp: Path, name: str, **kwargs):
-    from sicube.build import build
+    from sicube.pipeline.build import build
 
     store = tmp / f"{name}.zarr"
     began = time.perf_counter()
@@ -97,7 +97,7 @@ def task_costs(stream: list[dict]) -> dict[str, list[float]]:
 def estimate(ingest_s: float, fill_s: float, spatial: int, chunk_t: int, tasks_per_batch: int,
              file_mb: float, workers: int = 64) -> list[str]:
     """A decade on `workers` single-thread workers, from the measured per-task costs."""
-    from sicube.plan import FILL_BATCH_CHUNKS
+    from sicube.pipeline.plan import FILL_BATCH_CHUNKS
 
     ingest_tasks = math.ceil(DECADE_DAYS / chunk_t)
     batches = math.ceil(ingest_tasks / FILL_BATCH_CHUNKS)

@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_build import ARCHIVE, FIRST, WORK, ensure_archive  # noqa: E402
 from common import machine, record  # noqa: E402
 
-from sicube import cube  # noqa: E402
+from sicube.datacube import cube  # noqa: E402
 
 HEADING = "## Cube chunking and compression"
 CHUNKINGS = [(1, 3584, 2432), (8, 512, 512), (8, 256, 256), (16, 512, 512), (4, 1024, 1024)]
@@ -142,7 +142,7 @@ def time_fill(raw: np.ndarray, chunks: tuple[int, int, int]) -> float:
     import dask
     import dask.array as da
 
-    from sicube.fill import gaussian_fill
+    from sicube.kernels.fill import gaussian_fill
 
     lazy = gaussian_fill(da.from_array(raw, chunks=chunks))
     with dask.config.set(scheduler="threads", num_workers=2):

@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import machine, record  # noqa: E402
 
-from sicube import cube  # noqa: E402
-from sicube.sample import write_archive  # noqa: E402
-from sicube.sources import find_day_files, read_day  # noqa: E402
+from sicube.archive.sources import find_day_files, read_day  # noqa: E402
+from sicube.archive.synthetic import write_archive  # noqa: E402
+from sicube.datacube import cube  # noqa: E402
 
 START = dt.date(2024, 4, 1)
 INPUT_LENGTH = PRED_LENGTH = 4
@@ -245,7 +245,7 @@ def run_original(path: Path, items: list[tuple[int, int, int]]) -> Timer:
 
 def measure(store: Path, days: int, n_items: int, repeat: int) -> tuple[dict, dict, list]:
     """Best (samples/s, CPU ms per sample) of each method on one cube, and the items."""
-    from sicube.dataset import SICDataset
+    from sicube.ml.dataset import SICDataset
 
     # Warm the page cache for every method alike: the benchmark measures reading and
     # decompressing, not the disk.

@@ -34,10 +34,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import machine, record  # noqa: E402
 
-from sicube import products  # noqa: E402
+from sicube.archive import products  # noqa: E402
+from sicube.archive.download import download  # noqa: E402
+from sicube.archive.synthetic import write_archive  # noqa: E402
 from sicube.dates import day_range, parse_span  # noqa: E402
-from sicube.download import download  # noqa: E402
-from sicube.sample import write_archive  # noqa: E402
 
 START = "20240101"
 STEP = 8

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model, machine, record  # noqa: E402
 from original import direct_fill, warm_direct_fill  # noqa: E402  (the original's algorithm)
 
-from sicube import fill  # noqa: E402
-from sicube.fill import FillParams, gaussian_fill  # noqa: E402
-from sicube.mask import DEFAULT_THRESHOLD  # noqa: E402
+from sicube.kernels import fill  # noqa: E402
+from sicube.kernels.fill import FillParams, gaussian_fill  # noqa: E402
+from sicube.pipeline.mask import DEFAULT_THRESHOLD  # noqa: E402
 
 DEFAULTS = FillParams().to_dict()
 
@@ -57,7 +57,7 @@ def load_sample_days(archive: Path, n_days: int) -> np.ndarray:
     """Read ``n_days`` full-resolution sample days (writing the archive first if needed)."""
     import xarray as xr
 
-    from sicube.sample import write_archive
+    from sicube.archive.synthetic import write_archive
 
     start = dt.date(2024, 3, 1)
     end = start + dt.timedelta(days=n_days - 1)

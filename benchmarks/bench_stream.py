@@ -50,8 +50,8 @@ from bench_dataset import (  # noqa: E402
 )
 from common import machine, record  # noqa: E402
 
-from sicube import cube  # noqa: E402
-from sicube.sample import write_archive  # noqa: E402
+from sicube.archive.synthetic import write_archive  # noqa: E402
+from sicube.datacube import cube  # noqa: E402
 
 HEADING = "## Remote streaming"  # its section of benchmarks/RESULTS.md
 
@@ -125,7 +125,7 @@ def epoch(store: str, days: int, prefetch: int,
     """Seconds for one epoch of SICStream(batch_size=8) with 2 workers, and its items."""
     from torch.utils.data import DataLoader
 
-    from sicube.dataset import SICDataset
+    from sicube.ml.dataset import SICDataset
 
     end = START + dt.timedelta(days=days - 1)
     dataset = SICDataset(store, START, end, INPUT_LENGTH, PRED_LENGTH, patch_size=PATCH,
@@ -141,7 +141,7 @@ def epoch(store: str, days: int, prefetch: int,
 
 
 def main() -> None:
-    from sicube.dataset import DEFAULT_PREFETCH
+    from sicube.ml.dataset import DEFAULT_PREFETCH
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=24)

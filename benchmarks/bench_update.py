@@ -53,10 +53,10 @@ APPEND = """
 import json, sys, time
 began = time.perf_counter()
 from sicube.cli import main  # what `python -m sicube` imports
-import sicube.build  # what its update command imports before any work (dask.array, xarray)
-from sicube.fill import fill_fraction_block
+import sicube.pipeline.build  # what its update command imports before any work (dask.array, xarray)
+from sicube.kernels.fill import fill_fraction_block
 from sicube.settings import apply
-from sicube.sources import read_day
+from sicube.archive.sources import read_day
 import numpy as np
 apply()  # the CLI's process-wide settings
 read_day(sys.argv[3])  # numba's first call loads its kernels from the cache

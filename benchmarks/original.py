@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sicube import products  # noqa: E402
+from sicube.archive import products  # noqa: E402
 from sicube.dates import day_range, parse_span  # noqa: E402
 
 

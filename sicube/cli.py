@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # first failure is the error we report, and asyncio would print the others' tracebacks
     # ("Future/Task exception was never retrieved") when they are garbage-collected.
     logging.getLogger("asyncio").addFilter(_not_unretrieved_futures)
-    from sicube.record import NewerCubeWarning
+    from sicube.datacube.record import NewerCubeWarning
     from sicube.settings import apply
 
     try:
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _warning_line(command: str, show):
     """`warnings.showwarning` that prints sicube's own warnings as one line, each once (a
     command may open a cube several times)."""
-    from sicube.record import NewerCubeWarning
+    from sicube.datacube.record import NewerCubeWarning
 
     said: set[str] = set()
 
@@ -178,7 +178,7 @@ def _os_error_text(err: OSError) -> str:
 
 @command("sample", "write a realistic synthetic AMSR2 archive (offline test data)")
 def _add_sample(parser: argparse.ArgumentParser) -> None:
-    from sicube.products import GRIDS
+    from sicube.archive.products import GRIDS
 
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
@@ -194,8 +194,8 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
+    from sicube.archive.synthetic import write_archive
     from sicube.dates import count_text
-    from sicube.sample import write_archive
 
     archive = write_archive(args.out, args.start, args.end, step=args.step,
                             missing_days=args.missing_days, seed=args.seed, grid=args.grid,
@@ -208,7 +208,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- plot, explore, roi, info (sicube.plot, sicube.report) ------------------------------------
+# --- plot, explore, roi, info (views.plot, analysis.report) --------------------------------------
 
 
 def _allow_incomplete(parser: argparse.ArgumentParser) -> None:
@@ -226,7 +226,7 @@ def _storage_options_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _storage_options(args: argparse.Namespace) -> dict | None:
-    from sicube.store import parse_storage_options
+    from sicube.datacube.store import parse_storage_options
 
     return parse_storage_options(getattr(args, "storage_options", None))
 
@@ -271,7 +271,7 @@ def _add_plot(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_plot(args: argparse.Namespace) -> int:
-    from sicube import plot
+    from sicube.views import plot
 
     if args.dpi < 10 or args.dpi > 1200:
         raise BadInput(f"dpi: must be between 10 and 1200, got {args.dpi}")
@@ -311,7 +311,7 @@ def _add_explore(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_explore(args: argparse.Namespace) -> int:
-    from sicube.plot import save_explorer
+    from sicube.views.plot import save_explorer
 
     store = _explore_store(args.store, args.store_option)
     if not 50 <= args.width <= 4000:
@@ -346,7 +346,7 @@ def _add_report(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from sicube.html_report import write_report
+    from sicube.views.html import write_report
 
     path = write_report(args.store, args.html, allow_incomplete=args.allow_incomplete,
                         progress=not args.quiet, storage_options=_storage_options(args))
@@ -378,8 +378,8 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_roi(args: argparse.Namespace) -> int:
+    from sicube.analysis.report import roi_report, write_roi_csv
     from sicube.dates import count_text
-    from sicube.report import roi_report, write_roi_csv
 
     if args.plot:  # before the days are counted and the CSV written
         require_extra("plot", "roi --plot", "matplotlib")
@@ -402,7 +402,7 @@ def _run_roi(args: argparse.Namespace) -> int:
     if args.csv:
         print(f"wrote {write_roi_csv(report, args.csv)}")
     if args.plot:
-        from sicube.plot import plot_roi, save_figure
+        from sicube.views.plot import plot_roi, save_figure
 
         print(f"wrote {save_figure(plot_roi(report), args.plot)}")
     return 0
@@ -411,7 +411,7 @@ def _run_roi(args: argparse.Namespace) -> int:
 @command("extent", "daily sea-ice extent and area of a cube (or a rectangle of it), with "
                    "the day-of-year climatology band")
 def _add_extent(parser: argparse.ArgumentParser) -> None:
-    from sicube.climatology import DEFAULT_HALF_WINDOW
+    from sicube.analysis.climatology import DEFAULT_HALF_WINDOW
 
     parser.add_argument("--store", required=True, help="a cube (Zarr)")
     parser.add_argument("--region", help="ymin,ymax,xmin,xmax grid indices (ends exclusive); "
@@ -428,8 +428,8 @@ def _add_extent(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_extent(args: argparse.Namespace) -> int:
+    from sicube.analysis.extent import extent
     from sicube.dates import count_text
-    from sicube.extent import extent
 
     if args.plot:  # before the series is computed and the CSV written
         require_extra("plot", "extent --plot", "matplotlib")
@@ -448,7 +448,7 @@ def _run_extent(args: argparse.Namespace) -> int:
 
 @command("climatology", "per-cell day-of-year mean and standard deviation of a cube")
 def _add_climatology(parser: argparse.ArgumentParser) -> None:
-    from sicube.climatology import DEFAULT_HALF_WINDOW
+    from sicube.analysis.climatology import DEFAULT_HALF_WINDOW
 
     parser.add_argument("--store", required=True, help="a cube (Zarr)")
     parser.add_argument("--years", required=True, help="FIRST-LAST, e.g. 2013-2022")
@@ -462,7 +462,7 @@ def _add_climatology(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_climatology(args: argparse.Namespace) -> int:
-    from sicube.climatology import climatology
+    from sicube.analysis.climatology import climatology
 
     print(climatology(args.store, args.years, args.out, half_window=args.half_window,
                       overwrite=args.overwrite, storage_options=_storage_options(args)).text())
@@ -471,7 +471,7 @@ def _run_climatology(args: argparse.Namespace) -> int:
 
 @command("info", "grid size, span, missing days, chunking and provenance of a file, folder or cube")
 def _add_info(parser: argparse.ArgumentParser) -> None:
-    from sicube.products import GRIDS
+    from sicube.archive.products import GRIDS
 
     parser.add_argument("path", help="a daily file, a folder of daily files, or a cube (Zarr)")
     parser.add_argument("--grid", choices=list(GRIDS),
@@ -482,7 +482,7 @@ def _add_info(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from sicube.report import format_info, info
+    from sicube.analysis.report import format_info, info
 
     print("\n".join(format_info(info(args.path, grid=args.grid,
                                       storage_options=_storage_options(args)))))
@@ -498,7 +498,7 @@ def _add_base_url(parser) -> None:
 
 
 def _add_sensor(parser: argparse.ArgumentParser, default: str | None) -> None:
-    from sicube.products import SENSOR_CHOICES
+    from sicube.archive.products import SENSOR_CHOICES
 
     parser.add_argument("--sensor", choices=SENSOR_CHOICES, default=default,
                         help="auto: each day from the sensor whose record holds it (AMSR-E "
@@ -521,9 +521,9 @@ def _add_source_args(parser: argparse.ArgumentParser, sensor_default: str | None
 
 @command("build", "build a filled, masked Zarr cube for a date range (resumable)")
 def _add_build(parser: argparse.ArgumentParser) -> None:
-    from sicube.cube import DEFAULT_CHUNKS
+    from sicube.archive.products import GRIDS
+    from sicube.datacube.cube import DEFAULT_CHUNKS
     from sicube.params import MASK_THRESHOLD, SUSPICIOUS_POLICIES, FillParams, QualityRules
-    from sicube.products import GRIDS
 
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
@@ -586,8 +586,8 @@ def _quality_rules(k: float, window: int):
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from sicube.build import build
     from sicube.params import FillParams
+    from sicube.pipeline.build import build
 
     fill = FillParams(args.time_window, args.space_window, args.alpha, args.sigma)
     summary = build(
@@ -607,7 +607,7 @@ def _run_build(args: argparse.Namespace) -> int:
 @command("update", "append new days to a cube and refill the days whose window changed")
 def _add_update(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, help="an existing sicube cube")
-    from sicube.build import MAX_EMPTY_DAYS
+    from sicube.pipeline.build import MAX_EMPTY_DAYS
 
     parser.add_argument("--end", help="last day to add (default: the newest day the source "
                         "has: a folder's newest file, or probed on the server from yesterday)")
@@ -620,7 +620,7 @@ def _add_update(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_update(args: argparse.Namespace) -> int:
-    from sicube.build import update
+    from sicube.pipeline.build import update
 
     summary = update(args.store, args.end, base_url=args.base_url, source=args.source,
                      raw_dir=args.raw_dir, sensor=args.sensor, allow_gap=args.allow_gap,
@@ -644,7 +644,7 @@ def _add_mask(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_mask(args: argparse.Namespace) -> int:
-    from sicube.mask import export_mask
+    from sicube.pipeline.mask import export_mask
 
     path, land_share = export_mask(args.store, args.output, threshold=args.threshold,
                                    allow_incomplete=args.allow_incomplete,
@@ -653,7 +653,7 @@ def _run_mask(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- download and mirror (sicube.download, sicube.mirror) -------------------------------------
+# --- download and mirror (archive.download, archive.mirror) --------------------------------------
 
 
 @command("download", "fetch daily files for a date range (concurrent, retried, validated)")
@@ -683,8 +683,8 @@ def _add_transfer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
+    from sicube.archive.download import download
     from sicube.dates import count_text
-    from sicube.download import download
 
     report = download(args.start, args.end, args.out, base_url=args.base_url,
                       sensor=args.sensor, concurrency=args.concurrency, retries=args.retries,
@@ -701,7 +701,7 @@ def _run_download(args: argparse.Namespace) -> int:
 
 @command("check", "probe every day's file on the server (HEAD) before a long build or download")
 def _add_check(parser: argparse.ArgumentParser) -> None:
-    from sicube.products import GRIDS
+    from sicube.archive.products import GRIDS
 
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
@@ -714,7 +714,7 @@ def _add_check(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from sicube.download import check
+    from sicube.archive.download import check
 
     report = check(args.start, args.end, base_url=args.base_url, grid=args.grid,
                    sensor=args.sensor, concurrency=args.concurrency, retries=args.retries,
@@ -725,7 +725,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 @command("mirror", "serve an archive folder on 127.0.0.1 like the Bremen server (with faults)")
 def _add_mirror(parser: argparse.ArgumentParser) -> None:
-    from sicube.mirror import FAULT_PLAN_HELP
+    from sicube.archive.mirror import FAULT_PLAN_HELP
 
     parser.epilog = f"fault plan (--faults PLAN.json):\n\n{FAULT_PLAN_HELP}"
     parser.add_argument("--root", required=True, help="archive folder with {YYYY}/ sub-folders")
@@ -735,7 +735,7 @@ def _add_mirror(parser: argparse.ArgumentParser) -> None:
                         help="fault plan: file name or YYYYMMDD -> faults (format below)")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds added before every answer")
-    from sicube.products import GRIDS
+    from sicube.archive.products import GRIDS
 
     parser.add_argument("--grid", default=DEFAULT_GRID, choices=list(GRIDS),
                         help="grid served, named in the URL path as on the Bremen server")
@@ -743,7 +743,7 @@ def _add_mirror(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_mirror(args: argparse.Namespace) -> int:
-    from sicube.mirror import serve_forever
+    from sicube.archive.mirror import serve_forever
 
     serve_forever(args.root, port=args.port, faults=args.faults, latency=args.latency,
                   grid=args.grid)
@@ -752,7 +752,7 @@ def _run_mirror(args: argparse.Namespace) -> int:
 
 @command("evaluate", "score fill parameters: hide observed cells, fill them back, report errors")
 def _add_evaluate(parser: argparse.ArgumentParser) -> None:
-    from sicube.fill import DEFAULT_MAX_GAP, DEFAULT_METHOD, FillParams
+    from sicube.kernels.fill import DEFAULT_MAX_GAP, DEFAULT_METHOD, FillParams
 
     parser.add_argument("--store", required=True, help="a sicube cube (Zarr) with sea_ice_conc_raw")
     parser.add_argument("--start", help="first day to use (default: the cube's first)")
@@ -793,8 +793,8 @@ def _comma_list(text: str, kind: type, name: str) -> list:
 def _run_evaluate(args: argparse.Namespace) -> int:
     import itertools
 
+    from sicube.analysis.evaluate import evaluate_fill, open_raw, write_scores_csv
     from sicube.dates import count_text
-    from sicube.evaluate import evaluate_fill, open_raw, write_scores_csv
 
     raw, land = open_raw(args.store, args.start, args.end,
                          allow_incomplete=args.allow_incomplete,
@@ -848,7 +848,7 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=int, default=2,
                         help="coarsen the grid by this factor (1 = full grid)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    from sicube.products import GRIDS
+    from sicube.archive.products import GRIDS
 
     parser.add_argument("--grid", default=DEFAULT_GRID, choices=list(GRIDS),
                         help="product grid of the generated archive; the mirror's URL names "

@@ -12,13 +12,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sicube import products
-from sicube.build import BuildSummary, build
+from sicube.archive import products
+from sicube.archive.mirror import Mirror
+from sicube.archive.synthetic import write_archive
 from sicube.errors import BadInput, require_extra
-from sicube.mask import export_mask
-from sicube.mirror import Mirror
 from sicube.params import DEFAULT_GRID
-from sicube.sample import write_archive
+from sicube.pipeline.build import BuildSummary, build
+from sicube.pipeline.mask import export_mask
 
 DEMO_START = dt.date(2024, 4, 1)
 # A flaky server: one day answers 503 then a truncated body, another an HTML page.
@@ -83,7 +83,7 @@ def run_demo(days: int = 30, out: str | os.PathLike = "demo", *, step: int = 2, 
 
 
 def _maps(store: Path, out: Path, missing: list[dt.date], end: dt.date) -> dict[str, Path]:
-    from sicube import plot
+    from sicube.views import plot
 
     # Show the fill where it matters most: on a day with no file at all, if there is one.
     compare_day = missing[0] if missing else DEMO_START + (end - DEMO_START) // 2
@@ -98,7 +98,7 @@ def _maps(store: Path, out: Path, missing: list[dt.date], end: dt.date) -> dict[
 def _one_batch(store: Path, end: dt.date, workers: int):
     from torch.utils.data import DataLoader
 
-    from sicube.dataset import SICDataset
+    from sicube.ml.dataset import SICDataset
 
     data = SICDataset(store, DEMO_START, end, input_length=5, pred_length=3)
     loader = DataLoader(data, batch_size=4, shuffle=True, num_workers=workers)

@@ -1,7 +1,7 @@
 """The parameters and shared facts of a build, with no heavy dependency.
 
 This module imports only the standard library (and `sicube.errors`), so the build plan
-(`sicube.plan`), the CLI's argument parsing and a user's script can use the parameter objects
+(`pipeline.plan`), the CLI's argument parsing and a user's script can use the parameter objects
 without loading numba, Dask, Zarr or xarray. Each default and each shared constant has its
 one home here; the modules that use them import them from here.
 """
@@ -23,7 +23,7 @@ DEFAULT_GRID = "n3125"  # the grid a download, a build or a sample uses unless t
 # the build state's day lists).
 OK, MISSING, FAILED = "ok", "missing", "failed"
 
-# What the mask and the fill do with a suspicious day (`sicube.quality`): treat it as a
+# What the mask and the fill do with a suspicious day (`sicube.pipeline.quality`): treat it as a
 # missing day (the default, first), or keep it as data.
 SUSPICIOUS_AS_MISSING, SUSPICIOUS_KEEP = "missing", "keep"
 SUSPICIOUS_POLICIES = (SUSPICIOUS_AS_MISSING, SUSPICIOUS_KEEP)
@@ -61,7 +61,7 @@ def _check_real(value: Any, name: str, positive: bool) -> float:
 class FillParams:
     """The Gaussian fill's four parameters (SPEC 4), checked once: the one home of their
     defaults, used by `gaussian_fill`, the builder (serialised in its state), the CLI and
-    `sicube.evaluate`.
+    `sicube.analysis.evaluate`.
 
     A bad value raises BadInput naming it; values are normalised to int (windows) and float.
     """
@@ -99,7 +99,7 @@ class FillParams:
 
 @dataclass(frozen=True)
 class QualityRules:
-    """Thresholds of the suspicious-day rules (`sicube.quality`'s docstring); checked once
+    """Thresholds of the suspicious-day rules (`sicube.pipeline.quality`'s docstring); checked once
     here."""
 
     window: int = 15  # days of the centred rolling median (odd: the day and 7 either side)

@@ -1,11 +1,11 @@
 """Helpers for testing pipelines built on sicube: a small synthetic cube, and a fill check.
 
-`synthetic_cube` writes a cube in sicube's exact layout (`sicube.cube.template`, its
+`synthetic_cube` writes a cube in sicube's exact layout (`sicube.datacube.cube.template`, its
 attributes, chunks and codecs) and says it is complete the way the builder does, so that
 every reader (`open_cube`, `SICDataset`, `sicube info`, ...) takes it as a built cube; its
 content is random but under control (known missing days, land, a share of filled cells
 that varies by day). `assert_matches_reference` checks a fill against the slow, obvious
-implementation of the rule (`sicube.fill.reference_fill`). `serve_directory` serves a
+implementation of the rule (`sicube.kernels.fill.reference_fill`). `serve_directory` serves a
 folder (a cube) over HTTP on 127.0.0.1 with added latency, like a distant store;
 `silent_server` accepts connections and never answers, like a host that hangs.
 
@@ -50,9 +50,10 @@ def synthetic_cube(path: str | os.PathLike, *, start: DateLike = SYNTHETIC_START
     (0 on land and where no neighbour), sea_ice_conc_raw the observed ones in percent (NaN
     elsewhere); two blocks of land sit in opposite corners. Returns the path.
     """
-    from sicube import cube, products
-    from sicube.area import extent_area
-    from sicube.record import CubeRecord
+    from sicube.archive import products
+    from sicube.datacube import cube
+    from sicube.datacube.record import CubeRecord
+    from sicube.kernels.area import extent_area
 
     first = parse_date(start, "start")
     ny, nx = (int(v) for v in shape)
@@ -110,7 +111,7 @@ def assert_matches_reference(filled, raw, time_window: int, space_window: int, a
                              where: np.ndarray | None = None) -> None:
     """Assert that `filled` is the fill of `raw` (time, y, x, percent) by sicube's fill rule.
 
-    Compares with `sicube.fill.reference_fill` (the rule of docs/cube-format.md, "The fill",
+    Compares with `sicube.kernels.fill.reference_fill` (the rule of docs/cube-format.md, "The fill",
     written out cell by cell: slow, keep arrays small): observed cells must equal `raw` bit
     for bit, the cells the reference fills must be filled and within `atol` of it, and the
     cells it leaves NaN must be NaN. A cell whose weight sum lies within float64 rounding of
@@ -118,7 +119,7 @@ def assert_matches_reference(filled, raw, time_window: int, space_window: int, a
     array) restricts the check, e.g. to ocean cells. Dask or xarray inputs are computed.
     Raises AssertionError saying how many cells differ and where the first one is.
     """
-    from sicube.fill import WEIGHT_SUM_MIN, reference_weights
+    from sicube.kernels.fill import WEIGHT_SUM_MIN, reference_weights
 
     got = np.asarray(getattr(filled, "values", filled))
     source = np.asarray(getattr(raw, "values", raw))

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sicube.fill import FillParams
-from sicube.mask import DEFAULT_THRESHOLD
-from sicube.sample import Archive, write_archive
+from sicube.archive.synthetic import Archive, write_archive
+from sicube.kernels.fill import FillParams
+from sicube.pipeline.mask import DEFAULT_THRESHOLD
 from sicube.testing import wait_for_port
 
 ARCHIVE_START = dt.date(2024, 4, 1)
@@ -46,7 +46,7 @@ SMALL_CUBE_FILL = FillParams().to_dict()
 @pytest.fixture(scope="session")
 def small_cube(archive, tmp_path_factory):
     """Path of a cube built by `sicube.build` from the archive's folder (default parameters)."""
-    from sicube.build import build
+    from sicube.pipeline.build import build
 
     path = tmp_path_factory.mktemp("cube") / "small.zarr"
     build(ARCHIVE_START, ARCHIVE_END, path, source=archive.root, chunks=SMALL_CUBE_CHUNKS,
@@ -54,13 +54,13 @@ def small_cube(archive, tmp_path_factory):
     return path
 
 
-# --- mirror (sicube.mirror) --------------------------------------------------------------------
+# --- mirror (sicube.archive.mirror) ---------------------------------------------------------------
 
 
 @pytest.fixture
 def mirror(archive):
     """A loopback mirror of `archive` on 127.0.0.1; set faults with `mirror.set_faults(plan)`."""
-    from sicube.mirror import Mirror
+    from sicube.archive.mirror import Mirror
 
     with Mirror(archive.root) as running:
         yield running

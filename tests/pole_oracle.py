@@ -8,9 +8,9 @@ from collections import deque
 
 import numpy as np
 
-from sicube.cube import FillFlag
-from sicube.fill import reference_fill
-from sicube.sample import geometry
+from sicube.archive.synthetic import geometry
+from sicube.datacube.cube import FillFlag
+from sicube.kernels.fill import reference_fill
 
 
 def expected_pole_hole(raw: np.ndarray, grid: str, step: int) -> np.ndarray:

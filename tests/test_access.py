@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from sicube import cli, cube, products
-from sicube.build import build
+from sicube import cli
+from sicube.archive import products
+from sicube.archive.download import check, default_raw_dir, download
+from sicube.archive.mirror import Mirror
+from sicube.archive.sources import find_day_files
+from sicube.archive.synthetic import write_archive
+from sicube.datacube import cube
 from sicube.dates import day_range
-from sicube.download import check, default_raw_dir, download
 from sicube.errors import BadInput
-from sicube.mirror import Mirror
-from sicube.sample import write_archive
-from sicube.sources import find_day_files
+from sicube.pipeline.build import build
 from sicube.testing import serve_directory, silent_server
 from tests.conftest import ARCHIVE_MISSING
 
@@ -92,7 +94,8 @@ def test_check_asks_a_silent_primary_once_per_day_in_flight(mirror, capsys):
 
 def test_a_demoted_host_is_asked_again_later_once(mirror, tmp_path, monkeypatch):
     # `sicube.download` is also the function's name in the package: take the module itself
-    monkeypatch.setattr(sys.modules["sicube.download"], "HOST_RETRY_AFTER", 0.0)  # later: now
+    # later: now
+    monkeypatch.setattr(sys.modules["sicube.archive.download"], "HOST_RETRY_AFTER", 0.0)
     with silent_server() as silent:
         dead = f"{silent.url}/amsr2/asi_daygrid_swath/n3125/netcdf"
         report = download("20240401", "20240403", tmp_path, base_url=[dead, mirror.base_url],

@@ -1,4 +1,4 @@
-"""sicube.area: cell areas on the ellipsoid checked against closed forms and pyproj."""
+"""sicube.kernels.area: cell areas on the ellipsoid checked against closed forms and pyproj."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from pyproj import CRS, Geod, Proj, Transformer
 
-from sicube import area, cube, params, products
+from sicube import params
+from sicube.archive import products
+from sicube.datacube import cube
+from sicube.kernels import area
 from tests.conftest import ARCHIVE_END, ARCHIVE_START, SMALL_CUBE_CHUNKS
 
 HUGHES_A, HUGHES_B = 6378273.0, 6356889.449
@@ -137,7 +140,7 @@ def test_extent_area_of_a_block_equals_a_direct_sum():
 
 _EXTENT_BITS = """
 import numpy as np
-from sicube import area
+from sicube.kernels import area
 rng = np.random.default_rng(7)
 conc = rng.random((4, 300, 301)).astype(np.float32)
 conc[rng.random(conc.shape) < 0.3] = np.nan
@@ -219,7 +222,7 @@ def test_built_cube_stores_cell_area_extent_and_area(small_cube):
 
 
 def test_update_keeps_extent_and_area_current(archive, tmp_path):
-    from sicube.build import build, update
+    from sicube.pipeline.build import build, update
 
     store = tmp_path / "grow.zarr"
     build(ARCHIVE_START, ARCHIVE_START + dt.timedelta(days=6), store, source=archive.root,
@@ -256,7 +259,7 @@ def test_extent_command_writes_the_series_and_a_plot(small_cube, tmp_path, capsy
 def test_extent_of_a_region_equals_numpy(small_cube):
     import zarr
 
-    from sicube.extent import extent
+    from sicube.analysis.extent import extent
 
     group = zarr.open_group(str(small_cube), mode="r")
     y0, y1, x0, x1 = 100, 160, 40, 110  # across the pole hole and chunk edges
@@ -275,7 +278,7 @@ def test_extent_of_a_region_equals_numpy(small_cube):
 
 
 def test_extent_band_over_more_than_a_year(tmp_path):
-    from sicube.extent import BAND_COLUMNS, extent
+    from sicube.analysis.extent import BAND_COLUMNS, extent
     from sicube.testing import synthetic_cube
 
     store = synthetic_cube(tmp_path / "two.zarr", start=20230101, n_days=800, shape=(8, 8),

@@ -17,14 +17,14 @@ import pytest
 import xarray as xr
 import zarr
 
-from sicube import cube
-from sicube.build import STATE, build, update
+from sicube.archive.sources import read_day
+from sicube.archive.synthetic import write_archive
 from sicube.cli import main
-from sicube.cube import FillFlag
+from sicube.datacube import cube
+from sicube.datacube.cube import FillFlag
 from sicube.dates import day_range
 from sicube.errors import BadInput
-from sicube.sample import write_archive
-from sicube.sources import read_day
+from sicube.pipeline.build import STATE, build, update
 
 from .conftest import (
     ARCHIVE_END,
@@ -504,7 +504,7 @@ def test_a_failed_day_is_reported_then_fetched_on_rerun(archive, mirror, tmp_pat
 
 
 def test_build_killed_while_downloading_resumes(long_archive, tmp_path):
-    from sicube.mirror import Mirror
+    from sicube.archive.mirror import Mirror
 
     args = ["--start", "20240101", "--end", "20240209", "--chunks", "2,128,128", "-q"]
     with Mirror(long_archive.root, latency=0.05, faults={"*": "trickle:0.3"}) as slow:
@@ -535,7 +535,7 @@ def _corrupt_data(path: Path) -> bytes:
 def test_a_download_whose_data_does_not_decode_is_a_failed_day(archive, tmp_path, capsys):
     import shutil
 
-    from sicube.mirror import Mirror
+    from sicube.archive.mirror import Mirror
 
     served = tmp_path / "served"
     shutil.copytree(archive.root, served)
@@ -558,7 +558,7 @@ def test_a_download_whose_data_does_not_decode_is_a_failed_day(archive, tmp_path
 def test_a_corrupt_download_that_arrives_first_is_a_failed_day(archive, tmp_path, capsys):
     import shutil
 
-    from sicube.mirror import Mirror
+    from sicube.archive.mirror import Mirror
 
     served = tmp_path / "served"
     shutil.copytree(archive.root, served)

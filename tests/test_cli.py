@@ -72,8 +72,8 @@ def test_allow_incomplete_reads_it_anyway(small_cube, tmp_path, capsys, name):
 
 
 def test_explore_allows_an_unfinished_cube_when_told(small_cube, tmp_path):
-    from sicube import cube
-    from sicube.plot import explore
+    from sicube.datacube import cube
+    from sicube.views.plot import explore
 
     path = unfinished_copy(small_cube, tmp_path, "building")
     with pytest.raises(cube.IncompleteCube):
@@ -90,7 +90,7 @@ def test_explore_takes_the_store_as_store_or_positionally(monkeypatch, tmp_path,
         Path(output).write_text("")
         return Path(output)
 
-    monkeypatch.setattr("sicube.plot.save_explorer", save_explorer)
+    monkeypatch.setattr("sicube.views.plot.save_explorer", save_explorer)
     html = str(tmp_path / "x.html")
     for argv in (["--store", "c.zarr"], ["c.zarr"], ["c.zarr", "--store", "c.zarr"]):
         assert main(["explore", *argv, "--html", html, "--width", "60", "-q"]) == 0, argv

@@ -12,12 +12,12 @@ import pytest
 import xarray as xr
 import zarr
 
-from sicube import cube
+from sicube.datacube import cube
 from sicube.errors import BadInput
 from sicube.testing import synthetic_cube
 
 # The module (`sicube.climatology` on the package is the function of the same name).
-clim = importlib.import_module("sicube.climatology")
+clim = importlib.import_module("sicube.analysis.climatology")
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def clim_store(two_years, tmp_path_factory):
 
 
 def test_dataset_anomaly_channel_and_normalize(two_years, clim_store):
-    from sicube.dataset import SICDataset
+    from sicube.ml.dataset import SICDataset
 
     ds = xr.open_zarr(two_years)
     mean = xr.open_zarr(clim_store)[clim.MEAN].values
@@ -201,7 +201,7 @@ def test_dataset_anomaly_channel_and_normalize(two_years, clim_store):
 
 
 def test_dataset_climatology_bad_input(two_years, clim_store, tmp_path):
-    from sicube.dataset import SICDataset
+    from sicube.ml.dataset import SICDataset
 
     args = (two_years, 20240225, 20240305, 2, 1)
     with pytest.raises(BadInput, match="needs climatology"):
@@ -226,8 +226,8 @@ def test_extent_and_climatology_read_an_s3_cube_with_storage_options(
     endpoint and credentials of a moto S3 server, none in the environment), API and CLI."""
     import s3fs
 
+    from sicube.analysis.extent import extent
     from sicube.cli import main
-    from sicube.extent import extent
 
     options = s3_server.storage_options
     url = f"s3://{s3_server.bucket}/clim-two-years.zarr"

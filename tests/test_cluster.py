@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import zarr
 
-from sicube import cube
-from sicube.build import STATE, build
-from sicube.mirror import Mirror
-from sicube.sample import write_archive
-from sicube.store import open_store
+from sicube.archive.mirror import Mirror
+from sicube.archive.synthetic import write_archive
+from sicube.datacube import cube
+from sicube.datacube.store import open_store
+from sicube.pipeline.build import STATE, build
 
 START, END = dt.date(2024, 3, 1), dt.date(2024, 3, 20)  # 20 days: 5 time chunks of 4
 MISSING = [dt.date(2024, 3, 6), dt.date(2024, 3, 13)]
@@ -245,7 +245,7 @@ def test_fill_batches_run_at_once_to_keep_every_thread_busy(mirror, fresh_cluste
 
 def test_update_on_the_cluster_equals_the_threaded_update(mirror, cluster, tmp_path):
     """`update` with a Client appends on the workers too: the same cube as a threaded update."""
-    from sicube.build import update
+    from sicube.pipeline.build import update
 
     client, workers = cluster
     cut = END - dt.timedelta(days=7)

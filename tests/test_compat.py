@@ -16,10 +16,10 @@ import pytest
 import xarray as xr
 import zarr
 
-from sicube import cube
-from sicube.build import build
 from sicube.cli import main
-from sicube.record import CubeRecord
+from sicube.datacube import cube
+from sicube.datacube.record import CubeRecord
+from sicube.pipeline.build import build
 
 RELEASE = Path(__file__).parent / "data" / "release-0.1"
 FIRST, LAST, SOURCE_LAST = dt.date(2024, 4, 1), dt.date(2024, 4, 10), dt.date(2024, 4, 12)
@@ -77,7 +77,7 @@ def test_the_previous_release_cube_decodes_into_the_record(old):
 def test_the_previous_release_cube_opens_reports_and_trains(old, tmp_path, capsys):
     store, _ = old
     _check_reads_and_reports(store, LAST, tmp_path, capsys)
-    from sicube.dataset import SICDataset
+    from sicube.ml.dataset import SICDataset
 
     data = SICDataset(store, FIRST, LAST, 2, 1, quality_cache=False)
     conc = zarr.open_group(str(store), mode="r")[cube.CONC][:]

@@ -1,4 +1,4 @@
-"""Store helpers of sicube.cube."""
+"""Store helpers of sicube.datacube.cube."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from sicube import cube
+from sicube.datacube import cube
 
 
 def test_for_writing_stores_chunks_that_hold_only_the_fill_value(tmp_path):
@@ -79,9 +79,9 @@ def test_a_cube_whose_fill_crashed_is_refused(archive, tmp_path, monkeypatch):
     values, and every reader says so instead of serving NaN."""
     import importlib
 
-    from sicube.build import build
-    from sicube.dataset import SICDataset
-    from sicube.report import format_info, info
+    from sicube.analysis.report import format_info, info
+    from sicube.ml.dataset import SICDataset
+    from sicube.pipeline.build import build
 
     from .conftest import ARCHIVE_END, ARCHIVE_START, SMALL_CUBE_CHUNKS
 
@@ -89,7 +89,8 @@ def test_a_cube_whose_fill_crashed_is_refused(archive, tmp_path, monkeypatch):
         raise RuntimeError("fill crashed")
 
     # (the package exports the function `build`, which hides the module of the same name)
-    monkeypatch.setattr(importlib.import_module("sicube.build"), "fill_fraction_block", crash)
+    builder = importlib.import_module("sicube.pipeline.build")
+    monkeypatch.setattr(builder, "fill_fraction_block", crash)
     path = tmp_path / "crashed.zarr"
     with pytest.raises(RuntimeError, match="fill crashed"):
         build(ARCHIVE_START, ARCHIVE_END, path, source=archive.root, chunks=SMALL_CUBE_CHUNKS,

@@ -14,9 +14,10 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from sicube import cube, testing
-from sicube.dataset import SICDataset, SICStream, fold_patches, unfold_patches, window_indices
+from sicube import testing
+from sicube.datacube import cube
 from sicube.errors import BadInput
+from sicube.ml.dataset import SICDataset, SICStream, fold_patches, unfold_patches, window_indices
 
 START = dt.date(2024, 4, 1)
 N_DAYS = 30

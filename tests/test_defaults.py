@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from sicube.archive.download import DownloadOptions
 from sicube.cli import main
-from sicube.download import DownloadOptions
 from sicube.errors import BadInput
-from sicube.fill import FillParams
-from sicube.mask import DEFAULT_THRESHOLD
+from sicube.kernels.fill import FillParams
+from sicube.pipeline.mask import DEFAULT_THRESHOLD
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where defaults are used: the package, the shared fixtures, the benchmarks and tools. A test
@@ -37,7 +37,7 @@ OWNED = [
     ("space_window", "7", "sicube/params.py"),
     ("alpha", "15", "sicube/params.py"),
     ("sigma", "7", "sicube/params.py"),
-    ("max_gap", "5", "sicube/fill.py"),
+    ("max_gap", "5", "sicube/kernels/fill.py"),
     ("MASK_THRESHOLD", "0.85", "sicube/params.py"),
     ("threshold", "0.85", None),  # mask.DEFAULT_THRESHOLD is params.MASK_THRESHOLD
     ("mask_threshold", "0.85", None),  # its home is params.MASK_THRESHOLD
@@ -71,10 +71,10 @@ FACTS = [
     (r"^DEFAULT_GRID = \"n3125\"", "sicube/params.py"),
     (r"(?:grid: str = |default=|or )\"n3125\"", None),  # a default grid typed again
     (r"^EXTENT_THRESHOLD(?:_PERCENT)? = ", "sicube/params.py"),
-    (r">= (?:area\.)?EXTENT_THRESHOLD\b", "sicube/area.py"),  # the extent rule
-    (r"^DAY_QUALITY = ", "sicube/cube.py"),
-    (r"^_LAND_GRID = ", "sicube/products.py"),  # the shipped-land lookup
-    (r"def shipped_land\(", "sicube/products.py"),
+    (r">= (?:area\.)?EXTENT_THRESHOLD\b", "sicube/kernels/area.py"),  # the extent rule
+    (r"^DAY_QUALITY = ", "sicube/datacube/cube.py"),
+    (r"^_LAND_GRID = ", "sicube/archive/products.py"),  # the shipped-land lookup
+    (r"def shipped_land\(", "sicube/archive/products.py"),
     (r"^(?:class (?:FillParams|QualityRules|DownloadOptions)\b|MASK_THRESHOLD = )",
      "sicube/params.py"),
 ]

@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-from sicube import cube
+from sicube.datacube import cube
 
 from .test_imports import BLOCKED_CLI
 

@@ -14,18 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from sicube import cli, products
-from sicube.download import (
+from sicube import cli
+from sicube.archive import products
+from sicube.archive.download import (
     DayRecord,
     default_raw_dir,
     download,
     iter_downloads,
     latest_available,
 )
+from sicube.archive.mirror import Mirror
+from sicube.archive.sources import check_day_file
+from sicube.archive.synthetic import write_archive
 from sicube.errors import BadInput, BadSourceFile, SourceUnavailable
-from sicube.mirror import Mirror
-from sicube.sample import write_archive
-from sicube.sources import check_day_file
 from sicube.testing import serve_directory
 from tests.conftest import ARCHIVE_END, ARCHIVE_MISSING, ARCHIVE_START, ARCHIVE_STEP
 
@@ -313,7 +314,7 @@ def full_checks(monkeypatch) -> list[Path]:
         return check_day_file(path, expected, full=full)
 
     # sys.modules: the package's `download` attribute is the function, not the module
-    monkeypatch.setattr(sys.modules["sicube.download"], "check_day_file", counting)
+    monkeypatch.setattr(sys.modules["sicube.archive.download"], "check_day_file", counting)
     return calls
 
 
@@ -428,7 +429,7 @@ def test_a_rerun_from_a_plain_folder_of_files_reuses_them_without_decoding(
 def test_a_cached_file_altered_after_download_is_fetched_again(tmp_path, full_checks):
     import numpy as np
 
-    from sicube.sample import write_day_file
+    from sicube.archive.synthetic import write_day_file
 
     # Stored uncompressed, so that one value can change in place and the file stays valid.
     day = dt.date(2024, 4, 3)

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from sicube.analysis.evaluate import evaluate_fill, hide_mask
 from sicube.cli import main
 from sicube.errors import BadInput
-from sicube.evaluate import evaluate_fill, hide_mask
-from sicube.fill import gaussian_fill
+from sicube.kernels.fill import gaussian_fill
 
 
 def smooth_days(nt=10, ny=40, nx=48, seed=0):

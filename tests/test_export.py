@@ -12,9 +12,9 @@ import pytest
 import xarray as xr
 import zarr
 
-from sicube import cube
-from sicube.build import build, update
 from sicube.cli import main
+from sicube.datacube import cube
+from sicube.pipeline.build import build, update
 
 from .conftest import ARCHIVE_START, SMALL_CUBE_CHUNKS
 

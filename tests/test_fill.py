@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sicube.area import extent_area
-from sicube.cube import FillFlag
+from sicube.datacube.cube import FillFlag
 from sicube.errors import BadInput
-from sicube.fill import (
+from sicube.kernels.area import extent_area
+from sicube.kernels.fill import (
     SEG,
     TILE,
     FillParams,
@@ -471,7 +471,7 @@ def _gufunc_case():
 
 
 def test_gufunc_equals_gaussian_fill_on_numpy():
-    from sicube.fill import gaussian_fill_gufunc
+    from sicube.kernels.fill import gaussian_fill_gufunc
 
     a, land, params, expected = _gufunc_case()
     out = gaussian_fill_gufunc(a, land, *params)
@@ -486,7 +486,7 @@ def test_gufunc_equals_gaussian_fill_on_numpy():
 
 
 def test_gufunc_broadcasts_over_a_leading_dimension():
-    from sicube.fill import gaussian_fill_gufunc
+    from sicube.kernels.fill import gaussian_fill_gufunc
 
     a, land, params, expected = _gufunc_case()
     stacked = np.stack([a, a[::-1]])
@@ -496,7 +496,7 @@ def test_gufunc_broadcasts_over_a_leading_dimension():
 
 
 def test_gufunc_through_dask_apply_gufunc():
-    from sicube.fill import GUFUNC_LAYOUT, gaussian_fill_gufunc
+    from sicube.kernels.fill import GUFUNC_LAYOUT, gaussian_fill_gufunc
 
     a, land, params, expected = _gufunc_case()
     lazy = da.apply_gufunc(gaussian_fill_gufunc, GUFUNC_LAYOUT, da.from_array(a),
@@ -508,7 +508,7 @@ def test_gufunc_through_dask_apply_gufunc():
 def test_gufunc_through_xarray_apply_ufunc():
     import xarray as xr
 
-    from sicube.fill import gaussian_fill_gufunc
+    from sicube.kernels.fill import gaussian_fill_gufunc
 
     a, land, params, expected = _gufunc_case()
     conc = xr.DataArray(da.from_array(a), dims=("time", "y", "x"),
@@ -526,7 +526,7 @@ def test_gufunc_through_xarray_apply_ufunc():
 def test_block_gufunc_fills_only_the_core_as_the_whole_array_fill_does():
     """The map_overlap path's kernel: a block's core, with a halo at least the windows deep,
     comes out as in the whole-array fill; the halo comes back unchanged."""
-    from sicube.fill import gaussian_block_gufunc
+    from sicube.kernels.fill import gaussian_block_gufunc
 
     a, land, params, expected = _gufunc_case()
     core = np.array([2, 4, 5, 35, 5, 295], np.int64)  # halo: 2 days, 5 cells (= the windows)
@@ -541,7 +541,7 @@ def test_block_gufunc_fills_only_the_core_as_the_whole_array_fill_does():
 def test_the_dask_fill_calls_the_block_gufunc_for_each_block(monkeypatch):
     """gaussian_fill's map_overlap path runs the block gufunc once per block, and its result
     equals the NumPy fill for a chunking that needs halos on every axis."""
-    from sicube import fill
+    from sicube.kernels import fill
 
     calls = []
     real = fill._block_gufunc()
@@ -560,7 +560,7 @@ def test_the_dask_fill_calls_the_block_gufunc_for_each_block(monkeypatch):
 def test_the_gufuncs_raise_no_floating_point_warning():
     """Columns without weight divide nothing by zero: NumPy turns the CPU's "invalid" flag,
     left set by a gufunc, into a RuntimeWarning (issue 20 item 6: six of them per evaluate)."""
-    from sicube.fill import gaussian_block_gufunc, gaussian_fill_gufunc
+    from sicube.kernels.fill import gaussian_block_gufunc, gaussian_fill_gufunc
 
     a, land, params, _ = _gufunc_case()
     core = np.array([2, 4, 5, 35, 5, 295], np.int64)

@@ -10,16 +10,19 @@ import pytest
 import xarray as xr
 import zarr
 
-from sicube import cube, mask, plot, products
-from sicube.build import build
+from sicube.analysis.report import format_info, info, roi_report
+from sicube.archive import products
+from sicube.archive.sources import read_day
+from sicube.archive.synthetic import write_archive
 from sicube.cli import main
-from sicube.cube import FillFlag
-from sicube.dataset import SICDataset
+from sicube.datacube import cube
+from sicube.datacube.cube import FillFlag
 from sicube.dates import day_range
 from sicube.errors import BadInput
-from sicube.report import format_info, info, roi_report
-from sicube.sample import write_archive
-from sicube.sources import read_day
+from sicube.ml.dataset import SICDataset
+from sicube.pipeline import mask
+from sicube.pipeline.build import build
+from sicube.views import plot
 
 from .conftest import ARCHIVE_END, ARCHIVE_START, ARCHIVE_STEP, SMALL_CUBE_FILL
 from .pole_oracle import expected_cube, expected_pole_hole, expected_ring

@@ -33,8 +33,9 @@ def test_import_sicube_loads_no_heavy_library():
 
 def test_the_kernel_imports_the_layout_not_the_reverse():
     # fill imports the flags from cube; cube's xarray loads only when a cube is made or opened
-    assert _loaded_after("import sicube.fill") == ["numba"]
-    assert _loaded_after("import sicube.cube, sys; assert 'sicube.fill' not in sys.modules"
+    assert _loaded_after("import sicube.kernels.fill") == ["numba"]
+    assert _loaded_after("import sicube.datacube.cube, sys; "
+                         "assert 'sicube.kernels.fill' not in sys.modules"
                          ) == []
 
 
@@ -50,7 +51,7 @@ def test_the_cli_loads_only_the_chosen_commands_stages():
 
 def test_the_plan_and_the_parameters_load_no_heavy_library():
     # the build plan is a pure function of parameters that need no numba, dask, zarr, xarray
-    assert _loaded_after("import sicube.plan, sicube.params") == []
+    assert _loaded_after("import sicube.pipeline.plan, sicube.params") == []
     assert _loaded_after("from sicube import (BadInput, BadSourceFile, DownloadOptions, "
                          "FillParams, IncompleteCube, MissingExtra, QualityRules, "
                          "SicubeError)") == []
@@ -59,8 +60,9 @@ def test_the_plan_and_the_parameters_load_no_heavy_library():
 def test_a_build_on_threads_never_imports_distributed(tmp_path):
     # importing distributed costs ~0.7 s, which every daily update would pay; dask imports it
     # to resolve a scheduler given by name, so the build hands it the scheduler functions
-    code = (f"import sicube, sicube.sample\n"
-            f"sicube.sample.write_archive({str(tmp_path / 'src')!r}, '2024-01-01', '2024-01-04', "
+    code = (f"import sicube, sicube.archive.synthetic\n"
+            f"sicube.archive.synthetic.write_archive({str(tmp_path / 'src')!r}, "
+            f"'2024-01-01', '2024-01-04', "
             f"step=32, missing_days=[])\n"
             f"sicube.build('2024-01-01', '2024-01-04', {str(tmp_path / 'cube.zarr')!r}, "
             f"source={str(tmp_path / 'src')!r}, progress=False)")
@@ -75,7 +77,7 @@ def test_dataset_in_a_spawned_worker_loads_no_numba_or_distributed(tmp_path):
         import multiprocessing, sys
 
         def probe(_):
-            import sicube.dataset  # noqa: F401  what a DataLoader worker unpickles
+            import sicube.ml.dataset  # noqa: F401  what a DataLoader worker unpickles
             return [m for m in ("numba", "distributed", "torch") if m in sys.modules]
 
         if __name__ == "__main__":
@@ -92,9 +94,9 @@ def test_every_public_name_resolves_to_its_object():
     assert set(sicube.__all__) <= set(dir(sicube))
     import importlib
 
-    shadowed = ("build", "download", "extent", "climatology")  # modules named like functions
-    for name in shadowed:  # importing the module must not shadow the function (_Package)
-        importlib.import_module(f"sicube.{name}")
+    shadowed = ("build", "download", "extent", "climatology")  # functions named like modules
+    for module in set(sicube._EXPORTS.values()):  # importing a module never shadows a name
+        importlib.import_module(module)
 
     for name in sicube.__all__:
         value = getattr(sicube, name)
@@ -141,7 +143,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 @pytest.mark.parametrize("blocked, argv, user, extra, missing", [
-    ("matplotlib", ["plot", "mask", "--mask", "m.nc", "-o", "m.png"], "sicube.plot", "plot",
+    ("matplotlib", ["plot", "mask", "--mask", "m.nc", "-o", "m.png"], "sicube.views.plot", "plot",
      "matplotlib"),
     ("hvplot", ["explore", "cube.zarr", "--html", "e.html"], "sicube.explore", "plot",
      "hvplot"),
@@ -170,7 +172,7 @@ except MissingExtra as err:
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert out == ("True sicube.dataset needs the 'torch' extra (torch is not installed): "
+    assert out == ("True sicube.ml.dataset needs the 'torch' extra (torch is not installed): "
                    "pip install 'sicube[torch]'\n")
 
 

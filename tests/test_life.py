@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import zarr
 
-from sicube import cube
-from sicube.build import build, update
+from sicube.archive.synthetic import write_archive
 from sicube.cli import main
+from sicube.datacube import cube
 from sicube.errors import BadInput
-from sicube.sample import write_archive
+from sicube.pipeline.build import build, update
 
 from .conftest import ARCHIVE_END, ARCHIVE_START, SMALL_CUBE_CHUNKS
 
@@ -175,7 +175,7 @@ def test_a_late_day_beside_a_day_still_missing_in_its_chunk_is_recovered(archive
 def test_a_day_that_failed_is_recovered_as_failed_before_not_published_late(archive, tmp_path):
     """A day the server answered with HTTP 500 or an HTML page was there all along: once
     read, it is reported as failed before; only a day that was missing (404) is late."""
-    from sicube.mirror import Mirror
+    from sicube.archive.mirror import Mirror
 
     late_day, error_day, html_day = (dt.date(2024, 4, 10), dt.date(2024, 4, 3),
                                      dt.date(2024, 4, 8))
@@ -204,7 +204,7 @@ def test_a_day_that_failed_is_recovered_as_failed_before_not_published_late(arch
 
 def test_a_crash_in_the_fill_leaves_a_failed_cube_that_a_rerun_finishes(archive, tmp_path,
                                                                        monkeypatch, built):
-    builder = importlib.import_module("sicube.build")  # the module, not the function
+    builder = importlib.import_module("sicube.pipeline.build")  # the module, not the function
     real = builder.fill_fraction_block
     calls = []
 
@@ -253,7 +253,7 @@ def built(small_cube):
 
 
 def test_every_download_failing_is_exit_1_naming_days_and_reason(archive, tmp_path, capsys):
-    from sicube.mirror import Mirror
+    from sicube.archive.mirror import Mirror
 
     store = tmp_path / "c.zarr"
     with Mirror(archive.root, faults={"*": "500"}) as server:
@@ -365,7 +365,7 @@ def test_a_cubes_life_build_then_daily_updates_with_faults_and_a_kill(tmp_path):
     """Build 30 days, then 10 daily updates from a faulty mirror: a day published late, a day
     failing then succeeding, a kill -9 during one update, a reader between updates. The cube
     ends equal to a fresh build with the same mask; no reader saw an observed day go."""
-    from sicube.mirror import Mirror
+    from sicube.archive.mirror import Mirror
 
     full = write_archive(tmp_path / "full", 20240101, 20240209, step=16,
                          missing_days=["20240105", "20240120"], seed=11)
@@ -437,8 +437,8 @@ def _kill_when_updating(command: list[str], store: Path, timeout: float = 60) ->
 
 def test_two_servers_with_the_same_file_names_never_share_cached_files(archive, tmp_path,
                                                                        monkeypatch):
-    from sicube.mirror import Mirror
-    from sicube.sources import read_day
+    from sicube.archive.mirror import Mirror
+    from sicube.archive.sources import read_day
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the default cache
     other = write_archive(tmp_path / "other", ARCHIVE_START, dt.date(2024, 4, 4), step=16,
@@ -459,7 +459,7 @@ def test_two_servers_with_the_same_file_names_never_share_cached_files(archive, 
 
 
 def test_update_with_the_server_down_says_so_and_keeps_the_cube(archive, tmp_path, capsys):
-    from sicube.mirror import Mirror
+    from sicube.archive.mirror import Mirror
 
     store = tmp_path / "cube.zarr"
     with Mirror(archive.root) as server:
@@ -506,7 +506,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(archive, tmp_path, built
 
 def test_ctrl_c_while_the_cube_is_created_leaves_nothing_and_the_rerun_builds(
         archive, tmp_path, monkeypatch):
-    builder = importlib.import_module("sicube.build")  # the module, not the function
+    builder = importlib.import_module("sicube.pipeline.build")  # the module, not the function
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # while the new store's cell areas are written
@@ -525,9 +525,9 @@ def test_ctrl_c_while_the_cube_is_created_leaves_nothing_and_the_rerun_builds(
 
 def test_an_update_that_crashes_stays_readable_says_why_and_finishes(archive, tmp_path,
                                                                     monkeypatch):
-    from sicube.report import info
+    from sicube.analysis.report import info
 
-    builder = importlib.import_module("sicube.build")
+    builder = importlib.import_module("sicube.pipeline.build")
     store = tmp_path / "cube.zarr"
     build(ARCHIVE_START, dt.date(2024, 4, 8), store, source=archive.root, chunks=CHUNKS,
           progress=False)
@@ -654,7 +654,7 @@ def test_a_build_rerun_refused_for_a_bad_late_file_leaves_the_store_byte_identic
 def test_a_server_update_grows_the_cube_only_to_the_newest_valid_download(tmp_path):
     """The server's newest day is found by HEAD requests, which an HTML error page served
     for a file passes: the update ends at the newest day whose download validated."""
-    from sicube.mirror import Mirror
+    from sicube.archive.mirror import Mirror
 
     yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
     first = yesterday - dt.timedelta(days=7)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
-from sicube import mask
+from sicube.pipeline import mask
 
 
 def test_missing_counts_cover_observed_days_only():

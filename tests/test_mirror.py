@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from sicube import products
+from sicube.archive import products
+from sicube.archive.mirror import Mirror
 from sicube.errors import BadInput
-from sicube.mirror import Mirror
 
 DAY = dt.date(2024, 4, 2)
 

@@ -1,4 +1,4 @@
-"""The build plan's rules on every shape (no I/O): sicube/plan.py."""
+"""The build plan's rules on every shape (no I/O): sicube/pipeline/plan.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sicube.params import MASK_THRESHOLD, FillParams
-from sicube.plan import FILL_BATCH_CHUNKS, BuildArgs, BuildState, fill_batches, n_chunks
+from sicube.pipeline.plan import FILL_BATCH_CHUNKS, BuildArgs, BuildState, fill_batches, n_chunks
 
 START = dt.date(2024, 1, 1)
 

@@ -8,10 +8,11 @@ import xarray as xr
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
-from sicube import cube, plot
+from sicube.archive.synthetic import geometry
 from sicube.cli import main
+from sicube.datacube import cube
 from sicube.errors import BadInput
-from sicube.sample import geometry
+from sicube.views import plot
 
 from .conftest import ARCHIVE_MISSING, ARCHIVE_START, ARCHIVE_STEP
 
@@ -104,7 +105,7 @@ def test_compare_map_with_and_without_a_source_file(small_cube, archive, tmp_pat
 
 
 def test_roi_plot(small_cube, tmp_path):
-    from sicube.report import roi_report
+    from sicube.analysis.report import roi_report
 
     report = roi_report(ARCHIVE_START, "20240412", 100, 140, 20, 60, store=small_cube)
     fig = plot.plot_roi(report)

@@ -1,4 +1,4 @@
-"""Suspicious days: the pure rules (`sicube.quality`), and the builder, update, dataset and
+"""Suspicious days: the pure rules (`sicube.pipeline.quality`), and the builder, update, dataset and
 info on a sample archive with an all-zero day and a day with a third of its observations."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sicube import cube
-from sicube.build import build, update
+from sicube.archive.synthetic import write_archive
 from sicube.cli import main
-from sicube.cube import DayQuality
-from sicube.fill import FillParams
-from sicube.plan import BuildArgs, BuildState, chunks_depending_on
-from sicube.quality import QualityRules, StatCells, day_stats, judge
-from sicube.sample import write_archive
+from sicube.datacube import cube
+from sicube.datacube.cube import DayQuality
+from sicube.kernels.fill import FillParams
+from sicube.pipeline.build import build, update
+from sicube.pipeline.plan import BuildArgs, BuildState, chunks_depending_on
+from sicube.pipeline.quality import QualityRules, StatCells, day_stats, judge
 
 # --- the pure rules --------------------------------------------------------------------------
 
@@ -300,7 +300,7 @@ def test_update_judges_again_the_days_whose_neighbours_arrived(flagged, bad_arch
 
 
 def test_dataset_skips_windows_that_touch_a_suspicious_day(flagged):
-    from sicube.dataset import SICDataset
+    from sicube.ml.dataset import SICDataset
 
     store = flagged[0]
     every = SICDataset(store, START, END, input_length=2, pred_length=1)

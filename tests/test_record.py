@@ -1,4 +1,4 @@
-"""The cube's record (`sicube.record.CubeRecord`): one place that reads every form of a cube's
+"""The cube's record (`datacube.record.CubeRecord`): one place that reads every form of a cube's
 root attributes, writes netCDF-legal ones, and guards against cubes of a newer format."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sicube import cube
 from sicube.cli import main
-from sicube.record import KEYS, CubeRecord, NewerCubeWarning
+from sicube.datacube import cube
+from sicube.datacube.record import KEYS, CubeRecord, NewerCubeWarning
 
 RELEASE = Path(__file__).parent / "data" / "release-0.1"
 

@@ -5,7 +5,7 @@ A training script opens a train and a validation dataset on one remote cube and 
 their epochs, each in fresh DataLoader workers (fork or spawn). Every epoch must finish and
 give the items a local copy of the cube gives: a forked worker that frees the file system
 it inherited used to close the parent's pooled connections, and the parent's next request
-then waited about 5 minutes for a timeout (see `sicube.store`). The S3 server (moto) is
+then waited about 5 minutes for a timeout (see `sicube.datacube.store`). The S3 server (moto) is
 only needed by the tests that use it: the rest run without s3fs.
 """
 
@@ -19,8 +19,8 @@ import zarr
 from torch.utils.data import DataLoader
 
 from sicube.cli import main
-from sicube.dataset import SICDataset, SICStream
-from sicube.store import open_store
+from sicube.datacube.store import open_store
+from sicube.ml.dataset import SICDataset, SICStream
 from sicube.testing import serve_directory, synthetic_cube
 from tests.conftest import (
     ARCHIVE_END,
@@ -138,7 +138,7 @@ def test_train_and_validation_epochs_on_one_remote_cube_never_hang(
 UNCLOSED_SCRIPT = """
 import gc, sys
 from torch.utils.data import DataLoader
-from sicube.dataset import SICDataset
+from sicube.ml.dataset import SICDataset
 for store in sys.argv[1:]:  # the local cube, then the remote one twice
     ds = SICDataset(store, 20240401, 20240412, input_length=2, pred_length=1)
     loader = DataLoader(ds.stream(), batch_size=None, num_workers=2, multiprocessing_context="fork",

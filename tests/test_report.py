@@ -8,10 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from sicube import cube
-from sicube.cli import main
-from sicube.errors import BadInput
-from sicube.report import (
+from sicube.analysis.report import (
     ALL_CELLS,
     OCEAN,
     ROI_CSV_COLUMNS,
@@ -20,7 +17,10 @@ from sicube.report import (
     info,
     roi_report,
 )
-from sicube.sources import read_day
+from sicube.archive.sources import read_day
+from sicube.cli import main
+from sicube.datacube import cube
+from sicube.errors import BadInput
 
 from .conftest import (
     ARCHIVE_END,

@@ -17,10 +17,11 @@ import pytest
 import xarray as xr
 import zarr
 
-from sicube import cube, html_report
 from sicube.cli import main
+from sicube.datacube import cube
 from sicube.dates import yyyymmdd
 from sicube.testing import SYNTHETIC_START, synthetic_cube
+from sicube.views import html as html_report
 
 from .headless import SKIP_REASON, find_chromium, load_page, under_ci
 
@@ -259,7 +260,7 @@ def test_report_page_loads_offline_without_errors_and_is_drawn(rich_quality, tmp
 
 @needs_chromium
 def test_explorer_page_loads_offline_without_errors_and_is_drawn(plain_cube, tmp_path):
-    from sicube.plot import save_explorer
+    from sicube.views.plot import save_explorer
 
     out = save_explorer(plain_cube, tmp_path / "explore.html", end="20240402", width=120)
     # Bokeh draws after the load event, from the page's embedded document.

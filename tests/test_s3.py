@@ -15,10 +15,10 @@ import s3fs
 import xarray as xr
 import zarr
 
-from sicube import cube
 from sicube.cli import main
+from sicube.datacube import cube
+from sicube.datacube.store import open_store
 from sicube.errors import BadInput
-from sicube.store import open_store
 from tests.conftest import ARCHIVE_START
 from tests.test_remote import CHUNKS, FILL, SPAN, _assert_same_arrays, _one_error_line
 
@@ -123,7 +123,7 @@ def test_datasets_read_s3_in_two_dataloader_workers(s3_server, s3_cube, small_cu
     torch = pytest.importorskip("torch")
     from torch.utils.data import DataLoader
 
-    from sicube.dataset import SICDataset, SICStream
+    from sicube.ml.dataset import SICDataset, SICStream
 
     params = dict(start_time=20240401, end_time=20240412, input_length=3, pred_length=2,
                   quality_cache=False)

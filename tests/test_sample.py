@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from sicube import products
-from sicube.sample import geometry, sample_day, write_archive
-from sicube.sources import find_day_files, read_day
+from sicube.archive import products
+from sicube.archive.sources import find_day_files, read_day
+from sicube.archive.synthetic import geometry, sample_day, write_archive
 
 from .conftest import ARCHIVE_MISSING, ARCHIVE_START, ARCHIVE_STEP
 

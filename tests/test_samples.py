@@ -1,4 +1,4 @@
-"""The sample plan (sicube.samples) against the original's rule written out, and its JSON."""
+"""The sample plan (sicube.ml.sample_plan) against the original's rule written out, and its JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sicube.errors import BadInput
-from sicube.samples import (
+from sicube.ml.sample_plan import (
     SamplePlan,
     WindowReport,
     chunk_groups,

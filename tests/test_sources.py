@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sicube import cube, products, sources
+from sicube.archive import products, sources
+from sicube.archive.synthetic import STORAGE, sample_day, write_day_file
+from sicube.datacube import cube
 from sicube.errors import BadSourceFile
-from sicube.sample import STORAGE, sample_day, write_day_file
 
 STEP = 8  # 448 x 304 cells
 DAY = dt.date(2024, 3, 15)

@@ -1,10 +1,10 @@
-"""sicube.store's write helpers: a local file or folder written whole or not at all."""
+"""sicube.datacube.store's write helpers: a local file or folder written whole or not at all."""
 
 from __future__ import annotations
 
 import pytest
 
-from sicube.store import atomic_file, atomic_folder
+from sicube.datacube.store import atomic_file, atomic_folder
 
 
 class DiskFull(OSError):

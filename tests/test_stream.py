@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from sicube import testing
-from sicube.dataset import SICDataset
 from sicube.errors import BadInput
-from sicube.samples import shard_items
+from sicube.ml.dataset import SICDataset
+from sicube.ml.sample_plan import shard_items
 
 START = dt.date(2024, 4, 1)
 N_DAYS = 30

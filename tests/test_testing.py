@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from sicube import cube
-from sicube.fill import gaussian_fill
+from sicube.datacube import cube
+from sicube.kernels.fill import gaussian_fill
 from sicube.testing import assert_matches_reference, synthetic_cube
 
 

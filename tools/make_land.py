@@ -1,4 +1,4 @@
-"""Write the land masks that `sicube.plot` ships for coastlines: sicube/data/land-{grid}.npz.
+"""Write the land masks that `sicube.views.plot` ships for coastlines: sicube/data/land-{grid}.npz.
 
 Run once (it needs `global-land-mask`, ~1 GB of memory and a minute per grid):
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sicube import products
-from sicube.sample import lat_lon
+from sicube.archive import products
+from sicube.archive.synthetic import lat_lon
 
 OUT = Path(__file__).resolve().parents[1] / "sicube" / "data"
 GRIDS = ("n3125", "s3125")

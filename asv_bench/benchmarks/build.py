@@ -1,4 +1,4 @@
-"""A small cube build from a local folder of sample files (`sicube.sample.write_archive`)."""
+"""A small cube build from a local folder of sample files (`write_archive`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sicube.build import build
-from sicube.sample import write_archive
+from sicube.archive.synthetic import write_archive
+from sicube.pipeline.build import build
 
 
 class Build:

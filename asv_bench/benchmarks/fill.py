@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sicube.fill import TILE, FillParams, _fill_serial, _weights, gaussian_fill
+from sicube.kernels.fill import TILE, FillParams, _fill_serial, _weights, gaussian_fill
 
 
 def gappy_block(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -31,7 +31,7 @@ class Fill:
         p = self.params
         self.gt, self.gs = _weights(p.time_window, p.space_window, p.alpha, p.sigma)
         self.core = (0, self.shape[0], 0, self.shape[1], 0, self.shape[2])
-        from sicube.fill import gaussian_fill_gufunc
+        from sicube.kernels.fill import gaussian_fill_gufunc
 
         self.gufunc = gaussian_fill_gufunc
         self.time_gaussian_fill()  # compile or load every kernel before timing

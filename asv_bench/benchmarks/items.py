@@ -18,7 +18,7 @@ class Items:
     input_length, pred_length = 7, 3
 
     def setup(self) -> None:
-        from sicube.dataset import SICDataset
+        from sicube.ml.dataset import SICDataset
 
         self._tmp = tempfile.TemporaryDirectory()
         store = synthetic_cube(Path(self._tmp.name) / "cube.zarr", n_days=self.n_days,

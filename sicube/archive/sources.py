@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from sicube import products
+from sicube.archive import products
 from sicube.errors import BadSourceFile
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ server has with HEAD requests, and `check(start, end)` probes every day's file (
 reports present, missing and failing days and the bytes a download would fetch.
 
 Files land under ``out_dir/{YYYY}/{file name}``, the server's own layout, so the output
-folder is itself a valid archive for `sicube.sources.find_day_files` and `sicube.mirror`.
+folder is itself a valid archive for `sources.find_day_files` and `mirror`.
 
 Two ways to consume results as they arrive (the cube builder ingests each day while the
 next ones download): `iter_downloads(...)` is a generator yielding each finished
@@ -72,8 +72,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sicube import products
 from sicube._version import __version__
+from sicube.archive import products
+from sicube.archive.sources import GridCoords, check_day_file, sha256_file
 from sicube.cache import cache_dir
 from sicube.dates import (
     DateLike,
@@ -86,7 +87,6 @@ from sicube.dates import (
 )
 from sicube.errors import BadInput, BadSourceFile, SourceUnavailable
 from sicube.params import DEFAULT_GRID, FAILED, MISSING, OK, DownloadOptions
-from sicube.sources import GridCoords, check_day_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -942,7 +942,7 @@ def download(start: DateLike, end: DateLike, out_dir: str | os.PathLike, *,
     out_dir : output folder, created if needed.
     base_url : server (or mirror) base URL, or several hosts serving the same tree, tried
         in order for each file (default: Bremen's primary and older host). A base URL is a
-        sensor's tree or one grid's folder of it (`sicube.products`).
+        sensor's tree or one grid's folder of it (`sicube.archive.products`).
     grid : n3125, n6250, s3125 or s6250; default: the grid a grid-folder base URL names,
         else n3125.
     sensor : amsr2, amsre, or auto (default): each day from the sensor whose record holds

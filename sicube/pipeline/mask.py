@@ -21,13 +21,13 @@ import numpy as np
 import xarray as xr
 from numba import njit
 
-from sicube import cube
+from sicube.archive.products import shipped_land
+from sicube.archive.sources import GridCoords
+from sicube.datacube import cube
+from sicube.datacube.record import CubeRecord
+from sicube.datacube.store import atomic_file
 from sicube.errors import BadInput
 from sicube.params import MASK_THRESHOLD
-from sicube.products import shipped_land
-from sicube.record import CubeRecord
-from sicube.sources import GridCoords
-from sicube.store import atomic_file
 
 DEFAULT_THRESHOLD = MASK_THRESHOLD  # its home is sicube.params
 
@@ -91,7 +91,7 @@ def land_from_ratio(ratio: np.ndarray | da.Array, threshold: float) -> np.ndarra
 
 def coastline_land(x: np.ndarray, y: np.ndarray, south: bool = False) -> np.ndarray:
     """Shipped land (True) at cell centres `x`, `y` (metres): the 3.125 km cell containing
-    each centre, the coarsening `sicube.sample` uses for its archives (on a coarsened grid a
+    each centre, the coarsening `archive.synthetic` uses for its archives (on a coarsened grid a
     centre can sit on a fine cell's edge; the cell above and right of it is taken)."""
     land, fx, fy = shipped_land(south)
     cell = float(fx[1] - fx[0])

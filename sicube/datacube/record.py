@@ -1,6 +1,6 @@
 """The cube's record: every root attribute sicube writes, decoded and encoded in one place.
 
-The keys are defined in `sicube.cube`; `CubeRecord` is the only code that knows the forms
+The keys are defined in `sicube.datacube.cube`; `CubeRecord` is the only code that knows the forms
 they took over the releases, so the builder, `info`, the report, the plots, the mask export,
 the readers and `sicube.testing` ask it rather than the attributes:
 
@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sicube import cube, products
+from sicube.archive import products
+from sicube.datacube import cube
 from sicube.errors import BadInput
 
 # Record field -> root attribute key (every key sicube writes, besides CF's own).
@@ -112,7 +113,7 @@ class CubeRecord:
     status: str | None = None  # as stored; see `state` for cubes from before it
     finish_command: str | None = None
     last_error: str | None = None
-    build: dict | None = None  # the builder's progress record (`sicube.plan.BuildState`)
+    build: dict | None = None  # the builder's progress record (`sicube.pipeline.plan.BuildState`)
     source_files: dict[str, dict] | None = None  # {YYYYMMDD: provenance}
     missing_days: tuple[str, ...] | None = None  # YYYYMMDD, no file that day
     failed_days: dict[str, str] | None = None  # {YYYYMMDD: reason}

@@ -1,7 +1,7 @@
 """A loopback copy of the Bremen server, with faults on demand, for tests and the demo.
 
   `Mirror(root)`serves an archive folder (``root/{YYYY}/{file name}``, as
-  `sicube.sample.write_archive`writes it) under the real URL layout of both sensors' trees:
+  `synthetic.write_archive` writes it) under the real URL layout of both sensors' trees:
 AMSR2's files (``asi-AMSR2-{grid}-{YYYYMMDD}-v5.4.nc``) at
 ``http://127.0.0.1:PORT/amsr2/asi_daygrid_swath/{grid}/netcdf/{YYYY}/{file name}`` and
 AMSR-E's (``asi-{grid}-{YYYYMMDD}-v5.4.nc``) at ``.../amsre/asi_daygrid_swath/...``; one
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from sicube import products
+from sicube.archive import products
 from sicube.errors import BadInput
 from sicube.params import DEFAULT_GRID
 

@@ -1,6 +1,6 @@
 """The ingest stage: source files into the cube's `sea_ice_conc_raw`, a time chunk at a time.
 
-It executes the part of a plan (`sicube.plan`) that reads sources: the days to look for
+It executes the part of a plan (`sicube.pipeline.plan`) that reads sources: the days to look for
 arrive (at once from a folder, or as they download), and as soon as every looked-for day of
 a time chunk has arrived the chunk is written whole, its days already observed copied from
 the store itself. Decoding and writing run in two threads; the calling thread alone records
@@ -23,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sicube import cube, mask, products, quality
+from sicube.archive import products
+from sicube.archive.products import GridCRS
+from sicube.archive.sources import GridCoords, find_day_files, read_day, sha256_file
+from sicube.datacube import cube
 from sicube.errors import BadInput, BadSourceFile
 from sicube.params import FAILED, MISSING, OK
-from sicube.products import GridCRS
-from sicube.sources import GridCoords, find_day_files, read_day, sha256_file
+from sicube.pipeline import mask, quality
 
 
 @dataclass
@@ -64,7 +66,7 @@ def arrivals(days: list[dt.date], source: str | os.PathLike | None,
         return
     if not days:
         return
-    from sicube.download import iter_downloads
+    from sicube.archive.download import iter_downloads
 
     # full_check=False: ingest decodes every file right after; decoding twice is wasted work.
     for record in iter_downloads(days, raw_dir, base_url=base_url, grid=grid_name,
@@ -100,7 +102,7 @@ class ChunkResult:
 
 def stat_cells(group, grid: GridCoords, crs: GridCRS,
                cell_area: np.ndarray | None = None) -> quality.StatCells:
-    """Where the days' statistics are taken (`sicube.quality`): the cells not land on the
+    """Where the days' statistics are taken (`sicube.pipeline.quality`): the cells not land on the
     product's shipped coastline (fixed, unlike the cube's own mask, which is computed after
     ingest from the days being judged: so a first build, a resumed one and an update give a
     day the same statistics), with the cube's `cell_area` when it has one, else the
@@ -332,7 +334,7 @@ def probe_task(days: list[dt.date], fetch: Fetch, grid: GridCoords | None,
             found.arrivals += looked
             first = next((a for a in looked if a.status == OK), None)
             if first is not None and found.grid is None:
-                from sicube.sources import read_grid
+                from sicube.archive.sources import read_grid
 
                 try:
                     found.grid, found.crs = read_grid(first.path)

@@ -10,7 +10,7 @@ grid; the days between the two records (2011-10-05..2012-07-01) belong to no sen
 How a base URL and a grid make a file's URL: a base URL is either a sensor's tree
 (``https://data.seaice.uni-bremen.de/amsr2/asi_daygrid_swath``), below which files lie at
 ``{grid}/netcdf/{YYYY}/{name}``, or one grid's folder of that tree (a path ending in
-``/{grid}/netcdf``, as `sicube.mirror` and earlier sicube versions give it), below which files
+``/{grid}/netcdf``, as `mirror` and earlier sicube versions give it), below which files
 lie at ``{YYYY}/{name}`` and whose grid is the one its path names. A path segment naming a
 sensor (``amsr2`` or ``amsre``) is swapped for the day's sensor, so one base URL reaches both
 trees of a server; a base URL without one serves both namings from the same folder. A plain
@@ -198,7 +198,7 @@ def shipped_land(south: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarra
     global-land-mask). The one loader of the package's land files (mask, plot, sample)."""
     name = _LAND_GRID[bool(south)]
     grid = GRIDS[name]
-    with np.load(Path(__file__).parent / "data" / f"land-{name}.npz") as data:
+    with np.load(Path(__file__).parents[1] / "data" / f"land-{name}.npz") as data:
         shape = tuple(int(n) for n in data["shape"])
         bits = np.unpackbits(data["land_bits"], count=shape[0] * shape[1])
     land = bits.reshape(shape).astype(bool)

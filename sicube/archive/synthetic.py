@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sicube import products
+from sicube.archive import products
+from sicube.datacube.store import atomic_file
 from sicube.dates import DateLike, day_range, parse_date, parse_span
 from sicube.errors import BadInput
 from sicube.params import DEFAULT_GRID
-from sicube.store import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +249,8 @@ def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
                         f"{products.file_name(day, grid)}, ... )\n"
                         f"grdmath {products.file_name(day, grid)[:-3]}.grd FLIPUD = "
                         f"{products.file_name(day, grid)}"),
-            "author": "sicube.sample (in the layout of University of Bremen, IUP)",
-            "info": ("synthetic data from sicube.sample in the structure of Bremen "
+            "author": "sicube.archive.synthetic (in the layout of University of Bremen, IUP)",
+            "info": ("synthetic data from sicube.archive.synthetic in the structure of Bremen "
                      "asi_daygrid_swath v5.4; not a measurement"),
         })
     return path
@@ -289,7 +289,7 @@ def write_archive(
         flag land with values above 100.
     storage : how `z` is stored (`write_day_file`); None is the real archive's layout.
     zero_days : days whose file is written but every observed value is 0 (a broken
-        retrieval that looks valid: the suspicious days of `sicube.quality`).
+        retrieval that looks valid: the suspicious days of `sicube.pipeline.quality`).
     sparse_days : days observed only in bands of rows (lost swaths) making up
         `sparse_share` of the grid: about that share of their usual observations.
     """

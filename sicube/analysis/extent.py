@@ -2,7 +2,7 @@
 
 The whole grid's series are stored in the cube by the builder (`sea_ice_extent`,
 `sea_ice_area`, km²); for a rectangle they are computed from `sea_ice_conc` and `cell_area`
-by the same rule (`sicube.area`: concentration >= 15 % for extent, the pole hole counted as
+by the same rule (`sicube.kernels.area`: concentration >= 15 % for extent, the pole hole counted as
 ice, land excluded). When the cube spans more than one year the result carries the
 day-of-year climatology band of the extent (`sicube.climatology`'s rule on the series:
 observed days, ±k days pooled, 29 February with 28 February).
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sicube import area, cube
-from sicube.climatology import DEFAULT_HALF_WINDOW, N_SLOTS, day_slot, pooled_mean_std
+from sicube.analysis.climatology import DEFAULT_HALF_WINDOW, N_SLOTS, day_slot, pooled_mean_std
+from sicube.datacube import cube
 from sicube.errors import BadInput
+from sicube.kernels import area
 
 COLUMNS = ("date", "observed", "sea_ice_extent_km2", "sea_ice_area_km2")
 BAND_COLUMNS = ("extent_climatology_mean_km2", "extent_climatology_std_km2")
@@ -99,7 +100,7 @@ def extent(store: str | os.PathLike, *, region: str | Sequence[int] | None = Non
         Path(csv).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(csv, index=False, float_format="%.3f")
     if plot is not None:
-        from sicube.plot import plot_extent, save_figure
+        from sicube.views.plot import plot_extent, save_figure
 
         save_figure(plot_extent(table, str(store)), plot)
     return table

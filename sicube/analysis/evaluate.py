@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from sicube import cube
+from sicube.datacube import cube
 from sicube.errors import BadInput
-from sicube.fill import (
+from sicube.kernels.fill import (
     DEFAULT_MAX_GAP,
     DEFAULT_METHOD,
     METHODS,
@@ -225,7 +225,7 @@ def open_raw(
     has not finished is refused (IncompleteCube) unless ``allow_incomplete``. Raises BadInput
     with one sentence when the store is missing, is not a readable Zarr store, lacks
     ``sea_ice_conc_raw`` or has no day in the span. `store` is a path or any fsspec URL
-    (with `storage_options`), opened by `sicube.store.open_store`.
+    (with `storage_options`), opened by `sicube.datacube.store.open_store`.
     """
     import xarray as xr
 
@@ -268,7 +268,7 @@ def write_scores_csv(rows: list[dict], path: str) -> None:
     """Write :func:`evaluate_fill` rows as CSV (``SCORE_COLUMNS``); an OSError names the path."""
     import csv
 
-    from sicube.report import writing
+    from sicube.analysis.report import writing
 
     with writing(path) as out:
         writer = csv.DictWriter(out, fieldnames=SCORE_COLUMNS, extrasaction="ignore")

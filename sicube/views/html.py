@@ -7,7 +7,7 @@ series when the cube holds them (with a day-of-year climatology band when it spa
 than a year); and the land mask, nan_ratio and cell-area maps.
 
 Self-contained: CSS inline, figures inline as base64 PNG (matplotlib Agg, through
-`sicube.plot`), no script and no external URL, so the page opens offline and can be
+`sicube.views.plot`), no script and no external URL, so the page opens offline and can be
 mailed. A section whose variables the cube lacks (a cube built by an older sicube) says
 so instead of failing.
 
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sicube import cube
-from sicube.cube import FillFlag
+from sicube.datacube import cube
+from sicube.datacube.cube import FillFlag
+from sicube.datacube.store import atomic_file
 from sicube.dates import day_range
 from sicube.errors import BadInput, require_extra
-from sicube.store import atomic_file
 
-require_extra("plot", "sicube.html_report", "matplotlib")
+require_extra("plot", "sicube.views.html", "matplotlib")
 
 # Variables a cube from before them lacks (the page then says so).
 DAY_QUALITY, DAY_STATS = cube.DAY_QUALITY, cube.DAY_STATS
@@ -58,7 +58,7 @@ class CubeQuality:
     """What the report shows of a cube, read by `collect`; arrays are per day of `days`."""
 
     path: Path
-    info: object  # sicube.report.Info of the cube
+    info: object  # sicube.analysis.report.Info of the cube
     days: list[dt.date]
     states: list[str]
     reasons: dict[dt.date, str]  # why a day is failed or suspicious
@@ -148,7 +148,7 @@ def collect(store: str | os.PathLike, *, allow_incomplete: bool = False,
     not finished, unless `allow_incomplete` (days not yet ingested then show as such).
     `fill_flag` is read one time chunk at a time; everything else read is per day or (y, x).
     """
-    from sicube import report
+    from sicube.analysis import report
 
     path = Path(store)  # for its name on the page; `store` may be any fsspec URL
     group = cube.open_group(store, allow_incomplete=allow_incomplete,
@@ -179,7 +179,7 @@ def collect(store: str | os.PathLike, *, allow_incomplete: bool = False,
 
 
 def _figure(figsize: tuple[float, float]):
-    """A figure outside pyplot's state (safe from threads, never a window), as sicube.plot's."""
+    """A figure outside pyplot's state (safe from threads, never a window), as plot's."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize, layout="constrained")
@@ -218,7 +218,7 @@ def _time_axis(ax, times: np.ndarray) -> None:
 
 
 def _shares_figure(q: CubeQuality):
-    from sicube.plot import FLAG_COLOURS
+    from sicube.views.plot import FLAG_COLOURS
 
     counts = q.flag_counts
     ocean = counts.sum(axis=1) - counts[:, FillFlag.LAND]
@@ -292,7 +292,7 @@ def _km2_per(unit: str) -> float:
 
 
 def _cell_area_figure(ds):
-    from sicube.plot import MapField, dataset_crs, draw_map
+    from sicube.views.plot import MapField, dataset_crs, draw_map
 
     values = ds[CELL_AREA].values.astype(np.float64)
     unit = str(ds[CELL_AREA].attrs.get("units", "m2"))
@@ -311,7 +311,7 @@ def _cell_area_figure(ds):
 def _draw(q: CubeQuality, ds) -> None:
     """Draw every figure the cube's variables allow into `q.figures`; say in `q.notes` why
     the others are absent."""
-    from sicube.plot import plot_mask
+    from sicube.views.plot import plot_mask
 
     q.figures["shares"] = _data_uri(_shares_figure(q))
     stats = [n for n in DAY_STATS if n not in q.series]

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sicube import cube
+from sicube.datacube import cube
+from sicube.datacube.store import atomic_folder, consolidated_quietly, open_store
 from sicube.errors import BadInput
-from sicube.store import atomic_folder, consolidated_quietly, open_store
 
 N_SLOTS = 365
 DEFAULT_HALF_WINDOW = 7
@@ -261,7 +261,7 @@ def climatology(store: str | os.PathLike, years: str | Sequence[int],
 
 def open_climatology(path: str | os.PathLike, storage_options: dict | None = None):
     """A climatology store written by `climatology` (a path or fsspec URL, opened through
-    `sicube.store.open_store`), lazily; BadInput when it is not one."""
+    `sicube.datacube.store.open_store`), lazily; BadInput when it is not one."""
     import xarray as xr
 
     try:

@@ -7,13 +7,13 @@ day's flags always follow from its own statistics and its neighbours', whatever 
 ingested them (a first build, a resumed one, an update that added days after it).
 
 The statistics are taken over the cells that are not land on the product's shipped
-coastline (`sicube.mask.coastline_land`), not over the cube's own land mask: that mask is
+coastline (`sicube.pipeline.mask.coastline_land`), not over the cube's own land mask: that mask is
 computed after ingest from the very days being judged (and changes as days arrive), while
 the coastline is fixed, so a day's statistics never change once it is ingested. The pole
 hole is counted as ocean: it is missing on every day alike, so it lowers every day's
 `obs_fraction` by the same amount and does not affect the rules.
 
-The rules (`QualityRules`, every threshold settable, `DayQuality` flags in `sicube.cube`):
+The rules (`QualityRules`, every threshold settable, `DayQuality` flags in `sicube.datacube.cube`):
 
 - ALL_EQUAL: every observed ocean value of the day is the same (an all-zero day), or the
   day has no observed ocean value at all.
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from sicube.cube import DayQuality
+from sicube.datacube.cube import DayQuality
 from sicube.params import EXTENT_THRESHOLD_PERCENT
 from sicube.params import QualityRules as QualityRules  # its home; also importable from here
 

@@ -1,7 +1,7 @@
 """PyTorch datasets of (input, target) time windows read lazily from a sicube cube.
 
 `SICDataset` keeps the original toolbox's `ConsolidatedSICDataset` parameters and window
-rule (`sicube.samples.window_indices`) and adds what a training run on the full grid needs:
+rule (`sicube.ml.sample_plan.window_indices`) and adds what a training run on the full grid needs:
 an index rectangle (ROI), patches, coarsening, extra channels, a land mask and a quality filter
 on the share of filled cells. It reads straight from the Zarr arrays, only the chunks an
 item needs, and opens the store in the process that reads (never at construction), so
@@ -30,12 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sicube import cube
 from sicube.cache import cache_dir
+from sicube.datacube import cube
+from sicube.datacube.store import atomic_file
 from sicube.dates import DateLike, parse_date, yyyymmdd
 from sicube.errors import BadInput, require_extra
-from sicube.reader import CubeReader, decode_days, read_ahead, read_frames, read_into
-from sicube.samples import (
+from sicube.ml.reader import CubeReader, decode_days, read_ahead, read_frames, read_into
+from sicube.ml.sample_plan import (
     SamplePlan,
     WindowReport,
     positive_int,
@@ -44,9 +45,8 @@ from sicube.samples import (
     tile_patches,
     window_indices,
 )
-from sicube.store import atomic_file
 
-require_extra("torch", "sicube.dataset", "torch")
+require_extra("torch", "sicube.ml.dataset", "torch")
 import torch  # noqa: E402
 from torch.utils.data import Dataset, IterableDataset, get_worker_info  # noqa: E402
 
@@ -379,7 +379,7 @@ class SICDataset(Dataset):
 
     def _setup_climatology(self, group, climatology, normalize) -> None:
         """The climatology the anomaly channel subtracts, and the per-channel scaling."""
-        from sicube.climatology import CHANNEL_STATS, MEAN, day_slot, open_climatology
+        from sicube.analysis.climatology import CHANNEL_STATS, MEAN, day_slot, open_climatology
 
         channels = {*self.input_channels, *self.target_channels}
         self.climatology = None if climatology is None else str(climatology)
@@ -416,8 +416,8 @@ class SICDataset(Dataset):
         """The climatology's mean (NaN as 0) on each frame's day of year, over a region."""
         import zarr
 
-        from sicube.climatology import MEAN
-        from sicube.store import open_store
+        from sicube.analysis.climatology import MEAN
+        from sicube.datacube.store import open_store
 
         if self._clim is None or self._clim[0] != os.getpid():
             # through the one opener, which keeps a remote store's file system per process
@@ -803,7 +803,7 @@ class SICStream(IterableDataset):
 
     Sharing an epoch: the epoch's groups, in their shuffled order, are laid end to end
     and cut into equal contiguous shares, one per DDP rank, then one per DataLoader worker
-    of that rank (`sicube.samples.shard_items`). Every item is read at most once per epoch
+    of that rank (`sicube.ml.sample_plan.shard_items`). Every item is read at most once per epoch
     across all ranks and every rank gets len(dataset) // world_size items: the last
     len(dataset) % world_size items of the epoch's order (fewer than world_size, different
     ones each epoch) are dropped, as DistributedSampler(drop_last=True) does. Without DDP

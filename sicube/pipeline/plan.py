@@ -11,7 +11,7 @@ Days are indexes on the cube's calendar axis (0 = its first day). The rules:
   from a source again.
 - A time chunk is (re)written only when a day of it arrives; its days already observed
   are copied from the cube's own `sea_ice_conc_raw`, so no observed day ever turns missing.
-- A suspicious day (`sicube.quality`) under the policy "missing" stays observed (its raw
+- A suspicious day (`sicube.pipeline.quality`) under the policy "missing" stays observed (its raw
   data are kept) but is left out of the mask and the fill like a missing day; when a day
   turns suspicious or stops being so, the fills that depend on it are redone (`judge`).
 - The fill is recorded per time chunk and runs in batches of up to `FILL_BATCH_CHUNKS`

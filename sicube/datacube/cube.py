@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sicube import products
 from sicube._version import __version__
+from sicube.archive import products
 from sicube.dates import to_datetime64
 from sicube.errors import BadInput
 
-if TYPE_CHECKING:  # xarray loads when a cube is made or opened: `sicube.fill` imports this
+if TYPE_CHECKING:  # xarray loads when a cube is made or opened: `sicube.kernels.fill` imports this
     import xarray as xr
 
 RAW = "sea_ice_conc_raw"
@@ -33,12 +33,12 @@ LAND = "land_mask"
 NAN_RATIO = "nan_ratio"
 POLE_HOLE = "pole_hole"
 CELL_AREA = "cell_area"  # (y, x) float64 m²: each cell's area on the CRS's ellipsoid
-EXTENT = "sea_ice_extent"  # (time,) float64 km², from sea_ice_conc (`sicube.area`)
+EXTENT = "sea_ice_extent"  # (time,) float64 km², from sea_ice_conc (`sicube.kernels.area`)
 AREA = "sea_ice_area"  # (time,) float64 km²
 GRID_MAPPING = "polar_stereographic"
 MARKER = "sicube_cube_format"  # group attribute that says "this store is a sicube cube"
 # 1: sicube 0.1 (records as JSON values); 2: records as JSON strings, read and written
-# through `sicube.record.CubeRecord`. Readers take any version up to this one.
+# through `sicube.datacube.record.CubeRecord`. Readers take any version up to this one.
 FORMAT_VERSION = 2
 # Group attributes on a cube's life: its state ("building", "complete" or "failed: reason")
 # and the command that finishes it (so that every refusal can say what to run).
@@ -60,7 +60,7 @@ MISSING_DAYS = "missing_days"
 FAILED_DAYS = "failed_days"
 SOURCE_DIRECTORY = "source_directory"
 SOURCE_URL = "source_base_url"
-# Per-day statistics of the raw field over non-land cells (`sicube.quality`), the day's
+# Per-day statistics of the raw field over non-land cells (`sicube.pipeline.quality`), the day's
 # quality flags, and the suspicious days as a group attribute {YYYYMMDD: reason}.
 OBS_FRACTION = "obs_fraction"
 ZERO_FRACTION = "zero_fraction"
@@ -70,7 +70,7 @@ DAY_QUALITY = "day_quality"
 DAY_STATS = (OBS_FRACTION, ZERO_FRACTION, MEAN_CONC, EXTENT_RAW)
 DAY_VARS = (*DAY_STATS, DAY_QUALITY)
 SUSPICIOUS_DAYS = "suspicious_days"
-# The builder's own progress record (`sicube.plan.BuildState`, the day lists apart), and
+# The builder's own progress record (`sicube.pipeline.plan.BuildState`, the day lists apart), and
 # where the days came from besides SOURCE_URL (the first host): every host in order, the
 # grid and the sensor choice asked of them (so `update` asks the same).
 BUILD_STATE = "sicube_build"
@@ -91,7 +91,7 @@ HISTORY = "history"
 # quality parameters, the hosts) are stored as JSON strings, so that every attribute is
 # netCDF-legal and `xarray.Dataset.to_netcdf` takes a cube as it opens; cubes of earlier
 # releases hold them as JSON values. Every key above is read and written through
-# `sicube.record.CubeRecord`; `record_attr` decodes one of them.
+# `sicube.datacube.record.CubeRecord`; `record_attr` decodes one of them.
 
 
 def record_attr(source, name: str, default=None):
@@ -99,9 +99,9 @@ def record_attr(source, name: str, default=None):
     string or, by earlier releases, as the JSON value itself; `default` when absent or empty.
 
     `source`: a Zarr group, an xarray Dataset (its attrs) or a mapping of group attributes.
-    The keys sicube writes are read whole through `sicube.record.CubeRecord`.
+    The keys sicube writes are read whole through `sicube.datacube.record.CubeRecord`.
     """
-    from sicube.record import decoded
+    from sicube.datacube.record import decoded
 
     value = decoded(getattr(source, "attrs", source).get(name))
     return default if value is None else value
@@ -116,7 +116,7 @@ def record_attrs(attrs: Mapping) -> dict:
 class FillFlag(enum.IntEnum):
     """Per-cell outcome of the fill, as stored in the cube's ``fill_flag`` (docs/cube-format.md).
 
-    The fill kernel (`sicube.fill`) gives the first four; the builder the fifth.
+    The fill kernel (`sicube.kernels.fill`) gives the first four; the builder the fifth.
     """
 
     OBSERVED = 0
@@ -125,14 +125,14 @@ class FillFlag(enum.IntEnum):
     LAND = 3
     # The north pole hole (never seen by the sensor, not land): set from the ring of observed
     # cells around it by the builder after the Gaussian fill (`sicube.build`, rule in
-    # `sicube.mask.detect_pole_hole` and `sicube.fill.fill_pole_hole`). The kernel never
+    # `pipeline.mask.detect_pole_hole` and `kernels.fill.fill_pole_hole`). The kernel never
     # gives this flag.
     POLE_HOLE = 4
 
 
 class DayQuality(enum.IntFlag):
     """Why a day is suspicious, as bits of the cube's ``day_quality`` (rules in
-    `sicube.quality`). 0: nothing found, or the day not observed."""
+    `sicube.pipeline.quality`). 0: nothing found, or the day not observed."""
 
     ALL_EQUAL = 1  # every observed ocean value the same (an all-zero day), or none
     OBS_SHARE = 2  # observed share far from its neighbours' (robust rolling median)
@@ -212,13 +212,13 @@ ATTRS: dict[str, dict] = {
                   "flag_masks": np.array([int(f) for f in DayQuality], np.uint8),
                   "flag_meanings": " ".join(f.name.lower() for f in DayQuality),
                   "comment": "rules and thresholds in the group attribute sicube_build "
-                             "(args.quality) and in sicube.quality; suspicious days with "
+                             "(args.quality) and in sicube.pipeline.quality; suspicious days with "
                              "their reasons in the group attribute suspicious_days"},
     CELL_AREA: {"standard_name": "cell_area", "units": "m2", "grid_mapping": GRID_MAPPING,
                 "long_name": "area of the cell on the ellipsoid of the grid mapping",
                 "comment": "integral of 1/k^2 (k the projection's scale factor) over the "
                            "cell, to second order in its size; relative error ~1e-11 "
-                           "(sicube.area)"},
+                           "(sicube.kernels.area)"},
     EXTENT: {"long_name": "sea-ice extent: total area of cells with sea_ice_conc >= 0.15, "
                           "the pole hole counted as ice, land excluded", "units": "km2",
              "comment": "from the filled field sea_ice_conc and cell_area, per day"},
@@ -303,7 +303,7 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
 def suspicious_days(source) -> dict[dt.date, str]:
     """The cube's suspicious days and why, in day order, from a Zarr group, an xarray
     Dataset (its attrs) or a mapping of group attributes; {} for a cube without any."""
-    from sicube.record import CubeRecord
+    from sicube.datacube.record import CubeRecord
 
     found = CubeRecord.from_attrs(source, ["suspicious_days"]).suspicious_days or {}
     return {dt.datetime.strptime(str(k), "%Y%m%d").date(): str(v) for k, v in sorted(found.items())}
@@ -311,11 +311,11 @@ def suspicious_days(source) -> dict[dt.date, str]:
 
 def _cell_area(x: np.ndarray, y: np.ndarray, crs: products.GridCRS | int,
                chunks: tuple[int, int]):
-    """`sicube.area.cell_area` of the grid in the CRS the cube declares, as a lazy dask array
+    """`kernels.area.cell_area` of the grid in the CRS the cube declares, as a lazy dask array
     computed chunk by chunk (in parallel, each chunk as in the whole grid's result)."""
     import dask.array as da
 
-    from sicube.area import cell_area_parts
+    from sicube.kernels.area import cell_area_parts
 
     part = cell_area_parts(x, y, crs.to_pyproj() if isinstance(crs, products.GridCRS) else crs)
 
@@ -336,7 +336,7 @@ def cube_epsg(ds: xr.Dataset) -> int | None:
 
 def store_bytes(store: str | os.PathLike, storage_options: dict | None = None) -> int:
     """Bytes the store takes (local path or any fsspec URL); 0 where that cannot be told."""
-    from sicube.store import filesystem
+    from sicube.datacube.store import filesystem
 
     fs, path = filesystem(store, storage_options)
     try:
@@ -359,7 +359,7 @@ def is_cube(store: str | os.PathLike, storage_options: dict | None = None) -> bo
     """True when `store` is a Zarr group written by sicube."""
     import zarr
 
-    from sicube.store import open_store
+    from sicube.datacube.store import open_store
 
     try:
         group = zarr.open_group(open_store(store, storage_options=storage_options), mode="r")
@@ -383,7 +383,7 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
     Zarr v3 they sit in the root ``zarr.json`` itself, the same document that holds the
     consolidated copy of the children's metadata, so it is never a stale copy.
 
-    `store` is a path or any fsspec URL, opened by `sicube.store.open_store` (with
+    `store` is a path or any fsspec URL, opened by `sicube.datacube.store.open_store` (with
     `storage_options`). Raises BadInput (one line) when the store cannot be read as a Zarr
     group (missing, unreachable, no permission), or, with
     `require_cube`, when it is not a sicube cube; IncompleteCube when it is a sicube cube
@@ -392,7 +392,7 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
     import zarr
     from zarr.errors import GroupNotFoundError
 
-    from sicube.store import NotZarr, consolidated_quietly, open_store
+    from sicube.datacube.store import NotZarr, consolidated_quietly, open_store
 
     try:
         zstore = open_store(store, storage_options=storage_options)  # missing, unreachable
@@ -415,7 +415,7 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
             raise BadInput(f"store: {store} is not a readable Zarr store ({_reason(err)})"
                            ) from None
     if MARKER in attrs:
-        from sicube.record import check_format
+        from sicube.datacube.record import check_format
 
         check_format(attrs, store, writing=False)
         check_complete(store, attrs, allow_incomplete)
@@ -427,8 +427,8 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
 
 def cube_status(attrs: Mapping) -> str:
     """A cube's state from its group attributes: "building", "complete" or "failed: reason"
-    (`sicube.record.CubeRecord.state`, which knows cubes from before the state attribute)."""
-    from sicube.record import CubeRecord
+    (`record.CubeRecord.state`, which knows cubes from before the state attribute)."""
+    from sicube.datacube.record import CubeRecord
 
     return CubeRecord.from_attrs(attrs, ["status", "build"]).state
 
@@ -461,7 +461,7 @@ def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
     """
     import xarray as xr
 
-    from sicube.store import consolidated_quietly
+    from sicube.datacube.store import consolidated_quietly
 
     group = open_group(store, allow_incomplete=allow_incomplete,
                        storage_options=storage_options)

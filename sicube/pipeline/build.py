@@ -1,7 +1,7 @@
 """`sicube.build` and `sicube.update`: source files to a filled, masked, resumable Zarr cube.
 
-A run reads the cube's state (`sicube.plan.BuildState`, in the store's group attributes),
-asks `sicube.plan` what is left to do, and executes it in stages: ingest (`sicube.ingest`:
+A run reads the cube's state (`sicube.pipeline.plan.BuildState`, in the store's group attributes),
+asks `plan` what is left to do, and executes it in stages: ingest (`ingest`:
 every day not yet observed is looked for in the source, and time chunks are written as their
 days arrive), mask (NaN frequency over observed days, or a given mask) and fill (the
 Gaussian fill through Dask, one batch of time chunks at a time). Every finished step is
@@ -37,20 +37,30 @@ import dask.array as da
 import numpy as np
 from dask import threaded
 
-from sicube import area, cube, ingest, mask, products, quality, settings
-from sicube import store as store_location
+from sicube import settings
 from sicube._version import __version__
-from sicube.cube import FillFlag
+from sicube.archive import products
+from sicube.archive.sources import (
+    GridCoords,
+    check_file_header,
+    find_day_files,
+    folder_grids,
+    read_grid,
+)
+from sicube.datacube import cube
+from sicube.datacube import store as store_location
+from sicube.datacube.cube import FillFlag
+from sicube.datacube.record import CubeRecord, check_format
 from sicube.dates import DateLike, count_text, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
-from sicube.fill import (
+from sicube.kernels import area
+from sicube.kernels.fill import (
     core_in_block,
     fill_fraction_block,
     fill_pole_hole,
     halo_layout,
     pole_hole_ring,
 )
-from sicube.ingest import Arrival
 from sicube.params import (
     FAILED,
     MASK_THRESHOLD,
@@ -61,19 +71,13 @@ from sicube.params import (
     FillParams,
     QualityRules,
 )
-from sicube.plan import BuildArgs, BuildState, FillBatch, fill_batches
-from sicube.record import CubeRecord, check_format
-from sicube.sources import (
-    GridCoords,
-    check_file_header,
-    find_day_files,
-    folder_grids,
-    read_grid,
-)
+from sicube.pipeline import ingest, mask, quality
+from sicube.pipeline.ingest import Arrival
+from sicube.pipeline.plan import BuildArgs, BuildState, FillBatch, fill_batches
 
 log = logging.getLogger(__name__)
 
-# Group attributes of the build (defined in `sicube.cube`, read through `CubeRecord`).
+# Group attributes of the build (defined in `sicube.datacube.cube`, read through `CubeRecord`).
 STATE = cube.BUILD_STATE  # the build's progress (days apart)
 SOURCE_URLS, SOURCE_GRID, SOURCE_SENSOR = cube.SOURCE_URLS, cube.SOURCE_GRID, cube.SOURCE_SENSOR
 # `update` refuses to append more consecutive days without any file than this, unless told
@@ -257,7 +261,7 @@ def _source(base_url: str | list[str] | tuple[str, ...] | None,
             grid: str | None = None, sensor: str = products.AUTO) -> Source:
     """The checked source: one of a folder (made absolute) or http(s) hosts (default:
     Bremen's primary and older host), with the grid they are asked for."""
-    from sicube.download import check_base_urls, check_grid
+    from sicube.archive.download import check_base_urls, check_grid
 
     if base_url is not None and source is not None:
         raise BadInput("give either --base-url or --source, not both")
@@ -323,7 +327,7 @@ def _raw_dir(src: Source) -> Path:
     (`download.default_raw_dir`: fallback hosts serve the same tree, so one folder)."""
     if src.raw_dir is not None:
         return src.raw_dir
-    from sicube.download import default_raw_dir
+    from sicube.archive.download import default_raw_dir
 
     return default_raw_dir(src.base_urls)
 
@@ -331,7 +335,7 @@ def _raw_dir(src: Source) -> Path:
 def _check_first_day(first: dt.date, last: dt.date, src: Source) -> None:
     """Days before the first day of the sensors asked for are refused up front, in one line."""
     if src.base_urls:
-        from sicube.download import check_span
+        from sicube.archive.download import check_span
 
         check_span(first, last, src.grid, src.sensor)
 
@@ -556,7 +560,7 @@ def _clean_rewrites(group, state: BuildState, grid: GridCoords) -> None:
 
 def _judge_days(group, state: BuildState, grid: GridCoords) -> np.ndarray:
     """Flag the suspicious days of the whole span from the days' statistics
-    (`sicube.quality`), and forget the fills that depend on a day whose verdict changed.
+    (`sicube.pipeline.quality`), and forget the fills that depend on a day whose verdict changed.
 
     Run after every ingest, over every day: a day's rules look at its neighbours, so days
     added by an update (or a late file) change the verdict of the days before them. Days
@@ -705,7 +709,7 @@ def _fill(group, state: BuildState, summary: BuildSummary, progress: bool,
     Here batches run one after another (each already keeps every thread busy). On a
     cluster, `_fill_window` batches run at once, so that every worker thread has a task.
 
-    Each filled day's sea-ice extent and area (`sicube.area`) come out of the same pass:
+    Each filled day's sea-ice extent and area (`sicube.kernels.area`) come out of the same pass:
     every block adds its cells' share while its filled values are in memory, the pole hole
     is added when it is set, so the fill's output is never read back. `cells`: the grid's
     cell areas (an array, or on a cluster the store's Zarr array); None: no extent and area.
@@ -1131,7 +1135,7 @@ def build(
     chunks : Zarr chunk sizes, e.g. {"time": 8, "y": 512, "x": 512}.
     restart_fill : on an existing cube of the same span, accept other fill or mask
         parameters and redo the mask and the fill (the ingested days are kept).
-    suspicious : "missing" (default): a day flagged suspicious (`sicube.quality`) keeps its
+    suspicious : "missing" (default): a day flagged suspicious (`sicube.pipeline.quality`) keeps its
         raw data and its flag but is left out of the mask and filled like a missing day;
         "keep": it is used as data. `update` keeps the build's choice.
     quality_rules : the thresholds of the suspicious-day rules (default `QualityRules()`);
@@ -1557,7 +1561,7 @@ def _newest_day(src: Source, before: dt.date, after: dt.date) -> dt.date | None:
     if src.directory is not None:
         found = [d for d in find_day_files(src.directory, src.grid) if after < d <= before]
         return max(found, default=None)
-    from sicube.download import latest_available
+    from sicube.archive.download import latest_available
 
     limit = min(MAX_EMPTY_DAYS, (before - after).days)
     if limit <= 0:

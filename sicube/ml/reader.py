@@ -2,7 +2,7 @@
 
 `CubeReader` follows xarray's `CachingFileManager` idea: it holds only what it takes to
 open the store (path or URL, fsspec options, whether an unfinished cube may be read), opens
-it through `sicube.cube.open_group` (which checks the cube's state) on first use in the
+it through `sicube.datacube.cube.open_group` (which checks the cube's state) on first use in the
 calling process, and drops the handle when pickled, so that a copy sent to a DataLoader
 worker (fork or spawn) opens its own. It also holds the process's reader threads
 (`executor`), and `read_ahead` keeps several reads in flight on them: each read waits on
@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from sicube import cube
+from sicube.datacube import cube
 from sicube.dates import parse_date
 
 # The time-varying arrays a dataset reads items from.

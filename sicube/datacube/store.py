@@ -1,7 +1,7 @@
 """Where a cube lives: one opener for every store location (path or URL) and its errors.
 
 `open_store` is what every command and API that takes a store calls (through
-`sicube.cube.open_group` for readers). It accepts a local path, ``file://``, ``http(s)://``,
+`sicube.datacube.cube.open_group` for readers). It accepts a local path, ``file://``, ``http(s)://``,
 ``s3://``, ``memory://`` and any other fsspec URL with `storage_options`, and turns every way
 a store can fail to open (missing, not Zarr, unreachable server, no permission, a URL scheme
 whose package is not installed) into one line (`BadInput`), the same for every location.

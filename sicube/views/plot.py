@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from sicube import cube, products
-from sicube.cube import FillFlag
+from sicube.archive import products
+from sicube.datacube import cube
+from sicube.datacube.cube import FillFlag
+from sicube.datacube.record import CubeRecord
+from sicube.datacube.store import atomic_file
 from sicube.dates import DateLike, parse_date
 from sicube.errors import BadInput, BadSourceFile, require_extra
-from sicube.record import CubeRecord
-from sicube.store import atomic_file
 
-require_extra("plot", "sicube.plot", "matplotlib")
+require_extra("plot", "sicube.views.plot", "matplotlib")
 
 LAND_COLOUR = "#cbbd9b"  # tan: land is never mistaken for data or for missing data
 COAST_COLOUR = "#3a3a3a"
@@ -255,7 +256,7 @@ def read_file_field(path: str | os.PathLike, expected=None) -> tuple[MapField, d
     path = _existing(path, "file")
     if not path.is_file():
         raise BadInput(f"file {path}: is a folder, expected one daily netCDF file")
-    from sicube.sources import read_day
+    from sicube.archive.sources import read_day
 
     try:
         day_field = read_day(path, expected)
@@ -402,7 +403,7 @@ def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None,
     """
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
-    from sicube.sources import GridCoords
+    from sicube.archive.sources import GridCoords
 
     ds, name = _as_cube(store, allow_incomplete, storage_options)
     index, day = cube_day_index(ds, date)
@@ -466,7 +467,7 @@ EXTENT_FIGSIZE = (11.0, 5.5)
 def plot_extent(table, title: str = ""):
     """A figure of `sicube.extent`'s table: extent and area, with the climatology band when
     the table has it, days without a file marked."""
-    from sicube.extent import BAND_COLUMNS
+    from sicube.analysis.extent import BAND_COLUMNS
 
     fig = _figure(EXTENT_FIGSIZE)
     ax = fig.add_subplot()
@@ -500,7 +501,7 @@ def plot_roi(report):
     """The ROI drawn on the full grid (worst day's raw data), beside its missing share per day.
 
     The map is in grid indices (the ROI's own units), row 0 at the bottom as y ascends.
-    `report` is a `sicube.report.RoiReport`.
+    `report` is a `sicube.analysis.report.RoiReport`.
     """
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Rectangle
@@ -578,8 +579,8 @@ _LAND_VALUE = -1.0  # below the colour range: drawn in LAND_COLOUR by the explor
 def land_on_grid(x: np.ndarray, y: np.ndarray, crs: products.GridCRS | int) -> np.ndarray:
     """Shipped land (True) of the CRS's hemisphere at the cell centres x, y (metres): the
     coarsening the builder's pole-hole test and the sample archives use
-    (`sicube.mask.coastline_land`)."""
-    from sicube.mask import coastline_land
+    (`sicube.pipeline.mask.coastline_land`)."""
+    from sicube.pipeline.mask import coastline_land
 
     return coastline_land(x, y, south=_as_crs(crs).south)
 

@@ -18,10 +18,11 @@ from typing import TextIO
 
 import numpy as np
 
-from sicube import cube, products
+from sicube.archive import products
+from sicube.datacube import cube
+from sicube.datacube.record import CubeRecord
 from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
-from sicube.record import CubeRecord
 
 DEFAULT_THRESHOLD_PERCENT = 0.1  # the original script's default
 
@@ -207,7 +208,7 @@ def _roi_from_store(store, roi, first, last, days, threshold, allow_incomplete,
 
 
 def _roi_from_source(source, roi, first, last, days, threshold) -> RoiReport:
-    from sicube.sources import read_day
+    from sicube.archive.sources import read_day
 
     if not source.is_dir():
         raise BadInput(f"source {source}: no such folder")
@@ -234,7 +235,7 @@ def _roi_from_source(source, roi, first, last, days, threshold) -> RoiReport:
 
 def find_files_in_span(source: Path, first: dt.date, last: dt.date) -> dict[dt.date, Path]:
     """Daily files below `source` whose day lies in [first, last]."""
-    from sicube.sources import find_day_files
+    from sicube.archive.sources import find_day_files
 
     return {d: p for d, p in find_day_files(source).items() if first <= d <= last}
 
@@ -373,7 +374,7 @@ def _grid_info(x: np.ndarray, y: np.ndarray, name: str | None = None) -> dict:
 
 def _is_zarr(path: str | os.PathLike, storage_options: dict | None = None) -> bool:
     """Whether `path` is a Zarr store (asked of the one store opener); a plain folder is not."""
-    from sicube.store import NotZarr, open_store
+    from sicube.datacube.store import NotZarr, open_store
 
     try:
         open_store(path, storage_options=storage_options)
@@ -393,7 +394,7 @@ def info(path: str | os.PathLike, grid: str | None = None,
     A cube is described in any state (building, failed or complete): `status` says which;
     it may be any fsspec URL (``s3://``, ``http://``, with `storage_options`).
     """
-    from sicube.store import local_path
+    from sicube.datacube.store import local_path
 
     if grid is not None and grid not in products.GRIDS:
         raise BadInput(f"--grid {grid!r}: choose from {', '.join(products.GRIDS)}")
@@ -415,7 +416,7 @@ def info(path: str | os.PathLike, grid: str | None = None,
 
 
 def _read(path: Path):
-    from sicube.sources import read_day
+    from sicube.archive.sources import read_day
 
     try:
         return read_day(path)
@@ -433,7 +434,7 @@ def _file_info(path: Path) -> Info:
 
 
 def _folder_info(path: Path, grid: str | None = None) -> Info:
-    from sicube.sources import find_day_files
+    from sicube.archive.sources import find_day_files
 
     files = find_day_files(path, grid)
     if not files:

@@ -26,7 +26,7 @@ gets a time halo of ``max_gap`` days, so it too gives the same result for any ch
 The north pole hole (`pole_hole_ring`, `fill_pole_hole`): after the Gaussian fill, every cell
 of the hole gets, per day, the mean of the observed cells of the ring around it (cells within
 ``space_window`` cells of the hole, not land), flag POLE_HOLE (4); on a day the ring has no
-observed cell, the mean of its filled cells. The builder finds the hole (`sicube.mask`) and
+observed cell, the mean of its filled cells. The builder finds the hole (`sicube.pipeline.mask`) and
 applies the rule after each fill batch.
 
 The kernel is also a NumPy gufunc, `gaussian_fill_gufunc` (core signature
@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from sicube.area import extent_area_sums, fixed_point_scale
-from sicube.cube import FillFlag
+from sicube.datacube.cube import FillFlag
 from sicube.errors import BadInput
+from sicube.kernels.area import extent_area_sums, fixed_point_scale
 from sicube.params import FillParams, check_window  # FillParams: also importable from here
 
 WEIGHT_SUM_MIN = 1e-6
@@ -669,7 +669,7 @@ def fill_fraction_block(
     the core's ``sea_ice_conc`` (fraction; missing and land 0), its ``fill_flag``, each
     day's number of cells with each flag ((t, len(FillFlag))) and, given ``cell_km2`` (the
     core's cell areas, km²), each day's sea-ice extent and area ((t, 2) km², as
-    `sicube.area.extent_area` defines them) summed while the fraction is written; else None.
+    `sicube.kernels.area.extent_area` defines them) summed while the fraction is written; else None.
     Fill, final steps and flags in two passes, no temporaries.
     """
     gt, gs = _weights(time_window, space_window, alpha, sigma)

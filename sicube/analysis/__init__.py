@@ -1,0 +1,1 @@
+"""What a cube says: sea-ice extent and area, climatology, fill evaluation, reports."""

@@ -1,0 +1,1 @@
+"""Numerical kernels: the Gaussian gap fill and cell areas."""

@@ -1,0 +1,1 @@
+"""Pictures of a cube: static and interactive maps, the HTML report."""
