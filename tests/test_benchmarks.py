@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
@@ -112,3 +114,20 @@ def test_build_report_says_when_the_year_was_not_measured():
     text = bench_build.report(args, runs, {8: _run(4.0)})
     assert "365 days (<= 0.4 s/day, within 1.5x of the floor): not measured in this run" in text
 
+
+def test_stream_compares_with_the_best_local_setting(tmp_path):
+    pytest.importorskip("torch")
+    import bench_stream
+    import zarr
+
+    from sicube.datacube import cube
+
+    store = tmp_path / "cube.zarr"
+    zarr.open_group(str(store), mode="w").create_array(cube.CONC, shape=(8, 4, 4),
+                                                       chunks=(8, 4, 4), dtype="f4")
+    best = {("local", 4): 380.0, ("local", 1): 400.0, ("http", 1): 200.0, ("http", 4): 300.0}
+    args = SimpleNamespace(latency=0.05, repeat=3, step=1, days=24)
+    text = bench_stream.results(args, best, 100, 4, store)
+    assert "| HTTP, 50 ms per request | 4 (default) | 300 | 0.75x |" in text
+    assert "| local disk | 4 (default) | 380 | 0.95x |" in text
+    assert "HTTP 0.75x, met" in text
