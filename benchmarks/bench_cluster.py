@@ -214,7 +214,7 @@ def main() -> None:
                           flush=True)
                     raw = zarr_raw(store)
                     shutil.rmtree(store)
-                    shutil.rmtree(tmp / f"raw-{name}")
+                    shutil.rmtree(tmp / f"raw-{name}", ignore_errors=True)  # workers: own
         finally:
             server.terminate()
             server.wait(timeout=10)
