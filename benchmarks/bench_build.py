@@ -386,9 +386,13 @@ def _memory_verdict(runs: dict, spans: list[int]) -> str:
             + f" (lowest-highest run); target < {TARGET_PEAK_GB:.0f} GB: "
             + verdict(max(top.values()) < TARGET_PEAK_GB * 1e9))
     if len(spans) > 1:
+        # Flat: the longest span's highest run rises above the shortest's by no more than runs
+        # of one span differ among themselves (or 0.05 GB, when only one run was made).
+        flat = rise <= max(spread, 0.05e9)
         text += (f"; the highest {spans[-1]}-day run is {rise / 1e9:+.2f} GB from the highest "
                  f"{spans[0]}-day run, against a spread of up to {spread / 1e9:.2f} GB between "
-                 "runs of one span")
+                 f"runs of one span; flat with the span (that rise within the spread or "
+                 f"0.05 GB): {verdict(flat)}")
     return text
 
 

@@ -71,12 +71,13 @@ def _run(seconds, peak=1e9, **extra):
     return {"seconds": seconds, "peak": peak, "bytes": 7e6, **extra}
 
 
-def _build_runs(year_s_per_day: float, scaled: bool):
+def _build_runs(year_s_per_day: float, scaled: bool, year_peak: float = 1e9):
     spans = [30, 365]
     runs = {}
     for d in spans:
         per_day = 0.3 if d == 30 else year_s_per_day
-        runs["sicube", d] = [_run(per_day * d * f, stages={"ingest": 0.1 * d, "fill": 0.05 * d},
+        runs["sicube", d] = [_run(per_day * d * f, peak=year_peak if d == 365 else 1e9,
+                                  stages={"ingest": 0.1 * d, "fill": 0.05 * d},
                                   observed=f"{d - 2} observed, 2 missing") for f in (1, 1.1, 0.9)]
         runs["floor", d] = [_run(0.25 * d, decode=0.1 * d, write=0.1 * d) for _ in range(3)]
     stages = {"download": 1, "load": 7, "fill": 120, "fill_measured": 30 if scaled else 120,
@@ -97,6 +98,13 @@ def test_build_report_writes_each_target_met_or_missed():
     assert "0.50 s/day (target <= 0.4): **missed**; 2.00x the floor (target <= 1.5x): " \
            "**missed**" in missed
     assert "median of 3 original runs" in missed and "shortcut" not in missed
+    assert "flat with the span (that rise within the spread or 0.05 GB): met" in met
+
+
+def test_build_report_says_whether_memory_stays_flat_with_the_span():
+    assert "(that rise within the spread or 0.05 GB): **missed**" in _build_runs(
+        0.3, scaled=False, year_peak=1.2e9)
+    assert "target < 3 GB: **missed**" in _build_runs(0.3, scaled=False, year_peak=3.2e9)
 
 
 def test_build_report_states_the_baseline_shortcut_beside_the_speed_up():
