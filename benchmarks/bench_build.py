@@ -253,6 +253,8 @@ def main() -> None:
         parser.error(f"--spans: comma-separated day counts, got {args.spans!r}")
     if not 1 <= args.spans[0] <= args.spans[-1] <= YEAR or args.repeats < 1:
         parser.error(f"need spans in 1..{YEAR} days and --repeats >= 1")
+    if args.baseline_fill_days is not None and args.baseline_fill_days < 1:
+        parser.error("need --baseline-fill-days >= 1")
 
     ensure_archive(args.spans[-1])
     warm_numba()
