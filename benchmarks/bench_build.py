@@ -1,30 +1,35 @@
-"""Benchmark: `sicube build` from the mirror vs the original toolbox's pipeline, and its memory.
+"""Benchmark: `sicube build` against its floor and the original toolbox's way; memory per span.
 
-Run:  python benchmarks/bench_build.py [--days 30] [--spans 30,60,120] [--repeats 3]
+Run:  python benchmarks/bench_build.py [--days 30] [--spans 30,120,365] [--repeats 3]
                                         [--workers 2] [--baseline-fill-days N]
-                                        [--baseline-repeats N] [--no-record]
+                                        [--skip-original] [--no-record]
 
-Serves a full-resolution sample archive (3584 x 2432 cells, 2024-01-01 .. 2024-04-29 with
-five missing days; written once to ``benchmarks/_work/archive`` and reused) from the loopback
-mirror in its own process, then measures, each in a fresh process with a fresh store and
-download folder:
+Serves the full-resolution sample archive (3584 x 2432 cells from 2024-01-01, the real
+files' layout, `MISSING` days absent; written to ``benchmarks/_work/archive`` on first use,
+~2 s per day, and extended when a longer span asks) from the loopback mirror in its own
+process. Then ``--repeats`` rounds; in each, every method runs once, each run a fresh process
+with a fresh store and download folder, and the order of the methods is reversed from one
+round to the next:
 
-1. ``python -m sicube build`` for the first N days of each of ``--spans`` (download,
-   validation, ingest into Zarr, land mask, Gaussian fill, all stages of a real build),
-   ``--repeats`` times, spans interleaved; the ``--days`` runs give the speed (median run),
-   all of them the peak memory per span; then each span once more with glibc returning every
-   buffer of 1 MB or more at once (``MALLOC_MMAP_THRESHOLD_``), so the peak follows live data;
-2. the original toolbox's way for the same ``--days`` days (``benchmarks/original.py``):
-   sequential downloads, load with xarray, direct-rule fill per 30-day batch (numba, parallel),
-   NaN -> 0, /100, one zlib NetCDF file. ``--baseline-fill-days N`` fills only N days of the
-   batch and scales the fill time linearly (said so in the output) when the full one is too slow.
-   Each original run (plain and tabulated weights) is repeated ``--baseline-repeats`` times
-   (default: ``--repeats``, as sicube) and its median run kept, like sicube's.
+1. ``python -m sicube build`` of the first N days, for each N of ``--spans`` (download,
+   validation, ingest into Zarr, day statistics, land mask, Gaussian fill: a real build);
+2. the floor of those N days (``benchmarks/floor.py``): the files decoded with sicube's reader
+   and written into Zarr in the cube's chunks and codec, no fill, from the archive's folder;
+3. the original toolbox's way for the first ``--days`` days (``benchmarks/original.py``):
+   sequential downloads, load with xarray, direct-rule fill per 30-day batch (numba,
+   parallel), NaN -> 0, /100, one zlib NetCDF file; once as written and once with the direct
+   rule's weights tabulated (a faster rule than the original had).
+
+Every figure is the median run of its method (all methods alike). Shortcut, off by default:
+``--baseline-fill-days N`` fills only N days of each original batch and scales that fill time
+to the batch; the output says so beside every figure it touches. After the rounds each span is
+built once more with glibc returning every large buffer at once (``MALLOC_MMAP_THRESHOLD_``,
+one run per span), so that the peak follows the live data.
 
 Wall time is the whole process, imports included; peak RSS is the sum over the process and its
-children, sampled every 0.1 s with psutil. Numba caches of both fills are warmed first so neither
-side pays compilation. The tables are printed and written to ``benchmarks/RESULTS.md`` under
-``## Build`` with the machine and its load average.
+children, sampled every 0.1 s with psutil. Both fills' numba caches are warmed first so neither
+side pays compilation. The section is printed and written to ``benchmarks/RESULTS.md`` under
+``## Build`` (unless ``--no-record``) with the command, the machine and its load at the start.
 """
 
 from __future__ import annotations
@@ -48,30 +53,68 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from common import machine, record  # noqa: E402
+from common import command_line, load_text, machine, record  # noqa: E402
 
 WORK = REPO / "benchmarks" / "_work"
 ARCHIVE = WORK / "archive"
 FIRST = dt.date(2024, 1, 1)
-LAST = dt.date(2024, 4, 29)
-MISSING = ["20240112", "20240123", "20240214", "20240318", "20240402"]
+LAST = dt.date(2024, 4, 29)  # the 120 days every other benchmark reads
+YEAR = 365
+MISSING = ["20240112", "20240123", "20240214", "20240318", "20240402",  # within LAST
+           "20240517", "20240704", "20240811", "20240923", "20241030", "20241119", "20241207"]
 # glibc keeps freed buffers in per-thread arenas until trimmed; with a fixed 1 MB mmap threshold
 # every larger buffer is returned the moment it is freed, so RSS follows the live data.
 PROMPT_FREE = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-STAMP = f"{FIRST}..{LAST}, step 1, seed 0, missing {' '.join(MISSING)}, real (GDAL) layout\n"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+# Targets (issue 22): s/day at --days, and for a year of days s/day and the ratio to the floor.
+TARGET_S_PER_DAY = 0.5
+TARGET_YEAR_S_PER_DAY = 0.4
+TARGET_FLOOR_RATIO = 1.5
+TARGET_SPEEDUP = 15.0
+TARGET_PEAK_GB = 3.0
 
 
-def ensure_archive() -> Path:
-    """The full-resolution sample archive, written on first use (~2 s per day)."""
-    from sicube.archive.synthetic import write_archive
+def _stamp(last: dt.date) -> str:
+    """What the archive's COMPLETE file says of an archive written through `last`."""
+    missing = " ".join(_missing_through(last))
+    return f"{FIRST}..{last}, step 1, seed 0, missing {missing}, real (GDAL) layout\n"
 
+
+def _missing_through(last: dt.date) -> list[str]:
+    return [d for d in MISSING if d <= f"{last:%Y%m%d}"]
+
+
+def _written_through(stamp: Path) -> dt.date | None:
+    """The last day of the archive as its stamp says, None when there is none or it differs."""
+    text = stamp.read_text() if stamp.exists() else ""
+    found = re.match(rf"{FIRST}\.\.(\d{{4}}-\d\d-\d\d),", text)
+    last = dt.date.fromisoformat(found.group(1)) if found else None
+    return last if last and text == _stamp(last) else None
+
+
+def ensure_archive(days: int = (LAST - FIRST).days + 1) -> Path:
+    """The full-resolution sample archive through its `days`-th day, written on first use and
+    extended when more days are asked (~2 s per day). Each day's field depends only on the day
+    (its drift anchored at FIRST), so an extended archive equals one written at once."""
+    from sicube.archive import products
+    from sicube.archive.synthetic import sample_day, write_day_file
+    from sicube.dates import day_range
+
+    last = _last(days)
     stamp = ARCHIVE / "COMPLETE"
-    if not stamp.exists() or stamp.read_text() != STAMP:
-        print(f"writing the full-resolution sample archive to {ARCHIVE} (once) ...", flush=True)
+    written = _written_through(stamp)
+    if written is not None and written >= last:
+        return ARCHIVE
+    if written is None:
         shutil.rmtree(ARCHIVE, ignore_errors=True)
-        write_archive(ARCHIVE, FIRST, LAST, step=1, missing_days=MISSING, seed=0, progress=True)
-        stamp.write_text(STAMP)
+    begin = FIRST if written is None else written + dt.timedelta(days=1)
+    print(f"writing the full-resolution sample archive {begin}..{last} to {ARCHIVE} ...",
+          flush=True)
+    for day in day_range(begin, last):
+        if f"{day:%Y%m%d}" not in MISSING:
+            write_day_file(ARCHIVE / products.relative_path(day),
+                           sample_day(day, step=1, seed=0, start=FIRST), day, step=1)
+    stamp.write_text(_stamp(last))
     return ARCHIVE
 
 
@@ -122,31 +165,53 @@ def run_measured(command: list[str], env: dict | None = None) -> tuple[float, in
     return seconds, peak, out
 
 
+def _last(days: int) -> dt.date:
+    return FIRST + dt.timedelta(days=days - 1)
+
+
+def _end(days: int) -> str:
+    return f"{_last(days):%Y%m%d}"
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def sicube_run(days: int, base_url: str, tmp: Path, workers: int,
                env: dict | None = None) -> dict:
     """`python -m sicube build` of the first `days` days into a fresh store; times and RSS."""
-    end = FIRST + dt.timedelta(days=days - 1)
     store, raw = tmp / f"sicube-{days}.zarr", tmp / f"raw-{days}"
     seconds, peak, out = run_measured([
         sys.executable, "-m", "sicube", "build", "--start", f"{FIRST:%Y%m%d}",
-        "--end", f"{end:%Y%m%d}", "--store", str(store), "--base-url", base_url,
+        "--end", _end(days), "--store", str(store), "--base-url", base_url,
         "--raw-dir", str(raw), "--workers", str(workers), "-q"], env)
-    stages = dict((k, float(v)) for k, v in re.findall(r"(\w+) ([\d.]+) s", _line(out, "time")))
-    size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
-    observed = _line(out, "days")
+    stages = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", _line(out, "time"))}
+    size = _tree_bytes(store)
     shutil.rmtree(store)
     shutil.rmtree(raw)
     return {"days": days, "seconds": seconds, "peak": peak, "stages": stages, "bytes": size,
-            "observed": observed}
+            "observed": _line(out, "days")}
+
+
+def floor_run(days: int, tmp: Path, workers: int) -> dict:
+    """benchmarks/floor.py for the first `days` days in its own process; times and RSS."""
+    store = tmp / f"floor-{days}.zarr"
+    seconds, peak, out = run_measured([
+        sys.executable, str(REPO / "benchmarks" / "floor.py"), "--source", str(ARCHIVE),
+        "--start", f"{FIRST:%Y%m%d}", "--end", _end(days), "--store", str(store),
+        "--workers", str(workers)])
+    report = json.loads(out.strip().splitlines()[-1])
+    size = _tree_bytes(store)
+    shutil.rmtree(store)
+    return {"days": days, "seconds": seconds, "peak": peak, "bytes": size, **report}
 
 
 def original_run(days: int, base_url: str, tmp: Path, fill_days: int | None,
                  tabulated: bool = False) -> dict:
     """benchmarks/original.py for the first `days` days in its own process; times and RSS."""
-    end = FIRST + dt.timedelta(days=days - 1)
     raw, output = tmp / "original-raw", tmp / "original.nc"
     command = [sys.executable, str(REPO / "benchmarks" / "original.py"),
-               "--start", f"{FIRST:%Y%m%d}", "--end", f"{end:%Y%m%d}", "--base-url", base_url,
+               "--start", f"{FIRST:%Y%m%d}", "--end", _end(days), "--base-url", base_url,
                "--out-dir", str(raw), "--output-file", str(output)]
     if fill_days:
         command += ["--fill-days", str(fill_days)]
@@ -171,31 +236,33 @@ def _line(text: str, key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, default=30, help="the span timed against the original")
-    parser.add_argument("--spans", default="30,60,120", help="spans whose peak memory is compared")
-    parser.add_argument("--repeats", type=int, default=3, help="sicube runs per span")
+    parser.add_argument("--days", type=int, default=30,
+                        help="the span timed against the original (added to --spans)")
+    parser.add_argument("--spans", default="30,120,365",
+                        help="spans built, with their floor and peak memory")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every method")
     parser.add_argument("--workers", type=int, default=2, help="sicube dask workers")
     parser.add_argument("--baseline-fill-days", type=int, default=None,
-                        help="fill only N days in the original pipeline, scale linearly")
-    parser.add_argument("--baseline-repeats", type=int, default=None,
-                        help="runs of each original pipeline, median kept (default: --repeats, "
-                             "as sicube)")
+                        help="shortcut: fill only N days of each original batch, scale the time")
     parser.add_argument("--skip-original", action="store_true")
     parser.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
-    if args.baseline_repeats is None:
-        args.baseline_repeats = args.repeats
-    if args.baseline_repeats < 1:
-        parser.error("need --baseline-repeats >= 1")
-    args.spans = sorted({int(n) for n in args.spans.split(",")} | {args.days})
-    if not 1 <= args.spans[0] <= args.spans[-1] <= (LAST - FIRST).days + 1 or args.repeats < 1:
-        parser.error(f"need spans in 1..{(LAST - FIRST).days + 1} days and --repeats >= 1")
+    try:
+        args.spans = sorted({int(n) for n in args.spans.split(",")} | {args.days})
+    except ValueError:
+        parser.error(f"--spans: comma-separated day counts, got {args.spans!r}")
+    if not 1 <= args.spans[0] <= args.spans[-1] <= YEAR or args.repeats < 1:
+        parser.error(f"need spans in 1..{YEAR} days and --repeats >= 1")
+    if args.baseline_fill_days is not None and args.baseline_fill_days < 1:
+        parser.error("need --baseline-fill-days >= 1")
 
-    ensure_archive()
+    ensure_archive(args.spans[-1])
     warm_numba()
-    load_before = os.getloadavg()
-    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
-    runs: dict[int, list[dict]] = {n: [] for n in args.spans}
+    # Each span's build beside its floor, so that both see the same state of the machine.
+    methods = [(kind, n) for n in args.spans for kind in ("sicube", "floor")]
+    if not args.skip_original:
+        methods += [("original", args.days), ("tabulated", args.days)]
+    runs: dict[tuple[str, int], list[dict]] = {method: [] for method in methods}
     prompt: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="sicube-bench-build-", dir=WORK) as tmp:
         tmp = Path(tmp)
@@ -205,171 +272,210 @@ def main() -> None:
         try:
             base_url = server.stdout.readline().strip()
             print(f"mirror: {base_url}", flush=True)
-            for repeat in range(args.repeats):  # spans interleaved: drifts hit all alike
-                for n in args.spans:
-                    run = sicube_run(n, base_url, tmp, args.workers)
-                    runs[n].append(run)
-                    print(f"sicube {n} days (run {repeat + 1}): {run['seconds']:.1f} s, "
+            for repeat in range(args.repeats):
+                # Every method once per round, the order reversed each round: a drift of the
+                # machine hits all methods alike.
+                for kind, n in methods if repeat % 2 == 0 else methods[::-1]:
+                    if kind == "sicube":
+                        run = sicube_run(n, base_url, tmp, args.workers)
+                    elif kind == "floor":
+                        run = floor_run(n, tmp, args.workers)
+                    else:
+                        run = original_run(n, base_url, tmp, args.baseline_fill_days,
+                                           tabulated=kind == "tabulated")
+                    runs[kind, n].append(run)
+                    print(f"{kind} {n} days (round {repeat + 1}): {run['seconds']:.1f} s, "
                           f"peak {run['peak'] / 1e9:.2f} GB", flush=True)
             for n in args.spans:
-                run = sicube_run(n, base_url, tmp, args.workers, env=PROMPT_FREE)
-                prompt[n] = run
+                prompt[n] = sicube_run(n, base_url, tmp, args.workers, env=PROMPT_FREE)
                 print(f"sicube {n} days, large buffers returned at once: "
-                      f"{run['seconds']:.1f} s, peak {run['peak'] / 1e9:.2f} GB", flush=True)
-            orig = table = None
-            if not args.skip_original:
-                origs, tables = [], []
-                for repeat in range(args.baseline_repeats):  # timed as sicube: median run
-                    origs.append(original_run(args.days, base_url, tmp,
-                                              args.baseline_fill_days))
-                    print(f"original {args.days} days (run {repeat + 1}): "
-                          f"{origs[-1]['seconds']:.1f} s", flush=True)
-                    tables.append(original_run(args.days, base_url, tmp,
-                                               args.baseline_fill_days, tabulated=True))
-                    print(f"original, tabulated weights (run {repeat + 1}): "
-                          f"{tables[-1]['seconds']:.1f} s", flush=True)
-                orig, table = _median_run(origs), _median_run(tables)
-                orig["walls"] = sorted(r["seconds"] for r in origs)
-                table["walls"] = sorted(r["seconds"] for r in tables)
+                      f"{prompt[n]['seconds']:.1f} s, peak {prompt[n]['peak'] / 1e9:.2f} GB",
+                      flush=True)
         finally:
             server.terminate()
             server.wait(timeout=10)
-    load_after = os.getloadavg()
-    section = report(args, runs, prompt, orig, table, load_before, load_after)
+    section = report(args, runs, prompt)
     print("\n" + section)
     if not args.no_record:
         print(f"recorded in {record(section, '## Build')}")
 
 
-def _median_run(runs: list[dict]) -> dict:
+def median_run(runs: list[dict]) -> dict:
     """The run with the median wall time (the slower middle one of an even count)."""
     return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
 
 
-def report(args, runs: dict[int, list[dict]], prompt: dict[int, dict], orig: dict | None,
-           table: dict | None, load_before, load_after) -> str:
-    """The ``## Build`` section: stage table, s/day, ratio, memory per span."""
-    n = args.days
-    gb = 1e9
-    short = _median_run(runs[n])
-    walls = sorted(r["seconds"] for r in runs[n])
+def verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def _walls(runs: list[dict]) -> str:
+    return ", ".join(f"{r['seconds']:.1f}" for r in runs)
+
+
+def _peaks(runs: list[dict]) -> str:
+    return ", ".join(f"{r['peak'] / 1e9:.2f}" for r in runs)
+
+
+def report(args, runs: dict[tuple[str, int], list[dict]], prompt: dict[int, dict]) -> str:
+    """The ``## Build`` section: spans against the floor, targets, stages, the original."""
+    n, longest = args.days, args.spans[-1]
+    builds = {d: median_run(runs["sicube", d]) for d in args.spans}
+    floors = {d: median_run(runs["floor", d]) for d in args.spans}
     lines = [
         "## Build\n",
-        f"`python benchmarks/bench_build.py` ({time.strftime('%Y-%m-%d')}): full-resolution "
-        f"sample archive (3584 x 2432 cells, ~{_archive_mb():.1f} MB per file; "
-        f"{', '.join(MISSING)} missing) served by the loopback mirror in its own process. "
-        "Each pipeline runs in a fresh process with a fresh store and download folder; wall time "
-        "is the whole process, peak RSS the sum over its process tree (psutil, every 0.1 s). "
-        f"sicube ran {args.repeats} times per span, spans interleaved; the {n}-day column is "
-        f"its median run (walls {', '.join(f'{w:.1f}' for w in walls)} s).\n",
-        f"| stage ({n} days) | sicube build, {args.workers} workers (s) | original way (s) |",
-        "|---|---:|---:|",
+        f"`{command_line()}` ({dt.date.today()}): the full-resolution sample archive (3584 x "
+        f"2432 cells, ~{_archive_mb():.1f} MB per file, the real files' layout, days from "
+        f"{FIRST}; missing: {', '.join(_missing_through(_last(longest))) or 'none'}) served by "
+        f"the loopback mirror in its own process. {args.repeats} round(s); in each every "
+        "method ran once, each run a fresh process with a fresh store and download folder, "
+        "the order of the methods reversed from round to round. **Every figure is the median "
+        "run of its method** (the runs are listed). Wall time is the whole process, imports "
+        "included; peak RSS the sum over its process tree (psutil, every 0.1 s). The floor "
+        "(`benchmarks/floor.py`): the same days' files decoded with sicube's reader and "
+        "written as one variable in the cube's chunks and codec, no fill, read from the "
+        "archive's folder (no download): what any build must do at the least.\n",
+        "| span (days) | sicube build walls (s) | s/day | floor walls (s) | floor s/day | "
+        "build / floor | build peak RSS, each run (GB) | floor peak (GB) | store (MB) |",
+        "|---:|---|---:|---|---:|---:|---|---:|---:|",
     ]
-    s, o = short["stages"], (orig["stages"] if orig else {})
+    for d in args.spans:
+        b, f = builds[d], floors[d]
+        lines.append(
+            f"| {d} ({b['observed'].split(',')[0]}) | {_walls(runs['sicube', d])} | "
+            f"{b['seconds'] / d:.2f} | {_walls(runs['floor', d])} | {f['seconds'] / d:.2f} | "
+            f"{b['seconds'] / f['seconds']:.2f}x | {_peaks(runs['sicube', d])} | "
+            f"{f['peak'] / 1e9:.2f} | {b['bytes'] / 1e6:.0f} |")
+    lines += ["", "Targets:", ""]
+    s_day = builds[n]["seconds"] / n
+    lines.append(f"- {n} days: {s_day:.2f} s/day (target <= {TARGET_S_PER_DAY}): "
+                 f"{verdict(s_day <= TARGET_S_PER_DAY)}.")
+    if YEAR in builds:
+        s_day = builds[YEAR]["seconds"] / YEAR
+        ratio = builds[YEAR]["seconds"] / floors[YEAR]["seconds"]
+        lines.append(f"- {YEAR} days: {s_day:.2f} s/day (target <= {TARGET_YEAR_S_PER_DAY}): "
+                     f"{verdict(s_day <= TARGET_YEAR_S_PER_DAY)}; {ratio:.2f}x the floor "
+                     f"(target <= {TARGET_FLOOR_RATIO}x): "
+                     f"{verdict(ratio <= TARGET_FLOOR_RATIO)}.")
+    else:
+        lines.append(f"- {YEAR} days (<= {TARGET_YEAR_S_PER_DAY} s/day, within "
+                     f"{TARGET_FLOOR_RATIO}x of the floor): not measured in this run (its "
+                     f"spans: {', '.join(map(str, args.spans))}).")
+    lines.append(f"- peak RSS: {_memory_verdict(runs, args.spans)}.")
+    lines += ["", *_stage_table(builds[longest], floors[longest], longest)]
+    if not args.skip_original:
+        lines += ["", *_against_original(args, runs, builds[n])]
+    lines += [
+        "",
+        "The same builds once more (one run each) with glibc returning every buffer of 1 MB or "
+        "more the moment it is freed (`MALLOC_MMAP_THRESHOLD_=1048576`; by default freed "
+        "buffers stay in per-thread arenas until the build trims them after each chunk and "
+        "batch), so that the peak follows the live data: "
+        + ", ".join(f"{d} days {r['peak'] / 1e9:.2f} GB ({r['seconds']:.1f} s)"
+                    for d, r in prompt.items()) + ".",
+        "",
+        f"Machine: {machine()}; {load_text()}; {load_text(os.getloadavg(), 'at the end')}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _memory_verdict(runs: dict, spans: list[int]) -> str:
+    """Peak RSS against the target and flat with the span: the highest run of each span."""
+    top = {d: max(r["peak"] for r in runs["sicube", d]) for d in spans}
+    low = {d: min(r["peak"] for r in runs["sicube", d]) for d in spans}
+    spread = max(top[d] - low[d] for d in spans)
+    rise = top[spans[-1]] - top[spans[0]]
+    text = (", ".join(f"{d} days {low[d] / 1e9:.2f}-{top[d] / 1e9:.2f} GB" for d in spans)
+            + f" (lowest-highest run); target < {TARGET_PEAK_GB:.0f} GB: "
+            + verdict(max(top.values()) < TARGET_PEAK_GB * 1e9))
+    if len(spans) > 1:
+        # Flat: the longest span's highest run rises above the shortest's by no more than runs
+        # of one span differ among themselves (or 0.05 GB, when only one run was made).
+        flat = rise <= max(spread, 0.05e9)
+        text += (f"; the highest {spans[-1]}-day run is {rise / 1e9:+.2f} GB from the highest "
+                 f"{spans[0]}-day run, against a spread of up to {spread / 1e9:.2f} GB between "
+                 f"runs of one span; flat with the span (that rise within the spread or "
+                 f"0.05 GB): {verdict(flat)}")
+    return text
+
+
+def _stage_table(build: dict, floor: dict, days: int) -> list[str]:
+    """Where the median build's time goes, stage by stage, beside the floor's."""
+    stages = build["stages"]
+    rest = build["seconds"] - sum(stages.values())
+    rows = [f"Where the time goes, {days} days (median runs): the build's stages as its "
+            "summary prints them (ingest: downloads from the mirror, validation, hashing, "
+            "decoding, day statistics, writing the raw field), the floor's seconds summed over "
+            "its threads.", "",
+            "| build stage | s | floor | s |", "|---|---:|---|---:|"]
+    floor_rows = [("decode (thread-s)", floor["decode"]),
+                  ("write (thread-s)", floor["write"]),
+                  ("process wall", floor["seconds"])]
+    build_rows = [*stages.items(), ("process start, imports, creation, summary", rest),
+                  ("**process wall**", build["seconds"])]
+    for i in range(max(len(build_rows), len(floor_rows))):
+        bl, bv = build_rows[i] if i < len(build_rows) else ("", None)
+        fl, fv = floor_rows[i] if i < len(floor_rows) else ("", None)
+        rows.append(f"| {bl} | {'' if bv is None else f'{bv:.1f}'} | {fl} | "
+                    f"{'' if fv is None else f'{fv:.1f}'} |")
+    return rows
+
+
+def _against_original(args, runs: dict, build: dict) -> list[str]:
+    """The stage table against the original way, the speed-up and every shortcut beside it."""
+    n = args.days
+    orig, table = median_run(runs["original", n]), median_run(runs["tabulated", n])
+    scaled = orig["stages"]["fill"] != orig["stages"]["fill_measured"]
+    observed = n - len(orig["missing"])
+    shortcut = (f" (shortcut: the original's fill timed on {args.baseline_fill_days} of each "
+                f"batch's days and scaled to the batch; its process walls as measured: "
+                f"{_walls([{'seconds': r['measured_seconds']} for r in runs['original', n]])} s)"
+                if scaled else "")
+    s, o = build["stages"], orig["stages"]
+    lines = [f"Against the original way, {n} days ({observed} observed), median runs:", "",
+             f"| stage ({n} days) | sicube build, {args.workers} workers (s) | original way (s) |",
+             "|---|---:|---:|"]
     rows = [
         ("download (sicube: + validate, hash, ingest into Zarr)", "ingest", "download"),
         ("load (xarray, stack)", None, "load"),
         ("land mask", "mask", None),
-        ("fill (sicube: + NaN->0, /100, write to Zarr)", "fill", "fill"),
+        ("fill (sicube: + NaN->0, /100, write to Zarr)" + (" (original: scaled)" if scaled
+                                                           else ""), "fill", "fill"),
         ("NaN->0, /100, write one zlib NetCDF", None, "write"),
     ]
     for label, skey, okey in rows:
         sv = f"{s[skey]:.1f}" if skey and skey in s else "-"
-        ov = f"{o[okey]:.1f}" if orig and okey and okey in o else "-"
+        ov = f"{o[okey]:.1f}" if okey else "-"
         lines.append(f"| {label} | {sv} | {ov} |")
-    other_s = short["seconds"] - sum(s.values())
-    other_o = orig["seconds"] - sum(o[k] for k in ("download", "load", "fill", "write")) \
-        if orig else None
-    lines.append(f"| process start, imports, summary, consolidation | {other_s:.1f} | "
-                 + (f"{other_o:.1f}" if orig else "-") + " |")
-    lines.append(f"| **total** | **{short['seconds']:.1f}** | "
-                 + (f"**{orig['seconds']:.1f}**" if orig else "-") + " |")
-    lines.append(f"| **s/day** | **{short['seconds'] / n:.2f}** (target <= 0.5) | "
-                 + (f"**{orig['seconds'] / n:.2f}**" if orig else "-") + " |")
-    lines.append(f"| peak RSS (GB) | {short['peak'] / gb:.2f} | "
-                 + (f"{orig['peak'] / gb:.2f}" if orig else "-") + " |")
-    lines.append(f"| output size (MB) | {short['bytes'] / 1e6:.0f} (all variables) | "
-                 + (f"{orig['bytes'] / 1e6:.0f} (filled only)" if orig else "-") + " |")
-    lines.append("")
-    sicube_note = ("sicube's ingest stage includes the concurrent downloads, validation "
-                   "and hashing of every file, written into Zarr as each time chunk completes.")
-    if orig:
-        ratio = orig["seconds"] / short["seconds"]
-        lines.append(f"**Speed-up: {ratio:.1f}x** (target >= 15x). {sicube_note}")
-        lines.append(
-            f"Each original pipeline ran {args.baseline_repeats} time(s), interleaved with its "
-            f"tabulated variant, and its median run is shown (walls "
-            f"{', '.join(f'{w:.1f}' for w in orig['walls'])} s; tabulated "
-            f"{', '.join(f'{w:.1f}' for w in table['walls'])} s)"
-            + (", the same treatment as sicube's." if args.baseline_repeats == args.repeats
-               else f", against sicube's {args.repeats}.")
-            + " Both fills' numba kernels were compiled before the runs with the exact "
-              "signatures the runs call.")
-        if orig["stages"]["fill"] != orig["stages"]["fill_measured"]:
-            lines.append(
-                f"The original's fill was timed on {args.baseline_fill_days} day(s) in the "
-                f"middle of the batch "
-                f"({orig['stages']['fill_measured']:.1f} s measured) and scaled linearly to the "
-                f"batch ({orig['stages']['fill']:.1f} s); its process ran "
-                f"{orig['measured_seconds']:.1f} s.")
-        per_day = orig["stages"]["fill"] / (n - len(orig["missing"]))
-        lines.append(
-            f"The original's fill (the direct rule in numba, frames in parallel, each weight "
-            f"evaluated as the formula is written) costs {per_day:.1f} s per observed day here "
-            "(the issue reports ~7 s/day for the original loop); sicube's whole "
-            f"fill stage is {orig['stages']['fill'] / s['fill']:.0f}x faster. The downloads "
-            "are loopback copies with no latency, so the sequential loop costs nothing here; "
-            "against a distant server see `## Download`.")
-        if table:
-            lines.append(
-                f"Stricter: the same pipeline with the direct rule's weights tabulated once (a "
-                f"faster rule than the original had) takes {table['seconds']:.1f} s, "
-                f"{table['stages']['fill']:.1f} s of it filling; sicube is "
-                f"**{table['seconds'] / short['seconds']:.1f}x** faster than that.")
-        lines.append(
-            "The original way drops the missing days before the fill (its defect, kept for "
-            "timing fidelity) and stores only the filled field; sicube also stores the raw "
-            "field, flags, mask and provenance.")
-    else:
-        lines.append(sicube_note)
+    other_s = build["seconds"] - sum(s.values())
+    other_o = orig["seconds"] - sum(o[k] for k in ("download", "load", "fill", "write"))
+    ratio = orig["seconds"] / build["seconds"]
     lines += [
+        f"| other stages, process start, imports, summary | {other_s:.1f} | {other_o:.1f} |",
+        f"| **total** | **{build['seconds']:.1f}** | **{orig['seconds']:.1f}** |",
+        f"| peak RSS (GB) | {build['peak'] / 1e9:.2f} | {orig['peak'] / 1e9:.2f} |",
+        f"| output size (MB) | {build['bytes'] / 1e6:.0f} (all variables) | "
+        f"{orig['bytes'] / 1e6:.0f} (filled only) |",
         "",
-        "| sicube build | days | runs | wall, median (s) | s/day | peak RSS, each run (GB) "
-        "| store (MB) |",
-        "|---|---:|---:|---:|---:|---|---:|",
+        f"**Speed-up: {ratio:.1f}x** (target >= {TARGET_SPEEDUP:.0f}x: "
+        f"{verdict(ratio >= TARGET_SPEEDUP)}), median of {len(runs['original', n])} original "
+        f"runs (walls {_walls(runs['original', n])} s) against the median of "
+        f"{len(runs['sicube', n])} sicube runs{shortcut}. Stricter: with the direct rule's "
+        f"weights tabulated once (a faster rule than the original had) the original way takes "
+        f"{table['seconds']:.1f} s (walls {_walls(runs['tabulated', n])} s), "
+        f"{table['stages']['fill']:.1f} s of it filling: sicube is "
+        f"**{table['seconds'] / build['seconds']:.1f}x** faster"
+        + (" (the same shortcut)." if scaled else "."),
+        f"The original's fill (the direct rule in numba, frames in parallel, each weight "
+        f"evaluated as the formula is written) costs {o['fill'] / observed:.1f} s per observed "
+        f"day here; sicube's whole fill stage is {o['fill'] / max(s.get('fill', 0), 1e-9):.0f}x "
+        "faster. The downloads are loopback copies with no latency, so the sequential loop "
+        "costs nothing here; against a distant server see `## Download`. The original way "
+        "drops the missing days before the fill (its defect, kept for timing fidelity) and "
+        "stores only the filled field; sicube also stores the raw field, flags, mask, "
+        "statistics and provenance.",
     ]
-    for days, rs in runs.items():
-        mid = _median_run(rs)
-        peaks = ", ".join(f"{r['peak'] / gb:.2f}" for r in rs)
-        lines.append(f"| {mid['observed']} | {days} | {len(rs)} | {mid['seconds']:.1f} | "
-                     f"{mid['seconds'] / days:.2f} | {peaks} | {mid['bytes'] / 1e6:.0f} |")
-    low = {days: min(r["peak"] for r in rs) for days, rs in runs.items()}
-    top = {days: max(r["peak"] for r in rs) for days, rs in runs.items()}
-    spread = max(top[d] - low[d] for d in runs)
-    above = {d: top[d] - top[n] for d in runs if d > n and top[d] > top[n]}
-    verdict = (f"no higher for longer spans than for {n} days" if not above else
-               "highest run above the highest {}-day run by {} (run-to-run spread within one "
-               "span up to {:.2f} GB)".format(
-                   n, ", ".join(f"{v / gb:.2f} GB at {d} days" for d, v in above.items()),
-                   spread / gb))
-    lines += [
-        "",
-        "Peak RSS per span, lowest to highest run: "
-        + ", ".join(f"{d} days {low[d] / gb:.2f}-{top[d] / gb:.2f} GB" for d in runs)
-        + f". Target < 3 GB, and no higher for 60 days than for 30: {verdict}.",
-        "",
-        "The same builds once more with glibc returning every buffer of 1 MB or more the moment "
-        "it is freed (`MALLOC_MMAP_THRESHOLD_=1048576`; by default freed buffers stay in "
-        "per-thread arenas until the build trims them after each chunk and batch), so that the "
-        "peak follows the live data: "
-        + ", ".join(f"{d} days {r['peak'] / gb:.2f} GB ({r['seconds']:.1f} s)"
-                    for d, r in prompt.items()) + ".",
-        "",
-        f"Machine: {machine()}. Load average (1, 5, 15 min) before "
-        f"{load_before[0]:.2f}, {load_before[1]:.2f}, {load_before[2]:.2f}; after "
-        f"{load_after[0]:.2f}, {load_after[1]:.2f}, {load_after[2]:.2f}.",
-    ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _archive_mb() -> float:

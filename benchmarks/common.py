@@ -1,14 +1,28 @@
-"""What every benchmark shares: the machine's description and writing its RESULTS.md section."""
+"""What every benchmark shares: the machine's description and writing its RESULTS.md section.
+
+Every section `record` writes ends with the line `provenance` makes: the command that made it,
+the date, the machine and the load average when the benchmark started. A benchmark imports
+this module first thing, so the load read here is the machine's before the benchmark's own
+work; above `QUIET_LOAD` the line says the record was not made on a quiet machine.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
 import re
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# A 1-minute load average above this means something else keeps a core busy: on the 2-core
+# VM of the records that skews every side-by-side ratio. run_all.py waits for it.
+QUIET_LOAD = 1.0
+LOAD_AT_START = os.getloadavg()
 
 
 def cpu_model() -> str:
@@ -28,10 +42,43 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def is_quiet(load: float) -> bool:
+    """Whether a 1-minute load average counts as a quiet machine."""
+    return load <= QUIET_LOAD
+
+
+def load_text(load: tuple[float, float, float] | None = None, when: str = "at the start") -> str:
+    """'load average 0.12, 0.30, 0.41 (1, 5, 15 min) at the start', marked when above the quiet
+    limit; `load` defaults to the load when the benchmark started."""
+    load = LOAD_AT_START if load is None else load
+    text = f"load average {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (1, 5, 15 min) {when}"
+    if not is_quiet(load[0]):
+        text += (f" (**above the quiet limit of {QUIET_LOAD:.1f}: not a quiet-machine record, "
+                 "ratios may be skewed**)")
+    return text
+
+
+def command_line() -> str:
+    """This process's command as a user types it from the repository root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(REPO)
+    except ValueError:
+        pass
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+def provenance() -> str:
+    """The line closing every recorded section: command, date, machine, load at the start."""
+    return (f"Recorded by `{command_line()}` on {dt.date.today()}; machine: {machine()}; "
+            f"{load_text()}.")
+
+
 def record(section: str, heading: str) -> Path:
-    """Replace (or append) the section `heading` (e.g. "## Build") of benchmarks/RESULTS.md."""
+    """Replace (or append) the section `heading` (e.g. "## Build") of benchmarks/RESULTS.md,
+    closed by the `provenance` line."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    section = section.rstrip("\n") + "\n\n"  # a blank line before the next heading
+    section = section.rstrip("\n") + "\n\n" + provenance() + "\n\n"  # blank line before next
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else \
         text.rstrip("\n") + "\n\n" + section
