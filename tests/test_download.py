@@ -313,8 +313,8 @@ def full_checks(monkeypatch) -> list[Path]:
             calls.append(Path(path))
         return check_day_file(path, expected, full=full)
 
-    # sys.modules: the package's `download` attribute is the function, not the module
-    monkeypatch.setattr(sys.modules["sicube.archive.download"], "check_day_file", counting)
+    # the fetcher validates each file (`sicube.archive.fetch`)
+    monkeypatch.setattr(sys.modules["sicube.archive.fetch"], "check_day_file", counting)
     return calls
 
 
