@@ -94,6 +94,30 @@ class _Permanent(Exception):
     """A failure no retry cures (a 4xx other than 404, a file on another grid)."""
 
 
+class _Slot:
+    """A day's turn to transfer, one of `concurrency`: taken before its hosts are chosen,
+    given back while its file validates (a retry takes it again) and when the day is done.
+
+    Validation (a full decode) costs more than a small file's transfer: holding the turn
+    through it kept the next transfers waiting, so at 200 ms latency the pace was set by the
+    validations, not by the requests in flight (`benchmarks/bench_download.py`).
+    """
+
+    def __init__(self, turns: asyncio.Semaphore):
+        self._turns = turns
+        self._held = False
+
+    async def take(self) -> None:
+        if not self._held:
+            await self._turns.acquire()
+            self._held = True
+
+    def give_back(self) -> None:
+        if self._held:
+            self._turns.release()
+            self._held = False
+
+
 class Fetcher:
     """Downloads days on one asyncio loop; validation and renames run in worker threads.
 
@@ -117,6 +141,7 @@ class Fetcher:
         self.known = known or {}
         self.grid = expected_grid
         self._grid_lock = threading.Lock()
+        self._turns: asyncio.Semaphore | None = None  # the transfer slots of `run`
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -243,17 +268,23 @@ class Fetcher:
                     record.version = version
                     return record
 
+        slot = _Slot(self._turns)
+
         async def ask(host: str, version: str, url: str, tries: int,
                       give_way: bool) -> tuple[str, str]:
             outcome = await self._from_host(session, fs, url, targets[version], record, host,
-                                            tries, give_way)
+                                            tries, give_way, slot)
             return outcome, str(record.error)
 
-        verdict = await ask_hosts(
-            self.host_use, sensor.versions,
-            lambda host, version, flat: products.file_url(host, day, grid, sensor, version,
-                                                          flat),
-            ask, self.retry.retries)
+        await slot.take()  # before the hosts' order: it reflects the answers so far
+        try:
+            verdict = await ask_hosts(
+                self.host_use, sensor.versions,
+                lambda host, version, flat: products.file_url(host, day, grid, sensor,
+                                                              version, flat),
+                ask, self.retry.retries)
+        finally:
+            slot.give_back()
         if verdict.status == OK:
             record.version = verdict.version
         elif verdict.status != LOCAL:  # LOCAL: `_from_host` said what failed on our disk
@@ -261,11 +292,11 @@ class Fetcher:
         return record
 
     async def _from_host(self, session, fs, url: str, target: Path, record: DayRecord,
-                         host: str, tries: int, give_way: bool = False) -> str:
+                         host: str, tries: int, give_way: bool, slot: _Slot) -> str:
         """Fetch `url` into `target` with up to `tries` attempts, filling `record`; the
         outcome: OK, MISSING (404), DOWN (the connection failed every time, or `give_way` and
         the host timed out or refused once: `host` is then demoted), HOST_FAILED or LOCAL
-        (our disk)."""
+        (our disk). Transfers in `slot`, which is given back while the file validates."""
         import aiohttp
 
         part = target.with_name(f".{target.name}.part")
@@ -275,7 +306,9 @@ class Fetcher:
         for attempt in range(1, tries + 1):
             record.attempts += 1
             try:
+                await slot.take()
                 size, sha = await self._fetch(session, fs, url, part)
+                slot.give_back()
                 await asyncio.to_thread(self._accept, part, target)
             except _NotOnServer:
                 self.host_use.answered(host)
@@ -321,13 +354,16 @@ class Fetcher:
         """Fetch every day with at most `concurrency` transfers at once; emit each record."""
         fs, session = await self.retry.session()
         pending = iter(days)
+        self._turns = asyncio.Semaphore(self.concurrency)
 
         async def worker() -> None:
             for day in pending:  # one shared iterator: each day goes to exactly one worker
                 emit(await self._day(session, fs, day))
 
+        # Twice as many days as transfers: while a day's file validates, another transfers.
+        workers = min(2 * self.concurrency, len(days))
         try:
-            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(days)))))
+            await asyncio.gather(*(worker() for _ in range(workers)))
         finally:
             await session.close()
 
