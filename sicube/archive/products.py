@@ -458,6 +458,12 @@ _ATTRS_LOCK = threading.Lock()
 _ATTRS_CACHE_SIZE = 64
 
 
+def forget_parsed_crs() -> None:
+    """Forget the CRSs `GridCRS.from_attrs` parsed (a benchmark times a first parse)."""
+    with _ATTRS_LOCK:
+        _ATTRS_CRS.clear()
+
+
 def _attrs_key(attrs: Mapping) -> tuple | None:
     """`attrs` as a hashable key that is equal only for equal values (arrays by dtype, shape
     and values); None when a value is neither text, a number nor an array of them."""
