@@ -169,7 +169,8 @@ def main() -> None:
     rows = []
     for layout, title in LAYOUTS.items():
         loop, ours = min(times[layout, "urllib"]), min(times[layout, "sicube"])
-        cpu = min(cpus[layout, "sicube"])
+        best = times[layout, "sicube"].index(ours)
+        cpu = cpus[layout, "sicube"][best]  # of the best run
         rows.append((title, loop, ours, loop / ours, loop / bound, cpu))
         print(f"{title}: urllib {loop:.2f} s (runs {_runs(times[layout, 'urllib'])}), "
               f"sicube {ours:.2f} s (runs {_runs(times[layout, 'sicube'])}; CPU "
