@@ -39,7 +39,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "fill": (["--write"], ["--days", "8", "--repeat", "1", "--skip-direct",
                            "--memory-days", "0"]),
     "dataset": (["--write"], ["--days", "16", "--items", "64"]),
-    "download": ([], ["--days", "8", "--no-record"]),
+    "download": ([], ["--days", "8", "--repeats", "1", "--no-record"]),
     "cube": ([], ["--days", "8", "--windows", "5", "--rounds", "1", "--no-record"]),
     # The original pipeline's fill runs in full (~4-8 s per day here): no scaled shortcut.
     "build": (["--days", "30", "--spans", "30,120,365", "--repeats", "3"],

@@ -148,7 +148,10 @@ class DownloadOptions:
     A bad value raises BadInput naming it.
     """
 
-    concurrency: int = 8
+    # 16: a month of small files at 200 ms per request takes 2 rounds of requests, not 4;
+    # with 8 in flight 60 such files need 8 rounds, at best ~8x a one-at-a-time loop
+    # however little else is done (benchmarks/bench_download.py, RESULTS.md "Download").
+    concurrency: int = 16
     retries: int = 4
     timeout: float = 60.0
     backoff: float = 0.5

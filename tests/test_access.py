@@ -93,9 +93,8 @@ def test_check_asks_a_silent_primary_once_per_day_in_flight(mirror, capsys):
 
 
 def test_a_demoted_host_is_asked_again_later_once(mirror, tmp_path, monkeypatch):
-    # `sicube.download` is also the function's name in the package: take the module itself
-    # later: now
-    monkeypatch.setattr(sys.modules["sicube.archive.download"], "HOST_RETRY_AFTER", 0.0)
+    # later: now (the hosts module decides when a demoted host is asked first again)
+    monkeypatch.setattr(sys.modules["sicube.archive.hosts"], "HOST_RETRY_AFTER", 0.0)
     with silent_server() as silent:
         dead = f"{silent.url}/amsr2/asi_daygrid_swath/n3125/netcdf"
         report = download("20240401", "20240403", tmp_path, base_url=[dead, mirror.base_url],

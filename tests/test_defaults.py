@@ -41,7 +41,7 @@ OWNED = [
     ("MASK_THRESHOLD", "0.85", "sicube/params.py"),
     ("threshold", "0.85", None),  # mask.DEFAULT_THRESHOLD is params.MASK_THRESHOLD
     ("mask_threshold", "0.85", None),  # its home is params.MASK_THRESHOLD
-    ("concurrency", "8", "sicube/params.py"),
+    ("concurrency", "16", "sicube/params.py"),
     ("retries", "4", "sicube/params.py"),
     ("timeout", "60", "sicube/params.py"),  # (the original's urlopen in bench_download too)
     ("backoff", "0.5", "sicube/params.py"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import signal
@@ -196,6 +197,29 @@ def test_iter_downloads_yields_in_completion_order_while_fetching_continues(mirr
     assert seen[-1] == dt.date(2024, 4, 1)  # the slow day came last, not first
 
 
+def test_a_file_validating_does_not_hold_up_the_next_transfer(mirror, tmp_path, monkeypatch):
+    # One transfer at a time: the first file's validation waits (bounded) for the second
+    # file's request. It only comes when a validating day gives back its transfer slot.
+    seen_while_validating = []
+    calls = itertools.count()
+
+    def waiting_check(path, expected=None, full=True):
+        if next(calls) == 0:  # the first file
+            deadline = time.monotonic() + 10
+            while len([m for m, *_ in mirror.log if m == "GET"]) < 2 and \
+                    time.monotonic() < deadline:
+                time.sleep(0.02)
+            seen_while_validating.append(len([m for m, *_ in mirror.log if m == "GET"]))
+        return check_day_file(path, expected, full=full)
+
+    monkeypatch.setattr(sys.modules["sicube.archive.fetch"], "check_day_file", waiting_check)
+    report = download("20240401", "20240403", tmp_path, base_url=mirror.base_url,
+                      concurrency=1, **FAST)
+    assert len(report.ok) == 3
+    assert seen_while_validating[0] >= 2  # the next GET came while the first validated
+    assert mirror.requests.most_common(1)[0][1] == 1  # ... and still one request per file
+
+
 def test_on_day_is_called_in_the_callers_thread_for_every_day(mirror, tmp_path):
     calls = []
     report = download("20240401", "20240406", tmp_path, base_url=mirror.base_url,
@@ -206,7 +230,9 @@ def test_on_day_is_called_in_the_callers_thread_for_every_day(mirror, tmp_path):
 
 def test_closing_iter_downloads_early_cancels_and_leaves_no_part_files(mirror, archive,
                                                                        tmp_path):
-    mirror.set_faults({"*": ["trickle:2.0"], "20240401": ["ok"]})
+    # every file but the first trickles (a string: each request; a list would be one
+    # request of all files, and the others would finish while the first validates)
+    mirror.set_faults({"*": "trickle:2.0", "20240401": ["ok"]})
     records = iter_downloads(archive.days, tmp_path, base_url=mirror.base_url, concurrency=2)
     first = next(records)
     assert first.day == dt.date(2024, 4, 1)
@@ -313,8 +339,8 @@ def full_checks(monkeypatch) -> list[Path]:
             calls.append(Path(path))
         return check_day_file(path, expected, full=full)
 
-    # sys.modules: the package's `download` attribute is the function, not the module
-    monkeypatch.setattr(sys.modules["sicube.archive.download"], "check_day_file", counting)
+    # the fetcher validates each file (`sicube.archive.fetch`)
+    monkeypatch.setattr(sys.modules["sicube.archive.fetch"], "check_day_file", counting)
     return calls
 
 

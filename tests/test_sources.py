@@ -190,6 +190,52 @@ def test_crs_from_cf_parameters_alone(tmp_path):
     assert crs.epsg == 3412 and crs.south
 
 
+def _cf_files(tmp_path: Path, tag: str, count: int) -> list[Path]:
+    """`count` days written by netCDF4 with the grid mapping as CF attributes alone, all with
+    one attribute set no other test has (`tag`): its first parse happens here."""
+    paths = []
+    for i in range(count):
+        path = write_day_file(tmp_path / tag / f"{i}.nc", sample_day(DAY, step=16), DAY,
+                              step=16, grid_mapping="cf")
+        paths.append(_edit(path, lambda nc: nc["polar_stereographic"].setncattr(
+            "comment", f"{tmp_path} {tag}")))
+    return paths
+
+
+def test_cf_attributes_give_the_grid_and_crs_of_the_wkt_parsed_once_per_set(tmp_path,
+                                                                             monkeypatch):
+    import netCDF4
+    from pyproj import CRS
+
+    parses = []  # (attributes parsed, NETCDF_LOCK held meanwhile)
+    real_from_cf = CRS.from_cf
+
+    def counting_from_cf(in_cf, *args, **kwargs):
+        parses.append((in_cf.get("comment"), sources.NETCDF_LOCK.locked()))
+        return real_from_cf(in_cf, *args, **kwargs)
+
+    monkeypatch.setattr(CRS, "from_cf", staticmethod(counting_from_cf))
+    gdal = _sample_file(tmp_path, "n3125")
+    with netCDF4.Dataset(gdal) as nc:
+        assert "crs_wkt" in nc["polar_stereographic"].ncattrs()
+    first, second = _cf_files(tmp_path, "a", 2)
+    with netCDF4.Dataset(first) as nc:
+        assert not {"crs_wkt", "spatial_ref", "epsg_code"} & set(
+            nc["polar_stereographic"].ncattrs())
+    wkt_grid, wkt_crs = sources.read_grid(gdal)
+    for path in (first, second):
+        assert sources.check_day_file(path).same_as(wkt_grid)
+        assert sources.check_day_file(path, full=False).same_as(wkt_grid)
+        grid, crs = sources.read_grid(path)
+        assert grid.same_as(wkt_grid) and crs.same_projection(wkt_crs)
+        assert (crs.epsg, crs.south, crs.ellipsoid) == (wkt_crs.epsg, False, "Hughes 1980")
+        assert sources.read_day(path).crs == crs
+    assert parses == [(f"{tmp_path} a", False)]  # once for six reads, outside the lock
+    other = _cf_files(tmp_path, "b", 1)[0]
+    assert sources.read_grid(other)[1] == crs  # another attribute set: the same CRS ...
+    assert len(parses) == 2  # ... parsed once more
+
+
 def _drop_grid_mapping(nc):
     nc.renameVariable("polar_stereographic", "unused")
     nc["z"].delncattr("grid_mapping")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -382,7 +383,24 @@ class GridCRS:
     @classmethod
     def from_attrs(cls, attrs: Mapping) -> GridCRS:
         """The CRS a grid-mapping variable declares: its WKT (`crs_wkt`, `spatial_ref`),
-        else `epsg_code`, else its CF parameters. ValueError when none of them is usable."""
+        else `epsg_code`, else its CF parameters. ValueError when none of them is usable.
+
+        Parsed once per distinct attribute set: every file of an archive declares the same
+        one, and pyproj spent 0.24 s on each file's CF parameters (`CRS.from_cf`)."""
+        key = _attrs_key(attrs)
+        if key is None:  # a value we cannot compare cheaply: parse it as it comes
+            return cls._parse_attrs(attrs)
+        with _ATTRS_LOCK:  # held while parsing: files arriving together wait for one parse
+            crs = _ATTRS_CRS.get(key)
+            if crs is None:
+                crs = cls._parse_attrs(attrs)
+                if len(_ATTRS_CRS) >= _ATTRS_CACHE_SIZE:
+                    _ATTRS_CRS.clear()  # many distinct sets is unusual: start over
+                _ATTRS_CRS[key] = crs
+        return crs
+
+    @classmethod
+    def _parse_attrs(cls, attrs: Mapping) -> GridCRS:
         from pyproj import CRS
         from pyproj.exceptions import CRSError
 
@@ -431,6 +449,38 @@ class GridCRS:
     def grid_mapping_attrs(self) -> dict:
         """CF attributes of a `polar_stereographic` variable declaring this CRS."""
         return dict(_grid_mapping_attrs(self.epsg, None if self.epsg is not None else self.wkt))
+
+
+# GridCRS.from_attrs's parses by attribute set (`_attrs_key`); GridCRS is frozen, so the
+# threads validating files at once share one.
+_ATTRS_CRS: dict[tuple, GridCRS] = {}
+_ATTRS_LOCK = threading.Lock()
+_ATTRS_CACHE_SIZE = 64
+
+
+def forget_parsed_crs() -> None:
+    """Forget the CRSs `GridCRS.from_attrs` parsed (a benchmark times a first parse)."""
+    with _ATTRS_LOCK:
+        _ATTRS_CRS.clear()
+
+
+def _attrs_key(attrs: Mapping) -> tuple | None:
+    """`attrs` as a hashable key that is equal only for equal values (arrays by dtype, shape
+    and values); None when a value is neither text, a number nor an array of them."""
+    items = []
+    for name, value in attrs.items():
+        if isinstance(value, (list, tuple)):
+            value = np.asarray(value)
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biufSU":
+                return None
+            value = ("array", value.dtype.str, value.shape, tuple(value.ravel().tolist()))
+        elif isinstance(value, np.generic):
+            value = (value.dtype.str, value.item())
+        elif not isinstance(value, (str, bytes, int, float)):
+            return None
+        items.append((str(name), value))
+    return tuple(sorted(items))
 
 
 @lru_cache(maxsize=16)

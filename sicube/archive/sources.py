@@ -154,17 +154,24 @@ def _grid_of(nc, path: Path) -> tuple[GridCoords, bool]:
     return GridCoords(x, y[::-1].copy() if descending else y), descending
 
 
-def _crs_of(nc, path: Path, grid: GridCoords) -> products.GridCRS:
-    """The CRS the file's grid mapping declares; without one, that of the product grid its
-    shape and extent match (with a warning); BadSourceFile when neither tells."""
+def _grid_mapping_of(nc) -> tuple[str, dict] | None:
+    """(name, attributes) of the variable `z`'s grid mapping, None when the file has none."""
     z = nc.variables[products.CONC_VAR]
     names = [str(getattr(z, "grid_mapping", "")).strip(), "polar_stereographic", "crs"]
     gm = next((nc.variables[n] for n in names if n and n in nc.variables), None)
-    if gm is not None:
+    return None if gm is None else (gm.name, {a: gm.getncattr(a) for a in gm.ncattrs()})
+
+
+def _crs_of(grid_mapping: tuple[str, dict] | None, path: Path,
+            grid: GridCoords) -> products.GridCRS:
+    """The CRS the file's grid mapping declares; without one, that of the product grid its
+    shape and extent match (with a warning); BadSourceFile when neither tells."""
+    if grid_mapping is not None:
+        name, attrs = grid_mapping
         try:
-            return products.GridCRS.from_attrs({a: gm.getncattr(a) for a in gm.ncattrs()})
+            return products.GridCRS.from_attrs(attrs)
         except ValueError as err:
-            raise BadSourceFile(f"{path.name}: grid mapping {gm.name!r} cannot be read "
+            raise BadSourceFile(f"{path.name}: grid mapping {name!r} cannot be read "
                                 f"({err})") from err
     known = products.grid_of_coords(grid.x, grid.y)
     if known is None:
@@ -197,7 +204,9 @@ def _layout(path: Path, expected: GridCoords | None,
             expected_crs: products.GridCRS | None) -> _Layout:
     with NETCDF_LOCK, _open(path) as nc:
         grid, descending = _grid_of(nc, path)
-        crs = _crs_of(nc, path, grid)
+        grid_mapping = _grid_mapping_of(nc)
+    # outside the lock: a CRS parse (pyproj) need not hold up the other files' reads
+    crs = _crs_of(grid_mapping, path, grid)
     _check_grid(grid, expected, path)
     check_projection(crs, expected_crs, path)
     return _Layout(grid, crs, descending)

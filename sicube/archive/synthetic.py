@@ -185,27 +185,41 @@ def _gdal_wkt(epsg: int) -> str:
     return re.sub(r',AUTHORITY\["EPSG","\d+"\]', "", CRS.from_epsg(epsg).to_wkt("WKT1_GDAL"))
 
 
-def _grid_mapping(grid: products.Grid, step: int) -> dict:
-    """`polar_stereographic` attributes as GDAL's netCDF driver writes them: CF parameters,
-    WKT twice, a north-up GeoTransform, no epsg_code."""
+# How the grid mapping declares the CRS: "gdal" as GDAL's netCDF driver writes it (the real
+# archive's), "cf" with the CF parameters alone (what a netCDF4 or xarray writer without
+# GDAL writes; the reader then identifies the CRS from the parameters).
+GRID_MAPPINGS = ("gdal", "cf")
+
+
+def _grid_mapping(grid: products.Grid, step: int, kind: str = "gdal") -> dict:
+    """`polar_stereographic` attributes: CF parameters, and for "gdal" the WKT twice and a
+    north-up GeoTransform; never an epsg_code."""
     cf = grid.crs.grid_mapping_attrs()
-    wkt = _gdal_wkt(grid.epsg_hughes)
     attrs = {name: float(cf[name]) for name in (
         "straight_vertical_longitude_from_pole", "latitude_of_projection_origin",
         "standard_parallel", "false_easting", "false_northing", "semi_major_axis",
         "inverse_flattening", "longitude_of_prime_meridian")}
-    return {"grid_mapping_name": "polar_stereographic", **attrs, "long_name": "CRS definition",
-            "spatial_ref": wkt, "crs_wkt": wkt, "GeoTransform": grid.geotransform(step)}
+    attrs = {"grid_mapping_name": "polar_stereographic", **attrs, "long_name": "CRS definition"}
+    if kind == "cf":
+        return attrs
+    wkt = _gdal_wkt(grid.epsg_hughes)
+    return {**attrs, "spatial_ref": wkt, "crs_wkt": wkt, "GeoTransform": grid.geotransform(step)}
 
 
 def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
-                   grid: str = DEFAULT_GRID, storage: dict | str | None = None) -> Path:
+                   grid: str = DEFAULT_GRID, storage: dict | str | None = None,
+                   grid_mapping: str = "gdal") -> Path:
     """Write one daily file in the real archive's layout, atomically (temp file, rename).
 
     `z` is south to north (y ascending). `storage` picks another layout: a name in `STORAGE`
     or its own dict of the same keys (None: "gdal", the real one); tests vary it.
+    `grid_mapping` is how the CRS is declared (`GRID_MAPPINGS`: "gdal", the real one, or "cf").
     """
     import netCDF4
+
+    if grid_mapping not in GRID_MAPPINGS:
+        raise BadInput(f"grid_mapping: unknown {grid_mapping!r}; choose from "
+                       f"{', '.join(GRID_MAPPINGS)}")
 
     geo, spec = geometry(grid, step), products.GRIDS[grid]
     layout = dict(STORAGE[storage] if isinstance(storage, str) else storage or STORAGE["gdal"])
@@ -223,7 +237,7 @@ def write_day_file(path: Path, z: np.ndarray, day: dt.date, *, step: int = 1,
         nc.createDimension("x", geo.x.size)
         nc.createDimension("y", geo.y.size)
         gm = nc.createVariable("polar_stereographic", "S1")
-        gm.setncatts(_grid_mapping(spec, step))
+        gm.setncatts(_grid_mapping(spec, step, grid_mapping))
         for name, coord in (("x", geo.x), ("y", y)):
             var = nc.createVariable(name, "f8", (name,))
             var[:] = coord
@@ -268,6 +282,7 @@ def write_archive(
     grid: str = DEFAULT_GRID,
     land_value: float | None = None,
     storage: dict | str | None = None,
+    grid_mapping: str = "gdal",
     zero_days: list[DateLike] = (),
     sparse_days: list[DateLike] = (),
     sparse_share: float = 1 / 3,
@@ -288,6 +303,8 @@ def write_archive(
     land_value : write this value on land instead of NaN, like derived products that
         flag land with values above 100.
     storage : how `z` is stored (`write_day_file`); None is the real archive's layout.
+    grid_mapping : how the CRS is declared (`write_day_file`): "gdal" (the real archive's
+        WKT and CF parameters) or "cf" (CF parameters alone).
     zero_days : days whose file is written but every observed value is 0 (a broken
         retrieval that looks valid: the suspicious days of `sicube.pipeline.quality`).
     sparse_days : days observed only in bands of rows (lost swaths) making up
@@ -331,7 +348,7 @@ def write_archive(
             z[geometry(grid, step).land] = land_value
         path = root / products.relative_path(day, grid)
         archive.files[day] = write_day_file(path, z, day, step=step, grid=grid,
-                                             storage=storage)
+                                             storage=storage, grid_mapping=grid_mapping)
     archive.shape = geometry(grid, step).lat.shape
     log.info("wrote %d files, %d missing days, grid %s", len(archive.files),
              len(archive.missing), archive.shape)
