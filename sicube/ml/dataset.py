@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import operator
 import os
 from collections.abc import Sequence
 
@@ -92,11 +93,6 @@ def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
     # on its way to the main process.
     storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * 4)
     return torch.empty(0, dtype=torch.float32).set_(storage).view(shape)
-
-
-def _plan_field(name: str, doc: str) -> property:
-    """A read-only attribute of the dataset that is the plan's `name`."""
-    return property(lambda self: getattr(self.plan, name), doc=doc)
 
 
 class SICDataset(Dataset):
@@ -239,24 +235,7 @@ class SICDataset(Dataset):
                            if preload_data else None)
         log.info("SICDataset %s %s..%s: %s", store, self.days[0], self.days[-1], plan.report)
 
-    # ---- what the plan says, under the names the dataset always had
-
-    roi = _plan_field("roi", "(ymin, ymax, xmin, xmax) in grid cells, ends exclusive.")
-    coarsen = _plan_field("coarsen", "The coarsening factor.")
-    frame_shape = _plan_field("frame_shape", "(h, w) of the coarsened ROI.")
-    patch_shape = _plan_field("patch_shape", "(h, w) of an item's frames.")
-    random_patches = _plan_field("random_patches", "Random patches per window, or None.")
-    chunks = _plan_field("chunks", "The cube's (time, y, x) chunks.")
-    grid_shape = _plan_field("grid_shape", "The cube's (y, x) grid.")
-    report = _plan_field("report", "How many windows the span offers and why some were "
-                                   "skipped (a `WindowReport`).")
-    input_channels = _plan_field("input_channels", "The channels of the inputs.")
-    target_channels = _plan_field("target_channels", "The channels of the targets.")
-    apply_land_mask = _plan_field("apply_land_mask", "Whether land is 0 in every channel.")
-    return_mask = _plan_field("return_mask", "Whether items carry the land mask.")
-    climatology = _plan_field("climatology", "The climatology store, or None.")
-    time_channels = _plan_field("time_channels", "The channels read from the cube per day "
-                                                 "(what a block holds), sorted.")
+    # ---- what the plan says, under the names the dataset always had (see PLAN_ATTRIBUTES)
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -470,3 +449,14 @@ class SICDataset(Dataset):
         return (f"SICDataset({self.store!s}, {self.days[0]}..{self.days[-1]}, {len(self)} items "
                 f"of {self.frame_shape if self.random_patches is None else self.patch_shape}; "
                 f"{self.report})")
+
+
+# The plan's attributes, readable on the dataset under the names it always had (dataset.roi
+# is dataset.plan.roi): read-only, the plan is the one place that holds them.
+PLAN_ATTRIBUTES = ("roi", "coarsen", "frame_shape", "patch_shape", "random_patches", "chunks",
+                   "grid_shape", "report", "input_channels", "target_channels",
+                   "apply_land_mask", "return_mask", "climatology", "time_channels")
+for _name in PLAN_ATTRIBUTES:
+    setattr(SICDataset, _name, property(operator.attrgetter(f"plan.{_name}"),
+                                        doc=f"The plan's `{_name}` (see `SamplePlan`)."))
+del _name
