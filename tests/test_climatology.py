@@ -218,6 +218,16 @@ def test_dataset_climatology_bad_input(two_years, clim_store, tmp_path):
     plain = SICDataset(*args, allow_unobserved=True)
     np.testing.assert_allclose(scaled[0][0].numpy(), (plain[0][0].numpy() - 0.5) / 2.0,
                                rtol=1e-6)
+    # a saved plan whose climatology is no longer there is refused at once, not per item
+    from sicube.ml.sample_plan import SamplePlan
+
+    plan = SICDataset(*args, variables=["anomaly"], climatology=clim_store,
+                      allow_unobserved=True).plan
+    gone = SamplePlan.from_json(plan.to_json().replace(str(clim_store),
+                                                       str(tmp_path / "gone.zarr")))
+    with pytest.raises(BadInput, match="gone.zarr"):
+        SICDataset.from_plan(gone, two_years)
+    assert len(SICDataset.from_plan(plan, two_years)) == len(plan)
 
 
 @pytest.fixture(scope="module")

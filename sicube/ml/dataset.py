@@ -199,8 +199,9 @@ class SICDataset(Dataset):
 
         `store` is the cube the plan was made on, a copy of it anywhere (another path or
         URL), or the same cube since updated; BadInput when its grid or days differ from
-        the plan's. Nothing is recomputed: the windows, patches, channels and scales are
-        the plan's.
+        the plan's, or when the anomaly channel's climatology (`plan.climatology`, opened
+        with `storage_options` too) cannot be read. Nothing is recomputed: the windows,
+        patches, channels and scales are the plan's.
 
         >>> Path("plan.json").write_text(dataset.plan.to_json())
         >>> again = SICDataset.from_plan(SamplePlan.from_json(Path("plan.json").read_text()),
@@ -209,6 +210,8 @@ class SICDataset(Dataset):
         if not isinstance(plan, SamplePlan):
             raise BadInput(f"plan: expected a SamplePlan (SamplePlan.from_json reads a saved "
                            f"one), got {type(plan).__name__}")
+        if "anomaly" in plan.time_channels:  # a climatology gone is said now, not per item
+            CubeReader(store, storage_options, climatology=plan.climatology).climatology_mean()
         dataset = cls.__new__(cls)
         dataset._open(plan, store, storage_options, allow_incomplete, preload_data,
                       positive_int(concurrent_reads, "concurrent_reads"))
