@@ -23,7 +23,8 @@ _EXPORTS = {
     "DownloadOptions": "sicube.params", "FillParams": "sicube.params",
     "QualityRules": "sicube.params",
     "configure": "sicube.settings",
-    "SICDataset": "sicube.ml.dataset", "SICStream": "sicube.ml.dataset",
+    "SICDataset": "sicube.ml.dataset", "SICStream": "sicube.ml.stream",
+    "SamplePlan": "sicube.ml.sample_plan",
     "download": "sicube.archive.download", "iter_downloads": "sicube.archive.download",
     "evaluate_fill": "sicube.analysis.evaluate",
     "gaussian_fill": "sicube.kernels.fill",
@@ -38,7 +39,8 @@ _EXPORTS = {
 
 __all__ = [  # the names of _EXPORTS (tests/test_imports.py checks they agree)
     "BadInput", "BadSourceFile", "BuildSummary", "DownloadOptions", "FillFlag", "FillParams",
-    "IncompleteCube", "MissingExtra", "QualityRules", "SICDataset", "SICStream", "SicubeError",
+    "IncompleteCube", "MissingExtra", "QualityRules", "SICDataset", "SICStream", "SamplePlan",
+    "SicubeError",
     "build", "climatology", "configure",
     "download", "evaluate_fill", "explore", "export_mask", "extent", "gaussian_fill", "info",
     "iter_downloads", "open_cube", "open_store", "plot_compare", "plot_day", "plot_mask",
@@ -57,7 +59,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from sicube.datacube.store import open_store
     from sicube.errors import BadInput, BadSourceFile, MissingExtra, SicubeError
     from sicube.kernels.fill import gaussian_fill
-    from sicube.ml.dataset import SICDataset, SICStream
+    from sicube.ml.dataset import SICDataset
+    from sicube.ml.sample_plan import SamplePlan
+    from sicube.ml.stream import SICStream
     from sicube.params import DownloadOptions, FillParams, QualityRules
     from sicube.pipeline.build import BuildSummary, build, update
     from sicube.pipeline.mask import export_mask

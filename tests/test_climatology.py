@@ -218,20 +218,68 @@ def test_dataset_climatology_bad_input(two_years, clim_store, tmp_path):
     plain = SICDataset(*args, allow_unobserved=True)
     np.testing.assert_allclose(scaled[0][0].numpy(), (plain[0][0].numpy() - 0.5) / 2.0,
                                rtol=1e-6)
+    # a saved plan whose climatology is no longer there is refused at once, not per item
+    from sicube.ml.sample_plan import SamplePlan
+
+    plan = SICDataset(*args, variables=["anomaly"], climatology=clim_store,
+                      allow_unobserved=True).plan
+    gone = SamplePlan.from_json(plan.to_json().replace(str(clim_store),
+                                                       str(tmp_path / "gone.zarr")))
+    with pytest.raises(BadInput, match="gone.zarr"):
+        SICDataset.from_plan(gone, two_years)
+    assert len(SICDataset.from_plan(plan, two_years)) == len(plan)
+
+
+@pytest.fixture(scope="module")
+def s3_two_years(two_years, s3_server) -> str:
+    """The URL of a copy of `two_years` on the S3 server."""
+    import s3fs
+
+    url = f"s3://{s3_server.bucket}/clim-two-years.zarr"
+    s3fs.S3FileSystem(**s3_server.storage_options).put(str(two_years), url, recursive=True)
+    return url
+
+
+def test_dataset_reads_an_s3_climatology_with_the_cubes_storage_options(
+        two_years, clim_store, s3_server, s3_two_years):
+    """The anomaly channel's climatology is opened like the cube, through the one opener with
+    the dataset's `storage_options` (no credentials in the environment), in every process:
+    at construction, in forked DataLoader workers, and again from a saved plan."""
+    import s3fs
+    from torch.utils.data import DataLoader
+
+    from sicube.ml.dataset import SICDataset
+    from sicube.ml.sample_plan import SamplePlan
+
+    options = s3_server.storage_options
+    cube_url = s3_two_years
+    clim_url = f"s3://{s3_server.bucket}/anomaly/clim.zarr"
+    s3fs.S3FileSystem(**options).put(str(clim_store), clim_url, recursive=True)
+    span = dict(start_time=20240225, end_time=20240305, input_length=2, pred_length=1,
+                variables=["anomaly"], normalize=True, quality_cache=False)
+    local = SICDataset(two_years, climatology=clim_store, **span)
+    remote = SICDataset(cube_url, climatology=clim_url, storage_options=options, **span)
+    want = [[t.numpy() for t in local[k]] for k in range(len(local))]
+    loader = DataLoader(remote, batch_size=None, num_workers=2, multiprocessing_context="fork")
+    again = SICDataset.from_plan(SamplePlan.from_json(remote.plan.to_json()), cube_url,
+                                 storage_options=options)
+    for items in ([remote[k] for k in range(len(remote))], list(loader),
+                  [again[k] for k in range(len(again))]):
+        assert len(items) == len(want) > 0
+        for got, expected in zip(items, want, strict=True):
+            for g, e in zip(got, expected, strict=True):
+                np.testing.assert_array_equal(g.numpy(), e)
 
 
 def test_extent_and_climatology_read_an_s3_cube_with_storage_options(
-        two_years, s3_server, tmp_path, capsys):
+        two_years, s3_server, s3_two_years, tmp_path, capsys):
     """Like every reader of a cube, extent and climatology take `storage_options` (here the
     endpoint and credentials of a moto S3 server, none in the environment), API and CLI."""
-    import s3fs
-
     from sicube.analysis.extent import extent
     from sicube.cli import main
 
     options = s3_server.storage_options
-    url = f"s3://{s3_server.bucket}/clim-two-years.zarr"
-    s3fs.S3FileSystem(**options).put(str(two_years), url, recursive=True)
+    url = s3_two_years
     remote = extent(url, storage_options=options)
     local = extent(two_years)
     assert remote.equals(local) and len(local) > 365

@@ -6,6 +6,7 @@ import collections
 import datetime as dt
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from sicube import testing
 from sicube.datacube import cube
 from sicube.errors import BadInput
 from sicube.ml.dataset import SICDataset, SICStream, fold_patches, unfold_patches, window_indices
+from sicube.ml.sample_plan import SamplePlan
 
 START = dt.date(2024, 4, 1)
 N_DAYS = 30
@@ -322,6 +324,73 @@ def test_batches_read_in_place_equal_collated_items(synthetic_cube, kwargs):
     shuffled = _batches(DataLoader(ds, batch_size=4, shuffle=True, generator=generator))
     generator.manual_seed(7)
     _assert_same_batches(shuffled, _batches(ds.loader(4, shuffle=True, generator=generator)))
+
+
+# ---------------------------------------------------------------- the plan, saved and restored
+
+# Every parameter that shapes the items at once: windows, ROI, coarsening, a patch tiling,
+# extra channels (static, per day, NaN-bearing), land mask, scaling, the quality filter.
+PLANNED = dict(input_gap=2, samples_gap=2, roi=(4, 44, 0, 40), coarsen=2, patch_size=(8, 10),
+               patch_stride=(6, 5), variables=["filled", cube.RAW, cube.LAND, "day_of_year_sin"],
+               target_variables=[cube.NAN_RATIO], apply_land_mask=True, return_mask=True,
+               normalize={cube.CONC: (0.25, 0.5)}, max_filled_fraction=0.9)
+
+
+def _assert_same_items(one, two) -> None:
+    """Item for item, tensor for tensor, the same values (NaN for NaN)."""
+    assert len(one) == len(two) > 0
+    for k in range(len(one)):
+        a, b = one[k], two[k]
+        assert len(a) == len(b)
+        for t1, t2 in zip(a, b, strict=True):
+            assert t1.dtype == t2.dtype and t1.shape == t2.shape
+            np.testing.assert_array_equal(t1.numpy(), t2.numpy())
+
+
+def test_the_constructor_reads_the_plan_its_parameters_make(synthetic_cube):
+    ds = _dataset(synthetic_cube, **PLANNED)
+    plan = SamplePlan.from_cube(synthetic_cube, _day(0), _day(N_DAYS - 1), 3, 2,
+                                quality_cache=False, **PLANNED)
+    assert plan == ds.plan
+    assert plan.input_channels == (cube.CONC, *PLANNED["variables"])
+    assert plan.normalize == {cube.CONC: (0.25, 0.5)} and plan.return_mask
+
+
+def test_a_plan_saved_as_json_reads_the_same_items(synthetic_cube, tmp_path):
+    ds = _dataset(synthetic_cube, **PLANNED)
+    saved = tmp_path / "plan.json"
+    saved.write_text(ds.plan.to_json())
+    plan = SamplePlan.from_json(saved.read_text())
+    assert plan == ds.plan and plan is not ds.plan
+    again = SICDataset.from_plan(plan, synthetic_cube)
+    assert not again.reader.is_open  # as the constructor: no handle until the first read
+    _assert_same_items(ds, again)
+    np.testing.assert_array_equal(again.get_times(), ds.get_times())
+    assert again.report.kept == ds.report.kept and again.days == ds.days
+    _assert_same_items(list(SICStream(ds, shuffle=False)), list(SICStream(again, shuffle=False)))
+    # A copy of the cube elsewhere, read through the preloaded path, gives them too.
+    copy = shutil.copytree(synthetic_cube, tmp_path / "copy.zarr")
+    _assert_same_items(ds, SICDataset.from_plan(plan, copy, preload_data=True))
+
+
+def test_a_plan_refuses_a_cube_it_was_not_made_on(synthetic_cube, tmp_path):
+    plan = _dataset(synthetic_cube).plan
+    later = testing.synthetic_cube(tmp_path / "later.zarr", start=START + dt.timedelta(days=3),
+                                   n_days=N_DAYS, shape=(NY, NX), chunks=CHUNKS)
+    with pytest.raises(BadInput, match=f"plan: made on a cube of the days {_day(0)}"):
+        SICDataset.from_plan(plan, later)
+    narrower = testing.synthetic_cube(tmp_path / "narrower.zarr", start=START, n_days=N_DAYS,
+                                      shape=(NY, NX - 8), chunks=CHUNKS)
+    with pytest.raises(BadInput, match=f"plan: made on a {NY} x {NX} grid"):
+        SICDataset.from_plan(plan, narrower)
+    # a cube updated since (days appended) still holds the plan's days where they were
+    longer = testing.synthetic_cube(tmp_path / "longer.zarr", start=START, n_days=N_DAYS + 4,
+                                    shape=(NY, NX), chunks=CHUNKS)
+    assert SICDataset.from_plan(plan, longer).get_times().tolist() == plan.times().tolist()
+    with pytest.raises(BadInput, match="expected a SamplePlan"):
+        SICDataset.from_plan(plan.to_json(), synthetic_cube)
+    with pytest.raises(BadInput, match="plan: not a sample plan"):
+        SamplePlan.from_json('{"span": [0, 3]}')
 
 
 # ---------------------------------------------------------------- remote stores

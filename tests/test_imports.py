@@ -57,6 +57,22 @@ def test_the_plan_and_the_parameters_load_no_heavy_library():
                          "SicubeError)") == []
 
 
+def test_training_windows_are_planned_without_torch(tmp_path):
+    # the sample plan is pure; making one from a cube and saving it needs no torch at all
+    assert _loaded_after("import sicube.ml.sample_plan; from sicube import SamplePlan") == []
+    code = (f"from sicube import SamplePlan\n"
+            f"from sicube.testing import synthetic_cube\n"
+            f"path = synthetic_cube({str(tmp_path / 'cube.zarr')!r}, start=20240401, "
+            f"n_days=8, missing=[3])\n"
+            f"plan = SamplePlan.from_cube(path, 20240401, 20240408, 2, 1, patch_size=16, "
+            f"variables=['filled', 'day_of_year'], normalize={{'filled': (0.5, 0.25)}}, "
+            f"max_filled_fraction=0.9, quality_cache=False)\n"
+            f"assert SamplePlan.from_json(plan.to_json()) == plan and len(plan) > 0")
+    loaded = _loaded_after(code)
+    assert "zarr" in loaded  # it did read the cube
+    assert "torch" not in loaded
+
+
 def test_a_build_on_threads_never_imports_distributed(tmp_path):
     # importing distributed costs ~0.7 s, which every daily update would pay; dask imports it
     # to resolve a scheduler given by name, so the build hands it the scheduler functions

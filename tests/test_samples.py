@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -110,3 +112,51 @@ def test_plan_round_trips_through_json():
     assert len(again) == len(plan) == len(inputs) * 6
     np.testing.assert_array_equal(again.times(), plan.times())
     assert isinstance(again.report, WindowReport) and str(again.report) == str(report)
+
+
+@settings(max_examples=50, deadline=None)
+@given(scales=st.dictionaries(st.sampled_from(["sea_ice_conc", "anomaly", "filled"]),
+                              st.tuples(st.floats(-1e6, 1e6), st.floats(1e-12, 1e6)), max_size=3),
+       flags=st.tuples(st.booleans(), st.booleans()), fraction=st.booleans(),
+       random_patches=st.none() | st.integers(1, 5))
+def test_every_field_of_the_plan_round_trips_to_an_equal_plan(scales, flags, fraction,
+                                                               random_patches):
+    days = np.arange(20240101, 20240131)
+    inputs, targets, report = select_windows(
+        (0, 29), (2, 3, 2, 1, 1, 3), np.arange(30) % 7 != 3,
+        np.linspace(0, 1, 30) if fraction else None, (0.7, 0.9) if fraction else None, days)
+    patches = (np.zeros((random_patches, 2), np.int64) if random_patches
+               else tile_patches((20, 15), (6, 5), (3, 4)))
+    plan = SamplePlan(days, (0, 29), inputs, targets, (2, 42, 0, 30), 2, (20, 15), (6, 5),
+                      patches, random_patches, (8, 16, 16), (48, 40), report,
+                      input_channels=("sea_ice_conc", "anomaly", "filled"),
+                      target_channels=("sea_ice_conc", "anomaly"), apply_land_mask=flags[0],
+                      return_mask=flags[1], normalize=scales, climatology="clim.zarr")
+    again = SamplePlan.from_json(plan.to_json())
+    assert again == plan
+    assert again.normalize == plan.normalize  # floats exact, pairs as tuples
+    assert again.input_channels == plan.input_channels and again.climatology == "clim.zarr"
+    assert (again.apply_land_mask, again.return_mask, again.random_patches) == \
+        (*flags, random_patches)
+    assert again.time_channels == ("anomaly", "filled", "sea_ice_conc")
+    np.testing.assert_array_equal(again.inputs, plan.inputs)
+    np.testing.assert_array_equal(again.patches, plan.patches)
+    for got, want in zip(again.groups(3, 2**20), plan.groups(3, 2**20), strict=True):
+        np.testing.assert_array_equal(got, want)
+    changed = SamplePlan.from_json(plan.to_json())
+    changed.targets = changed.targets[:-1]
+    assert changed != plan  # equality looks at the items, not only the parameters
+
+
+def test_a_plan_without_channels_reads_as_sea_ice_concentration_only():
+    """A plan saved before it named its channels (to_json of the first SamplePlan)."""
+    inputs, targets, report = select_windows((0, 9), (2, 1, 1, 1, 1, 1), None)
+    plan = SamplePlan(np.arange(20240101, 20240111), (0, 9), inputs, targets, (0, 8, 0, 8), 1,
+                      (8, 8), (8, 8), np.zeros((1, 2), np.int64), None, (4, 8, 8), (8, 8),
+                      report)
+    data = json.loads(plan.to_json())
+    for name in ("input_channels", "target_channels", "apply_land_mask", "return_mask",
+                 "normalize", "climatology"):
+        del data[name]
+    assert SamplePlan.from_json(json.dumps(data)) == plan
+    assert plan.input_channels == plan.target_channels == ("sea_ice_conc",)

@@ -1,10 +1,12 @@
 """A cube's Zarr arrays, opened once per process: the store handle behind the datasets.
 
 `CubeReader` follows xarray's `CachingFileManager` idea: it holds only what it takes to
-open the store (path or URL, fsspec options, whether an unfinished cube may be read), opens
-it through `sicube.datacube.cube.open_group` (which checks the cube's state) on first use in the
-calling process, and drops the handle when pickled, so that a copy sent to a DataLoader
-worker (fork or spawn) opens its own. It also holds the process's reader threads
+open the store (path or URL, fsspec options, whether an unfinished cube may be read, the
+climatology the anomaly channel reads), opens it through `sicube.datacube.cube.open_group`
+(which checks the cube's state; the climatology through `sicube.datacube.store.open_store`,
+the one opener) on first use in the calling process, and drops every handle when pickled or
+found in another process, so that a copy sent to a DataLoader worker (fork or spawn) opens
+its own. It also holds the process's reader threads
 (`executor`), and `read_ahead` keeps several reads in flight on them: each read waits on
 the store's latency (an HTTP or S3 round trip per chunk request), so overlapping them is
 what keeps a remote epoch from being a sum of round trips.
@@ -25,30 +27,39 @@ from sicube.dates import parse_date
 
 # The time-varying arrays a dataset reads items from.
 TIME_ARRAYS = (cube.CONC, cube.RAW, cube.FLAG)
+# Reads kept in flight per process: a SICStream's group reads, a SICDataset batch's items.
+DEFAULT_PREFETCH = 4
+# What a process opens for itself; a copy in another process (a pickle, a fork) drops them.
+_HANDLES = ("_group", "_arrays", "_climatology_mean", "_executor")
 
 
 class CubeReader:
     """Opens a cube's root group and its time-varying arrays once per process; picklable."""
 
     def __init__(self, store, storage_options: dict | None = None,
-                 allow_incomplete: bool = False):
+                 allow_incomplete: bool = False, climatology: str | None = None):
         self.store = store
         self.storage_options = storage_options
         self.allow_incomplete = bool(allow_incomplete)
-        self._group = None
-        self._arrays: dict | None = None
+        self.climatology = climatology
         self._pid: int | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_pid: int | None = None
         self._threads = 0
+        for name in _HANDLES:
+            setattr(self, name, None)
+
+    def _this_process(self) -> None:
+        """Forget the handles another process opened (this object was forked or unpickled)."""
+        if self._pid != os.getpid():
+            for name in _HANDLES:
+                setattr(self, name, None)
+            self._pid, self._threads = os.getpid(), 0
 
     def group(self):
         """The cube's Zarr group, read-only (BadInput / IncompleteCube as `cube.open_group`)."""
-        if self._group is None or self._pid != os.getpid():
+        self._this_process()
+        if self._group is None:
             self._group = cube.open_group(self.store, allow_incomplete=self.allow_incomplete,
                                           storage_options=self.storage_options)
-            self._arrays = None
-            self._pid = os.getpid()
         return self._group
 
     def arrays(self) -> dict:
@@ -58,16 +69,33 @@ class CubeReader:
             self._arrays = {name: group[name] for name in TIME_ARRAYS}
         return self._arrays
 
+    def climatology_mean(self):
+        """The climatology's day-of-year mean array, opened in this process (None without
+        a climatology); `storage_options` apply to it as to the cube."""
+        import zarr
+
+        from sicube.analysis.climatology import MEAN
+        from sicube.datacube.store import consolidated_quietly, open_store
+
+        if self.climatology is None:
+            return None
+        self._this_process()
+        if self._climatology_mean is None:
+            zstore = open_store(self.climatology, storage_options=self.storage_options)
+            with consolidated_quietly():
+                self._climatology_mean = zarr.open_group(zstore, mode="r")[MEAN]
+        return self._climatology_mean
+
     def executor(self, threads: int) -> ThreadPoolExecutor:
         """This process's pool of reader threads (at least `threads`), made on first use.
 
         Zarr's synchronous API is safe from several threads (each call runs on Zarr's own
         event loop), so reads submitted here overlap their requests.
         """
-        if (self._executor is None or self._executor_pid != os.getpid()
-                or self._threads < threads):
+        self._this_process()
+        if self._executor is None or self._threads < threads:
             self._executor = ThreadPoolExecutor(threads, thread_name_prefix="sicube-read")
-            self._executor_pid, self._threads = os.getpid(), threads
+            self._threads = threads
         return self._executor
 
     @property
@@ -77,7 +105,7 @@ class CubeReader:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for name in ("_group", "_arrays", "_pid", "_executor", "_executor_pid"):
+        for name in (*_HANDLES, "_pid"):
             state[name] = None  # never cross processes
         return state
 

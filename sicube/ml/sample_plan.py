@@ -3,20 +3,29 @@
 Like xbatcher's `BatchSchema`, the plan says what the items are without reading anything:
 the windows of the original toolbox's rule (`window_indices`) over a span of the cube's days,
 less the windows that touch a day without data or fail the quality filter; the patch
-tiling of the (coarsened) region of interest; the chunk groups that `SICStream` visits,
-and how an epoch of them is shared among DDP ranks and DataLoader workers (`shard_items`).
-`SICDataset` computes the inputs (days observed, filled fractions) from the cube once and
-keeps its plan in `dataset.plan`; `SamplePlan.to_json` / `from_json` round-trip it.
+tiling of the (coarsened) region of interest; the channels of inputs and targets, the land
+mask and the normalisation scales; the chunk groups that `SICStream` visits, and how an
+epoch of them is shared among DDP ranks and DataLoader workers (`shard_items`).
+
+The plan is made first, then handed to the readers: `SamplePlan.from_cube` reads what it
+depends on from a cube once (`sicube.ml.planner`) and `SICDataset(...)` does just that;
+`SamplePlan.to_json` / `from_json` round-trip it, and `SICDataset.from_plan` reads the items
+of a saved plan again. This module imports NumPy and the standard library only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from collections.abc import Sequence
 
 import numpy as np
 
+from sicube.datacube.cube import CONC
+from sicube.dates import DateLike
 from sicube.errors import BadInput
+from sicube.ml.channels import time_channels
 
 
 def positive_int(value, name: str) -> int:
@@ -24,6 +33,14 @@ def positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise BadInput(f"{name}: must be a positive integer, got {value!r}")
     return int(value)
+
+
+def positive_pair(value, name: str) -> tuple[int, int]:
+    """(h, w) from an int or a pair of ints; BadInput naming `name` unless positive."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return positive_int(value[0], name), positive_int(value[1], name)
+    n = positive_int(value, name)
+    return n, n
 
 
 def window_indices(n_days: int, input_length: int, pred_length: int, input_gap: int = 1,
@@ -196,13 +213,14 @@ def shard_items(group_sizes, order: np.ndarray, rank: int = 0, world_size: int =
     return segments
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class SamplePlan:
-    """What a dataset's items are: windows (cube day indices) x patches over an ROI.
+    """What a dataset's items are: windows (cube day indices) x patches over an ROI, and
+    the channels they carry.
 
     Item `i` is window ``i // len(patches)`` at patch origin ``patches[i % len(patches)]``
     (output pixels of the coarsened ROI); with `random_patches` the origins are drawn per
-    access and `patches` only counts them.
+    access and `patches` only counts them. Two plans are equal when their JSON is.
     """
 
     day_ints: np.ndarray  # YYYYMMDD of every day of the cube
@@ -218,9 +236,60 @@ class SamplePlan:
     chunks: tuple[int, int, int]  # the cube's (time, y, x) chunks
     grid_shape: tuple[int, int]
     report: WindowReport
+    input_channels: tuple[str, ...] = (CONC,)  # names in sicube.ml.channels.CHANNELS
+    target_channels: tuple[str, ...] = (CONC,)
+    apply_land_mask: bool = False  # every channel but land_mask 0 on land
+    return_mask: bool = False  # items carry the land mask
+    normalize: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    climatology: str | None = None  # the climatology store the anomaly channel reads
+
+    @classmethod
+    def from_cube(cls, store, start_time: DateLike, end_time: DateLike, input_length: int,
+                  pred_length: int, input_gap: int = 1, pred_shift: int = 1, pred_gap: int = 1,
+                  samples_gap: int = 1, *, roi: Sequence[int] | None = None, coarsen: int = 1,
+                  patch_size: int | Sequence[int] | None = None,
+                  patch_stride: int | Sequence[int] | None = None,
+                  random_patches: int | None = None, variables: Sequence[str] = (),
+                  target_variables: Sequence[str] = (), apply_land_mask: bool = False,
+                  return_mask: bool = False,
+                  max_filled_fraction: float | Sequence[float] | None = None,
+                  quality_cache: bool | str | os.PathLike = True,
+                  allow_unobserved: bool = False, skip_suspicious: bool = False,
+                  climatology: str | os.PathLike | None = None,
+                  normalize: bool | dict | None = None, storage_options: dict | None = None,
+                  allow_incomplete: bool = False) -> SamplePlan:
+        """The plan of a dataset on the cube at `store`: its parameters are `SICDataset`'s
+        (all but preload_data and concurrent_reads, which say how to read, not what).
+
+        Reads what the plan depends on (the time axis, the observed and suspicious days,
+        the filled fractions, the climatology's statistics) once, through
+        `sicube.ml.planner.plan_samples`; BadInput for a parameter the cube cannot meet.
+        """
+        from sicube.ml.planner import plan_samples
+
+        return plan_samples(
+            store, start_time, end_time,
+            (input_length, pred_length, input_gap, pred_shift, pred_gap, samples_gap),
+            roi=roi, coarsen=coarsen, patch_size=patch_size, patch_stride=patch_stride,
+            random_patches=random_patches, variables=variables,
+            target_variables=target_variables, apply_land_mask=apply_land_mask,
+            return_mask=return_mask, max_filled_fraction=max_filled_fraction,
+            quality_cache=quality_cache, allow_unobserved=allow_unobserved,
+            skip_suspicious=skip_suspicious, climatology=climatology, normalize=normalize,
+            storage_options=storage_options, allow_incomplete=allow_incomplete)
 
     def __len__(self) -> int:
         return len(self.inputs) * len(self.patches)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, SamplePlan) and self.to_json() == other.to_json()
+
+    __hash__ = None  # mutable, like its arrays
+
+    @property
+    def time_channels(self) -> tuple[str, ...]:
+        """The channels read from the cube per day (what a block holds), sorted."""
+        return time_channels((*self.input_channels, *self.target_channels))
 
     def frames(self) -> np.ndarray:
         """Every cube day index some item reads, sorted."""
@@ -250,13 +319,21 @@ class SamplePlan:
 
     @classmethod
     def from_json(cls, text: str) -> SamplePlan:
-        """The plan `to_json` wrote."""
-        data = json.loads(text)
+        """The plan `to_json` wrote; BadInput when `text` is not one."""
+        try:
+            return cls._decode(json.loads(text))
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            raise BadInput(f"plan: not a sample plan's JSON ({type(err).__name__}: {err})"
+                           ) from None
+
+    @classmethod
+    def _decode(cls, data: dict) -> SamplePlan:
         report = data["report"]
         report["days"] = np.array(report["days"], np.int64)
         if report["filled_fraction"] is not None:
             report["filled_fraction"] = np.array(report["filled_fraction"], np.float64)
         n_in, n_tgt = len(data["inputs"][0]), len(data["targets"][0])
+        # Plans written before the channels were part of them read as sea_ice_conc only.
         return cls(day_ints=np.array(data["day_ints"], np.int64), span=tuple(data["span"]),
                    inputs=np.array(data["inputs"], np.int64).reshape(-1, n_in),
                    targets=np.array(data["targets"], np.int64).reshape(-1, n_tgt),
@@ -265,4 +342,11 @@ class SamplePlan:
                    patch_shape=tuple(data["patch_shape"]),
                    patches=np.array(data["patches"], np.int64).reshape(-1, 2),
                    random_patches=data["random_patches"], chunks=tuple(data["chunks"]),
-                   grid_shape=tuple(data["grid_shape"]), report=WindowReport(**report))
+                   grid_shape=tuple(data["grid_shape"]), report=WindowReport(**report),
+                   input_channels=tuple(data.get("input_channels", (CONC,))),
+                   target_channels=tuple(data.get("target_channels", (CONC,))),
+                   apply_land_mask=bool(data.get("apply_land_mask", False)),
+                   return_mask=bool(data.get("return_mask", False)),
+                   normalize={name: tuple(pair)
+                              for name, pair in data.get("normalize", {}).items()},
+                   climatology=data.get("climatology"))
