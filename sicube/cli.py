@@ -433,9 +433,13 @@ def _run_extent(args: argparse.Namespace) -> int:
 
     if args.plot:  # before the series is computed and the CSV written
         require_extra("plot", "extent --plot", "matplotlib")
-    table = extent(args.store, region=args.region, csv=args.csv, plot=args.plot,
+    table = extent(args.store, region=args.region, csv=args.csv,
                    half_window=args.half_window, allow_incomplete=args.allow_incomplete,
                    storage_options=_storage_options(args))
+    if args.plot:  # the table from the analysis, its picture from the view
+        from sicube.views.plot import plot_extent, save_figure
+
+        save_figure(plot_extent(table, args.store), args.plot)
     km2 = table["sea_ice_extent_km2"]
     print(f"{args.store}: {count_text(len(table), 'day')} {table['date'].iloc[0]} .. "
           f"{table['date'].iloc[-1]}; extent {km2.min():,.0f} .. {km2.max():,.0f} km2, area "

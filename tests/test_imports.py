@@ -186,3 +186,21 @@ def test_the_extras_cover_what_the_optional_parts_import():
     core = project.split("dependencies = [")[1].split("\n]")[0]
     assert not {"torch", "matplotlib", "hvplot", "datashader", "s3fs"} & set(
         line.strip().strip('",').split(">")[0].split("[")[0] for line in core.splitlines())
+
+
+def test_the_analysis_layer_imports_no_view():
+    # views -> analysis, never the reverse (issue 21); the one exception is the deprecated
+    # `extent(plot=...)`, which imports the view lazily inside its own small function
+    import ast
+
+    found = set()
+    for path in sorted((ROOT / "sicube" / "analysis").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+        for node in ast.walk(tree):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(name.startswith("sicube.views") for name in names):
+                inside = [f.name for f in functions if f.lineno <= node.lineno <= f.end_lineno]
+                found.add((path.name, inside[-1] if inside else "<module>"))
+    assert found == {("extent.py", "_deprecated_plot")}
