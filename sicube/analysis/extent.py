@@ -120,6 +120,17 @@ def _deprecated_plot(table, title: str, output: str | os.PathLike) -> None:
     save_figure(plot_extent(table, title), output)
 
 
+def summary_line(table, title: str) -> str:
+    """`extent`'s table in one line: its days, and the range of extent and area (km²)."""
+    from sicube.dates import count_text
+
+    extent_km2, area_km2 = table["sea_ice_extent_km2"], table["sea_ice_area_km2"]
+    return (f"{title}: {count_text(len(table), 'day')} {table['date'].iloc[0]} .. "
+            f"{table['date'].iloc[-1]}; extent {extent_km2.min():,.0f} .. "
+            f"{extent_km2.max():,.0f} km2, area {area_km2.min():,.0f} .. "
+            f"{area_km2.max():,.0f} km2")
+
+
 def band(dates: np.ndarray, values: np.ndarray, use: np.ndarray,
          half_window: int = DEFAULT_HALF_WINDOW) -> tuple[np.ndarray, np.ndarray]:
     """Day-of-year mean and std (365,) of a daily series over the days `use`."""
@@ -132,4 +143,4 @@ def band(dates: np.ndarray, values: np.ndarray, use: np.ndarray,
     return pooled_mean_std(sums, squares, counts, half_window)
 
 
-__all__ = ["COLUMNS", "BAND_COLUMNS", "band", "extent", "parse_region"]
+__all__ = ["COLUMNS", "BAND_COLUMNS", "band", "extent", "parse_region", "summary_line"]
