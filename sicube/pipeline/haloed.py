@@ -58,24 +58,61 @@ def map_haloed_blocks(func: Callable[..., np.ndarray], array, land, window: tupl
     Each block is widened by `depth` (y, x) cells into its neighbours (not beyond the
     array's edges), `land_block` is the same cells of the 2-D `land` with a leading axis of
     one, and ``block_info[0]["chunk-location"]`` is ``(0, iy, ix)``: what map_overlap with
-    ``boundary="none", trim=False`` passes. `spatial` holds the chunk sizes along y and x,
-    each at least as large as the depth along its axis, as `kernels.fill.halo_layout` makes
-    them.
-    """
-    (ny, nx), (dy, dx) = array.shape[1:], depth
-    starts = [np.cumsum((0, *sizes)) for sizes in spatial]
-    first, last = window
+    ``boundary="none", trim=False`` passes. `spatial` holds the block sizes along y and x
+    (whole Zarr chunks, each at least as large as the depth along its axis, as
+    `kernels.fill.halo_layout` makes them).
 
-    def one(iy: int, ix: int) -> np.ndarray:
-        y0, y1 = max(0, starts[0][iy] - dy), min(ny, starts[0][iy + 1] + dy)
-        x0, x1 = max(0, starts[1][ix] - dx), min(nx, starts[1][ix + 1] + dx)
-        return func(array[first:last, y0:y1, x0:x1], land[y0:y1, x0:x1][None],
+    Every chunk is read and decoded once: the window is read a row of blocks at a time (a
+    band), and a row's haloed blocks are cut from it and its neighbour bands. Memory: three
+    bands, and the haloed copies of at most `ROWS_IN_FLIGHT` rows of blocks being filled.
+    """
+    first, last = window
+    nx, (dy, dx) = array.shape[2], depth
+    y_starts, x_starts = (np.cumsum((0, *sizes)) for sizes in spatial)
+    n_rows, n_cols = len(spatial[0]), len(spatial[1])
+    land = np.asarray(land[...])
+    bands: dict[int, np.ndarray] = {}
+
+    def band(iy: int) -> np.ndarray:
+        if iy not in bands:
+            bands[iy] = array[first:last, y_starts[iy]:y_starts[iy + 1], :]
+        return bands[iy]
+
+    def haloed_row(iy: int) -> tuple[np.ndarray, int]:
+        """The row's cells with the halo above and below; the y where it starts."""
+        parts = [band(iy)]
+        if iy > 0 and dy:
+            parts.insert(0, band(iy - 1)[:, -dy:])
+        if iy + 1 < n_rows and dy:
+            parts.append(band(iy + 1)[:, :dy])
+        for old in [k for k in bands if k < iy]:  # no later row needs the bands above
+            del bands[old]
+        return np.concatenate(parts, axis=1), y_starts[iy] - (dy if iy > 0 else 0)
+
+    def one(row: np.ndarray, y0: int, iy: int, ix: int) -> np.ndarray:
+        x0, x1 = max(0, x_starts[ix] - dx), min(nx, x_starts[ix + 1] + dx)
+        return func(row[:, :, x0:x1], land[y0:y0 + row.shape[1], x0:x1][None],
                     block_info={0: {"chunk-location": (0, iy, ix)}}, **kwargs)
 
-    blocks = [(iy, ix) for iy in range(len(spatial[0])) for ix in range(len(spatial[1]))]
-    with ThreadPoolExecutor(min(thread_count() or usable_cores(), len(blocks))) as pool:
-        results = list(pool.map(lambda where: one(*where), blocks))
-    return np.stack([np.asarray(r).reshape(-1) for r in results])
+    results: dict[tuple[int, int], object] = {}
+    threads_now = min(thread_count() or usable_cores(), n_rows * n_cols)
+    with ThreadPoolExecutor(threads_now) as pool:
+        for iy in range(n_rows):
+            if iy >= ROWS_IN_FLIGHT:  # bound the haloed copies held by waiting tasks
+                for ix in range(n_cols):
+                    results[iy - ROWS_IN_FLIGHT, ix].result()
+            row, y0 = haloed_row(iy)
+            for ix in range(n_cols):
+                results[iy, ix] = pool.submit(one, row, y0, iy, ix)
+            del row
+        stacked = [np.asarray(results[iy, ix].result()).reshape(-1)
+                   for iy in range(n_rows) for ix in range(n_cols)]
+    return np.stack(stacked)
+
+
+# Rows of blocks whose haloed copies may be held at once: two keep every thread of a small
+# machine busy while the next band is read.
+ROWS_IN_FLIGHT = 2
 
 
 __all__ = ["map_haloed_blocks", "regular_chunks", "thread_count", "threads", "usable_cores"]
