@@ -73,7 +73,7 @@ def test_a_build_on_threads_never_imports_distributed(tmp_path):
 
 def test_a_one_day_update_process_loads_only_what_it_uses(tmp_path):
     # issue 22: a cron job's `sicube update` pays for every import; it fills on its own
-    # threads (no dask.array, which loads xarray, pandas and scipy.sparse), reads a folder
+    # threads (no dask: dask.array loads xarray, pandas and scipy.sparse), reads a folder
     # (no downloader) and draws nothing
     from sicube.archive.synthetic import write_archive
     from sicube.cli import main
@@ -82,7 +82,7 @@ def test_a_one_day_update_process_loads_only_what_it_uses(tmp_path):
                   progress=False)
     assert main(["build", "--start", "20240101", "--end", "20240109", "--store",
                  str(tmp_path / "cube.zarr"), "--source", str(tmp_path / "src"), "-q"]) == 0
-    unused = ("dask.array", "xarray", "pandas", "distributed", "torch", "matplotlib",
+    unused = ("dask", "xarray", "pandas", "distributed", "torch", "matplotlib",
               "sicube.archive.download", "sicube.views.plot", "sicube.analysis.extent")
     probe = (f"import sys\nfrom sicube.cli import main\n"
              f"code = main(['update', '--store', {str(tmp_path / 'cube.zarr')!r}, "

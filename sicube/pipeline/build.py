@@ -424,7 +424,8 @@ def _write_cell_area(store: str, ds, storage_options: dict | None = None) -> np.
     from dask import threaded
 
     # threaded.get itself, not "threads": dask imports `distributed` (0.7 s) to resolve a name
-    cells = ds[cube.CELL_AREA].data.compute(scheduler=threaded.get)
+    cells = ds[cube.CELL_AREA].data.compute(scheduler=threaded.get,
+                                            num_workers=haloed.thread_count())
     target = cube.for_writing(_open_group(store, storage_options=storage_options)[cube.CELL_AREA])
     target[...] = cells
     return cells
@@ -969,13 +970,10 @@ def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterato
     # The scheduler functions themselves, not their names: dask imports `distributed` (0.7 s)
     # to resolve a name, which a daily update would pay every time.
     if scheduler is None or scheduler == "threads":
-        # The fill maps its blocks on these threads itself (`haloed`, no dask.array); the
-        # rest of dask's work (a new cube's cell areas, a given mask) on the same threads.
-        import dask
-        from dask import threaded
-
-        with haloed.threads(workers), dask.config.set(scheduler=threaded.get,
-                                                      num_workers=workers):
+        # The fill maps its blocks on these threads itself (`haloed`); the stages that
+        # still use dask (a new cube's cell areas, the mask) set it to the same threads
+        # (`haloed.dask_on_threads`): a daily update never imports dask.
+        with haloed.threads(workers):
             yield None
     elif scheduler == "processes":
         import dask
@@ -1044,7 +1042,8 @@ def _run(group, state: BuildState, arrivals: Iterator[Arrival], summary: BuildSu
     with timer("quality"):
         flags = _judge_days(group, state, grid)
     if not state.mask_done:
-        with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar:
+        with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar, \
+                haloed.dask_on_threads():
             _make_mask(group, state, grid, tally)
             bar.update(1)
     del tally  # the counts are in the store now; the fill needs the memory

@@ -32,6 +32,22 @@ def threads(workers: int | None) -> Iterator[None]:
         _threads = before
 
 
+@contextlib.contextmanager
+def dask_on_threads() -> Iterator[None]:
+    """Inside a local threads run (`threads`), dask's work in the block runs on its threads:
+    dask is imported here, by the stages that use it, not by every run. Elsewhere (a
+    cluster, the processes scheduler) nothing changes."""
+    if _threads is None:
+        yield
+        return
+    import dask
+    from dask import threaded
+
+    # threaded.get itself, not "threads": dask imports distributed (0.7 s) to resolve a name
+    with dask.config.set(scheduler=threaded.get, num_workers=_threads):
+        yield
+
+
 def thread_count() -> int | None:
     """The threads of the local run in progress (`threads`); None outside one."""
     return _threads
@@ -115,4 +131,5 @@ def map_haloed_blocks(func: Callable[..., np.ndarray], array, land, window: tupl
 ROWS_IN_FLIGHT = 2
 
 
-__all__ = ["map_haloed_blocks", "regular_chunks", "thread_count", "threads", "usable_cores"]
+__all__ = ["dask_on_threads", "map_haloed_blocks", "regular_chunks", "thread_count", "threads",
+           "usable_cores"]
