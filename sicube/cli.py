@@ -8,7 +8,6 @@ be read or written, a full disk) end in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -16,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from sicube._version import __version__
-from sicube.errors import BadInput, SicubeError, require_extra
+from sicube.errors import BadInput, SicubeError, os_error_line, require_extra
 from sicube.params import DEFAULT_GRID
 
 
@@ -44,9 +43,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+def _add_common(parser: argparse.ArgumentParser, default: object = False) -> None:
+    # Sub-sub-commands take them too, with SUPPRESS: a flag given before them is kept.
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log progress details")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="no progress bars")
 
 
 Command = Callable[[argparse.ArgumentParser], None]
@@ -123,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _closed_pipe()
     except OSError as err:  # the environment, not the input: unreadable, unwritable, disk full
-        print(f"sicube {args.command}: error: {_os_error_text(err)}", file=sys.stderr)
+        print(f"sicube {args.command}: error: {os_error_line(err)}", file=sys.stderr)
         return 2
 
 
@@ -162,17 +164,6 @@ def _closed_pipe() -> int:
     return 128 + 13
 
 
-def _os_error_text(err: OSError) -> str:
-    """An OSError as one line naming the path and the system's reason."""
-    reason = err.strerror or (errno.errorcode.get(err.errno, "") if err.errno else "") or str(err)
-    if err.filename is None:
-        return " ".join(str(err).split()) or reason
-    where = os.fsdecode(err.filename)
-    if err.filename2 is not None:
-        where += f" -> {os.fsdecode(err.filename2)}"
-    return f"{where}: {reason}"
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -195,16 +186,11 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
 
 def _run_sample(args: argparse.Namespace) -> int:
     from sicube.archive.synthetic import write_archive
-    from sicube.dates import count_text
 
     archive = write_archive(args.out, args.start, args.end, step=args.step,
                             missing_days=args.missing_days, seed=args.seed, grid=args.grid,
                             progress=not args.quiet)
-    ny, nx = archive.shape
-    print(f"wrote {count_text(len(archive.files), 'daily file')} ({ny} x {nx}) under "
-          f"{archive.root}")
-    if archive.missing:
-        print("missing days: " + ", ".join(f"{d:%Y%m%d}" for d in archive.missing))
+    print("\n".join(archive.text()))
     return 0
 
 
@@ -229,14 +215,6 @@ def _storage_options(args: argparse.Namespace) -> dict | None:
     from sicube.datacube.store import parse_storage_options
 
     return parse_storage_options(getattr(args, "storage_options", None))
-
-
-def _quiet_flags(parser: argparse.ArgumentParser) -> None:
-    # Sub-sub-commands accept -v/-q too; SUPPRESS keeps a flag given before them.
-    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="log progress details")
-    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars")
 
 
 @command("plot", "PNG maps: one day, the land mask, raw vs filled")
@@ -266,15 +244,13 @@ def _add_plot(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("--dpi", type=int, default=150, help="resolution (dots per inch)")
         _allow_incomplete(sub)
         _storage_options_flag(sub)
-        _quiet_flags(sub)
+        _add_common(sub, default=argparse.SUPPRESS)
     parser.set_defaults(run=_run_plot)
 
 
 def _run_plot(args: argparse.Namespace) -> int:
     from sicube.views import plot
 
-    if args.dpi < 10 or args.dpi > 1200:
-        raise BadInput(f"dpi: must be between 10 and 1200, got {args.dpi}")
     allow, options = args.allow_incomplete, _storage_options(args)
     if args.kind == "day":
         fig = plot.plot_day(args.file, store=args.store, date=args.date, variable=args.variable,
@@ -314,8 +290,6 @@ def _run_explore(args: argparse.Namespace) -> int:
     from sicube.views.plot import save_explorer
 
     store = _explore_store(args.store, args.store_option)
-    if not 50 <= args.width <= 4000:
-        raise BadInput(f"width: must be between 50 and 4000 pixels, got {args.width}")
     path = save_explorer(store, args.html, variables=tuple(args.variables),
                          start=args.start, end=args.end, width=args.width,
                          progress=not args.quiet, allow_incomplete=args.allow_incomplete,
@@ -379,7 +353,6 @@ def _add_roi(parser: argparse.ArgumentParser) -> None:
 
 def _run_roi(args: argparse.Namespace) -> int:
     from sicube.analysis.report import roi_report, write_roi_csv
-    from sicube.dates import count_text
 
     if args.plot:  # before the days are counted and the CSV written
         require_extra("plot", "roi --plot", "matplotlib")
@@ -388,17 +361,7 @@ def _run_roi(args: argparse.Namespace) -> int:
                         threshold_percent=args.threshold_percent,
                         allow_incomplete=args.allow_incomplete,
                         storage_options=_storage_options(args))
-    roi, (ny, nx) = report.roi, report.grid_shape
-    print(f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} "
-          f"({count_text(roi.size, 'cell')}) on the {ny} x {nx} grid, "
-          f"{report.start} .. {report.end}")
-    print(f"counted: {report.counted_text}")
-    print(f"observed days: {len(report.days)}; days with no data: {len(report.unobserved)}")
-    flagged = report.flagged
-    print(f"days with >= {report.threshold_percent:g}% missing in the ROI: {len(flagged)}")
-    for day in flagged:
-        cells = "cell " if day.missing_pixels == 1 else "cells"  # (the column stays aligned)
-        print(f"  {day.date}  {day.missing_pixels:>9d} {cells}  {day.missing_percent:7.3f}%")
+    print("\n".join(report.text()))
     if args.csv:
         print(f"wrote {write_roi_csv(report, args.csv)}")
     if args.plot:
@@ -428,18 +391,18 @@ def _add_extent(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_extent(args: argparse.Namespace) -> int:
-    from sicube.analysis.extent import extent
-    from sicube.dates import count_text
+    from sicube.analysis.extent import extent, summary_line
 
     if args.plot:  # before the series is computed and the CSV written
         require_extra("plot", "extent --plot", "matplotlib")
-    table = extent(args.store, region=args.region, csv=args.csv, plot=args.plot,
+    table = extent(args.store, region=args.region, csv=args.csv,
                    half_window=args.half_window, allow_incomplete=args.allow_incomplete,
                    storage_options=_storage_options(args))
-    km2 = table["sea_ice_extent_km2"]
-    print(f"{args.store}: {count_text(len(table), 'day')} {table['date'].iloc[0]} .. "
-          f"{table['date'].iloc[-1]}; extent {km2.min():,.0f} .. {km2.max():,.0f} km2, area "
-          f"{table['sea_ice_area_km2'].min():,.0f} .. {table['sea_ice_area_km2'].max():,.0f} km2")
+    if args.plot:  # the table from the analysis, its picture from the view
+        from sicube.views.plot import plot_extent, save_figure
+
+        save_figure(plot_extent(table, args.store), args.plot)
+    print(summary_line(table, args.store))
     for path in (args.csv, args.plot):
         if path:
             print(f"wrote {path}")
@@ -791,50 +754,18 @@ def _comma_list(text: str, kind: type, name: str) -> list:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import itertools
+    from sicube.analysis.evaluate import evaluate_grid, format_scores, write_scores_csv
 
-    from sicube.analysis.evaluate import evaluate_fill, open_raw, write_scores_csv
-    from sicube.dates import count_text
-
-    raw, land = open_raw(args.store, args.start, args.end,
-                         allow_incomplete=args.allow_incomplete,
-                         storage_options=_storage_options(args))
-    grid = {
-        "method": _comma_list(args.method, str, "method"),
-        "time_window": _comma_list(args.time_window, int, "time-window"),
-        "space_window": _comma_list(args.space_window, int, "space-window"),
-        "alpha": _comma_list(args.alpha, float, "alpha"),
-        "sigma": _comma_list(args.sigma, float, "sigma"),
-        "max_gap": _comma_list(args.max_gap, int, "max-gap"),
-    }
-    sets = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
-    # max_gap only matters to the hybrid method: do not score the same Gaussian fill twice.
-    sets = [s for s in sets if s["method"] == "hybrid" or s["max_gap"] == grid["max_gap"][0]]
-    nt, ny, nx = raw.shape
-    if not args.quiet:
-        print(f"evaluating {count_text(len(sets), 'parameter set')} on "
-              f"{count_text(nt, 'day')} of {ny} x {nx} cells", file=sys.stderr)
-    rows = []
-    for i, params in enumerate(sets, 1):
-        rows += evaluate_fill(raw, [params], hide_fraction=args.hide_fraction,
-                              stripes=not args.no_stripes, seed=args.seed, land_mask=land)
-        if not args.quiet:
-            print(f"  {i}/{len(sets)} {params}: rmse {rows[-1]['rmse']:.3f}", file=sys.stderr)
-    rows.sort(key=lambda r: (r["rmse"] != r["rmse"], r["rmse"]))  # NaN (nothing filled) last
-    header = ["method", "tw", "sw", "alpha", "sigma", "gap", "RMSE", "MAE", "bias",
-              "filled", "hidden"]
-    print(" ".join(f"{h:>9s}" for h in header))
-    for r in rows:
-        gap = r["max_gap"] if r["method"] == "hybrid" else "-"
-        print(f"{r['method']:>9s} {r['time_window']:>9d} {r['space_window']:>9d} "
-              f"{r['alpha']:>9g} {r['sigma']:>9g} {gap!s:>9s} {r['rmse']:>9.3f} "
-              f"{r['mae']:>9.3f} {r['bias']:>+9.3f} {r['n_filled']:>9d} {r['n_hidden']:>9d}")
-    best = rows[0]
-    print(f"best: method={best['method']} time_window={best['time_window']} "
-          f"space_window={best['space_window']} alpha={best['alpha']:g} sigma={best['sigma']:g}"
-          + (f" max_gap={best['max_gap']}" if best["method"] == "hybrid" else "")
-          + f" (RMSE {best['rmse']:.3f}, MAE {best['mae']:.3f}, bias {best['bias']:+.3f} percent"
-          f" over {best['n_filled']} of {count_text(best['n_hidden'], 'hidden cell')})")
+    kinds = {"method": str, "time_window": int, "space_window": int, "alpha": float,
+             "sigma": float, "max_gap": int}
+    grid = {name: _comma_list(getattr(args, name), kind, name.replace("_", "-"))
+            for name, kind in kinds.items()}
+    rows = evaluate_grid(args.store, grid, args.start, args.end,
+                         hide_fraction=args.hide_fraction, stripes=not args.no_stripes,
+                         seed=args.seed, allow_incomplete=args.allow_incomplete,
+                         storage_options=_storage_options(args),
+                         say=None if args.quiet else lambda line: print(line, file=sys.stderr))
+    print("\n".join(format_scores(rows)))
     if args.csv:
         write_scores_csv(rows, args.csv)
         print(f"table written to {args.csv}")

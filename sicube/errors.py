@@ -1,4 +1,7 @@
-"""Exceptions that separate a user's bad input from a bug."""
+"""Exceptions that separate a user's bad input from a bug, and the one line each says."""
+
+import errno
+import os
 
 
 class SicubeError(Exception):
@@ -36,3 +39,15 @@ def require_extra(extra: str, user: str, *modules: str) -> None:
         if not found:
             raise MissingExtra(f"{user} needs the '{extra}' extra ({module} is not installed): "
                                f"pip install 'sicube[{extra}]'")
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError (the environment: unreadable, unwritable, disk full) as one line naming
+    the path and the system's reason, as the CLI prints it."""
+    reason = err.strerror or (errno.errorcode.get(err.errno, "") if err.errno else "") or str(err)
+    if err.filename is None:
+        return " ".join(str(err).split()) or reason
+    where = os.fsdecode(err.filename)
+    if err.filename2 is not None:
+        where += f" -> {os.fsdecode(err.filename2)}"
+    return f"{where}: {reason}"

@@ -302,3 +302,18 @@ def test_extent_and_climatology_read_an_s3_cube_with_storage_options(
 def _csv(table, path) -> str:
     table.to_csv(path, index=False, float_format="%.3f")
     return path.read_text()
+
+
+def test_the_extent_figure_is_the_views_and_the_old_plot_argument_still_draws_it(
+        two_years, tmp_path, capsys):
+    # the analysis gives the table, the view its picture (issue 21: analysis imports no view)
+    from sicube.analysis.extent import extent
+    from sicube.cli import main
+
+    png = tmp_path / "cli.png"
+    assert main(["extent", "--store", str(two_years), "--plot", str(png)]) == 0
+    assert f"wrote {png}" in capsys.readouterr().out and png.stat().st_size > 10_000
+    with pytest.warns(DeprecationWarning, match="plot_extent"):
+        table = extent(two_years, plot=tmp_path / "old.png")
+    assert (tmp_path / "old.png").stat().st_size > 10_000
+    assert table.equals(extent(two_years))

@@ -237,3 +237,28 @@ def test_evaluate_command_help_runs():
         timeout=120,
     )
     assert done.returncode == 0 and "--hide-fraction" in done.stdout
+
+
+def test_the_grid_of_sets_is_scored_by_the_api_and_printed_by_the_cli(cube):
+    # the CLI only turns the comma lists into a grid: expanding, scoring and sorting it, and
+    # the table's text, are the API's (issue 21)
+    from sicube.analysis.evaluate import evaluate_grid, format_scores, parameter_grid
+
+    sets = parameter_grid({"method": ["gaussian", "hybrid"], "sigma": [2.0, 30.0],
+                           "max_gap": [1, 3]})
+    # a Gaussian set is not repeated for each max_gap; each hybrid set is
+    assert [(s["method"], s["sigma"], s["max_gap"]) for s in sets] == [
+        ("gaussian", 2.0, 1), ("gaussian", 30.0, 1), ("hybrid", 2.0, 1), ("hybrid", 2.0, 3),
+        ("hybrid", 30.0, 1), ("hybrid", 30.0, 3)]
+    path, a, land = cube
+    said = []
+    rows = evaluate_grid(str(path), {"sigma": [30.0, 2.0], "space_window": [4]}, seed=1,
+                         say=said.append)
+    assert said[0] == "evaluating 2 parameter sets on 10 days of 40 x 48 cells"
+    assert len(said) == 3 and [r["rmse"] for r in rows] == sorted(r["rmse"] for r in rows)
+    want = evaluate_fill(a, [{"sigma": rows[0]["sigma"], "space_window": 4}], seed=1,
+                         land_mask=land)[0]
+    assert rows[0]["rmse"] == pytest.approx(want["rmse"])
+    lines = format_scores(rows)
+    assert len(lines) == 4 and lines[0].split()[0] == "method"
+    assert lines[-1].startswith("best: method=gaussian")

@@ -87,6 +87,31 @@ def test_a_build_on_threads_never_imports_distributed(tmp_path):
     assert "distributed" not in loaded
 
 
+def test_a_one_day_update_process_loads_only_what_it_uses(tmp_path):
+    # issue 22: a cron job's `sicube update` pays for every import; it fills on its own
+    # threads (no dask: dask.array loads xarray, pandas and scipy.sparse), reads a folder
+    # (no downloader) and draws nothing
+    from sicube.archive.synthetic import write_archive
+    from sicube.cli import main
+
+    write_archive(tmp_path / "src", "2024-01-01", "2024-01-10", step=32, missing_days=[],
+                  progress=False)
+    assert main(["build", "--start", "20240101", "--end", "20240109", "--store",
+                 str(tmp_path / "cube.zarr"), "--source", str(tmp_path / "src"), "-q"]) == 0
+    unused = ("dask", "xarray", "pandas", "distributed", "torch", "matplotlib",
+              "sicube.archive.download", "sicube.views.plot", "sicube.analysis.extent")
+    probe = (f"import sys\nfrom sicube.cli import main\n"
+             f"code = main(['update', '--store', {str(tmp_path / 'cube.zarr')!r}, "
+             f"'--end', '20240110', '-q'])\n"
+             f"print(code, [m for m in {unused!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.splitlines()[-1] == "0 []"  # it did update (code 0), and loaded none of them
+    import zarr
+
+    assert zarr.open_group(tmp_path / "cube.zarr", mode="r")["time"].shape == (10,)
+
+
 def test_dataset_in_a_spawned_worker_loads_no_numba_or_distributed(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent("""
@@ -202,3 +227,21 @@ def test_the_extras_cover_what_the_optional_parts_import():
     core = project.split("dependencies = [")[1].split("\n]")[0]
     assert not {"torch", "matplotlib", "hvplot", "datashader", "s3fs"} & set(
         line.strip().strip('",').split(">")[0].split("[")[0] for line in core.splitlines())
+
+
+def test_the_analysis_layer_imports_no_view():
+    # views -> analysis, never the reverse (issue 21); the one exception is the deprecated
+    # `extent(plot=...)`, which imports the view lazily inside its own small function
+    import ast
+
+    found = set()
+    for path in sorted((ROOT / "sicube" / "analysis").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+        for node in ast.walk(tree):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(name.startswith("sicube.views") for name in names):
+                inside = [f.name for f in functions if f.lineno <= node.lineno <= f.end_lineno]
+                found.add((path.name, inside[-1] if inside else "<module>"))
+    assert found == {("extent.py", "_deprecated_plot")}

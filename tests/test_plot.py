@@ -214,3 +214,12 @@ def test_explore_progress_goes_to_stderr_labelled(small_cube, tmp_path, capsys):
     captured = capsys.readouterr()
     assert out.exists() and captured.out == ""
     assert "explore" in captured.err and "frame" in captured.err
+
+
+def test_the_api_refuses_a_bad_resolution_or_width_before_writing(small_cube, tmp_path):
+    # the checks live where the figure and the page are written, not only in the CLI
+    with pytest.raises(BadInput, match="dpi: must be between 10 and 1200, got 5"):
+        plot.save_figure(plot.plot_mask(small_cube), tmp_path / "m.png", dpi=5)
+    with pytest.raises(BadInput, match="width: must be between 50 and 4000 pixels, got 10"):
+        plot.save_explorer(small_cube, tmp_path / "e.html", width=10)
+    assert list(tmp_path.iterdir()) == []

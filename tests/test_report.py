@@ -336,3 +336,19 @@ def test_info_of_an_old_cube_falls_back_to_its_build_record(small_cube, tmp_path
     assert found.status == cube.BUILDING
     assert found.failed_days == {ARCHIVE_START.replace(day=2): "truncated"}
     assert len(found.not_ingested) == 8 and found.not_ingested[0] == ARCHIVE_START.replace(day=5)
+
+
+def test_the_roi_report_says_itself_in_the_lines_the_cli_prints(small_cube, capsys):
+    # the report's text is the API's (issue 21: the CLI parses and calls); the CLI prints it
+    roi = (100, 112, 70, 82)
+    report = roi_report(ARCHIVE_START, ARCHIVE_END, *roi, store=small_cube,
+                        threshold_percent=0.0)
+    lines = report.text()
+    assert lines[0] == (f"ROI y 100:112, x 70:82 (144 cells) on the 224 x 152 grid, "
+                        f"{ARCHIVE_START} .. {ARCHIVE_END}")
+    assert lines[1] == f"counted: {report.counted_text}"
+    assert len(lines) == 4 + len(report.flagged) and len(report.flagged) == len(report.days)
+    assert main(["roi", "--store", str(small_cube), "--start", f"{ARCHIVE_START:%Y%m%d}",
+                 "--end", f"{ARCHIVE_END:%Y%m%d}", "--ymin", "100", "--ymax", "112", "--xmin",
+                 "70", "--xmax", "82", "--threshold-percent", "0"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from sicube.datacube import cube
+from sicube.dates import count_text
 from sicube.errors import BadInput
 from sicube.kernels.fill import (
     DEFAULT_MAX_GAP,
@@ -274,3 +276,63 @@ def write_scores_csv(rows: list[dict], path: str) -> None:
         writer = csv.DictWriter(out, fieldnames=SCORE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def parameter_grid(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the values in `grid` (name -> values, in order), as parameter
+    sets; `max_gap` only matters to the hybrid method, so a Gaussian set is not repeated
+    for each of its values (only the first is kept)."""
+    import itertools
+
+    sets = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    gaps = grid.get("max_gap") or [None]
+    return [s for s in sets if s.get("method") == "hybrid" or s.get("max_gap") == gaps[0]]
+
+
+def evaluate_grid(store: str, grid: dict[str, list], start: Any = None, end: Any = None, *,
+                  hide_fraction: float = 0.1, stripes: bool = True, seed: int = 0,
+                  allow_incomplete: bool = False, storage_options: dict | None = None,
+                  say: Callable[[str], None] | None = None) -> list[dict]:
+    """Score every set of `parameter_grid(grid)` on a cube's days [start, end] (`open_raw`,
+    `evaluate_fill`), the best first (`sort_scores`). `say`, when given, gets a line
+    before the first set and one as each set is scored (`sicube evaluate` prints them)."""
+    raw, land = open_raw(store, start, end, allow_incomplete=allow_incomplete,
+                         storage_options=storage_options)
+    sets = parameter_grid(grid)
+    say = say or (lambda line: None)
+    nt, ny, nx = raw.shape
+    say(f"evaluating {count_text(len(sets), 'parameter set')} on {count_text(nt, 'day')} of "
+        f"{ny} x {nx} cells")
+    rows = []
+    for i, params in enumerate(sets, 1):
+        rows += evaluate_fill(raw, [params], hide_fraction=hide_fraction, stripes=stripes,
+                              seed=seed, land_mask=land)
+        say(f"  {i}/{len(sets)} {params}: rmse {rows[-1]['rmse']:.3f}")
+    return sort_scores(rows)
+
+
+def sort_scores(rows: list[dict]) -> list[dict]:
+    """Rows by RMSE, the best first; NaN (nothing was filled) last."""
+    return sorted(rows, key=lambda r: (r["rmse"] != r["rmse"], r["rmse"]))
+
+
+def format_scores(rows: list[dict]) -> list[str]:
+    """The `sicube evaluate` table of :func:`evaluate_fill` rows, then the best set in words
+    (rows sorted by `sort_scores`)."""
+    header = ["method", "tw", "sw", "alpha", "sigma", "gap", "RMSE", "MAE", "bias",
+              "filled", "hidden"]
+    lines = [" ".join(f"{h:>9s}" for h in header)]
+    for r in rows:
+        gap = r["max_gap"] if r["method"] == "hybrid" else "-"
+        lines.append(f"{r['method']:>9s} {r['time_window']:>9d} {r['space_window']:>9d} "
+                     f"{r['alpha']:>9g} {r['sigma']:>9g} {gap!s:>9s} {r['rmse']:>9.3f} "
+                     f"{r['mae']:>9.3f} {r['bias']:>+9.3f} {r['n_filled']:>9d} "
+                     f"{r['n_hidden']:>9d}")
+    best = rows[0]
+    lines.append(
+        f"best: method={best['method']} time_window={best['time_window']} "
+        f"space_window={best['space_window']} alpha={best['alpha']:g} sigma={best['sigma']:g}"
+        + (f" max_gap={best['max_gap']}" if best["method"] == "hybrid" else "")
+        + f" (RMSE {best['rmse']:.3f}, MAE {best['mae']:.3f}, bias {best['bias']:+.3f} percent"
+        f" over {best['n_filled']} of {count_text(best['n_hidden'], 'hidden cell')})")
+    return lines

@@ -75,10 +75,14 @@ def extent(store: str | os.PathLike, *, region: str | Sequence[int] | None = Non
     Columns: date, observed (a source file that day), sea_ice_extent_km2, sea_ice_area_km2,
     and, when the cube spans more than one year, extent_climatology_mean_km2 and
     extent_climatology_std_km2 (that day's slot). `region` "ymin,ymax,xmin,xmax" (ends
-    exclusive) restricts them to an index rectangle. `csv` writes the table, `plot` a figure
-    (PNG, ...) of the series with the band. BadInput (one line): a region outside the grid,
-    an unfinished cube, a store that is not a cube. `store` is a path or any fsspec URL, with
-    `storage_options` for its file system (as every reader of a cube).
+    exclusive) restricts them to an index rectangle. `csv` writes the table. BadInput (one
+    line): a region outside the grid, an unfinished cube, a store that is not a cube. `store`
+    is a path or any fsspec URL, with `storage_options` for its file system (as every reader
+    of a cube).
+
+    The figure of the series with the band is a view of the table:
+    ``sicube.views.plot.plot_extent(table)``. `plot` (a path) still draws it there but is
+    deprecated: the analysis layer does not depend on the views.
     """
     import pandas as pd
 
@@ -100,10 +104,31 @@ def extent(store: str | os.PathLike, *, region: str | Sequence[int] | None = Non
         Path(csv).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(csv, index=False, float_format="%.3f")
     if plot is not None:
-        from sicube.views.plot import plot_extent, save_figure
-
-        save_figure(plot_extent(table, str(store)), plot)
+        _deprecated_plot(table, str(store), plot)
     return table
+
+
+def _deprecated_plot(table, title: str, output: str | os.PathLike) -> None:
+    """`extent(plot=...)`, kept for its callers: the figure is the view's to draw."""
+    import warnings
+
+    warnings.warn("sicube.extent(plot=...) is deprecated: draw the table with "
+                  "sicube.views.plot.plot_extent(table) and save_figure", DeprecationWarning,
+                  stacklevel=3)
+    from sicube.views.plot import plot_extent, save_figure  # lazily: views depend on analysis
+
+    save_figure(plot_extent(table, title), output)
+
+
+def summary_line(table, title: str) -> str:
+    """`extent`'s table in one line: its days, and the range of extent and area (km²)."""
+    from sicube.dates import count_text
+
+    extent_km2, area_km2 = table["sea_ice_extent_km2"], table["sea_ice_area_km2"]
+    return (f"{title}: {count_text(len(table), 'day')} {table['date'].iloc[0]} .. "
+            f"{table['date'].iloc[-1]}; extent {extent_km2.min():,.0f} .. "
+            f"{extent_km2.max():,.0f} km2, area {area_km2.min():,.0f} .. "
+            f"{area_km2.max():,.0f} km2")
 
 
 def band(dates: np.ndarray, values: np.ndarray, use: np.ndarray,
@@ -118,4 +143,4 @@ def band(dates: np.ndarray, values: np.ndarray, use: np.ndarray,
     return pooled_mean_std(sums, squares, counts, half_window)
 
 
-__all__ = ["COLUMNS", "BAND_COLUMNS", "band", "extent", "parse_region"]
+__all__ = ["COLUMNS", "BAND_COLUMNS", "band", "extent", "parse_region", "summary_line"]

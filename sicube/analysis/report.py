@@ -21,7 +21,7 @@ import numpy as np
 from sicube.archive import products
 from sicube.datacube import cube
 from sicube.datacube.record import CubeRecord
-from sicube.dates import DateLike, day_list_text, day_range, parse_date, parse_span
+from sicube.dates import DateLike, count_text, day_list_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput, BadSourceFile
 
 DEFAULT_THRESHOLD_PERCENT = 0.1  # the original script's default
@@ -123,6 +123,23 @@ class RoiReport:
     def worst(self) -> RoiDay | None:
         """The observed day with the most missing cells in the ROI (the first of ties)."""
         return max(self.days, key=lambda d: d.missing_pixels, default=None)
+
+    def text(self) -> list[str]:
+        """The report as `sicube roi` prints it: the ROI, what is counted, the day counts and
+        the flagged days, one line each."""
+        roi, (ny, nx) = self.roi, self.grid_shape
+        lines = [f"ROI y {roi.ymin}:{roi.ymax}, x {roi.xmin}:{roi.xmax} "
+                 f"({count_text(roi.size, 'cell')}) on the {ny} x {nx} grid, "
+                 f"{self.start} .. {self.end}",
+                 f"counted: {self.counted_text}",
+                 f"observed days: {len(self.days)}; days with no data: {len(self.unobserved)}",
+                 f"days with >= {self.threshold_percent:g}% missing in the ROI: "
+                 f"{len(self.flagged)}"]
+        for day in self.flagged:
+            cells = "cell " if day.missing_pixels == 1 else "cells"  # the column stays aligned
+            lines.append(f"  {day.date}  {day.missing_pixels:>9d} {cells}  "
+                         f"{day.missing_percent:7.3f}%")
+        return lines
 
 
 def _percent(missing: int, size: int) -> float:

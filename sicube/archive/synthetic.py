@@ -26,7 +26,7 @@ import numpy as np
 
 from sicube.archive import products
 from sicube.datacube.store import atomic_file
-from sicube.dates import DateLike, day_range, parse_date, parse_span
+from sicube.dates import DateLike, count_text, day_range, parse_date, parse_span
 from sicube.errors import BadInput
 from sicube.params import DEFAULT_GRID
 
@@ -51,6 +51,15 @@ class Archive:
     def days(self) -> list[dt.date]:
         """Every calendar day of the span, present or missing."""
         return sorted([*self.files, *self.missing])
+
+    def text(self) -> list[str]:
+        """What was written, as `sicube sample` prints it: the files, then the missing days."""
+        ny, nx = self.shape
+        lines = [f"wrote {count_text(len(self.files), 'daily file')} ({ny} x {nx}) under "
+                 f"{self.root}"]
+        if self.missing:
+            lines.append("missing days: " + ", ".join(f"{d:%Y%m%d}" for d in self.missing))
+        return lines
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask
-import dask.array as da
 import numpy as np
-from dask import threaded
 
 from sicube import settings
 from sicube._version import __version__
@@ -71,9 +69,12 @@ from sicube.params import (
     FillParams,
     QualityRules,
 )
-from sicube.pipeline import ingest, mask, quality
+from sicube.pipeline import haloed, ingest, mask, quality
 from sicube.pipeline.ingest import Arrival
 from sicube.pipeline.plan import BuildArgs, BuildState, FillBatch, fill_batches
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +262,6 @@ def _source(base_url: str | list[str] | tuple[str, ...] | None,
             grid: str | None = None, sensor: str = products.AUTO) -> Source:
     """The checked source: one of a folder (made absolute) or http(s) hosts (default:
     Bremen's primary and older host), with the grid they are asked for."""
-    from sicube.archive.download import check_base_urls, check_grid
-
     if base_url is not None and source is not None:
         raise BadInput("give either --base-url or --source, not both")
     try:
@@ -275,6 +274,8 @@ def _source(base_url: str | list[str] | tuple[str, ...] | None,
         folder = Path(source).resolve()
         grid, others = _folder_grid(folder, grid)
         return Source(folder, None, None, grid, sensor, others)
+    from sicube.archive.download import check_base_urls, check_grid  # a folder needs neither
+
     hosts = check_base_urls(base_url or None)
     return Source(None, hosts, Path(raw_dir).resolve() if raw_dir else None,
                   check_grid(hosts, grid), sensor)
@@ -420,8 +421,11 @@ def _write_cell_area(store: str, ds, storage_options: dict | None = None) -> np.
     """Compute and write the grid's cell areas (lazy in `cube.template`) once, at the cube's
     birth, on this machine's threads (a cluster's workers may not reach a store this
     process just made); returns them."""
+    from dask import threaded
+
     # threaded.get itself, not "threads": dask imports `distributed` (0.7 s) to resolve a name
-    cells = ds[cube.CELL_AREA].data.compute(scheduler=threaded.get)
+    cells = ds[cube.CELL_AREA].data.compute(scheduler=threaded.get,
+                                            num_workers=haloed.thread_count())
     target = cube.for_writing(_open_group(store, storage_options=storage_options)[cube.CELL_AREA])
     target[...] = cells
     return cells
@@ -668,6 +672,8 @@ def _make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTall
         index = {f"{d:%Y%m%d}": i for i, d in enumerate(state.days)}
 
         def nan_counts(keys) -> np.ndarray:
+            import dask.array as da
+
             rows = np.array([index[k] for k in sorted(keys)])
             return da.isnan(da.from_zarr(group[cube.RAW])[rows]).sum(
                 axis=0, dtype=np.int64).compute()
@@ -786,8 +792,10 @@ def _fill_results(group, todo: list[FillBatch], params: FillParams, client,
     window of `_fill_window` batches at once on a cluster (recorded here, in completion
     order)."""
     if client is None:
+        here = haloed.thread_count() is not None  # on threads: no dask.array (issue 22)
         for batch in todo:
-            yield batch, _fill_batch(group, batch, params, cells, drop).compute()
+            yield batch, (_fill_batch_here(group, batch, params, cells, drop) if here
+                          else _fill_batch(group, batch, params, cells, drop).compute())
         return
     from distributed import as_completed
 
@@ -826,31 +834,53 @@ def _fill_batch(group, batch: FillBatch, params: FillParams, cells=None,
 
     Each task reads one spatial chunk of the batch's read window, gets its `space_window`
     halo from its neighbours through `map_overlap`, and writes whole Zarr chunks of both
-    outputs.
+    outputs. `_fill_batch_here` does the same on this process's threads without Dask.
     """
+    import dask.array as da
+
     raw = group[cube.RAW]
-    nt, chunk = raw.shape[0], raw.chunks[0]
-    sw = params.space_window
+    nt = raw.shape[0]
     a, b = batch.read_start, batch.read_stop
-    spatial, depth = halo_layout(da.core.normalize_chunks(raw.chunks[1:], raw.shape[1:]),
-                                 (sw, sw))
+    spatial, depth, per_block, task = _fill_layout(group, batch, params, cells, drop)
     source = da.from_zarr(raw, chunks=(tuple(n for n in (a, b - a, nt - b) if n), *spatial))
     land = da.from_zarr(group[cube.LAND], chunks=spatial)[None]
     halo = {0: 0, 1: depth[0], 2: depth[1]}
-    per_block = len(batch.chunks) * len(FillFlag) + (
-        2 * (batch.stop - batch.start) if cells is not None else 0)
     return da.map_overlap(
         _fill_store_block, source[a:b], land, depth=[halo, halo],
         boundary="none", trim=False, align_arrays=False, dtype=np.float64,
         chunks=((1,), (1,) * len(spatial[0]), (per_block,) * len(spatial[1])),
-        params=params, core_t=(batch.start - a, batch.stop - a), t0=batch.start,
-        bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth, time_chunk=chunk,
-        targets=(cube.for_writing(group[cube.CONC]), cube.for_writing(group[cube.FLAG])),
-        cells=cells,
         # named, not hashed: hashing the cell areas (70 MB at n3125) took 50 ms per batch
-        name=f"fill-batch-{batch.start}-{uuid.uuid4().hex}",
-        drop=None if drop is None or not drop[a:b].any() else drop[a:b],
+        name=f"fill-batch-{batch.start}-{uuid.uuid4().hex}", **task,
     )
+
+
+def _fill_batch_here(group, batch: FillBatch, params: FillParams, cells=None,
+                     drop: np.ndarray | None = None) -> np.ndarray:
+    """`_fill_batch` run now on this process's threads (`haloed.map_haloed_blocks`): the
+    same blocks, results and writes, without importing dask.array (1-2 s of a daily update)."""
+    spatial, depth, _, task = _fill_layout(group, batch, params, cells, drop)
+    return haloed.map_haloed_blocks(_fill_store_block, group[cube.RAW], group[cube.LAND],
+                                    (batch.read_start, batch.read_stop), spatial, depth, **task)
+
+
+def _fill_layout(group, batch: FillBatch, params: FillParams, cells=None,
+                 drop: np.ndarray | None = None) -> tuple[tuple, tuple, int, dict]:
+    """A fill batch's spatial blocks, halo depth, results per block and the keywords of
+    `_fill_store_block`."""
+    raw = group[cube.RAW]
+    sw = params.space_window
+    a, b = batch.read_start, batch.read_stop
+    spatial, depth = halo_layout(haloed.regular_chunks(raw.shape[1:], raw.chunks[1:]),
+                                 (sw, sw))
+    per_block = len(batch.chunks) * len(FillFlag) + (
+        2 * (batch.stop - batch.start) if cells is not None else 0)
+    task = dict(
+        params=params, core_t=(batch.start - a, batch.stop - a), t0=batch.start,
+        bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth, time_chunk=raw.chunks[0],
+        targets=(cube.for_writing(group[cube.CONC]), cube.for_writing(group[cube.FLAG])),
+        cells=cells, drop=None if drop is None or not drop[a:b].any() else drop[a:b],
+    )
+    return spatial, depth, per_block, task
 
 
 def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bounds, halo,
@@ -940,9 +970,13 @@ def _scheduler(scheduler, workers: int | None, summary: BuildSummary) -> Iterato
     # The scheduler functions themselves, not their names: dask imports `distributed` (0.7 s)
     # to resolve a name, which a daily update would pay every time.
     if scheduler is None or scheduler == "threads":
-        with dask.config.set(scheduler=threaded.get, num_workers=workers):
+        # The fill maps its blocks on these threads itself (`haloed`); the stages that
+        # still use dask (a new cube's cell areas, the mask) set it to the same threads
+        # (`haloed.dask_on_threads`): a daily update never imports dask.
+        with haloed.threads(workers):
             yield None
     elif scheduler == "processes":
+        import dask
         from dask import multiprocessing
 
         with dask.config.set(scheduler=multiprocessing.get, num_workers=workers):
@@ -1008,7 +1042,8 @@ def _run(group, state: BuildState, arrivals: Iterator[Arrival], summary: BuildSu
     with timer("quality"):
         flags = _judge_days(group, state, grid)
     if not state.mask_done:
-        with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar:
+        with timer("mask"), _bar(progress, total=1, desc="mask", unit="mask") as bar, \
+                haloed.dask_on_threads():
             _make_mask(group, state, grid, tally)
             bar.update(1)
     del tally  # the counts are in the store now; the fill needs the memory

@@ -15,10 +15,9 @@ import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dask.array as da
 import numpy as np
-import xarray as xr
 from numba import njit
 
 from sicube.archive.products import shipped_land
@@ -28,6 +27,9 @@ from sicube.datacube.record import CubeRecord
 from sicube.datacube.store import atomic_file
 from sicube.errors import BadInput
 from sicube.params import MASK_THRESHOLD
+
+if TYPE_CHECKING:  # loaded where used: an update imports this module and needs neither
+    import dask.array as da
 
 DEFAULT_THRESHOLD = MASK_THRESHOLD  # its home is sicube.params
 
@@ -76,6 +78,8 @@ def _add_missing(block, observed, counts):
 
 def nan_ratio(raw: da.Array, observed: np.ndarray) -> da.Array:
     """Share of observed days on which each cell is NaN, as a lazy (y, x) float32 reduction."""
+    import dask.array as da
+
     days = np.flatnonzero(observed)
     if days.size == 0:
         return da.full(raw.shape[1:], np.nan, dtype=np.float32, chunks=raw.chunksize[1:])
@@ -160,6 +164,8 @@ def load_mask(path: str | os.PathLike, grid: GridCoords,
     A cube may be any fsspec URL (with `storage_options`). Refuses a file without
     `land_mask` or on another grid than `grid`, naming it.
     """
+    import xarray as xr
+
     text = str(path)
     if cube.is_cube(text, storage_options):
         ds = cube.open_cube(text, storage_options=storage_options)
@@ -197,6 +203,8 @@ def export_mask(store: str | os.PathLike, output: str | os.PathLike,
     refused unless `allow_incomplete`. `store` is a path or any fsspec URL (with
     `storage_options`).
     """
+    import xarray as xr
+
     ds = cube.open_cube(store, allow_incomplete=allow_incomplete,
                         storage_options=storage_options)
     output = Path(output)

@@ -450,6 +450,8 @@ def plot_compare(store, date: DateLike, source: str | os.PathLike | None = None,
 def save_figure(fig, output: str | os.PathLike, dpi: int = DPI) -> Path:
     """Write `fig` to `output` in the format its extension names (PNG, JPEG, PDF, SVG, ...:
     any that matplotlib writes; BadInput for another), folders created; return the path."""
+    if not 10 <= dpi <= 1200:
+        raise BadInput(f"dpi: must be between 10 and 1200, got {dpi}")
     output = Path(output)
     kind = output.suffix.lower().lstrip(".")
     known = fig.canvas.get_supported_filetypes()
@@ -652,8 +654,10 @@ def save_explorer(store, output: str | os.PathLike, *, variables=EXPLORE_VARIABL
     Every frame is embedded (no server to rasterize on demand): the file holds
     len(variables) x days float32 images of `width` pixels across (base64: ~5.4 bytes a
     pixel, ~0.7 MB a frame at 300 px on the n3125 grid), plus ~3 MB of JavaScript.
-    Choose the span and width to keep it small.
+    Choose the span and width to keep it small (50 to 4000 pixels).
     """
+    if not 50 <= width <= 4000:
+        raise BadInput(f"width: must be between 50 and 4000 pixels, got {width}")
     require_extra("plot", "sicube.explore", "hvplot", "datashader", "panel")
     import panel as pn
     from bokeh.resources import INLINE
