@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from sicube.cache import cache_dir
-from sicube.datacube import cube
+from sicube.datacube import cube, versions
 from sicube.datacube.store import atomic_file
 from sicube.dates import DateLike, parse_date, yyyymmdd
 from sicube.errors import BadInput, require_extra
@@ -251,6 +251,9 @@ class SICDataset(Dataset):
     concurrent_reads : items of a batch (`dataset[[i, j, ...]]`, `loader`) read at once on
         reader threads, so a remote store's per-request latency is paid about once per
         that many items; 1 reads them one after the other.
+    snapshot : an icechunk store's snapshot id or tag. An icechunk store is read at one
+        snapshot (this one, else the tip of ``main`` at construction) in every process;
+        its id is `snapshot` on the object, for a training run to log.
 
     The object holds no open file or connection: each process opens the store on its
     first read, so it pickles and works with DataLoader workers (fork or spawn).
@@ -280,8 +283,9 @@ class SICDataset(Dataset):
                  allow_incomplete: bool = False, skip_suspicious: bool = False,
                  concurrent_reads: int = DEFAULT_PREFETCH,
                  climatology: str | os.PathLike | None = None,
-                 normalize: bool | dict | None = None):
+                 normalize: bool | dict | None = None, snapshot: str | None = None):
         self.concurrent_reads = positive_int(concurrent_reads, "concurrent_reads")
+        store, self.snapshot = versions.pin(store, snapshot, storage_options)
         self.store = store
         self.storage_options = storage_options
         self.allow_incomplete = bool(allow_incomplete)
