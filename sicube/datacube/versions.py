@@ -103,17 +103,21 @@ def _storage(base: str, storage_options: dict | None):
 
 def repository(store, storage_options: dict | None = None, *, create: bool = False):
     """The icechunk repository of `store`; made when missing and `create`, else BadInput."""
+    if not is_versioned(store):
+        raise BadInput(f"store: {store}: not an icechunk repository (give icechunk://PATH or "
+                       "icechunk+s3://bucket/prefix)")
     base = split(store)[0]
     icechunk = _icechunk()
+    local = Path(base.removeprefix(SCHEME)) if base.startswith(SCHEME) else None
     try:
         storage = _storage(base, storage_options)
-        if icechunk.Repository.exists(storage):
+        # icechunk makes the folder it is asked about: a reader must not leave one behind
+        if (local is None or local.is_dir()) and icechunk.Repository.exists(storage):
             return icechunk.Repository.open(storage)
         if not create:
             raise BadInput(f"store: {base}: does not exist (no icechunk repository there)")
-        local = base.removeprefix(SCHEME) if base.startswith(SCHEME) else None
-        if local is not None and not Path(local).parent.is_dir():
-            raise BadInput(f"store: {base}: its folder {Path(local).parent} does not exist")
+        if local is not None and not local.parent.is_dir():
+            raise BadInput(f"store: {base}: its folder {local.parent} does not exist")
         return icechunk.Repository.create(storage)
     except icechunk.IcechunkError as err:
         raise BadInput(f"store: {base}: cannot be read ({_reason(err)})") from None
@@ -121,8 +125,10 @@ def repository(store, storage_options: dict | None = None, *, create: bool = Fal
 
 def _reason(err: BaseException) -> str:
     """icechunk's message (a report over many lines) as its last, telling, line."""
-    lines = [line.strip(" |`->x") for line in str(err).splitlines()]
-    text = next((line for line in reversed(lines) if line), type(err).__name__)
+    lines = [line.strip() for line in str(err).splitlines()]
+    causes = [line.removeprefix("`->").strip() for line in lines if line.startswith("`->")]
+    text = (causes or [line.removeprefix("x ") for line in lines if line] or
+            [type(err).__name__])[-1]
     return text if len(text) <= 160 else text[:157] + "..."
 
 
@@ -314,7 +320,8 @@ def copy(source, target, storage_options: dict | None = None) -> str:
     src = open_group(source, storage_options=storage_options).store
     if is_versioned(target):
         if exists(target, storage_options):
-            raise BadInput(f"store: {target}: already holds a cube; copy into a new store")
+            raise BadInput(f"store: {split(target)[0]}: already holds a cube; copy into a new "
+                           "store")
         with run_session(target, f"copy from {source}", storage_options=storage_options):
             count = sync(_copy_keys(src, open_store(target, storage_options, "w-"), True))
         return f"copied {count} objects from {source} into {target} (one commit on main)"
