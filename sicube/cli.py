@@ -504,11 +504,18 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_repository(parser: argparse.ArgumentParser, run, *more: tuple[str, str]) -> None:
+    """A command on an icechunk repository: STORE, then the positionals `more` (name, help)."""
+    parser.add_argument("store", help="icechunk://PATH or icechunk+s3://bucket/prefix")
+    for name, help_text in more:
+        parser.add_argument(name, help=help_text)
+    _storage_options_flag(parser)
+    parser.set_defaults(run=run)
+
+
 @command("log", "the snapshots of an icechunk store's main: id, time, days, message")
 def _add_log(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", help="icechunk://PATH or icechunk+s3://bucket/prefix")
-    _storage_options_flag(parser)
-    parser.set_defaults(run=_run_log)
+    _on_repository(parser, _run_log)
 
 
 def _run_log(args: argparse.Namespace) -> int:
@@ -520,10 +527,7 @@ def _run_log(args: argparse.Namespace) -> int:
 
 @command("tag", "name a snapshot of an icechunk store (default: the tip of main)")
 def _add_tag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", help="icechunk://PATH or icechunk+s3://bucket/prefix")
-    parser.add_argument("name", help="the tag, e.g. a training run's name")
-    _storage_options_flag(parser)
-    parser.set_defaults(run=_run_tag)
+    _on_repository(parser, _run_tag, ("name", "the tag, e.g. a training run's name"))
 
 
 def _run_tag(args: argparse.Namespace) -> int:
