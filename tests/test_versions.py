@@ -127,8 +127,9 @@ def test_build_equals_plain_zarr_an_update_adds_a_snapshot_and_old_snapshots_sti
     assert cube.open_cube(url).encoding["sicube_snapshot"] == log[0].id
 
 
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_kill_9_during_an_update_leaves_main_and_the_rerun_completes(
-        halves, plain_whole, tmp_path):
+        halves, plain_whole, tmp_path, how):
     url = _icechunk_early(halves, tmp_path)
     tip = versions.log(url)[0].id
     chunks = tmp_path / "repo" / "chunks"
@@ -142,7 +143,8 @@ def test_kill_9_during_an_update_leaves_main_and_the_rerun_completes(
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert proc.poll() is None, "the update ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, how)  # Ctrl-C: the run records "interrupted", then stops
+        assert proc.wait(120) == (130 if how == signal.SIGINT else -signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
