@@ -196,6 +196,14 @@ def test_dataset_reads_one_snapshot_and_names_it(halves, tmp_path):
                      allow_unobserved=True, quality_cache=False)
     assert old.snapshot == tip
     np.testing.assert_array_equal(old[0][0].numpy(), ds[0][0].numpy())
+    # icechunk does not survive a fork: the loader spawns its workers; a forked one says so
+    batches = list(ds.loader(2, num_workers=1))
+    np.testing.assert_array_equal(batches[0][0][0].numpy(), ds[0][0].numpy())
+    from torch.utils.data import DataLoader
+
+    forked = DataLoader(ds, batch_size=2, num_workers=1, multiprocessing_context="fork")
+    with pytest.raises(Exception, match="forked after its parent read one"):
+        next(iter(forked))
 
 
 def test_copy_moves_a_cube_into_icechunk_and_back(plain_early, tmp_path, capsys):

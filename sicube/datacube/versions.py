@@ -71,9 +71,21 @@ def underlying(store) -> str:
     return "s3://" + base.removeprefix(S3_SCHEME)
 
 
+# The process that first used icechunk: its runtime's threads do not survive a fork, so a
+# forked child (a DataLoader worker started by fork) that used it would hang forever.
+_used_in: int | None = None
+
+
 def _icechunk():
+    global _used_in
+    if _used_in is not None and _used_in != os.getpid():
+        raise BadInput("icechunk:// stores cannot be read in a process forked after its parent "
+                       "read one (it would hang): start DataLoader workers with "
+                       "multiprocessing_context='spawn' (`SICDataset.loader` does)")
     require_extra("icechunk", "icechunk:// stores", "icechunk")
     import icechunk
+
+    _used_in = os.getpid()
 
     # icechunk warns on every open of a local repository that the local file system does not
     # make concurrent commits safe: sicube's build lock keeps one writer per local repository.

@@ -679,8 +679,12 @@ class SICDataset(Dataset):
 
         Same batches as ``DataLoader(self, batch_size, shuffle)`` but without the collate
         copy; `kwargs` go to DataLoader (num_workers, persistent_workers, generator, ...).
+        Workers on an icechunk store are spawned, not forked (icechunk does not survive a fork).
         """
         from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+        if versions.is_versioned(self.store) and kwargs.get("num_workers"):
+            kwargs.setdefault("multiprocessing_context", "spawn")
 
         generator = kwargs.get("generator")
         order = RandomSampler(self, generator=generator) if shuffle else SequentialSampler(self)
