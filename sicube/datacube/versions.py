@@ -171,12 +171,12 @@ def pin(store, snapshot: str | None = None, storage_options: dict | None = None
     return at_snapshot(store, read), read
 
 
-def open_store(store, storage_options: dict | None = None, mode: str = "r",
-               snapshot: str | None = None):
-    """The zarr store of an icechunk repository (`sicube.datacube.store.open_store`): a
-    snapshot read-only, or, to write, the session of this process's run (`run_session`)."""
+def open_store(store, storage_options: dict | None = None, mode: str = "r"):
+    """The zarr store of an icechunk repository (`sicube.datacube.store.open_store`): its
+    snapshot (``?snapshot=``, else the tip of ``main``) read-only, or, to write, the session
+    of this process's run (`run_session`)."""
     if mode == "r":
-        return read_session(store, storage_options, snapshot).store
+        return read_session(store, storage_options).store
     session = _active.get(split(store)[0])
     if session is None:
         raise BadInput(f"store: {store}: an icechunk store is written only by `sicube build`, "
@@ -197,9 +197,7 @@ def exists(store, storage_options: dict | None = None) -> bool:
     base = split(store)[0]
     try:
         zarr.open_group(read_session(base, storage_options).store, mode="r")
-    except BadInput:
-        return False
-    except Exception:  # noqa: BLE001 - no group at the root: nothing there yet
+    except Exception:  # noqa: BLE001 - no repository, or no group at its root yet
         return False
     return True
 
