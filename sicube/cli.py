@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always", NewerCubeWarning)  # said by `_warning_line`
             warnings.showwarning = _warning_line(args.command, warnings.showwarning)
+            _at_snapshot(args)
             code = int(args.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
         return code
@@ -209,6 +210,20 @@ def _storage_options_flag(parser: argparse.ArgumentParser) -> None:
                              '\'{"endpoint_url": "http://127.0.0.1:9000"}\' for s3:// (keys '
                              "and endpoint may also come from AWS_ACCESS_KEY_ID, "
                              "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)")
+    parser.add_argument("--snapshot", metavar="ID_OR_TAG",
+                        help="an icechunk store's snapshot id or tag to read (default: the "
+                             "tip of main; `sicube log STORE` lists them)")
+
+
+def _at_snapshot(args: argparse.Namespace) -> None:
+    """Point the command's store at --snapshot (`versions.at_snapshot`: one URL for all)."""
+    if getattr(args, "snapshot", None) is None:
+        return
+    from sicube.datacube.versions import at_snapshot
+
+    for name in ("store", "store_option", "path"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, at_snapshot(getattr(args, name), args.snapshot))
 
 
 def _storage_options(args: argparse.Namespace) -> dict | None:
@@ -449,6 +464,54 @@ def _run_info(args: argparse.Namespace) -> int:
 
     print("\n".join(format_info(info(args.path, grid=args.grid,
                                       storage_options=_storage_options(args)))))
+    return 0
+
+
+def _on_repository(parser: argparse.ArgumentParser, run, *more: tuple[str, str]) -> None:
+    """A command on an icechunk repository: STORE, then the positionals `more` (name, help)."""
+    parser.add_argument("store", help="icechunk://PATH or icechunk+s3://bucket/prefix")
+    for name, help_text in more:
+        parser.add_argument(name, help=help_text)
+    _storage_options_flag(parser)
+    parser.set_defaults(run=run)
+
+
+@command("log", "the snapshots of an icechunk store's main: id, time, days, message")
+def _add_log(parser: argparse.ArgumentParser) -> None:
+    _on_repository(parser, _run_log)
+
+
+def _run_log(args: argparse.Namespace) -> int:
+    from sicube.datacube.versions import log, split
+
+    print("\n".join(s.line() for s in log(split(args.store)[0], _storage_options(args))))
+    return 0
+
+
+@command("tag", "name a snapshot of an icechunk store (default: the tip of main)")
+def _add_tag(parser: argparse.ArgumentParser) -> None:
+    _on_repository(parser, _run_tag, ("name", "the tag, e.g. a training run's name"))
+
+
+def _run_tag(args: argparse.Namespace) -> int:
+    from sicube.datacube.versions import tag
+
+    print(f"{args.name} = {tag(args.store, args.name, storage_options=_storage_options(args))}")
+    return 0
+
+
+@command("copy", "copy a cube into a new store: plain Zarr to icechunk and back")
+def _add_copy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="a cube (path, URL, icechunk://PATH)")
+    parser.add_argument("target", help="a new store (path, URL, icechunk://PATH)")
+    _storage_options_flag(parser)
+    parser.set_defaults(run=_run_copy)
+
+
+def _run_copy(args: argparse.Namespace) -> int:
+    from sicube.datacube.versions import at_snapshot, copy
+
+    print(copy(at_snapshot(args.source, args.snapshot), args.target, _storage_options(args)))
     return 0
 
 

@@ -222,10 +222,11 @@ def test_the_extras_cover_what_the_optional_parts_import():
     assert 'torch = ["torch>=2.2"]' in project
     assert 'plot = ["matplotlib>=3.7", "hvplot>=0.10", "datashader>=0.16"]' in project
     assert 's3 = ["s3fs>=2024.2", "aiobotocore>=3.10"]' in project
-    assert 'all = ["sicube[torch,plot,s3]"]' in project
+    assert 'icechunk = ["icechunk>=1.1"]' in project
+    assert 'all = ["sicube[torch,plot,s3,icechunk]"]' in project
     assert '"sicube[all]",' in project.split("test = [")[1].split("\n]")[0]
     core = project.split("dependencies = [")[1].split("\n]")[0]
-    assert not {"torch", "matplotlib", "hvplot", "datashader", "s3fs"} & set(
+    assert not {"torch", "matplotlib", "hvplot", "datashader", "s3fs", "icechunk"} & set(
         line.strip().strip('",').split(">")[0].split("[")[0] for line in core.splitlines())
 
 

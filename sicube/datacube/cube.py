@@ -375,7 +375,7 @@ def _reason(err: BaseException) -> str:
 
 
 def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = True,
-               storage_options: dict | None = None):
+               storage_options: dict | None = None, snapshot: str | None = None):
     """The store's root Zarr group, read-only, after the checks every reader of a cube makes.
 
     Every reader opens a cube through here (or `open_cube`), so the state check lives in one
@@ -387,7 +387,8 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
     `storage_options`). Raises BadInput (one line) when the store cannot be read as a Zarr
     group (missing, unreachable, no permission), or, with
     `require_cube`, when it is not a sicube cube; IncompleteCube when it is a sicube cube
-    whose build or update has not finished, unless `allow_incomplete`.
+    whose build or update has not finished, unless `allow_incomplete`. `snapshot`: the
+    snapshot id or tag of an icechunk repository to read (`sicube.datacube.versions`).
     """
     import zarr
     from zarr.errors import GroupNotFoundError
@@ -395,7 +396,8 @@ def open_group(store, *, allow_incomplete: bool = False, require_cube: bool = Tr
     from sicube.datacube.store import NotZarr, consolidated_quietly, open_store
 
     try:
-        zstore = open_store(store, storage_options=storage_options)  # missing, unreachable
+        zstore = open_store(store, storage_options=storage_options,  # missing, unreachable
+                            snapshot=snapshot)
     except NotZarr:
         if require_cube:
             raise BadInput(f"store: {store} is not a sicube cube (no Zarr group there)"
@@ -449,7 +451,8 @@ def check_complete(store: str | os.PathLike, attrs: Mapping, allow_incomplete: b
 
 
 def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
-              storage_options: dict | None = None, **kwargs) -> xr.Dataset:
+              storage_options: dict | None = None, snapshot: str | None = None,
+              **kwargs) -> xr.Dataset:
     """Open a sicube cube lazily (dask arrays).
 
     `store` is a path or any fsspec URL (``s3://``, ``http://``, ``memory://``, ...), with
@@ -458,13 +461,21 @@ def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
     cube; IncompleteCube when its build or update has not finished, unless
     `allow_incomplete` (then its unwritten cells read as NaN / 0). `kwargs` go to
     `xarray.open_zarr`.
+
+    An icechunk repository (``icechunk://PATH``, ``icechunk+s3://bucket/prefix``) opens at
+    the tip of ``main``, or at `snapshot` (a snapshot id or tag); the snapshot id read is in
+    ``ds.encoding["sicube_snapshot"]``.
     """
     import xarray as xr
 
     from sicube.datacube.store import consolidated_quietly
+    from sicube.datacube.versions import snapshot_of
 
     group = open_group(store, allow_incomplete=allow_incomplete,
-                       storage_options=storage_options)
+                       storage_options=storage_options, snapshot=snapshot)
+    read = snapshot_of(group.store)
+    if read is not None:  # icechunk keeps no consolidated metadata: it lists fast
+        kwargs.setdefault("consolidated", False)
     try:
         # A cube mid-build may have no current consolidated metadata (the builder
         # re-consolidates at each state change); reading without it is right, not news.
@@ -472,6 +483,8 @@ def open_cube(store: str | os.PathLike, *, allow_incomplete: bool = False,
             ds = xr.open_zarr(group.store, **kwargs)
     except (OSError, ValueError, KeyError) as err:  # a variable's metadata unreadable or corrupt
         raise BadInput(f"store: {store} cannot be read as a cube ({_reason(err)})") from None
+    if read is not None:
+        ds.encoding["sicube_snapshot"] = read
     return netcdf_ready(ds)
 
 

@@ -69,6 +69,11 @@ WRITE_MODES = ("w", "w-", "a")
 def location(store: str | os.PathLike) -> str:
     """The store as one string: an absolute local path (``file://`` URLs included), or the URL."""
     text = os.fspath(store)
+    if text.startswith(("icechunk://", "icechunk+s3://")):
+        from sicube.datacube.versions import split
+
+        base, snapshot = split(text)
+        return base if snapshot is None else f"{base}?snapshot={snapshot}"
     if text.startswith("file://"):
         return str(Path(text.removeprefix("file://")).absolute())
     if "://" in text:
@@ -101,7 +106,9 @@ def filesystem(store: str | os.PathLike, storage_options: dict | None = None):
     """(fsspec file system, path inside it) of a store; BadInput for an unusable URL scheme."""
     import fsspec
 
-    text = location(store)
+    from sicube.datacube import versions
+
+    text = versions.underlying(store) if versions.is_versioned(store) else location(store)
     protocol = text.split("://", 1)[0] if "://" in text else "file"
     try:
         fs, path = fsspec.core.url_to_fs(text, **(storage_options or {}))
@@ -117,7 +124,7 @@ def filesystem(store: str | os.PathLike, storage_options: dict | None = None):
 
 
 def open_store(store: str | os.PathLike, *, storage_options: dict | None = None,
-               mode: str = "r") -> Store:
+               mode: str = "r", snapshot: str | None = None) -> Store:
     """The Zarr store at `store` (path or fsspec URL), checked, for zarr and xarray to open.
 
     Parameters
@@ -128,6 +135,9 @@ def open_store(store: str | os.PathLike, *, storage_options: dict | None = None,
         ``secret``, ``anon``, ...); credentials may also come from the environment.
     mode : "r" (read-only) or "r+" an existing Zarr store; "w", "w-" or "a" a location to
         write (it need not exist yet, but its folder or bucket must).
+    snapshot : an icechunk repository's (``icechunk://PATH``, ``icechunk+s3://bucket/prefix``)
+        snapshot id or tag to read (default: the tip of ``main``); writing happens only inside
+        `sicube.datacube.versions.run_session` (a build, update or copy: one commit).
 
     Raises BadInput (one line) when the store is missing, is not a Zarr store, its server
     cannot be reached, or permission is refused.
@@ -136,6 +146,11 @@ def open_store(store: str | os.PathLike, *, storage_options: dict | None = None,
 
     if mode not in READ_MODES + WRITE_MODES:
         raise ValueError(f"mode {mode!r}: choose from {READ_MODES + WRITE_MODES}")
+    from sicube.datacube import versions
+
+    if versions.is_versioned(store) or snapshot is not None:
+        return versions.open_store(versions.at_snapshot(store, snapshot), storage_options,
+                                   mode)
     local = local_path(store)
     if local is not None:
         _check_local(store, local, mode)
@@ -207,9 +222,15 @@ def build_lock(store: str | os.PathLike) -> Iterator[None]:
     The lock file, ``<store>.lock``, holds "host pid" of its builder; one left by a killed
     build is taken over. It is named after the store's real path, so two spellings of one
     store (a symlink, a relative path) share it. A remote store has no lock (a warning says
-    so). BadInput when another build holds the lock or the lock cannot be written.
+    so), but an icechunk repository on S3 needs none (of two runs, the second to commit
+    fails). BadInput when another build holds the lock or the lock cannot be written.
     """
-    local = local_path(store)
+    from sicube.datacube import versions
+
+    local = versions.lock_path(store) if versions.is_versioned(store) else local_path(store)
+    if local is None and versions.is_versioned(store):
+        yield
+        return
     if local is None:
         log.warning("%s: remote store, no build lock; do not run two builds on it at once", store)
         yield

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sicube.datacube import cube
+from sicube.datacube import cube, versions
 from sicube.dates import DateLike
 from sicube.errors import BadInput, require_extra
 from sicube.ml.channels import CHANNELS, Block, ChannelMaker
@@ -144,6 +144,9 @@ class SICDataset(Dataset):
     concurrent_reads : items of a batch (`dataset[[i, j, ...]]`, `loader`) read at once on
         reader threads, so a remote store's per-request latency is paid about once per
         that many items; 1 reads them one after the other.
+    snapshot : an icechunk store's snapshot id or tag. An icechunk store is read at one
+        snapshot (this one, else the tip of ``main`` at construction) in every process;
+        its id is `snapshot` on the object, for a training run to log.
 
     The object holds no open file or connection: each process opens the store on its
     first read, so it pickles and works with DataLoader workers (fork or spawn).
@@ -177,8 +180,9 @@ class SICDataset(Dataset):
                  allow_incomplete: bool = False, skip_suspicious: bool = False,
                  concurrent_reads: int = DEFAULT_PREFETCH,
                  climatology: str | os.PathLike | None = None,
-                 normalize: bool | dict | None = None):
+                 normalize: bool | dict | None = None, snapshot: str | None = None):
         concurrent_reads = positive_int(concurrent_reads, "concurrent_reads")
+        store, self.snapshot = versions.pin(store, snapshot, storage_options)
         plan = SamplePlan.from_cube(
             store, start_time, end_time, input_length, pred_length, input_gap, pred_shift,
             pred_gap, samples_gap, roi=roi, coarsen=coarsen, patch_size=patch_size,
@@ -194,14 +198,15 @@ class SICDataset(Dataset):
     @classmethod
     def from_plan(cls, plan: SamplePlan, store, *, storage_options: dict | None = None,
                   allow_incomplete: bool = False, preload_data: bool = False,
-                  concurrent_reads: int = DEFAULT_PREFETCH) -> SICDataset:
+                  concurrent_reads: int = DEFAULT_PREFETCH,
+                  snapshot: str | None = None) -> SICDataset:
         """The dataset of exactly `plan`'s items (a saved ``dataset.plan``), read from `store`.
 
         `store` is the cube the plan was made on, a copy of it anywhere (another path or
         URL), or the same cube since updated; BadInput when its grid or days differ from
         the plan's, or when the anomaly channel's climatology (`plan.climatology`, opened
         with `storage_options` too) cannot be read. Nothing is recomputed: the windows,
-        patches, channels and scales are the plan's.
+        patches, channels and scales are the plan's. `snapshot` as for the constructor.
 
         >>> Path("plan.json").write_text(dataset.plan.to_json())
         >>> again = SICDataset.from_plan(SamplePlan.from_json(Path("plan.json").read_text()),
@@ -210,9 +215,10 @@ class SICDataset(Dataset):
         if not isinstance(plan, SamplePlan):
             raise BadInput(f"plan: expected a SamplePlan (SamplePlan.from_json reads a saved "
                            f"one), got {type(plan).__name__}")
+        dataset = cls.__new__(cls)
+        store, dataset.snapshot = versions.pin(store, snapshot, storage_options)
         if "anomaly" in plan.time_channels:  # a climatology gone is said now, not per item
             CubeReader(store, storage_options, climatology=plan.climatology).climatology_mean()
-        dataset = cls.__new__(cls)
         dataset._open(plan, store, storage_options, allow_incomplete, preload_data,
                       positive_int(concurrent_reads, "concurrent_reads"))
         return dataset
@@ -363,8 +369,12 @@ class SICDataset(Dataset):
 
         Same batches as ``DataLoader(self, batch_size, shuffle)`` but without the collate
         copy; `kwargs` go to DataLoader (num_workers, persistent_workers, generator, ...).
+        Workers on an icechunk store are spawned, not forked (icechunk does not survive a fork).
         """
         from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+        if versions.is_versioned(self.store) and kwargs.get("num_workers"):
+            kwargs.setdefault("multiprocessing_context", "spawn")
 
         generator = kwargs.get("generator")
         order = RandomSampler(self, generator=generator) if shuffle else SequentialSampler(self)

@@ -45,7 +45,7 @@ from sicube.archive.sources import (
     folder_grids,
     read_grid,
 )
-from sicube.datacube import cube
+from sicube.datacube import cube, versions
 from sicube.datacube import store as store_location
 from sicube.datacube.cube import FillFlag
 from sicube.datacube.record import CubeRecord, check_format
@@ -388,6 +388,8 @@ def _open_group(store: str, mode: str = "r+", storage_options: dict | None = Non
 
 
 def _exists(store: str, storage_options: dict | None = None) -> bool:
+    if versions.is_versioned(store):
+        return versions.exists(store, storage_options)
     local = _local_path(store)
     if local is not None:
         return local.exists()
@@ -473,6 +475,8 @@ def _set_status(group, status: str, **attrs) -> None:
 def _consolidate(store) -> None:
     import zarr
 
+    if not getattr(store, "supports_consolidated_metadata", True):
+        return  # icechunk: lists fast, keeps none
     with store_location.consolidated_quietly():
         zarr.consolidate_metadata(store)
 
@@ -1217,7 +1221,9 @@ def build(
                               *([f"--grid={grid}"] if grid else [])])
 
     # The scheduler is reached first, so a wrong address costs nothing.
-    with store_location.build_lock(store), _scheduler(scheduler, workers, summary) as client:
+    with store_location.build_lock(store), \
+            versions.run_session(store, "build", summary, storage_options, scheduler), \
+            _scheduler(scheduler, workers, summary) as client:
         cluster = _Cluster(client, store, storage_options) if client is not None else None
         group, state, restarted = _resume(store, args, restart_fill, storage_options)
         if group is None:
@@ -1462,7 +1468,9 @@ def update(
         raise BadInput(f"{store}: not a sicube cube")
     _check_workers(workers)
     summary = BuildSummary(store=store, span=(dt.date.min, dt.date.min))
-    with store_location.build_lock(store), _scheduler(scheduler, workers, summary) as client:
+    with store_location.build_lock(store), \
+            versions.run_session(store, "update", summary, storage_options, scheduler), \
+            _scheduler(scheduler, workers, summary) as client:
         cluster = _Cluster(client, store, storage_options) if client is not None else None
         group = _open_group(store, storage_options=storage_options)
         state = _read_state(group)
