@@ -117,8 +117,7 @@ def fill(group, state: BuildState, summary: BuildSummary, progress: bool, execut
     else:
         hole = None
     drop = excluded_days(state)
-    layout = halo_layout(da.core.normalize_chunks(raw.chunks[1:], raw.shape[1:]),
-                         (params.space_window,) * 2)
+    layout = fill_layout(raw, params.space_window)
 
     def job(batch: FillBatch) -> FillJob:
         return fill_job(group, batch, params, layout, cells, drop)
@@ -147,6 +146,13 @@ def fill(group, state: BuildState, summary: BuildSummary, progress: bool, execut
         bar.update(1)
     bar.close()
     count_flags(state, summary)
+
+
+def fill_layout(raw, space_window: int):
+    """(spatial chunks, halo depth per axis) of the fill of `raw` (the store's array): its
+    chunks, thin ones merged (`halo_layout`)."""
+    return halo_layout(da.core.normalize_chunks(raw.chunks[1:], raw.shape[1:]),
+                       (space_window,) * 2)
 
 
 def excluded_days(state: BuildState) -> np.ndarray:
