@@ -143,3 +143,17 @@ def test_the_orchestration_runs_every_stage_through_its_executor(archive, tmp_pa
     summary = builder.update(store, progress=False)
     assert summary.recovered == [ARCHIVE_END]
     assert {"arrivals", "look", "cell_areas", "ingest", "fill_results"} <= set(calls)
+
+
+def test_a_fill_batch_is_one_task_per_spatial_chunk(small_cube, tmp_path):
+    # each task reads its own haloed window from the store: no halo-exchange tasks, so a
+    # decade at full resolution stays ~8,000 tasks (benchmarks/fill_graph_tasks.py)
+    group = open_group_for_writing(str(small_cube))  # nothing is computed or written
+    state = read_state(group)
+    raw, params = group[cube.RAW], state.args.fill
+    layout = fill_layout(raw, params.space_window)
+    (batch, *_) = fill_batches(raw.shape[0], raw.chunks[0], params.time_window)
+    job = fill_job(group, batch, params, layout, group[cube.CELL_AREA][:], excluded_days(state))
+    assert len(layout[0][0]) > 1 and len(layout[0][1]) > 1  # a halo on both axes
+    assert job.tasks == len(layout[0][0]) * len(layout[0][1])
+    assert len(job.blocks.__dask_graph__()) == job.tasks

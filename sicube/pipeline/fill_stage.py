@@ -1,8 +1,8 @@
 """The build's fill stage: every time chunk whose fill is not current, a batch at a time.
 
-A batch (`sicube.pipeline.plan.FillBatch`) is a lazy Dask graph: one task per spatial chunk
-of the batch's read window, its `space_window` halo from its neighbours (`map_overlap`),
-writing whole Zarr chunks of `sea_ice_conc` and `fill_flag`. What a batch gives back is a
+A batch (`sicube.pipeline.plan.FillBatch`) is a lazy Dask graph: one task per spatial chunk,
+which reads the chunk and its `space_window` halo of the batch's read days from the store
+and writes whole Zarr chunks of `sea_ice_conc` and `fill_flag`. What a batch gives back is a
 `FillBatchResult`: its flag counts per time chunk and its share of each day's sea-ice extent
 and area. The executor (`sicube.pipeline.executors`) decides where and how many batches run
 at once; this module records each finished batch, after setting the north pole hole from its
@@ -165,54 +165,57 @@ def fill_job(group, batch: FillBatch, params: FillParams, layout, cells=None,
              drop: np.ndarray | None = None) -> FillJob:
     """Lazily fill the batch's days into `sea_ice_conc` and `fill_flag`, giving a
     `FillBatchResult` (`FillJob`). `layout`: the spatial chunks and halo depth
-    (`halo_layout`); `cells`: the cell areas as an array or the store's Zarr array (None: no
+    (`fill_layout`); `cells`: the cell areas as an array or the store's Zarr array (None: no
     extent and area). Days where `drop` (per cube day) is set are read as missing
     (suspicious days).
 
-    Each task reads one spatial chunk of the batch's read window, gets its `space_window`
-    halo from its neighbours through `map_overlap`, and writes whole Zarr chunks of both
-    outputs.
+    One task per spatial chunk, none depending on another: each reads its own haloed window
+    of the batch's read days from the store (`_fill_window`), so a decade at full resolution
+    is ~8,000 tasks, not the ~190,000 of a halo exchange through `map_overlap`
+    (benchmarks/fill_graph_tasks.py), and writes whole Zarr chunks of both outputs.
     """
+    from dask.highlevelgraph import HighLevelGraph
+
     raw = group[cube.RAW]
-    nt, chunk = raw.shape[0], raw.chunks[0]
     a, b = batch.read_start, batch.read_stop
     spatial, depth = layout
-    source = da.from_zarr(raw, chunks=(tuple(n for n in (a, b - a, nt - b) if n), *spatial))
-    land = da.from_zarr(group[cube.LAND], chunks=spatial)[None]
-    halo = {0: 0, 1: depth[0], 2: depth[1]}
     n_days = batch.stop - batch.start
     per_block = len(batch.chunks) * len(FillFlag) + (2 * n_days if cells is not None else 0)
-    blocks = da.map_overlap(
-        _fill_store_block, source[a:b], land, depth=[halo, halo],
-        boundary="none", trim=False, align_arrays=False, dtype=np.float64,
-        chunks=((1,), (1,) * len(spatial[0]), (per_block,) * len(spatial[1])),
-        params=params, core_t=(batch.start - a, batch.stop - a), t0=batch.start,
-        bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth, time_chunk=chunk,
+    task = functools.partial(
+        _fill_window, raw=raw, land=group[cube.LAND], days=(a, b),
+        bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth, params=params,
+        core_t=(batch.start - a, batch.stop - a), t0=batch.start, time_chunk=raw.chunks[0],
         targets=(cube.for_writing(group[cube.CONC]), cube.for_writing(group[cube.FLAG])),
-        cells=cells,
-        # named, not hashed: hashing the cell areas (70 MB at n3125) took 50 ms per batch
-        name=f"fill-batch-{batch.start}-{uuid.uuid4().hex}",
-        drop=None if drop is None or not drop[a:b].any() else drop[a:b],
-    )
+        cells=cells, drop=None if drop is None or not drop[a:b].any() else drop[a:b])
+    # named, not hashed: hashing the cell areas (70 MB at n3125) took 50 ms per batch
+    name = f"fill-batch-{batch.start}-{uuid.uuid4().hex}"
+    graph = {(name, 0, iy, ix): (task, iy, ix)
+             for iy in range(len(spatial[0])) for ix in range(len(spatial[1]))}
+    blocks = da.Array(HighLevelGraph.from_collections(name, graph, dependencies=()), name,
+                      chunks=((1,), (1,) * len(spatial[0]), (per_block,) * len(spatial[1])),
+                      dtype=np.float64)
     return FillJob(blocks, functools.partial(FillBatchResult.from_blocks, n_chunks=len(
         batch.chunks), n_days=n_days, with_area=cells is not None))
 
 
-def _fill_store_block(block, land, block_info=None, *, params, core_t, t0, bounds, halo,
-                      time_chunk, targets, cells=None, drop=None):
-    """Fill one haloed block's core, write its fraction and flags; the flag counts of each
-    time chunk it covers, then (given `cells`, the grid's cell areas) its extent and area
-    per day, packed (`FillBatchResult.pack_block`). Days set in `drop` (per day of the
-    block) are read as missing."""
+def _fill_window(iy: int, ix: int, *, raw, land, days, bounds, halo, params, core_t, t0,
+                 time_chunk, targets, cells=None, drop=None) -> np.ndarray:
+    """Fill spatial chunk (iy, ix): read its window (the chunk and its `halo`, cut at the
+    grid's edges) of the read `days` from the store, fill the chunk's core days, write its
+    fraction and flags; the flag counts of each time chunk it covers, then (given `cells`,
+    the grid's cell areas) its extent and area per day, packed
+    (`FillBatchResult.pack_block`). Days set in `drop` (per read day) are read as missing."""
+    (y0, y1), (x0, x1) = bounds[0][iy:iy + 2], bounds[1][ix:ix + 2]
+    window = (slice(max(0, y0 - halo[0]), min(bounds[0][-1], y1 + halo[0])),
+              slice(max(0, x0 - halo[1]), min(bounds[1][-1], x1 + halo[1])))
+    block = raw[(slice(*days), *window)]
     if drop is not None:
         block = np.where(drop[:, None, None], np.float32(np.nan), block)
-    iy, ix = block_info[0]["chunk-location"][1:]
-    (y0, y1), (x0, x1) = bounds[0][iy : iy + 2], bounds[1][ix : ix + 2]
     core = (*core_t, *core_in_block((iy, ix), (y1 - y0, x1 - x0), halo))
     # land is 0 in the fraction: neither ice nor extent; the block's own cells' areas
     cell_km2 = None if cells is None else cells[y0:y1, x0:x1] * area.KM2
     fraction, flags, day_counts, sums = fill_fraction_block(
-        block, land[0], core, **params.to_dict(), cell_km2=cell_km2)
+        block, land[window], core, **params.to_dict(), cell_km2=cell_km2)
     region = (slice(t0, t0 + fraction.shape[0]), slice(y0, y1), slice(x0, x1))
     targets[0][region] = fraction
     targets[1][region] = flags
