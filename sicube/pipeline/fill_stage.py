@@ -170,7 +170,7 @@ def fill_job(group, batch: FillBatch, params: FillParams, layout, cells=None,
     (suspicious days).
 
     One task per spatial chunk, none depending on another: each reads its own haloed window
-    of the batch's read days from the store (`_fill_window`), so a decade at full resolution
+    of the batch's read days from the store (`_fill_spatial_chunk`), so a decade at full resolution
     is ~8,000 tasks, not the ~190,000 of a halo exchange through `map_overlap`
     (benchmarks/fill_graph_tasks.py), and writes whole Zarr chunks of both outputs.
     """
@@ -182,7 +182,7 @@ def fill_job(group, batch: FillBatch, params: FillParams, layout, cells=None,
     n_days = batch.stop - batch.start
     per_block = len(batch.chunks) * len(FillFlag) + (2 * n_days if cells is not None else 0)
     task = functools.partial(
-        _fill_window, raw=raw, land=group[cube.LAND], days=(a, b),
+        _fill_spatial_chunk, raw=raw, land=group[cube.LAND], days=(a, b),
         bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth, params=params,
         core_t=(batch.start - a, batch.stop - a), t0=batch.start, time_chunk=raw.chunks[0],
         targets=(cube.for_writing(group[cube.CONC]), cube.for_writing(group[cube.FLAG])),
@@ -198,7 +198,7 @@ def fill_job(group, batch: FillBatch, params: FillParams, layout, cells=None,
         batch.chunks), n_days=n_days, with_area=cells is not None))
 
 
-def _fill_window(iy: int, ix: int, *, raw, land, days, bounds, halo, params, core_t, t0,
+def _fill_spatial_chunk(iy: int, ix: int, *, raw, land, days, bounds, halo, params, core_t, t0,
                  time_chunk, targets, cells=None, drop=None) -> np.ndarray:
     """Fill spatial chunk (iy, ix): read its window (the chunk and its `halo`, cut at the
     grid's edges) of the read `days` from the store, fill the chunk's core days, write its
