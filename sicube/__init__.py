@@ -13,7 +13,7 @@ from sicube._version import __version__ as __version__
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "BuildSummary": "sicube.pipeline.build", "build": "sicube.pipeline.build",
+    "BuildSummary": "sicube.pipeline.summary", "build": "sicube.pipeline.build",
     "update": "sicube.pipeline.build",
     "climatology": "sicube.analysis.climatology", "extent": "sicube.analysis.extent",
     "FillFlag": "sicube.datacube.cube", "IncompleteCube": "sicube.datacube.cube",
@@ -63,8 +63,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` 
     from sicube.ml.sample_plan import SamplePlan
     from sicube.ml.stream import SICStream
     from sicube.params import DownloadOptions, FillParams, QualityRules
-    from sicube.pipeline.build import BuildSummary, build, update
+    from sicube.pipeline.build import build, update
     from sicube.pipeline.mask import export_mask
+    from sicube.pipeline.summary import BuildSummary
     from sicube.settings import configure
     from sicube.views.plot import explore, plot_compare, plot_day, plot_mask
 

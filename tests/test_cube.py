@@ -88,8 +88,7 @@ def test_a_cube_whose_fill_crashed_is_refused(archive, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("fill crashed")
 
-    # (the package exports the function `build`, which hides the module of the same name)
-    builder = importlib.import_module("sicube.pipeline.build")
+    builder = importlib.import_module("sicube.pipeline.fill_stage")  # where the fill runs
     monkeypatch.setattr(builder, "fill_fraction_block", crash)
     path = tmp_path / "crashed.zarr"
     with pytest.raises(RuntimeError, match="fill crashed"):

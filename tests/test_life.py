@@ -204,7 +204,7 @@ def test_a_day_that_failed_is_recovered_as_failed_before_not_published_late(arch
 
 def test_a_crash_in_the_fill_leaves_a_failed_cube_that_a_rerun_finishes(archive, tmp_path,
                                                                        monkeypatch, built):
-    builder = importlib.import_module("sicube.pipeline.build")  # the module, not the function
+    builder = importlib.import_module("sicube.pipeline.fill_stage")  # where the fill runs
     real = builder.fill_fraction_block
     calls = []
 
@@ -506,12 +506,10 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(archive, tmp_path, built
 
 def test_ctrl_c_while_the_cube_is_created_leaves_nothing_and_the_rerun_builds(
         archive, tmp_path, monkeypatch):
-    builder = importlib.import_module("sicube.pipeline.build")  # the module, not the function
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # while the new store's cell areas are written
 
-    monkeypatch.setattr(builder, "_write_cell_area", interrupted)
+    monkeypatch.setattr(cube, "write_cell_area", interrupted)
     store = tmp_path / "cube.zarr"
     with pytest.raises(KeyboardInterrupt):
         build(ARCHIVE_START, ARCHIVE_END, store, source=archive.root, chunks=CHUNKS,
@@ -527,7 +525,7 @@ def test_an_update_that_crashes_stays_readable_says_why_and_finishes(archive, tm
                                                                     monkeypatch):
     from sicube.analysis.report import info
 
-    builder = importlib.import_module("sicube.pipeline.build")
+    builder = importlib.import_module("sicube.pipeline.fill_stage")
     store = tmp_path / "cube.zarr"
     build(ARCHIVE_START, dt.date(2024, 4, 8), store, source=archive.root, chunks=CHUNKS,
           progress=False)

@@ -260,7 +260,7 @@ def template(days: list[dt.date], x: np.ndarray, y: np.ndarray,
     for name in GRID_VARS:
         data_vars[name] = (("y", "x"), da.full((ny, nx), _EMPTY[name], dtype=DTYPES[name],
                                                chunks=cube_chunks[1:]), ATTRS[name])
-    # Lazy like the rest: the builder writes it into the new store itself (`build._create_store`).
+    # Lazy like the rest: `create` writes it into the new store itself.
     data_vars[CELL_AREA] = (("y", "x"), _cell_area(x, y, crs, cube_chunks[1:]), ATTRS[CELL_AREA])
     # The per-day variables are lazy too: an unwritten chunk reads as the fill value (NaN,
     # 0, False), so the store is made without writing any (each costs a write at creation).
@@ -353,6 +353,52 @@ def for_writing(array):
     storing it; a compressed empty chunk is a few hundred bytes, cheaper than the check.
     """
     return array.with_config({"write_empty_chunks": True})
+
+
+def create(store: str, days: list[dt.date], x: np.ndarray, y: np.ndarray,
+           crs: products.GridCRS, chunks: Mapping[str, int] | None, attrs: Mapping,
+           storage_options: dict | None = None) -> np.ndarray:
+    """Write the empty cube (`template`); locally into a temp folder renamed at the end: all
+    or nothing. Returns the cell areas it wrote, so that the run need not read them back."""
+    from sicube.datacube import store as store_location
+
+    ds = template(days, x, y, crs, chunks=chunks, attrs=attrs)
+    with store_location.consolidated_quietly():
+        local = store_location.local_path(store)
+        if local is not None:  # Ctrl-C, a full disk: no half-made folder stays behind
+            with store_location.atomic_folder(local) as tmp:
+                ds.to_zarr(str(tmp), mode="w", compute=False, zarr_format=3)
+                cells = write_cell_area(str(tmp), ds)
+        else:
+            target = store_location.open_store(store, storage_options=storage_options, mode="w-")
+            ds.to_zarr(target, mode="w-", compute=False, zarr_format=3)
+            cells = write_cell_area(store, ds, storage_options)
+    return cells
+
+
+def write_cell_area(store: str, ds: xr.Dataset, storage_options: dict | None = None
+                    ) -> np.ndarray:
+    """Compute and write the grid's cell areas (lazy in `template`) once, at the cube's
+    birth, on this machine's threads (a cluster's workers may not reach a store this
+    process just made); returns them."""
+    from dask import threaded
+
+    from sicube.datacube.store import open_group_for_writing
+
+    # threaded.get itself, not "threads": dask imports `distributed` (0.7 s) to resolve a name
+    cells = ds[CELL_AREA].data.compute(scheduler=threaded.get)
+    target = for_writing(open_group_for_writing(store, storage_options=storage_options)[CELL_AREA])
+    target[...] = cells
+    return cells
+
+
+def set_status(group, status: str, **attrs) -> None:
+    """Say the cube's state (`STATUS`, with other root attributes), and republish the
+    consolidated metadata that readers use."""
+    from sicube.datacube.store import consolidate
+
+    group.update_attributes({STATUS: status, **attrs})
+    consolidate(group.store)
 
 
 def is_cube(store: str | os.PathLike, storage_options: dict | None = None) -> bool:

@@ -258,6 +258,42 @@ def build_lock(store: str | os.PathLike) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
+def open_group_for_writing(store: str, mode: str = "r+", storage_options: dict | None = None):
+    """The store's root group for the builder: fresh metadata, never the consolidated copy
+    (which a run's own writes make stale)."""
+    import zarr
+
+    zstore = open_store(store, storage_options=storage_options, mode=mode)
+    return zarr.open_group(zstore, mode=mode, use_consolidated=False)
+
+
+def exists(store: str, storage_options: dict | None = None) -> bool:
+    """True when something is at the store's location; BadInput when it cannot be asked."""
+    from sicube.datacube import versions
+
+    if versions.is_versioned(store):
+        return versions.exists(store, storage_options)
+    local = local_path(store)
+    if local is not None:
+        return local.exists()
+    fs, path = filesystem(store, storage_options)
+    try:
+        return fs.exists(path)
+    except Exception as err:  # noqa: BLE001 - unreachable server, no permission
+        raise failure(store, err) from None
+
+
+def consolidate(store) -> None:
+    """Republish the consolidated metadata, which readers over HTTP cannot open a cube
+    without (writing a group's attributes drops it)."""
+    import zarr
+
+    if not getattr(store, "supports_consolidated_metadata", True):
+        return  # icechunk: lists fast, keeps none
+    with consolidated_quietly():
+        zarr.consolidate_metadata(store)
+
+
 def _lock_is_live(lock: Path) -> bool:
     """Whether the builder named in `lock` still runs (one on another host: assume so)."""
     try:
