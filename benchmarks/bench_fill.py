@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model, machine, record  # noqa: E402
 from original import direct_fill, warm_direct_fill  # noqa: E402  (the original's algorithm)
 
-from sicube.kernels import fill  # noqa: E402
+from sicube.kernels import fill, fill_kernel  # noqa: E402
 from sicube.kernels.fill import FillParams, gaussian_fill  # noqa: E402
 from sicube.pipeline.mask import DEFAULT_THRESHOLD  # noqa: E402
 
@@ -192,12 +192,12 @@ def njit_per_block(x):
     """The Dask fill as it was before the gufunc: each haloed block's core filled by a direct
     call of the serial njit kernel. Same halo exchange (`fill._with_halo`), defaults, no land."""
     p = FillParams()
-    gt, gs = fill._weights(p.time_window, p.space_window, p.alpha, p.sigma)
+    gt, gs = fill_kernel.axis_weights(p.time_window, p.space_window, p.alpha, p.sigma)
 
     def block_fill(block, land_block, core):
         land_arr, has_land = fill._land_args(land_block, block.shape)
-        return fill._fill_serial(np.ascontiguousarray(block), land_arr, has_land, core,
-                                 fill.TILE, p.time_window, p.space_window, gt, gs)
+        return fill_kernel.fill_serial(np.ascontiguousarray(block), land_arr, has_land, core,
+                                       fill.TILE, p.time_window, p.space_window, gt, gs)
 
     depth = (p.time_window, p.space_window, p.space_window)
     return fill._with_halo(block_fill, x, depth, None)

@@ -15,15 +15,14 @@ from sicube.datacube.cube import FillFlag
 from sicube.errors import BadInput
 from sicube.kernels.area import extent_area
 from sicube.kernels.fill import (
-    SEG,
     TILE,
     FillParams,
     _fill_numpy,
-    _weights,
     fill_fraction_block,
     gaussian_fill,
     reference_fill,
 )
+from sicube.kernels.fill_kernel import SEG, axis_weights
 from sicube.testing import assert_matches_reference
 
 TOL = 1e-4  # percent: the fill rule's float32 tolerance (docs/cube-format.md, "The fill")
@@ -94,7 +93,7 @@ def test_dask_fill_matches_oracle_for_any_chunking(array, p, data):
 @given(gappy_arrays(), params, st.integers(1, 6), st.integers(1, 6), st.booleans())
 def test_any_tiling_matches_oracle(array, p, tile_y, tile_x, parallel):
     """The kernel's tiles are an internal detail: tiny ones cross every border the real ones do."""
-    gt, gs = _weights(p[0], p[1], p[2], p[3])
+    gt, gs = axis_weights(p[0], p[1], p[2], p[3])
     filled = _fill_numpy(array, None, p[0], p[1], gt, gs, parallel=parallel, tile=(tile_y, tile_x))
     assert_matches_reference(filled, array, *p)
 
@@ -114,7 +113,7 @@ def test_sparse_wide_rows_match_oracle(nt, ny, nx, share, seed, p, tile_x):
     rng = np.random.default_rng(seed)
     a = np.where(rng.random((nt, ny, nx)) < share, rng.uniform(0, 100, (nt, ny, nx)), np.nan)
     a = a.astype(np.float32)
-    gt, gs = _weights(p[0], p[1], p[2], p[3])
+    gt, gs = axis_weights(p[0], p[1], p[2], p[3])
     filled = _fill_numpy(a, None, p[0], p[1], gt, gs, parallel=False, tile=(2, tile_x))
     assert_matches_reference(filled, a, *p)
 
