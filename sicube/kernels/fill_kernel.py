@@ -38,7 +38,8 @@ def _fill_tile(
 ):
     """Fill one tile ``[ty0, ty1) x [tx0, tx1)`` of frame ``t`` of block ``v`` into ``out``.
 
-    ``out[t - ot, y - oy, x - ox]`` receives cell ``v[t, y, x]``; ``bufs`` is scratch space.
+    ``out[t - ot, y - oy, x - ox]`` receives cell ``v[t, y, x]``; ``bufs`` is scratch space;
+    ``seen`` is the tile's summary of observed segments (`_seen_segments`).
     Every pass only covers the columns some missing cell needs and some observation reaches:
     what it skips would add exact zeros. Loops run over zero-based views so that LLVM sees
     plain unit-stride loops and vectorizes them.
@@ -106,7 +107,7 @@ def _fill_tile(
         first, last = -1, -1
         for sg in range((tx0 - sw + ca) // SEG, (tx0 - sw + cb - 1) // SEG + 1):
             for f in range(f0, f1):
-                if seen[f, r, sg]:
+                if seen[f, r - (ty0 - sw), sg - max(0, tx0 - sw) // SEG]:
                     first = sg if first < 0 else first
                     last = sg
                     break
@@ -203,17 +204,26 @@ def _fill_tile(
 
 
 @njit(nogil=True, cache=True)
-def _seen_segments(v, f, seen):
-    """Mark, for frame ``f``, each row's 32-column segments that hold an observation."""
+def _seen_segments(v, f0, f1, ty0, ty1, tx0, tx1, sw, seen):
+    """Mark which 32-column row segments hold an observation, for frames ``f0..f1-1`` and the
+    cells within ``sw`` of the tile ``[ty0, ty1) x [tx0, tx1)``, those its passes may read.
+
+    ``seen[f, r - (ty0 - sw), sg - sg0]`` is for row ``r`` and segment ``sg`` (block columns
+    ``sg * SEG`` on), ``sg0`` the first segment the tile reaches. Made once per tile, just
+    before its frames are filled, so the values it reads are in cache for them.
+    """
     ny, nx = v.shape[1], v.shape[2]
-    for r in range(ny):
-        row = v[f, r]
-        for sg in range(seen.shape[2]):
-            seg = row[sg * SEG : min(nx, (sg + 1) * SEG)]
-            count = 0
-            for j in range(seg.size):
-                count += seg[j] == seg[j]
-            seen[f, r, sg] = count > 0
+    sg0 = max(0, tx0 - sw) // SEG
+    sg1 = (min(nx, tx1 + sw) - 1) // SEG + 1
+    for f in range(f0, f1):
+        for r in range(max(0, ty0 - sw), min(ny, ty1 + sw)):
+            row = v[f, r]
+            for sg in range(sg0, sg1):
+                seg = row[sg * SEG : min(nx, (sg + 1) * SEG)]
+                count = 0
+                for j in range(seg.size):
+                    count += seg[j] == seg[j]
+                seen[f, r - (ty0 - sw), sg - sg0] = count > 0
 
 
 @njit(nogil=True, cache=True)
@@ -232,7 +242,13 @@ def _make_bufs(sw, tile):
 
 @njit(nogil=True, cache=True)
 def n_items(core, tile):
-    """Number of work items (one tile of one frame each) in the core region."""
+    """Number of work items (one tile of one frame each) in the core region.
+
+    Item ``i`` is frame ``i % nt`` of tile ``i // nt`` (``nt`` frames in the core): a tile's
+    frames follow one another, so the time pass of the next frame finds the frames it shares
+    with this one still in cache, where frame after frame of the whole block would read each
+    one from memory up to ``2 * time_window + 1`` times.
+    """
     ct0, ct1, cy0, cy1, cx0, cx1 = core
     nty = (cy1 - cy0 + tile[0] - 1) // tile[0]
     ntx = (cx1 - cx0 + tile[1] - 1) // tile[1]
@@ -240,19 +256,25 @@ def n_items(core, tile):
 
 
 @njit(nogil=True, cache=True)
-def _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi):
+def _fill_items(v, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi):
     """Fill work items ``lo..hi-1`` of the core region ``core`` of block ``v`` into ``out``."""
     ct0, ct1, cy0, cy1, cx0, cx1 = core
-    nty = (cy1 - cy0 + tile[0] - 1) // tile[0]
     ntx = (cx1 - cx0 + tile[1] - 1) // tile[1]
     bufs = _make_bufs(sw, tile)
+    # The frames a tile's passes read, and its summary of observed segments.
+    f0, f1 = max(0, ct0 - tw), min(v.shape[0], ct1 + tw)
+    seen = np.empty((v.shape[0], tile[0] + 2 * sw, (tile[1] + 2 * sw) // SEG + 2), np.bool_)
+    last_tile = -1
     for item in range(lo, hi):
-        t = ct0 + item // (nty * ntx)
-        rest = item % (nty * ntx)
+        t = ct0 + item % (ct1 - ct0)
+        rest = item // (ct1 - ct0)
         ty0 = cy0 + (rest // ntx) * tile[0]
         tx0 = cx0 + (rest % ntx) * tile[1]
         ty1 = min(cy1, ty0 + tile[0])
         tx1 = min(cx1, tx0 + tile[1])
+        if rest != last_tile:
+            _seen_segments(v, f0, f1, ty0, ty1, tx0, tx1, sw, seen)
+            last_tile = rest
         _fill_tile(
             v, seen, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ct0, cy0, cx0, bufs
         )
@@ -263,10 +285,7 @@ def fill_serial(v, land, has_land, core, tile, tw, sw, gt, gs):
     """Fill the core region of block ``v`` on the calling thread (Dask supplies the parallelism)."""
     ct0, ct1, cy0, cy1, cx0, cx1 = core
     out = np.empty((ct1 - ct0, cy1 - cy0, cx1 - cx0), v.dtype)
-    seen = np.empty((v.shape[0], v.shape[1], (v.shape[2] + SEG - 1) // SEG), np.bool_)
-    for f in range(v.shape[0]):
-        _seen_segments(v, f, seen)
-    _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, 0, n_items(core, tile))
+    _fill_items(v, land, has_land, core, tile, tw, sw, gt, gs, out, 0, n_items(core, tile))
     return out
 
 
@@ -276,12 +295,9 @@ def fill_parallel(v, land, has_land, core, tile, tw, sw, gt, gs, n_groups):
     ct0, ct1, cy0, cy1, cx0, cx1 = core
     out = np.empty((ct1 - ct0, cy1 - cy0, cx1 - cx0), v.dtype)
     n = n_items(core, tile)
-    seen = np.empty((v.shape[0], v.shape[1], (v.shape[2] + SEG - 1) // SEG), np.bool_)
-    for f in prange(v.shape[0]):
-        _seen_segments(v, f, seen)
     for g in prange(n_groups):
         lo, hi = g * n // n_groups, (g + 1) * n // n_groups
-        _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi)
+        _fill_items(v, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi)
     return out
 
 
