@@ -260,7 +260,11 @@ def _fill_numpy(
     if not parallel or v.size == 0:
         return fill_serial(v, land_arr, has_land, core, tile, tw, sw, gt, gs)
     n_groups = max(1, min(int(n_items(core, tile)), 8 * numba.get_num_threads()))
-    return fill_parallel(v, land_arr, has_land, core, tile, tw, sw, gt, gs, n_groups)
+    # Allocated by NumPy, which asks the OS for huge pages for a large array: numba's own
+    # allocation gets 4 KiB pages, whose first writes cost about as much as copying the block.
+    out = np.empty(v.shape, v.dtype)
+    fill_parallel(v, land_arr, has_land, core, tile, tw, sw, gt, gs, n_groups, out)
+    return out
 
 
 def _flags(source: np.ndarray, filled: np.ndarray, land: np.ndarray | None = None) -> np.ndarray:

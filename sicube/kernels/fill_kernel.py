@@ -34,12 +34,13 @@ SEG = 32
 
 @njit(nogil=True, cache=True)
 def _fill_tile(
-    v, seen, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot, oy, ox, bufs
+    v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot, oy, ox, bufs, tile_id
 ):
     """Fill one tile ``[ty0, ty1) x [tx0, tx1)`` of frame ``t`` of block ``v`` into ``out``.
 
-    ``out[t - ot, y - oy, x - ox]`` receives cell ``v[t, y, x]``; ``bufs`` is scratch space;
-    ``seen`` is the tile's summary of observed segments (`_seen_segments`).
+    ``out[t - ot, y - oy, x - ox]`` receives cell ``v[t, y, x]``; ``bufs`` is scratch space
+    (`_make_bufs`), with the summary of observed segments of the tile numbered ``tile_id``
+    (`_seen_segments`), made when one of its frames first has something to fill.
     Every pass only covers the columns some missing cell needs and some observation reaches:
     what it skips would add exact zeros. Loops run over zero-based views so that LLVM sees
     plain unit-stride loops and vectorizes them.
@@ -48,7 +49,7 @@ def _fill_tile(
     h = ty1 - ty0
     w = tx1 - tx0
     ph = h + 2 * sw
-    pn, pd, qn, qd, rn, rd, ranges, no_land = bufs
+    pn, pd, qn, qd, rn, rd, ranges, no_land, seen, seen_for = bufs
     need_lo, need_hi = ranges[0], ranges[1]  # per tile row: columns to fill, [lo, hi)
     p_lo, p_hi = ranges[2], ranges[3]  # per P row: columns the y pass reads
     obs_lo, obs_hi = ranges[4], ranges[5]  # per P row: columns with weight
@@ -80,6 +81,9 @@ def _fill_tile(
         need_lo[yy], need_hi[yy] = lo, hi
     if not any_need:
         return
+    if seen_for[0] != tile_id:
+        _seen_segments(v, ty0, ty1, tx0, tx1, sw, seen)
+        seen_for[0] = tile_id
 
     # Columns of each P row (tile row index + sw) that some output row within reach reads; in
     # P coordinates, output column j reads P columns j .. j + 2sw.
@@ -204,30 +208,33 @@ def _fill_tile(
 
 
 @njit(nogil=True, cache=True)
-def _seen_segments(v, f0, f1, ty0, ty1, tx0, tx1, sw, seen):
-    """Mark which 32-column row segments hold an observation, for frames ``f0..f1-1`` and the
-    cells within ``sw`` of the tile ``[ty0, ty1) x [tx0, tx1)``, those its passes may read.
+def _seen_segments(v, ty0, ty1, tx0, tx1, sw, seen):
+    """Mark which 32-column row segments hold an observation, for every frame and the cells
+    within ``sw`` of the tile ``[ty0, ty1) x [tx0, tx1)``, those its passes may read.
 
     ``seen[f, r - (ty0 - sw), sg - sg0]`` is for row ``r`` and segment ``sg`` (block columns
-    ``sg * SEG`` on), ``sg0`` the first segment the tile reaches. Made once per tile, just
-    before its frames are filled, so the values it reads are in cache for them.
+    ``sg * SEG`` on), ``sg0`` the first segment the tile reaches. Made once per tile, when its
+    first frame with something to fill comes, so the values it reads are in cache for them.
     """
-    ny, nx = v.shape[1], v.shape[2]
+    nt, ny, nx = v.shape
     sg0 = max(0, tx0 - sw) // SEG
     sg1 = (min(nx, tx1 + sw) - 1) // SEG + 1
-    for f in range(f0, f1):
+    for f in range(nt):
         for r in range(max(0, ty0 - sw), min(ny, ty1 + sw)):
             row = v[f, r]
             for sg in range(sg0, sg1):
-                seg = row[sg * SEG : min(nx, (sg + 1) * SEG)]
                 count = 0
-                for j in range(seg.size):
-                    count += seg[j] == seg[j]
+                if (sg + 1) * SEG <= nx:  # a whole segment: a fixed count, unrolled
+                    for j in range(sg * SEG, (sg + 1) * SEG):
+                        count += row[j] == row[j]
+                else:
+                    for j in range(sg * SEG, nx):
+                        count += row[j] == row[j]
                 seen[f, r - (ty0 - sw), sg - sg0] = count > 0
 
 
 @njit(nogil=True, cache=True)
-def _make_bufs(sw, tile):
+def _make_bufs(sw, tile, nt):
     ty, tx = tile
     pn = np.empty((ty + 2 * sw, tx + 2 * sw))
     pd = np.empty((ty + 2 * sw, tx + 2 * sw))
@@ -237,7 +244,9 @@ def _make_bufs(sw, tile):
     rd = np.empty(tx)
     ranges = np.empty((8, ty + 2 * sw), np.int64)
     no_land = np.zeros(tx, np.uint8)
-    return pn, pd, qn, qd, rn, rd, ranges, no_land
+    seen = np.empty((nt, ty + 2 * sw, (tx + 2 * sw) // SEG + 2), np.bool_)
+    seen_for = np.full(1, -1, np.int64)  # the tile whose summary `seen` holds
+    return pn, pd, qn, qd, rn, rd, ranges, no_land, seen, seen_for
 
 
 @njit(nogil=True, cache=True)
@@ -260,11 +269,7 @@ def _fill_items(v, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi):
     """Fill work items ``lo..hi-1`` of the core region ``core`` of block ``v`` into ``out``."""
     ct0, ct1, cy0, cy1, cx0, cx1 = core
     ntx = (cx1 - cx0 + tile[1] - 1) // tile[1]
-    bufs = _make_bufs(sw, tile)
-    # The frames a tile's passes read, and its summary of observed segments.
-    f0, f1 = max(0, ct0 - tw), min(v.shape[0], ct1 + tw)
-    seen = np.empty((v.shape[0], tile[0] + 2 * sw, (tile[1] + 2 * sw) // SEG + 2), np.bool_)
-    last_tile = -1
+    bufs = _make_bufs(sw, tile, v.shape[0])
     for item in range(lo, hi):
         t = ct0 + item % (ct1 - ct0)
         rest = item // (ct1 - ct0)
@@ -272,12 +277,8 @@ def _fill_items(v, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi):
         tx0 = cx0 + (rest % ntx) * tile[1]
         ty1 = min(cy1, ty0 + tile[0])
         tx1 = min(cx1, tx0 + tile[1])
-        if rest != last_tile:
-            _seen_segments(v, f0, f1, ty0, ty1, tx0, tx1, sw, seen)
-            last_tile = rest
-        _fill_tile(
-            v, seen, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ct0, cy0, cx0, bufs
-        )
+        _fill_tile(v, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ct0, cy0, cx0,
+                   bufs, rest)
 
 
 @njit(nogil=True, cache=True)
@@ -290,10 +291,9 @@ def fill_serial(v, land, has_land, core, tile, tw, sw, gt, gs):
 
 
 @njit(nogil=True, cache=True, parallel=True)
-def fill_parallel(v, land, has_land, core, tile, tw, sw, gt, gs, n_groups):
-    """Fill the core region of ``v`` with numba threads; groups of tiles are independent."""
-    ct0, ct1, cy0, cy1, cx0, cx1 = core
-    out = np.empty((ct1 - ct0, cy1 - cy0, cx1 - cx0), v.dtype)
+def fill_parallel(v, land, has_land, core, tile, tw, sw, gt, gs, n_groups, out):
+    """Fill the core region of ``v`` into ``out`` (its shape, ``v``'s dtype) with numba threads;
+    groups of tiles are independent."""
     n = n_items(core, tile)
     for g in prange(n_groups):
         lo, hi = g * n // n_groups, (g + 1) * n // n_groups
