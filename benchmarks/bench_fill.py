@@ -14,6 +14,11 @@ Run with ``python benchmarks/bench_fill.py`` (``--help`` for options). It
 4. fills 60 lazily generated full-resolution days through Dask with 2 workers (threads, then a
    ``distributed.LocalCluster`` of 2 single-threaded worker processes) and samples the peak
    resident memory of this process and all its children with psutil every 20 ms.
+
+``--table`` (or ``--table-only``) adds the table of issue 22: blocks made from the same days
+with a NaN share of about 20, 40 and 60 %, with and without a land mask, with and without the
+pole hole (`table_block`), each timed against one NumPy pass and the direct rule; the direct
+rule fills two of the frames only and its time is scaled to the block (the output says so).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_model, machine, record  # noqa: E402
 from original import direct_fill, warm_direct_fill  # noqa: E402  (the original's algorithm)
 
-from sicube.kernels import fill  # noqa: E402
+from sicube.kernels import fill, fill_kernel  # noqa: E402
 from sicube.kernels.fill import FillParams, gaussian_fill  # noqa: E402
 from sicube.pipeline.mask import DEFAULT_THRESHOLD  # noqa: E402
 
@@ -192,12 +197,12 @@ def njit_per_block(x):
     """The Dask fill as it was before the gufunc: each haloed block's core filled by a direct
     call of the serial njit kernel. Same halo exchange (`fill._with_halo`), defaults, no land."""
     p = FillParams()
-    gt, gs = fill._weights(p.time_window, p.space_window, p.alpha, p.sigma)
+    gt, gs = fill_kernel.axis_weights(p.time_window, p.space_window, p.alpha, p.sigma)
 
     def block_fill(block, land_block, core):
         land_arr, has_land = fill._land_args(land_block, block.shape)
-        return fill._fill_serial(np.ascontiguousarray(block), land_arr, has_land, core,
-                                 fill.TILE, p.time_window, p.space_window, gt, gs)
+        return fill_kernel.fill_serial(np.ascontiguousarray(block), land_arr, has_land, core,
+                                       fill.TILE, p.time_window, p.space_window, gt, gs)
 
     depth = (p.time_window, p.space_window, p.space_window)
     return fill._with_halo(block_fill, x, depth, None)
@@ -290,6 +295,104 @@ def speed_run(a: np.ndarray, args: argparse.Namespace) -> dict:
     return found
 
 
+# --- the table of blocks (issue 22 item 3) ------------------------------------------------------
+
+
+def smooth_field(shape: tuple[int, int], day: int, seed: int) -> np.ndarray:
+    """A smooth (y, x) field in [-1, 1] of a few random plane waves, drifting day by day:
+    the shape of weather and lost-swath gaps."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(shape[0], dtype=np.float32)[:, None]
+    x = np.arange(shape[1], dtype=np.float32)[None, :]
+    field = np.zeros(shape, np.float32)
+    for _ in range(6):
+        k = 2 * np.pi / rng.uniform(60.0, 400.0)  # wavelength in cells
+        angle, phase = rng.uniform(0, 2 * np.pi, 2)
+        field += np.cos(np.float32(k * np.cos(angle)) * x + np.float32(k * np.sin(angle)) * y
+                        + np.float32(phase + 0.4 * day))
+    return field / 6
+
+
+def table_block(a: np.ndarray, land: np.ndarray, hole: np.ndarray, land_share: float,
+                nan_share: float, pole_hole: bool, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """One block of the table, made from the sample days ``a`` and their true land and hole.
+
+    Land is kept (NaN) in the first rows of the grid until it covers ``land_share`` of it,
+    elsewhere it becomes open water (0 %, observed); without ``pole_hole`` the hole is
+    observed (100 %); then smooth drifting gaps are cut into the observed cells of each day
+    until ``nan_share`` of the block is NaN. Returns the block and its land mask (uint8).
+    """
+    row_share = np.cumsum(land.sum(axis=1)) / land.size
+    kept = land.copy()
+    kept[np.searchsorted(row_share, land_share) + 1:] = False
+    block = a.copy()
+    block[:, land & ~kept] = 0.0
+    if not pole_hole:
+        block[:, hole] = 100.0
+    per_day = nan_share * block[0].size - np.isnan(block).sum(axis=(1, 2))
+    for t in range(block.shape[0]):
+        if per_day[t] <= 0:
+            continue
+        field = smooth_field(block.shape[1:], t, seed)
+        field[np.isnan(block[t])] = np.inf  # already missing: never chosen again
+        cut = np.partition(field.ravel(), int(per_day[t]))[int(per_day[t])]
+        block[t][field < cut] = np.nan
+    return block, kept.astype(np.uint8)
+
+
+# (NaN share, land share, land mask given, pole hole) of each row of the table
+TABLE = [
+    (0.2, 0.10, False, True), (0.2, 0.10, True, True), (0.2, 0.10, False, False),
+    (0.4, 0.25, False, True), (0.4, 0.25, True, True),
+    (0.6, 0.50, False, True), (0.6, 0.50, True, True),
+]
+
+
+def table_run(a: np.ndarray, args: argparse.Namespace) -> list[dict]:
+    """Time the fill on each block of `TABLE` against one NumPy pass and the direct rule."""
+    from sicube.archive.synthetic import POLE_HOLE_LAT, geometry
+
+    geo = geometry("n3125", 1)
+    hole = geo.lat >= POLE_HOLE_LAT
+    nt = a.shape[0]
+    frames = (nt // 2 - 1, nt // 2 + 1)  # the direct rule fills these two (one per thread)
+    warm_direct_fill()
+    print(f"\ntable: {nt} full-resolution days {a.shape[1]} x {a.shape[2]}, best of "
+          f"{args.repeat}; the direct rule (as the original, numba, 2 threads) fills only "
+          f"frames {frames[0]}..{frames[1] - 1} (all frames are neighbours), timed once, and its "
+          f"time is SCALED by {nt}/{frames[1] - frames[0]} to the block; load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"{'NaN':>5s} {'land':>5s} {'mask':>5s} {'hole':>5s} {'where s':>8s} {'fill s':>7s} "
+          f"{'direct s':>9s} {'fill/where':>10s} {'direct/fill':>11s}  "
+          "vs direct: same NaN, max diff")
+    found = []
+    for nan_share, land_share, mask_given, pole_hole in TABLE:
+        block, kept = table_block(a, geo.land, hole, land_share, nan_share, pole_hole)
+        land_mask = kept if mask_given else None
+        gaussian_fill(block[:, :64, :64], **DEFAULTS,
+                      land_mask=None if land_mask is None else land_mask[:64, :64])
+        t_where, _ = best_of(lambda b=block: np.where(np.isnan(b), 0, b), args.repeat)
+        t_fill, ours = best_of(lambda b=block, m=land_mask: gaussian_fill(b, **DEFAULTS,
+                                                                          land_mask=m),
+                               args.repeat)
+        t_direct, direct = best_of(
+            lambda b=block: direct_fill(b, *DEFAULTS.values(), frames[0], frames[1], False), 1)
+        t_direct *= nt / (frames[1] - frames[0])
+        # The direct rule knows no land: compare the cells off the mask.
+        sea = np.ones(kept.shape, bool) if land_mask is None else kept == 0
+        mine, theirs = ours[frames[0]:frames[1], sea], direct[frames[0]:frames[1], sea]
+        same = bool(np.array_equal(np.isnan(mine), np.isnan(theirs)))
+        diff = float(np.nanmax(np.abs(mine - theirs)))
+        row = {"nan": float(np.isnan(block).mean()), "land": float(kept.mean()),
+               "mask": mask_given, "hole": pole_hole, "where": t_where, "fill": t_fill,
+               "direct": t_direct, "same": same, "diff": diff}
+        found.append(row)
+        print(f"{row['nan']:5.2f} {row['land']:5.2f} {'yes' if mask_given else 'no':>5s} "
+              f"{'yes' if pole_hole else 'no':>5s} {t_where:8.3f} {t_fill:7.3f} {t_direct:9.1f} "
+              f"{t_fill / t_where:9.2f}x {t_direct / t_fill:10.0f}x  {same}, {diff:.1e}")
+    return found
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -307,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="timing repeats of the direct rule (default: --repeat, as sicube)")
     parser.add_argument("--memory-days", type=int, default=60, help="days for the memory run")
     parser.add_argument("--skip-direct", action="store_true", help="skip the slow direct rule")
+    parser.add_argument("--table", action="store_true",
+                        help="also time the table of blocks (NaN share, land mask, pole hole)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="time only the table of blocks")
     parser.add_argument("--write", action="store_true",
                         help='put the results under "## Fill" in benchmarks/RESULTS.md')
     args = parser.parse_args(argv)
@@ -324,7 +431,17 @@ def main(argv: list[str] | None = None) -> int:
         f"numba {numba.__version__}, dask {dask.__version__}"
     )
     load = os.getloadavg()[0]
-    speed = speed_run(load_sample_days(args.archive, args.days), args)
+    days = load_sample_days(args.archive, args.days)
+    if args.table_only:
+        table = table_run(days, args)
+        if args.write:
+            print(f"recorded in {record(table_section(table, args, load), '## Fill table')}")
+        return 0
+    speed = speed_run(days, args)
+    if args.table:
+        table = table_run(days, args)
+        if args.write:
+            print(f"recorded in {record(table_section(table, args, load), '## Fill table')}")
     memory = []
     if args.memory_days:
         print(
@@ -343,6 +460,32 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--write needs the direct rule (drop --skip-direct)")
         print(f"recorded in {record(fill_section(speed, memory, args, load), '## Fill')}")
     return 0
+
+
+def table_section(table: list[dict], args: argparse.Namespace, load: float) -> str:
+    """The "## Fill table" section of RESULTS.md from one run's table."""
+    text = (
+        "## Fill table\n\n"
+        f"`python benchmarks/bench_fill.py --table-only --write` ({time.strftime('%Y-%m-%d %H:%M')}"
+        f" UTC, load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end): "
+        f"blocks of {args.days} full-resolution days made from the sample archive's days "
+        "(`table_block`: the real coastline kept as NaN land in the first rows of the grid up to "
+        "the land share, open water elsewhere; the pole hole NaN or observed; smooth drifting "
+        "gaps cut into each day up to the NaN share). Best of "
+        f"{args.repeat} for the fill and the NumPy pass `np.where(np.isnan(a), 0, a)`; the "
+        "direct rule (the original's algorithm in numba, 2 threads, no land) is timed once on "
+        "the two middle frames only (all frames are neighbours) and **its time scaled** to the "
+        "block; its filled cells are compared with the fill's off the land mask.\n\n"
+        "| NaN | land | mask given | pole hole | NumPy pass s | fill s | direct s (scaled) "
+        "| fill / NumPy pass | direct / fill | same cells, max diff |\n"
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---|\n"
+    )
+    for r in table:
+        text += (f"| {r['nan']:.0%} | {r['land']:.0%} | {'yes' if r['mask'] else 'no'} | "
+                 f"{'yes' if r['hole'] else 'no'} | {r['where']:.3f} | {r['fill']:.3f} | "
+                 f"{r['direct']:.1f} | **{r['fill'] / r['where']:.2f}x** | "
+                 f"**{r['direct'] / r['fill']:.0f}x** | {r['same']}, {r['diff']:.1g} |\n")
+    return text + f"\nMachine: {machine()}.\n"
 
 
 def fill_section(speed: dict, memory: list[dict], args: argparse.Namespace, load: float) -> str:
@@ -398,9 +541,10 @@ def fill_section(speed: dict, memory: list[dict], args: argparse.Namespace, load
         "Why it is fast: the weight is separable, so the window sum is three 1-D passes (time, "
         "y, x: 7 + 15 + 15 taps instead of 1575); the passes run per 64 x 256 tile of one frame "
         "with float64 buffers that stay in L2; each pass covers only the columns that some gap "
-        "needs and some observation reaches (a per-block summary of which 32-column row "
-        "segments hold any observation lets land and empty regions be skipped without reading "
-        "them); fully observed and fully land tiles cost one copy.\n"
+        "needs and some observation reaches (a per-tile summary of which 32-column row "
+        "segments hold any observation lets land and empty regions be skipped); a tile's frames "
+        "are filled one after the other, so the time pass reads them from cache; fully "
+        "observed and fully land tiles cost one copy.\n"
     )
     if memory:
         text += (

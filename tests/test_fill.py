@@ -15,15 +15,14 @@ from sicube.datacube.cube import FillFlag
 from sicube.errors import BadInput
 from sicube.kernels.area import extent_area
 from sicube.kernels.fill import (
-    SEG,
     TILE,
     FillParams,
     _fill_numpy,
-    _weights,
     fill_fraction_block,
     gaussian_fill,
     reference_fill,
 )
+from sicube.kernels.fill_kernel import SEG, axis_weights
 from sicube.testing import assert_matches_reference
 
 TOL = 1e-4  # percent: the fill rule's float32 tolerance (docs/cube-format.md, "The fill")
@@ -94,7 +93,7 @@ def test_dask_fill_matches_oracle_for_any_chunking(array, p, data):
 @given(gappy_arrays(), params, st.integers(1, 6), st.integers(1, 6), st.booleans())
 def test_any_tiling_matches_oracle(array, p, tile_y, tile_x, parallel):
     """The kernel's tiles are an internal detail: tiny ones cross every border the real ones do."""
-    gt, gs = _weights(p[0], p[1], p[2], p[3])
+    gt, gs = axis_weights(p[0], p[1], p[2], p[3])
     filled = _fill_numpy(array, None, p[0], p[1], gt, gs, parallel=parallel, tile=(tile_y, tile_x))
     assert_matches_reference(filled, array, *p)
 
@@ -114,7 +113,7 @@ def test_sparse_wide_rows_match_oracle(nt, ny, nx, share, seed, p, tile_x):
     rng = np.random.default_rng(seed)
     a = np.where(rng.random((nt, ny, nx)) < share, rng.uniform(0, 100, (nt, ny, nx)), np.nan)
     a = a.astype(np.float32)
-    gt, gs = _weights(p[0], p[1], p[2], p[3])
+    gt, gs = axis_weights(p[0], p[1], p[2], p[3])
     filled = _fill_numpy(a, None, p[0], p[1], gt, gs, parallel=False, tile=(2, tile_x))
     assert_matches_reference(filled, a, *p)
 
@@ -131,6 +130,38 @@ def test_tiles_and_defaults_match_oracle():
     filled = gaussian_fill(a)
     assert_matches_reference(filled, a, *DEFAULTS)
     assert np.isnan(a).sum() > np.isnan(filled).sum() > 0  # some filled, some left
+
+
+def low_nan_day_block(nt: int, ny: int, nx: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A block like a day series with little to fill: smooth ice, land NaN in one corner, a
+    pole hole (NaN every day, wider than the window), drifting gaps and one missing day."""
+    rng = np.random.default_rng(seed)
+    t, y, x = np.ogrid[:nt, :ny, :nx]
+    a = (50 + 40 * np.sin(y / 9.0 + t) * np.cos(x / 13.0)).astype(np.float32)
+    land = (y[0] - 0.6 * ny) ** 2 + (x[0] - 0.2 * nx) ** 2 < (0.3 * ny) ** 2
+    hole = (y[0] - ny // 3) ** 2 + (x[0] - 2 * nx // 3) ** 2 < 14**2
+    gaps = np.sin(x / 7.0 + 0.8 * t + rng.uniform(0, 6)) * np.cos(y / 5.0 - t) > 0.75
+    a[:, land | hole] = np.nan
+    a[gaps] = np.nan
+    a[nt // 2] = np.nan
+    return a, land.astype(np.uint8)
+
+
+@pytest.mark.parametrize("tile, parallel", [(TILE, True), ((16, 40), True), ((7, 33), False)])
+def test_low_nan_block_with_pole_hole_matches_oracle(tile, parallel):
+    """Little to fill, land without and with a mask, a pole hole whose centre stays NaN: the
+    kernel fills a tile's frames one after the other and sums up, per tile, which segments
+    around it hold observations; across many tiles and threads that matches the oracle."""
+    a, land = low_nan_day_block(6, 80, 290, seed=tile[0])
+    assert 0.15 < np.isnan(a).mean() < 0.4
+    gt, gs = axis_weights(*DEFAULTS)
+    filled = _fill_numpy(a, None, DEFAULTS[0], DEFAULTS[1], gt, gs, parallel=parallel, tile=tile)
+    assert_matches_reference(filled, a, *DEFAULTS)
+    assert np.isnan(filled[:, 80 // 3, 2 * 290 // 3]).all()  # the hole's centre: no neighbour
+    assert not np.isnan(filled[0]).all() and np.isnan(filled).sum() < np.isnan(a).sum() / 2
+    masked = _fill_numpy(a, land, DEFAULTS[0], DEFAULTS[1], gt, gs, parallel=parallel, tile=tile)
+    assert_matches_reference(masked, a, *DEFAULTS, where=~land.astype(bool))
+    assert np.isnan(masked[:, land.astype(bool)]).all()  # land keeps its NaN
 
 
 def test_known_values():

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sicube.kernels.fill import TILE, FillParams, _fill_serial, _weights, gaussian_fill
+from sicube.kernels.fill import FillParams, gaussian_fill
+from sicube.kernels.fill_kernel import TILE, axis_weights, fill_serial
 
 
 def gappy_block(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -29,7 +30,7 @@ class Fill:
         self.land[: self.shape[1] // 4, : self.shape[2] // 4] = 1
         self.params = FillParams()
         p = self.params
-        self.gt, self.gs = _weights(p.time_window, p.space_window, p.alpha, p.sigma)
+        self.gt, self.gs = axis_weights(p.time_window, p.space_window, p.alpha, p.sigma)
         self.core = (0, self.shape[0], 0, self.shape[1], 0, self.shape[2])
         from sicube.kernels.fill import gaussian_fill_gufunc
 
@@ -45,7 +46,7 @@ class Fill:
 
     def time_block_kernel(self) -> None:
         p = self.params
-        _fill_serial(self.block, self.land, True, self.core, TILE, p.time_window,
+        fill_serial(self.block, self.land, True, self.core, TILE, p.time_window,
                      p.space_window, self.gt, self.gs)
 
     def time_gufunc(self) -> None:

@@ -1,4 +1,4 @@
-"""The spatiotemporal Gaussian gap fill (docs/cube-format.md): oracle, numba kernel, Dask wrapper.
+"""The spatiotemporal Gaussian gap fill (docs/cube-format.md): oracle, NumPy and Dask wrappers.
 
 Rule: a missing (NaN) cell (t, y, x) gets ``Σ w·v / Σ w`` over the observed cells within
 ``|Δt| <= time_window``, ``|Δy|, |Δx| <= space_window`` (clipped at the array edges), with
@@ -23,11 +23,8 @@ observation on both sides; the Gaussian fill then runs on that array, the interp
 counting as neighbours. Interpolated cells are flagged FILLED. Under Dask the interpolation
 gets a time halo of ``max_gap`` days, so it too gives the same result for any chunking.
 
-The north pole hole (`pole_hole_ring`, `fill_pole_hole`): after the Gaussian fill, every cell
-of the hole gets, per day, the mean of the observed cells of the ring around it (cells within
-``space_window`` cells of the hole, not land), flag POLE_HOLE (4); on a day the ring has no
-observed cell, the mean of its filled cells. The builder finds the hole (`sicube.pipeline.mask`) and
-applies the rule after each fill batch.
+The north pole hole (`pole_hole_ring`, `fill_pole_hole`, in `sicube.kernels.pole`, importable
+from here too) is filled after the Gaussian fill by its own rule.
 
 The kernel is also a NumPy gufunc, `gaussian_fill_gufunc` (core signature
 ``(t,y,x),(y,x),(),(),(),()->(t,y,x)``), for `xarray.apply_ufunc(..., dask="parallelized")`
@@ -35,34 +32,31 @@ and `dask.array.apply_gufunc` on arrays whose time, y and x are each one chunk. 
 map_overlap path exchanges halos between chunks and fills each haloed block's core with its
 twin, `gaussian_block_gufunc` (the same kernel, told which cells are the block's own).
 
-Nothing here reads or writes files.
+The compiled kernels are in `sicube.kernels.fill_kernel`. Nothing here reads or writes files.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from sicube.datacube.cube import FillFlag
 from sicube.errors import BadInput
-from sicube.kernels.area import extent_area_sums, fixed_point_scale
+from sicube.kernels.area import fixed_point_scale
+from sicube.kernels.fill_kernel import (
+    TILE,
+    WEIGHT_SUM_MIN,
+    axis_weights,
+    fill_parallel,
+    fill_serial,
+    finish_core,
+    interpolate_time,
+    n_items,
+)
+from sicube.kernels.pole import fill_pole_hole as fill_pole_hole  # the builder imports it here
+from sicube.kernels.pole import pole_hole_ring as pole_hole_ring
 from sicube.params import FillParams, check_window  # FillParams: also importable from here
-
-WEIGHT_SUM_MIN = 1e-6
-"""A missing cell whose neighbours' weight sum is at or below this stays missing (the rule)."""
-
-# The smallest weight sum the kernel divides by (the cells below WEIGHT_SUM_MIN are not filled
-# anyway): positive, so that no column divides 0 by 0.
-_NO_WEIGHT = WEIGHT_SUM_MIN / 2
-
-# Tile (y, x) of one frame the kernel fills at a time: its float64 buffers, (64 + 2w) x (256 + 2w)
-# twice, stay in a core's L2 cache for the default space_window of 7.
-TILE = (64, 256)
-# Width of the column segments whose "anything observed?" the kernel notes once per block.
-SEG = 32
 
 METHODS = ("gaussian", "hybrid")
 
@@ -105,313 +99,6 @@ def reference_weights(
         if total > WEIGHT_SUM_MIN:
             out[t, y, x] = (w[observed] * window[observed]).sum() / total
     return out, weight_sum
-
-
-# --- the numba kernel ---------------------------------------------------------------------------
-
-
-@njit(nogil=True, cache=True)
-def _fill_tile(
-    v, seen, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ot, oy, ox, bufs
-):
-    """Fill one tile ``[ty0, ty1) x [tx0, tx1)`` of frame ``t`` of block ``v`` into ``out``.
-
-    ``out[t - ot, y - oy, x - ox]`` receives cell ``v[t, y, x]``; ``bufs`` is scratch space.
-    Every pass only covers the columns some missing cell needs and some observation reaches:
-    what it skips would add exact zeros. Loops run over zero-based views so that LLVM sees
-    plain unit-stride loops and vectorizes them.
-    """
-    nt, ny, nx = v.shape
-    h = ty1 - ty0
-    w = tx1 - tx0
-    ph = h + 2 * sw
-    pn, pd, qn, qd, rn, rd, ranges, no_land = bufs
-    need_lo, need_hi = ranges[0], ranges[1]  # per tile row: columns to fill, [lo, hi)
-    p_lo, p_hi = ranges[2], ranges[3]  # per P row: columns the y pass reads
-    obs_lo, obs_hi = ranges[4], ranges[5]  # per P row: columns with weight
-    t_lo, t_hi = ranges[6], ranges[7]  # per P row: columns the time pass covers
-    # Copy the tile; note per row the span of cells to fill. Most tiles of a real day are all
-    # observed ocean or all land and need nothing more.
-    any_need = False
-    for yy in range(h):
-        y = ty0 + yy
-        vrow = v[t, y, tx0:tx1]
-        orow = out[t - ot, y - oy, tx0 - ox : tx1 - ox]
-        lrow = land[y, tx0:tx1] if has_land else no_land[:w]
-        orow[:] = vrow
-        # A branch-free count first (it vectorizes); the span only where there is something.
-        count = 0
-        for j in range(w):
-            count += (vrow[j] != vrow[j]) & (lrow[j] == 0)
-        lo, hi = w, 0
-        if count:
-            for j in range(w):
-                if vrow[j] != vrow[j] and lrow[j] == 0:
-                    lo = j
-                    break
-            for j in range(w - 1, -1, -1):
-                if vrow[j] != vrow[j] and lrow[j] == 0:
-                    hi = j + 1
-                    break
-            any_need = True
-        need_lo[yy], need_hi[yy] = lo, hi
-    if not any_need:
-        return
-
-    # Columns of each P row (tile row index + sw) that some output row within reach reads; in
-    # P coordinates, output column j reads P columns j .. j + 2sw.
-    for pr in range(ph):
-        lo, hi = pn.shape[1], 0
-        for yy in range(max(0, pr - 2 * sw), min(h, pr + 1)):
-            if need_lo[yy] < need_hi[yy]:
-                lo = min(lo, need_lo[yy])
-                hi = max(hi, need_hi[yy] + 2 * sw)
-        p_lo[pr], p_hi[pr] = lo, hi
-
-    # Deep inland (no mask given) or in a long gap nothing is observed within reach. The
-    # block's summary of observed 32-column segments finds that, and trims each P row to the
-    # segments that hold data, without reading the values: what is skipped would add zeros.
-    seen_any = False
-    f0, f1 = max(0, t - tw), min(nt, t + tw + 1)
-    for pr in range(ph):
-        t_lo[pr], t_hi[pr] = 0, 0
-        r = ty0 - sw + pr
-        # P column pc holds block column tx0 - sw + pc.
-        ca = max(p_lo[pr], sw - tx0)
-        cb = min(p_hi[pr], nx - tx0 + sw)
-        if r < 0 or r >= ny or ca >= cb:
-            continue
-        first, last = -1, -1
-        for sg in range((tx0 - sw + ca) // SEG, (tx0 - sw + cb - 1) // SEG + 1):
-            for f in range(f0, f1):
-                if seen[f, r, sg]:
-                    first = sg if first < 0 else first
-                    last = sg
-                    break
-        if first >= 0:
-            t_lo[pr] = max(ca, first * SEG - (tx0 - sw))
-            t_hi[pr] = min(cb, (last + 1) * SEG - (tx0 - sw))
-            seen_any = True
-    if not seen_any:
-        return
-
-    # Time pass: P = sum_dt gt * v * m and D = sum_dt gt * m, zero outside the block so that
-    # zero padding clips the windows at the array edges.
-    for pr in range(ph):
-        a, b = p_lo[pr], p_hi[pr]
-        obs_lo[pr], obs_hi[pr] = b, a
-        if a >= b:
-            continue
-        pn[pr, a:b] = 0.0
-        pd[pr, a:b] = 0.0
-        r = ty0 - sw + pr
-        ca, cb = t_lo[pr], t_hi[pr]
-        if ca >= cb:
-            continue
-        pseg_n = pn[pr, ca:cb]
-        pseg_d = pd[pr, ca:cb]
-        for f in range(max(0, t - tw), min(nt, t + tw + 1)):
-            g = gt[abs(f - t)]
-            vseg = v[f, r, tx0 - sw + ca : tx0 - sw + cb]
-            for j in range(cb - ca):
-                val = vseg[j]
-                ok = val == val
-                pseg_n[j] += g * (val if ok else 0.0)
-                pseg_d[j] += g if ok else 0.0
-        for j in range(ca, cb):
-            if pd[pr, j] > 0.0:
-                obs_lo[pr] = min(obs_lo[pr], j)
-                obs_hi[pr] = j + 1
-
-    for yy in range(h):
-        lo, hi = need_lo[yy], need_hi[yy]
-        if lo >= hi:
-            continue
-        # Q columns [lo, hi + 2sw) feed this row; only [qa, qb) can hold weight.
-        qa, qb = hi + 2 * sw, lo
-        for pr in range(yy, yy + 2 * sw + 1):
-            if obs_lo[pr] < obs_hi[pr]:
-                qa = min(qa, obs_lo[pr])
-                qb = max(qb, obs_hi[pr])
-        qa, qb = max(qa, lo), min(qb, hi + 2 * sw)
-        if qa >= qb:
-            continue  # no observation within reach: the row's gaps stay NaN
-        # y pass: Q = sum_dy gs * P.
-        qn[lo : hi + 2 * sw] = 0.0
-        qd[lo : hi + 2 * sw] = 0.0
-        qseg_n = qn[qa:qb]
-        qseg_d = qd[qa:qb]
-        for k in range(-sw, sw + 1):
-            pr = yy + sw + k
-            if obs_lo[pr] >= obs_hi[pr]:
-                continue  # an all-zero row adds nothing
-            g = gs[abs(k)]
-            prn = pn[pr, qa:qb]
-            prd = pd[pr, qa:qb]
-            for j in range(qb - qa):
-                qseg_n[j] += g * prn[j]
-                qseg_d[j] += g * prd[j]
-        # x pass over the output columns this Q span reaches: R = sum_dx gs * Q.
-        xa, xb = max(lo, qa - 2 * sw), min(hi, qb)
-        rseg_n = rn[xa:xb]
-        rseg_d = rd[xa:xb]
-        rseg_n[:] = 0.0
-        rseg_d[:] = 0.0
-        for k in range(-sw, sw + 1):
-            g = gs[abs(k)]
-            qk_n = qn[xa + sw + k : xb + sw + k]
-            qk_d = qd[xa + sw + k : xb + sw + k]
-            for j in range(xb - xa):
-                rseg_n[j] += g * qk_n[j]
-                rseg_d[j] += g * qk_d[j]
-        y = ty0 + yy
-        vrow = v[t, y, tx0 + xa : tx0 + xb]
-        orow = out[t - ot, y - oy, tx0 - ox + xa : tx0 - ox + xb]
-        lrow = land[y, tx0 + xa : tx0 + xb] if has_land else no_land[: xb - xa]
-        # The quotients first, for every column, by a weight sum raised to at least
-        # _NO_WEIGHT: dividing only under the condition below, LLVM's vectorized loop divided
-        # in every lane anyway, 0/0 in the lanes without weight, which raises the CPU's
-        # "invalid" flag (NumPy reports it as a RuntimeWarning after a gufunc). A cell that
-        # gets filled has rseg_d[j] > WEIGHT_SUM_MIN, so its quotient is the plain n / d.
-        for j in range(xb - xa):
-            rseg_n[j] /= max(rseg_d[j], _NO_WEIGHT)
-        for j in range(xb - xa):
-            if vrow[j] != vrow[j] and lrow[j] == 0 and rseg_d[j] > WEIGHT_SUM_MIN:
-                orow[j] = rseg_n[j]
-
-
-@njit(nogil=True, cache=True)
-def _seen_segments(v, f, seen):
-    """Mark, for frame ``f``, each row's 32-column segments that hold an observation."""
-    ny, nx = v.shape[1], v.shape[2]
-    for r in range(ny):
-        row = v[f, r]
-        for sg in range(seen.shape[2]):
-            seg = row[sg * SEG : min(nx, (sg + 1) * SEG)]
-            count = 0
-            for j in range(seg.size):
-                count += seg[j] == seg[j]
-            seen[f, r, sg] = count > 0
-
-
-@njit(nogil=True, cache=True)
-def _make_bufs(sw, tile):
-    ty, tx = tile
-    pn = np.empty((ty + 2 * sw, tx + 2 * sw))
-    pd = np.empty((ty + 2 * sw, tx + 2 * sw))
-    qn = np.empty(tx + 2 * sw)
-    qd = np.empty(tx + 2 * sw)
-    rn = np.empty(tx)
-    rd = np.empty(tx)
-    ranges = np.empty((8, ty + 2 * sw), np.int64)
-    no_land = np.zeros(tx, np.uint8)
-    return pn, pd, qn, qd, rn, rd, ranges, no_land
-
-
-@njit(nogil=True, cache=True)
-def _n_items(core, tile):
-    """Number of work items (one tile of one frame each) in the core region."""
-    ct0, ct1, cy0, cy1, cx0, cx1 = core
-    nty = (cy1 - cy0 + tile[0] - 1) // tile[0]
-    ntx = (cx1 - cx0 + tile[1] - 1) // tile[1]
-    return (ct1 - ct0) * nty * ntx
-
-
-@njit(nogil=True, cache=True)
-def _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi):
-    """Fill work items ``lo..hi-1`` of the core region ``core`` of block ``v`` into ``out``."""
-    ct0, ct1, cy0, cy1, cx0, cx1 = core
-    nty = (cy1 - cy0 + tile[0] - 1) // tile[0]
-    ntx = (cx1 - cx0 + tile[1] - 1) // tile[1]
-    bufs = _make_bufs(sw, tile)
-    for item in range(lo, hi):
-        t = ct0 + item // (nty * ntx)
-        rest = item % (nty * ntx)
-        ty0 = cy0 + (rest // ntx) * tile[0]
-        tx0 = cx0 + (rest % ntx) * tile[1]
-        ty1 = min(cy1, ty0 + tile[0])
-        tx1 = min(cx1, tx0 + tile[1])
-        _fill_tile(
-            v, seen, land, has_land, t, ty0, ty1, tx0, tx1, tw, sw, gt, gs, out, ct0, cy0, cx0, bufs
-        )
-
-
-@njit(nogil=True, cache=True)
-def _fill_serial(v, land, has_land, core, tile, tw, sw, gt, gs):
-    """Fill the core region of block ``v`` on the calling thread (Dask supplies the parallelism)."""
-    ct0, ct1, cy0, cy1, cx0, cx1 = core
-    out = np.empty((ct1 - ct0, cy1 - cy0, cx1 - cx0), v.dtype)
-    seen = np.empty((v.shape[0], v.shape[1], (v.shape[2] + SEG - 1) // SEG), np.bool_)
-    for f in range(v.shape[0]):
-        _seen_segments(v, f, seen)
-    _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, 0, _n_items(core, tile))
-    return out
-
-
-@njit(nogil=True, cache=True, parallel=True)
-def _fill_parallel(v, land, has_land, core, tile, tw, sw, gt, gs, n_groups):
-    """Fill the core region of ``v`` with numba threads; groups of tiles are independent."""
-    ct0, ct1, cy0, cy1, cx0, cx1 = core
-    out = np.empty((ct1 - ct0, cy1 - cy0, cx1 - cx0), v.dtype)
-    n = _n_items(core, tile)
-    seen = np.empty((v.shape[0], v.shape[1], (v.shape[2] + SEG - 1) // SEG), np.bool_)
-    for f in prange(v.shape[0]):
-        _seen_segments(v, f, seen)
-    for g in prange(n_groups):
-        lo, hi = g * n // n_groups, (g + 1) * n // n_groups
-        _fill_items(v, seen, land, has_land, core, tile, tw, sw, gt, gs, out, lo, hi)
-    return out
-
-
-@njit(nogil=True, cache=True)
-def _weights(time_window, space_window, alpha, sigma):
-    """One-sided 1-D weights: gt[k] for |Δt| = k and gs[k] for |Δy| or |Δx| = k.
-
-    Compiled, and the one source of the weights for every path (the NumPy fill, the builder's
-    blocks, both gufuncs), so that they fill bit for bit alike: NumPy's own ``np.exp`` (an
-    AVX-512 version on CPUs that have it) can differ from the C library's ``exp`` numba calls
-    by one unit in the last place, which a float64 fill keeps.
-    """
-    gt = np.empty(time_window + 1)
-    gs = np.empty(space_window + 1)
-    for k in range(time_window + 1):
-        gt[k] = math.exp(-alpha * np.float64(k) ** 2 / (2.0 * sigma**2))
-    for k in range(space_window + 1):
-        gs[k] = math.exp(-(np.float64(k) ** 2) / (2.0 * sigma**2))
-    return gt, gs
-
-
-# --- hybrid: linear interpolation in time over short gaps ---------------------------------------
-
-
-@njit(nogil=True, cache=True)
-def _interpolate_time(v, land, has_land, ct0, ct1, max_gap):
-    """Interpolate linearly along time over runs of at most ``max_gap`` missing days.
-
-    Returns frames ``ct0..ct1-1`` of ``v``; a run is filled only when observed values bound it
-    on both sides inside ``v`` (so a run touching the array edge stays missing).
-    """
-    nt, ny, nx = v.shape
-    out = v[ct0:ct1].copy()
-    last = np.full((ny, nx), -1, np.int64)  # index of the last observed frame per cell
-    for t in range(nt):
-        for y in range(ny):
-            for x in range(nx):
-                val = v[t, y, x]
-                if val != val:
-                    continue
-                t0 = last[y, x]
-                last[y, x] = t
-                gap = t - t0 - 1
-                if t0 < 0 or gap < 1 or gap > max_gap:
-                    continue
-                if has_land and land[y, x] != 0:
-                    continue
-                v0 = np.float64(v[t0, y, x])
-                step = (np.float64(val) - v0) / (t - t0)
-                for s in range(max(t0 + 1, ct0), min(t, ct1)):
-                    out[s - ct0, y, x] = v0 + step * (s - t0)
-    return out
 
 
 DEFAULT_METHOD = METHODS[0]
@@ -528,7 +215,7 @@ def gaussian_fill(
         raise BadInput(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     max_gap = check_window(max_gap, "max_gap")
     land = _check_land(land_mask, array.shape)
-    gt, gs = _weights(time_window, space_window, alpha, sigma)
+    gt, gs = axis_weights(time_window, space_window, alpha, sigma)
 
     if is_dask(array):
         filled = _fill_dask(array, land, time_window, space_window, alpha, sigma, method, max_gap)
@@ -545,7 +232,7 @@ def gaussian_fill(
 
     source = array
     if method == "hybrid" and max_gap > 0:
-        source = _interpolate_time(
+        source = interpolate_time(
             np.ascontiguousarray(array), *_land_args(land, array.shape), 0, array.shape[0], max_gap
         )
     filled = _fill_numpy(source, land, time_window, space_window, gt, gs)
@@ -571,9 +258,13 @@ def _fill_numpy(
     core = (0, v.shape[0], 0, v.shape[1], 0, v.shape[2])
     land_arr, has_land = _land_args(land, v.shape)
     if not parallel or v.size == 0:
-        return _fill_serial(v, land_arr, has_land, core, tile, tw, sw, gt, gs)
-    n_groups = max(1, min(int(_n_items(core, tile)), 8 * numba.get_num_threads()))
-    return _fill_parallel(v, land_arr, has_land, core, tile, tw, sw, gt, gs, n_groups)
+        return fill_serial(v, land_arr, has_land, core, tile, tw, sw, gt, gs)
+    n_groups = max(1, min(int(n_items(core, tile)), 8 * numba.get_num_threads()))
+    # Allocated by NumPy, which asks the OS for huge pages for a large array: numba's own
+    # allocation gets 4 KiB pages, whose first writes cost about as much as copying the block.
+    out = np.empty(v.shape, v.dtype)
+    fill_parallel(v, land_arr, has_land, core, tile, tw, sw, gt, gs, n_groups, out)
+    return out
 
 
 def _flags(source: np.ndarray, filled: np.ndarray, land: np.ndarray | None = None) -> np.ndarray:
@@ -581,7 +272,7 @@ def _flags(source: np.ndarray, filled: np.ndarray, land: np.ndarray | None = Non
     source = np.ascontiguousarray(source)
     core = (0, source.shape[0], 0, source.shape[1], 0, source.shape[2])
     scratch = np.empty(source.shape, np.float32)
-    return _finish_core(source, np.ascontiguousarray(filled), _full_land(land, source.shape),
+    return finish_core(source, np.ascontiguousarray(filled), _full_land(land, source.shape),
                         core, scratch, _NO_WEIGHTS, 1.0)[0]
 
 
@@ -592,64 +283,7 @@ def _full_land(land: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     return _land_args(land, shape)[0]
 
 
-_HUNDRED = np.float32(100.0)
-# FillFlag values as plain ints for the numba kernels.
-_OBSERVED, _FILLED, _NO_NEIGHBOUR, _LAND = (int(flag) for flag in list(FillFlag)[:4])
-_N_FLAGS = len(FillFlag)
-
-
-_NO_WEIGHTS = np.zeros((0, 0))  # _finish_core: no cell areas, no extent and area
-
-
-@njit(nogil=True, cache=True)
-def _finish_core(source, filled, land, core, fraction, weights, scale):
-    """Flags and each day's counts per flag of a filled core; its fraction into
-    ``fraction``; given ``weights`` (the core's (y, x) cell areas; (0, 0): none), each
-    day's extent and area.
-
-    ``filled`` is the core region ``core`` of block ``source``, ``land`` the block's (y, x)
-    mask; ``fraction`` may be ``filled`` itself (float32). Fraction is the seed's final steps:
-    percent / 100 in float32, missing and land -> 0. Flags: land, else observed in the source,
-    else filled or no neighbour (NaN). No branches on data: LLVM vectorizes the first inner loop.
-    The extent and area are summed over each row just written, while it is in cache.
-    """
-    ct0, ct1, cy0, cy1, cx0, cx1 = core
-    flags = np.empty(filled.shape, np.uint8)
-    sums = np.zeros((ct1 - ct0, 2))
-    weighted = weights.shape[0] > 0
-    counts = np.zeros((ct1 - ct0, _N_FLAGS), np.int64)  # per FillFlag (POLE_HOLE: 0 here)
-    one = np.uint8(1)
-    for t in range(ct1 - ct0):
-        n_observed = n_filled = n_none = n_land = 0
-        for y in range(cy1 - cy0):
-            srow = source[ct0 + t, cy0 + y, cx0:cx1]
-            lrow = land[cy0 + y, cx0:cx1]
-            frow = filled[t, y]
-            out = fraction[t, y]
-            frow_flags = flags[t, y]
-            for x in range(cx1 - cx0):
-                is_land = np.uint8(lrow[x] != 0)
-                value = frow[x]
-                has_value = np.uint8(value == value)
-                observed = np.uint8(srow[x] == srow[x])
-                # Land, else observed, else filled or no neighbour, as arithmetic on 0/1.
-                frow_flags[x] = is_land * _LAND + (one - is_land) * (
-                    observed * _OBSERVED + (one - observed) * (
-                        has_value * _FILLED + (one - has_value) * _NO_NEIGHBOUR))
-                keep = has_value & (one - is_land)
-                out[x] = (value if keep else np.float32(0.0)) / _HUNDRED
-            for x in range(cx1 - cx0):  # separate comparisons vectorize, counts[flag] does not
-                n_observed += frow_flags[x] == _OBSERVED
-                n_filled += frow_flags[x] == _FILLED
-                n_none += frow_flags[x] == _NO_NEIGHBOUR
-                n_land += frow_flags[x] == _LAND
-            if weighted:
-                extent, ice = extent_area_sums(out, weights[y], scale)
-                sums[t, 0] += extent
-                sums[t, 1] += ice
-        counts[t, _OBSERVED], counts[t, _FILLED] = n_observed, n_filled
-        counts[t, _NO_NEIGHBOUR], counts[t, _LAND] = n_none, n_land
-    return flags, counts, sums
+_NO_WEIGHTS = np.zeros((0, 0))  # finish_core: no cell areas, no extent and area
 
 
 def fill_fraction_block(
@@ -672,64 +306,15 @@ def fill_fraction_block(
     `sicube.kernels.area.extent_area` defines them) summed while the fraction is written; else None.
     Fill, final steps and flags in two passes, no temporaries.
     """
-    gt, gs = _weights(time_window, space_window, alpha, sigma)
+    gt, gs = axis_weights(time_window, space_window, alpha, sigma)
     block = np.ascontiguousarray(block, dtype=np.float32)
     land_arr = _full_land(land, block.shape)  # the fill reads it only when a mask is given
-    filled = _fill_serial(block, land_arr, land is not None, core, TILE, time_window,
+    filled = fill_serial(block, land_arr, land is not None, core, TILE, time_window,
                           space_window, gt, gs)
     weights = _NO_WEIGHTS if cell_km2 is None else np.ascontiguousarray(cell_km2, np.float64)
     scale = 1.0 if cell_km2 is None else fixed_point_scale(weights)
-    flags, counts, sums = _finish_core(block, filled, land_arr, core, filled, weights, scale)
+    flags, counts, sums = finish_core(block, filled, land_arr, core, filled, weights, scale)
     return filled, flags, counts, None if cell_km2 is None else sums
-
-
-# --- the north pole hole -------------------------------------------------------------------------
-
-
-def pole_hole_ring(hole: np.ndarray, land: np.ndarray, width: int) -> np.ndarray:
-    """The ring around the pole hole (bool (y, x)): cells within `width` cells of a hole cell
-    along y and x (a square, like the fill's window), neither hole nor land."""
-    hole = np.asarray(hole, bool)
-    near = hole.copy()
-    for axis in (0, 1):  # a square's dilation is a dilation along y, then along x
-        grown = near.copy()
-        size = near.shape[axis]
-        for shift in range(1, min(width, size - 1) + 1):
-            ahead, behind = [slice(None)] * 2, [slice(None)] * 2
-            ahead[axis], behind[axis] = slice(shift, None), slice(None, size - shift)
-            grown[tuple(ahead)] |= near[tuple(behind)]
-            grown[tuple(behind)] |= near[tuple(ahead)]
-        near = grown
-    return near & ~hole & ~np.asarray(land, bool)
-
-
-def fill_pole_hole(raw: np.ndarray, conc: np.ndarray, flags: np.ndarray, hole: np.ndarray,
-                   ring: np.ndarray) -> np.ndarray:
-    """Set the pole hole's `conc` and `flags` in place, day by day; return the change in the
-    number of cells per FillFlag.
-
-    Rule, per day t: every hole cell gets the mean of the ring's observed cells (`raw`,
-    percent, NaN = missing; mean in float64, / 100, stored float32) and flag POLE_HOLE. On a
-    day the ring has no observed cell (a day without a file), the mean of the ring's filled
-    cells (flag FILLED in `flags`, their fraction in `conc`), flag POLE_HOLE; with neither,
-    0 and flag NO_NEIGHBOUR. `raw`, `conc`, `flags` are (time, y, x), after the Gaussian fill
-    and its final steps; `hole` and `ring` (y, x) bool (`pole_hole_ring`).
-    """
-    hole, ring = np.asarray(hole, bool), np.asarray(ring, bool)
-    before = np.bincount(flags[:, hole].ravel(), minlength=len(FillFlag))
-    for t in range(raw.shape[0]):
-        ring_raw = raw[t][ring]
-        seen = ring_raw[~np.isnan(ring_raw)]
-        filled = conc[t][ring & (flags[t] == FillFlag.FILLED)]
-        if seen.size:
-            value, flag = seen.astype(np.float64).mean() / 100.0, FillFlag.POLE_HOLE
-        elif filled.size:
-            value, flag = filled.astype(np.float64).mean(), FillFlag.POLE_HOLE
-        else:
-            value, flag = 0.0, FillFlag.NO_NEIGHBOUR
-        conc[t][hole] = np.float32(value)
-        flags[t][hole] = flag
-    return np.bincount(flags[:, hole].ravel(), minlength=len(FillFlag)) - before
 
 
 # --- Dask ---------------------------------------------------------------------------------------
@@ -817,7 +402,7 @@ def _gaussian_block(block, land_block, core, tw, sw, alpha, sigma):
 
 def _interpolate_block(block, land_block, core, max_gap):
     land_arr, has_land = _land_args(land_block, block.shape)
-    out = _interpolate_time(np.ascontiguousarray(block), land_arr, has_land, core[0], core[1],
+    out = interpolate_time(np.ascontiguousarray(block), land_arr, has_land, core[0], core[1],
                             max_gap)
     return out[:, core[2]:core[3], core[4]:core[5]]
 
@@ -845,10 +430,10 @@ def _gufunc_body(array, land, core, time_window, space_window, alpha, sigma, out
     """Fill the ``core`` region (t0, t1, y0, y1, x0, x1) of one array into ``out``; the cells
     outside the core are copied (they are the halo a Dask block brings along)."""
     tw, sw = np.int64(time_window), np.int64(space_window)
-    gt, gs = _weights(tw, sw, alpha, sigma)  # the weights of every other path, bit for bit
+    gt, gs = axis_weights(tw, sw, alpha, sigma)  # the weights of every other path, bit for bit
     v = np.ascontiguousarray(array)
     ct0, ct1, cy0, cy1, cx0, cx1 = core[0], core[1], core[2], core[3], core[4], core[5]
-    filled = _fill_serial(v, np.ascontiguousarray(land), True, (ct0, ct1, cy0, cy1, cx0, cx1),
+    filled = fill_serial(v, np.ascontiguousarray(land), True, (ct0, ct1, cy0, cy1, cx0, cx1),
                           TILE, tw, sw, gt, gs)
     if ct1 - ct0 < v.shape[0] or cy1 - cy0 < v.shape[1] or cx1 - cx0 < v.shape[2]:
         out[:] = v
