@@ -160,18 +160,6 @@ def test_version_is_written_once_and_shown_by_the_cli():
     assert out.strip() == f"sicube {sicube.__version__}"
 
 
-def test_no_module_uses_another_modules_private_names():
-    import re
-
-    private = re.compile(r"from sicube[.\w]* import [^\n]*\b_[a-z]\w*|"
-                         r"\b(?:cube|fill|build|ingest|mask|products|sources|sample|download|"
-                         r"report|plot|plan|dates|evaluate|mirror|settings)\._[a-z]\w*\(")
-    found = [f"{path.relative_to(ROOT)}: {match.group(0)}"
-             for path in [*(ROOT / "sicube").glob("*.py"), *(ROOT / "tools").glob("*.py")]
-             for match in private.finditer(path.read_text())]
-    assert found == []
-
-
 # --- optional extras: a missing one is named in one line ------------------------------------
 
 BLOCKED_CLI = """
