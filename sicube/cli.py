@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from sicube import errors
 from sicube._version import __version__
 from sicube.errors import BadInput, SicubeError, os_error_line, require_extra
 from sicube.params import DEFAULT_GRID
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # zarr reads a store's metadata documents concurrently; when the store is unreadable the
     # first failure is the error we report, and asyncio would print the others' tracebacks
     # ("Future/Task exception was never retrieved") when they are garbage-collected.
-    logging.getLogger("asyncio").addFilter(_not_unretrieved_futures)
+    logging.getLogger("asyncio").addFilter(errors.not_unretrieved_futures)
     from sicube.datacube.record import NewerCubeWarning
     from sicube.settings import apply
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply()  # the process-wide settings (sicube.configure): zarr's codec threads
         with warnings.catch_warnings():
             warnings.simplefilter("always", NewerCubeWarning)  # said by `_warning_line`
-            warnings.showwarning = _warning_line(args.command, warnings.showwarning)
+            warnings.showwarning = errors.warning_line(args.command, warnings.showwarning)
             _at_snapshot(args)
             code = int(args.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
@@ -124,45 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sicube {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        return _closed_pipe()
+        return errors.closed_pipe()
     except OSError as err:  # the environment, not the input: unreadable, unwritable, disk full
         print(f"sicube {args.command}: error: {os_error_line(err)}", file=sys.stderr)
         return 2
-
-
-def _warning_line(command: str, show):
-    """`warnings.showwarning` that prints sicube's own warnings as one line, each once (a
-    command may open a cube several times)."""
-    from sicube.datacube.record import NewerCubeWarning
-
-    said: set[str] = set()
-
-    def show_line(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, NewerCubeWarning):
-            if str(message) not in said:
-                said.add(str(message))
-                print(f"sicube {command}: warning: {message}", file=sys.stderr)
-        else:
-            show(message, category, filename, lineno, file, line)
-
-    return show_line
-
-
-def _not_unretrieved_futures(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith(("Future exception was never retrieved",
-                                               "Task exception was never retrieved"))
-
-
-def _closed_pipe() -> int:
-    """The reader of stdout went away (`sicube info cube.zarr | head`): stop quietly.
-
-    What is still buffered goes to /dev/null, so that Python's flush at exit does not
-    report the broken pipe again; 141 is what a shell reports for a command ended by SIGPIPE.
-    """
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-    return 128 + 13
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -170,8 +135,6 @@ def _closed_pipe() -> int:
 
 @command("sample", "write a realistic synthetic AMSR2 archive (offline test data)")
 def _add_sample(parser: argparse.ArgumentParser) -> None:
-    from sicube.archive.products import GRIDS
-
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
     parser.add_argument("--out", required=True, help="archive folder (year sub-folders inside)")
@@ -180,8 +143,7 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--missing-days", nargs="*", default=None, metavar="DAY",
                         help="days to leave out (default: about 5%% at random)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated values")
-    parser.add_argument("--grid", default=DEFAULT_GRID, choices=list(GRIDS),
-                        help="product grid: its hemisphere, coastlines and CRS")
+    _add_grid(parser, DEFAULT_GRID, "product grid: its hemisphere, coastlines and CRS")
     parser.set_defaults(run=_run_sample)
 
 
@@ -449,12 +411,9 @@ def _run_climatology(args: argparse.Namespace) -> int:
 
 @command("info", "grid size, span, missing days, chunking and provenance of a file, folder or cube")
 def _add_info(parser: argparse.ArgumentParser) -> None:
-    from sicube.archive.products import GRIDS
-
     parser.add_argument("path", help="a daily file, a folder of daily files, or a cube (Zarr)")
-    parser.add_argument("--grid", choices=list(GRIDS),
-                        help="a folder: describe only this grid's files; a file or cube: "
-                             "check that it holds this grid (default: the grid found)")
+    _add_grid(parser, None, "a folder: describe only this grid's files; a file or cube: check "
+                            "that it holds this grid (default: the grid found)")
     _storage_options_flag(parser)
     parser.set_defaults(run=_run_info)
 
@@ -515,6 +474,12 @@ def _run_copy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_grid(parser: argparse.ArgumentParser, default: str | None, help_text: str) -> None:
+    from sicube.archive.products import GRIDS
+
+    parser.add_argument("--grid", default=default, choices=list(GRIDS), help=help_text)
+
+
 def _add_base_url(parser) -> None:
     parser.add_argument("--base-url", action="append", metavar="URL",
                         help="server to download from; give it again for fallback hosts, tried "
@@ -547,7 +512,6 @@ def _add_source_args(parser: argparse.ArgumentParser, sensor_default: str | None
 
 @command("build", "build a filled, masked Zarr cube for a date range (resumable)")
 def _add_build(parser: argparse.ArgumentParser) -> None:
-    from sicube.archive.products import GRIDS
     from sicube.datacube.cube import DEFAULT_CHUNKS
     from sicube.params import MASK_THRESHOLD, SUSPICIOUS_POLICIES, FillParams, QualityRules
 
@@ -567,9 +531,8 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     masks.add_argument("--mask-threshold", type=float, default=MASK_THRESHOLD,
                        help="land where a cell is NaN on at least this share of observed days")
     masks.add_argument("--mask", help="reuse land_mask from a NetCDF file or another cube")
-    parser.add_argument("--grid", choices=list(GRIDS), default=None,
-                        help="grid to download (default: the base URL's grid folder, else "
-                             "n3125); a --source folder's grid is read from its files")
+    _add_grid(parser, None, "grid to download (default: the base URL's grid folder, else "
+                            "n3125); a --source folder's grid is read from its files")
     parser.add_argument("--chunks", help="Zarr chunks as TIME,Y,X (default: "
                         + ",".join(str(n) for n in DEFAULT_CHUNKS.values()) + ")")
     parser.add_argument("--restart-fill", action="store_true",
@@ -590,29 +553,9 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=_run_build)
 
 
-def _chunks(text: str | None) -> dict | None:
-    if not text:
-        return None
-    try:
-        t, y, x = (int(v) for v in text.split(","))
-    except ValueError:
-        raise BadInput(f"--chunks {text!r}: give three integers TIME,Y,X") from None
-    if min(t, y, x) < 1:
-        raise BadInput(f"--chunks {text!r}: sizes must be positive")
-    return {"time": t, "y": y, "x": x}
-
-
-def _quality_rules(k: float, window: int):
-    from sicube.params import QualityRules
-
-    try:
-        return QualityRules(window=window, k=k)
-    except ValueError as err:
-        raise BadInput(f"--suspicious-k/--suspicious-window: {err}") from None
-
-
 def _run_build(args: argparse.Namespace) -> int:
-    from sicube.params import FillParams
+    from sicube.datacube.cube import parse_chunks
+    from sicube.params import FillParams, quality_rules
     from sicube.pipeline.build import build
 
     fill = FillParams(args.time_window, args.space_window, args.alpha, args.sigma)
@@ -621,9 +564,9 @@ def _run_build(args: argparse.Namespace) -> int:
         raw_dir=args.raw_dir, grid=args.grid, sensor=args.sensor,
         fill=fill, mask_threshold=args.mask_threshold,
         mask_from=args.mask, scheduler=args.scheduler, workers=args.workers,
-        chunks=_chunks(args.chunks), restart_fill=args.restart_fill, progress=not args.quiet,
+        chunks=parse_chunks(args.chunks), restart_fill=args.restart_fill, progress=not args.quiet,
         suspicious=args.suspicious,
-        quality=_quality_rules(args.suspicious_k, args.suspicious_window),
+        quality=quality_rules(args.suspicious_k, args.suspicious_window),
         storage_options=_storage_options(args),
     )
     print(summary.text())
@@ -710,7 +653,6 @@ def _add_transfer_args(parser: argparse.ArgumentParser) -> None:
 
 def _run_download(args: argparse.Namespace) -> int:
     from sicube.archive.download import download
-    from sicube.dates import count_text
 
     report = download(args.start, args.end, args.out, base_url=args.base_url,
                       sensor=args.sensor, concurrency=args.concurrency, retries=args.retries,
@@ -718,21 +660,16 @@ def _run_download(args: argparse.Namespace) -> int:
                       progress=not args.quiet)
     print(report.summary())
     if report.failed:
-        names = ", ".join(r.url.rsplit("/", 1)[-1] for r in report.failed)
-        print(f"sicube download: {count_text(len(report.failed), 'day')} failed: {names}",
-              file=sys.stderr)
+        print(f"sicube download: {report.failed_line()}", file=sys.stderr)
         return 1
     return 0
 
 
 @command("check", "probe every day's file on the server (HEAD) before a long build or download")
 def _add_check(parser: argparse.ArgumentParser) -> None:
-    from sicube.archive.products import GRIDS
-
     parser.add_argument("--start", required=True, help="first day (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day")
-    parser.add_argument("--grid", choices=list(GRIDS), default=None,
-                        help="grid to probe (default: the base URL's, else n3125)")
+    _add_grid(parser, None, "grid to probe (default: the base URL's, else n3125)")
     _add_base_url(parser)
     _add_sensor(parser, "auto")
     _add_transfer_args(parser)
@@ -761,10 +698,7 @@ def _add_mirror(parser: argparse.ArgumentParser) -> None:
                         help="fault plan: file name or YYYYMMDD -> faults (format below)")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds added before every answer")
-    from sicube.archive.products import GRIDS
-
-    parser.add_argument("--grid", default=DEFAULT_GRID, choices=list(GRIDS),
-                        help="grid served, named in the URL path as on the Bremen server")
+    _add_grid(parser, DEFAULT_GRID, "grid served, named in the URL path as on the Bremen server")
     parser.set_defaults(run=_run_mirror)
 
 
@@ -805,24 +739,10 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=_run_evaluate)
 
 
-def _comma_list(text: str, kind: type, name: str) -> list:
-    """Values of a comma-separated option, each converted by `kind`; BadInput names the option."""
-    values = []
-    for item in text.split(","):
-        try:
-            values.append(kind(item.strip()))
-        except ValueError:
-            raise BadInput(f"--{name}: cannot read {item.strip()!r} as {kind.__name__}") from None
-    return values
-
-
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from sicube.analysis.evaluate import evaluate_grid, format_scores, write_scores_csv
+    from sicube.analysis.evaluate import evaluate_grid, format_scores, parse_grid, write_scores_csv
 
-    kinds = {"method": str, "time_window": int, "space_window": int, "alpha": float,
-             "sigma": float, "max_gap": int}
-    grid = {name: _comma_list(getattr(args, name), kind, name.replace("_", "-"))
-            for name, kind in kinds.items()}
+    grid = parse_grid(vars(args))
     rows = evaluate_grid(args.store, grid, args.start, args.end,
                          hide_fraction=args.hide_fraction, stripes=not args.no_stripes,
                          seed=args.seed, allow_incomplete=args.allow_incomplete,
@@ -842,11 +762,8 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=int, default=2,
                         help="coarsen the grid by this factor (1 = full grid)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    from sicube.archive.products import GRIDS
-
-    parser.add_argument("--grid", default=DEFAULT_GRID, choices=list(GRIDS),
-                        help="product grid of the generated archive; the mirror's URL names "
-                             "it and the build takes it from there")
+    _add_grid(parser, DEFAULT_GRID, "product grid of the generated archive; the mirror's URL "
+                                    "names it and the build takes it from there")
     parser.set_defaults(run=_run_demo)
 
 

@@ -51,3 +51,44 @@ def os_error_line(err: OSError) -> str:
     if err.filename2 is not None:
         where += f" -> {os.fsdecode(err.filename2)}"
     return f"{where}: {reason}"
+
+
+def warning_line(command: str, show):
+    """`warnings.showwarning` for the CLI: sicube's own warnings (a newer cube) as one line
+    on stderr, each once (a command may open a cube several times); others as `show` does."""
+    import sys
+
+    from sicube.datacube.record import NewerCubeWarning
+
+    said: set[str] = set()
+
+    def show_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, NewerCubeWarning):
+            if str(message) not in said:
+                said.add(str(message))
+                print(f"sicube {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_line
+
+
+def not_unretrieved_futures(record) -> bool:
+    """A logging filter for asyncio: drops "exception was never retrieved" reports (zarr's
+    concurrent reads of an unreadable store; the first failure is the error reported)."""
+    return not record.getMessage().startswith(("Future exception was never retrieved",
+                                               "Task exception was never retrieved"))
+
+
+def closed_pipe() -> int:
+    """The reader of stdout went away (`sicube info cube.zarr | head`): stop quietly.
+
+    What is still buffered goes to /dev/null, so that Python's flush at exit does not
+    report the broken pipe again; 141 is what a shell reports for a command ended by SIGPIPE.
+    """
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13

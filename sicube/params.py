@@ -131,6 +131,16 @@ class QualityRules:
         return cls(**{k: v for k, v in (data or {}).items() if k in known})
 
 
+def quality_rules(k: float, window: int) -> QualityRules:
+    """QualityRules from the `--suspicious-k/--suspicious-window` options; BadInput if invalid."""
+    from sicube.errors import BadInput
+
+    try:
+        return QualityRules(window=window, k=k)
+    except ValueError as err:
+        raise BadInput(f"--suspicious-k/--suspicious-window: {err}") from None
+
+
 # --- the downloader -------------------------------------------------------------------------------
 
 

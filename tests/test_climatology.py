@@ -20,13 +20,17 @@ from sicube.testing import synthetic_cube
 clim = importlib.import_module("sicube.analysis.climatology")
 
 
+def _two_years(path, chunks):
+    n = (dt.date(2025, 1, 10) - dt.date(2023, 6, 1)).days + 1
+    return synthetic_cube(path, start=20230601, n_days=n, shape=(20, 18),
+                          missing=(3, 100, 275, 400), chunks=chunks)
+
+
 @pytest.fixture(scope="module")
 def two_years(tmp_path_factory):
     """A synthetic cube of 2023-06-01 .. 2025-01-10 (one 29 February), a few missing days."""
-    path = tmp_path_factory.mktemp("clim") / "cube.zarr"
-    n = (dt.date(2025, 1, 10) - dt.date(2023, 6, 1)).days + 1
-    return synthetic_cube(path, start=20230601, n_days=n, shape=(20, 18),
-                          missing=(3, 100, 275, 400), chunks={"time": 8, "y": 8, "x": 8})
+    return _two_years(tmp_path_factory.mktemp("clim") / "cube.zarr",
+                      {"time": 8, "y": 8, "x": 8})
 
 
 def test_day_slot_pools_feb29_with_feb28():
@@ -231,12 +235,16 @@ def test_dataset_climatology_bad_input(two_years, clim_store, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def s3_two_years(two_years, s3_server) -> str:
-    """The URL of a copy of `two_years` on the S3 server."""
+def s3_two_years(s3_server, tmp_path_factory) -> str:
+    """The URL of `two_years` on the S3 server, its values in whole-grid chunks of 64 days:
+    a few dozen objects to upload and read, not the ~2,000 of `two_years`' small chunks
+    (the results read from it do not depend on the chunking)."""
     import s3fs
 
     url = f"s3://{s3_server.bucket}/clim-two-years.zarr"
-    s3fs.S3FileSystem(**s3_server.storage_options).put(str(two_years), url, recursive=True)
+    local = _two_years(tmp_path_factory.mktemp("clim-s3") / "cube.zarr",
+                       {"time": 64, "y": 20, "x": 18})
+    s3fs.S3FileSystem(**s3_server.storage_options).put(str(local), url, recursive=True)
     return url
 
 

@@ -56,6 +56,11 @@ def _assert_same_arrays(one, two) -> None:
         assert a.dtype == b.dtype, name
         np.testing.assert_array_equal(a, b, err_msg=name)
 
+# The delay added to every answer of the remote cube's server, as a distant store has. Small:
+# the hang these tests guard against (a request waiting ~5 minutes on a connection a forked
+# worker closed) does not depend on it, and every one of the thousands of requests pays it.
+LATENCY = 0.01
+
 TRAIN = dict(start_time=20240401, end_time=20240408, input_length=2, pred_length=1)
 VALIDATION = dict(start_time=20240407, end_time=20240412, input_length=2, pred_length=1)
 
@@ -69,15 +74,15 @@ def local_cube(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def slow_http_cube(local_cube):
-    """(URL, storage options) of the cube served over HTTP, 50 ms added to every answer."""
-    with serve_directory(local_cube.parent, latency=0.05) as served:
+    """(URL, storage options) of the cube served over HTTP, LATENCY added to every answer."""
+    with serve_directory(local_cube.parent, latency=LATENCY) as served:
         yield f"{served.url}/cube.zarr", None
 
 
 @pytest.fixture(scope="module")
 def slow_s3_cube(local_cube, s3_server):
     """(URL, storage options) of the same cube copied to the S3 server, read through a
-    proxy that adds 50 ms and keeps connections alive, as a real S3 endpoint does (moto's
+    proxy that adds LATENCY and keeps connections alive, as a real S3 endpoint does (moto's
     own server closes each one)."""
     import s3fs
 
@@ -85,7 +90,7 @@ def slow_s3_cube(local_cube, s3_server):
 
     fs = s3fs.S3FileSystem(**s3_server.storage_options, skip_instance_cache=True)
     fs.put(str(local_cube), f"{s3_server.bucket}/remote/cube.zarr", recursive=True)
-    with delay_proxy(s3_server.endpoint, latency=0.05) as served:
+    with delay_proxy(s3_server.endpoint, latency=LATENCY) as served:
         yield (f"s3://{s3_server.bucket}/remote/cube.zarr",
                {**s3_server.storage_options, "endpoint_url": served.url})
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -287,6 +287,28 @@ def parameter_grid(grid: dict[str, list]) -> list[dict]:
     sets = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     gaps = grid.get("max_gap") or [None]
     return [s for s in sets if s.get("method") == "hybrid" or s.get("max_gap") == gaps[0]]
+
+
+# The options of `sicube evaluate` that list values to try, and the type of their values.
+GRID_KINDS = {"method": str, "time_window": int, "space_window": int, "alpha": float,
+              "sigma": float, "max_gap": int}
+
+
+def parse_grid(options: Mapping[str, Any]) -> dict[str, list]:
+    """The comma lists of the `GRID_KINDS` options (name -> text; other names are ignored) as
+    a parameter grid; BadInput names the option whose item cannot be read."""
+    grid = {}
+    for name, kind in GRID_KINDS.items():
+        values = []
+        for item in options[name].split(","):
+            try:
+                values.append(kind(item.strip()))
+            except ValueError:
+                option = name.replace("_", "-")
+                raise BadInput(f"--{option}: cannot read {item.strip()!r} as "
+                               f"{kind.__name__}") from None
+        grid[name] = values
+    return grid
 
 
 def evaluate_grid(store: str, grid: dict[str, list], start: Any = None, end: Any = None, *,

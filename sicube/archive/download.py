@@ -181,6 +181,11 @@ class DownloadReport:
             lines.append(f"  manifest: {self.manifest_path}")
         return "\n".join(lines)
 
+    def failed_line(self) -> str:
+        """The failed days in one line, by file name (the CLI's stderr line)."""
+        names = ", ".join(r.url.rsplit("/", 1)[-1] for r in self.failed)
+        return f"{count_text(len(self.failed), 'day')} failed: {names}"
+
 
 def _days(records: list[DayRecord]) -> str:
     return day_list_text([record.day for record in records])

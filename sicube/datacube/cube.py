@@ -153,6 +153,19 @@ SENSOR_MEANINGS = ("none", *sorted(products.SENSORS, key=lambda n: products.SENS
 DEFAULT_CHUNKS = {"time": 8, "y": 512, "x": 512}
 
 
+def parse_chunks(text: str | None) -> dict | None:
+    """The `--chunks TIME,Y,X` option as a chunks dict (None: the defaults); BadInput else."""
+    if not text:
+        return None
+    try:
+        t, y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise BadInput(f"--chunks {text!r}: give three integers TIME,Y,X") from None
+    if min(t, y, x) < 1:
+        raise BadInput(f"--chunks {text!r}: sizes must be positive")
+    return {"time": t, "y": y, "x": x}
+
+
 def default_compressors() -> tuple:
     """Blosc lz4 with byte shuffle: smaller than zarr's default zstd and faster to write,
     window reads within noise of it (same benchmark)."""
