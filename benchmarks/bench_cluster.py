@@ -248,7 +248,10 @@ def report(args, walls, local, cluster_s, summary, costs, spatial, chunk_t, file
         values = costs.get(name, [0.0])
         return len(costs.get(name, [])), statistics.mean(values), max(values)
 
-    fill_name = next((k for k in costs if "fill_store_block" in k), "fill_store_block")
+    # the fill's tasks: `fill-batch-...` since each reads its own haloed window (before:
+    # `_fill_store_block` inside a map_overlap graph)
+    fill_name = next((k for k in costs if k.startswith("fill-batch") or "fill_store_block" in k),
+                     "fill-batch")
     ingest = cost("sicube-ingest")
     fill = cost(fill_name)
     tasks_per_batch = round(sum(len(v) for k, v in costs.items() if k != "sicube-ingest")
