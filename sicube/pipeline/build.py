@@ -58,7 +58,6 @@ from sicube.pipeline.update import MAX_EMPTY_DAYS
 
 # Group attributes of the build (defined in `sicube.datacube.cube`, read through `CubeRecord`).
 STATE = cube.BUILD_STATE  # the build's progress (days apart)
-SOURCE_URLS, SOURCE_GRID, SOURCE_SENSOR = cube.SOURCE_URLS, cube.SOURCE_GRID, cube.SOURCE_SENSOR
 
 
 # --- public API -----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from sicube.datacube import cube
 from sicube.errors import BadInput, BadSourceFile
 from sicube.params import FAILED, MISSING, OK
 from sicube.pipeline import mask, quality
+from sicube.pipeline.summary import progress_bar
 
 
 @dataclass
@@ -207,7 +208,7 @@ def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[
     tally = NanTally(np.zeros(grid.shape, np.int32))
     tally_lock = threading.Lock()
     cells = stat_cells(group, grid, crs, cell_area) if looked_for else None
-    bar = _bar(progress, total=len(looked_for), desc="ingest", unit="day", position=1)
+    bar = progress_bar(progress, total=len(looked_for), desc="ingest", unit="day", position=1)
 
     def finish(future: Future) -> None:
         result = future.result()
@@ -243,12 +244,6 @@ def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[
 
 def _by_day(arrival: Arrival) -> dt.date:
     return arrival.day
-
-
-def _bar(progress: bool, **kwargs):
-    from tqdm import tqdm
-
-    return tqdm(disable=not progress, **kwargs)
 
 
 # --- on a Dask cluster: each time chunk is one task that fetches and writes it ----------------
@@ -378,7 +373,7 @@ def run_on_cluster(client, open_group: Callable[[], object], days: list[dt.date]
                              crs, fetch, key=f"sicube-ingest-{c}-{run}",
                              pure=False)
                for c, looked in sorted(wanted.items())]
-    bar = _bar(progress, total=len(looked_for), desc="ingest", unit="day", position=1)
+    bar = progress_bar(progress, total=len(looked_for), desc="ingest", unit="day", position=1)
     try:
         for _, (result, missing) in as_completed(futures, with_results=True):
             if missing is not None:
