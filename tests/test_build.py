@@ -24,6 +24,7 @@ from sicube.datacube import cube
 from sicube.datacube.cube import FillFlag
 from sicube.dates import day_range
 from sicube.errors import BadInput
+from sicube.pipeline import state as cube_state
 from sicube.pipeline.build import STATE, build, update
 
 from .conftest import (
@@ -191,6 +192,40 @@ def test_update_equals_a_fresh_build_with_the_same_mask(archive, tmp_path, built
     assert ds.sizes["time"] == (ARCHIVE_END - ARCHIVE_START).days + 1
     assert pd_days(ds)[-1] == ARCHIVE_END
     assert update(store, ARCHIVE_END, source=archive.root, progress=False).nothing_to_do
+
+
+def test_a_daily_update_refills_only_the_days_its_new_day_reaches(archive, tmp_path):
+    """Day by day from a cube ending inside a time chunk: each update fills its new day and
+    the `time_window` days before it, not their whole time chunks (kept chunks' other days
+    stay as stored), and the cube, its flag counts, extent and area included, equals a fresh
+    build. So does a refill rerun after a kill that had written every block but recorded
+    none (the kept days' counts are read from the store, not corrected by a difference)."""
+    tw = 1
+    store, fresh = tmp_path / "daily.zarr", tmp_path / "fresh.zarr"
+    build(ARCHIVE_START, ARCHIVE_START + dt.timedelta(days=6), store, source=archive.root,
+          chunks=CHUNKS, time_window=tw, progress=False)
+    ends = [ARCHIVE_START + dt.timedelta(days=n) for n in (7, 8, 9)]
+    for end in ends:  # days 7 (chunk 1's last), 8 (chunk 2's first) and 9
+        summary = update(store, end, source=archive.root, progress=False)
+        assert summary.days_filled == tw + 1, end
+        assert f"this run filled {tw + 1} days" in summary.text()
+
+    group = zarr.open_group(str(store), mode="r+")
+    state = cube_state.read_state(group)
+    assert state.refill == set() and state.filled == {0, 1, 2}
+    state.refill = {7, 8, 9}  # as if killed after the refill's writes, before its record
+    cube_state.save(group, state)
+    assert update(store, ends[-1], source=archive.root, progress=False).days_filled == 3
+
+    build(ARCHIVE_START, ends[-1], fresh, source=archive.root, chunks=CHUNKS, time_window=tw,
+          mask_from=str(store), progress=False)
+    grown, clean = _arrays(store), _arrays(fresh)
+    for name in clean:
+        assert grown[name].tobytes() == clean[name].tobytes(), name
+    for name in (cube.EXTENT, cube.AREA):
+        np.testing.assert_array_equal(zarr.open_array(str(store / name))[:],
+                                      zarr.open_array(str(fresh / name))[:], err_msg=name)
+    assert _state(store)["flag_counts"] == _state(fresh)["flag_counts"]
 
 
 def test_killed_update_resumes_to_a_fresh_build(long_archive, tmp_path):

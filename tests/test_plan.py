@@ -77,9 +77,9 @@ def test_every_day_is_ingested_exactly_once_over_any_runs(shape, runs):
 @settings(max_examples=80, deadline=None)
 @given(shapes, st.integers(1, 40), st.data())
 def test_an_updates_plan_equals_a_fresh_builds_plan(shape, added, data):
-    """After build(n) + update(n + added), every time chunk whose fill is kept holds exactly
-    what a fresh build of the whole span writes there: the same days, none of the raw days
-    within `time_window` of them changed; and the refill touches no more than that."""
+    """After build(n) + update(n + added), every day whose fill is kept holds exactly what a
+    fresh build of the whole span writes there: none of the raw days within `time_window` of
+    it changed; and the refill touches no more than that (not whole chunks)."""
     n, chunk, tw = shape
     total = n + added
     first = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
@@ -94,17 +94,37 @@ def test_an_updates_plan_equals_a_fresh_builds_plan(shape, added, data):
         if status == "ok":
             changed.append(i)
     state.invalidate(changed, chunk)
-    for c in range(n_chunks(total, chunk)):
-        days = range(c * chunk, min(total, (c + 1) * chunk))
-        gained = days[-1] >= n  # the chunk holds days the old cube did not have
-        touched = any(abs(d - x) <= tw for d in days for x in changed)
-        assert (c in state.filled) == (not gained and not touched), c
-    refill = fill_batches(total, chunk, tw, state.stale_chunks(chunk))
-    assert sorted(c for b in refill for c in b.chunks) == sorted(state.stale_chunks(chunk))
+    stale = state.stale_days(chunk)
+    for d in range(total):
+        gained = d >= n  # a day the old cube did not have
+        touched = any(abs(d - x) <= tw for x in changed)
+        assert (d in stale) == (gained or touched), d
+    refill = fill_batches(total, chunk, tw, stale)
+    assert [d for b in refill for d in range(b.start, b.stop)] == stale  # each once, in order
     for b in refill:
         assert b.read_start <= max(0, b.start - tw) and b.read_stop >= min(total, b.stop + tw)
+        assert b.chunks == tuple(range(b.start // chunk, (b.stop - 1) // chunk + 1))
+        assert b.stop - b.start <= FILL_BATCH_CHUNKS * chunk
+    for b in refill:  # once each batch is done, every chunk is current
+        state.record_fill(b)
+    assert state.stale_days(chunk) == [] and state.is_complete(chunk) == state.mask_done
     assert {i for i in range(total) if _key(state, i) in state.observed} == \
         {i for i in range(n) if first[i]} | set(changed)
+
+
+@given(shapes, st.data())
+def test_a_refill_of_any_days_writes_them_once_in_as_few_batches(shape, data):
+    """Any set of stale days: each written by exactly one batch, no batch longer than a
+    whole one, and neighbouring stale days in one batch unless that batch would be longer."""
+    n, chunk, tw = shape
+    stale = sorted(data.draw(st.sets(st.integers(0, n - 1))))
+    batches = fill_batches(n, chunk, tw, stale)
+    assert [d for b in batches for d in range(b.start, b.stop)] == stale
+    size = FILL_BATCH_CHUNKS * chunk
+    assert all(b.stop - b.start <= size for b in batches)
+    for before, after in zip(batches, batches[1:], strict=False):
+        if before.stop == after.start:  # one run of days, cut: merged it would be too long
+            assert after.stop - before.start > size
 
 
 def test_the_state_survives_json():

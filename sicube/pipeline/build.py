@@ -310,8 +310,7 @@ def _resume(store: str, args: BuildArgs, restart_fill: bool,
                            f"({arguments.describe_args(state.args)}); {hint}")
         arguments.check_window_fits(args.fill, cube_state.cube_grid(group))
         state.args = args
-        state.filled.clear()
-        state.flag_counts.clear()
+        state.forget_every_fill()
         state.mask_done = state.mask_frozen = False
         state.mask_days.clear()
         return group, state, True

@@ -1,13 +1,15 @@
-"""The build's fill stage: every time chunk whose fill is not current, a batch at a time.
+"""The build's fill stage: every day whose fill is not current, a batch at a time.
 
 A batch (`sicube.pipeline.plan.FillBatch`) is a `FillJob`: one task per spatial chunk, which
 fills the chunk from its `space_window` halo of the batch's read days and writes whole Zarr
 chunks of `sea_ice_conc` and `fill_flag` (on this process's threads without Dask, or as a
-Dask graph whose tasks read their own haloed windows from the store). What a batch gives back is a
-`FillBatchResult`: its flag counts per time chunk and its share of each day's sea-ice extent
-and area. The executor (`sicube.pipeline.executors`) decides where and how many batches run
-at once; this module records each finished batch, after setting the north pole hole from its
-ring (`fill_pole_hole`).
+Dask graph whose tasks read their own haloed windows from the store). A batch that covers a
+time chunk in part (an update's refill of the days before its new day) keeps the chunk's
+other days as they are. What a batch gives back is a `FillBatchResult`: its flag counts per
+time chunk and its share of each day's sea-ice extent and area. The executor
+(`sicube.pipeline.executors`) decides where and how many batches run at once; this module
+records each finished batch, after setting the north pole hole from its ring
+(`fill_pole_hole`).
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ class FillJob:
 
 def fill(group, state: BuildState, summary: BuildSummary, progress: bool, executor,
          cells=None) -> None:
-    """Fill every time chunk whose fill is not current, a batch at a time, recording each.
+    """Fill every day whose fill is not current, a batch at a time, recording each.
 
     `executor` runs the batches (`sicube.pipeline.executors`): here one after another (each
     already keeps every thread busy), on a cluster a window of them at once, so that every
@@ -137,7 +139,7 @@ def fill(group, state: BuildState, summary: BuildSummary, progress: bool, execut
     raw = group[cube.RAW]
     chunk, nt = raw.chunks[0], raw.shape[0]
     params = state.args.fill
-    todo = fill_batches(nt, chunk, params.time_window, state.stale_chunks(chunk))
+    todo = fill_batches(nt, chunk, params.time_window, state.stale_days(chunk))
     hole = group[cube.POLE_HOLE][:].astype(bool) if cube.POLE_HOLE in group else None
     if cube.EXTENT not in group:  # a cube from before extent and area
         cells = None
@@ -163,7 +165,7 @@ def fill(group, state: BuildState, summary: BuildSummary, progress: bool, execut
             None, None)
         for c, chunk_counts in zip(batch.chunks, result.flag_counts, strict=True):
             if hole is not None:  # after the chunk's cells are written, before it is recorded
-                days = slice(c * chunk, min(nt, (c + 1) * chunk))
+                days = slice(max(batch.start, c * chunk), min(batch.stop, (c + 1) * chunk))
                 change, hole_extent, hole_ice = set_pole_hole(group, (days, *box), hole, ring,
                                                               hole_cells, drop[days])
                 chunk_counts = chunk_counts + change
@@ -174,7 +176,8 @@ def fill(group, state: BuildState, summary: BuildSummary, progress: bool, execut
         if with_area:
             group[cube.EXTENT][batch.start:batch.stop] = extent
             group[cube.AREA][batch.start:batch.stop] = ice
-        state.filled.update(batch.chunks)
+        state.record_fill(batch)
+        summary.days_filled += batch.stop - batch.start
         cube_state.save(group, state)
         settings.release_memory()
         bar.update(1)
@@ -211,11 +214,14 @@ def fill_job(group, batch: FillBatch, params: FillParams, layout, cells=None,
     raw, land = group[cube.RAW], group[cube.LAND]
     a, b = batch.read_start, batch.read_stop
     spatial, depth = layout
+    chunk = raw.chunks[0]  # the days its chunks hold: written whole
+    written = (batch.chunks[0] * chunk, min(raw.shape[0], (batch.chunks[-1] + 1) * chunk))
     n_days = batch.stop - batch.start
     per_block = len(batch.chunks) * len(FillFlag) + (2 * n_days if cells is not None else 0)
     fill_args = dict(
         bounds=tuple(np.cumsum((0, *c)) for c in spatial), halo=depth, params=params,
-        core_t=(batch.start - a, batch.stop - a), t0=batch.start, time_chunk=raw.chunks[0],
+        core_t=(batch.start - a, batch.stop - a), t0=batch.start, written=written,
+        time_chunk=chunk,
         targets=(cube.for_writing(group[cube.CONC]), cube.for_writing(group[cube.FLAG])),
         cells=cells, drop=None if drop is None or not drop[a:b].any() else drop[a:b])
     return FillJob(
@@ -249,13 +255,14 @@ def _fill_given_block(block: np.ndarray, land: np.ndarray, block_info=None, **fi
 
 
 def _fill_haloed_block(block: np.ndarray, land: np.ndarray, iy: int, ix: int, *, bounds,
-                       halo, params, core_t, t0, time_chunk, targets, cells=None, drop=None
-                       ) -> np.ndarray:
+                       halo, params, core_t, t0, written, time_chunk, targets, cells=None,
+                       drop=None) -> np.ndarray:
     """Fill spatial chunk (iy, ix) from its haloed `block` (read days, y, x) and `land`:
-    fill the chunk's core days, write its fraction and flags; the flag counts of each time
-    chunk it covers, then (given `cells`, the grid's cell areas) its extent and area per
-    day, packed (`FillBatchResult.pack_block`). Days set in `drop` (per read day) are read
-    as missing."""
+    fill the chunk's core days (from day `t0`), write its fraction and flags over the days
+    `written` (its time chunks' days: those outside the core keep their stored values); the
+    flag counts of each of those time chunks, then (given `cells`, the grid's cell areas) its
+    extent and area per core day, packed (`FillBatchResult.pack_block`). Days set in `drop`
+    (per read day) are read as missing."""
     (y0, y1), (x0, x1) = bounds[0][iy:iy + 2], bounds[1][ix:ix + 2]
     if drop is not None:
         block = np.where(drop[:, None, None], np.float32(np.nan), block)
@@ -264,11 +271,29 @@ def _fill_haloed_block(block: np.ndarray, land: np.ndarray, iy: int, ix: int, *,
     cell_km2 = None if cells is None else cells[y0:y1, x0:x1] * area.KM2
     fraction, flags, day_counts, sums = fill_fraction_block(
         block, land, core, **params.to_dict(), cell_km2=cell_km2)
-    region = (slice(t0, t0 + fraction.shape[0]), slice(y0, y1), slice(x0, x1))
+    region = (slice(*written), slice(y0, y1), slice(x0, x1))
+    core_days = slice(t0 - written[0], t0 - written[0] + fraction.shape[0])
+    if core_days != slice(0, written[1] - written[0]):  # whole Zarr chunks: the kept days too
+        fraction, flags, day_counts = _with_kept_days(targets, region, core_days, fraction,
+                                                      flags, day_counts)
     targets[0][region] = fraction
     targets[1][region] = flags
     counts = [day_counts[i:i + time_chunk].sum(0) for i in range(0, flags.shape[0], time_chunk)]
     return FillBatchResult.pack_block(np.concatenate(counts), sums)
+
+
+def _with_kept_days(targets, region: tuple[slice, slice, slice], core_days: slice,
+                    fraction: np.ndarray, flags: np.ndarray, day_counts: np.ndarray):
+    """The stored fraction and flags of `region` with the core days (`core_days` of it)
+    replaced by the new ones, and each day's flag counts (the kept days' counted from the
+    store: a refill rerun after a kill reads the same kept days)."""
+    stored_fraction, stored_flags = targets[0][region], targets[1][region]
+    stored_fraction[core_days] = fraction
+    stored_flags[core_days] = flags
+    counts = np.stack([np.bincount(day.ravel(), minlength=len(FillFlag))
+                       for day in stored_flags]).astype(day_counts.dtype)
+    counts[core_days] = day_counts
+    return stored_fraction, stored_flags, counts
 
 
 def set_pole_hole(group, box: tuple[slice, slice, slice], hole: np.ndarray,

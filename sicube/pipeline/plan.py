@@ -15,9 +15,10 @@ Days are indexes on the cube's calendar axis (0 = its first day). The rules:
   data are kept) but is left out of the mask and the fill like a missing day; when a day
   turns suspicious or stops being so, the fills that depend on it are redone (`judge`).
 - The fill is recorded per time chunk and runs in batches of up to `FILL_BATCH_CHUNKS`
-  chunks. A chunk's fill depends on the raw days within `time_window` of its days, so it is
-  filled again exactly when one of those days changed, or when it gained days at the end of
-  the span (a daily update refills one chunk, not the span).
+  chunks. A day's fill depends on the raw days within `time_window` of it, so a day is
+  filled again exactly when one of those days changed, and a day added at the end of the
+  span is filled: a filled chunk keeps its other days (`BuildState.refill`), so a daily
+  update fills the new day and the `time_window` days before it, not a whole chunk.
 """
 
 from __future__ import annotations
@@ -47,13 +48,15 @@ def n_chunks(n: int, chunk: int) -> int:
 
 @dataclass(frozen=True)
 class FillBatch:
-    """One resumable fill step: time chunks `chunks`, i.e. days [start, stop), written from
-    the days [read_start, read_stop) read.
+    """One resumable fill step: days [start, stop), in time chunks `chunks`, written from the
+    days [read_start, read_stop) read.
 
-    A batch reads its days and `time_window` days either side. A whole batch's window shifts
-    inwards at the span's ends rather than shrinks, so every whole batch reads as many days
-    wherever it lies (a build's graphs and memory do not depend on the span); a smaller one
-    (an update's refill of one chunk) reads only what it needs.
+    A batch reads its days and `time_window` days either side. A whole batch
+    (`FILL_BATCH_CHUNKS` whole chunks) shifts its window inwards at the span's ends rather
+    than shrinks, so every whole batch reads as many days wherever it lies (a build's graphs
+    and memory do not depend on the span); a smaller one (an update's refill of a few days)
+    reads only what it needs. A batch that covers a chunk only in part keeps the chunk's
+    other days as they are in the store.
     """
 
     chunks: tuple[int, ...]
@@ -65,30 +68,35 @@ class FillBatch:
 
 def fill_batches(n_days: int, chunk: int, time_window: int,
                  stale: Iterable[int] | None = None) -> list[FillBatch]:
-    """The fill batches covering the time chunks `stale` (default: every chunk).
+    """The fill batches covering the days `stale` (default: every day).
 
-    Runs of consecutive stale chunks are cut into batches of `FILL_BATCH_CHUNKS` chunks,
-    counted from the start of the axis, so a whole build fills chunks (0, 1), (2, 3), ...
-    and an update only the chunks whose days or neighbours changed.
+    Runs of consecutive stale days are cut every `FILL_BATCH_CHUNKS` chunks, counted from the
+    start of the axis, so a whole build fills chunks (0, 1), (2, 3), ...; neighbouring pieces
+    of one run are merged again while they are no longer than a whole batch, so an update's
+    refill across a chunk boundary (the days before the new day and the new day) is one batch.
     """
-    total = n_chunks(n_days, chunk)
-    todo = set(range(total)) if stale is None else set(stale) & set(range(total))
-    batches = []
-    for first in range(0, total, FILL_BATCH_CHUNKS):
-        runs: list[list[int]] = []  # the consecutive stale chunks of this group
-        for c in range(first, min(total, first + FILL_BATCH_CHUNKS)):
-            if c in todo:
-                if runs and runs[-1][-1] == c - 1:
-                    runs[-1].append(c)
-                else:
-                    runs.append([c])
-        batches += [_batch(tuple(run), n_days, chunk, time_window) for run in runs]
-    return batches
+    size = FILL_BATCH_CHUNKS * chunk
+    todo = sorted(set(range(n_days)) if stale is None else set(stale) & set(range(n_days)))
+    pieces: list[list[int]] = []  # [start, stop) of runs, cut at every `size` days
+    for d in todo:
+        if pieces and pieces[-1][1] == d and d % size:
+            pieces[-1][1] = d + 1
+        else:
+            pieces.append([d, d + 1])
+    merged: list[list[int]] = []
+    for start, stop in pieces:
+        if merged and merged[-1][1] == start and stop - merged[-1][0] <= size:
+            merged[-1][1] = stop
+        else:
+            merged.append([start, stop])
+    return [_batch(start, stop, n_days, chunk, time_window) for start, stop in merged]
 
 
-def _batch(chunks: tuple[int, ...], n_days: int, chunk: int, time_window: int) -> FillBatch:
-    start, stop = chunks[0] * chunk, min(n_days, (chunks[-1] + 1) * chunk)
-    if len(chunks) < FILL_BATCH_CHUNKS:  # an update's refill: read no more than it needs
+def _batch(start: int, stop: int, n_days: int, chunk: int, time_window: int) -> FillBatch:
+    chunks = tuple(range(start // chunk, (stop - 1) // chunk + 1))
+    whole = (len(chunks) == FILL_BATCH_CHUNKS and start % chunk == 0
+             and stop == min(n_days, (chunks[-1] + 1) * chunk))
+    if not whole:  # read no more than it needs
         return FillBatch(chunks, start, stop, max(0, start - time_window),
                          min(n_days, stop + time_window))
     window = len(chunks) * chunk + 2 * time_window
@@ -96,18 +104,17 @@ def _batch(chunks: tuple[int, ...], n_days: int, chunk: int, time_window: int) -
     return FillBatch(chunks, start, stop, read_start, min(n_days, read_start + window))
 
 
+def days_depending_on(days: Iterable[int], n_days: int, time_window: int) -> set[int]:
+    """The days whose fill depends on the raw data of any of `days` (those within
+    `time_window` days of one)."""
+    return {t for d in days
+            for t in range(max(0, d - time_window), min(n_days, d + time_window + 1))}
+
+
 def chunks_depending_on(days: Iterable[int], n_days: int, chunk: int,
                         time_window: int) -> set[int]:
-    """The time chunks whose fill depends on the raw data of any of `days` (those within
-    `time_window` days of one)."""
-    return {c for d in days
-            for c in range(max(0, d - time_window) // chunk,
-                           min(n_days - 1, d + time_window) // chunk + 1)}
-
-
-def chunks_of(days: Iterable[int], chunk: int) -> list[int]:
-    """The sorted time chunks holding `days`."""
-    return sorted({d // chunk for d in days})
+    """The time chunks holding a day whose fill depends on the raw data of any of `days`."""
+    return {d // chunk for d in days_depending_on(days, n_days, time_window)}
 
 
 # --- the build's state ---------------------------------------------------------------------------
@@ -138,7 +145,7 @@ class BuildState:
     observed: dict[str, dict] = field(default_factory=dict)  # day -> provenance
     missing: set[str] = field(default_factory=set)  # no file (404 / not in the folder)
     failed: dict[str, str] = field(default_factory=dict)  # day -> reason
-    filled: set[int] = field(default_factory=set)  # time chunks whose fill is current
+    filled: set[int] = field(default_factory=set)  # time chunks filled (but for `refill`)
     flag_counts: dict[int, list[int]] = field(default_factory=dict)  # chunk -> cells per flag
     mask_days: set[str] = field(default_factory=set)  # observed days counted in the mask
     mask_done: bool = False  # land_mask and nan_ratio are current
@@ -148,6 +155,7 @@ class BuildState:
     updating_from: str | None = None  # an update from this (old last) day is under way
     rewrite: set[int] = field(default_factory=set)  # time chunks a killed run was writing
     suspicious: dict[str, str] = field(default_factory=dict)  # day -> why (observed days)
+    refill: set[int] = field(default_factory=set)  # days of filled chunks to fill again
 
     # --- derived facts -------------------------------------------------------------------------
 
@@ -165,9 +173,15 @@ class BuildState:
         policy keeps them."""
         return set(self.suspicious) if self.args.suspicious == SUSPICIOUS_AS_MISSING else set()
 
+    def stale_days(self, chunk: int) -> list[int]:
+        """The days whose fill is not current: every day of a chunk not filled, and the days
+        of filled chunks to fill again (`refill`)."""
+        return [d for d in range(len(self.days)) if d // chunk not in self.filled
+                or d in self.refill]
+
     def stale_chunks(self, chunk: int) -> set[int]:
-        """The time chunks whose fill is not current."""
-        return set(range(n_chunks(len(self.days), chunk))) - self.filled
+        """The time chunks holding a day whose fill is not current."""
+        return {d // chunk for d in self.stale_days(chunk)}
 
     def is_complete(self, chunk: int) -> bool:
         """Every day looked for, the mask current and every time chunk filled."""
@@ -197,8 +211,8 @@ class BuildState:
         changed = list(changed)
         if not changed:
             return
-        self._forget_fills(chunks_depending_on(changed, len(self.days), chunk,
-                                               self.args.fill.time_window))
+        self._forget_days(days_depending_on(changed, len(self.days), self.args.fill.time_window),
+                          chunk)
         if not self.mask_frozen:
             self.mask_done = False
 
@@ -214,18 +228,30 @@ class BuildState:
             self.invalidate(changed_days, chunk)
         return changed_days
 
-    def _forget_fills(self, chunks: set[int]) -> None:
-        self.filled -= chunks
-        for c in chunks:
-            self.flag_counts.pop(c, None)
+    def _forget_days(self, days: Iterable[int], chunk: int) -> None:
+        """Forget the fill of `days`: a filled chunk keeps its other days (and its flag
+        counts, which its refill corrects); a chunk not filled is filled whole anyway."""
+        self.refill |= {d for d in days if d // chunk in self.filled}
+
+    def forget_every_fill(self) -> None:
+        """Every day must be filled again (another mask, other fill parameters)."""
+        self.filled.clear()
+        self.refill.clear()
+        self.flag_counts.clear()
+
+    def record_fill(self, batch: FillBatch) -> None:
+        """The days of `batch` are filled: its chunks are current but for other refills."""
+        self.filled.update(batch.chunks)
+        self.refill -= set(range(batch.start, batch.stop))
 
     def extend(self, new_end: dt.date, chunk: int) -> None:
-        """Grow the span to `new_end`: the batches that gain days must be filled again."""
+        """Grow the span to `new_end`: the new days must be filled (a filled chunk that gains
+        days keeps its old ones)."""
         old_n = len(self.days)
         self.updating_from = self.args.end
         self.args.end = f"{new_end}"
         self.complete_through = self.complete_through or self.updating_from
-        self._forget_fills(set(chunks_of(range(old_n, len(self.days)), chunk)))
+        self._forget_days(range(old_n, len(self.days)), chunk)
 
     # --- JSON ------------------------------------------------------------------------------------
 
@@ -238,6 +264,7 @@ class BuildState:
         data["mask_days"] = sorted(self.mask_days)
         data["filled"] = sorted(self.filled)
         data["rewrite"] = sorted(self.rewrite)
+        data["refill"] = sorted(self.refill)
         data["flag_counts"] = {str(k): v for k, v in sorted(self.flag_counts.items())}
         return json.dumps(data, sort_keys=True)
 
@@ -252,9 +279,10 @@ class BuildState:
         data["mask_days"] = set(data["mask_days"])
         data["filled"] = set(data["filled"])
         data["rewrite"] = set(data["rewrite"])
+        data["refill"] = set(data.get("refill", ()))  # a cube from before partial refills
         data["flag_counts"] = {int(k): v for k, v in data["flag_counts"].items()}
         return cls(**data)
 
 
 __all__ = ["FILL_BATCH_CHUNKS", "SUSPICIOUS_POLICIES", "BuildArgs", "BuildState", "FillBatch",
-           "chunks_depending_on", "chunks_of", "fill_batches", "n_chunks"]
+           "chunks_depending_on", "days_depending_on", "fill_batches", "n_chunks"]

@@ -218,8 +218,7 @@ def make_mask(group, state: BuildState, grid: GridCoords, tally: ingest.NanTally
     land = (land * (1 - hole)).astype(np.uint8)  # the pole hole is ocean, never land
     if not (np.array_equal(group[cube.LAND][:], land)
             and (not has_hole or np.array_equal(group[cube.POLE_HOLE][:], hole))):
-        state.filled.clear()
-        state.flag_counts.clear()
+        state.forget_every_fill()
     group[cube.NAN_RATIO][:] = ratio
     group[cube.LAND][:] = land
     if has_hole:

@@ -39,6 +39,7 @@ class BuildSummary:
     cells_filled: int = 0
     cells_unfilled: int = 0
     cells_pole_hole: int = 0  # cell-days of the north pole hole set from its ring (flag 4)
+    days_filled: int = 0  # days this run filled (an update: its new days and their neighbours)
     seconds: dict[str, float] = field(default_factory=dict)
     store_bytes: int = 0
     nothing_to_do: bool = False
@@ -103,7 +104,8 @@ class BuildSummary:
         lines.append(f"filled    {self.cells_filled:,} cells "
                      f"({self.cells_unfilled:,} with no observed neighbour, set to 0)"
                      + (f"; pole hole {self.cells_pole_hole:,} cells from its ring"
-                        if self.cells_pole_hole else ""))
+                        if self.cells_pole_hole else "")
+                     + f"; this run filled {count_text(self.days_filled, 'day')}")
         lines.append("time      " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
         lines.append(f"size      {self.store_bytes / 1e6:,.1f} MB on disk")
         if self.dashboard:
