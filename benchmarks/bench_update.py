@@ -42,7 +42,12 @@ BUILD_DAYS = 8  # the build it is compared with
 
 
 def sicube(*args: str) -> tuple[float, str]:
-    """Run `python -m sicube ARGS -q` in a fresh process; its wall time and output."""
+    """Run `python -m sicube ARGS -q` in a fresh process; its wall time and output.
+
+    The disk is synced first: the writes of the copy of the cube an update grows (and of the
+    run before) land before the clock starts, as a cron job's cube has been on disk since the
+    night before; otherwise their write-back runs during, and is timed with, the next run."""
+    os.sync()
     began = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "sicube", *args, "-q"], env=ENV,
                           capture_output=True, text=True)

@@ -288,10 +288,11 @@ def _with_kept_days(targets, region: tuple[slice, slice, slice], core_days: slic
     replaced by the new ones, and each day's flag counts (the kept days' counted from the
     store: a refill rerun after a kill reads the same kept days)."""
     stored_fraction, stored_flags = targets[0][region], targets[1][region]
+    counts = np.empty((len(stored_flags), day_counts.shape[1]), day_counts.dtype)
+    for t in set(range(len(stored_flags))) - set(range(len(stored_flags))[core_days]):
+        counts[t] = np.bincount(stored_flags[t].ravel(), minlength=len(FillFlag))
     stored_fraction[core_days] = fraction
     stored_flags[core_days] = flags
-    counts = np.stack([np.bincount(day.ravel(), minlength=len(FillFlag))
-                       for day in stored_flags]).astype(day_counts.dtype)
     counts[core_days] = day_counts
     return stored_fraction, stored_flags, counts
 

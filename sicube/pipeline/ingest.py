@@ -157,23 +157,25 @@ def write_chunk(group, chunk: int, days: list[dt.date], looked: list[Arrival],
     raw = group[cube.RAW]
     first_day = chunk * raw.chunks[0]
     n = min(raw.chunks[0], raw.shape[0] - first_day)
-    if kept:  # observed before: the store's own values, never a source's
-        block = np.ascontiguousarray(raw[first_day:first_day + n], np.float32)
-        block[np.setdiff1d(np.arange(n), kept)] = np.nan
-    else:
-        block = np.full((n, *grid.shape), np.nan, np.float32)
+    block = np.full((n, *grid.shape), np.nan, np.float32)
     provenance = {}
     new = np.zeros(n, bool)
-    for arrival in looked:
-        if arrival.status != OK:
-            continue
-        i = (arrival.day - days[first_day]).days
-        found = _decode(arrival, grid, crs, block[i], cells)
-        if found is None:
-            block[i] = np.nan
-            continue
-        provenance[f"{arrival.day:%Y%m%d}"] = found
-        new[i] = True
+    # Days observed before keep the store's own values, never a source's: read on a second
+    # thread while the arrived days decode here (a daily update's chunk holds both).
+    with ThreadPoolExecutor(1) as reader:
+        copying = reader.submit(_copy_kept, raw, first_day, kept, block) if kept else None
+        for arrival in looked:
+            if arrival.status != OK:
+                continue
+            i = (arrival.day - days[first_day]).days
+            found = _decode(arrival, grid, crs, block[i], cells)
+            if found is None:
+                block[i] = np.nan
+                continue
+            provenance[f"{arrival.day:%Y%m%d}"] = found
+            new[i] = True
+        if copying is not None:
+            copying.result()
     target = cube.for_writing(raw)
     _, ys, xs = raw.chunks
     # Chunk by chunk: given a whole block, zarr encodes all its chunks at once, ~0.1 GB of
@@ -186,6 +188,15 @@ def write_chunk(group, chunk: int, days: list[dt.date], looked: list[Arrival],
         mask.add_missing(tally.missing, block, new)
         tally.days.update(provenance)
     return ChunkResult(chunk, looked, provenance)
+
+
+def _copy_kept(raw, first_day: int, kept: list[int], block: np.ndarray) -> None:
+    """Copy the days `kept` (offsets in the chunk starting at `first_day`) of the store's
+    `raw` into `block`, a band of chunk rows at a time (~40 MB at full resolution)."""
+    rows = raw.chunks[1]
+    for y0 in range(0, block.shape[1], rows):
+        band = raw[first_day:first_day + block.shape[0], y0:y0 + rows]
+        block[kept, y0:y0 + rows] = band[kept]
 
 
 def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[int]],
