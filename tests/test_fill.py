@@ -569,18 +569,31 @@ def test_block_gufunc_fills_only_the_core_as_the_whole_array_fill_does():
     np.testing.assert_array_equal(out[halo], a[halo])
 
 
-def test_the_dask_fill_calls_the_block_gufunc_for_each_block(monkeypatch):
-    """gaussian_fill's map_overlap path runs the block gufunc once per block, and its result
-    equals the NumPy fill for a chunking that needs halos on every axis."""
+def test_the_dask_fill_fills_each_block_as_the_block_gufunc_does(monkeypatch):
+    """gaussian_fill's map_overlap path fills each haloed block once, its core as the block
+    gufunc gives it, and the result equals the NumPy fill for a chunking that needs halos on
+    every axis."""
     from sicube.kernels import fill
+    from sicube.kernels.fill import gaussian_block_gufunc
 
-    calls = []
-    real = fill._block_gufunc()
-    monkeypatch.setattr(fill, "_block_gufunc", lambda: lambda *args: calls.append(1) or real(*args))
+    blocks = []
+    real = fill._gaussian_block
+
+    def recorded(block, land_block, core, **kwargs):
+        out = real(block, land_block, core, **kwargs)
+        blocks.append((block.copy(), land_block, core, out))
+        return out
+
+    monkeypatch.setattr(fill, "_gaussian_block", recorded)
     a, land, params, expected = _gufunc_case()
     lazy = gaussian_fill(da.from_array(a, chunks=(3, 20, 150)), *params, land_mask=land)
     np.testing.assert_array_equal(lazy.compute(scheduler="sync"), expected)
-    assert len(calls) == 2 * 2 * 2
+    assert len(blocks) == 2 * 2 * 2
+    for block, land_block, core, out in blocks:
+        t0, t1, y0, y1, x0, x1 = core
+        whole = gaussian_block_gufunc(block, land_block.astype(np.uint8),
+                                      np.asarray(core, np.int64), *params)
+        np.testing.assert_array_equal(out, whole[t0:t1, y0:y1, x0:x1])
     # float64 keeps the last bits float32 rounds away: the same there too
     a64 = a.astype(np.float64)
     lazy = gaussian_fill(da.from_array(a64, chunks=(3, 20, 150)), *params, land_mask=land)
