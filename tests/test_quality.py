@@ -17,7 +17,7 @@ from sicube.datacube import cube
 from sicube.datacube.cube import DayQuality
 from sicube.kernels.fill import FillParams
 from sicube.pipeline.build import build, update
-from sicube.pipeline.plan import BuildArgs, BuildState, chunks_depending_on
+from sicube.pipeline.plan import BuildArgs, BuildState, days_depending_on
 from sicube.pipeline.quality import QualityRules, StatCells, day_stats, judge
 
 # --- the pure rules --------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def test_day_stats_equal_a_direct_numpy_computation(ny, nx, data):
 @settings(max_examples=60, deadline=None)
 @given(st.integers(5, 60), st.integers(1, 8), st.integers(0, 4), st.data(),
        st.sampled_from(["missing", "keep"]))
-def test_a_changed_verdict_refills_exactly_the_chunks_that_depend_on_it(n, chunk, tw, data,
+def test_a_changed_verdict_refills_exactly_the_days_that_depend_on_it(n, chunk, tw, data,
                                                                         policy):
     days = [dt.date(2024, 1, 1) + dt.timedelta(i) for i in range(n)]
     state = BuildState(BuildArgs(f"{days[0]}", f"{days[-1]}", FillParams(time_window=tw),
@@ -171,8 +171,8 @@ def test_a_changed_verdict_refills_exactly_the_chunks_that_depend_on_it(n, chunk
     state.mask_done = True
     changed = state.judge(dict.fromkeys(after, "y"), chunk)
     assert sorted(changed) == sorted(keys.index(k) for k in before ^ after)
-    stale = chunks_depending_on(changed, n, chunk, tw) if policy == "missing" else set()
-    assert state.stale_chunks(chunk) == stale
+    stale = days_depending_on(changed, n, tw) if policy == "missing" else set()
+    assert state.stale_days(chunk) == sorted(stale)
     assert state.mask_done == (policy == "keep" or not changed)
     assert state.excluded() == (set(after) if policy == "missing" else set())
 

@@ -111,12 +111,6 @@ def days_depending_on(days: Iterable[int], n_days: int, time_window: int) -> set
             for t in range(max(0, d - time_window), min(n_days, d + time_window + 1))}
 
 
-def chunks_depending_on(days: Iterable[int], n_days: int, chunk: int,
-                        time_window: int) -> set[int]:
-    """The time chunks holding a day whose fill depends on the raw data of any of `days`."""
-    return {d // chunk for d in days_depending_on(days, n_days, time_window)}
-
-
 # --- the build's state ---------------------------------------------------------------------------
 
 
@@ -285,4 +279,4 @@ class BuildState:
 
 
 __all__ = ["FILL_BATCH_CHUNKS", "SUSPICIOUS_POLICIES", "BuildArgs", "BuildState", "FillBatch",
-           "chunks_depending_on", "days_depending_on", "fill_batches", "n_chunks"]
+           "days_depending_on", "fill_batches", "n_chunks"]
