@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sicube.params import MASK_THRESHOLD, FillParams
-from sicube.pipeline.plan import FILL_BATCH_CHUNKS, BuildArgs, BuildState, fill_batches, n_chunks
+from sicube.pipeline.plan import FILL_BATCH_CHUNKS, BuildArgs, BuildState, fill_batches
 
 START = dt.date(2024, 1, 1)
 
@@ -17,6 +17,10 @@ def _state(n_days: int, time_window: int) -> BuildState:
     end = START + dt.timedelta(days=n_days - 1)
     fill = FillParams(time_window=time_window)
     return BuildState(BuildArgs(f"{START}", f"{end}", fill, MASK_THRESHOLD))
+
+
+def _n_chunks(n_days: int, chunk: int) -> int:
+    return -(-n_days // chunk)
 
 
 def _key(state: BuildState, i: int) -> str:
@@ -32,7 +36,7 @@ def test_batches_write_every_day_once_and_read_their_whole_window(shape):
     batches = fill_batches(n, chunk, tw)
     written = [d for b in batches for d in range(b.start, b.stop)]
     assert written == list(range(n))
-    assert [c for b in batches for c in b.chunks] == list(range(n_chunks(n, chunk)))
+    assert [c for b in batches for c in b.chunks] == list(range(_n_chunks(n, chunk)))
     sizes = {b.read_stop - b.read_start for b in batches if len(b.chunks) == FILL_BATCH_CHUNKS}
     assert len(sizes) <= 1  # every whole batch reads as many days, wherever it lies
     for b in batches:
@@ -50,7 +54,7 @@ def _run(state: BuildState, chunk: int, arrives) -> list[int]:
         if status == "ok":
             changed.append(i)
     state.invalidate(changed, chunk)
-    state.filled = set(range(n_chunks(len(state.days), chunk)))
+    state.filled = set(range(_n_chunks(len(state.days), chunk)))
     state.mask_done = True
     return looked
 

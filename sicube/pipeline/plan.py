@@ -41,11 +41,6 @@ from sicube.params import (
 FILL_BATCH_CHUNKS = 2  # time chunks filled per resumable step
 
 
-def n_chunks(n: int, chunk: int) -> int:
-    """Chunks of size `chunk` needed for `n` items."""
-    return -(-n // chunk)
-
-
 @dataclass(frozen=True)
 class FillBatch:
     """One resumable fill step: days [start, stop), in time chunks `chunks`, written from the
@@ -279,4 +274,4 @@ class BuildState:
 
 
 __all__ = ["FILL_BATCH_CHUNKS", "SUSPICIOUS_POLICIES", "BuildArgs", "BuildState", "FillBatch",
-           "days_depending_on", "fill_batches", "n_chunks"]
+           "days_depending_on", "fill_batches"]
