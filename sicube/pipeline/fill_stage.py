@@ -289,8 +289,9 @@ def _with_kept_days(targets, region: tuple[slice, slice, slice], core_days: slic
     store: a refill rerun after a kill reads the same kept days)."""
     stored_fraction, stored_flags = targets[0][region], targets[1][region]
     counts = np.empty((len(stored_flags), day_counts.shape[1]), day_counts.dtype)
-    for t in set(range(len(stored_flags))) - set(range(len(stored_flags))[core_days]):
-        counts[t] = np.bincount(stored_flags[t].ravel(), minlength=len(FillFlag))
+    for t in range(len(stored_flags)):
+        if not core_days.start <= t < core_days.stop:  # a kept day: counted as stored
+            counts[t] = np.bincount(stored_flags[t].ravel(), minlength=len(FillFlag))
     stored_fraction[core_days] = fraction
     stored_flags[core_days] = flags
     counts[core_days] = day_counts
