@@ -166,12 +166,16 @@ def _allow_incomplete(parser: argparse.ArgumentParser) -> None:
                              "by default; its unwritten cells read as missing)")
 
 
-def _storage_options_flag(parser: argparse.ArgumentParser) -> None:
+def _storage_options_flag(parser: argparse.ArgumentParser, snapshot: bool = True) -> None:
+    """--storage-options, and for a command that reads a store, --snapshot (one that writes
+    writes to the tip of main, so it does not offer it)."""
     parser.add_argument("--storage-options", metavar="JSON",
                         help="options of the store's fsspec file system as a JSON object, e.g. "
                              '\'{"endpoint_url": "http://127.0.0.1:9000"}\' for s3:// (keys '
                              "and endpoint may also come from AWS_ACCESS_KEY_ID, "
                              "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)")
+    if not snapshot:
+        return
     parser.add_argument("--snapshot", metavar="ID_OR_TAG",
                         help="an icechunk store's snapshot id or tag to read (default: the "
                              "tip of main; `sicube log STORE` lists them)")
@@ -549,7 +553,7 @@ def _add_build(parser: argparse.ArgumentParser) -> None:
                              "which a day's observed share is suspicious")
     parser.add_argument("--suspicious-window", type=int, default=QualityRules.window,
                         help="days (odd) of that centred rolling median")
-    _storage_options_flag(parser)
+    _storage_options_flag(parser, snapshot=False)
     parser.set_defaults(run=_run_build)
 
 
@@ -584,7 +588,7 @@ def _add_update(parser: argparse.ArgumentParser) -> None:
                         help=f"append even when more than {MAX_EMPTY_DAYS} days at the end "
                              "would have no file")
     _add_source_args(parser, sensor_default=None)
-    _storage_options_flag(parser)
+    _storage_options_flag(parser, snapshot=False)
     parser.set_defaults(run=_run_update)
 
 
