@@ -1,5 +1,3 @@
-import sys
+from sicube.cli import run
 
-from sicube.cli import main
-
-sys.exit(main())
+run()
