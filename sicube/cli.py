@@ -8,7 +8,6 @@ be read or written, a full disk) end in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 import warnings
@@ -89,44 +88,14 @@ def _chosen_command(argv: Sequence[str]) -> str:
     return first if first in names else ""
 
 
-def run() -> None:
-    """The `sicube` process (`python -m sicube`, the `sicube` script): `main` on the command
-    line, exiting with its code.
-
-    Python's cyclic garbage collector is paused while the command's modules load, and what
-    they made is then frozen out of every later collection (`gc.freeze`), the one at exit
-    included: numba, zarr and the rest leave hundreds of thousands of objects that live as
-    long as the process, and each full collection walks them all again. That walk cost a
-    one-day update ~0.5 s of its ~3 s (issue 22; benchmarks/RESULTS.md, "Update"). Only
-    here, not in `main`: a process that calls `main` (the tests) keeps its collector as is.
-    """
-    global _collector_paused
-    gc.disable()
-    _collector_paused = True
-    code = main()
-    gc.freeze()  # the objects the run made: not walked again at exit
-    sys.exit(code)
-
-
-# Set by `run` until the command's modules have loaded (`_resume_collector`).
-_collector_paused = False
-
-
-def _resume_collector() -> None:
-    """Freeze what the imports made and turn the collector back on, if `run` paused it."""
-    global _collector_paused
-    if _collector_paused:
-        _collector_paused = False
-        gc.freeze()
-        gc.enable()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one sicube command; return its exit code."""
+def main(argv: Sequence[str] | None = None, loaded: Callable[[], None] | None = None) -> int:
+    """Run one sicube command; return its exit code. `loaded` is called once the command's
+    modules have been imported, before it runs (`sicube.__main__.run`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:  # the chosen command's stage is imported here: seconds for build, Ctrl-C included
         args = build_parser(only=_chosen_command(argv)).parse_args(argv)
-        _resume_collector()
+        if loaded is not None:
+            loaded()
     except KeyboardInterrupt:
         print(f"sicube {_chosen_command(argv) or ''}".rstrip() + ": interrupted",
               file=sys.stderr)

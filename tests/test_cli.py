@@ -319,17 +319,17 @@ def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(monkeypatch, ca
 
 
 def test_the_sicube_process_runs_its_command_with_the_collector_on_and_exits_with_its_code():
-    # `cli.run` (python -m sicube, the sicube script) pauses the garbage collector only
+    # `sicube.__main__.run` (python -m sicube, the sicube script) pauses the collector only
     # while the command's modules load: a long build must not run without it
     probe = ("import gc, sys\n"
-             "from sicube import cli\n"
+             "from sicube import __main__ as process, cli\n"
              "def command(args):\n"
              "    print(gc.isenabled(), 'sicube.pipeline.build' in sys.modules,\n"
              "          gc.get_freeze_count() > 10_000, flush=True)\n"
              "    return 3\n"
              "cli._run_update = command\n"
              "sys.argv = ['sicube', 'update', '--store', 'no-such-cube']\n"
-             "cli.run()\n")
+             "process.run()\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 3, done.stderr
     # the collector is on, and the update's modules were loaded and frozen before it ran
