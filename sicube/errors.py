@@ -2,6 +2,7 @@
 
 import errno
 import os
+import sys
 
 
 class SicubeError(Exception):
@@ -56,8 +57,6 @@ def os_error_line(err: OSError) -> str:
 def warning_line(command: str, show):
     """`warnings.showwarning` for the CLI: sicube's own warnings (a newer cube) as one line
     on stderr, each once (a command may open a cube several times); others as `show` does."""
-    import sys
-
     from sicube.datacube.record import NewerCubeWarning
 
     said: set[str] = set()
@@ -86,8 +85,6 @@ def closed_pipe() -> int:
     What is still buffered goes to /dev/null, so that Python's flush at exit does not
     report the broken pipe again; 141 is what a shell reports for a command ended by SIGPIPE.
     """
-    import sys
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
