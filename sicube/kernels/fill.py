@@ -394,13 +394,13 @@ def _with_halo(func, x, depth: tuple[int, ...], land, **kwargs):
     return out.rechunk(chunks) if merged != chunks else out
 
 
-def _gaussian_block(block, land_block, core, tw, sw, alpha, sigma):
+def _gaussian_block(block, land_block, core, tw, sw, gt, gs):
     """One haloed block's core, filled by the serial kernel the block gufunc wraps
-    (`gaussian_block_gufunc` gives the same core): called directly, the core is all that is
-    written and a block without land reads no land (`bench_fill.py`: through the gufunc, with
-    its full-block output and all-sea land, the Dask fill took 1.9x as long)."""
+    (`gaussian_block_gufunc` gives the same core) with the axis weights `gt`, `gs`: called
+    directly, the core is all that is written and a block without land reads no land
+    (`bench_fill.py`: through the gufunc, with its full-block output and all-sea land, the
+    Dask fill took 1.9x as long)."""
     land_arr, has_land = _land_args(land_block, block.shape)
-    gt, gs = axis_weights(tw, sw, alpha, sigma)
     return fill_serial(np.ascontiguousarray(block), land_arr, has_land,
                        tuple(int(c) for c in core), TILE, tw, sw, gt, gs)
 
@@ -416,8 +416,8 @@ def _fill_dask(x, land, tw, sw, alpha, sigma, method, max_gap):
     """The lazy Dask version of the fill; every haloed block's core filled by the kernel."""
     if method == "hybrid" and max_gap > 0:
         x = _with_halo(_interpolate_block, x, (max_gap, 0, 0), land, max_gap=max_gap)
-    return _with_halo(_gaussian_block, x, (tw, sw, sw), land, tw=tw, sw=sw, alpha=alpha,
-                      sigma=sigma)
+    gt, gs = axis_weights(tw, sw, alpha, sigma)  # once, not per block
+    return _with_halo(_gaussian_block, x, (tw, sw, sw), land, tw=tw, sw=sw, gt=gt, gs=gs)
 
 
 # --- the kernel as a NumPy generalized ufunc ----------------------------------------------------
