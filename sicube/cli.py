@@ -93,13 +93,17 @@ def main(argv: Sequence[str] | None = None, loaded: Callable[[], None] | None = 
     modules have been imported, before it runs (`sicube.__main__.run`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:  # the chosen command's stage is imported here: seconds for build, Ctrl-C included
-        args = build_parser(only=_chosen_command(argv)).parse_args(argv)
+        args, unknown = build_parser(only=_chosen_command(argv)).parse_known_args(argv)
         if loaded is not None:
             loaded()
     except KeyboardInterrupt:
         print(f"sicube {_chosen_command(argv) or ''}".rstrip() + ": interrupted",
               file=sys.stderr)
         return 130
+    if unknown:  # named with its command: `sicube build --snapshot X` (build offers none)
+        print(f"sicube {args.command}: error: unrecognized arguments: {' '.join(unknown)}",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
