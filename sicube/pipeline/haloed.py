@@ -79,8 +79,10 @@ def map_haloed_blocks(func: Callable[..., np.ndarray], array, land, window: tupl
     `kernels.fill.halo_layout` makes them).
 
     Every chunk is read and decoded once: the window is read a row of blocks at a time (a
-    band), and a row's haloed blocks are cut from it and its neighbour bands. Memory: three
-    bands, and the haloed copies of at most `ROWS_IN_FLIGHT` rows of blocks being filled.
+    band), and each haloed block is cut, on the thread that maps it, straight from its band
+    and the neighbour bands' edge rows into one contiguous array (what the fill reads; no
+    copy of a whole haloed row of blocks is made). Memory: the bands of at most
+    `ROWS_IN_FLIGHT` rows of blocks being mapped and their neighbours, and a block per thread.
     """
     first, last = window
     nx, (dy, dx) = array.shape[2], depth
@@ -94,33 +96,34 @@ def map_haloed_blocks(func: Callable[..., np.ndarray], array, land, window: tupl
             bands[iy] = array[first:last, y_starts[iy]:y_starts[iy + 1], :]
         return bands[iy]
 
-    def haloed_row(iy: int) -> tuple[np.ndarray, int]:
-        """The row's cells with the halo above and below; the y where it starts."""
+    def row_parts(iy: int) -> tuple[list[np.ndarray], int]:
+        """The row's band with the halo rows above and below; the y where they start."""
         parts = [band(iy)]
         if iy > 0 and dy:
             parts.insert(0, band(iy - 1)[:, -dy:])
         if iy + 1 < n_rows and dy:
             parts.append(band(iy + 1)[:, :dy])
         for old in [k for k in bands if k < iy]:  # no later row needs the bands above
-            del bands[old]
-        return np.concatenate(parts, axis=1), y_starts[iy] - (dy if iy > 0 else 0)
+            del bands[old]  # (the tasks of the rows in flight hold their own parts)
+        return parts, y_starts[iy] - (dy if iy > 0 else 0)
 
-    def one(row: np.ndarray, y0: int, iy: int, ix: int) -> np.ndarray:
+    def one(parts: list[np.ndarray], y0: int, iy: int, ix: int) -> np.ndarray:
         x0, x1 = max(0, x_starts[ix] - dx), min(nx, x_starts[ix + 1] + dx)
-        return func(row[:, :, x0:x1], land[y0:y0 + row.shape[1], x0:x1][None],
+        block = np.concatenate([part[:, :, x0:x1] for part in parts], axis=1)
+        return func(block, land[y0:y0 + block.shape[1], x0:x1][None],
                     block_info={0: {"chunk-location": (0, iy, ix)}}, **kwargs)
 
     results: dict[tuple[int, int], object] = {}
     threads_now = min(thread_count() or usable_cores(), n_rows * n_cols)
     with ThreadPoolExecutor(threads_now) as pool:
         for iy in range(n_rows):
-            if iy >= ROWS_IN_FLIGHT:  # bound the haloed copies held by waiting tasks
+            if iy >= ROWS_IN_FLIGHT:  # bound the bands held by waiting tasks
                 for ix in range(n_cols):
                     results[iy - ROWS_IN_FLIGHT, ix].result()
-            row, y0 = haloed_row(iy)
+            parts, y0 = row_parts(iy)
             for ix in range(n_cols):
-                results[iy, ix] = pool.submit(one, row, y0, iy, ix)
-            del row
+                results[iy, ix] = pool.submit(one, parts, y0, iy, ix)
+            del parts
         stacked = [np.asarray(results[iy, ix].result()).reshape(-1)
                    for iy in range(n_rows) for ix in range(n_cols)]
     return np.stack(stacked)
