@@ -188,7 +188,7 @@ def main() -> None:
         "this machine a process pays ~1.7 ms for each MB of memory it touches first, so "
         "putting the chunk together whole (280 MB) cost ~0.4 s more. The `sicube` process "
         "pauses Python's garbage collector while the command's modules load and then freezes "
-        "them out of later collections (`sicube.cli.run`): each full collection, and the one "
+        "them out of later collections (`sicube.__main__.run`): each full collection, and the one "
         "at exit, walked numba's objects again (~0.3 s of every process that fills). Its "
         "cost follows the chunking, not the span. What separates it from 0.5x: the fixed "
         "start (interpreter and imports ~0.45 s, numba's registry ~0.4 s), which halves in "
