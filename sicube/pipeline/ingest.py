@@ -180,21 +180,17 @@ def write_chunk(group, chunk: int, days: list[dt.date], looked: list[Arrival],
                 provenance[f"{arrival.day:%Y%m%d}"] = found
                 new.append((arrival.day - days[first_day]).days)
         whole = new == list(range(n))  # every day arrived: the decoded days are the chunk
-        band_buffer = None if whole else np.empty((n, rows, grid.shape[1]), np.float32)
         observed = np.isin(np.arange(n), new)
         target = cube.for_writing(raw)
         for y0 in range(0, grid.shape[0], rows):
             y1 = min(y0 + rows, grid.shape[0])
             if whole:
                 band = decoded[:, y0:y1]
-            else:
-                band = band_buffer[:, :y1 - y0]
-                if next_band is not None:
-                    band[:] = next_band.result()
-                    if y1 < grid.shape[0]:
-                        next_band = reader.submit(_kept_band, raw, first_day, n, kept, y1)
-                else:
-                    band[:] = np.nan
+            else:  # the kept days as stored (NaN elsewhere), then the arrived ones
+                band = (next_band.result() if kept else
+                        np.full((n, y1 - y0, grid.shape[1]), np.nan, np.float32))
+                if kept and y1 < grid.shape[0]:
+                    next_band = reader.submit(_kept_band, raw, first_day, n, kept, y1)
                 band[new] = decoded[:len(new), y0:y1]
             _write_band(target, first_day, y0, band)
             with tally_lock:
