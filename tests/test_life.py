@@ -26,6 +26,8 @@ from sicube.archive.synthetic import write_archive
 from sicube.cli import main
 from sicube.datacube import cube
 from sicube.errors import BadInput
+from sicube.kernels.fill import pole_hole_ring
+from sicube.params import FillParams
 from sicube.pipeline.build import build, update
 
 from .conftest import ARCHIVE_END, ARCHIVE_START, SMALL_CUBE_CHUNKS
@@ -681,3 +683,43 @@ def test_the_gap_guard_counts_only_the_cubes_grid(archive, early_cube, tmp_path,
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--allow-gap" in err and f"no file after {ARCHIVE_END}" in err, err
     assert _store_hashes(store) == before
+
+
+def test_an_update_rewrites_only_the_chunks_its_refill_changes(archive, tmp_path):
+    """Adding 9 April (the first day of a time chunk) refills 6-8 April, in the chunk before.
+    That chunk's blocks the refill leaves as they were keep their stored files untouched
+    (but those holding the pole hole and its ring, which is set after the fill); every
+    block it changes is rewritten, and the cube equals a fresh build."""
+    end = dt.date(2024, 4, 8)  # the end of time chunk 1 (5-8 April)
+    store = tmp_path / "cube.zarr"
+    build(ARCHIVE_START, end, store, source=archive.root, chunks=CHUNKS, progress=False)
+    chunk_files = sorted(p for name in (cube.CONC, cube.FLAG)
+                         for p in (store / name / "c" / "1").rglob("*") if p.is_file())
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in chunk_files}
+    group = zarr.open_group(str(store), mode="r")
+    values_before = {name: group[name][4:8] for name in (cube.CONC, cube.FLAG)}
+    hole = group[cube.POLE_HOLE][:].astype(bool)
+    hole |= pole_hole_ring(hole, group[cube.LAND][:], FillParams().space_window)
+
+    summary = update(store, end + dt.timedelta(days=1), source=archive.root, progress=False)
+
+    assert summary.exit_code == 0 and summary.days_filled == 4  # 6-9 April
+    _assert_same_cube(store, _fresh(archive, tmp_path / "fresh.zarr", ARCHIVE_START,
+                                    end + dt.timedelta(days=1), store))
+    group = zarr.open_group(str(store), mode="r")
+    kept = rewritten = 0
+    for path, stat in before.items():
+        name, (_, _, iy, ix) = path.parts[-5], path.relative_to(store).parts[1:]
+        chunks = group[name].chunks
+        block = (slice(int(iy) * chunks[1], (int(iy) + 1) * chunks[1]),
+                 slice(int(ix) * chunks[2], (int(ix) + 1) * chunks[2]))
+        same = (group[name][(slice(4, 8), *block)].tobytes()
+                == values_before[name][(slice(None), *block)].tobytes())
+        untouched = (path.stat().st_mtime_ns, path.stat().st_ino) == stat
+        if not same:
+            assert not untouched, path  # a changed block is never left stale
+            rewritten += 1
+        elif not hole[block].any():
+            assert untouched, path  # one the refill left as it was is not written again
+            kept += 1
+    assert kept and rewritten  # both happen on this archive

@@ -273,29 +273,48 @@ def _fill_haloed_block(block: np.ndarray, land: np.ndarray, iy: int, ix: int, *,
         block, land, core, **params.to_dict(), cell_km2=cell_km2)
     region = (slice(*written), slice(y0, y1), slice(x0, x1))
     core_days = slice(t0 - written[0], t0 - written[0] + fraction.shape[0])
-    if core_days != slice(0, written[1] - written[0]):  # whole Zarr chunks: the kept days too
-        fraction, flags, day_counts = _with_kept_days(targets, region, core_days, fraction,
-                                                      flags, day_counts)
-    targets[0][region] = fraction
-    targets[1][region] = flags
-    counts = [day_counts[i:i + time_chunk].sum(0) for i in range(0, flags.shape[0], time_chunk)]
+    if core_days == slice(0, written[1] - written[0]):  # every day of the chunks is new
+        targets[0][region] = fraction
+        targets[1][region] = flags
+    else:  # whole Zarr chunks: the kept days too, and only the chunks the refill changed
+        outputs, day_counts, changed = _with_kept_days(targets, region, core_days,
+                                                       (fraction, flags), day_counts,
+                                                       time_chunk)
+        for target, values, chunk_changed in zip(targets, outputs, changed.T, strict=True):
+            for i in np.flatnonzero(chunk_changed):
+                days = slice(i * time_chunk, (i + 1) * time_chunk)
+                target[(slice(written[0] + days.start, written[0] + days.start
+                              + len(values[days])), *region[1:])] = values[days]
+    counts = [day_counts[i:i + time_chunk].sum(0) for i in range(0, len(day_counts), time_chunk)]
     return FillBatchResult.pack_block(np.concatenate(counts), sums)
 
 
 def _with_kept_days(targets, region: tuple[slice, slice, slice], core_days: slice,
-                    fraction: np.ndarray, flags: np.ndarray, day_counts: np.ndarray):
+                    new: tuple[np.ndarray, np.ndarray], day_counts: np.ndarray,
+                    time_chunk: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray,
+                                              np.ndarray]:
     """The stored fraction and flags of `region` with the core days (`core_days` of it)
-    replaced by the new ones, and each day's flag counts (the kept days' counted from the
-    store: a refill rerun after a kill reads the same kept days)."""
-    stored_fraction, stored_flags = targets[0][region], targets[1][region]
-    counts = np.empty((len(stored_flags), day_counts.shape[1]), day_counts.dtype)
-    for t in range(len(stored_flags)):
+    replaced by the `new` ones; each day's flag counts (the kept days' counted from the
+    store: a refill rerun after a kill reads the same kept days); and per time chunk of the
+    region and output, whether the new days change it (bit for bit).
+
+    A daily update refills the `time_window` days before its new one. Where those reach
+    back into the chunk before (with the defaults, for 3 new days in 8), most blocks of that
+    chunk come out as they were stored: they are not encoded and written again."""
+    stored = targets[0][region], targets[1][region]
+    counts = np.empty((len(stored[1]), day_counts.shape[1]), day_counts.dtype)
+    for t in range(len(stored[1])):
         if not core_days.start <= t < core_days.stop:  # a kept day: counted as stored
-            counts[t] = np.bincount(stored_flags[t].ravel(), minlength=len(FillFlag))
-    stored_fraction[core_days] = fraction
-    stored_flags[core_days] = flags
+            counts[t] = np.bincount(stored[1][t].ravel(), minlength=len(FillFlag))
     counts[core_days] = day_counts
-    return stored_fraction, stored_flags, counts
+    changed = np.zeros((-(-len(counts) // time_chunk), len(stored)), bool)
+    for values, now, column in zip(stored, new, changed.T, strict=True):
+        bits = values.view(f"u{values.itemsize}")  # NaN equals NaN, and -0.0 differs from 0
+        for t in range(core_days.start, core_days.stop):
+            column[t // time_chunk] |= not np.array_equal(
+                bits[t], now[t - core_days.start].view(bits.dtype))
+        values[core_days] = now
+    return stored, counts, changed
 
 
 def set_pole_hole(group, box: tuple[slice, slice, slice], hole: np.ndarray,
