@@ -209,13 +209,18 @@ def _kept_band(raw, first_day: int, n: int, kept: list[int], y0: int) -> np.ndar
 
 
 def _write_band(target, first_day: int, y0: int, band: np.ndarray) -> None:
-    """Write `band` (days from `first_day`, chunk rows from `y0`) into the store's `target`
-    chunk by chunk: given a whole band, zarr encodes all its chunks at once, ~0.1 GB of
-    buffers per writer."""
-    xs = target.chunks[2]
+    """Write `band` (days from `first_day`, chunk rows from `y0`) into the store's `target`,
+    `WRITE_CHUNKS` chunks at a time: given a whole band, zarr encodes all its chunks at
+    once, ~0.1 GB of buffers per writer; one at a time, a daily update's one chunk being
+    written encodes on one thread."""
+    xs = target.chunks[2] * WRITE_CHUNKS
     for x0 in range(0, band.shape[2], xs):
         target[first_day:first_day + band.shape[0], y0:y0 + band.shape[1], x0:x0 + xs] = \
             band[:, :, x0:x0 + xs]
+
+
+# Chunks a band is written in at once: two keep a small machine's cores encoding.
+WRITE_CHUNKS = 2
 
 
 def run(group, days: list[dt.date], looked_for: list[int], kept: dict[int, list[int]],
