@@ -76,3 +76,53 @@ def test_the_users_own_zarr_setting_is_kept_and_bad_values_refused():
         with pytest.raises(BadInput, match="codec_threads must be a positive integer"):
             settings.configure(codec_threads=bad)
     assert settings.current() == settings.Settings()  # a refused call changes nothing
+
+
+_TOUCH_TWICE = textwrap.dedent("""
+    import resource, sys
+    from sicube import settings
+    if sys.argv[1] == "keep":
+        assert settings.keep_freed_memory()
+
+    def touched():  # a chunk-sized buffer, every page written, then freed
+        block = bytearray(24 << 20)
+        block[::4096] = bytes(len(range(0, 24 << 20, 4096)))
+        del block
+
+    touched()  # fresh pages either way
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    touched()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+""")
+
+
+@pytest.mark.skipif(settings._glibc("mallopt") is None, reason="glibc's mallopt only")
+def test_kept_freed_memory_is_reused_without_faulting_pages_in_again():
+    """glibc's defaults hand a freed 24 MB buffer back to the OS, and the next one is faulted
+    in page by page (6,144 pages); kept, it is reused as it is."""
+    faults = {}
+    for how in ("default", "keep"):
+        done = subprocess.run([sys.executable, "-c", _TOUCH_TWICE, how], capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr
+        faults[how] = int(done.stdout)
+    assert faults["default"] > 3000, faults
+    assert faults["keep"] < 300, faults
+
+
+@pytest.mark.parametrize("command, keeps", [("update", True), ("build", False)])
+def test_only_the_update_process_keeps_its_freed_memory(command, keeps):
+    probe = textwrap.dedent(f"""
+        import sys
+        from sicube import __main__ as process, cli, settings
+        kept = []
+        settings.keep_freed_memory = lambda: kept.append(True) or True
+        cli._run_update = cli._run_build = lambda args: print(bool(kept)) or 0
+        sys.argv = ["sicube", "{command}", "--store", "no-such-cube", "--end", "20240101"]
+        if "{command}" == "build":
+            sys.argv += ["--start", "20240101"]
+        process.run()
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(keeps)], done.stdout
