@@ -189,12 +189,22 @@ def main() -> None:
         "putting the chunk together whole (280 MB) cost ~0.4 s more. The `sicube` process "
         "pauses Python's garbage collector while the command's modules load and then freezes "
         "them out of later collections (`sicube.__main__.run`): each full collection, and the one "
-        "at exit, walked numba's objects again (~0.3 s of every process that fills). Its "
-        "cost follows the chunking, not the span. What separates it from 0.5x: the fixed "
-        "start (interpreter and imports ~0.45 s, numba's registry ~0.4 s), which halves in "
-        "the ratio but does not go, and the chunk refilled in part: its kept days of "
-        "`sea_ice_conc` and `fill_flag` are read back and the chunk written whole, so the "
-        "update's 4 days of fill take longer than the build's 8 (the fill column).",
+        "at exit, walked numba's objects again (~0.3 s of every process that fills). The "
+        "update process also keeps the memory it frees for reuse "
+        "(`sicube.settings.keep_freed_memory`, glibc's mallopt): it reads, fills and writes "
+        "block by block, and faulting fresh pages in cost it ~0.3 s (6 interleaved rounds: "
+        "best 2.06 s against 2.35 s, median 2.23 s against 2.64 s; +60-80 MB of peak). Where "
+        "the refill reaches back into the chunk before the new day (for 3 new days in 8, as "
+        "for day 17), that chunk's blocks the refill leaves as stored are not encoded and "
+        "written again (32 of the 35 here). Its cost follows the chunking, not the span. What "
+        "separates it from 0.5x: the fixed start (interpreter and imports ~0.45 s, numba's "
+        "registry ~0.4 s), which halves in the ratio but does not go, and the chunks refilled "
+        "in part: their stored `sea_ice_conc` and `fill_flag` are read back (to keep the kept "
+        "days and to compare), and the new day's chunk is encoded whole, so the update's 4 "
+        "days of fill still take longer than the build's 8 (the fill column). This VM's speed "
+        "also drifts by a third between hours (the same commit's 8-day build: best 3.8 s in "
+        "one run, 4.7 s in another), so compare runs of one round, not rounds of different "
+        "hours.",
     ])
     print("\n" + text)
     if not args.no_record:
