@@ -203,8 +203,8 @@ def main() -> None:
         "days and to compare), and the new day's chunk is encoded whole, so the update's 4 "
         "days of fill still take longer than the build's 8 (the fill column). This VM's speed "
         "also drifts by a third between hours (the code of `df64a7f`: its 8-day build best "
-        "4.46 s in the morning, 5.40 s at 19:00 on 2026-12-02), so compare runs of one round, "
-        "not rounds of different hours.",
+        "4.46 s in an earlier run that day, 5.40 s at 19:00 on 2026-12-02), so compare runs "
+        "of one round, not rounds of different hours.",
     ])
     print("\n" + text)
     if not args.no_record:
