@@ -134,14 +134,16 @@ def test_kill_9_during_an_update_leaves_main_and_the_rerun_completes(
     tip = versions.log(url)[0].id
     chunks = tmp_path / "repo" / "chunks"
     before = len(list(chunks.iterdir()))
+    # the update runs at a low priority: on a busy machine (CI's parallel tests) this
+    # process must see its first chunks and signal it before it has finished its work
     proc = subprocess.Popen([sys.executable, "-m", "sicube", "update", "--store", url,
                              "--source", str(halves[1]), "-q"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10))
     try:  # killed once it has written chunks of the new days into the repository
         deadline = time.monotonic() + 300
         while len(list(chunks.iterdir())) == before and proc.poll() is None:
             assert time.monotonic() < deadline
-            time.sleep(0.01)
+            time.sleep(0.002)
         assert proc.poll() is None, "the update ended before it could be killed"
         os.kill(proc.pid, how)  # Ctrl-C: the run records "interrupted", then stops
         assert proc.wait(120) == (130 if how == signal.SIGINT else -signal.SIGKILL)
