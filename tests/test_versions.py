@@ -129,9 +129,10 @@ def test_build_equals_plain_zarr_an_update_adds_a_snapshot_and_old_snapshots_sti
 
 def _as_from_a_terminal() -> None:
     """A child started as a user's shell starts it: Ctrl-C (SIGINT) at its default, not
-    ignored or blocked as the test worker may have it (once the suite's other tests ran in
-    it, CI's update ignored the signal and finished: exit 0), and at a low priority, so
-    that on busy cores this process sees its first chunks and signals it mid-work."""
+    ignored or blocked as the test worker may have inherited or left it (in CI's full suite
+    the update, signalled this way, twice finished and exited 0 as if it never got the
+    signal; it passed alone), and at a low priority, so that on busy cores this process sees
+    its first chunks and signals it mid-work."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.nice(10)

@@ -282,9 +282,9 @@ def _fill_haloed_block(block: np.ndarray, land: np.ndarray, iy: int, ix: int, *,
                                                        time_chunk)
         for target, values, chunk_changed in zip(targets, outputs, changed.T, strict=True):
             for i in np.flatnonzero(chunk_changed):
-                days = slice(i * time_chunk, (i + 1) * time_chunk)
-                target[(slice(written[0] + days.start, written[0] + days.start
-                              + len(values[days])), *region[1:])] = values[days]
+                part = values[i * time_chunk:(i + 1) * time_chunk]
+                start = written[0] + i * time_chunk
+                target[(slice(start, start + len(part)), *region[1:])] = part
     counts = [day_counts[i:i + time_chunk].sum(0) for i in range(0, len(day_counts), time_chunk)]
     return FillBatchResult.pack_block(np.concatenate(counts), sums)
 
