@@ -18,12 +18,11 @@ def run() -> None:
     (`sicube.settings.keep_freed_memory`): a daily cron job's work goes block by block.
     """
     gc.disable()
-    from sicube.cli import _chosen_command, main  # the stages load in `main`
-
-    if _chosen_command(sys.argv[1:]) == KEEPS_FREED_MEMORY:
+    if sys.argv[1:2] == [KEEPS_FREED_MEMORY]:
         from sicube.settings import keep_freed_memory
 
         keep_freed_memory()
+    from sicube.cli import main
 
     code = main(loaded=_freeze_loaded)
     gc.freeze()  # and what the run made: not walked again at exit
