@@ -156,9 +156,9 @@ class CubeRecord:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, (dict, list, tuple)):
+            if isinstance(value, (dict, list, tuple)):  # keys sorted: days in order
                 value = json.dumps(list(value) if isinstance(value, tuple) else value,
-                                   sort_keys=name == "build")
+                                   sort_keys=True)
             attrs[key] = value
         return attrs
 
