@@ -18,7 +18,13 @@ from sicube.datacube.cube import DayQuality
 from sicube.kernels.fill import FillParams
 from sicube.pipeline.build import build, update
 from sicube.pipeline.plan import BuildArgs, BuildState, days_depending_on
-from sicube.pipeline.quality import QualityRules, StatCells, day_stats, judge
+from sicube.pipeline.quality import (
+    QualityRules,
+    StatCells,
+    _neighbour_medians,
+    day_stats,
+    judge,
+)
 
 # --- the pure rules --------------------------------------------------------------------------
 
@@ -128,6 +134,30 @@ def test_days_without_statistics_are_never_flagged_and_k_is_settable(days, data)
 def test_bad_rules_are_refused_naming_the_setting(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         QualityRules(**kwargs)
+
+
+def _neighbour_medians_day_by_day(values, half, min_neighbours):
+    """The rule as written: per day, the median and MAD of its known neighbours."""
+    median, mad = np.full(values.size, np.nan), np.full(values.size, np.nan)
+    for i in range(values.size):
+        around = np.concatenate([values[max(0, i - half):i], values[i + 1:i + 1 + half]])
+        around = around[~np.isnan(around)]
+        if around.size and around.size >= min_neighbours:
+            median[i] = np.median(around)
+            mad[i] = np.median(np.abs(around - median[i]))
+    return median, mad
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 6), st.integers(1, 8), st.data())
+def test_neighbour_medians_equal_the_day_by_day_rule_bit_for_bit(n, half, min_neighbours, data):
+    values = np.array(data.draw(st.lists(
+        st.one_of(st.just(np.nan), st.floats(0, 1, allow_nan=False, width=32)),
+        min_size=n, max_size=n)), np.float64)
+    got = _neighbour_medians(values, half, min_neighbours)
+    want = _neighbour_medians_day_by_day(values, half, min_neighbours)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)  # NaN where NaN, every other value equal
 
 
 @settings(max_examples=40, deadline=None)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
+from numpy.lib.stride_tricks import sliding_window_view
 
 from sicube.datacube.cube import DayQuality
 from sicube.params import EXTENT_THRESHOLD_PERCENT
@@ -137,15 +138,20 @@ def stats_table(records: Sequence[Mapping | None]) -> dict[str, np.ndarray]:
 def _neighbour_medians(values: np.ndarray, half: int, min_neighbours: int
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Per day: the median and the MAD of the known `values` within `half` days either side,
-    the day itself left out; NaN where fewer than `min_neighbours` are known."""
-    n = values.size
-    median, mad = np.full(n, np.nan), np.full(n, np.nan)
-    for i in range(n):
-        around = np.concatenate([values[max(0, i - half):i], values[i + 1:i + 1 + half]])
-        around = around[~np.isnan(around)]
-        if around.size >= min_neighbours:
-            median[i] = np.median(around)
-            mad[i] = np.median(np.abs(around - median[i]))
+    the day itself left out; NaN where fewer than `min_neighbours` are known.
+
+    All days at once, as rows of a (days, 2 * half + 1) window with the day itself and the
+    days beyond the span set NaN: a loop over the days cost a decade's update 0.3 s."""
+    padding = np.full(half, np.nan)
+    around = sliding_window_view(np.concatenate([padding, values, padding]), 2 * half + 1)
+    around = around.copy()
+    around[:, half] = np.nan
+    enough = np.count_nonzero(~np.isnan(around), axis=1) >= max(min_neighbours, 1)
+    median, mad = np.full(values.size, np.nan), np.full(values.size, np.nan)
+    if enough.any():
+        rows = around[enough]
+        median[enough] = np.nanmedian(rows, axis=1)
+        mad[enough] = np.nanmedian(np.abs(rows - median[enough, None]), axis=1)
     return median, mad
 
 
