@@ -277,8 +277,9 @@ def file_name_parts(name: str) -> FileNameParts | None:
     found = _FILE_NAME.search(name)
     if not found:
         return None
+    digits = found.group("day")  # 8 digits; not strptime: a decade's folder is 3,653 names
     try:
-        day = dt.datetime.strptime(found.group("day"), "%Y%m%d").date()
+        day = dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
     except ValueError:
         return None
     return FileNameParts(found.group("grid"), day, found.group("version"),

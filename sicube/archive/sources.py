@@ -83,7 +83,8 @@ def find_day_files(directory: str | os.PathLike, grid: str | None = None) -> dic
     twice the first path in sorted order wins and the other is logged.
     """
     found: dict[dt.date, Path] = {}
-    for path in sorted(Path(directory).rglob("*.nc")):
+    # sorted by parts, Path's own order, compared as tuples (Path's `<` is slow by the 10,000)
+    for path in sorted(Path(directory).rglob("*.nc"), key=_parts):
         parsed = products.parse_file_name(path.name)
         if parsed is None or (grid is not None and parsed[0] != grid):
             continue
@@ -93,6 +94,10 @@ def find_day_files(directory: str | os.PathLike, grid: str | None = None) -> dic
             continue
         found[day] = path
     return found
+
+
+def _parts(path: Path) -> tuple[str, ...]:
+    return path.parts
 
 
 def folder_grids(directory: str | os.PathLike) -> dict[str, int]:
