@@ -56,3 +56,21 @@ def test_atomic_folder_is_all_or_nothing(tmp_path):
         (tmp / "d").write_text("2")
     assert sorted(p.name for p in target.iterdir()) == ["d"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clim.zarr"]
+
+
+def test_store_bytes_counts_every_file_below_a_local_store_as_fsspec_does(tmp_path):
+    import fsspec
+
+    from sicube.datacube.cube import store_bytes
+
+    store = tmp_path / "cube.zarr"
+    (store / "a" / "c" / "0").mkdir(parents=True)
+    (store / "zarr.json").write_bytes(b"x" * 123)
+    (store / "a" / "zarr.json").write_bytes(b"y" * 45)
+    (store / "a" / "c" / "0" / "0").write_bytes(b"z" * 6789)
+    assert store_bytes(store) == 123 + 45 + 6789 == fsspec.filesystem("file").du(str(store))
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/bytes-test.zarr/zarr.json", b"q" * 77)
+    memory.pipe("/bytes-test.zarr/a/c/0", b"r" * 11)
+    assert store_bytes("memory://bytes-test.zarr") == 88
+    assert store_bytes(tmp_path / "absent.zarr") == 0

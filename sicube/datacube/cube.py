@@ -353,9 +353,25 @@ def store_bytes(store: str | os.PathLike, storage_options: dict | None = None) -
 
     fs, path = filesystem(store, storage_options)
     try:
+        if fs.protocol in ("file", ("file", "local")):
+            return _folder_bytes(path)
         return int(fs.du(path))
     except Exception:  # noqa: BLE001 - a server that cannot list (HTTP) answers in its own way
         return 0
+
+
+def _folder_bytes(path: str) -> int:
+    """Bytes of the files below local folder `path`: one `os.scandir` walk, ~4x cheaper than
+    fsspec's `du` (a decade's cube is ~50,000 chunk files, and `update` prints its size)."""
+    total, folders = 0, [path]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def for_writing(array):
