@@ -66,7 +66,7 @@ def day(n: int) -> dt.date:
 def built(days: int, archive: Path) -> Path:
     """A cube of the archive's first `days` days, built once and kept as the template."""
     store = WORK / f"update-base-{days}.zarr"
-    if not _complete(store):
+    if not is_complete(store):
         print(f"building the {days}-day template cube {store} ...", flush=True)
         shutil.rmtree(store, ignore_errors=True)
         sicube("build", "--start", f"{day(1):%Y%m%d}", "--end", f"{day(days):%Y%m%d}",
@@ -74,7 +74,7 @@ def built(days: int, archive: Path) -> Path:
     return store
 
 
-def _complete(store: Path) -> bool:
+def is_complete(store: Path) -> bool:
     """Whether `store` is a cube whose build finished (not one killed half way)."""
     from sicube.datacube import cube
 

@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
                "--no-record"]),
     "update": (["--repeats", "5", "--long", "120"], ["--repeats", "1", "--long", "0",
                                                      "--no-record"]),
+    "update_span": (["--repeats", "5"], ["--years", "1", "--repeats", "1", "--no-record"]),
     "overhead": (["--repeats", "5"], ["--days", "4", "--repeats", "1", "--no-record"]),
     "stream": (["--write"], ["--step", "4", "--days", "16", "--repeat", "1",
                              "--prefetch", "1", "4"]),
