@@ -300,3 +300,23 @@ def test_the_cube_declares_the_files_crs(tmp_path):
         assert back[cube.GRID_MAPPING].attrs["latitude_of_projection_origin"] == -90
         assert cube.cube_epsg(back) == 3412
         assert cube.cube_epsg(back.drop_vars(cube.GRID_MAPPING)) is None  # no guessed north
+
+
+@pytest.mark.parametrize("name, parsed", [
+    ("asi-AMSR2-n3125-20240229-v5.4.nc", ("n3125", dt.date(2024, 2, 29))),
+    ("asi-n6250-20100101-v5.nc", ("n6250", dt.date(2010, 1, 1))),
+    ("asi-AMSR2-n3125-20230229-v5.4.nc", None),  # no 29 February that year
+    ("asi-AMSR2-n3125-20241301-v5.4.nc", None),
+    ("asi-AMSR2-n3125-00000101-v5.4.nc", None),
+    ("asi-AMSR2-n3125-2024011-v5.4.nc", None),
+])
+def test_file_names_give_their_grid_and_day_and_impossible_dates_none(name, parsed):
+    assert products.parse_file_name(name) == parsed
+
+
+def test_find_day_files_keeps_the_first_path_in_path_order_when_a_day_repeats(tmp_path):
+    name = "asi-AMSR2-n3125-20240105-v5.4.nc"
+    for folder in ("b", "a-b", "a/b"):  # path order: "a/b" < "a-b" < "b" ("/" sorts last as text)
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / name).write_bytes(b"")
+    assert sources.find_day_files(tmp_path) == {dt.date(2024, 1, 5): tmp_path / "a" / "b" / name}
