@@ -425,13 +425,14 @@ def _run(group, state: BuildState, executor, arrivals, summary: BuildSummary, sr
 
 def _finish(group, state: BuildState, summary: BuildSummary, src: Source,
             flags: np.ndarray) -> None:
-    """Write the provenance, say `complete`, and consolidate the metadata for readers."""
+    """Write the provenance, and record the finished state and `complete` in one write of
+    the root attributes (a decade's state is 1.7 MB: each write, and the consolidation after
+    it, costs ~0.1 s), consolidated for readers."""
     account(state, summary)
     stages.write_observed(group, state)
     stages.write_day_quality(group, state, flags)
     state.complete_through = state.args.end
     state.updating_from = None
-    cube_state.save(group, state)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     # CF's history: one line per build or update that finished, the newest last.
     earlier = CubeRecord.from_attrs(group.attrs, ["history"]).history
@@ -439,7 +440,7 @@ def _finish(group, state: BuildState, summary: BuildSummary, src: Source,
                                        f"{now}: sicube {__version__} filled the days "
                                        f"{state.args.start} to {state.args.end} from {src.where}")))
     found = products.grid_of_coords(group["x"][:], group["y"][:])
-    cube.set_status(group, cube.COMPLETE, **CubeRecord(
+    cube.set_status(group, cube.COMPLETE, **cube_state.state_attrs(state), **CubeRecord(
         last_error="",
         source_base_url=src.base_url or "",
         source_base_urls=tuple(src.base_urls or ()),
