@@ -266,7 +266,11 @@ class BuildState:
 
     @classmethod
     def from_json(cls, text: str) -> BuildState:
-        data = json.loads(text)
+        return cls.from_data(json.loads(text))
+
+    @classmethod
+    def from_data(cls, data: dict) -> BuildState:
+        """The state from `to_data`'s values as JSON gives them back (`data` is taken over)."""
         data["args"] = BuildArgs(**{**data["args"],
                                     "fill": FillParams.from_dict(data["args"]["fill"]),
                                     "quality": QualityRules.from_dict(

@@ -9,7 +9,6 @@ saves it after every finished step, so a killed run rerun redoes only unfinished
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 
 from sicube.archive import products
@@ -32,7 +31,7 @@ def read_state(group) -> BuildState:
     data = {**record.build, "observed": record.source_files or {},
             "missing": list(record.missing_days), "failed": record.failed_days or {},
             "suspicious": record.suspicious_days or {}}
-    return BuildState.from_json(json.dumps(data))
+    return BuildState.from_data(data)
 
 
 def state_attrs(state: BuildState) -> dict:
