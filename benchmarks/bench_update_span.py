@@ -134,15 +134,16 @@ def main() -> None:
         *rows,
         "",
         "The long cube's extra is what the span costs a one-day update. Before (the default "
-        f"`--before`, {DEFAULT_BEFORE}): the state's "
-        "calendar was made anew on each of ~400 uses (1.3 s of a decade's update under the "
-        "profiler), the quality rules' neighbour medians were a loop over every day (0.3 s), "
-        "each state save encoded the day records twice and decoded them once (79 ms against "
-        "24 ms a save, five saves), and the source folder's 3,653 names were parsed with "
-        "strptime three times. What is left grows with the span but slowly: the state "
-        "(1.7 MB of day records for a decade) is encoded by each save and by zarr's writes "
-        "of the root metadata, the folder is listed, and the store's size is summed over "
-        "its ~50,000 files at full resolution (one scandir walk).",
+        f"`--before`, {DEFAULT_BEFORE}): the state's calendar was made anew on each of ~400 "
+        "uses (1.3 s of a decade's update under the profiler), the quality rules' neighbour "
+        "medians were a loop over every day (0.3 s), each state save encoded the day records "
+        "twice and decoded them once (79 ms against 24 ms a save), reading the state encoded "
+        "and decoded them once more, finishing wrote the root attributes twice, and the "
+        "source folder's 3,653 names were parsed with strptime three times. What is left "
+        "still grows with the span: five writes of the state (1.7 MB of day records for a "
+        "decade, in the root attributes since the first release), each encoded by sicube "
+        "and by zarr and followed by a consolidation; the folder listed four times; the "
+        "store's size summed over its files (~50,000 at full resolution, one scandir walk).",
     ])
     print("\n" + text)
     if not args.no_record:
