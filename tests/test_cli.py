@@ -335,3 +335,18 @@ def test_the_sicube_process_runs_its_command_with_the_collector_on_and_exits_wit
     # the collector is on, and the update's modules were loaded and frozen before it ran
     assert done.stdout.split() == ["True", "True", "True"], done.stdout
     assert gc.isenabled()  # main in this process left its collector alone
+
+
+def test_build_makes_the_folders_a_new_store_goes_in(archive, tmp_path, capsys):
+    store = tmp_path / "runs" / "2024" / "cube.zarr"
+    argv = ["build", "--start", "20240401", "--end", "20240403", "--store", str(store),
+            "--source", str(archive.root), "-q"]
+    assert main(argv) == 0
+    assert (store / "zarr.json").is_file() and not store.with_name("cube.zarr.lock").exists()
+    capsys.readouterr()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    argv[argv.index("--store") + 1] = str(blocked / "sub" / "cube.zarr")
+    assert main(argv) == 2
+    assert "cannot make its folder" in _one_error_line(capsys, "build")
+    assert blocked.read_text() == "not a folder"

@@ -160,6 +160,7 @@ def build(
                                       [f"--start={first:%Y%m%d}", f"--end={last:%Y%m%d}",
                                        *fill_args, *([f"--grid={grid}"] if grid else [])])
 
+    _make_parent_folder(store)
     # The scheduler is reached first, so a wrong address costs nothing.
     where = open_executor(scheduler, workers, summary, store, storage_options)
     with store_location.build_lock(store), \
@@ -276,6 +277,19 @@ def update(
             _run(group, state, executor, arrivals, summary, src, progress)
     summary.store_bytes = cube.store_bytes(store, storage_options)
     return summary
+
+
+def _make_parent_folder(store: str) -> None:
+    """Make the folders a new local store goes in (``--store runs/2024/cube.zarr``), as
+    zarr itself would; BadInput when they cannot be made."""
+    folder = store_location.local_path(store)
+    if folder is None or folder.parent.is_dir():
+        return
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(f"{store}: cannot make its folder {folder.parent} "
+                       f"({err.strerror})") from None
 
 
 # --- one run: open or create, look again, ingest, mask, fill, finish -----------------------------
