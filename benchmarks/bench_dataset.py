@@ -243,8 +243,10 @@ def run_original(path: Path, items: list[tuple[int, int, int]]) -> Timer:
 # ------------------------------------------------------------------------ main
 
 
-def measure(store: Path, days: int, n_items: int, repeat: int) -> tuple[dict, dict, list]:
-    """Best (samples/s, CPU ms per sample) of each method on one cube, and the items."""
+def measure(store: Path, days: int, n_items: int, repeat: int,
+            original: tuple[Path, int] | None = None) -> tuple[dict, dict, list]:
+    """Best (samples/s, CPU ms per sample) of each method on one cube, and the items.
+    `original`: (the NetCDF file, items) to time the original way in the same rounds."""
     from sicube.ml.dataset import SICDataset
 
     # Warm the page cache for every method alike: the benchmark measures reading and
@@ -271,6 +273,11 @@ def measure(store: Path, days: int, n_items: int, repeat: int) -> tuple[dict, di
         "stream": (lambda: run_stream(dataset, False), len(dataset)),
         "stream_batched": (lambda: run_stream(dataset, True), len(dataset)),
     }
+    if original is not None:
+        netcdf, n_original = original
+        netcdf.read_bytes()
+        methods["original"] = (lambda: run_original(netcdf, items[:n_original]),
+                               min(n_original, len(items)))
     # The machine is shared: runs alternate between methods and the best of `repeat`
     # counts (samples/s and CPU time separately).
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
@@ -300,25 +307,27 @@ def main() -> None:
     t = time.perf_counter()
     archive = make_archive(args.workdir, args.days)
     measured = []
+    netcdf = None
     for text in args.chunks:
         chunks = dict(zip(("time", "y", "x"), map(int, text.split(",")), strict=True))
         store = make_cube(args.workdir, archive, args.days, chunks)
         print(f"cube ready after {time.perf_counter() - t:.0f} s: {store}")
-        best, counts, items = measure(store, args.days, args.items, args.repeat)
+        # The original way reads a NetCDF file written from the first cube, timed in the
+        # same rounds as the methods on that cube.
+        first = netcdf is None
+        if first:
+            netcdf = make_netcdf(args.workdir, store, args.days)
+        best, counts, items = measure(store, args.days, args.items, args.repeat,
+                                      (netcdf, args.original_items) if first else None)
+        if first:
+            original, n_original = best.pop("original"), counts.pop("original")
         measured.append((chunks, best, counts))
-    # The original way reads the NetCDF file written from the first cube.
-    netcdf = make_netcdf(args.workdir, make_cube(args.workdir, archive, args.days,
-                                                 measured[0][0]), args.days)
-    netcdf.read_bytes()
-    few = items[:args.original_items]
-    timer = run_original(netcdf, few)
-    original = (len(few) / timer.wall, 1000 * timer.cpu / len(few))
 
     import xarray as xr
 
     with xr.open_dataset(netcdf) as nc:
         nc_chunks = nc[cube.CONC].encoding.get("chunksizes")
-    report = results(args, measured, original, len(few), nc_chunks)
+    report = results(args, measured, original, n_original, nc_chunks)
     print(report)
     if args.write:
         print(f"recorded in {record(report, HEADING)}")
@@ -365,9 +374,9 @@ from one zlib NetCDF file (level 4, netCDF's default chunks) as the original too
 wrote it. Items: 8-frame windows (4 inputs + 4 targets) of 256 x 256 patches tiling the
 grid, shuffled, the same items in the same order for every method; batches of {BATCH};
 {WORKERS} worker processes (fork); page cache warm. Runs alternate between methods, best
-of {args.repeat} (the original way: one run on fewer items). CPU time counts the main
-process and the workers; on this shared 2-core machine it is the steadier measure.
-Ratios compare with direct slicing of the same cube.
+of {args.repeat} (the original way too, in the same rounds, on the first {n_original}
+items). CPU time counts the main process and the workers; on this shared 2-core machine
+it is the steadier measure. Ratios compare with direct slicing of the same cube.
 
 | chunks | method | items | samples/s | vs direct | vs original | CPU ms/sample | CPU vs direct |
 |---|---|---:|---:|---:|---:|---:|---:|
