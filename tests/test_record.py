@@ -113,3 +113,10 @@ def test_a_cube_of_a_newer_format_is_read_with_a_warning_and_never_written(tmp_p
         err = capsys.readouterr().err
         assert "newer sicube" in err and "upgrade sicube" in err and err.count("\n") == 1, err
     assert _tree(store) == before
+
+
+def test_a_format_1_record_is_decoded_as_a_copy_of_the_attributes():
+    attrs = {cube.MARKER: 1, cube.SOURCE_FILES: {"20240101": {"name": "a.nc"}}}
+    record = CubeRecord.from_attrs(attrs)
+    record.source_files["20240101"]["stats"] = {"obs_fraction": 0.5}
+    assert attrs[cube.SOURCE_FILES] == {"20240101": {"name": "a.nc"}}

@@ -15,6 +15,7 @@ warning (`check_format`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import warnings
@@ -61,10 +62,11 @@ class NewerCubeWarning(UserWarning):
 
 def decoded(value: Any) -> Any:
     """A record attribute as its value: JSON strings (format 2) decoded, JSON values
-    (format 1) as they are; None for an absent or empty one."""
+    (format 1) copied (the builder's state changes what it reads; the group's attributes
+    must not change with it); None for an absent or empty one."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    return json.loads(value) if isinstance(value, str) else value
+    return json.loads(value) if isinstance(value, str) else copy.deepcopy(value)
 
 
 def _day_key(day: Any) -> str:
