@@ -349,11 +349,11 @@ def cube_epsg(ds: xr.Dataset) -> int | None:
 
 def store_bytes(store: str | os.PathLike, storage_options: dict | None = None) -> int:
     """Bytes the store takes (local path or any fsspec URL); 0 where that cannot be told."""
-    from sicube.datacube.store import filesystem
+    from sicube.datacube.store import filesystem, local_path
 
     fs, path = filesystem(store, storage_options)
     try:
-        if fs.protocol in ("file", ("file", "local")):
+        if local_path(store) is not None:
             return _folder_bytes(path)
         return int(fs.du(path))
     except Exception:  # noqa: BLE001 - a server that cannot list (HTTP) answers in its own way
