@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -140,6 +141,6 @@ def test_the_state_survives_json():
     state.flag_counts = {0: [1, 2, 3, 4]}
     state.rewrite = {1}
     state.mask_days = {"20240103"}
-    again = BuildState.from_json(state.to_json())
+    again = BuildState.from_data(json.loads(json.dumps(state.to_data())))
     assert again == state
     assert again.unobserved() == [i for i in range(20) if i != 2]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 
@@ -247,9 +246,6 @@ class BuildState:
 
     # --- JSON ------------------------------------------------------------------------------------
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_data(), sort_keys=True)
-
     def to_data(self) -> dict:
         """The state as JSON-ready values. Shallow: the day records are the state's own (an
         asdict deep copy of them cost 17 ms per save on a 120-day cube, and grows with the
@@ -263,10 +259,6 @@ class BuildState:
         data["refill"] = sorted(self.refill)
         data["flag_counts"] = {str(k): v for k, v in sorted(self.flag_counts.items())}
         return data
-
-    @classmethod
-    def from_json(cls, text: str) -> BuildState:
-        return cls.from_data(json.loads(text))
 
     @classmethod
     def from_data(cls, data: dict) -> BuildState:
