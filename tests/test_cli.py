@@ -350,3 +350,12 @@ def test_build_makes_the_folders_a_new_store_goes_in(archive, tmp_path, capsys):
     assert main(argv) == 2
     assert "cannot make its folder" in _one_error_line(capsys, "build")
     assert blocked.read_text() == "not a folder"
+
+    # refused for its source: the folders made for the store are gone again, others kept
+    empty_source = tmp_path / "empty-source"
+    empty_source.mkdir()
+    argv[argv.index("--store") + 1] = str(tmp_path / "runs" / "2025" / "q1" / "cube.zarr")
+    argv[argv.index("--source") + 1] = str(empty_source)
+    assert main(argv) == 2
+    assert "no source file" in _one_error_line(capsys, "build")
+    assert not (tmp_path / "runs" / "2025").exists() and (tmp_path / "runs" / "2024").is_dir()

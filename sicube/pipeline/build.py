@@ -21,8 +21,10 @@ missing or failed to observed, and a cube says in `sicube_status` whether it is 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -160,10 +162,9 @@ def build(
                                       [f"--start={first:%Y%m%d}", f"--end={last:%Y%m%d}",
                                        *fill_args, *([f"--grid={grid}"] if grid else [])])
 
-    _make_parent_folder(store)
     # The scheduler is reached first, so a wrong address costs nothing.
     where = open_executor(scheduler, workers, summary, store, storage_options)
-    with store_location.build_lock(store), \
+    with _parent_folders(store), store_location.build_lock(store), \
             versions.run_session(store, "build", summary, storage_options, scheduler), \
             where as executor:
         group, state, restarted = _resume(store, args, restart_fill, storage_options)
@@ -279,17 +280,27 @@ def update(
     return summary
 
 
-def _make_parent_folder(store: str) -> None:
+@contextlib.contextmanager
+def _parent_folders(store: str) -> Iterator[None]:
     """Make the folders a new local store goes in (``--store runs/2024/cube.zarr``), as
-    zarr itself would; BadInput when they cannot be made."""
+    zarr itself would, for the block; those it made are removed again when the block ends
+    without the store (a build refused for a bad source leaves no empty folders behind).
+    BadInput when they cannot be made."""
     folder = store_location.local_path(store)
-    if folder is None or folder.parent.is_dir():
-        return
+    made = [] if folder is None else [p for p in folder.parents if not p.exists()]
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        if made:
+            folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise BadInput(f"{store}: cannot make its folder {folder.parent} "
                        f"({err.strerror})") from None
+    try:
+        yield
+    finally:
+        if made and not folder.exists():
+            with contextlib.suppress(OSError):  # one not empty: another run's, kept
+                for path in made:  # the deepest first
+                    path.rmdir()
 
 
 # --- one run: open or create, look again, ingest, mask, fill, finish -----------------------------
