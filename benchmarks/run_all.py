@@ -38,6 +38,9 @@ LOGS = HERE / "_work" / "logs"
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "fill": (["--write"], ["--days", "8", "--repeat", "1", "--skip-direct",
                            "--memory-days", "0"]),
+    # the table of blocks of issue 22 (its own section), by the same script
+    "fill_table": (["--table-only", "--write"], ["--table-only", "--days", "8", "--repeat", "1",
+                                                 "--skip-direct"]),
     "dataset": (["--write"], ["--days", "16", "--items", "64"]),
     "download": ([], ["--days", "8", "--repeats", "1", "--no-record"]),
     "cube": ([], ["--days", "8", "--windows", "5", "--rounds", "1", "--no-record"]),
@@ -53,9 +56,14 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
                              "--prefetch", "1", "4"]),
     "cluster": (["--days", "30", "--repeat", "3", "--write"],
                 ["--days", "8", "--step", "8", "--repeat", "2"]),
+    "versions": (["--days", "30", "--step", "1", "--repeats", "4"],
+                 ["--days", "4", "--step", "8", "--repeats", "1", "--no-record"]),
+    "fill_graph": ([], ["--days", "120", "--no-record"]),
     "climatology": (["--days", "365", "--work", str(HERE / "_work" / "climatology"), "--write"],
                     ["--step", "8", "--days", "40"]),
 }
+# a benchmark whose script is not bench_<name>.py: name -> its script's name
+SCRIPTS = {"fill_table": "bench_fill", "fill_graph": "fill_graph_tasks"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                   "(nothing of it recorded)", file=sys.stderr)
             return 1
         full, quick = BENCHMARKS[name]
-        command = [sys.executable, str(HERE / f"bench_{name}.py"), *(quick if args.quick else full)]
+        script = f"{SCRIPTS.get(name, f'bench_{name}')}.py"
+        command = [sys.executable, str(HERE / script), *(quick if args.quick else full)]
         started = time.perf_counter()
-        header = (f"# {shlex.join(['python', f'benchmarks/bench_{name}.py', *command[2:]])}\n"
+        header = (f"# {shlex.join(['python', f'benchmarks/{script}', *command[2:]])}\n"
                   f"# {dt.datetime.now():%Y-%m-%d %H:%M}; {machine()}; {load_text(load)}\n")
         print(header, end="", flush=True)
         with open(LOGS / f"{name}.txt", "w") as log:

@@ -7,6 +7,7 @@ stream's "vs local".
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,15 +57,29 @@ def test_run_all_waits_for_the_load_to_settle(monkeypatch):
     assert run_all.settled_load(1.0, 300)[0] == 0.6
 
 
+def _script(name: str) -> str:
+    """The source of the script run_all runs for benchmark `name`."""
+    return (BENCHMARKS / f"{run_all.SCRIPTS.get(name, f'bench_{name}')}.py").read_text()
+
+
 def test_the_full_runs_take_no_shortcut_and_repeat_every_method():
     for name, (full, _quick) in run_all.BENCHMARKS.items():
-        source = (BENCHMARKS / f"bench_{name}.py").read_text()
+        source = _script(name)
         assert "--write" in full or "--no-record" in source, name  # each records its section
-        assert "--no-record" not in full, name
+        assert "--no-record" not in full and "--skip-direct" not in full, name
     build, cluster = run_all.BENCHMARKS["build"][0], run_all.BENCHMARKS["cluster"][0]
     assert "--baseline-fill-days" not in build  # the original's fill timed in full
     assert "365" in build[build.index("--spans") + 1].split(",")
     assert int(cluster[cluster.index("--repeat") + 1]) >= 3
+
+
+def test_run_all_regenerates_every_section_of_the_results_but_the_asv_one():
+    headings = re.findall(r"^## .+$", (BENCHMARKS / "RESULTS.md").read_text(), re.M)
+    written = " ".join(_script(name) for name in run_all.BENCHMARKS)
+    unmade = [h for h in headings if h not in ("## How each number is made",
+                                               "## Regression suite (asv)")
+              and f'"{h}"' not in written and f'"{h}\\n' not in written]  # named as recorded
+    assert headings and unmade == [], unmade
 
 
 def _run(seconds, peak=1e9, **extra):
