@@ -101,7 +101,7 @@ def main() -> None:
             f"{k} build {', '.join(f'{t:.1f}' for t in times[k]['build'])} s, update "
             f"{', '.join(f'{t:.1f}' for t in times[k]['update'])} s" for k in stores)
         + f". The medians give {median['build']:.2f}x (build) and {median['update']:.2f}x "
-        "(update). Target (issue \"versions\"): icechunk <= 1.15x plain: "
+        f"(update). Target (issue \"versions\"): icechunk <= {TARGET}x plain: "
         + ("met" if max(ratio.values()) <= TARGET else "**missed**") + " (best of each).",
         "",
         f"Machine: {machine()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / "
