@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_build import ENV, FIRST, MISSING, WORK, ensure_archive  # noqa: E402
-from common import command_line, machine, record  # noqa: E402
+from common import command_line, machine, record, sample_archive  # noqa: E402
 
 DECADE_DAYS = 3653
 # Assumptions of the estimate (stated in the output; override on the command line):
@@ -52,17 +52,8 @@ def archive(step: int, days: int) -> Path:
     """The sample archive at `step` (1: bench_build's full-resolution one)."""
     if step == 1:
         return ensure_archive()
-    from sicube.archive.synthetic import write_archive
-
-    root = WORK / f"archive-step{step}"
-    stamp = root / "COMPLETE"
-    wanted = f"{FIRST} +{days} days, step {step}, seed 0, missing {' '.join(MISSING)}\n"
-    if not stamp.exists() or stamp.read_text() != wanted:
-        shutil.rmtree(root, ignore_errors=True)
-        write_archive(root, FIRST, FIRST + dt.timedelta(days - 1), step=step,
-                      missing_days=MISSING, seed=0)
-        stamp.write_text(wanted)
-    return root
+    return sample_archive(WORK / f"archive-step{step}", FIRST, FIRST + dt.timedelta(days - 1),
+                          step=step, seed=0, missing_days=MISSING)
 
 
 def warm() -> None:

@@ -35,10 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import command_line, machine, record  # noqa: E402
+from common import command_line, machine, record, sample_archive  # noqa: E402
 
 from sicube.archive.sources import find_day_files, read_day  # noqa: E402
-from sicube.archive.synthetic import write_archive  # noqa: E402
 from sicube.datacube import cube  # noqa: E402
 
 START = dt.date(2024, 4, 1)
@@ -52,13 +51,12 @@ HEADING = "## Dataset"  # its section of benchmarks/RESULTS.md
 # ------------------------------------------------------------------------ data
 
 
-def make_archive(workdir: Path, days: int) -> Path:
-    root = workdir / f"archive-{days}"
-    if not (root / "done").exists():
-        write_archive(root, START, START + dt.timedelta(days=days - 1), step=1,
-                      missing_days=[START + dt.timedelta(days=days // 2)], seed=1)
-        (root / "done").touch()
-    return root
+def make_archive(workdir: Path, days: int, step: int = 1) -> Path:
+    """The full-resolution archive of `days` days (or one on a grid coarsened `step` times, in
+    its own folder), the middle day missing, written once."""
+    root = workdir / (f"archive-{days}" if step == 1 else f"archive-{days}-step{step}")
+    return sample_archive(root, START, START + dt.timedelta(days=days - 1), step=step, seed=1,
+                          missing_days=[START + dt.timedelta(days=days // 2)])
 
 
 def make_cube(workdir: Path, archive: Path, days: int, chunks: dict) -> Path:

@@ -50,22 +50,9 @@ from bench_dataset import (  # noqa: E402
 )
 from common import command_line, machine, record  # noqa: E402
 
-from sicube.archive.synthetic import write_archive  # noqa: E402
 from sicube.datacube import cube  # noqa: E402
 
 HEADING = "## Remote streaming"  # its section of benchmarks/RESULTS.md
-
-
-def archive_at(workdir: Path, days: int, step: int) -> Path:
-    """bench_dataset's archive (step 1), or one on a grid coarsened `step` times."""
-    if step == 1:
-        return make_archive(workdir, days)
-    root = workdir / f"archive-{days}"
-    if not (root / "done").exists():
-        write_archive(root, START, START + dt.timedelta(days=days - 1), step=step,
-                      missing_days=[START + dt.timedelta(days=days // 2)], seed=1)
-        (root / "done").touch()
-    return root
 
 
 def _serve(root: str, latency: float, urls, stop) -> None:
@@ -157,7 +144,7 @@ def main() -> None:
     # A coarser grid gets its own folder: the cubes are named by days and chunks only.
     workdir = args.workdir if args.step == 1 else args.workdir / f"step{args.step}"
     workdir.mkdir(parents=True, exist_ok=True)
-    archive = archive_at(workdir, args.days, args.step)
+    archive = make_archive(workdir, args.days, args.step)
     store = make_cube(workdir, archive, args.days, dict(cube.DEFAULT_CHUNKS))
     for path in store.rglob("*"):  # warm the page cache: local and served alike
         if path.is_file():

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_build import WORK  # noqa: E402
 from bench_overhead import checkout  # noqa: E402
 from bench_update import is_complete  # noqa: E402
-from common import machine, record  # noqa: E402
+from common import machine, record, sample_archive  # noqa: E402
 
 HEADING = "## Update on a long cube"
 SPAN = WORK / "span"
@@ -44,17 +44,8 @@ DEFAULT_BEFORE = "8826b32"  # main before the calendar cache, the vector quality
 
 def archive(years: int) -> Path:
     """The coarse sample archive of `years` years up to `LAST`, written once."""
-    from sicube.archive.synthetic import write_archive
-
-    first = dt.date(LAST.year - years + 1, 1, 1)
-    folder = SPAN / f"archive-{years}y"
-    stamp = folder / "COMPLETE"
-    if not stamp.exists():
-        print(f"writing the {years}-year coarse sample archive {folder} ...", flush=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        write_archive(folder, first, LAST, step=STEP, seed=0)
-        stamp.write_text("written\n")
-    return folder
+    return sample_archive(SPAN / f"archive-{years}y", dt.date(LAST.year - years + 1, 1, 1),
+                          LAST, step=STEP, seed=0)
 
 
 def template(source: Path, first: dt.date) -> Path:

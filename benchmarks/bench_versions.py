@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from common import machine, record  # noqa: E402
+from common import machine, record, sample_archive  # noqa: E402
 
 WORK = REPO / "benchmarks" / "_work"
 FIRST = dt.date(2024, 1, 1)
@@ -44,15 +44,9 @@ def sicube(*args: str) -> float:
 
 
 def archive(days: int, step: int) -> Path:
-    from sicube.archive.synthetic import write_archive
-
-    root = WORK / f"versions-archive-{days + 1}-{step}"
-    if not (root / "COMPLETE").exists():
-        print(f"writing {days + 1} sample days (step {step}) to {root} ...", flush=True)
-        shutil.rmtree(root, ignore_errors=True)
-        write_archive(root, FIRST, FIRST + dt.timedelta(days=days), step=step, seed=0)
-        (root / "COMPLETE").write_text("")
-    return root
+    """The sample archive of the build's `days` and the day the update adds, written once."""
+    return sample_archive(WORK / f"versions-archive-{days + 1}-{step}", FIRST,
+                          FIRST + dt.timedelta(days=days), step=step, seed=0)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,26 @@ def provenance() -> str:
     """The line closing every recorded section: command, date, machine, load at the start."""
     return (f"Recorded by `{command_line()}` on {dt.date.today()}; machine: {machine()}; "
             f"{load_text()}.")
+
+
+def sample_archive(root: Path, first: dt.date, last: dt.date, *, step: int, seed: int,
+                   missing_days: list[dt.date] | None = None) -> Path:
+    """sicube's synthetic sample archive of `first`..`last` in `root`, written once: its
+    COMPLETE stamp names what it holds, so one asked for with other arguments, or whose
+    writing was cut short, is written again. `missing_days` None: `write_archive`'s random
+    missing days."""
+    from sicube.archive.synthetic import write_archive
+
+    stamp = root / "COMPLETE"
+    missing = "random" if missing_days is None else " ".join(map(str, missing_days))
+    wanted = f"{first}..{last}, step {step}, seed {seed}, missing {missing}\n"
+    if not stamp.exists() or stamp.read_text() != wanted:
+        print(f"writing the sample archive {first}..{last} (step {step}) to {root} ...",
+              flush=True)
+        shutil.rmtree(root, ignore_errors=True)
+        write_archive(root, first, last, step=step, missing_days=missing_days, seed=seed)
+        stamp.write_text(wanted)
+    return root
 
 
 def record(section: str, heading: str) -> Path:
