@@ -351,16 +351,20 @@ def store_bytes(store: str | os.PathLike, storage_options: dict | None = None) -
     """Bytes the store takes (local path or any fsspec URL); 0 where that cannot be told."""
     from sicube.datacube.store import filesystem, local_path
 
+    local = local_path(store)
+    if local is not None:  # no fsspec filesystem made for it
+        try:
+            return _folder_bytes(local)
+        except OSError:  # gone, or not readable
+            return 0
     fs, path = filesystem(store, storage_options)
     try:
-        if local_path(store) is not None:
-            return _folder_bytes(path)
         return int(fs.du(path))
     except Exception:  # noqa: BLE001 - a server that cannot list (HTTP) answers in its own way
         return 0
 
 
-def _folder_bytes(path: str) -> int:
+def _folder_bytes(path: str | os.PathLike) -> int:
     """Bytes of the files below local folder `path`: one `os.scandir` walk, ~4x cheaper than
     fsspec's `du` (a decade's cube is ~50,000 chunk files, and `update` prints its size)."""
     total, folders = 0, [path]

@@ -288,12 +288,12 @@ def _parent_folders(store: str) -> Iterator[None]:
     BadInput when they cannot be made."""
     folder = store_location.local_path(store)
     made = [] if folder is None else [p for p in folder.parents if not p.exists()]
-    try:
-        if made:
+    if made:
+        try:
             folder.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BadInput(f"{store}: cannot make its folder {folder.parent} "
-                       f"({err.strerror})") from None
+        except OSError as err:
+            raise BadInput(f"{store}: cannot make its folder {folder.parent} "
+                           f"({err.strerror})") from None
     try:
         yield
     finally:
