@@ -149,11 +149,11 @@ class BuildState:
     # --- derived facts -------------------------------------------------------------------------
 
     @property
-    def days(self) -> list[dt.date]:
-        """Every calendar day of the cube (the calendar made once per span: callers index it
-        in loops, and a decade's 3,653 days made anew on every access cost a one-day update
-        over a second)."""
-        return list(_calendar(self.args.start, self.args.end))
+    def days(self) -> tuple[dt.date, ...]:
+        """Every calendar day of the cube (the calendar made once per span and shared, not
+        copied: callers index it in loops, and a decade's 3,653 days made anew on every
+        access cost a one-day update over a second)."""
+        return _calendar(self.args.start, self.args.end)
 
     def unobserved(self) -> list[int]:
         """Indexes of the days to look for in the source: every day not observed yet."""
